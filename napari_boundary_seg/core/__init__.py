@@ -1,0 +1,1 @@
+"""Numerical core: numpy, scipy and torch only (never napari, Qt or magicgui)."""

@@ -1,0 +1,42 @@
+"""The package ships one manifest, valid, and the README's commands stay true."""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_manifest_copies_cannot_drift():
+    root_text = (ROOT / "napari.yaml").read_text()
+    packaged = importlib.resources.files("napari_boundary_seg") / "napari.yaml"
+    assert packaged.read_text() == root_text
+
+
+def test_manifest_validates_through_entry_point():
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("napari-boundary-seg")
+    assert manifest.name == "napari-boundary-seg"
+    # every python_name in the manifest resolves to a real object
+    for command in manifest.contributions.commands or []:
+        module, _, attr = command.python_name.partition(":")
+        mod = __import__(module, fromlist=[attr])
+        assert callable(getattr(mod, attr)), command.python_name
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
+    return [line.strip() for b in blocks[:2] for line in b.strip().splitlines()]
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = _readme_commands()[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
