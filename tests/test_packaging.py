@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,17 @@ def test_manifest_validates_through_entry_point():
         module, _, attr = command.python_name.partition(":")
         mod = __import__(module, fromlist=[attr])
         assert callable(getattr(mod, attr)), command.python_name
+
+
+def test_npe2_validate_cli_passes():
+    result = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "napari-boundary-seg"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout
 
 
 def _readme_commands() -> list[str]:
