@@ -1,0 +1,287 @@
+"""Loss-weight schedules: pure functions of the epoch.
+
+A schedule maps an epoch (0-based) to ``(w_region, w_boundary)``, the weights of
+the regional loss (generalized Dice) and of the boundary loss. For the alpha
+kinds it is ``(alpha, 1 - alpha)``, the paper's Eq. 6.
+
+Kinds (:class:`ScheduleKind`):
+
+- ``"paper"`` (the default): ``alpha(e) = max(floor, start - step * e)`` with
+  ``start = 1.0``, ``step = 0.01``, ``floor = 0.01`` (Kervadec et al. 2019).
+- ``"constant"``: ``alpha(e) = alpha``.
+- ``"reference-code"``: the released code's weight shifting, two independent
+  weights: ``w_region(e) = max(region_floor, 1 - step * e)`` and
+  ``w_boundary(e) = boundary_start + step * e`` (no cap), defaults ``step = 0.01``,
+  ``region_floor = 0.1``, ``boundary_start = 0.01``.
+- ``"list"``: ``alphas[e]``, a user-given alpha per epoch; the last value is held
+  after the end of the list.
+
+Values are rounded to 12 decimals so that ``1 - 0.01 * 3`` reads ``0.97`` in logs
+and plots (a change below 1e-12).
+
+Build schedules with :func:`make_schedule` and serialise them with
+:meth:`Schedule.to_dict` / :func:`schedule_from_dict` (JSON-compatible dicts).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
+
+__all__ = [
+    "ScheduleKind",
+    "Schedule",
+    "PaperSchedule",
+    "ConstantSchedule",
+    "ReferenceCodeSchedule",
+    "ListSchedule",
+    "make_schedule",
+    "schedule_from_dict",
+]
+
+_DECIMALS = 12
+
+
+class ScheduleKind(StrEnum):
+    """The available schedule kinds."""
+
+    PAPER = "paper"
+    CONSTANT = "constant"
+    REFERENCE_CODE = "reference-code"
+    LIST = "list"
+
+
+def _clean(value: float) -> float:
+    return round(value, _DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def _unit_interval(value: Any, name: str) -> float:
+    number = _number(value, name)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return number
+
+
+def _non_negative(value: Any, name: str) -> float:
+    number = _number(value, name)
+    if number < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return number
+
+
+def _epoch(epoch: Any) -> int:
+    if isinstance(epoch, bool):
+        raise TypeError(f"epoch must be an int, got {epoch!r}")
+    try:
+        e = operator.index(epoch)
+    except TypeError:
+        raise TypeError(f"epoch must be an int, got {epoch!r}") from None
+    if e < 0:
+        raise ValueError(f"epoch must be >= 0, got {e}")
+    return e
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Base of all schedules: ``schedule(epoch) -> (w_region, w_boundary)``.
+
+    Subclasses are frozen dataclasses whose fields are the kind's parameters.
+    """
+
+    kind: ClassVar[ScheduleKind]
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        """``(w_region, w_boundary)`` at ``epoch`` (0-based, >= 0)."""
+        raise NotImplementedError
+
+    def __call__(self, epoch: int) -> tuple[float, float]:
+        return self.weights(epoch)
+
+    def curve(self, n_epochs: int) -> list[tuple[float, float]]:
+        """The planned weights of epochs ``0 .. n_epochs - 1``, for plotting."""
+        n = _epoch(n_epochs)
+        return [self.weights(e) for e in range(n)]
+
+    @property
+    def starts_boundary_only(self) -> bool:
+        """True when the regional weight is 0 at epoch 0: boundary loss alone from
+        the start, which collapses to an empty foreground in binary problems."""
+        return self.weights(0)[0] == 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict: ``{"kind": ..., <parameters>}``."""
+        out: dict[str, Any] = {"kind": self.kind.value}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True)
+class PaperSchedule(Schedule):
+    """``alpha(e) = max(floor, start - step * e)``; weights ``(alpha, 1 - alpha)``."""
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.PAPER
+    start: float = 1.0
+    step: float = 0.01
+    floor: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _unit_interval(self.start, "start"))
+        object.__setattr__(self, "step", _non_negative(self.step, "step"))
+        object.__setattr__(self, "floor", _unit_interval(self.floor, "floor"))
+        if self.floor > self.start:
+            raise ValueError(
+                f"floor ({self.floor}) must not exceed start ({self.start}) in a paper schedule"
+            )
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        alpha = _clean(max(self.floor, self.start - self.step * _epoch(epoch)))
+        return alpha, _clean(1.0 - alpha)
+
+
+@dataclass(frozen=True)
+class ConstantSchedule(Schedule):
+    """``alpha(e) = alpha``; weights ``(alpha, 1 - alpha)``."""
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.CONSTANT
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alpha", _unit_interval(self.alpha, "alpha"))
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        _epoch(epoch)
+        return _clean(self.alpha), _clean(1.0 - self.alpha)
+
+
+@dataclass(frozen=True)
+class ReferenceCodeSchedule(Schedule):
+    """The released code's weight shifting (two independent weights, not alpha/1-alpha).
+
+    ``w_region(e) = max(region_floor, 1 - step * e)``,
+    ``w_boundary(e) = boundary_start + step * e`` (no cap: it exceeds 1 after
+    about ``(1 - boundary_start) / step`` epochs).
+    """
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.REFERENCE_CODE
+    step: float = 0.01
+    region_floor: float = 0.1
+    boundary_start: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step", _non_negative(self.step, "step"))
+        object.__setattr__(self, "region_floor", _unit_interval(self.region_floor, "region_floor"))
+        object.__setattr__(
+            self, "boundary_start", _non_negative(self.boundary_start, "boundary_start")
+        )
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        e = _epoch(epoch)
+        region = max(self.region_floor, 1.0 - self.step * e)
+        return _clean(region), _clean(self.boundary_start + self.step * e)
+
+
+@dataclass(frozen=True)
+class ListSchedule(Schedule):
+    """``alpha(e) = alphas[min(e, len(alphas) - 1)]``; weights ``(alpha, 1 - alpha)``."""
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.LIST
+    alphas: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        message = f"alphas must be a sequence of numbers, got {self.alphas!r}"
+        if isinstance(self.alphas, str | bytes | Mapping):
+            raise TypeError(message)
+        try:
+            values = list(self.alphas)  # a list, a tuple or a 1D numpy array
+        except TypeError:
+            raise TypeError(message) from None
+        if not values:
+            raise ValueError("alphas is empty: give at least one alpha")
+        checked = tuple(_unit_interval(a, f"alphas[{i}]") for i, a in enumerate(values))
+        object.__setattr__(self, "alphas", checked)
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        alpha = self.alphas[min(_epoch(epoch), len(self.alphas) - 1)]
+        return _clean(alpha), _clean(1.0 - alpha)
+
+
+_KINDS: dict[ScheduleKind, type[Schedule]] = {
+    ScheduleKind.PAPER: PaperSchedule,
+    ScheduleKind.CONSTANT: ConstantSchedule,
+    ScheduleKind.REFERENCE_CODE: ReferenceCodeSchedule,
+    ScheduleKind.LIST: ListSchedule,
+}
+
+
+def make_schedule(kind: ScheduleKind | str = ScheduleKind.PAPER, **params: Any) -> Schedule:
+    """Build a schedule.
+
+    Parameters
+    ----------
+    kind
+        ``"paper"`` (params ``start``, ``step``, ``floor``), ``"constant"``
+        (``alpha``), ``"reference-code"`` (``step``, ``region_floor``,
+        ``boundary_start``) or ``"list"`` (``alphas``).
+    **params
+        The kind's parameters; omitted ones take their defaults.
+
+    Returns
+    -------
+    Schedule
+        Callable ``schedule(epoch) -> (w_region, w_boundary)``.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind (the message lists the kinds) or a parameter out of range.
+    TypeError
+        Unknown parameter names (named in the message) or non-numeric values.
+    """
+    try:
+        kind = ScheduleKind(kind)
+    except ValueError:
+        raise ValueError(
+            f"unknown schedule kind {kind!r}; choose one of {[k.value for k in ScheduleKind]}"
+        ) from None
+    cls = _KINDS[kind]
+    accepted = [f.name for f in fields(cls)]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"unknown parameter(s) {unknown} for schedule kind {kind.value!r}; accepted: {accepted}"
+        )
+    if kind is ScheduleKind.LIST and "alphas" not in params:
+        raise TypeError("schedule kind 'list' needs the parameter 'alphas'")
+    return cls(**params)
+
+
+def schedule_from_dict(d: Mapping[str, Any]) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.to_dict` output.
+
+    Parameters
+    ----------
+    d
+        ``{"kind": ..., <parameters>}``.
+    """
+    if not isinstance(d, Mapping):
+        raise TypeError(f"schedule dict must be a mapping, got {type(d).__name__}")
+    if "kind" not in d:
+        raise ValueError(f"schedule dict has no 'kind' key: {dict(d)!r}")
+    params = {k: v for k, v in d.items() if k != "kind"}
+    return make_schedule(d["kind"], **params)
