@@ -1,0 +1,355 @@
+"""Helpers shared by the dock widgets: layers in, arrays out, errors as notifications.
+
+Everything here is thin glue between napari layers and ``core`` arrays:
+
+- :class:`LayerCombo`: a combo box of the viewer's layers of some types that
+  follows the layer list.
+- :func:`labels_array`, :func:`image_array`: a layer's data as a checked numpy
+  array (integer labels / finite float image), raising ``TypeError`` or
+  ``ValueError`` naming the layer and the problem.
+- :func:`layer_spacing`, :func:`geometry_kwargs`: voxel spacing and the layer's
+  data-to-world transform, to give new layers the same geometry.
+- :func:`slicing_axis`, :func:`move_to_slice`: the viewer's slicing axis in a
+  layer's data axes, and the inverse (show a slice).
+- :func:`notify_errors`: run a callable, show ``ValueError`` / ``TypeError`` /
+  ``OSError`` as a napari error notification instead of raising.
+- :func:`start_progress_worker`: run a ``core`` progress generator in a
+  ``thread_worker`` with a napari progress bar.
+- :class:`PlotCanvas`: a small matplotlib figure inside Qt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels, Layer
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QComboBox, QSizePolicy, QVBoxLayout, QWidget
+
+from napari_boundary_seg.core.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+#: Errors that a widget turns into a notification (bad input, unreadable file).
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+# --------------------------------------------------------------------- layers
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers of the given types, kept up to date.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    layer_types
+        Layer classes listed, in this order of preference (Labels layers first,
+        for example, then Image layers).
+    allow_none
+        Add an empty "(none)" entry at the top.
+    """
+
+    NONE_TEXT = "(none)"
+
+    def __init__(
+        self,
+        viewer: Any,
+        layer_types: Sequence[type[Layer]] = (Labels,),
+        allow_none: bool = False,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = tuple(layer_types)
+        self._allow_none = allow_none
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        events = viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            getattr(events, name).connect(self.refresh)
+        events.inserted.connect(self._watch_name)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch_name(self, event: Any) -> None:
+        event.value.events.name.connect(self.refresh)
+
+    def refresh(self, *_: Any) -> None:
+        """Rebuild the list, keeping the current choice when it still exists."""
+        current = self.currentText()
+        names = [
+            layer.name
+            for kind in self._types
+            for layer in self._viewer.layers
+            if type(layer) is kind
+        ]
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none:
+            self.addItem(self.NONE_TEXT)
+        self.addItems(names)
+        if current in names:
+            self.setCurrentText(current)
+        self.blockSignals(False)
+
+    def layer(self) -> Layer | None:
+        """The chosen layer, or None when nothing (or "(none)") is chosen."""
+        name = self.currentText()
+        if not name or name == self.NONE_TEXT or name not in self._viewer.layers:
+            return None
+        return self._viewer.layers[name]
+
+    def set_layer(self, layer: Layer | str) -> None:
+        """Choose ``layer`` (a layer or its name)."""
+        self.refresh()
+        self.setCurrentText(layer if isinstance(layer, str) else layer.name)
+
+
+def require_layer(layer: Layer | None, role: str) -> Layer:
+    """Return ``layer`` or raise ``ValueError`` saying which ``role`` is missing."""
+    if layer is None:
+        raise ValueError(f"No {role} layer chosen: add or pick one first.")
+    return layer
+
+
+def _as_numpy(layer: Layer) -> np.ndarray:
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return np.asarray(data)
+
+
+def labels_array(layer: Layer) -> np.ndarray:
+    """The data of ``layer`` as an integer label array ``(*spatial)``.
+
+    Raises
+    ------
+    TypeError
+        The data is not integer (or boolean): e.g. an Image layer of floats.
+    ValueError
+        The data holds NaNs or negative labels.
+    """
+    data = _as_numpy(layer)
+    if data.dtype == bool:
+        return data.astype(np.uint8)
+    if not np.issubdtype(data.dtype, np.integer):
+        if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+            raise ValueError(f"Layer '{layer.name}' contains NaN values; labels must be integers.")
+        raise TypeError(
+            f"Layer '{layer.name}' has dtype {data.dtype}, not integer labels; "
+            "convert it to a Labels layer first."
+        )
+    if data.size and data.min() < 0:
+        raise ValueError(
+            f"Layer '{layer.name}' has negative label {int(data.min())}; "
+            "labels must be 0 (background) or positive classes."
+        )
+    return data
+
+
+def image_array(layer: Layer) -> np.ndarray:
+    """The data of ``layer`` as a finite float32 array ``(*spatial)`` (RGB refused).
+
+    Raises
+    ------
+    ValueError
+        The data holds NaN or infinite values, or the layer is RGB.
+    """
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"Layer '{layer.name}' is RGB; a greyscale scan is needed.")
+    data = _as_numpy(layer).astype(np.float32, copy=False)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise ValueError(f"Layer '{layer.name}' contains {int(bad.sum())} NaN or infinite values.")
+    return data
+
+
+def layer_spacing(layer: Layer) -> tuple[float, ...]:
+    """Voxel spacing in numpy axis order (mm), from ``layer.scale``."""
+    return tuple(float(abs(s)) for s in layer.scale)
+
+
+def geometry_kwargs(layer: Layer) -> dict[str, Any]:
+    """Keyword arguments that give a new layer the geometry of ``layer``.
+
+    Scale, translate, rotate, shear, napari affine and units, plus the NIfTI
+    affine kept in ``metadata["affine"]`` (see ``_reader``), so that the new
+    layer overlays ``layer`` exactly and saves with the same affine.
+    """
+    kwargs: dict[str, Any] = {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+        "units": tuple(layer.units),
+    }
+    if "affine" in layer.metadata:
+        kwargs["metadata"] = {"affine": np.asarray(layer.metadata["affine"])}
+    return kwargs
+
+
+def check_same_shape(a: Layer, b: Layer) -> None:
+    """Raise ``ValueError`` naming both shapes when the layers' shapes differ."""
+    sa, sb = tuple(_as_numpy(a).shape), tuple(_as_numpy(b).shape)
+    if sa != sb:
+        raise ValueError(f"Shapes do not match: '{a.name}' is {sa}, '{b.name}' is {sb}.")
+
+
+# ----------------------------------------------------------------- slicing
+def slicing_axis(viewer: Any, layer: Layer) -> int:
+    """The data axis of ``layer`` that the viewer slices through.
+
+    The first world axis not displayed (``viewer.dims.not_displayed[0]``), in
+    the layer's data axes (a layer with fewer dimensions than the viewer uses
+    the last ones). In a 3D view, or for a 2D layer, axis 0.
+    """
+    offset = viewer.dims.ndim - layer.ndim
+    for world_axis in viewer.dims.not_displayed:
+        if world_axis - offset >= 0:
+            return int(world_axis - offset)
+    return 0
+
+
+def move_to_slice(viewer: Any, layer: Layer, axis: int, index: int) -> None:
+    """Move the viewer to slice ``index`` along data ``axis`` of ``layer``.
+
+    Takes the layer's scale and translate into account
+    (``layer.data_to_world``).
+    """
+    position = np.zeros(layer.ndim)
+    position[axis] = index
+    world = layer.data_to_world(position)
+    world_axis = viewer.dims.ndim - layer.ndim + axis
+    viewer.dims.set_point(world_axis, float(world[axis]))
+
+
+# ------------------------------------------------------------------ errors
+def notify_errors(
+    func: Callable[..., Any], *args: Any, errors: tuple = USER_ERRORS, **kwargs: Any
+) -> Any:
+    """Call ``func``; show any of ``errors`` as a napari error notification.
+
+    Returns the function's result, or None when it failed. The viewer stays
+    usable: nothing is raised.
+    """
+    try:
+        return func(*args, **kwargs)
+    except errors as error:
+        logger.info("%s: %s", type(error).__name__, error)
+        show_error(str(error))
+        return None
+
+
+# ------------------------------------------------------------------ workers
+def start_progress_worker(
+    make_generator: Callable[[], Generator[Any, Any, Any]],
+    on_returned: Callable[[Any], None],
+    description: str = "",
+    on_event: Callable[[Any], None] | None = None,
+    start: bool = True,
+) -> Any:
+    """Run a ``core`` progress generator in a napari ``thread_worker``.
+
+    A napari progress bar follows the yielded :class:`~core.progress.Progress`
+    events; other events go to ``on_event``. Errors that are bad input
+    (``ValueError``, ``TypeError``, ``OSError``) become a notification; others
+    go to napari's usual error handling. Returns the worker (started unless
+    ``start`` is False), so callers can ``quit()`` it or wait on it in tests.
+    """
+    from napari.qt.threading import thread_worker
+    from napari.utils import progress
+
+    @thread_worker(start_thread=False)
+    def _work() -> Generator[Any, Any, Any]:
+        result = yield from make_generator()
+        return result
+
+    worker = _work()
+    bar = progress(total=0, desc=description)
+
+    def _yielded(event: Any) -> None:
+        if isinstance(event, Progress):
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            if event.message:
+                bar.set_description(f"{description}: {event.message}")
+            bar.refresh()
+        elif on_event is not None:
+            on_event(event)
+
+    def _errored(error: BaseException) -> None:
+        if isinstance(error, USER_ERRORS):
+            show_error(str(error))
+        else:
+            raise error
+
+    worker.yielded.connect(_yielded)
+    worker.returned.connect(on_returned)
+    worker.errored.connect(_errored)
+    worker.finished.connect(bar.close)
+    if start:
+        worker.start()
+    return worker
+
+
+# -------------------------------------------------------------------- plots
+class PlotCanvas(QWidget):
+    """A small matplotlib plot in a Qt widget (dark background like napari).
+
+    ``plot(x, {"label": ys, ...})`` redraws; ``figure`` and ``axes`` are public
+    for anything more.
+    """
+
+    def __init__(
+        self, height: float = 2.2, width: float = 3.5, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(width, height), tight_layout=True)
+        self.figure.patch.set_facecolor("#262930")
+        self.axes = self.figure.add_subplot(111)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self._style()
+
+    def _style(self) -> None:
+        ax = self.axes
+        ax.set_facecolor("#262930")
+        for spine in ax.spines.values():
+            spine.set_color("#aaaaaa")
+        ax.tick_params(colors="#dddddd", labelsize=7)
+        ax.xaxis.label.set_color("#dddddd")
+        ax.yaxis.label.set_color("#dddddd")
+        ax.title.set_color("#dddddd")
+
+    def plot(
+        self,
+        x: Iterable[float],
+        series: Mapping[str, Iterable[float]],
+        title: str = "",
+        xlabel: str = "",
+        ylabel: str = "",
+    ) -> None:
+        """Redraw with one line per entry of ``series`` (all against ``x``)."""
+        ax = self.axes
+        ax.clear()
+        self._style()
+        x = list(x)
+        for label, ys in series.items():
+            ax.plot(x, list(ys), label=label, linewidth=1.2)
+        if title:
+            ax.set_title(title, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        if len(series) > 1:
+            ax.legend(fontsize=6, facecolor="#262930", labelcolor="#dddddd")
+        self.canvas.draw_idle()
