@@ -14,9 +14,12 @@ beyond the image edge are not neighbours (the definition of DESIGN.md). A
 non-empty mask that fills the whole image has no such voxel; its surface is then
 taken to be its voxels on the image edge, so that distances stay finite.
 
-Surface distances are computed once per pair of masks (:func:`surface_distances`,
-two Euclidean distance transforms over the bounding box of the union of both
-masks, which is exact) and every distance figure is derived from them:
+Surface distances are computed once per pair of masks (:func:`surface_distances`)
+and every distance figure is derived from them. Two exact methods give the same
+distances: Euclidean distance transforms (``edt``, scipy as fallback) over the
+bounding box of the union of both masks, or k-d trees over the surface points
+in mm, which is faster when surfaces are sparse in that box (small lesions); the
+cheaper one is picked from the number of surface voxels.
 
 - HD: ``max(max d(∂P→∂T), max d(∂T→∂P))``.
 - HD95 (``percentile=95``): the MONAI convention, the larger of the two
@@ -60,6 +63,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 try:  # fast distance backend (LGPL), scipy is the fallback
     import edt as _edt
@@ -299,6 +303,24 @@ def _distance_to(features: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray
     return ndimage.distance_transform_edt(background, sampling=spacing)
 
 
+# A k-d tree over the surface points costs about as much per surface point as
+# two distance transforms cost per 10 voxels of the crop (measured on 160x192x160
+# masks); below one surface point per 16 voxels the tree is the faster path.
+_KDTREE_VOXELS_PER_POINT = 16
+
+
+def _nearest_by_kdtree(
+    sp: np.ndarray, st: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest-surface distances (mm) in both directions with k-d trees."""
+    scale = np.asarray(spacing, dtype=np.float64)
+    a = np.argwhere(sp) * scale
+    b = np.argwhere(st) * scale
+    a_to_b = cKDTree(b).query(a, k=1)[0]
+    b_to_a = cKDTree(a).query(b, k=1)[0]
+    return np.asarray(a_to_b, dtype=np.float64), np.asarray(b_to_a, dtype=np.float64)
+
+
 # --------------------------------------------------------------------------
 # surface distances and the metrics derived from them
 # --------------------------------------------------------------------------
@@ -405,8 +427,12 @@ def _surface_distances_masks(
         return SurfaceDistances(empty, empty, n_p, n_t, n_pt)
     pc, tc = _union_crop(p, t)
     sp, st = _surface(pc), _surface(tc)
-    p2t = _distance_to(st, spacing)[sp].astype(np.float64)
-    t2p = _distance_to(sp, spacing)[st].astype(np.float64)
+    n_surface = int(np.count_nonzero(sp)) + int(np.count_nonzero(st))
+    if n_surface * _KDTREE_VOXELS_PER_POINT <= pc.size:
+        p2t, t2p = _nearest_by_kdtree(sp, st, spacing)
+    else:
+        p2t = _distance_to(st, spacing)[sp].astype(np.float64)
+        t2p = _distance_to(sp, spacing)[st].astype(np.float64)
     return SurfaceDistances(p2t, t2p, n_p, n_t, n_pt)
 
 

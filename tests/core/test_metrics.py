@@ -68,9 +68,17 @@ def random_blobs(rng, shape, n, radius):
 # --------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["edt", "kdtree"])
+def method(request, monkeypatch):
+    """Force one of the two exact surface-distance paths."""
+    ratio = 10**12 if request.param == "edt" else 0
+    monkeypatch.setattr(M, "_KDTREE_VOXELS_PER_POINT", ratio)
+    return request.param
+
+
 @pytest.mark.parametrize("d", [1, 3, 5])
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_offset_balls_hd_equals_offset(ndim, d):
+def test_offset_balls_hd_equals_offset(ndim, d, method):
     shape = (30,) * ndim
     centre = (12,) * ndim
     a = ball(shape, centre, 6)
@@ -87,7 +95,7 @@ def test_offset_balls_hd_equals_offset(ndim, d):
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_ball_and_its_face_dilation(ndim):
+def test_ball_and_its_face_dilation(ndim, method):
     shape = (21,) * ndim
     s = ball(shape, (10,) * ndim, 5)
     d = face_dilate(s)
@@ -102,7 +110,7 @@ def test_ball_and_its_face_dilation(ndim):
     assert M.hausdorff_distance(d, s, spacing=(0.7,) * ndim) == pytest.approx(0.7, rel=1e-6)
 
 
-def test_anisotropic_spacing_ball_dilation():
+def test_anisotropic_spacing_ball_dilation(method):
     s = ball((21, 21, 21), (10, 10, 10), 5)
     d = face_dilate(s)
     # the poles along the coarse axis are 3 mm away from the ball; nothing farther
@@ -117,7 +125,7 @@ def test_anisotropic_spacing_ball_dilation():
     ("shape", "spacing"),
     [((24, 20), (1.0, 1.0)), ((24, 20), (0.6, 2.0)), ((14, 12, 10), (1.0, 0.8, 2.5))],
 )
-def test_against_brute_force(shape, spacing):
+def test_against_brute_force(shape, spacing, method):
     rng = np.random.default_rng(len(shape) + int(10 * spacing[-1]))
     pred = random_blobs(rng, shape, 4, 2.5)  # blobs may touch the image edge
     target = random_blobs(rng, shape, 3, 3.0)
@@ -127,18 +135,24 @@ def test_against_brute_force(shape, spacing):
         assert got[key] == pytest.approx(ref[key], rel=1e-5), key
 
 
-def test_scipy_fallback_equals_edt(monkeypatch):
+def test_three_distance_backends_agree(monkeypatch):
     rng = np.random.default_rng(1)
     pred = random_blobs(rng, (16, 14, 12), 3, 2.5)
     target = random_blobs(rng, (16, 14, 12), 3, 2.5)
-    fast = M.surface_distances(pred, target, spacing=(1.0, 0.5, 2.0))
+    sp = (1.0, 0.5, 2.0)
+    monkeypatch.setattr(M, "_KDTREE_VOXELS_PER_POINT", 0)
+    tree = M.surface_distances(pred, target, spacing=sp)
+    monkeypatch.setattr(M, "_KDTREE_VOXELS_PER_POINT", 10**12)
+    fast = M.surface_distances(pred, target, spacing=sp)
     monkeypatch.setattr(M, "_edt", None)
-    slow = M.surface_distances(pred, target, spacing=(1.0, 0.5, 2.0))
-    np.testing.assert_allclose(fast.pred_to_target, slow.pred_to_target, rtol=1e-6)
-    np.testing.assert_allclose(fast.target_to_pred, slow.target_to_pred, rtol=1e-6)
+    slow = M.surface_distances(pred, target, spacing=sp)
+    for other in (fast, slow):
+        np.testing.assert_allclose(tree.pred_to_target, other.pred_to_target, rtol=1e-6)
+        np.testing.assert_allclose(tree.target_to_pred, other.target_to_pred, rtol=1e-6)
+    assert tree.pred_to_target.size == np.count_nonzero(M._surface(pred))
 
 
-def test_one_and_four_dimensional():
+def test_one_and_four_dimensional(method):
     a = np.zeros(20, bool)
     b = np.zeros(20, bool)
     a[3:8] = True  # surface {3, 7}
@@ -151,7 +165,7 @@ def test_one_and_four_dimensional():
     assert M.hausdorff_distance(a4, b4, spacing=(1, 1, 1, 1.5)) == pytest.approx(3.0)
 
 
-def test_mask_filling_the_image_has_finite_distances():
+def test_mask_filling_the_image_has_finite_distances(method):
     full = np.ones((8, 8), bool)
     small = np.zeros((8, 8), bool)
     small[3:5, 3:5] = True
@@ -211,7 +225,7 @@ def test_label_arrays_select_class():
     assert M.dice_score(pred.astype(np.float32), target, label=1) == pytest.approx(0.5)
 
 
-def test_per_slice_metrics():
+def test_per_slice_metrics(method):
     vol_p = np.zeros((4, 12, 12), bool)
     vol_t = np.zeros((4, 12, 12), bool)
     vol_t[1] = ball((12, 12), (5, 5), 3)
