@@ -1,0 +1,239 @@
+"""Benchmarks behind ``napari-boundary-seg bench ...``.
+
+Every benchmark is a function that returns a plain result dict and prints or
+logs nothing; the command line prints :func:`format_bench` of it. Times are
+measured against a baseline run in the same process, and ratios (baseline time
+over our time) are what count, never a bare time.
+
+Result schema (shared by all benchmarks)::
+
+    {
+        "benchmark": str,                 # e.g. "distance"
+        "cases": [                        # one entry per timed comparison
+            {
+                "name": str,              # what was timed
+                "baseline": str,          # the baseline formulation
+                "baseline_s": float,      # best-of-repeats seconds
+                "ours_s": float,
+                "ratio": float,           # baseline_s / ours_s
+                "bar": float | None,      # the ratio to reach, if any
+                "passed": bool | None,    # ratio >= bar
+                ...                       # any extra figures
+            },
+        ],
+        "info": {...},                    # settings: shapes, seeds, repeats, backend
+    }
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from napari_boundary_seg.core import distance
+
+
+def _best_time(func: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """Smallest wall time of ``repeats`` calls of ``func`` and its last result."""
+    best = float("inf")
+    result = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = func()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _case(name: str, baseline: str, baseline_s: float, ours_s: float, bar: float | None) -> dict:
+    ratio = baseline_s / ours_s if ours_s > 0 else float("inf")
+    return {
+        "name": name,
+        "baseline": baseline,
+        "baseline_s": baseline_s,
+        "ours_s": ours_s,
+        "ratio": ratio,
+        "bar": bar,
+        "passed": None if bar is None else bool(ratio >= bar),
+    }
+
+
+def blob_mask(
+    shape: tuple[int, ...],
+    fraction: float,
+    radius: tuple[float, float] = (1.5, 3.5),
+    seed: int = 0,
+) -> np.ndarray:
+    """Binary mask of small random balls covering about ``fraction`` of the voxels.
+
+    Deterministic for a given ``seed``. Balls (radius in voxels, drawn uniformly
+    from ``radius``) are added until at least ``fraction`` of the voxels is set;
+    they may touch the image edge.
+
+    Parameters
+    ----------
+    shape
+        Spatial shape of the mask (any dimensionality).
+    fraction
+        Target foreground fraction, in ``(0, 1)``.
+    radius
+        Smallest and largest ball radius, in voxels.
+    seed
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    np.ndarray
+        bool, ``shape``.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, dtype=bool)
+    target = fraction * mask.size
+    count = 0
+    while count < target:
+        r = rng.uniform(*radius)
+        center = [rng.uniform(0, n) for n in shape]
+        box = tuple(
+            slice(max(int(c - r), 0), min(int(c + r) + 2, n))
+            for c, n in zip(center, shape, strict=True)
+        )
+        grids = np.ogrid[box]
+        dist2 = sum((g - c) ** 2 for g, c in zip(grids, center, strict=True))
+        ball = dist2 <= r * r
+        before = np.count_nonzero(mask[box])
+        mask[box] |= ball
+        count += np.count_nonzero(mask[box]) - before
+    return mask
+
+
+def plain_scipy_map(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """The baseline: the reference code's ``edt(~m)*~m - (edt(m)-1)*m`` with scipy.
+
+    ``edt`` is ``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing``.
+    Not φ_G inside ``G`` for anisotropic spacing; used for timing only.
+    """
+    m = mask.astype(bool)
+    out = ndimage.distance_transform_edt(~m, sampling=spacing) * ~m
+    out -= (ndimage.distance_transform_edt(m, sampling=spacing) - 1) * m
+    return out
+
+
+def bench_distance(
+    repeats: int = 3,
+    seed: int = 0,
+    volume_shape: tuple[int, int, int] = (160, 192, 160),
+    volume_spacing: tuple[float, float, float] = (1.0, 1.0, 3.0),
+    fraction: float = 0.002,
+    slices: int = 8,
+    slice_shape: tuple[int, int] = (256, 256),
+    backend: str = "auto",
+) -> dict:
+    """Time :func:`~napari_boundary_seg.core.distance.signed_distance_map` against plain scipy.
+
+    Case ``volume``: one 3D mask (default 160×192×160, ``fraction`` 0.2 % in
+    small balls, spacing (1, 1, 3)); bar 3×. Case ``slices``: a batch of
+    ``slices`` 2D slices (default eight 256×256, same fraction), per-slice maps
+    (``axis=0``) against the baseline applied slice by slice; bar 2×. The
+    baseline is :func:`plain_scipy_map`. Each time is the best of ``repeats``.
+    Also reports, as a sanity check, the largest difference between our map and
+    the baseline outside the mask, where both must agree.
+
+    Returns
+    -------
+    dict
+        The result schema of this module, ``benchmark="distance"``.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    resolved = distance.resolve_backend(backend, len(volume_shape))
+    cases = []
+
+    volume = blob_mask(volume_shape, fraction, seed=seed)
+    base_s, base_map = _best_time(lambda: plain_scipy_map(volume, volume_spacing), repeats)
+    ours_s, ours_map = _best_time(
+        lambda: distance.signed_distance_map(volume, volume_spacing, backend=backend), repeats
+    )
+    case = _case(
+        f"3D map {'x'.join(map(str, volume_shape))}, spacing {volume_spacing}",
+        "scipy edt(~m)*~m - (edt(m)-1)*m",
+        base_s,
+        ours_s,
+        3.0,
+    )
+    case["max_abs_diff_outside"] = float(np.abs(ours_map - base_map)[~volume].max())
+    case["foreground_fraction"] = float(volume.mean())
+    cases.append(case)
+
+    stack = np.stack([blob_mask(slice_shape, fraction, seed=seed + 1 + i) for i in range(slices)])
+    plane_spacing = (1.0, 1.0)
+
+    def baseline_slices() -> np.ndarray:
+        return np.stack([plain_scipy_map(s, plane_spacing) for s in stack])
+
+    base_s, base_map = _best_time(baseline_slices, repeats)
+    ours_s, ours_map = _best_time(
+        lambda: distance.signed_distance_map(stack, (1.0, *plane_spacing), axis=0, backend=backend),
+        repeats,
+    )
+    case = _case(
+        f"{slices} slices {'x'.join(map(str, slice_shape))}, per-slice 2D maps",
+        "scipy edt(~m)*~m - (edt(m)-1)*m per slice",
+        base_s,
+        ours_s,
+        2.0,
+    )
+    case["max_abs_diff_outside"] = float(np.abs(ours_map - base_map)[~stack].max())
+    case["foreground_fraction"] = float(stack.mean())
+    cases.append(case)
+
+    return {
+        "benchmark": "distance",
+        "cases": cases,
+        "info": {
+            "repeats": repeats,
+            "seed": seed,
+            "backend": backend,
+            "resolved_backend": resolved,
+            "fraction": fraction,
+        },
+    }
+
+
+def format_bench(result: dict) -> str:
+    """Human-readable report of a benchmark result dict (the module's schema).
+
+    One line per case with both times, the ratio and the bar, then the settings.
+    """
+    lines = [f"benchmark: {result.get('benchmark', '?')}"]
+    for case in result.get("cases", []):
+        bar = case.get("bar")
+        verdict = ""
+        if bar is not None:
+            verdict = f"  bar {bar:g}x: {'PASS' if case.get('passed') else 'FAIL'}"
+        lines.append(
+            f"  {case['name']}: ours {case['ours_s'] * 1e3:.1f} ms, "
+            f"baseline {case['baseline_s'] * 1e3:.1f} ms ({case['baseline']}), "
+            f"ratio {case['ratio']:.2f}x{verdict}"
+        )
+        extras = {
+            k: v
+            for k, v in case.items()
+            if k not in {"name", "baseline", "baseline_s", "ours_s", "ratio", "bar", "passed"}
+        }
+        if extras:
+            lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in extras.items()))
+    info = result.get("info")
+    if info:
+        lines.append("  settings: " + ", ".join(f"{k}={_fmt(v)}" for k, v in info.items()))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
