@@ -1,0 +1,1189 @@
+"""The trainer: :class:`TrainConfig` and :func:`train`, a generator of events.
+
+``train(config)`` yields, in order:
+
+1. :class:`InfoEvent` messages while it prepares (device chosen, cases loaded,
+   distance maps computed, resume or fine-tune source), and :class:`Progress`
+   events while it loads data;
+2. per training step a :class:`StepEvent`; while paused a :class:`PauseEvent`
+   (about every 0.2 s, so that a consumer such as napari's ``thread_worker`` can
+   still quit);
+3. per epoch an :class:`EpochEvent` with the validation figures;
+4. a final :class:`DoneEvent`, which is also the generator's return value.
+
+The defaults are the paper's (Kervadec et al. 2019): Adam, lr 1e-3, batch 8,
+the lr halved after 20 epochs without improvement of the validation DSC (never
+at epoch 0), no augmentation, GDL + boundary loss with the ``paper`` alpha
+schedule, 256×256 slices.
+
+Validation (each epoch): every validation case is predicted slice by slice with
+:func:`napari_boundary_seg.core.predict.iter_predict_volume` (the same code
+path as inference, at the case's own geometry), and DSC, HD and HD95 (mm) are
+computed in 3D with the case's spacing, averaged over the foreground classes and
+then over the cases. A Hausdorff distance that is infinite (exactly one of the
+prediction and the label is empty) is replaced by the image diagonal
+(:func:`napari_boundary_seg.core.metrics.replace_inf`) before averaging; the
+number of such cases is reported as ``val_hd_inf``. Without validation cases
+the best checkpoint and the lr plateau follow the training loss instead.
+
+Reproducibility: the network is initialised from ``seed`` (inside
+``torch.random.fork_rng``, the caller's RNG is left alone) and the slice order
+of epoch ``e`` is a permutation drawn from a generator seeded with
+``(seed, e)``. Nothing else is random, so a CPU run is repeatable and a resumed
+run (from an epoch end or from a step where it was stopped) gives the same
+weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_boundary_seg import __version__
+from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
+from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
+from napari_boundary_seg.core.unet import UNet
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "METRICS_COLUMNS",
+    "DoneEvent",
+    "EpochEvent",
+    "InfoEvent",
+    "PauseEvent",
+    "StepEvent",
+    "StepResult",
+    "TrainConfig",
+    "TrainControl",
+    "available_devices",
+    "resolve_device",
+    "train",
+    "train_step",
+]
+
+CHECKPOINT_FORMAT = "napari-boundary-seg.checkpoint"
+"""Value of the ``"format"`` key of every checkpoint this package writes."""
+CHECKPOINT_VERSION = 1
+
+DISTANCE_MODES = ("3d", "2d")
+_DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+_PAUSE_POLL_S = 0.2
+
+METRICS_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "region",
+    "boundary",
+    "w_region",
+    "w_boundary",
+    "lr",
+    "val_dice",
+    "val_hd",
+    "val_hd95",
+    "val_hd_inf",
+    "seconds",
+    "is_best",
+)
+"""Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
+
+# config fields that a resumed run must share with the run it continues
+_RESUME_FIELDS = (
+    "num_classes",
+    "loss",
+    "schedule",
+    "lr",
+    "lr_patience",
+    "lr_factor",
+    "batch_size",
+    "slice_size",
+    "axis",
+    "scale",
+    "percentiles",
+    "skip_empty_slices",
+    "distance",
+    "val_fraction",
+    "seed",
+    "split_seed",
+    "depth",
+    "base_channels",
+    "max_steps_per_epoch",
+)
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+
+def _positive_int(value: Any, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; JSON round trip with :meth:`to_dict`.
+
+    Parameters
+    ----------
+    data
+        Dataset folder (generic, WMH or ISLES layout, see
+        :func:`napari_boundary_seg.core.data.find_cases`); ``None`` when the cases
+        are given to :func:`train` in memory.
+    out_dir
+        Folder for ``best.pt``, ``last.pt``, ``metrics.csv`` and ``config.json``;
+        ``None`` writes nothing (the trained model is in :class:`DoneEvent`).
+    num_classes
+        Number of classes, background included.
+    loss
+        The objective (:class:`~napari_boundary_seg.core.losses.LossKind`).
+    schedule
+        Alpha schedule as a dict (``{"kind": "paper"}`` and parameters, see
+        :func:`~napari_boundary_seg.core.schedule.make_schedule`); used by
+        ``gdl+bl``.
+    epochs
+        Number of epochs (the total, also when resuming).
+    lr, batch_size
+        Adam learning rate and batch size (the paper: 1e-3, 8).
+    lr_patience, lr_factor
+        The lr is multiplied by ``lr_factor`` after ``lr_patience`` epochs without
+        improvement of the validation DSC (the paper: 20, 0.5).
+    slice_size
+        Slices are resized to ``slice_size × slice_size`` (the paper: 256);
+        ``None`` keeps their size.
+    axis
+        Slicing axis of the 3D volumes (numpy axis order of the spatial axes).
+    scale, percentiles
+        Intensity scaling to [0, 1] per volume; ``percentiles=(lo, hi)`` clips
+        at those percentiles first (robust scaling), ``None`` uses min and max.
+    skip_empty_slices
+        Train on slices with foreground only (the paper keeps all).
+    distance
+        ``"3d"``: distance maps of whole volumes with the spacing, then sliced;
+        ``"2d"``: per slice.
+    val_fraction
+        Fraction of cases (patient-wise) held out for validation.
+    seed, split_seed
+        Seed of the initialisation and slice order; of the train/validation split
+        (``None``: ``seed``). A study varies ``seed`` with a fixed ``split_seed``.
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``.
+    depth, base_channels
+        UNet levels and first-level width (a fine-tune takes them from its
+        checkpoint).
+    num_workers
+        DataLoader worker processes (0: batches are gathered in the main process
+        from the in-memory tensors, the fastest for cached data).
+    max_steps_per_epoch
+        Cap on the steps of an epoch (quick runs); ``None``: every slice once.
+    amp
+        Mixed precision (float16 autocast and gradient scaling) on CUDA; ignored
+        elsewhere.
+    init_checkpoint
+        Fine-tune: start from this checkpoint's weights (new data, new schedule).
+    resume_from
+        Resume: continue the run saved in this checkpoint (usually ``last.pt``).
+    cache_dir
+        Folder for the on-disk distance-map cache (``None``: memory only).
+    overwrite
+        Allow writing into an ``out_dir`` that already holds a run.
+    """
+
+    data: str | None = None
+    out_dir: str | None = None
+    num_classes: int = 2
+    loss: LossKind = LossKind.GDL_BL
+    schedule: Mapping[str, Any] = field(default_factory=lambda: {"kind": "paper"})
+    epochs: int = 100
+    lr: float = 1e-3
+    batch_size: int = 8
+    lr_patience: int = 20
+    lr_factor: float = 0.5
+    slice_size: int | None = 256
+    axis: int = 2
+    scale: bool = True
+    percentiles: tuple[float, float] | None = None
+    skip_empty_slices: bool = False
+    distance: str = "3d"
+    val_fraction: float = 0.2
+    seed: int = 0
+    split_seed: int | None = None
+    device: str = "auto"
+    depth: int = 4
+    base_channels: int = 64
+    num_workers: int = 0
+    max_steps_per_epoch: int | None = None
+    amp: bool = False
+    init_checkpoint: str | None = None
+    resume_from: str | None = None
+    cache_dir: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        try:
+            set_(self, "loss", LossKind(self.loss))
+        except ValueError as err:
+            raise ValueError(
+                f"TrainConfig.loss {self.loss!r} is not one of {[k.value for k in LossKind]}"
+            ) from err
+        if not isinstance(self.schedule, Mapping):
+            if isinstance(self.schedule, Schedule):
+                set_(self, "schedule", self.schedule.to_dict())
+            else:
+                raise TypeError(
+                    f"TrainConfig.schedule must be a dict or Schedule, got {self.schedule!r}"
+                )
+        # normalise through the schedule module (validates kind and parameters)
+        set_(self, "schedule", schedule_from_dict(self.schedule).to_dict())
+        _positive_int(self.num_classes, "num_classes", 2)
+        _positive_int(self.epochs, "epochs", 0)
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.lr_patience, "lr_patience")
+        _positive_int(self.depth, "depth")
+        _positive_int(self.base_channels, "base_channels")
+        _positive_int(self.num_workers, "num_workers", 0)
+        if self.slice_size is not None:
+            _positive_int(self.slice_size, "slice_size")
+        if self.max_steps_per_epoch is not None:
+            _positive_int(self.max_steps_per_epoch, "max_steps_per_epoch")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise ValueError(f"TrainConfig.axis must be an integer, got {self.axis!r}")
+        if self.seed is None or isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
+        if self.split_seed is not None and (
+            isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int)
+        ):
+            raise ValueError(f"TrainConfig.split_seed must be an integer, got {self.split_seed!r}")
+        for name in ("lr", "lr_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}")
+        if self.lr_factor >= 1:
+            raise ValueError(f"TrainConfig.lr_factor must be below 1, got {self.lr_factor!r}")
+        if not isinstance(self.val_fraction, int | float) or not 0 <= self.val_fraction < 1:
+            raise ValueError(
+                f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}"
+            )
+        if self.distance not in DISTANCE_MODES:
+            raise ValueError(
+                f"TrainConfig.distance must be one of {DISTANCE_MODES}, got {self.distance!r}"
+            )
+        if self.percentiles is not None:
+            lo_hi = tuple(float(p) for p in self.percentiles)
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
+                raise ValueError(
+                    f"TrainConfig.percentiles must be (low, high) with 0 <= low < high <= 100, "
+                    f"got {self.percentiles!r}"
+                )
+            set_(self, "percentiles", lo_hi)
+        _check_device_name(self.device)
+        for name in ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, os.fspath(value))
+        if self.init_checkpoint is not None and self.resume_from is not None:
+            raise ValueError(
+                "TrainConfig: give init_checkpoint (fine-tune) or resume_from (resume), not both"
+            )
+
+    @property
+    def effective_split_seed(self) -> int:
+        """The seed of the train/validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict (enums as their values, tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, LossKind):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = json.loads(json.dumps(dict(value)))
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ValueError."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"TrainConfig.from_dict needs a mapping, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
+        values = dict(d)
+        if values.get("percentiles") is not None:
+            values["percentiles"] = tuple(values["percentiles"])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------
+# events and control
+
+
+@dataclass(frozen=True)
+class InfoEvent:
+    """A message about the run's set-up (device, data, resume or fine-tune)."""
+
+    message: str
+    device: str = ""
+    num_train_cases: int = 0
+    num_val_cases: int = 0
+    num_train_slices: int = 0
+    steps_per_epoch: int = 0
+    start_epoch: int = 0
+    num_parameters: int = 0
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """One optimisation step done. ``loss`` is the total, ``region`` and ``boundary``
+    its terms (the boundary term is reported even when it is not optimised),
+    ``w_*`` their weights, ``seconds`` the step's wall time."""
+
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+    region: float
+    boundary: float
+    w_region: float
+    w_boundary: float
+    lr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class PauseEvent:
+    """Yielded while the run is paused (before step ``step`` of ``epoch``)."""
+
+    epoch: int
+    step: int
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """One epoch done: mean training loss parts, validation figures (mm), timing.
+
+    ``val_*`` are NaN without validation cases; ``val_hd``/``val_hd95`` are means
+    with infinite distances replaced by the image diagonal, ``val_hd_inf`` counts
+    those cases. ``is_best``: this epoch's checkpoint became ``best.pt``.
+    """
+
+    epoch: int
+    train_loss: float
+    region: float
+    boundary: float
+    w_region: float
+    w_boundary: float
+    lr: float
+    val_dice: float
+    val_hd: float
+    val_hd95: float
+    seconds: float
+    is_best: bool
+    val_hd_inf: int = 0
+
+    def as_row(self) -> dict[str, Any]:
+        """The ``metrics.csv`` row / history entry."""
+        return {name: getattr(self, name) for name in METRICS_COLUMNS}
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The end of a run (also the return value of :func:`train`).
+
+    ``stopped`` is True when the run ended before ``epochs`` (stop request or a
+    non-finite loss); ``reason`` says why, or ``"completed"``. Checkpoint paths
+    are ``None`` when nothing was written. ``model`` is the network in its final
+    state (the last good weights), on the CPU.
+    """
+
+    best_checkpoint: str | None
+    last_checkpoint: str | None
+    history: list[dict[str, Any]]
+    stopped: bool
+    reason: str
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+
+class TrainControl:
+    """Thread-safe stop / pause / resume requests, honoured between steps.
+
+    ``stop()`` ends the run before its next step (saving ``last.pt`` so that it
+    can be resumed); ``pause()`` holds it before the next step until
+    ``resume()`` or ``stop()``; while paused the trainer yields
+    :class:`PauseEvent` every 0.2 s.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._wake = threading.Event()
+
+    def stop(self) -> None:
+        """Request the run to end at the next step boundary."""
+        self._stop.set()
+        self._wake.set()
+
+    def pause(self) -> None:
+        """Hold the run at the next step boundary."""
+        self._wake.clear()
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Let a paused run continue."""
+        self._paused.clear()
+        self._wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    @property
+    def paused(self) -> bool:
+        """Whether the run is (to be) held."""
+        return self._paused.is_set() and not self._stop.is_set()
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until resumed or stopped."""
+        self._wake.wait(timeout)
+
+
+# ---------------------------------------------------------------------------
+# devices
+
+
+def _check_device_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise ValueError(f"device must be a string, got {name!r}")
+    kind, _, index = name.partition(":")
+    if kind not in _DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"unknown device {name!r}; use one of {list(_DEVICE_KINDS)} or 'cuda:N'")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def available_devices() -> list[str]:
+    """Devices usable here, best first among accelerators, ``"cpu"`` last.
+
+    Returns
+    -------
+    list of str
+        e.g. ``["cuda", "cuda:0", "cpu"]``, ``["mps", "cpu"]`` or ``["cpu"]``.
+    """
+    out: list[str] = []
+    if torch.cuda.is_available():
+        out.append("cuda")
+        out.extend(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    if _mps_available():
+        out.append("mps")
+    out.append("cpu")
+    return out
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device for a device name.
+
+    ``"auto"`` picks CUDA, then MPS, then CPU. A requested device that is not
+    available raises ValueError naming it and what is available.
+    """
+    _check_device_name(name)
+    available = available_devices()
+    if name == "auto":
+        return torch.device(available[0])
+    if name not in available:
+        raise ValueError(f"device {name!r} is not available here; available: {available}")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------
+# the training step (shared with the benchmark)
+
+
+class StepResult(NamedTuple):
+    """Python floats of one step's loss and its parts; ``stepped`` is False when
+    the loss was not finite and no update was made."""
+
+    loss: float
+    region: float
+    boundary: float
+    stepped: bool
+
+
+def effective_weights(kind: LossKind, schedule_weights: tuple[float, float]) -> tuple[float, float]:
+    """The ``(w_region, w_boundary)`` that a loss kind actually applies."""
+    if kind is LossKind.GDL_BL:
+        return float(schedule_weights[0]), float(schedule_weights[1])
+    if kind is LossKind.BL:
+        return 0.0, 1.0
+    return 1.0, 0.0
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Sequence[torch.Tensor],
+    loss_kind: LossKind | str,
+    weights: tuple[float, float],
+    *,
+    num_classes: int,
+    scaler: torch.amp.GradScaler | None = None,
+    validate: bool = False,
+) -> StepResult:
+    """One optimisation step: forward, loss, backward, optimizer step.
+
+    Parameters
+    ----------
+    model
+        Network mapping ``(B, M, H, W)`` images to ``(B, C, H, W)`` logits.
+    optimizer
+        Its optimizer.
+    batch
+        ``(images (B, M, H, W) float32, labels (B, H, W) int64, dist (B, C, H, W)
+        float32 mm)``, already on the model's device.
+    loss_kind
+        The objective (:class:`LossKind`).
+    weights
+        ``(w_region, w_boundary)`` of the schedule at this epoch.
+    num_classes
+        ``C``.
+    scaler
+        A CUDA ``GradScaler`` for mixed precision (the forward pass runs under
+        float16 autocast; the loss is computed in float32).
+    validate
+        Check the loss inputs' values (one host synchronisation).
+
+    Returns
+    -------
+    StepResult
+        When the loss is NaN or inf, no backward pass or update is made, the
+        BatchNorm running statistics are restored, and ``stepped`` is False.
+    """
+    images, labels, dist = batch
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    # BatchNorm running statistics change in the forward pass: keep them to undo a bad step
+    buffers = list(model.buffers())
+    saved = [b.detach().clone() for b in buffers]
+    if scaler is not None:
+        with torch.autocast(device_type=images.device.type, dtype=torch.float16):
+            logits = model(images)
+    else:
+        logits = model(images)
+    probs = torch.softmax(logits.float(), dim=1)
+    target = one_hot(labels, num_classes)
+    parts = loss_for_kind(loss_kind, probs, target, dist, weights, validate=validate)
+    values = torch.stack([parts.total.detach(), parts.region.detach(), parts.boundary.detach()])
+    loss, region, boundary = (float(v) for v in values.cpu())
+    if not math.isfinite(loss):
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+        return StepResult(loss, region, boundary, False)
+    if scaler is not None:
+        scaler.scale(parts.total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        parts.total.backward()
+        optimizer.step()
+    return StepResult(loss, region, boundary, True)
+
+
+# ---------------------------------------------------------------------------
+# lr plateau, batching, checkpoints
+
+
+@dataclass
+class _Plateau:
+    """Multiply the lr by ``factor`` after ``patience`` epochs without improvement.
+
+    The first epoch sets the reference; it can never trigger a reduction.
+    """
+
+    patience: int
+    factor: float
+    mode: str  # "max" or "min"
+    best: float | None = None
+    bad_epochs: int = 0
+
+    def update(self, value: float, optimizer: torch.optim.Optimizer) -> bool:
+        """Record an epoch's figure; return True when it is a new best."""
+        if math.isnan(value):
+            improved = False
+        elif self.best is None:
+            improved = True
+        else:
+            improved = value > self.best if self.mode == "max" else value < self.best
+        if improved:
+            self.best = value
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        if self.bad_epochs >= self.patience:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.factor
+            logger.info("lr reduced to %g", optimizer.param_groups[0]["lr"])
+            self.bad_epochs = 0
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "mode": self.mode}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = state["best"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.mode = str(state["mode"])
+
+
+def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The slice order of an epoch: a permutation seeded by ``(seed, epoch)``."""
+    generator = torch.Generator()
+    generator.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
+    return torch.randperm(num_items, generator=generator)
+
+
+def collate(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Stack the items ``indices`` of a slice dataset into a batch.
+
+    Returns
+    -------
+    tuple
+        ``(images (B, M, H, W) float32, labels (B, H, W) int64, dist (B, C, H, W)
+        float32)``.
+    """
+    tensors = [getattr(dataset, name, None) for name in ("images", "labels", "dist")]
+    if all(isinstance(t, torch.Tensor) for t in tensors):  # SliceDataset: one gather each
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t.index_select(0, index) for t in tensors)
+    items = [dataset[int(i)] for i in indices]
+    return tuple(torch.stack([torch.as_tensor(item[k]) for item in items]) for k in range(3))
+
+
+def _to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    non_blocking = device.type == "cuda"
+    return tuple(t.to(device, non_blocking=non_blocking) for t in batch)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in checkpoints."""
+    return {
+        "napari_boundary_seg": __version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
+    """Write a checkpoint dict atomically (temporary file in the folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(dict(checkpoint), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _append_metrics_csv(path: Path, row: Mapping[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+# ---------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class _Data:
+    train_cases: list[Any]
+    val_cases: list[Any]
+    dataset: Any
+    in_channels: int
+    modalities: list[str]
+
+
+def _iter_prepare_data(
+    config: TrainConfig,
+    cases: Sequence[Any] | None,
+    val_cases: Sequence[Any] | None,
+    dataset: Any,
+) -> Generator[Any, None, _Data]:
+    from napari_boundary_seg.core import data as data_mod
+
+    if cases is None:
+        if config.data is None:
+            raise ValueError("TrainConfig.data is not set and no cases were given to train()")
+        files = data_mod.find_cases(config.data)
+        if not files:
+            raise ValueError(f"no cases found in {config.data}")
+        cases = yield from data_mod.iter_load_cases(files)
+    cases = list(cases)
+    if not cases:
+        raise ValueError("no training cases given")
+    unlabelled = [c.case_id for c in cases if c.labels is None]
+    if unlabelled:
+        raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
+    if val_cases is not None:
+        train_cases, val_list = cases, list(val_cases)
+    elif config.val_fraction > 0 and len(cases) > 1:
+        train_cases, val_list = data_mod.split_cases(
+            cases, config.val_fraction, config.effective_split_seed
+        )
+        train_cases, val_list = list(train_cases), list(val_list)
+    else:
+        train_cases, val_list = cases, []
+    channels = {c.images.shape[0] for c in [*train_cases, *val_list]}
+    if len(channels) != 1:
+        raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
+    if dataset is None:
+        yield InfoEvent(f"computing {config.distance} distance maps of {len(train_cases)} cases")
+        dataset = yield from _iter_build_dataset(config, train_cases)
+    modalities = list(getattr(train_cases[0], "modalities", None) or [])
+    return _Data(train_cases, val_list, dataset, channels.pop(), modalities)
+
+
+def preprocess_config(config: TrainConfig) -> Any:
+    """The :class:`~napari_boundary_seg.core.data.PreprocessConfig` of a training config."""
+    from napari_boundary_seg.core.data import PreprocessConfig
+
+    return PreprocessConfig(
+        scale=config.scale,
+        percentiles=config.percentiles,
+        slice_size=config.slice_size,
+        axis=config.axis,
+        skip_empty_slices=config.skip_empty_slices,
+    )
+
+
+def _iter_build_dataset(config: TrainConfig, cases: Sequence[Any]) -> Generator[Any, None, Any]:
+    from napari_boundary_seg.core.data import iter_build_dataset
+
+    return (
+        yield from iter_build_dataset(
+            list(cases),
+            config.num_classes,
+            preprocess_config(config),
+            distance=config.distance,
+            cache_dir=config.cache_dir,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+
+def validate_cases(
+    model: nn.Module,
+    cases: Sequence[Any],
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean DSC, HD and HD95 (mm) of ``model`` over ``cases``, in 3D with spacing.
+
+    Returns
+    -------
+    dict
+        ``val_dice``, ``val_hd``, ``val_hd95`` (NaN without cases) and
+        ``val_hd_inf`` (cases whose HD was infinite and replaced by the diagonal).
+    """
+    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
+    from napari_boundary_seg.core.predict import predict_volume
+
+    dice, hd, hd95 = [], [], []
+    n_inf = 0
+    for case in cases:
+        _, pred = predict_volume(
+            model,
+            case.images,
+            case.spacing,
+            preprocess=preprocess_config(config),
+            batch_size=config.batch_size,
+            device=device,
+        )
+        per_class = [
+            surface_metrics(pred == c, case.labels == c, case.spacing)
+            for c in range(1, config.num_classes)
+        ]
+        case_hd = [m["hd"] for m in per_class]
+        if any(math.isinf(v) for v in case_hd):
+            n_inf += 1
+        shape = case.labels.shape
+        dice.append(_nanmean([m["dice"] for m in per_class]))
+        hd.append(_nanmean([replace_inf(v, shape, case.spacing) for v in case_hd]))
+        hd95.append(_nanmean([replace_inf(m["hd95"], shape, case.spacing) for m in per_class]))
+    return {
+        "val_dice": _nanmean(dice),
+        "val_hd": _nanmean(hd),
+        "val_hd95": _nanmean(hd95),
+        "val_hd_inf": n_inf,
+    }
+
+
+# ---------------------------------------------------------------------------
+# the trainer
+
+
+def _check_out_dir(config: TrainConfig) -> Path | None:
+    if config.out_dir is None:
+        return None
+    out = Path(config.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    existing = [n for n in ("last.pt", "best.pt", "metrics.csv") if (out / n).exists()]
+    resuming_here = config.resume_from is not None and (
+        Path(config.resume_from).resolve().parent == out.resolve()
+    )
+    if existing and not config.overwrite and not resuming_here:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(existing)}); resume from its last.pt, "
+            "choose another out_dir, or allow overwrite"
+        )
+    return out
+
+
+def _load_source(path: str) -> dict[str, Any]:
+    from napari_boundary_seg.core.predict import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: str) -> None:
+    saved_config = TrainConfig.from_dict(saved["config"]).to_dict()
+    ours = config.to_dict()
+    diffs = [
+        f"{k}: {saved_config[k]!r} in the checkpoint, {ours[k]!r} now"
+        for k in _RESUME_FIELDS
+        if saved_config.get(k) != ours.get(k)
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume from {path}: the config differs ({'; '.join(diffs)}); "
+            "use TrainConfig.from_dict(checkpoint['config']) or fine-tune instead"
+        )
+    if config.epochs < int(saved["position"]["epoch"]):
+        raise ValueError(
+            f"cannot resume from {path}: it is at epoch {saved['position']['epoch']}, "
+            f"beyond epochs={config.epochs}"
+        )
+
+
+def train(
+    config: TrainConfig,
+    cases: Sequence[Any] | None = None,
+    control: TrainControl | None = None,
+    *,
+    val_cases: Sequence[Any] | None = None,
+    dataset: Any = None,
+) -> Generator[Any, None, DoneEvent]:
+    """Train a UNet; a generator of events that returns the :class:`DoneEvent`.
+
+    Parameters
+    ----------
+    config
+        The run's settings.
+    cases
+        In-memory :class:`~napari_boundary_seg.core.data.Case` objects (with
+        labels); ``None`` loads ``config.data``. They are split patient-wise
+        into training and validation with ``config.val_fraction``.
+    control
+        Stop / pause requests, honoured before each step.
+    val_cases
+        Validation cases given explicitly; ``cases`` are then all for training.
+    dataset
+        A prebuilt slice dataset of the training cases (items ``(image (M, H, W),
+        labels (H, W), dist (C, H, W))``), to share distance maps between runs.
+
+    Yields
+    ------
+    InfoEvent, Progress, StepEvent, PauseEvent, EpochEvent, DoneEvent
+
+    Returns
+    -------
+    DoneEvent
+    """
+    control = control or TrainControl()
+    out_dir = _check_out_dir(config)
+    device = resolve_device(config.device)
+    yield InfoEvent(f"training on {device}", device=str(device))
+
+    source: dict[str, Any] | None = None
+    if config.resume_from is not None:
+        source = _load_source(config.resume_from)
+        _check_resume_config(config, source, config.resume_from)
+    elif config.init_checkpoint is not None:
+        source = _load_source(config.init_checkpoint)
+
+    data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    num_slices = len(data.dataset)
+    if num_slices == 0:
+        raise ValueError("the training cases hold no slices")
+
+    hparams = {
+        "in_channels": data.in_channels,
+        "num_classes": config.num_classes,
+        "depth": config.depth,
+        "base_channels": config.base_channels,
+    }
+    if source is not None:
+        saved = dict(source["model"])
+        source_path = config.resume_from or config.init_checkpoint
+        for key in ("in_channels", "num_classes"):
+            if saved[key] != hparams[key]:
+                raise ValueError(
+                    f"checkpoint {source_path} has {key}={saved[key]} but the data/config "
+                    f"need {key}={hparams[key]}"
+                )
+        hparams = saved
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = UNet(**hparams)
+    if source is not None:
+        model.load_state_dict(source["model_state"])
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    has_val = bool(data.val_cases)
+    plateau = _Plateau(config.lr_patience, config.lr_factor, "max" if has_val else "min")
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    if config.amp and not use_amp:
+        logger.info("amp ignored on %s (CUDA only)", device)
+    schedule = schedule_from_dict(config.schedule)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, start_step = 0, 0
+    partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
+    parent = None
+    if config.resume_from is not None and source is not None:
+        optimizer.load_state_dict(source["optimizer_state"])
+        plateau.load_state_dict(source["lr_state"])
+        if scaler is not None and source.get("scaler_state"):
+            scaler.load_state_dict(source["scaler_state"])
+        history = [dict(row) for row in source["history"]]
+        start_epoch = int(source["position"]["epoch"])
+        start_step = int(source["position"]["step"])
+        partial.update(source.get("partial") or {})
+        parent = source.get("parent")
+        message = f"resuming from {config.resume_from} at epoch {start_epoch}, step {start_step}"
+    elif config.init_checkpoint is not None:
+        parent = os.path.abspath(config.init_checkpoint)
+        message = f"fine-tuning from {config.init_checkpoint}"
+    else:
+        message = "training from scratch"
+
+    steps_per_epoch = math.ceil(num_slices / config.batch_size)
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    yield InfoEvent(
+        message,
+        device=str(device),
+        num_train_cases=len(data.train_cases),
+        num_val_cases=len(data.val_cases),
+        num_train_slices=num_slices,
+        steps_per_epoch=steps_per_epoch,
+        start_epoch=start_epoch,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+    best_path = out_dir / "best.pt" if out_dir else None
+    last_path = out_dir / "last.pt" if out_dir else None
+    csv_path = out_dir / "metrics.csv" if out_dir else None
+    if out_dir is not None:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_metrics_csv(csv_path, history)
+    wrote_best = best_path is not None and best_path.exists() and config.resume_from is not None
+    wrote_last = last_path is not None and last_path.exists() and config.resume_from is not None
+
+    def checkpoint(epoch: int, step: int, part: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model": dict(model.hparams),
+            "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer_state": optimizer.state_dict(),
+            "lr_state": plateau.state_dict(),
+            "scaler_state": scaler.state_dict() if scaler is not None else None,
+            "config": config.to_dict(),
+            "schedule": schedule.to_dict(),
+            "position": {"epoch": epoch, "step": step},
+            "partial": dict(part),
+            "history": [dict(row) for row in history],
+            "seed": config.seed,
+            "rng_state": torch.get_rng_state(),
+            "versions": library_versions(),
+            "modalities": list(data.modalities),
+            "train_cases": [str(c.case_id) for c in data.train_cases],
+            "val_cases": [str(c.case_id) for c in data.val_cases],
+            "parent": parent,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def done(stopped: bool, reason: str) -> DoneEvent:
+        model.cpu()
+        return DoneEvent(
+            str(best_path) if wrote_best else None,
+            str(last_path) if wrote_last else None,
+            [dict(row) for row in history],
+            stopped,
+            reason,
+            model,
+        )
+
+    first_step = True
+    for epoch in range(start_epoch, config.epochs):
+        w_region, w_boundary = effective_weights(config.loss, schedule(epoch))
+        order = epoch_order(num_slices, config.seed, epoch)
+        if epoch != start_epoch:
+            start_step = 0
+            partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
+        for step in range(start_step, steps_per_epoch):
+            while control.paused:
+                yield PauseEvent(epoch, step)
+                control.wait(_PAUSE_POLL_S)
+            if control.stop_requested:
+                if last_path is not None:
+                    save_checkpoint(last_path, checkpoint(epoch, step, partial))
+                    wrote_last = True
+                reason = f"stopped by request at epoch {epoch}, step {step}"
+                logger.info(reason)
+                event = done(True, reason)
+                yield event
+                return event
+            tic = time.perf_counter()
+            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch = _to_device(collate(data.dataset, indices.tolist()), device)
+            result = train_step(
+                model,
+                optimizer,
+                batch,
+                config.loss,
+                (w_region, w_boundary),
+                num_classes=config.num_classes,
+                scaler=scaler,
+                validate=first_step,
+            )
+            first_step = False
+            seconds = time.perf_counter() - tic
+            if not result.stepped:
+                kept = f"; {last_path} keeps the last good weights" if wrote_last else ""
+                reason = (
+                    f"non-finite loss ({result.loss}) at epoch {epoch}, step {step} "
+                    f"(region {result.region}, boundary {result.boundary}); "
+                    f"stopped{kept}. Try a lower lr or check the data."
+                )
+                logger.error(reason)
+                event = done(True, reason)
+                yield event
+                return event
+            partial["loss"] += result.loss
+            partial["region"] += result.region
+            partial["boundary"] += result.boundary
+            partial["steps"] += 1
+            partial["seconds"] += seconds
+            yield StepEvent(
+                epoch,
+                step,
+                steps_per_epoch,
+                result.loss,
+                result.region,
+                result.boundary,
+                w_region,
+                w_boundary,
+                optimizer.param_groups[0]["lr"],
+                seconds,
+            )
+
+        tic = time.perf_counter()
+        figures = validate_cases(model, data.val_cases, config, device)
+        n_steps = max(int(partial["steps"]), 1)
+        train_loss = partial["loss"] / n_steps
+        lr_used = optimizer.param_groups[0]["lr"]
+        monitored = figures["val_dice"] if has_val else train_loss
+        is_best = plateau.update(monitored, optimizer)
+        event = EpochEvent(
+            epoch=epoch,
+            train_loss=train_loss,
+            region=partial["region"] / n_steps,
+            boundary=partial["boundary"] / n_steps,
+            w_region=w_region,
+            w_boundary=w_boundary,
+            lr=lr_used,
+            val_dice=figures["val_dice"],
+            val_hd=figures["val_hd"],
+            val_hd95=figures["val_hd95"],
+            seconds=partial["seconds"] + time.perf_counter() - tic,
+            is_best=is_best,
+            val_hd_inf=figures["val_hd_inf"],
+        )
+        history.append(event.as_row())
+        if out_dir is not None:
+            state = checkpoint(epoch + 1, 0, {})
+            save_checkpoint(last_path, state)
+            wrote_last = True
+            if is_best:
+                save_checkpoint(best_path, state)
+                wrote_best = True
+            _append_metrics_csv(csv_path, event.as_row())
+        yield event
+
+    event = done(False, "completed")
+    yield event
+    return event
