@@ -255,15 +255,16 @@ def start_progress_worker(
     """Run a ``core`` progress generator in a napari ``thread_worker``.
 
     A napari progress bar follows the yielded :class:`~core.progress.Progress`
-    events; other events go to ``on_event``. Errors that are bad input
-    (``ValueError``, ``TypeError``, ``OSError``) become a notification; others
-    go to napari's usual error handling. Returns the worker (started unless
-    ``start`` is False), so callers can ``quit()`` it or wait on it in tests.
+    events; other events go to ``on_event``. An exception in the generator
+    becomes a napari error notification (its message; the type too when it is
+    not bad input) and is not re-raised, so the viewer stays usable. Returns the worker (started
+    unless ``start`` is False: connect to ``finished`` before starting, or a
+    fast worker may finish first), so callers can ``quit()`` it.
     """
     from napari.qt.threading import thread_worker
     from napari.utils import progress
 
-    @thread_worker(start_thread=False)
+    @thread_worker(start_thread=False, ignore_errors=True)
     def _work() -> Generator[Any, Any, Any]:
         result = yield from make_generator()
         return result
@@ -284,13 +285,15 @@ def start_progress_worker(
 
     def _errored(error: BaseException) -> None:
         if isinstance(error, USER_ERRORS):
+            logger.info("%s: %s", description or "worker", error)
             show_error(str(error))
         else:
-            raise error
+            logger.error("%s failed", description or "worker", exc_info=error)
+            show_error(f"{description or 'worker'} failed: {type(error).__name__}: {error}")
 
     worker.yielded.connect(_yielded)
-    worker.returned.connect(on_returned)
     worker.errored.connect(_errored)
+    worker.returned.connect(on_returned)
     worker.finished.connect(bar.close)
     if start:
         worker.start()

@@ -1,0 +1,1 @@
+"""Dock widgets of the napari plugin (one module per widget; thin: layers in, core, layers out)."""

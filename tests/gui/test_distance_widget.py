@@ -1,0 +1,149 @@
+"""Distance-map widget end to end on tiny data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_boundary_seg._widgets import _common
+from napari_boundary_seg._widgets.distance import (
+    DistanceMapWidget,
+    Mode,
+    boundary_layer_name,
+    phi_layer_name,
+)
+from napari_boundary_seg.core.distance import signed_distance_map
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_error", shown.append)
+    return shown
+
+
+def _run(widget, qtbot, name):
+    worker = widget.compute()
+    assert worker is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
+    return widget.viewer.layers[name]
+
+
+def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    data = np.zeros((7, 7), dtype=np.uint8)
+    data[2:5, 2:5] = 1  # a 3x3 square: ∂G is its ring, the centre is 1 voxel inside
+    viewer.add_labels(data, name="sq", scale=(2.0, 1.0))
+    widget = DistanceMapWidget(viewer)
+    phi = _run(widget, qtbot, phi_layer_name("sq", 1))
+    assert phi.data.dtype == np.float32
+    assert phi.data[3, 3] == pytest.approx(-1.0)  # centre: 1 mm to the ring along axis 1
+    assert phi.data[2, 3] == 0.0 and phi.data[4, 2] == 0.0  # ring
+    assert phi.data[3, 5] == pytest.approx(1.0)  # 1 voxel right of the ring, 1 mm
+    assert phi.data[1, 3] == pytest.approx(2.0)  # 1 voxel above: spacing 2 mm
+    assert phi.data[1, 1] == pytest.approx(np.hypot(2.0, 1.0))
+    np.testing.assert_array_equal(phi.scale, (2.0, 1.0))
+    lo, hi = phi.contrast_limits
+    assert lo == -hi and hi > 0
+    # zero level layer: exactly the ring
+    ring = viewer.layers[boundary_layer_name("sq", 1)].data
+    assert ring.sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == 1
+    # the status bar names the unit
+    status = phi.get_status(phi.data_to_world((3, 3)), world=True)
+    assert "(mm)" in str(status) and "-1" in str(status)
+    assert errors == []
+
+
+@pytest.mark.parametrize("mode", [Mode.VOLUME, Mode.SLICES])
+def test_3d_matches_core_and_recompute_replaces(make_napari_viewer, qtbot, errors, mode):
+    viewer = make_napari_viewer()
+    data = np.zeros((5, 8, 9), dtype=np.int32)
+    data[1:4, 2:6, 3:7] = 2
+    data[0, 0, 0] = 1
+    lab = viewer.add_labels(data, name="les", scale=(3.0, 1.0, 0.5), translate=(1, 2, 3))
+    widget = DistanceMapWidget(viewer)
+    widget.class_spin.setValue(2)
+    widget.set_mode(mode)
+    viewer.dims.order = (2, 0, 1)  # slicing along data axis 2
+    phi = _run(widget, qtbot, phi_layer_name("les", 2))
+    axis = None if mode is Mode.VOLUME else 2
+    expected = signed_distance_map(data == 2, spacing=(3.0, 1.0, 0.5), axis=axis)
+    np.testing.assert_allclose(phi.data, expected, atol=1e-6)
+    np.testing.assert_allclose(phi.translate, (1, 2, 3))
+    n_layers = len(viewer.layers)
+
+    lab.data = np.where(data == 2, 0, data).astype(np.int32)
+    lab.data[2, 3, 4] = 2
+    _run(widget, qtbot, phi_layer_name("les", 2))
+    assert len(viewer.layers) == n_layers  # replaced, not stacked
+    assert viewer.layers[phi_layer_name("les", 2)].data[2, 3, 4] == 0.0
+    assert viewer.layers[phi_layer_name("les", 2)].data[2, 4, 4] == pytest.approx(1.0)
+    assert errors == []
+
+
+def test_bad_inputs_notify_and_add_nothing(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    widget = DistanceMapWidget(viewer)
+    assert widget.compute() is None
+    assert "No labels layer" in errors[-1]
+
+    viewer.add_image(np.random.default_rng(0).random((4, 4)).astype(np.float32), name="float")
+    widget.labels_combo.set_layer("float")
+    assert widget.compute() is None
+    assert "float32" in errors[-1] and "float" in errors[-1]
+
+    nan = np.zeros((4, 4), dtype=np.float32)
+    nan[0, 0] = np.nan
+    viewer.add_image(nan, name="nan")
+    widget.labels_combo.set_layer("nan")
+    assert widget.compute() is None
+    assert "NaN" in errors[-1]
+
+    viewer.add_labels(np.zeros((4, 4), dtype=np.uint8), name="empty")
+    widget.labels_combo.set_layer("empty")
+    assert widget.compute() is None
+    assert "no voxel of class 1" in errors[-1]
+
+    viewer.add_labels(np.ones((4, 4), dtype=np.uint8), name="full")
+    widget.labels_combo.set_layer("full")
+    assert widget.compute() is None
+    assert "fills all" in errors[-1]
+    assert len(errors) == 5
+    assert [layer.name for layer in viewer.layers] == ["float", "nan", "empty", "full"]
+
+
+def test_combo_follows_layer_list(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = DistanceMapWidget(viewer)
+    assert widget.labels_combo.count() == 0
+    viewer.add_image(np.zeros((3, 3), dtype=np.uint8), name="img")
+    viewer.add_labels(np.zeros((3, 3), dtype=np.uint8), name="lab")
+    items = [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
+    assert items == ["lab", "img"]  # Labels layers first
+    viewer.layers["lab"].name = "renamed"
+    assert widget.labels_combo.findText("renamed") >= 0
+    viewer.layers.remove("img")
+    assert widget.labels_combo.count() == 1
+
+
+def test_worker_error_becomes_notification(make_napari_viewer, qtbot, errors):
+    make_napari_viewer()
+    returned = []
+
+    def failing():
+        yield _common.Progress(0, 2)
+        raise ValueError("spacing (0, 1) must be positive")
+
+    worker = _common.start_progress_worker(failing, returned.append, "test", start=False)
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        worker.start()
+    assert returned == []
+    assert errors == ["spacing (0, 1) must be positive"]
+
+
+def test_docks_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-boundary-seg", "Distance map")
+    assert isinstance(widget, DistanceMapWidget)
+    viewer.add_labels(np.zeros((3, 3), dtype=np.uint8), name="lab")
+    assert widget.labels_combo.currentText() == "lab"  # it listens to this viewer
