@@ -74,9 +74,18 @@ __all__ = [
     "TrainConfig",
     "TrainControl",
     "available_devices",
+    "collate",
+    "effective_weights",
+    "epoch_order",
+    "iter_batches",
+    "library_versions",
+    "preprocess_config",
     "resolve_device",
+    "save_checkpoint",
+    "to_device",
     "train",
     "train_step",
+    "validate_cases",
 ]
 
 CHECKPOINT_FORMAT = "napari-boundary-seg.checkpoint"
@@ -192,7 +201,8 @@ class TrainConfig:
         checkpoint).
     num_workers
         DataLoader worker processes (0: batches are gathered in the main process
-        from the in-memory tensors, the fastest for cached data).
+        from the in-memory tensors, the fastest for cached data; same batches
+        either way).
     max_steps_per_epoch
         Cap on the steps of an epoch (quick runs); ``None``: every slice once.
     amp
@@ -692,9 +702,39 @@ def collate(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack([torch.as_tensor(item[k]) for item in items]) for k in range(3))
 
 
-def _to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Move a batch's tensors to ``device`` (non-blocking on CUDA)."""
     non_blocking = device.type == "cuda"
     return tuple(t.to(device, non_blocking=non_blocking) for t in batch)
+
+
+def iter_batches(
+    dataset: Any,
+    order: torch.Tensor,
+    batch_size: int,
+    start_step: int,
+    stop_step: int,
+    num_workers: int = 0,
+) -> Generator[tuple[torch.Tensor, ...], None, None]:
+    """The CPU batches of steps ``start_step .. stop_step - 1`` of an epoch.
+
+    Step ``k`` holds the items ``order[k * batch_size : (k + 1) * batch_size]``.
+    With ``num_workers == 0`` they are gathered in this process by
+    :func:`collate` (the fastest for an in-memory data set); otherwise a
+    :class:`torch.utils.data.DataLoader` with that many workers loads them.
+    """
+    steps = [
+        order[k * batch_size : (k + 1) * batch_size].tolist() for k in range(start_step, stop_step)
+    ]
+    if num_workers == 0:
+        for indices in steps:
+            yield collate(dataset, indices)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_sampler=steps, num_workers=num_workers)
+    for batch in loader:
+        yield tuple(batch)
 
 
 def library_versions() -> dict[str, str]:
@@ -1094,6 +1134,14 @@ def train(
         if epoch != start_epoch:
             start_step = 0
             partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
+        batches = iter_batches(
+            data.dataset,
+            order,
+            config.batch_size,
+            start_step,
+            steps_per_epoch,
+            config.num_workers,
+        )
         for step in range(start_step, steps_per_epoch):
             while control.paused:
                 yield PauseEvent(epoch, step)
@@ -1108,8 +1156,7 @@ def train(
                 yield event
                 return event
             tic = time.perf_counter()
-            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = _to_device(collate(data.dataset, indices.tolist()), device)
+            batch = to_device(next(batches), device)
             result = train_step(
                 model,
                 optimizer,

@@ -335,3 +335,19 @@ def test_devices():
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         resolve_device("tpu")
+
+
+def test_batches_with_workers_equal_batches_without(cases):
+    from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset
+
+    dataset = SliceDataset(cases[:1], 2, PreprocessConfig(slice_size=16))
+    order = train_mod.epoch_order(len(dataset), seed=3, epoch=1)
+    assert sorted(order.tolist()) == list(range(4))
+    plain = list(train_mod.iter_batches(dataset, order, 3, 0, 2))
+    workers = list(train_mod.iter_batches(dataset, order, 3, 0, 2, num_workers=1))
+    assert [b[0].shape[0] for b in plain] == [3, 1]
+    for a, b in zip(plain, workers, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    first = order[:3]
+    assert torch.equal(plain[0][2], dataset.dist[first])
