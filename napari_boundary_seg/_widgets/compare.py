@@ -1,0 +1,331 @@
+"""Comparison widget: a prediction against the ground truth, in colours and figures.
+
+Layers in: a prediction and a ground-truth Labels layer (Image layers of
+integers work too) of the same shape, and a class (or any foreground).
+Core calls: :func:`core.metrics.case_metrics` for the volume and
+:func:`core.metrics.per_slice_metrics` along the viewer's slicing axis, in a
+``thread_worker``; spacing from the ground truth's ``layer.scale``.
+Out:
+
+- a Labels layer ``"TP/FP/FN <pred> vs <gt>"``: 1 = true positive, 2 = false
+  positive, 3 = false negative, in Okabe-Ito colours that stay distinct with
+  colour-blindness (legend in the widget); recomputing replaces its data;
+- a table: DSC, HD, HD95, ASSD (mm) and the lesion-wise figures for the volume,
+  then one row per slice that has foreground in either layer; clicking a slice
+  row moves the viewer to that slice; "Export CSV..." saves the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_warning
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_boundary_seg._widgets._common import (
+    LayerCombo,
+    check_same_shape,
+    geometry_kwargs,
+    labels_array,
+    layer_spacing,
+    move_to_slice,
+    notify_errors,
+    require_layer,
+    slicing_axis,
+    start_progress_worker,
+)
+from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
+from napari_boundary_seg.core.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+TP, FP, FN = 1, 2, 3
+#: Okabe-Ito colours: bluish green, orange, sky blue.
+OUTCOME_COLORS = {TP: "#009E73", FP: "#E69F00", FN: "#56B4E9"}
+OUTCOME_NAMES = {TP: "true positive", FP: "false positive", FN: "false negative"}
+
+#: (metric key, column header) of the table; lesion columns only when present.
+SURFACE_COLUMNS = (
+    ("dice", "DSC"),
+    ("hd", "HD (mm)"),
+    ("hd95", "HD95 (mm)"),
+    ("assd", "ASSD (mm)"),
+)
+LESION_COLUMNS = (
+    ("lesion_recall", "lesion recall"),
+    ("lesion_precision", "lesion precision"),
+    ("lesion_f1", "lesion F1"),
+    ("avd", "AVD (%)"),
+)
+
+
+def outcome_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``(*spatial)`` uint8: 1 TP, 2 FP, 3 FN, 0 true negative, from two boolean masks."""
+    out = np.zeros(pred.shape, dtype=np.uint8)
+    out[pred & target] = TP
+    out[pred & ~target] = FP
+    out[~pred & target] = FN
+    return out
+
+
+def overlay_name(pred_name: str, gt_name: str) -> str:
+    """Name of the TP/FP/FN layer."""
+    return f"TP/FP/FN {pred_name} vs {gt_name}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.3f}"
+
+
+class CompareWidget(QWidget):
+    """Dock widget: prediction vs ground truth (TP/FP/FN layer and metric table).
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (npe2 passes it).
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.volume_metrics: dict[str, float] = {}
+        self.slice_rows: list[dict[str, float]] = []
+        self.axis: int = 0
+        self.columns: list[tuple[str, str]] = list(SURFACE_COLUMNS)
+        self._gt_layer: Any = None
+
+        self.pred_combo = LayerCombo(napari_viewer, (Labels, Image))
+        self.gt_combo = LayerCombo(napari_viewer, (Labels, Image))
+        self.class_spin = QSpinBox()
+        self.class_spin.setRange(0, 65535)
+        self.class_spin.setSpecialValueText("any foreground (> 0)")
+        self.class_spin.setValue(0)
+        self.run_button = QPushButton("Compare")
+        self.run_button.clicked.connect(self.compare)
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.clicked.connect(self.export_dialog)
+        self.export_button.setEnabled(False)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.table = QTableWidget(0, 0)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.cellClicked.connect(self.go_to_row)
+
+        form = QFormLayout()
+        form.addRow("Prediction", self.pred_combo)
+        form.addRow("Ground truth", self.gt_combo)
+        form.addRow("Class", self.class_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.export_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addLayout(self._legend())
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table, stretch=1)
+
+    @staticmethod
+    def _legend() -> QHBoxLayout:
+        legend = QHBoxLayout()
+        for value, color in OUTCOME_COLORS.items():
+            swatch = QLabel()
+            swatch.setFixedSize(14, 14)
+            swatch.setStyleSheet(f"background-color: {color}; border: 1px solid #888;")
+            legend.addWidget(swatch)
+            legend.addWidget(QLabel(OUTCOME_NAMES[value]))
+        legend.addStretch(1)
+        return legend
+
+    # ---------------------------------------------------------------- inputs
+    def _inputs(self) -> dict[str, Any]:
+        pred_layer = require_layer(self.pred_combo.layer(), "prediction")
+        gt_layer = require_layer(self.gt_combo.layer(), "ground-truth")
+        check_same_shape(pred_layer, gt_layer)
+        pred, gt = labels_array(pred_layer), labels_array(gt_layer)
+        label = self.class_spin.value() or None
+        p = pred > 0 if label is None else pred == label
+        t = gt > 0 if label is None else gt == label
+        what = "foreground" if label is None else f"voxel of class {label}"
+        if not t.any() and not p.any():
+            raise ValueError(
+                f"Neither '{pred_layer.name}' nor '{gt_layer.name}' has any {what}: "
+                "nothing to compare."
+            )
+        if not t.any():
+            show_warning(
+                f"Ground truth '{gt_layer.name}' has no {what}: every predicted voxel is "
+                "a false positive and the distances are inf."
+            )
+        elif not p.any():
+            show_warning(
+                f"Prediction '{pred_layer.name}' has no {what}: every lesion voxel is a "
+                "false negative and the distances are inf."
+            )
+        axis = slicing_axis(self.viewer, gt_layer) if gt.ndim >= 3 else 0
+        return {
+            "pred_layer": pred_layer,
+            "gt_layer": gt_layer,
+            "p": p,
+            "t": t,
+            "spacing": layer_spacing(gt_layer),
+            "axis": axis,
+        }
+
+    # ------------------------------------------------------------------- run
+    def compare(self) -> Any:
+        """Start the comparison; returns the worker (None on bad input)."""
+        inputs = notify_errors(self._inputs)
+        if inputs is None:
+            return None
+        p, t, spacing, axis = inputs["p"], inputs["t"], inputs["spacing"], inputs["axis"]
+
+        def steps():
+            yield Progress(0, 2, "volume")
+            volume = case_metrics(p, t, spacing=spacing)
+            yield Progress(1, 2, "slices")
+            rows = per_slice_metrics(p, t, spacing=spacing, axis=axis)
+            yield Progress(2, 2, "done")
+            return volume, rows
+
+        def on_returned(result: tuple[dict, list]) -> None:
+            self.show_results(inputs, *result)
+
+        self.worker = start_progress_worker(steps, on_returned, "comparison", start=False)
+        self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
+        self.run_button.setEnabled(False)
+        self.worker.start()
+        return self.worker
+
+    @property
+    def busy(self) -> bool:
+        """True while a comparison runs."""
+        return not self.run_button.isEnabled()
+
+    def show_results(
+        self, inputs: dict[str, Any], volume: dict[str, float], rows: list[dict[str, float]]
+    ) -> None:
+        """Add (or update) the TP/FP/FN layer and fill the table."""
+        pred_layer, gt_layer = inputs["pred_layer"], inputs["gt_layer"]
+        outcome = outcome_map(inputs["p"], inputs["t"])
+        name = overlay_name(pred_layer.name, gt_layer.name)
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = outcome
+        else:
+            self.viewer.add_labels(
+                outcome,
+                name=name,
+                colormap=DirectLabelColormap(
+                    color_dict={None: "transparent", 0: "transparent", **OUTCOME_COLORS}
+                ),
+                opacity=0.8,
+                **geometry_kwargs(gt_layer),
+            )
+        self._gt_layer = gt_layer
+        self.axis = inputs["axis"]
+        self.volume_metrics = volume
+        self.slice_rows = rows
+        self.columns = list(SURFACE_COLUMNS) + [c for c in LESION_COLUMNS if c[0] in volume]
+        counts = np.bincount(outcome.ravel(), minlength=4)
+        self.summary.setText(
+            f"TP {counts[TP]}, FP {counts[FP]}, FN {counts[FN]} voxels. "
+            f"Rows: the volume, then the {len(rows)} slices with foreground along "
+            f"axis {self.axis} (click one to go there)."
+        )
+        self._fill_table()
+        self.export_button.setEnabled(True)
+
+    def table_rows(self) -> list[dict[str, Any]]:
+        """The table as dicts: ``scope`` ("volume"/"slice"), ``slice``, metric keys."""
+        keys = [key for key, _ in self.columns]
+        out = [{"scope": "volume", "slice": None, **{k: self.volume_metrics.get(k) for k in keys}}]
+        for row in self.slice_rows:
+            out.append({"scope": "slice", "slice": row["slice"], **{k: row.get(k) for k in keys}})
+        return out
+
+    def _fill_table(self) -> None:
+        headers = ["slice"] + [header for _, header in self.columns]
+        rows = self.table_rows()
+        self.table.clear()
+        self.table.setColumnCount(len(headers))
+        self.table.setHorizontalHeaderLabels(headers)
+        self.table.setRowCount(len(rows))
+        for i, row in enumerate(rows):
+            first = "volume" if row["scope"] == "volume" else str(row["slice"])
+            self.table.setItem(i, 0, QTableWidgetItem(first))
+            for j, (key, _) in enumerate(self.columns, start=1):
+                self.table.setItem(i, j, QTableWidgetItem(_fmt(row[key])))
+
+    # -------------------------------------------------------------- navigate
+    def go_to_row(self, row: int, _column: int = 0) -> None:
+        """Move the viewer to the slice of table row ``row`` (row 0 is the volume)."""
+        if row < 1 or row > len(self.slice_rows) or self._gt_layer is None:
+            return
+        index = int(self.slice_rows[row - 1]["slice"])
+        move_to_slice(self.viewer, self._gt_layer, self.axis, index)
+
+    # ---------------------------------------------------------------- export
+    def export_csv(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the table to ``path`` as CSV (``inf`` for infinite distances).
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and ``overwrite`` is False.
+        ValueError
+            There is nothing to export yet.
+        """
+        if not self.volume_metrics:
+            raise ValueError("Nothing to export: run a comparison first.")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; not overwriting it.")
+        rows = self.table_rows()
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        logger.info("wrote %d rows to %s", len(rows), path)
+        return path
+
+    def export_dialog(self) -> None:
+        """Ask for a file name (the dialog confirms replacing a file) and export."""
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export comparison table", "comparison.csv", "CSV files (*.csv)"
+        )
+        if path:
+            notify_errors(self.export_csv, path, overwrite=True)

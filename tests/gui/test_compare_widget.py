@@ -1,0 +1,143 @@
+"""Comparison widget end to end on tiny data."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_boundary_seg._widgets import _common, compare
+from napari_boundary_seg._widgets.compare import FN, FP, TP, CompareWidget, overlay_name
+
+SCALE = (2.0, 1.0, 0.5)
+TRANSLATE = (10.0, 0.0, -4.0)
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_common, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(compare, "show_warning", shown.append)
+    return shown
+
+
+def _cubes():
+    gt = np.zeros((4, 6, 6), dtype=np.uint8)
+    gt[1:3, 1:3, 1:3] = 1  # 8 voxels
+    pred = np.zeros_like(gt)
+    pred[1:3, 1:3, 2:4] = 1  # shifted by one voxel (0.5 mm) along axis 2
+    return pred, gt
+
+
+def _run(widget, qtbot):
+    assert widget.compare() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
+
+
+@pytest.fixture
+def compared(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    pred, gt = _cubes()
+    viewer.add_labels(gt, name="gt", scale=SCALE, translate=TRANSLATE)
+    viewer.add_labels(pred, name="pred", scale=SCALE, translate=TRANSLATE)
+    widget = CompareWidget(viewer)
+    widget.pred_combo.set_layer("pred")
+    widget.gt_combo.set_layer("gt")
+    _run(widget, qtbot)
+    return viewer, widget
+
+
+def test_counts_metrics_and_table(compared, qtbot, errors):
+    viewer, widget = compared
+    overlay = viewer.layers[overlay_name("pred", "gt")]
+    counts = np.bincount(overlay.data.ravel(), minlength=4)
+    assert (counts[TP], counts[FP], counts[FN]) == (4, 4, 4)
+    assert (
+        overlay.data[1, 1, 2] == TP and overlay.data[1, 1, 3] == FP and overlay.data[1, 1, 1] == FN
+    )
+    np.testing.assert_allclose(overlay.scale, SCALE)
+    # by hand: DSC = 2*4 / (8+8); the surfaces are one voxel (0.5 mm) apart
+    assert widget.volume_metrics["dice"] == pytest.approx(0.5)
+    assert widget.volume_metrics["hd"] == pytest.approx(0.5)
+    # rows: volume + slices 1 and 2 along axis 0 (the viewer's slicing axis)
+    assert widget.table.rowCount() == 3
+    assert [widget.table.item(i, 0).text() for i in range(3)] == ["volume", "1", "2"]
+    headers = [
+        widget.table.horizontalHeaderItem(j).text() for j in range(widget.table.columnCount())
+    ]
+    assert headers[:5] == ["slice", "DSC", "HD (mm)", "HD95 (mm)", "ASSD (mm)"]
+    assert "lesion F1" in headers
+    assert widget.table.item(1, 1).text() == "0.500" and widget.table.item(1, 2).text() == "0.500"
+    assert errors == []
+
+
+def test_recompute_replaces_overlay(compared, qtbot):
+    viewer, widget = compared
+    n_layers = len(viewer.layers)
+    viewer.layers["pred"].data = viewer.layers["gt"].data.copy()
+    _run(widget, qtbot)
+    assert len(viewer.layers) == n_layers
+    overlay = viewer.layers[overlay_name("pred", "gt")].data
+    assert (overlay == TP).sum() == 8 and not np.isin(overlay, [FP, FN]).any()
+    assert widget.table.item(0, 1).text() == "1.000"
+
+
+def test_row_click_moves_viewer_to_slice(compared, qtbot):
+    viewer, widget = compared
+    rect = widget.table.visualItemRect(widget.table.item(2, 0))
+    qtbot.mouseClick(widget.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    # slice 2 along axis 0: world = translate + 2 * scale
+    assert viewer.dims.point[0] == pytest.approx(10.0 + 2 * 2.0)
+    widget.go_to_row(1)
+    assert viewer.dims.point[0] == pytest.approx(12.0)
+
+
+def test_csv_export(compared, tmp_path, monkeypatch):
+    _, widget = compared
+    out = tmp_path / "table.csv"
+    widget.export_csv(out)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["scope"] for r in rows] == ["volume", "slice", "slice"]
+    assert [r["slice"] for r in rows] == ["", "1", "2"]
+    assert float(rows[0]["dice"]) == pytest.approx(0.5)
+    assert {"hd", "hd95", "assd", "lesion_f1"} <= set(rows[0])
+    with pytest.raises(FileExistsError):
+        widget.export_csv(out)
+    # the dialog (which confirms replacing) may overwrite
+    out.write_text("old")
+    monkeypatch.setattr(compare.QFileDialog, "getSaveFileName", lambda *a, **k: (str(out), ""))
+    widget.export_dialog()
+    assert out.read_text().startswith("scope,slice,dice")
+
+
+def test_bad_inputs_notify(make_napari_viewer, errors, warnings_shown, qtbot):
+    viewer = make_napari_viewer()
+    widget = CompareWidget(viewer)
+    assert widget.compare() is None and "No prediction layer" in errors[-1]
+    viewer.add_labels(np.zeros((3, 4, 4), dtype=np.uint8), name="a")
+    viewer.add_labels(np.zeros((3, 4, 5), dtype=np.uint8), name="b")
+    widget.pred_combo.set_layer("a")
+    widget.gt_combo.set_layer("b")
+    assert widget.compare() is None
+    assert "(3, 4, 4)" in errors[-1] and "(3, 4, 5)" in errors[-1]
+    widget.gt_combo.set_layer("a")
+    assert widget.compare() is None and "nothing to compare" in errors[-1]
+    viewer.add_image(np.full((3, 4, 4), 0.5, dtype=np.float32), name="soft")
+    widget.pred_combo.set_layer("soft")
+    assert widget.compare() is None and "not integer" in errors[-1]
+    assert len(errors) == 4
+    # an empty ground truth is allowed (all false positives), with a warning
+    viewer.add_labels(np.ones((3, 4, 4), dtype=np.uint8), name="c")
+    widget.pred_combo.set_layer("c")
+    _run(widget, qtbot)
+    assert "has no foreground" in warnings_shown[-1]
+    assert widget.table.item(0, 2).text() == "inf"
+    assert len(errors) == 4
