@@ -251,7 +251,7 @@ class CompareWidget(QWidget):
                 colormap=DirectLabelColormap(
                     color_dict={None: "transparent", 0: "transparent", **OUTCOME_COLORS}
                 ),
-                opacity=0.8,
+                opacity=1.0,
                 **geometry_kwargs(gt_layer),
             )
         self._gt_layer = gt_layer

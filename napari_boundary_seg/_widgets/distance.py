@@ -49,10 +49,20 @@ from napari_boundary_seg.core.distance import iter_class_distance_maps
 
 logger = logging.getLogger(__name__)
 
-#: Blue (inside, negative) - white (0, the boundary) - red (outside, positive).
+#: ColorBrewer RdBu: dark blue (deep inside, negative) - white (0, the boundary) -
+#: dark red (far outside), with the light tints squeezed near 0 so that voxels a
+#: millimetre from the boundary are already clearly blue or red.
 PHI_COLORMAP = Colormap(
-    colors=[[0.02, 0.19, 0.58, 1.0], [1.0, 1.0, 1.0, 1.0], [0.70, 0.09, 0.17, 1.0]],
-    controls=[0.0, 0.5, 1.0],
+    colors=[
+        [0.020, 0.188, 0.380, 1.0],
+        [0.129, 0.400, 0.675, 1.0],
+        [0.573, 0.773, 0.871, 1.0],
+        [1.000, 1.000, 1.000, 1.0],
+        [0.957, 0.647, 0.510, 1.0],
+        [0.698, 0.094, 0.169, 1.0],
+        [0.404, 0.000, 0.122, 1.0],
+    ],
+    controls=[0.0, 0.3, 0.46, 0.5, 0.54, 0.7, 1.0],
     name="phi (blue in, red out)",
 )
 BOUNDARY_COLOR = "black"
@@ -78,13 +88,13 @@ def boundary_layer_name(labels_name: str, label: int) -> str:
 def symmetric_limits(phi: np.ndarray) -> tuple[float, float]:
     """Contrast limits ``(-m, m)`` centred on 0.
 
-    ``m`` is four times the deepest inside distance, capped by the largest
-    |φ|: far-away voxels saturate red and the inside of small lesions still
-    reads blue (with ``m = max|φ|`` a 3 mm lesion in a 200 mm head is white).
+    ``m`` is three times the deepest inside distance, capped by the largest
+    |φ|: the inside of small lesions reads blue and far-away voxels saturate
+    red (with ``m = max|φ|`` a 3 mm lesion in a 200 mm head is white).
     """
     inside = float(-phi.min()) if phi.size else 0.0
     largest = float(np.abs(phi).max()) if phi.size else 0.0
-    m = min(largest, 4.0 * inside) if inside > 0 else largest
+    m = min(largest, 3.0 * inside) if inside > 0 else largest
     m = m if m > 0 else 1.0
     return (-m, m)
 
@@ -230,6 +240,7 @@ class DistanceMapWidget(QWidget):
                 opacity=1.0,
                 **geometry,
             )
+        self.viewer.layers.selection.active = layer  # the status bar shows φ (mm)
         logger.info(
             "φ of class %d of %s: range %.3g..%.3g mm", label, source.name, phi.min(), phi.max()
         )

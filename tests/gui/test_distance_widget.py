@@ -48,9 +48,13 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     # zero level layer: exactly the ring
     ring = viewer.layers[boundary_layer_name("sq", 1)].data
     assert ring.sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == 1
-    # the status bar names the unit
-    status = phi.get_status(phi.data_to_world((3, 3)), world=True)
-    assert "(mm)" in str(status) and "-1" in str(status)
+    # the status bar shows φ under the cursor, named with its unit
+    assert viewer.layers.selection.active is phi
+    viewer.mouse_over_canvas = True
+    viewer.cursor.position = phi.data_to_world((3, 3))
+    viewer.update_status_from_cursor()
+    status = viewer.status
+    assert "φ1 sq (mm)" in str(status) and "-1" in str(status)
     assert errors == []
 
 
