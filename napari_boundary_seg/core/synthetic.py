@@ -201,10 +201,10 @@ def _sample(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
     Outside the volume the result is 0. Returns ``(K, X', Y', Z')`` float32.
     """
     size = np.asarray(volumes.shape[1:], dtype=np.float64)
-    norm = 2.0 * coords / (size - 1) - 1.0  # align_corners=True convention
-    grid = torch.from_numpy(norm[..., ::-1].astype(np.float32).copy())[
-        None
-    ]  # (1, X', Y', Z', 3) xyz
+    grid = np.empty(coords.shape, dtype=np.float32)  # xyz order: last numpy axis first
+    for k in range(3):
+        grid[..., 2 - k] = coords[..., k] * np.float32(2.0 / (size[k] - 1)) - np.float32(1.0)
+    grid = torch.from_numpy(grid)[None]  # (1, X', Y', Z', 3), align_corners=True convention
     src = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
     out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out[0].numpy()
@@ -392,17 +392,21 @@ def _deform(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
         rot = rot @ r
     scale = rng.uniform(0.92, 1.08, size=3) * rng.uniform(0.95, 1.05)
     shift_mm = rng.uniform(-4.0, 4.0, size=3)
-    # output voxel -> mm about the centre -> inverse scale/rotation -> source voxel
-    grid = np.stack(
-        np.meshgrid(*[np.arange(n, dtype=np.float64) for n in anatomy.shape], indexing="ij"),
-        axis=-1,
-    )
-    mm = (grid - centre) * spacing - shift_mm
-    src_mm = (mm @ rot) / scale
+    # output voxel -> mm about the centre -> inverse scale/rotation -> source voxel,
+    # built by broadcasting 1D axes (float32) rather than a full coordinate grid
+    mm_axes = [
+        ((np.arange(n) - centre[k]) * spacing[k] - shift_mm[k])
+        .astype(np.float32)
+        .reshape([-1 if a == k else 1 for a in range(3)])
+        for k, n in enumerate(anatomy.shape)
+    ]
     displacement_mm = 3.0
-    for k in range(3):
-        src_mm[..., k] += _smooth_field(rng, anatomy.shape, 5, displacement_mm)
-    src = src_mm / spacing + centre
+    src = np.empty((*anatomy.shape, 3), dtype=np.float32)
+    for j in range(3):
+        acc = _smooth_field(rng, anatomy.shape, 5, displacement_mm)
+        for k in range(3):
+            acc += mm_axes[k] * np.float32(rot[k, j] / scale[j])
+        src[..., j] = acc / np.float32(spacing[j]) + np.float32(centre[j])
     vols = np.stack(
         [anatomy.t1, anatomy.gm, anatomy.wm, anatomy.csf, anatomy.other, anatomy.ventricle_distance]
     )
