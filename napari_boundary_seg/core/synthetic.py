@@ -68,7 +68,7 @@ DEFAULT_SHAPE = (96, 112, 96)
 DEFAULT_SPACING = (2.0, 2.0, 2.0)
 """Default voxel size in mm: a 192 x 224 x 192 mm field of view."""
 MODALITIES = ("FLAIR", "T1")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 _MNI_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
