@@ -9,7 +9,7 @@ For each widget declared in ``napari.yaml`` it opens napari with the sample
 lesion case, docks the widget, lets it do its job when a ``prepare`` function
 is known for it (below), and saves ``docs/screenshots/<widget>.png``; then
 ``overview.png`` with every widget docked as tabs. The PNGs are reduced to 256
-colours to stay small (about 150-300 KB).
+colours when needed to stay under about 300 KB.
 """
 
 from __future__ import annotations
@@ -30,16 +30,6 @@ WINDOW = (1500, 900)
 def slug(display_name: str) -> str:
     """File name of a widget's screenshot: ``"Distance map"`` -> ``"distance"``."""
     return display_name.lower().split()[0].replace("/", "-")
-
-
-def widget_names() -> list[str]:
-    """Display names of the widgets declared in the plugin's manifest."""
-    import npe2
-
-    pm = npe2.PluginManager.instance()
-    pm.discover()
-    manifest = pm.get_manifest(PLUGIN)
-    return [w.display_name for w in manifest.contributions.widgets or []]
 
 
 def wait_for(widget: Any, timeout: float = 60.0) -> None:
@@ -67,16 +57,6 @@ def busiest_slice(labels: np.ndarray, axis: int) -> int:
     """Index of the slice along ``axis`` with the most foreground."""
     other = tuple(i for i in range(labels.ndim) if i != axis)
     return int(np.argmax((labels > 0).sum(axis=other)))
-
-
-def axial_view(viewer: Any, labels_layer: Any) -> None:
-    """Slice along the last (inferior-superior) axis, anterior up, at the busiest slice."""
-    from napari_boundary_seg._widgets._common import move_to_slice
-
-    viewer.dims.order = (2, 1, 0)
-    viewer.camera.orientation2d = ("up", "right")
-    move_to_slice(viewer, labels_layer, 2, busiest_slice(labels_layer.data, 2))
-    viewer.reset_view()
 
 
 def simulated_prediction(labels: np.ndarray) -> np.ndarray:
@@ -143,8 +123,12 @@ PREPARE: dict[str, Callable[[Any, Any], None]] = {
 
 
 # ------------------------------------------------------------------ screenshots
-def save_png(array: np.ndarray, path: Path, max_width: int = 1400) -> int:
-    """Save an RGBA screenshot as a 256-colour PNG; returns its size in bytes."""
+def save_png(array: np.ndarray, path: Path, max_width: int = 1400, budget: int = 280_000) -> int:
+    """Save an RGBA screenshot as PNG; returns its size in bytes.
+
+    Full colour when that fits in ``budget`` bytes, else reduced to 256
+    colours (small colour swatches may shift a little then).
+    """
     from PIL import Image
 
     image = Image.fromarray(np.asarray(array)[..., :3])
@@ -152,20 +136,21 @@ def save_png(array: np.ndarray, path: Path, max_width: int = 1400) -> int:
         image = image.resize(
             (max_width, round(image.height * max_width / image.width)), Image.LANCZOS
         )
-    image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, optimize=True)
+    if path.stat().st_size > budget:
+        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path.stat().st_size
 
 
-def new_viewer() -> Any:
-    """A napari window with the sample case in an axial view."""
-    import napari
+def new_viewer(dock: bool = False) -> Any:
+    """A napari window with the sample case in an axial view (as the demo opens it)."""
+    from napari_boundary_seg._demo import open_demo_viewer
 
-    viewer = napari.Viewer(title="napari-boundary-seg")
+    viewer = open_demo_viewer(show=True, dock=dock)
     viewer.window._qt_window.resize(*WINDOW)
-    viewer.open_sample(PLUGIN, "lesion_case")
-    axial_view(viewer, viewer.layers["lesions"])
+    settle()
+    viewer.reset_view()
     return viewer
 
 
@@ -185,14 +170,13 @@ def shoot_widget(name: str) -> Path:
 
 
 def shoot_overview(names: list[str]) -> Path:
-    """Screenshot with every widget docked as tabs (the first one shown)."""
-    viewer = new_viewer()
-    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, n, tabify=True) for n in names]
-    if docks:
-        first_dock, first_widget = docks[0]
-        first_dock.raise_()
-        if names[0] in PREPARE:
-            PREPARE[names[0]](viewer, first_widget)
+    """Screenshot of the demo window: every widget docked as tabs, the first one at work."""
+    viewer = new_viewer(dock=True)
+    if names:
+        viewer.window.dock_widgets[f"{names[0]} ({PLUGIN})"].parent().raise_()
+        settle()
+    if names and names[0] in PREPARE:
+        PREPARE[names[0]](viewer, viewer.window.dock_widgets[f"{names[0]} ({PLUGIN})"])
     settle(1.0)
     path = OUT / "overview.png"
     size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
@@ -202,6 +186,8 @@ def shoot_overview(names: list[str]) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    from napari_boundary_seg._demo import widget_names
+
     names = widget_names()
     chosen = [n for n in names if not argv or slug(n) in argv]
     for name in chosen:

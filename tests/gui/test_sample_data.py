@@ -32,3 +32,42 @@ def test_sample_loads_three_layers_and_caches(make_napari_viewer, plugin_cache, 
     monkeypatch.setattr(_sample_data, "make_case", fail)
     again = _sample_data.make_lesion_sample()
     np.testing.assert_array_equal(again[2][0], lesions.data)
+
+
+def test_demo_viewer_docks_every_declared_widget(make_napari_viewer, plugin_cache, monkeypatch):
+    import napari
+
+    from napari_boundary_seg import _demo
+
+    created = []
+
+    def viewer_factory(*args, show=False, **kwargs):
+        created.append(make_napari_viewer(*args, show=False, **kwargs))
+        return created[-1]
+
+    monkeypatch.setattr(napari, "Viewer", viewer_factory)
+    viewer = _demo.open_demo_viewer(show=False)
+    assert [layer.name for layer in viewer.layers] == ["FLAIR", "T1", "lesions"]
+    names = _demo.widget_names()
+    assert {"Distance map", "Compare to ground truth"} <= set(names)
+    docked = viewer.window.dock_widgets
+    assert all(f"{n} (napari-boundary-seg)" in docked for n in names)
+    # axial view at the slice with the most lesion voxels
+    assert viewer.dims.not_displayed == (2,)
+    busiest = int((viewer.layers["lesions"].data > 0).sum(axis=(0, 1)).argmax())
+    assert viewer.dims.current_step[2] == busiest
+
+
+def test_demo_falls_back_to_headless_without_display(plugin_cache, monkeypatch):
+    from napari_boundary_seg import _demo
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(_demo.sys, "platform", "linux")
+    assert not _demo.has_display()
+    lines: list[str] = []
+    original = _demo.run_headless_demo
+    monkeypatch.setattr(_demo, "run_headless_demo", lambda echo: original(echo, train=False))
+    assert _demo.run_demo(echo=lines.append) == 0
+    assert lines[0].startswith("Headless demo")
+    assert "Signed distance maps" in lines[2] and " mm" in lines[2]
