@@ -151,3 +151,13 @@ def test_docks_from_the_plugin_menu(make_napari_viewer):
     assert isinstance(widget, DistanceMapWidget)
     viewer.add_labels(np.zeros((3, 3), dtype=np.uint8), name="lab")
     assert widget.labels_combo.currentText() == "lab"  # it listens to this viewer
+
+
+def test_plot_canvas_helper(qtbot):
+    canvas = _common.PlotCanvas()
+    qtbot.addWidget(canvas)
+    canvas.plot([0, 1, 2], {"α": [1.0, 0.99, 0.98], "1 - α": [0.0, 0.01, 0.02]}, title="alpha")
+    lines = canvas.axes.get_lines()
+    assert [line.get_label() for line in lines] == ["α", "1 - α"]
+    np.testing.assert_allclose(lines[1].get_ydata(), [0.0, 0.01, 0.02])
+    assert canvas.axes.get_legend() is not None and canvas.axes.get_title() == "alpha"
