@@ -1,0 +1,566 @@
+"""Inference widget: a checkpoint and image layer(s) -> probability and label layers.
+
+The widget is thin: it checks the chosen layers and the checkpoint, runs
+:func:`napari_boundary_seg.core.predict.iter_predict_volume` in a napari
+``thread_worker`` (progress in a napari progress bar) and adds the results as
+layers with the input's ``scale`` and ``translate``. The helpers
+:func:`images_from_layers`, :func:`check_checkpoint_channels`,
+:func:`predict_job` and :func:`add_prediction_layers` are also used by the
+training widget (prediction after training) and by the fine-tuning loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_boundary_seg._widgets._common import (
+    USER_ERRORS,
+    check_same_shape,
+    geometry_kwargs,
+    image_array,
+    layer_spacing,
+)
+from napari_boundary_seg.core.progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageStack",
+    "InferenceWidget",
+    "add_prediction_layers",
+    "check_checkpoint_channels",
+    "images_from_layers",
+    "predict_job",
+]
+
+
+# ---------------------------------------------------------------------------
+# Layer helpers (Qt-free apart from the layer objects they read)
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ImageStack:
+    """Image layers stacked as channels, with the geometry of the first one.
+
+    Attributes
+    ----------
+    images
+        ``(M, *spatial)`` float32, one channel per layer, in layer order.
+    spacing
+        Voxel size per spatial axis in mm, numpy axis order (``layer.scale``).
+    geometry
+        Keyword arguments giving a new layer the first layer's geometry
+        (scale, translate, affine...; see ``_common.geometry_kwargs``).
+    names
+        The layer names, in channel order.
+    """
+
+    images: np.ndarray
+    spacing: tuple[float, ...]
+    geometry: dict[str, Any]
+    names: list[str] = field(default_factory=list)
+
+
+def images_from_layers(layers: Sequence[Any]) -> ImageStack:
+    """Stack image layers (modalities) as channels and check them.
+
+    Parameters
+    ----------
+    layers
+        napari Image layers, all of the same shape, 2D or 3D.
+
+    Returns
+    -------
+    ImageStack
+        ``images`` is ``(M, *spatial)`` float32.
+
+    Raises
+    ------
+    ValueError
+        No layer, shapes that differ, an RGB layer, a dimension outside 2-3, or
+        NaN / inf values (the message names the layer).
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("No image layer chosen: select at least one image layer.")
+    arrays: list[np.ndarray] = []
+    for layer in layers:
+        data = image_array(layer)
+        if data.ndim not in (2, 3):
+            raise ValueError(
+                f"Image layer '{layer.name}' has {data.ndim} dimensions "
+                f"(shape {data.shape}); a 2D or 3D image is needed."
+            )
+        if arrays:
+            check_same_shape(layers[0], layer)
+        arrays.append(data)
+    return ImageStack(
+        np.stack(arrays, axis=0),
+        layer_spacing(layers[0]),
+        geometry_kwargs(layers[0]),
+        [layer.name for layer in layers],
+    )
+
+
+def checkpoint_in_channels(checkpoint: Any) -> int | None:
+    """The number of input channels (modalities) a loaded checkpoint expects.
+
+    ``checkpoint`` is what :func:`core.predict.load_checkpoint` returns,
+    ``(model, checkpoint dict)``, or the dict alone.
+    """
+    if isinstance(checkpoint, tuple):
+        model, checkpoint = checkpoint
+        if getattr(model, "in_channels", None) is not None:
+            return int(model.in_channels)
+    hparams = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if isinstance(hparams, dict) and hparams.get("in_channels") is not None:
+        return int(hparams["in_channels"])
+    return None
+
+
+def check_checkpoint_channels(checkpoint: Any, n_channels: int, path: str) -> None:
+    """Raise ValueError if the checkpoint expects another number of modalities."""
+    expected = checkpoint_in_channels(checkpoint)
+    if expected is not None and expected != n_channels:
+        raise ValueError(
+            f"Checkpoint '{Path(path).name}' is a model for {expected} modality "
+            f"channel(s) but {n_channels} image layer(s) are selected: choose "
+            f"{expected} image layer(s) or another checkpoint."
+        )
+
+
+def check_checkpoint_path(path: str | Path) -> str:
+    """Raise ValueError when ``path`` is empty or not an existing file."""
+    text = str(path).strip()
+    if not text:
+        raise ValueError("No checkpoint chosen: pick a best.pt or last.pt file.")
+    resolved = Path(text).expanduser()
+    if not resolved.is_file():
+        raise ValueError(f"Checkpoint file not found: '{resolved}'.")
+    return str(resolved)
+
+
+def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
+    """Load a checkpoint and check it fits ``n_channels`` input modalities.
+
+    Returns
+    -------
+    (model, checkpoint dict)
+        As :func:`core.predict.load_checkpoint`.
+
+    Raises
+    ------
+    ValueError
+        No path, a missing file, a file that is not a checkpoint of this plugin
+        (corrupted, foreign), or a model for another channel count.
+    """
+    from napari_boundary_seg.core.predict import load_checkpoint
+
+    path = Path(check_checkpoint_path(path))
+    try:
+        loaded = load_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise ValueError(f"Checkpoint file not found: '{path}'.") from exc
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"Cannot use checkpoint '{path.name}': {exc}") from exc
+    if n_channels is not None:
+        check_checkpoint_channels(loaded, n_channels, str(path))
+    return loaded
+
+
+def predict_job(
+    checkpoint: Any,
+    images: np.ndarray,
+    spacing: tuple[float, ...],
+    device: str = "auto",
+    axis: int | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Worker body: predict a volume, yielding progress.
+
+    Parameters
+    ----------
+    checkpoint
+        A checkpoint path (loaded and checked here, in the worker:
+        :func:`load_checked_checkpoint`), ``(model, checkpoint dict)`` from
+        :func:`core.predict.load_checkpoint`, or a model.
+    images
+        ``(M, *spatial)`` float32 modalities.
+    spacing
+        Voxel size, numpy axis order.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``...
+    axis
+        Slicing axis; None: the one the model was trained with.
+
+    Returns
+    -------
+    probs, labels
+        ``(C, *spatial)`` float32 probabilities and ``(*spatial)`` labels.
+    """
+    from napari_boundary_seg.core.predict import iter_predict_volume
+
+    if isinstance(checkpoint, str | Path):
+        yield Progress(0, 0, "loading the checkpoint")
+        checkpoint = load_checked_checkpoint(checkpoint, images.shape[0])
+    result = yield from iter_predict_volume(
+        checkpoint, images, tuple(spacing), device=device, axis=axis
+    )
+    return result
+
+
+def _replace_or_add(viewer: napari.Viewer, name: str, kind: str, data, **kwargs):
+    """Add a layer called ``name``, replacing an earlier one of that name."""
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    adder = viewer.add_labels if kind == "labels" else viewer.add_image
+    return adder(data, name=name, **kwargs)
+
+
+def notify_error(error: BaseException | str) -> None:
+    """Show ``error`` in a napari error notification; never raises."""
+    from napari.utils.notifications import show_error
+
+    if isinstance(error, BaseException):
+        text = str(error) or type(error).__name__
+        if not isinstance(error, USER_ERRORS):
+            text = f"{type(error).__name__}: {text}"
+    else:
+        text = error
+    logger.info("%s", text)
+    show_error(text)
+
+
+def add_prediction_layers(
+    viewer: napari.Viewer,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    stack: ImageStack,
+    prefix: str,
+    with_probability: bool = True,
+) -> tuple[Any, Any]:
+    """Add (or replace) the probability Image and prediction Labels layers.
+
+    Parameters
+    ----------
+    probs
+        ``(C, *spatial)`` class probabilities; the layer shows the foreground
+        probability ``1 - probs[0]``.
+    labels
+        ``(*spatial)`` integer prediction.
+    stack
+        The input images, whose scale and translate the layers take.
+    prefix
+        Layer names are ``f"{prefix} probability"`` and ``f"{prefix} prediction"``.
+
+    Returns
+    -------
+    (probability layer or None, labels layer)
+    """
+    geometry = stack.geometry
+    prob_layer = None
+    if with_probability:
+        foreground = (1.0 - probs[0]).astype(np.float32)
+        prob_layer = _replace_or_add(
+            viewer,
+            f"{prefix} probability",
+            "image",
+            foreground,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            opacity=0.6,
+            **geometry,
+        )
+    label_layer = _replace_or_add(
+        viewer,
+        f"{prefix} prediction",
+        "labels",
+        np.asarray(labels).astype(np.int32, copy=False),
+        **geometry,
+    )
+    return prob_layer, label_layer
+
+
+# ---------------------------------------------------------------------------
+# Small Qt helpers shared by the two widgets
+# ---------------------------------------------------------------------------
+
+
+class ProgressRelay(QObject):
+    """A napari progress bar fed at most every ``interval_ms``.
+
+    napari's progress widgets call ``QApplication.processEvents()`` on every
+    update; updating them once per training step would re-enter the event
+    loop from inside signal handlers and cost GUI time. ``set`` only stores
+    the latest values; a timer applies them.
+    """
+
+    def __init__(self, description: str, interval_ms: int = 200, parent: QObject | None = None):
+        super().__init__(parent)
+        from napari.utils import progress
+
+        self.bar: Any = progress(total=0, desc=description)
+        self._prefix = description
+        self._pending: tuple[int, int, str] | None = None
+        self._message = ""
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.flush)
+        self._timer.start()
+
+    def set(self, done: int, total: int, message: str = "") -> None:
+        self._pending = (done, total, message)
+
+    def flush(self) -> None:
+        bar, pending = self.bar, self._pending
+        if bar is None or pending is None:
+            return
+        self._pending = None
+        done, total, message = pending
+        if bar.total != total:
+            bar.total = total
+        bar.n = min(done, total) if total else done
+        bar.update(0)
+        if message and message != self._message:
+            self._message = message
+            bar.set_description(f"{self._prefix}: {message}")
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        try:
+            self._timer.stop()
+        except RuntimeError:  # the Qt side was deleted with its parent
+            pass
+        if bar is not None:
+            bar.close()
+
+
+class LayerList(QListWidget):
+    """A compact multi-select list of the viewer's layers of one type."""
+
+    def __init__(self, viewer: napari.Viewer, layer_type: type, rows: int = 3) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._layer_type = layer_type
+        self.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setFixedHeight(rows * 20 + 6)
+        self.setToolTip("Modalities, stacked as channels in this order")
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        chosen = set(self.selected_names())
+        first = self.count() == 0
+        self.clear()
+        for layer in self._viewer.layers:
+            if isinstance(layer, self._layer_type):
+                item = QListWidgetItem(layer.name)
+                self.addItem(item)
+                item.setSelected(layer.name in chosen)
+        if first and not chosen and self.count():
+            self.item(0).setSelected(True)
+
+    def selected_names(self) -> list[str]:
+        return [self.item(i).text() for i in range(self.count()) if self.item(i).isSelected()]
+
+    def select(self, names: Sequence[str]) -> None:
+        for i in range(self.count()):
+            self.item(i).setSelected(self.item(i).text() in names)
+
+    def selected_layers(self) -> list[Any]:
+        return [self._viewer.layers[n] for n in self.selected_names() if n in self._viewer.layers]
+
+
+class PathEdit(QWidget):
+    """A line edit with a browse button, for a file or a folder."""
+
+    def __init__(self, mode: str = "file", filter: str = "", placeholder: str = ""):
+        super().__init__()
+        self._mode = mode
+        self._filter = filter
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        button = QPushButton("…")
+        button.setFixedWidth(28)
+        button.clicked.connect(self._browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.edit)
+        layout.addWidget(button)
+
+    def _browse(self) -> None:
+        if self._mode == "folder":
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.text())
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.text(), self._filter)
+        if path:
+            self.edit.setText(path)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
+        self.edit.setText(str(text))
+
+
+# ---------------------------------------------------------------------------
+# The inference widget
+# ---------------------------------------------------------------------------
+
+
+class InferenceWidget(QWidget):
+    """Dock widget: checkpoint + image layer(s) -> probability and prediction layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        from napari.layers import Image
+
+        self.viewer = napari_viewer
+        self.worker = None
+        self._pbar = None
+        self.last_result: tuple[np.ndarray, np.ndarray] | None = None
+
+        self.checkpoint = PathEdit(
+            "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
+        )
+        self.images = LayerList(napari_viewer, Image)
+        self.device = QComboBox()
+        for name in device_choices():
+            self.device.addItem(name)
+        self.probability = QComboBox()
+        self.probability.addItems(["probability and labels", "labels only"])
+        self.run_button = QPushButton("Predict")
+        self.run_button.clicked.connect(self.start)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Checkpoint", self.checkpoint)
+        form.addRow("Image layer(s)", self.images)
+        form.addRow("Device", self.device)
+        form.addRow("Output", self.probability)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+    # -- validation, then the worker -------------------------------------------------
+    def _validate(self) -> tuple[str, ImageStack, str]:
+        """Check the cheap things here; the worker loads and checks the checkpoint."""
+        stack = images_from_layers(self.images.selected_layers())
+        device = check_device(self.device.currentText())
+        return check_checkpoint_path(self.checkpoint.text()), stack, device
+
+    def start(self) -> Any | None:
+        """Check the inputs and start prediction; returns the worker (or None)."""
+        if self.worker is not None:
+            notify_error("a prediction is already running")
+            return None
+        try:
+            checkpoint, stack, device = self._validate()
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return None
+        from napari.qt.threading import create_worker
+
+        self._stack = stack
+        self._pbar = ProgressRelay("Predicting", parent=self)
+        worker = create_worker(
+            predict_job, checkpoint, stack.images, stack.spacing, device, _start_thread=False
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.status.setText("Predicting…")
+        worker.start()
+        return worker
+
+    def _on_progress(self, event: Any) -> None:
+        if isinstance(event, Progress) and self._pbar is not None:
+            self._pbar.set(event.done, event.total, event.message)
+
+    def _on_returned(self, result: tuple[np.ndarray, np.ndarray]) -> None:
+        probs, labels = result
+        self.last_result = (probs, labels)
+        prefix = self._stack.names[0]
+        add_prediction_layers(
+            self.viewer,
+            probs,
+            labels,
+            self._stack,
+            prefix,
+            with_probability=self.probability.currentIndex() == 0,
+        )
+        n_fg = int((np.asarray(labels) > 0).sum())
+        self.status.setText(f"Done: {n_fg} foreground voxels predicted.")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText("Prediction failed.")
+        notify_error(exc)
+
+    def _on_finished(self) -> None:
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            pbar.close()
+        self.worker = None
+        self.run_button.setEnabled(True)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        if self.worker is not None:
+            self.worker.quit()
+        super().closeEvent(event)
+
+
+def device_choices() -> list[str]:
+    try:
+        from napari_boundary_seg.core.train import available_devices
+
+        devices = list(available_devices())
+    except ImportError:  # pragma: no cover - core not importable
+        devices = ["cpu"]
+    return ["auto", *[d for d in devices if d != "auto"]]
+
+
+def check_device(device: str) -> str:
+    """Raise ValueError if ``device`` is not present on this machine."""
+    choices = device_choices()
+    if device not in choices:
+        raise ValueError(
+            f"device {device!r} is not available on this machine; choose one of {choices}"
+        )
+    return device
