@@ -237,3 +237,145 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def bench_train(
+    batch_size: int = 8,
+    size: int = 128,
+    repeats: int = 10,
+    warmup: int = 2,
+    depth: int = 4,
+    base_channels: int = 64,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
+    """Time the trainer's step against a bare model step, on the same batch.
+
+    *Ours*: one step of the engine exactly as :func:`napari_boundary_seg.core.train.train`
+    runs it: the batch gathered from a cached
+    :class:`~napari_boundary_seg.core.data.SliceDataset` (images, labels and
+    precomputed distance maps) by :func:`~napari_boundary_seg.core.train.iter_batches`,
+    moved to the device, then :func:`~napari_boundary_seg.core.train.train_step`
+    (softmax, one-hot, GDL + boundary loss with weights 0.5/0.5, backward, Adam).
+    *Baseline*: a bare step of an identical UNet on ready-made tensors with
+    ``F.cross_entropy``, backward and Adam. The two are interleaved (alternating
+    which goes first) after ``warmup`` untimed rounds; times are medians of
+    ``repeats``. Also timed: the boundary loss alone (forward and backward on a
+    probability tensor of the batch's shape) and its share of the engine step.
+
+    Bar: ``step_ratio = ours / baseline <= 1.15`` (the schema's ``ratio``,
+    baseline / ours, must then be ``>= 1 / 1.15``).
+
+    Returns
+    -------
+    dict
+        The result schema of this module, ``benchmark="train"``.
+    """
+    import copy
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset, case_from_arrays
+    from napari_boundary_seg.core.losses import LossKind, boundary_loss
+    from napari_boundary_seg.core.train import (
+        epoch_order,
+        iter_batches,
+        resolve_device,
+        to_device,
+        train_step,
+    )
+    from napari_boundary_seg.core.unet import UNet
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    dev = resolve_device(device)
+    num_classes = 2
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(2):
+        labels = blob_mask((size, size, batch_size), 0.005, seed=seed + i).astype(np.int64)
+        images = [
+            (labels * (1.0 + m) + rng.normal(0.0, 0.3, labels.shape)).astype(np.float32)
+            for m in range(2)
+        ]
+        cases.append(case_from_arrays(images, labels, (1.0, 1.0, 3.0), case_id=f"bench{i}"))
+    dataset = SliceDataset(cases, num_classes, PreprocessConfig(slice_size=size, axis=2))
+    order = epoch_order(len(dataset), seed, 0)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        engine_model = UNet(2, num_classes, depth=depth, base_channels=base_channels).to(dev)
+    bare_model = copy.deepcopy(engine_model)
+    engine_opt = torch.optim.Adam(engine_model.parameters(), lr=1e-3)
+    bare_opt = torch.optim.Adam(bare_model.parameters(), lr=1e-3)
+    x, y, dist = to_device(next(iter_batches(dataset, order, batch_size, 0, 1)), dev)
+    probs = torch.softmax(torch.randn(x.shape[0], num_classes, size, size, device=dev), dim=1)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elif dev.type == "mps":
+            torch.mps.synchronize()
+
+    def engine() -> None:
+        batch = to_device(next(iter_batches(dataset, order, batch_size, 0, 1)), dev)
+        train_step(
+            engine_model, engine_opt, batch, LossKind.GDL_BL, (0.5, 0.5), num_classes=num_classes
+        )
+        sync()
+
+    def bare() -> None:
+        bare_model.train()
+        bare_opt.zero_grad(set_to_none=True)
+        F.cross_entropy(bare_model(x), y).backward()
+        bare_opt.step()
+        sync()
+
+    def boundary() -> None:
+        leaf = probs.detach().requires_grad_(True)
+        boundary_loss(leaf, dist, validate=False).backward()
+        sync()
+
+    times: dict[str, list[float]] = {"engine": [], "bare": [], "boundary": []}
+    for r in range(warmup + repeats):
+        schedule = [("engine", engine), ("bare", bare), ("boundary", boundary)]
+        if r % 2:
+            schedule = [schedule[1], schedule[0], schedule[2]]
+        for name, func in schedule:
+            start = time.perf_counter()
+            func()
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                times[name].append(elapsed)
+    engine_s = statistics.median(times["engine"])
+    bare_s = statistics.median(times["bare"])
+    boundary_s = statistics.median(times["boundary"])
+    bar = 1.15
+    case = _case(
+        f"training step, batch {batch_size}, {size}x{size}, UNet depth {depth} width "
+        f"{base_channels}, {dev}",
+        "bare step: ready-made tensors, cross-entropy, backward, Adam",
+        bare_s,
+        engine_s,
+        round(1.0 / bar, 4),
+    )
+    case["step_ratio"] = engine_s / bare_s
+    case["step_ratio_bar"] = bar
+    case["passed"] = bool(case["step_ratio"] <= bar)
+    case["boundary_loss_s"] = boundary_s
+    case["boundary_loss_share"] = boundary_s / engine_s
+    return {
+        "benchmark": "train",
+        "cases": [case],
+        "info": {
+            "statistic": "median",
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+            "device": str(dev),
+            "threads": torch.get_num_threads(),
+            "loss": "gdl+bl (0.5, 0.5)",
+        },
+    }

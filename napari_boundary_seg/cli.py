@@ -1,0 +1,830 @@
+"""The ``napari-boundary-seg`` command line.
+
+Subcommands: ``synth`` (write the built-in benchmark), ``distmap`` (NIfTI labels
+to signed distance maps), ``train``, ``predict``, ``evaluate`` and ``bench``.
+Every one calls the same ``core`` functions as the napari widgets and shows
+tqdm progress bars.
+
+Bad input (a missing file, a file that exists, wrong shapes) ends the command
+with exit code 2 and a one-line message naming the file and the problem, no
+traceback.
+
+Adding a subcommand: write a function that takes the subparsers object, adds
+its parser (with a help text on every option) and sets ``func`` to a handler
+``(args) -> int``; decorate it with :func:`subcommand`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_boundary_seg import __version__
+
+logger = logging.getLogger(__name__)
+
+PROG = "napari-boundary-seg"
+
+Handler = Callable[[argparse.Namespace], int]
+Registrar = Callable[[Any], None]
+
+_SUBCOMMANDS: list[Registrar] = []
+
+
+def subcommand(register: Registrar) -> Registrar:
+    """Register a function that adds a subcommand parser (in definition order)."""
+    _SUBCOMMANDS.append(register)
+    return register
+
+
+class CommandError(Exception):
+    """A user-facing error: printed on one line, exit code 2."""
+
+
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CommandError)
+
+
+def _progress(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
+
+
+def _drive(gen, desc: str, unit: str = "it"):
+    """Run a ``Progress`` generator with a tqdm bar; return its return value."""
+    from napari_boundary_seg.core.progress import Progress
+
+    bar = _progress(desc=desc, unit=unit)
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(event, Progress):
+                if event.total and bar.total != event.total:
+                    bar.total = event.total
+                bar.n = event.done
+                if event.message:
+                    bar.set_postfix_str(event.message, refresh=False)
+                bar.refresh()
+    finally:
+        bar.close()
+
+
+def _out(text: str = "") -> None:
+    print(text)
+
+
+# ---------------------------------------------------------------------------
+# synth
+
+
+@subcommand
+def _add_synth(sub: Any) -> None:
+    from napari_boundary_seg.core import synthetic
+
+    p = sub.add_parser(
+        "synth",
+        help="write the built-in unbalanced lesion benchmark (generic NIfTI layout)",
+        description="Write synthetic brain-like volumes with small lesions "
+        "(imagesTr/, labelsTr/, dataset.json) to a folder.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator (default 0)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=list(synthetic.DEFAULT_SHAPE),
+        metavar=("X", "Y", "Z"),
+        help=f"volume shape in voxels (default {' '.join(map(str, synthetic.DEFAULT_SHAPE))})",
+    )
+    p.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=list(synthetic.DEFAULT_SPACING),
+        metavar=("SX", "SY", "SZ"),
+        help=f"voxel size in mm (default {' '.join(map(str, synthetic.DEFAULT_SPACING))})",
+    )
+    p.add_argument(
+        "--anatomy",
+        choices=("auto", "mni", "phantom"),
+        default="auto",
+        help="anatomy source: the MNI152 templates of nilearn, a procedural phantom, "
+        "or auto (MNI when nilearn is installed; default)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.set_defaults(func=_cmd_synth)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.synthetic import iter_write_benchmark
+
+    written = _drive(
+        iter_write_benchmark(
+            args.out,
+            n_cases=args.cases,
+            seed=args.seed,
+            shape=tuple(args.shape),
+            spacing=tuple(args.spacing),
+            anatomy=args.anatomy,
+            overwrite=args.overwrite,
+        ),
+        "synth",
+        "case",
+    )
+    _out(f"wrote {args.cases} cases ({len(written)} files) to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# distmap
+
+
+@subcommand
+def _add_distmap(sub: Any) -> None:
+    p = sub.add_parser(
+        "distmap",
+        help="NIfTI label file -> NIfTI signed distance map (mm)",
+        description="Signed distance maps of a label volume, in mm with the file's voxel "
+        "spacing: negative inside, 0 on the boundary, positive outside. All classes give "
+        "a 4D file with one map per class on the last axis; --class gives one map.",
+    )
+    p.add_argument("labels", type=Path, help="input label file (.nii or .nii.gz)")
+    p.add_argument("output", type=Path, help="output file (.nii or .nii.gz)")
+    p.add_argument(
+        "--class",
+        dest="class_index",
+        type=int,
+        default=None,
+        help="write the map of this class only (default: every class, 4D output)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="number of classes, background included (default: largest label + 1)",
+    )
+    p.add_argument(
+        "--slice-axis",
+        type=int,
+        default=None,
+        help="compute independent 2D maps of the slices along this axis "
+        "(default: one map of the whole volume)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_distmap)
+
+
+def _cmd_distmap(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.distance import iter_class_distance_maps, signed_distance_map
+    from napari_boundary_seg.core.io import read_nifti, write_nifti
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    volume = read_nifti(args.labels, as_labels=True)
+    labels = volume.data
+    if labels.ndim not in (2, 3):
+        raise CommandError(
+            f"{args.labels}: expected a 2D or 3D label volume, got shape {labels.shape}"
+        )
+    if labels.min() < 0:
+        raise CommandError(f"{args.labels}: negative label values ({labels.min()})")
+    num_classes = args.num_classes if args.num_classes is not None else int(labels.max()) + 1
+    num_classes = max(num_classes, 2)
+    if labels.max() >= num_classes:
+        raise CommandError(
+            f"{args.labels}: label values up to {labels.max()} but --num-classes {num_classes}"
+        )
+    spacing = volume.spacing[: labels.ndim]
+    if args.class_index is not None:
+        if not 0 <= args.class_index < num_classes:
+            raise CommandError(
+                f"--class {args.class_index} is outside 0..{num_classes - 1} for {args.labels}"
+            )
+        maps = signed_distance_map(labels == args.class_index, spacing, axis=args.slice_axis)
+    else:
+        maps = _drive(
+            iter_class_distance_maps(labels, num_classes, spacing, axis=args.slice_axis),
+            "distmap",
+        )
+        maps = np.moveaxis(maps, 0, -1)  # NIfTI: the class axis last
+    write_nifti(
+        args.output, maps.astype(np.float32), affine=volume.affine, overwrite=args.overwrite
+    )
+    _out(f"wrote {args.output} {tuple(maps.shape)} (mm, spacing {tuple(spacing)})")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# train
+
+
+def _schedule_value(text: str) -> Any:
+    parts = [t for t in text.split(",") if t.strip()]
+    try:
+        values = [float(t) for t in parts]
+    except ValueError as err:
+        raise CommandError(f"schedule parameter value {text!r} is not a number or list") from err
+    return values if len(values) != 1 or "," in text else values[0]
+
+
+def _schedule_from_args(kind: str | None, params: Sequence[str] | None) -> dict | None:
+    if kind is None and not params:
+        return None
+    out: dict[str, Any] = {"kind": kind or "paper"}
+    for item in params or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--schedule-param {item!r}: use NAME=VALUE (e.g. step=0.02)")
+        out[name.strip().replace("-", "_")] = _schedule_value(value)
+    return out
+
+
+def add_train_options(p: argparse.ArgumentParser) -> None:
+    """The options of :class:`~napari_boundary_seg.core.train.TrainConfig`, all
+    defaulting to ``None`` (= the config's default, or the resumed run's value).
+    Reused by later subcommands (``study``, ``finetune``)."""
+    from napari_boundary_seg.core.losses import LossKind
+    from napari_boundary_seg.core.schedule import ScheduleKind
+    from napari_boundary_seg.core.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--data", type=Path, help="data set folder (generic, WMH or ISLES layout)")
+    p.add_argument("--out", type=Path, help="run folder for best.pt, last.pt, metrics.csv")
+    p.add_argument("--config", type=Path, help="JSON file of a TrainConfig; options override it")
+    p.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
+    p.add_argument(
+        "--loss",
+        choices=[k.value for k in LossKind],
+        help=f"training objective (default {d.loss.value})",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=[k.value for k in ScheduleKind],
+        help="alpha schedule of gdl+bl (default paper: 1 at the first epoch, -0.01 per "
+        "epoch, floor 0.01)",
+    )
+    p.add_argument(
+        "--schedule-param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="schedule parameter, repeatable: step=0.02, floor=0.05, alpha=0.5, alphas=1,0.5,0.1",
+    )
+    p.add_argument(
+        "--num-classes", type=int, help=f"classes incl. background (default {d.num_classes})"
+    )
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument(
+        "--lr-patience",
+        type=int,
+        help=f"halve the lr after this many epochs without improvement (default {d.lr_patience})",
+    )
+    p.add_argument(
+        "--slice-size",
+        type=int,
+        help=f"resize slices to this size, 0 keeps their size (default {d.slice_size})",
+    )
+    p.add_argument("--axis", type=int, help=f"slicing axis, numpy order (default {d.axis})")
+    p.add_argument(
+        "--percentiles",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="robust intensity scaling between these percentiles (default min-max)",
+    )
+    p.add_argument(
+        "--distance",
+        choices=("3d", "2d"),
+        help=f"distance maps of whole volumes or of each slice (default {d.distance})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"validation fraction of cases (default {d.val_fraction})",
+    )
+    p.add_argument("--seed", type=int, help=f"seed of initialisation and order (default {d.seed})")
+    p.add_argument(
+        "--split-seed", type=int, help="seed of the train/validation split (default: --seed)"
+    )
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--depth", type=int, help=f"UNet levels (default {d.depth})")
+    p.add_argument(
+        "--base-channels", type=int, help=f"UNet first-level width (default {d.base_channels})"
+    )
+    p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
+    p.add_argument("--max-steps-per-epoch", type=int, help="cap on steps per epoch (quick runs)")
+    p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
+    p.add_argument("--cache-dir", type=Path, help="folder of the on-disk distance-map cache")
+    p.add_argument(
+        "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
+    )
+
+
+_OPTION_FIELDS = {
+    "data": "data",
+    "out": "out_dir",
+    "epochs": "epochs",
+    "loss": "loss",
+    "num_classes": "num_classes",
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "lr_patience": "lr_patience",
+    "axis": "axis",
+    "distance": "distance",
+    "val_fraction": "val_fraction",
+    "seed": "seed",
+    "split_seed": "split_seed",
+    "device": "device",
+    "depth": "depth",
+    "base_channels": "base_channels",
+    "num_workers": "num_workers",
+    "max_steps_per_epoch": "max_steps_per_epoch",
+    "amp": "amp",
+    "cache_dir": "cache_dir",
+    "overwrite": "overwrite",
+}
+
+
+def config_from_args(args: argparse.Namespace, base: dict | None = None):
+    """A TrainConfig from ``base`` (a config dict) updated with the given options."""
+    import json
+
+    from napari_boundary_seg.core.train import TrainConfig
+
+    values: dict[str, Any] = dict(base or {})
+    if getattr(args, "config", None) is not None:
+        path = args.config
+        if not path.is_file():
+            raise FileNotFoundError(f"no such config file: {path}")
+        try:
+            values.update(json.loads(path.read_text()))
+        except ValueError as err:
+            raise CommandError(f"{path}: not a JSON config: {err}") from err
+    for option, name in _OPTION_FIELDS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            values[name] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "slice_size", None) is not None:
+        values["slice_size"] = args.slice_size or None
+    if getattr(args, "percentiles", None) is not None:
+        values["percentiles"] = tuple(args.percentiles)
+    schedule = _schedule_from_args(
+        getattr(args, "schedule", None), getattr(args, "schedule_param", None)
+    )
+    if schedule is not None:
+        values["schedule"] = schedule
+    return TrainConfig.from_dict(values)
+
+
+@subcommand
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a UNet (the paper's defaults: GDL + boundary loss, Adam 1e-3, batch 8)",
+        description="Train on a data set folder. Writes best.pt (best validation DSC), "
+        "last.pt, metrics.csv and config.json to --out. Ctrl-C stops cleanly at the next "
+        "step and saves last.pt; continue with --resume OUT/last.pt.",
+    )
+    add_train_options(p)
+    p.add_argument(
+        "--resume",
+        type=Path,
+        help="continue the run saved in this checkpoint (its config; --epochs may extend it)",
+    )
+    p.add_argument(
+        "--init-checkpoint",
+        type=Path,
+        help="fine-tune: start from this checkpoint's weights with the new data and schedule",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
+    """Drive :func:`~napari_boundary_seg.core.train.train` with tqdm bars; Ctrl-C
+    requests a clean stop. Returns the exit code (1 when a non-finite loss stopped it).
+    Reused by later subcommands."""
+    from tqdm.auto import tqdm
+
+    from napari_boundary_seg.core.progress import Progress
+    from napari_boundary_seg.core.train import (
+        DoneEvent,
+        EpochEvent,
+        InfoEvent,
+        StepEvent,
+        TrainControl,
+        train,
+    )
+
+    control = TrainControl()
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: control.stop())
+    except ValueError:  # not the main thread
+        previous = None
+    bar = None
+    done: DoneEvent | None = None
+    try:
+        for event in train(config, cases, control, **kwargs):
+            if isinstance(event, InfoEvent):
+                tqdm.write(f"{desc}: {event.message}")
+            elif isinstance(event, Progress):
+                pass
+            elif isinstance(event, StepEvent):
+                if bar is None:
+                    bar = _progress(event.steps_per_epoch, f"epoch {event.epoch}", "step", False)
+                    bar.n = event.step
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{event.loss:.4f}", alpha=f"{event.w_region:.2f}", refresh=False
+                )
+            elif isinstance(event, EpochEvent):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                tqdm.write(
+                    f"epoch {event.epoch}: loss {event.train_loss:.4f} (region {event.region:.4f}, "
+                    f"boundary {event.boundary:.4f}, alpha {event.w_region:.2f}), lr {event.lr:g}, "
+                    f"val DSC {event.val_dice:.4f}, HD {event.val_hd:.2f} mm, "
+                    f"HD95 {event.val_hd95:.2f} mm{' *best*' if event.is_best else ''}"
+                )
+            elif isinstance(event, DoneEvent):
+                done = event
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if done is None:  # pragma: no cover - train always ends with a DoneEvent
+        raise CommandError("training ended without a result")
+    _out(f"{desc}: {done.reason}")
+    if done.best_checkpoint:
+        _out(f"best checkpoint: {done.best_checkpoint}")
+    if done.last_checkpoint:
+        _out(f"last checkpoint: {done.last_checkpoint}")
+    return 1 if "non-finite" in done.reason else 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    base = None
+    if args.resume is not None:
+        from napari_boundary_seg.core.predict import read_checkpoint
+
+        base = dict(read_checkpoint(args.resume)["config"])
+        base["resume_from"] = str(args.resume)
+        base["init_checkpoint"] = None
+        if args.out is None:
+            base["out_dir"] = str(args.resume.parent)
+    config = config_from_args(args, base)
+    if args.init_checkpoint is not None:
+        config = config.replace(init_checkpoint=str(args.init_checkpoint))
+    if config.data is None:
+        raise CommandError("train needs --data DIR (or --resume of a run that has one)")
+    if config.out_dir is None:
+        raise CommandError("train needs --out DIR for its checkpoints")
+    return run_training(config)
+
+
+# ---------------------------------------------------------------------------
+# predict
+
+
+def _group_inputs(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
+    """Group NIfTI files into cases: ``<case>_<XXXX>`` names are modalities of one case."""
+    import re
+
+    from napari_boundary_seg.core.io import is_nifti_path, nifti_stem
+
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+        if path.is_dir():
+            folder = path
+            for sub in ("imagesTs", "imagesTr"):
+                if not any(is_nifti_path(p) for p in folder.iterdir()) and (folder / sub).is_dir():
+                    folder = folder / sub
+                    break
+            found = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p))
+            if not found:
+                raise CommandError(f"{path}: no .nii/.nii.gz files")
+            files.extend(found)
+        elif is_nifti_path(path):
+            files.append(path)
+        else:
+            raise CommandError(f"{path}: not a NIfTI file (.nii or .nii.gz)")
+    groups: dict[str, dict[int, Path]] = {}
+    for path in files:
+        stem = nifti_stem(path)
+        match = re.fullmatch(r"(.+)_(\d{4})", stem)
+        case, mod = (match.group(1), int(match.group(2))) if match else (stem, 0)
+        if mod in groups.setdefault(case, {}):
+            raise CommandError(f"{path}: a second file for modality {mod} of case {case}")
+        groups[case][mod] = path
+    out = []
+    for case, mods in groups.items():
+        if sorted(mods) != list(range(len(mods))):
+            raise CommandError(
+                f"case {case}: modality files {sorted(mods)} are not 0..{len(mods) - 1}"
+            )
+        out.append((case, [mods[m] for m in range(len(mods))]))
+    return out
+
+
+@subcommand
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="segment NIfTI images with a trained checkpoint",
+        description="Segment NIfTI files (or folders of them) slice by slice. Files named "
+        "<case>_0000.nii.gz, <case>_0001.nii.gz ... are the modalities of one case. Writes "
+        "<out>/<case>.nii.gz labels with the input's affine.",
+    )
+    p.add_argument("inputs", type=Path, nargs="+", help="image files or folders")
+    p.add_argument("--checkpoint", required=True, type=Path, help="best.pt or last.pt of a run")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write <case>_probs.nii.gz (float, one channel per class on the last axis)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.io import read_nifti, write_nifti
+    from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+
+    model, checkpoint = load_checkpoint(args.checkpoint)
+    cases = _group_inputs(args.inputs)
+    targets = {case: args.out / f"{case}.nii.gz" for case, _ in cases}
+    if not args.overwrite:
+        for path in targets.values():
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for case, paths in cases:
+        if len(paths) != model.in_channels:
+            raise CommandError(
+                f"case {case}: {len(paths)} modality file(s) ({paths[0].name} ...) but "
+                f"{args.checkpoint} takes {model.in_channels}"
+            )
+        volumes = [read_nifti(p, as_labels=False) for p in paths]
+        ref = volumes[0]
+        for path, vol in zip(paths[1:], volumes[1:], strict=True):
+            if vol.data.shape != ref.data.shape:
+                raise CommandError(
+                    f"case {case}: {path} has shape {vol.data.shape}, {paths[0]} {ref.data.shape}"
+                )
+        if ref.data.ndim not in (2, 3):
+            raise CommandError(f"{paths[0]}: expected a 2D or 3D image, got shape {ref.data.shape}")
+        images = np.stack([v.data for v in volumes])
+        probs, labels = _drive(
+            iter_predict_volume(
+                (model, checkpoint),
+                images,
+                ref.spacing[: ref.data.ndim],
+                batch_size=args.batch_size,
+                device=args.device,
+            ),
+            f"predict {case}",
+            "batch",
+        )
+        write_nifti(
+            targets[case], labels.astype(np.int64), affine=ref.affine, overwrite=args.overwrite
+        )
+        if args.probabilities:
+            write_nifti(
+                args.out / f"{case}_probs.nii.gz",
+                np.moveaxis(probs, 0, -1),
+                affine=ref.affine,
+                overwrite=args.overwrite,
+                as_labels=False,
+            )
+        _out(f"{case}: wrote {targets[case]} ({int((labels > 0).sum())} foreground voxels)")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+
+
+@subcommand
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="compare a folder of predictions with a folder of labels (DSC, HD, HD95, ASSD ...)",
+        description="Match <case>.nii.gz files of --pred and --labels by name, compute every "
+        "case metric in 3D with the labels' voxel spacing (mm), write a CSV with one row per "
+        "case plus mean and std rows, and print a table. In the mean and std rows an "
+        "infinite distance (one mask empty) counts as the image diagonal.",
+    )
+    p.add_argument("--pred", required=True, type=Path, help="folder of predicted label files")
+    p.add_argument("--labels", required=True, type=Path, help="folder of reference label files")
+    p.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    p.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        help="evaluate this class only (default: every nonzero label is foreground)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    from napari_boundary_seg.core.io import is_nifti_path, nifti_stem
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    files = {
+        nifti_stem(p): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and is_nifti_path(p) and not nifti_stem(p).endswith("_probs")
+    }
+    if not files:
+        raise CommandError(f"{folder}: no .nii/.nii.gz files")
+    return files
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.io import read_nifti
+    from napari_boundary_seg.core.metrics import CASE_METRIC_COLUMNS, case_metrics, replace_inf
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    preds, refs = _label_files(args.pred), _label_files(args.labels)
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        raise CommandError(f"{args.pred}: no prediction for case(s) {missing[:5]}")
+    extra = sorted(set(preds) - set(refs))
+    if extra:
+        logger.warning("%s: predictions without labels ignored: %s", args.pred, extra[:5])
+    rows: list[dict[str, Any]] = []
+    finite_rows: list[dict[str, float]] = []
+    distance_keys = ("hd", "hd95", "assd")
+    bar = _progress(len(refs), "evaluate", "case")
+    try:
+        for case, ref_path in refs.items():
+            ref = read_nifti(ref_path, as_labels=True)
+            pred = read_nifti(preds[case], as_labels=True)
+            if pred.data.shape != ref.data.shape:
+                raise CommandError(
+                    f"{preds[case]} has shape {pred.data.shape} but {ref_path} has {ref.data.shape}"
+                )
+            spacing = ref.spacing[: ref.data.ndim]
+            figures = case_metrics(pred.data, ref.data, spacing, label=args.label)
+            rows.append({"case": case, **figures})
+            finite = dict(figures)
+            for key in distance_keys:
+                finite[key] = replace_inf(figures[key], ref.data.shape, spacing)
+            finite_rows.append(finite)
+            bar.update(1)
+    finally:
+        bar.close()
+    columns = ["case", *CASE_METRIC_COLUMNS]
+    summary = {}
+    for stat, func in (("mean", np.nanmean), ("std", np.nanstd)):
+        row: dict[str, Any] = {"case": stat}
+        for key in CASE_METRIC_COLUMNS:
+            values = np.array([r.get(key, math.nan) for r in finite_rows], dtype=np.float64)
+            row[key] = float(func(values)) if np.any(~np.isnan(values)) else math.nan
+        summary[stat] = row
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in [*rows, summary["mean"], summary["std"]]:
+            writer.writerow(row)
+    shown = ("dice", "hd", "hd95", "assd")
+    width = max(len(r["case"]) for r in [*rows, summary["mean"]])
+    _out(f"{'case':<{width}}  " + "  ".join(f"{k:>9}" for k in shown))
+    for row in [*rows, summary["mean"], summary["std"]]:
+        _out(f"{row['case']:<{width}}  " + "  ".join(f"{row[k]:>9.4g}" for k in shown))
+    _out(f"wrote {args.out} ({len(rows)} cases, distances in mm)")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# bench
+
+
+@subcommand
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: ratios against a baseline measured in the same run",
+        description="Run a benchmark and print its times and ratios.",
+    )
+    bench_sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    d = bench_sub.add_parser(
+        "distance",
+        help="signed distance maps against plain scipy",
+        description="Time core.distance against plain scipy on a 3D mask and on 2D slices.",
+    )
+    d.add_argument("--repeats", type=int, default=3, help="repeats, best time kept (default 3)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
+    d.set_defaults(func=_cmd_bench_distance)
+    t = bench_sub.add_parser(
+        "train",
+        help="the engine's training step against a bare model step",
+        description="Time the trainer's full step (batch from the cached data set, "
+        "GDL + boundary loss, backward, Adam) against a bare step of the same network on "
+        "ready-made tensors with cross-entropy, interleaved, and report the share of the "
+        "step spent in the boundary loss. Bar: engine / bare <= 1.15.",
+    )
+    t.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
+    t.add_argument("--size", type=int, default=128, help="slice size (default 128)")
+    t.add_argument("--repeats", type=int, default=10, help="timed repeats, medians (default 10)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed warm-up repeats (default 2)")
+    t.add_argument("--depth", type=int, default=4, help="UNet levels (default 4)")
+    t.add_argument("--base-channels", type=int, default=64, help="UNet width (default 64)")
+    t.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default cpu)")
+    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    t.set_defaults(func=_cmd_bench_train)
+
+
+def _cmd_bench_distance(args: argparse.Namespace) -> int:
+    from napari_boundary_seg import bench
+
+    _out(bench.format_bench(bench.bench_distance(repeats=args.repeats, seed=args.seed)))
+    return 0
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from napari_boundary_seg import bench
+
+    result = bench.bench_train(
+        batch_size=args.batch_size,
+        size=args.size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        depth=args.depth,
+        base_channels=args.base_channels,
+        device=args.device,
+        seed=args.seed,
+    )
+    _out(bench.format_bench(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Boundary loss (Kervadec et al., MIDL 2019) for highly unbalanced "
+        "segmentation: data, training, inference and evaluation from the command line.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in _SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``napari-boundary-seg``; returns the exit code.
+
+    User errors (missing or existing files, bad values) print one line
+    ``napari-boundary-seg <command>: error: <message>`` to stderr and return 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except _USER_ERRORS as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
