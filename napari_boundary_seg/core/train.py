@@ -454,24 +454,28 @@ class TrainControl:
     """
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._wake = threading.Event()
 
     def stop(self) -> None:
         """Request the run to end at the next step boundary."""
-        self._stop.set()
-        self._wake.set()
+        with self._lock:
+            self._stop.set()
+            self._wake.set()
 
     def pause(self) -> None:
         """Hold the run at the next step boundary."""
-        self._wake.clear()
-        self._paused.set()
+        with self._lock:
+            self._wake.clear()
+            self._paused.set()
 
     def resume(self) -> None:
         """Let a paused run continue."""
-        self._paused.clear()
-        self._wake.set()
+        with self._lock:
+            self._paused.clear()
+            self._wake.set()
 
     @property
     def stop_requested(self) -> bool:
@@ -1047,6 +1051,15 @@ def train(
     if config.amp and not use_amp:
         logger.info("amp ignored on %s (CUDA only)", device)
     schedule = schedule_from_dict(config.schedule)
+    if config.loss is LossKind.BL or (
+        config.loss is LossKind.GDL_BL and schedule.starts_boundary_only
+    ):
+        warning = (
+            "warning: the boundary loss alone from the first epoch collapses to an empty "
+            "foreground in binary problems (Kervadec et al. 2019); start with a regional loss"
+        )
+        logger.warning(warning)
+        yield InfoEvent(warning, device=str(device))
 
     history: list[dict[str, Any]] = []
     start_epoch, start_step = 0, 0

@@ -351,3 +351,18 @@ def test_batches_with_workers_equal_batches_without(cases):
             assert torch.equal(x, y)
     first = order[:3]
     assert torch.equal(plain[0][2], dataset.dist[first])
+
+
+@pytest.mark.parametrize(
+    ("loss", "schedule", "warned"),
+    [
+        ("bl", {"kind": "paper"}, True),
+        ("gdl+bl", {"kind": "constant", "alpha": 0.0}, True),
+        ("gdl+bl", {"kind": "paper"}, False),
+    ],
+)
+def test_boundary_loss_alone_from_the_start_warns(cases, loss, schedule, warned):
+    config = TrainConfig(epochs=1, loss=loss, schedule=schedule, max_steps_per_epoch=1, **TINY)
+    _, events = run(config, cases)
+    messages = [e.message for e in events if isinstance(e, InfoEvent)]
+    assert any("collapses to an empty foreground" in m for m in messages) == warned
