@@ -476,6 +476,11 @@ class InferenceWidget(QWidget):
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
 
+    @property
+    def busy(self) -> bool:
+        """True while a prediction runs."""
+        return self.worker is not None
+
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
         """Check the cheap things here; the worker loads and checks the checkpoint."""
@@ -498,7 +503,13 @@ class InferenceWidget(QWidget):
         self._stack = stack
         self._pbar = ProgressRelay("Predicting", parent=self)
         worker = create_worker(
-            predict_job, checkpoint, stack.images, stack.spacing, device, _start_thread=False
+            predict_job,
+            checkpoint,
+            stack.images,
+            stack.spacing,
+            device,
+            _start_thread=False,
+            _ignore_errors=True,
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)

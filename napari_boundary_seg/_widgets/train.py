@@ -391,7 +391,13 @@ class TrainRunner(QObject):
         self._ended = threading.Event()
         self.paused = False
         worker = create_worker(
-            _training_job, config, make_cases, self.control, self._ended, _start_thread=False
+            _training_job,
+            config,
+            make_cases,
+            self.control,
+            self._ended,
+            _start_thread=False,
+            _ignore_errors=True,
         )
         worker.yielded.connect(self.event.emit)
         worker.returned.connect(self.done.emit)
@@ -505,9 +511,12 @@ class AlphaPlot(_Canvas):
     """α (regional weight) and the boundary weight over the planned epochs."""
 
     def __init__(self) -> None:
-        super().__init__(95)
+        super().__init__(105)
+        from matplotlib.ticker import MaxNLocator
+
         self.axes = self.figure.add_subplot(111)
-        self.figure.subplots_adjust(left=0.11, right=0.98, bottom=0.22, top=0.86)
+        self.axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.87)
         _style_axes(self.axes, "planned weights per epoch")
         (self.region_line,) = self.axes.plot([], [], color="#4fc3f7", lw=1.2, label="α (GDL)")
         (self.boundary_line,) = self.axes.plot([], [], color="#ff8a65", lw=1.2, label="1−α (BL)")
@@ -547,11 +556,13 @@ class LineChart(QWidget):
         super().__init__()
         self.title = title
         self.y_range = y_range
+        #: values labelled on the y axis; None: the limits
+        self.y_ticks: tuple[float, float] | None = None
         self.x_range: tuple[float, float] = (0.0, 1.0)
         self.series: list[tuple[np.ndarray, np.ndarray, str]] = []
-        self.setMinimumSize(110, 90)
+        self.setMinimumSize(110, 70)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(100)
+        self.setFixedHeight(82)
         self.paint_count = 0
 
     def set_series(
@@ -595,14 +606,16 @@ class LineChart(QWidget):
         painter.setFont(font)
         metrics = painter.fontMetrics()
         low, high = self._y_limits()
-        labels = [_tick(high), _tick(low)]
+        tick_high, tick_low = self.y_ticks or (high, low)
+        labels = [_tick(tick_high), _tick(tick_low)]
         left = max(metrics.horizontalAdvance(t) for t in labels) + 6
         top, bottom, right = metrics.height() + 2, metrics.height() + 2, 6
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         painter.setPen(QColor(_FG))
         painter.drawText(QPointF(left, metrics.ascent()), self.title)
-        painter.drawText(QPointF(2, plot.top() + metrics.ascent() / 2), labels[0])
-        painter.drawText(QPointF(2, plot.bottom() + metrics.ascent() / 2), labels[1])
+        for value, label in zip((tick_high, tick_low), labels, strict=True):
+            y = plot.bottom() - (value - low) / (high - low) * plot.height()
+            painter.drawText(QPointF(2, y + metrics.ascent() / 2), label)
         x0, x1 = self.x_range
         baseline = self.height() - 2
         painter.drawText(QPointF(plot.left(), baseline), _tick(x0))
@@ -666,8 +679,9 @@ def _tick(value: float) -> str:
 
 
 class TrainingCurves(QWidget):
-    """Live curves of one run: loss terms per step, α per epoch, validation
-    DSC and HD per epoch (mm).
+    """Live curves of one run: the loss and its regional and boundary terms per
+    step (the boundary term is in mm, hence its own chart), α, validation DSC
+    and HD (mm) per epoch.
 
     ``add_step`` / ``add_epoch`` only store data; a timer repaints at most
     every :data:`REDRAW_INTERVAL_MS` when something changed.
@@ -675,21 +689,33 @@ class TrainingCurves(QWidget):
 
     COLOURS = {"total": "#eeeeee", "region": "#4fc3f7", "boundary": "#ff8a65"}
 
+    @property
+    def charts(self) -> tuple[LineChart, ...]:
+        return (
+            self.loss_chart,
+            self.alpha_chart,
+            self.region_chart,
+            self.boundary_chart,
+            self.dsc_chart,
+            self.hd_chart,
+        )
+
     def __init__(self) -> None:
         super().__init__()
         from qtpy.QtWidgets import QGridLayout
 
-        self.loss_chart = LineChart("loss: total · region · boundary")
-        self.alpha_chart = LineChart("α (GDL weight)", y_range=(-0.03, 1.03))
-        self.dsc_chart = LineChart("val DSC", y_range=(-0.03, 1.03))
-        self.hd_chart = LineChart("val HD (mm)")
+        self.loss_chart = LineChart("training loss (total)")
+        self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
+        self.region_chart = LineChart("regional term")
+        self.boundary_chart = LineChart("boundary term (mm)")
+        self.dsc_chart = LineChart("validation DSC", y_range=(-0.03, 1.03))
+        self.alpha_chart.y_ticks = self.dsc_chart.y_ticks = (1.0, 0.0)
+        self.hd_chart = LineChart("validation HD (mm)")
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(3)
-        grid.addWidget(self.loss_chart, 0, 0)
-        grid.addWidget(self.alpha_chart, 0, 1)
-        grid.addWidget(self.dsc_chart, 1, 0)
-        grid.addWidget(self.hd_chart, 1, 1)
+        for k, chart in enumerate(self.charts):
+            grid.addWidget(chart, k // 2, k % 2)
         self.planned_epochs = 1
         self.draw_count = 0
         self._timer = QTimer(self)
@@ -731,9 +757,12 @@ class TrainingCurves(QWidget):
         self._dirty = False
         self.draw_count += 1
         n = self.planned_epochs
-        self.loss_chart.set_series(
-            [(self.steps, self.loss[k], c) for k, c in self.COLOURS.items()], n
-        )
+        for chart, key in (
+            (self.loss_chart, "total"),
+            (self.region_chart, "region"),
+            (self.boundary_chart, "boundary"),
+        ):
+            chart.set_series([(self.steps, self.loss[key], self.COLOURS[key])], n)
         x_epochs = [e + 1 for e in self.epochs]
         self.alpha_chart.set_series([(x_epochs, self.alpha, "#4fc3f7")], n)
         self.dsc_chart.set_series([(x_epochs, self.dsc, "#81c784")], n)
@@ -985,6 +1014,11 @@ class TrainWidget(QWidget):
         self._on_source()
         self._on_schedule_kind()
         self._set_running(False)
+
+    @property
+    def busy(self) -> bool:
+        """True while a run, or the prediction after it, is going on."""
+        return self.runner.running or self._predict_worker is not None
 
     def _default(self, name: str, fallback: Any) -> Any:
         return getattr(self._defaults, name, fallback)
@@ -1305,6 +1339,7 @@ class TrainWidget(QWidget):
             stack.spacing,
             self.device_used or "auto",
             _start_thread=False,
+            _ignore_errors=True,
         )
         relay = ProgressRelay("Predicting with the best model")
         worker.yielded.connect(

@@ -12,6 +12,7 @@ from qtpy.QtCore import QElapsedTimer, QTimer
 
 from napari_boundary_seg._widgets.train import (
     BL_ALONE_WARNING,
+    TrainingCurves,
     TrainWidget,
     build_config,
     check_output_folder,
@@ -234,6 +235,36 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert w.start()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=30_000)
     assert Path(w.last_done.last_checkpoint).parent != Path(done.last_checkpoint).parent
+    # an error raised inside the worker arrives as a notification: fine-tuning a
+    # 2-class model on 3-class labels
+    three = w.viewer.layers["lesions"].data.copy()
+    three[4, 12, 14] = 2
+    w.viewer.add_labels(three, name="three classes", scale=(3.0, 1.0, 1.0))
+    w.labels.set_layer("three classes")
+    w.finetune.setText(done.best_checkpoint)
+    assert w.start()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=30_000)
+    assert len(errors) == 1 and "num_classes=2" in errors[0], errors
+    assert w.start_button.isEnabled()
+
+
+def test_live_curves_paint_with_gaps(qtbot):
+    curves = TrainingCurves()
+    qtbot.addWidget(curves)
+    curves.resize(400, 260)
+    curves.show()
+    curves.reset(3)
+    for k in range(600):  # more points than a chart draws: shown as bin means
+        curves.add_step(k / 200, 1.0 - k / 1000, 0.5, -2.0 + k / 100)
+    curves.add_epoch(0, 1.0, float("nan"), float("nan"))  # no validation figure yet
+    curves.add_epoch(1, 0.99, 0.5, 12.0)
+    before = curves.boundary_chart.paint_count
+    curves._redraw_if_dirty()
+    qtbot.waitUntil(lambda: curves.boundary_chart.paint_count > before, timeout=2_000)
+    xs, ys, _ = curves.boundary_chart.series[0]
+    assert len(xs) == 300 and ys[0] == pytest.approx(np.mean(-2.0 + np.arange(2) / 100))
+    assert curves.boundary_chart._y_limits()[0] < -1.9  # follows the data
+    assert curves.dsc_chart._y_limits() == (-0.03, 1.03)  # fixed
 
 
 def test_pause_resume_stop_then_close(widget, qtbot, errors):

@@ -1,0 +1,156 @@
+"""Inference widget on tiny data under Xvfb: a checkpoint made by a tiny
+training run, predictions in 2D and 3D with the input's geometry, and the
+errors (wrong channel count, corrupted file, NaNs, nothing chosen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_boundary_seg._widgets.inference import (
+    InferenceWidget,
+    checkpoint_in_channels,
+    images_from_layers,
+)
+from napari_boundary_seg.core.data import case_from_arrays
+from napari_boundary_seg.core.progress import run_to_end
+from napari_boundary_seg.core.train import TrainConfig, train
+
+SHAPE = (6, 32, 32)
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    labels = np.zeros(SHAPE, dtype=np.int64)
+    labels[1:5, 8:16, 10:20] = 1
+    flair = (rng.normal(0.3, 0.05, SHAPE) + 0.5 * labels).astype(np.float32)
+    t1 = (rng.normal(0.6, 0.05, SHAPE) - 0.3 * labels).astype(np.float32)
+    return flair, t1, labels
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """best.pt of a one-epoch run of a tiny 2-modality UNet (slices along axis 0)."""
+    flair, t1, labels = _volumes()
+    case = case_from_arrays([flair, t1], labels, (2.0, 1.0, 1.0), case_id="c")
+    config = TrainConfig(
+        out_dir=str(tmp_path_factory.mktemp("ckpt")),
+        epochs=1,
+        batch_size=3,
+        slice_size=32,
+        axis=0,
+        depth=2,
+        base_channels=4,
+        device="cpu",
+        val_fraction=0.0,
+    )
+    done = run_to_end(train(config, [case]))
+    assert done.best_checkpoint is not None
+    return done.best_checkpoint
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(str(m)))
+    return shown
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_predict_adds_layers_with_input_geometry(
+    make_napari_viewer, qtbot, checkpoint, errors, ndim
+):
+    viewer = make_napari_viewer()
+    flair, t1, _ = _volumes()
+    if ndim == 2:
+        flair, t1 = flair[2], t1[2]
+    scale = (2.0, 0.5, 0.5)[-ndim:]
+    translate = (10.0, -3.0, 4.0)[-ndim:]
+    viewer.add_image(flair, name="FLAIR", scale=scale, translate=translate)
+    viewer.add_image(t1, name="T1", scale=scale, translate=translate)
+    widget = InferenceWidget(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    worker = widget.start()
+    assert worker is not None, errors
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert errors == []
+    prob = viewer.layers["FLAIR probability"]
+    pred = viewer.layers["FLAIR prediction"]
+    assert prob._type_string == "image" and pred._type_string == "labels"
+    assert prob.data.shape == pred.data.shape == flair.shape
+    for layer in (prob, pred):
+        np.testing.assert_allclose(layer.scale, scale)
+        np.testing.assert_allclose(layer.translate, translate)
+    assert prob.data.dtype == np.float32
+    assert 0.0 <= prob.data.min() and prob.data.max() <= 1.0
+    probs, labels = widget.last_result
+    assert probs.shape == (2, *flair.shape)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(pred.data, probs.argmax(axis=0))
+    np.testing.assert_allclose(prob.data, 1.0 - probs[0], atol=1e-6)
+    # predicting again replaces the layers instead of stacking new ones
+    n_layers = len(viewer.layers)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert len(viewer.layers) == n_layers
+
+
+def test_images_from_layers_stacks_channels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.ones((3, 4), np.uint8), name="a", scale=(2.0, 3.0))
+    b = viewer.add_image(np.zeros((3, 4), np.float64), name="b", scale=(2.0, 3.0))
+    stack = images_from_layers([a, b])
+    assert stack.images.shape == (2, 3, 4) and stack.images.dtype == np.float32
+    assert stack.images[0].sum() == 12 and stack.images[1].sum() == 0
+    assert stack.spacing == (2.0, 3.0) and stack.names == ["a", "b"]
+
+
+def test_bad_inputs_notify(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
+    viewer = make_napari_viewer()
+    flair, t1, _ = _volumes()
+    viewer.add_image(flair, name="FLAIR")
+    viewer.add_image(t1, name="T1")
+    nan = flair.copy()
+    nan[0, 1, 2] = np.nan
+    viewer.add_image(nan, name="nan")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"\x00garbage")
+    widget = InferenceWidget(viewer)
+
+    def attempt(layers: list[str], path: str) -> None:
+        errors.clear()
+        widget.images.select(layers)
+        widget.checkpoint.setText(path)
+        widget.start()
+        qtbot.waitUntil(lambda: widget.worker is None and bool(errors), timeout=20_000)
+
+    attempt([], checkpoint)
+    assert "No image layer" in errors[0]
+    attempt(["FLAIR", "T1"], "")
+    assert "No checkpoint chosen" in errors[0]
+    attempt(["FLAIR", "T1"], str(tmp_path / "missing.pt"))
+    assert "not found" in errors[0]
+    attempt(["FLAIR", "nan"], checkpoint)
+    assert "'nan'" in errors[0] and "NaN" in errors[0]
+    # checked in the worker: a corrupted file, a model for another channel count
+    attempt(["FLAIR", "T1"], str(broken))
+    assert "broken.pt" in errors[0] and "checkpoint" in errors[0]
+    attempt(["FLAIR"], checkpoint)
+    assert "2 modality channel(s)" in errors[0] and "1 image layer(s)" in errors[0]
+    assert len(errors) == 1
+    assert "FLAIR prediction" not in viewer.layers
+    assert widget.run_button.isEnabled()  # usable again
+
+
+def test_checkpoint_in_channels_reads_hparams(checkpoint):
+    from napari_boundary_seg.core.predict import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    assert checkpoint_in_channels((model, ckpt)) == 2
+    assert checkpoint_in_channels(ckpt) == 2
+    assert Path(checkpoint).name == "best.pt"
