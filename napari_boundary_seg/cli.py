@@ -785,6 +785,33 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# demo (the logic lives in napari_boundary_seg._demo)
+
+
+@subcommand
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="open napari with the sample lesion case and every widget docked "
+        "(a headless demo where there is no display)",
+        description="Open napari with a synthetic lesion case (FLAIR, T1, lesions) and the "
+        "plugin's widgets docked. Without a display (no DISPLAY/WAYLAND_DISPLAY on Linux, or "
+        "Qt cannot start) run a headless demo instead: the sample case, its signed distance "
+        "maps, one short training epoch of a tiny UNet and its evaluation.",
+    )
+    p.add_argument(
+        "--headless", action="store_true", help="run the headless demo even with a display"
+    )
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from napari_boundary_seg._demo import run_demo
+
+    return run_demo(headless=args.headless, echo=_out)
+
+
+# ---------------------------------------------------------------------------
 # main
 
 
