@@ -63,7 +63,7 @@ def _drive(gen, desc: str, unit: str = "it"):
     """Run a ``Progress`` generator with a tqdm bar; return its return value."""
     from napari_boundary_seg.core.progress import Progress
 
-    bar = _progress(desc=desc, unit=unit)
+    bar = None
     try:
         while True:
             try:
@@ -71,6 +71,8 @@ def _drive(gen, desc: str, unit: str = "it"):
             except StopIteration as stop:
                 return stop.value
             if isinstance(event, Progress):
+                if bar is None:  # created on the first event, which knows the total
+                    bar = _progress(event.total or None, desc, unit)
                 if event.total and bar.total != event.total:
                     bar.total = event.total
                 bar.n = event.done
@@ -78,7 +80,8 @@ def _drive(gen, desc: str, unit: str = "it"):
                     bar.set_postfix_str(event.message, refresh=False)
                 bar.refresh()
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _out(text: str = "") -> None:
@@ -782,6 +785,17 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     )
     _out(bench.format_bench(result))
     return 0
+
+
+# ---------------------------------------------------------------------------
+# study (the parser and handler live in napari_boundary_seg.study)
+
+
+@subcommand
+def _add_study(sub: Any) -> None:
+    from napari_boundary_seg.study import add_study_parser
+
+    add_study_parser(sub, _drive)
 
 
 # ---------------------------------------------------------------------------
