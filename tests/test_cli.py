@@ -7,7 +7,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 from napari_boundary_seg.cli import build_parser, main
 from napari_boundary_seg.core.distance import signed_distance_map
@@ -18,16 +17,6 @@ TINY_TRAIN = [
     "--slice-size", "32", "--depth", "2", "--base-channels", "4", "--batch-size", "8",
     "--val-fraction", "0.34", "--device", "cpu",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine
-    (5x faster here under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,6 @@ from napari_boundary_seg.core.train import CHECKPOINT_FORMAT, TrainConfig, save_
 from napari_boundary_seg.core.unet import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine
-    (5x faster here under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class Threshold(nn.Module):
     """Logits ``(0, 20 * (mean over channels - 0.5))``: class 1 where the scaled
     intensity is above 0.5. Tracks the slice sizes it sees."""

@@ -41,16 +41,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine
-    (5x faster here under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_cases(n=3, modalities=1, seed=0):
     rng = np.random.default_rng(seed)
     cases = []

@@ -8,16 +8,6 @@ import torch
 from napari_boundary_seg.core.unet import UNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP oversubscription on a shared 2-core machine
-    (5x faster here under load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("size", [(32, 32), (33, 47), (8, 5), (1, 1)])
 @pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
 def test_output_has_input_spatial_shape(size, upsample):
