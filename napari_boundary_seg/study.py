@@ -1,0 +1,991 @@
+"""The loss study: GDL, GDL + boundary loss, boundary loss alone and CE, compared.
+
+Reproduces the experiment of Kervadec et al. (MIDL 2019, Table 1 and Fig. 3) on
+any labelled data set the trainer reads, by default the built-in benchmark:
+
+1. the cases are split once, patient-wise, into training, validation and test
+   cases (the test cases are never seen during training or model selection);
+2. the same UNet is trained with every *arm* (loss and alpha schedule) and every
+   seed, with the same split, slices, distance maps (built once and shared) and
+   budget (epochs × steps per epoch); each run lives in its own folder
+   (``best.pt``, ``last.pt``, ``metrics.csv``), so a rerun skips finished runs
+   and resumes unfinished ones from ``last.pt``;
+3. each run's best checkpoint (by validation DSC) segments the test cases in 3D
+   and :func:`napari_boundary_seg.core.metrics.case_metrics` measures them;
+4. the results are written as a table (mean ± std over seeds, markdown and CSV),
+   a per-case CSV, a figure of the validation DSC and HD per epoch (mean over
+   seeds) and a JSON record of the settings, the split and the library versions.
+
+The alpha schedules are rescaled to the budget: the paper lowers alpha by 0.01
+per epoch over 100 epochs, so that it reaches its floor (0.01) at the last
+epoch; here the step is ``(1 - floor) / (epochs - 1)``, and the reference
+code's schedule uses the same step.
+
+``iter_study`` is a generator of :class:`~napari_boundary_seg.core.progress.Progress`
+events (one per training step of the whole study) that returns a
+:class:`StudyResult`; ``run_study`` drives it. Plotting uses matplotlib's Agg
+backend, so this module lives outside ``core``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_boundary_seg.core.losses import LossKind
+from napari_boundary_seg.core.progress import Progress, run_to_end
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARMS",
+    "SIZE_BINS_VOXELS",
+    "TABLE_METRICS",
+    "StudyArm",
+    "StudyConfig",
+    "StudyResult",
+    "arm_schedule",
+    "iter_study",
+    "run_study",
+    "split_study_cases",
+]
+
+
+@dataclass(frozen=True)
+class StudyArm:
+    """One compared objective.
+
+    Attributes
+    ----------
+    key
+        Identifier used on the command line and in folder names.
+    label
+        Name in tables and figures.
+    loss
+        The trainer's loss kind.
+    schedule
+        Alpha schedule kind for ``gdl+bl`` (``"paper"`` or ``"reference-code"``);
+        ``None`` for the other losses.
+    """
+
+    key: str
+    label: str
+    loss: LossKind
+    schedule: str | None = None
+
+
+ARMS: tuple[StudyArm, ...] = (
+    StudyArm("gdl", "GDL", LossKind.GDL),
+    StudyArm("gdl-bl-paper", "GDL+BL (paper α)", LossKind.GDL_BL, "paper"),
+    StudyArm("gdl-bl-refcode", "GDL+BL (reference-code α)", LossKind.GDL_BL, "reference-code"),
+    StudyArm("bl", "BL alone", LossKind.BL),
+    StudyArm("ce", "CE", LossKind.CE),
+)
+"""The study's arms, in table order."""
+
+SIZE_BINS_VOXELS: tuple[tuple[str, float, float], ...] = (
+    ("small", 0.0, 8.0),
+    ("medium", 8.0, 64.0),
+    ("large", 64.0, math.inf),
+)
+"""Lesion size bins in voxels (``low < size <= high``), converted to mm³ per case.
+
+"small" is at most 8 voxels: the generator's tiny lesions (2-8 voxels), the ones
+a Dice loss tends to miss. The metrics module's mm³ defaults (small <= 10 mm³)
+would hold only single voxels at the benchmark's 2 mm spacing.
+"""
+
+TABLE_METRICS: tuple[tuple[str, str], ...] = (
+    ("dice", "DSC"),
+    ("hd", "HD (mm)"),
+    ("hd95", "HD95 (mm)"),
+    ("assd", "ASSD (mm)"),
+    ("avd", "AVD (%)"),
+    ("lesion_recall", "lesion recall"),
+    ("lesion_f1", "lesion F1"),
+    ("lesion_recall_small", "small-lesion recall"),
+)
+"""Per-run figures of the results table (key, column title)."""
+
+_DISTANCE_KEYS = ("hd", "hd95", "assd")
+_RUN_FILES = ("best.pt", "last.pt", "metrics.csv")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings of a loss study (JSON round trip with :meth:`to_dict`).
+
+    Parameters
+    ----------
+    data
+        Dataset folder (any layout :func:`~napari_boundary_seg.core.data.find_cases`
+        reads). When it does not exist and ``synth_cases`` is set, the built-in
+        benchmark is written there first.
+    out
+        Folder for the results (table, per-case CSV, figure, JSON).
+    runs_dir
+        Folder of the per-run folders (default ``<out>/runs``).
+    arms
+        Keys of :data:`ARMS` to run, in order.
+    seeds
+        Training seeds (initialisation and slice order); the split is fixed.
+    epochs, max_steps_per_epoch, batch_size, lr, lr_patience
+        The identical budget and optimiser of every run.
+    slice_size, depth, base_channels, axis
+        Network input size and UNet shape; slicing axis.
+    test_fraction, val_fraction
+        Patient-wise fractions of all cases held out for testing and for
+        validation (model selection).
+    split_seed
+        Seed of the split.
+    alpha_floor
+        Floor of the paper schedule (0.01 in the paper).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` ...
+    synth_cases, synth_seed, synth_shape, synth_spacing
+        Write the built-in benchmark (this many cases, this seed, this grid;
+        ``None``: the generator's defaults) into ``data`` when the folder does
+        not exist; ``synth_cases=None``: never.
+    eval_batch_size
+        Slices per forward pass at test time.
+    """
+
+    data: str
+    out: str
+    runs_dir: str | None = None
+    arms: tuple[str, ...] = tuple(a.key for a in ARMS)
+    seeds: tuple[int, ...] = (0, 1)
+    epochs: int = 15
+    max_steps_per_epoch: int | None = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_patience: int = 20
+    slice_size: int | None = 128
+    depth: int = 4
+    base_channels: int = 8
+    axis: int = 2
+    test_fraction: float = 0.25
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    alpha_floor: float = 0.01
+    device: str = "auto"
+    synth_cases: int | None = None
+    synth_seed: int = 0
+    synth_shape: tuple[int, int, int] | None = None
+    synth_spacing: tuple[float, float, float] | None = None
+    eval_batch_size: int = 16
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "data", os.fspath(self.data))
+        set_(self, "out", os.fspath(self.out))
+        if self.runs_dir is not None:
+            set_(self, "runs_dir", os.fspath(self.runs_dir))
+        known = {a.key for a in ARMS}
+        arms = tuple(str(a) for a in self.arms)
+        unknown = [a for a in arms if a not in known]
+        if unknown or not arms:
+            raise ValueError(f"unknown study arms {unknown or arms}; choose from {sorted(known)}")
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"study arms repeat: {arms}")
+        set_(self, "arms", arms)
+        seeds = tuple(self.seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+            raise ValueError(f"seeds must be a non-empty sequence of integers, got {self.seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds repeat: {seeds}")
+        set_(self, "seeds", seeds)
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1), got {value!r}")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"test_fraction + val_fraction must be below 1, got "
+                f"{self.test_fraction} + {self.val_fraction}"
+            )
+        if not 0 < self.alpha_floor < 1:
+            raise ValueError(f"alpha_floor must be in (0, 1), got {self.alpha_floor!r}")
+        if self.synth_cases is not None and (
+            isinstance(self.synth_cases, bool)
+            or not isinstance(self.synth_cases, int)
+            or self.synth_cases < 3
+        ):
+            raise ValueError(
+                f"synth_cases must be an integer >= 3 (train, validation and test), "
+                f"got {self.synth_cases!r}"
+            )
+
+    @property
+    def runs_path(self) -> Path:
+        """The folder holding one folder per run."""
+        return Path(self.runs_dir) if self.runs_dir is not None else Path(self.out) / "runs"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What a study wrote and measured.
+
+    Attributes
+    ----------
+    summary
+        One row per arm: ``arm``, ``label``, ``n_runs`` and ``<metric>_mean`` /
+        ``<metric>_std`` over seeds for every :data:`TABLE_METRICS` key.
+    per_case
+        One row per (arm, seed, test case) with every ``case_metrics`` figure.
+    files
+        Written paths by role (``table_md``, ``table_csv``, ``per_case_csv``,
+        ``per_run_csv``, ``figure``, ``config_json``).
+    complete
+        False when some runs had not finished (the table then says PARTIAL).
+    """
+
+    summary: list[dict[str, Any]]
+    per_case: list[dict[str, Any]]
+    files: dict[str, str]
+    complete: bool
+
+
+# ---------------------------------------------------------------------------
+# schedules, split, run folders
+
+
+def arm_schedule(arm: StudyArm, epochs: int, floor: float = 0.01) -> dict[str, Any]:
+    """The alpha schedule of an arm, rescaled so alpha reaches its floor at the last epoch.
+
+    The paper: ``step = 0.01`` per epoch over 100 epochs, ``alpha(99) = 0.01``.
+    Here ``step = (1 - floor) / (epochs - 1)`` (``1 - floor`` for one epoch).
+    The reference-code schedule takes the same step.
+
+    Returns
+    -------
+    dict
+        A schedule dict for :class:`~napari_boundary_seg.core.train.TrainConfig`
+        (the paper schedule for arms that do not use one; it is ignored there).
+    """
+    step = (1.0 - floor) / max(epochs - 1, 1)
+    if arm.schedule == "reference-code":
+        return {"kind": "reference-code", "step": step, "region_floor": 0.1, "boundary_start": 0.01}
+    return {"kind": "paper", "start": 1.0, "step": step, "floor": floor}
+
+
+def split_study_cases(
+    cases: Sequence[Any], test_fraction: float, val_fraction: float, seed: int
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """Patient-wise split into ``(train, val, test)``, independent of input order.
+
+    Test cases are drawn first with ``round(test_fraction * n)`` (at least one),
+    then ``round(val_fraction * n)`` (at least one) validation cases from the
+    rest, both with :func:`~napari_boundary_seg.core.data.split_cases`.
+    """
+    from napari_boundary_seg.core.data import split_cases
+
+    n = len(cases)
+    if n < 3:
+        raise ValueError(f"a study needs at least 3 cases (train, validation, test), got {n}")
+    rest, test = split_cases(cases, test_fraction, seed)
+    n_val = max(1, int(round(val_fraction * n)))
+    if n_val >= len(rest):
+        raise ValueError(f"{n} cases leave no training case after the test and validation split")
+    train, val = split_cases(rest, n_val / len(rest), seed + 1)
+    return list(train), list(val), list(test)
+
+
+def _run_name(arm: str, seed: int) -> str:
+    return f"{arm}-seed{seed}"
+
+
+def _run_position(run_dir: Path) -> int | None:
+    """Epochs done by the run in ``run_dir`` (from ``last.pt``), None without one."""
+    from napari_boundary_seg.core.predict import read_checkpoint
+
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return None
+    checkpoint = read_checkpoint(last)
+    return int(checkpoint["position"]["epoch"])
+
+
+def _read_history(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed = {}
+            for key, value in row.items():
+                if value in ("True", "False"):
+                    parsed[key] = float(value == "True")
+                elif value:
+                    parsed[key] = float(value)
+            rows.append(parsed)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# the study
+
+
+def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) -> Any:
+    from napari_boundary_seg.core.train import TrainConfig
+
+    return TrainConfig(
+        data=config.data,
+        out_dir=str(run_dir),
+        num_classes=2,
+        loss=arm.loss,
+        schedule=arm_schedule(arm, config.epochs, config.alpha_floor),
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        lr_patience=config.lr_patience,
+        slice_size=config.slice_size,
+        axis=config.axis,
+        distance="3d",
+        val_fraction=config.val_fraction,
+        seed=seed,
+        split_seed=config.split_seed,
+        device=config.device,
+        depth=config.depth,
+        base_channels=config.base_channels,
+        max_steps_per_epoch=config.max_steps_per_epoch,
+    )
+
+
+def _size_bins(spacing: Sequence[float]) -> list[tuple[str, float, float]]:
+    voxel = float(np.prod(np.asarray(spacing, dtype=np.float64)))
+    return [(name, lo * voxel, hi * voxel) for name, lo, hi in SIZE_BINS_VOXELS]
+
+
+def _evaluate_run(
+    run_dir: Path, test_cases: Sequence[Any], eval_batch_size: int, device: str
+) -> list[dict[str, Any]]:
+    """Every case metric of the run's best checkpoint on the test cases (cached in CSV)."""
+    from napari_boundary_seg.core.metrics import case_metric_columns, case_metrics
+    from napari_boundary_seg.core.predict import load_checkpoint, predict_volume
+
+    best = run_dir / "best.pt"
+    cache = run_dir / "test_metrics.csv"
+    case_ids = [str(c.case_id) for c in test_cases]
+    if cache.exists() and cache.stat().st_mtime >= best.stat().st_mtime:
+        with open(cache, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if [r["case"] for r in rows] == case_ids:
+            return [
+                {"case": r["case"], **{k: float(v) for k, v in r.items() if k != "case"}}
+                for r in rows
+            ]
+    model, checkpoint = load_checkpoint(best)
+    rows = []
+    for case in test_cases:
+        _, pred = predict_volume(
+            (model, checkpoint),
+            case.images,
+            case.spacing,
+            batch_size=eval_batch_size,
+            device=device,
+        )
+        figures = case_metrics(pred, case.labels, case.spacing, size_bins=_size_bins(case.spacing))
+        rows.append({"case": str(case.case_id), **figures})
+    columns = ["case", *case_metric_columns(_bins_objects())]
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, cache)
+    return rows
+
+
+def _bins_objects() -> list[Any]:
+    from napari_boundary_seg.core.metrics import SizeBin
+
+    return [SizeBin(name, lo, hi) for name, lo, hi in SIZE_BINS_VOXELS]
+
+
+def _run_figures(rows: Sequence[Mapping[str, Any]], test_cases: Sequence[Any]) -> dict[str, float]:
+    """One run's table figures: means over test cases (inf distances -> image diagonal);
+    small-lesion recall pooled over the test cases' small lesions."""
+    from napari_boundary_seg.core.metrics import replace_inf
+
+    out: dict[str, float] = {}
+    shapes = {str(c.case_id): (c.labels.shape, c.spacing) for c in test_cases}
+    for key, _ in TABLE_METRICS:
+        if key == "lesion_recall_small":
+            n_target = sum(float(r["n_target_small"]) for r in rows)
+            n_detected = sum(float(r["n_detected_small"]) for r in rows)
+            out[key] = n_detected / n_target if n_target > 0 else math.nan
+            out["n_small_lesions"] = n_target
+            continue
+        values = []
+        for r in rows:
+            value = float(r[key])
+            if key in _DISTANCE_KEYS:
+                shape, spacing = shapes[r["case"]]
+                value = float(replace_inf(value, shape, spacing))
+            values.append(value)
+        finite = [v for v in values if not math.isnan(v)]
+        out[key] = float(np.mean(finite)) if finite else math.nan
+    out["n_inf_hd"] = float(sum(math.isinf(float(r["hd"])) for r in rows))
+    return out
+
+
+def iter_study(
+    config: StudyConfig,
+    *,
+    report_only: bool = False,
+    command: str | None = None,
+) -> Generator[Progress, None, StudyResult]:
+    """Run (or resume) the loss study; yields ``Progress`` per training step.
+
+    Parameters
+    ----------
+    config
+        The study's settings.
+    report_only
+        Train nothing: evaluate and report the runs that have finished (the
+        outputs are marked partial when some have not).
+    command
+        The command line that started the study, recorded in the JSON.
+
+    Returns
+    -------
+    StudyResult
+    """
+    from napari_boundary_seg.core import data as data_mod
+    from napari_boundary_seg.core.train import (
+        DoneEvent,
+        EpochEvent,
+        StepEvent,
+        library_versions,
+        preprocess_config,
+        train,
+    )
+
+    started = time.time()
+    data_dir = Path(config.data)
+    if not data_dir.exists():
+        if config.synth_cases is None:
+            raise FileNotFoundError(
+                f"no such data folder: {data_dir} (pass synth_cases / --synth N to write "
+                "the built-in benchmark there)"
+            )
+        from napari_boundary_seg.core.synthetic import iter_write_benchmark
+
+        logger.info("writing %d synthetic cases to %s", config.synth_cases, data_dir)
+        grid: dict[str, Any] = {}
+        if config.synth_shape is not None:
+            grid["shape"] = tuple(config.synth_shape)
+        if config.synth_spacing is not None:
+            grid["spacing"] = tuple(config.synth_spacing)
+        for event in iter_write_benchmark(data_dir, config.synth_cases, config.synth_seed, **grid):
+            yield Progress(0, 0, f"synth: {event.message}")
+    files = data_mod.find_cases(data_dir)
+    cases = yield from data_mod.iter_load_cases(files)
+    train_cases, val_cases, test_cases = split_study_cases(
+        cases, config.test_fraction, config.val_fraction, config.split_seed
+    )
+    logger.info(
+        "split: %d train, %d validation, %d test cases",
+        len(train_cases),
+        len(val_cases),
+        len(test_cases),
+    )
+    arms = [next(a for a in ARMS if a.key == key) for key in config.arms]
+    # seed-major: an interrupted study has every arm at its first seed(s)
+    runs = [(arm, seed) for seed in config.seeds for arm in arms]
+    runs_path = config.runs_path
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path.mkdir(parents=True, exist_ok=True)
+
+    # the budget in steps, for the progress total
+    steps_per_epoch: int | None = None
+    dataset = None
+    done_epochs = {
+        (arm.key, seed): (_run_position(runs_path / _run_name(arm.key, seed)) or 0)
+        for arm, seed in runs
+    }
+    todo = [(a, s) for a, s in runs if done_epochs[(a.key, s)] < config.epochs]
+    if todo and not report_only:
+        base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")
+        yield Progress(0, 0, "building slices and distance maps")
+        dataset = yield from data_mod.iter_build_dataset(
+            train_cases, 2, preprocess_config(base), distance="3d"
+        )
+        steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+        if config.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total = len(runs) * config.epochs * (steps_per_epoch or 1)
+    done = sum(min(e, config.epochs) for e in done_epochs.values()) * (steps_per_epoch or 1)
+    run_seconds: dict[str, float] = {}
+    if not report_only:
+        for arm, seed in todo:
+            name = _run_name(arm.key, seed)
+            run_dir = runs_path / name
+            train_config = _train_config(config, arm, seed, run_dir)
+            position = done_epochs[(arm.key, seed)]
+            if (run_dir / "last.pt").exists():
+                train_config = train_config.replace(resume_from=str(run_dir / "last.pt"))
+                logger.info("%s: resuming at epoch %d", name, position)
+            else:
+                train_config = train_config.replace(overwrite=True)
+                logger.info("%s: starting", name)
+            tic = time.perf_counter()
+            for event in train(train_config, train_cases, val_cases=val_cases, dataset=dataset):
+                if isinstance(event, StepEvent):
+                    done += 1
+                    yield Progress(
+                        done,
+                        total,
+                        f"{name} epoch {event.epoch + 1}/{config.epochs} loss {event.loss:.4f}",
+                    )
+                elif isinstance(event, EpochEvent):
+                    logger.info(
+                        "%s epoch %d/%d: loss %.4f (alpha %.3f), val DSC %.4f, HD %.1f mm%s",
+                        name,
+                        event.epoch + 1,
+                        config.epochs,
+                        event.train_loss,
+                        event.w_region,
+                        event.val_dice,
+                        event.val_hd,
+                        " *best*" if event.is_best else "",
+                    )
+                elif isinstance(event, DoneEvent) and event.stopped:
+                    logger.warning("%s stopped: %s", name, event.reason)
+            run_seconds[name] = time.perf_counter() - tic
+            done_epochs[(arm.key, seed)] = _run_position(run_dir) or 0
+
+    # evaluation of the finished runs on the test cases
+    per_case: list[dict[str, Any]] = []
+    per_run: list[dict[str, Any]] = []
+    histories: dict[str, dict[int, list[dict[str, float]]]] = {}
+    finished = [(a, s) for a, s in runs if done_epochs[(a.key, s)] >= config.epochs]
+    for i, (arm, seed) in enumerate(finished):
+        name = _run_name(arm.key, seed)
+        run_dir = runs_path / name
+        yield Progress(i, len(finished), f"evaluating {name} on {len(test_cases)} test cases")
+        rows = _evaluate_run(run_dir, test_cases, config.eval_batch_size, config.device)
+        for r in rows:
+            per_case.append({"arm": arm.key, "seed": seed, **r})
+        figures = _run_figures(rows, test_cases)
+        history = _read_history(run_dir)
+        best = max(history, key=lambda h: h.get("val_dice", -1.0)) if history else {}
+        per_run.append(
+            {
+                "arm": arm.key,
+                "seed": seed,
+                "best_epoch": int(best.get("epoch", -1)) + 1,
+                "best_val_dice": best.get("val_dice", math.nan),
+                **figures,
+            }
+        )
+        histories.setdefault(arm.key, {})[seed] = history
+    complete = len(finished) == len(runs)
+    summary = _summarise(arms, per_run)
+    files = _write_outputs(
+        config,
+        out,
+        arms,
+        summary,
+        per_case,
+        per_run,
+        histories,
+        complete=complete,
+        extra={
+            "command": command,
+            "versions": _versions(library_versions()),
+            "split": {
+                "train": [str(c.case_id) for c in train_cases],
+                "validation": [str(c.case_id) for c in val_cases],
+                "test": [str(c.case_id) for c in test_cases],
+            },
+            "train_slices": len(dataset) if dataset is not None else None,
+            "steps_per_epoch": steps_per_epoch,
+            "schedules": {a.key: arm_schedule(a, config.epochs, config.alpha_floor) for a in arms},
+            "size_bins_voxels": [list(b) for b in SIZE_BINS_VOXELS],
+            "runs_finished": [_run_name(a.key, s) for a, s in finished],
+            "runs_missing": [_run_name(a.key, s) for a, s in runs if (a, s) not in finished],
+            "train_seconds_this_invocation": run_seconds,
+            "wall_seconds_this_invocation": time.time() - started,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+    yield Progress(len(finished), len(finished), "done")
+    return StudyResult(summary, per_case, files, complete)
+
+
+def run_study(
+    config: StudyConfig,
+    callback: Callable[[Progress], None] | None = None,
+    **kwargs: Any,
+) -> StudyResult:
+    """:func:`iter_study` run to its end."""
+    return run_to_end(iter_study(config, **kwargs), callback)
+
+
+# ---------------------------------------------------------------------------
+# outputs
+
+
+def _versions(base: Mapping[str, str]) -> dict[str, str]:
+    out = dict(base)
+    for name in ("scipy", "edt", "cc3d", "nibabel", "nilearn", "matplotlib"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        out[name] = str(getattr(module, "__version__", "?"))
+    out["platform"] = platform.platform()
+    out["processor"] = platform.processor() or platform.machine()
+    out["cpu_count"] = str(os.cpu_count())
+    try:
+        import torch
+
+        out["torch_threads"] = str(torch.get_num_threads())
+        out["cuda"] = str(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return out
+
+
+def _summarise(
+    arms: Sequence[StudyArm], per_run: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    summary = []
+    for arm in arms:
+        rows = [r for r in per_run if r["arm"] == arm.key]
+        row: dict[str, Any] = {"arm": arm.key, "label": arm.label, "n_runs": len(rows)}
+        for key, _ in TABLE_METRICS:
+            values = np.array([r[key] for r in rows], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            row[f"{key}_mean"] = float(values.mean()) if values.size else math.nan
+            row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+        summary.append(row)
+    return summary
+
+
+def _fmt(mean: float, std: float, digits: int) -> str:
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _markdown_table(summary: Sequence[Mapping[str, Any]], complete: bool) -> str:
+    digits = {"hd": 1, "hd95": 1, "assd": 2, "avd": 1}
+    head = ["loss", "runs", *[title for _, title in TABLE_METRICS]]
+    lines = []
+    if not complete:
+        lines.append("**PARTIAL: not every run had finished; see study.json.**\n")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] * len(head)) + "|")
+    for row in summary:
+        cells = [row["label"], str(row["n_runs"])]
+        for key, _ in TABLE_METRICS:
+            cells.append(_fmt(row[f"{key}_mean"], row[f"{key}_std"], digits.get(key, 3)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+    os.replace(tmp, path)
+
+
+def _plot_curves(
+    path: Path,
+    arms: Sequence[StudyArm],
+    histories: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]],
+    epochs: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    axes = fig.subplots(1, 2)
+    for arm in arms:
+        runs = histories.get(arm.key, {})
+        if not runs:
+            continue
+        for ax, key in zip(axes, ("val_dice", "val_hd"), strict=True):
+            curves = np.full((len(runs), epochs), np.nan)
+            for i, history in enumerate(runs.values()):
+                for row in history:
+                    e = int(row["epoch"])
+                    if 0 <= e < epochs:
+                        curves[i, e] = row.get(key, math.nan)
+            x = np.arange(1, epochs + 1)
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(curves, axis=0)
+                low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
+            (line,) = ax.plot(x, mean, label=f"{arm.label} (n={len(runs)})")
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    axes[0].set_title("validation DSC (3D), mean over seeds, min–max shaded")
+    axes[0].set_ylabel("DSC")
+    axes[1].set_title("validation Hausdorff distance (3D), mean over seeds")
+    axes[1].set_ylabel("HD (mm)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if axes[0].get_lines():
+        axes[0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _write_outputs(
+    config: StudyConfig,
+    out: Path,
+    arms: Sequence[StudyArm],
+    summary: Sequence[Mapping[str, Any]],
+    per_case: Sequence[Mapping[str, Any]],
+    per_run: Sequence[Mapping[str, Any]],
+    histories: Mapping[str, Mapping[int, Sequence[Mapping[str, float]]]],
+    *,
+    complete: bool,
+    extra: Mapping[str, Any],
+) -> dict[str, str]:
+    from napari_boundary_seg.core.metrics import case_metric_columns
+
+    files = {
+        "table_md": out / "results.md",
+        "table_csv": out / "results.csv",
+        "per_run_csv": out / "per_run.csv",
+        "per_case_csv": out / "per_case.csv",
+        "figure": out / "validation_curves.png",
+        "config_json": out / "study.json",
+    }
+    files["table_md"].write_text(_markdown_table(summary, complete))
+    summary_cols = ["arm", "label", "n_runs"]
+    for key, _ in TABLE_METRICS:
+        summary_cols += [f"{key}_mean", f"{key}_std"]
+    _write_csv(files["table_csv"], summary, summary_cols)
+    run_cols = [
+        "arm",
+        "seed",
+        "best_epoch",
+        "best_val_dice",
+        *[k for k, _ in TABLE_METRICS],
+        "n_small_lesions",
+        "n_inf_hd",
+    ]
+    _write_csv(files["per_run_csv"], per_run, run_cols)
+    _write_csv(
+        files["per_case_csv"],
+        per_case,
+        ["arm", "seed", "case", *case_metric_columns(_bins_objects())],
+    )
+    _plot_curves(files["figure"], arms, histories, config.epochs)
+    record = {"config": config.to_dict(), "complete": complete, **extra}
+    files["config_json"].write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return {k: str(v) for k, v in files.items()}
+
+
+# ---------------------------------------------------------------------------
+# command line (registered by napari_boundary_seg.cli)
+
+
+def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
+    """Add the ``study`` subcommand to an argparse subparsers object.
+
+    ``drive(generator, desc, unit)`` runs a ``Progress`` generator with a
+    progress bar and returns its value (the CLI's tqdm driver).
+    """
+    import argparse
+
+    defaults = StudyConfig(data=".", out=".")
+    p = sub.add_parser(
+        "study",
+        help="loss study: GDL vs GDL+BL (two alpha schedules) vs BL alone vs CE, several seeds",
+        description="Train the same UNet with every loss and seed on one patient-wise "
+        "train/validation/test split and budget, evaluate each best checkpoint on the "
+        "held-out test cases in 3D (DSC, HD, HD95, ASSD, AVD, lesion recall/F1, small-lesion "
+        "recall), and write results.md/.csv (mean ± std over seeds), per_case.csv, "
+        "per_run.csv, validation_curves.png and study.json to --out. Each run has its own "
+        "folder (best.pt, last.pt, metrics.csv): rerunning skips finished runs and resumes "
+        "unfinished ones.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (any layout)")
+    p.add_argument("--out", required=True, type=Path, help="results folder (created if missing)")
+    p.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="folder of the per-run folders (default OUT/runs)",
+    )
+    p.add_argument(
+        "--synth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="if --data does not exist, write N cases of the built-in benchmark there first",
+    )
+    p.add_argument(
+        "--synth-seed", type=int, default=0, help="seed of the generated benchmark (default 0)"
+    )
+    p.add_argument(
+        "--synth-shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="grid of the generated benchmark (default: the generator's, 96 112 96)",
+    )
+    p.add_argument(
+        "--synth-spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("SX", "SY", "SZ"),
+        help="voxel size in mm of the generated benchmark (default: the generator's, 2 2 2)",
+    )
+    p.add_argument(
+        "--arms",
+        nargs="+",
+        default=list(defaults.arms),
+        choices=[a.key for a in ARMS],
+        help=f"losses to compare (default: all: {' '.join(defaults.arms)})",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds (default 0 1)"
+    )
+    p.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help=f"epochs (default {defaults.epochs})"
+    )
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=defaults.max_steps_per_epoch,
+        help=f"cap on steps per epoch; 0: every slice once (default {defaults.max_steps_per_epoch})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="batch size (default 8)"
+    )
+    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam lr (default 1e-3)")
+    p.add_argument(
+        "--lr-patience",
+        type=int,
+        default=defaults.lr_patience,
+        help="epochs without validation improvement before the lr is halved (default 20)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=defaults.slice_size,
+        help=f"slice size (default {defaults.slice_size}; the paper: 256, fine on a GPU)",
+    )
+    p.add_argument(
+        "--depth", type=int, default=defaults.depth, help=f"UNet levels (default {defaults.depth})"
+    )
+    p.add_argument(
+        "--base-channels",
+        type=int,
+        default=defaults.base_channels,
+        help=f"UNet first-level width (default {defaults.base_channels})",
+    )
+    p.add_argument(
+        "--axis", type=int, default=defaults.axis, help="slicing axis (default 2, axial)"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=defaults.test_fraction,
+        help=f"fraction of cases held out for testing (default {defaults.test_fraction})",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=defaults.val_fraction,
+        help=f"fraction of cases for validation (default {defaults.val_fraction})",
+    )
+    p.add_argument(
+        "--split-seed", type=int, default=defaults.split_seed, help="seed of the split (default 0)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: evaluate and report the finished runs (marked partial if some "
+        "are missing)",
+    )
+
+    def handler(args: argparse.Namespace) -> int:
+        import shlex
+        import sys
+
+        config = StudyConfig(
+            data=str(args.data),
+            out=str(args.out),
+            runs_dir=None if args.runs_dir is None else str(args.runs_dir),
+            arms=tuple(args.arms),
+            seeds=tuple(args.seeds),
+            epochs=args.epochs,
+            max_steps_per_epoch=args.steps_per_epoch or None,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_patience=args.lr_patience,
+            slice_size=args.size,
+            depth=args.depth,
+            base_channels=args.base_channels,
+            axis=args.axis,
+            test_fraction=args.test_fraction,
+            val_fraction=args.val_fraction,
+            split_seed=args.split_seed,
+            device=args.device,
+            synth_cases=args.synth,
+            synth_seed=args.synth_seed,
+            synth_shape=None if args.synth_shape is None else tuple(args.synth_shape),
+            synth_spacing=None if args.synth_spacing is None else tuple(args.synth_spacing),
+        )
+        command = " ".join(shlex.quote(a) for a in ["napari-boundary-seg", *sys.argv[1:]])
+        result = drive(
+            iter_study(config, report_only=args.report_only, command=command), "study", "step"
+        )
+        print(Path(result.files["table_md"]).read_text(), end="")
+        for role, path in result.files.items():
+            print(f"{role}: {path}")
+        if not result.complete:
+            print("PARTIAL: some runs have not finished (rerun the command to continue them)")
+        return 0
+
+    p.set_defaults(func=handler)

@@ -1,0 +1,179 @@
+"""Tests of the loss study: schedules, split, figures, and a smoke run of every arm."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from napari_boundary_seg.core.schedule import schedule_from_dict
+from napari_boundary_seg.study import (
+    ARMS,
+    TABLE_METRICS,
+    StudyConfig,
+    _run_figures,
+    arm_schedule,
+    run_study,
+    split_study_cases,
+)
+
+
+@pytest.mark.parametrize("epochs", [2, 15, 100])
+def test_paper_schedule_reaches_floor_at_last_epoch(epochs: int) -> None:
+    arm = next(a for a in ARMS if a.key == "gdl-bl-paper")
+    schedule = schedule_from_dict(arm_schedule(arm, epochs, floor=0.01))
+    alphas = [w[0] for w in schedule.curve(epochs)]
+    assert alphas[0] == pytest.approx(1.0)
+    assert alphas[-1] == pytest.approx(0.01)
+    if epochs > 2:
+        assert alphas[-2] > 0.01 + 1e-9  # not before the last epoch
+    if epochs == 100:  # the paper's own numbers: 0.01 per epoch
+        assert schedule.to_dict()["step"] == pytest.approx(0.01)
+
+
+def test_reference_code_schedule_uses_the_same_step() -> None:
+    arm = next(a for a in ARMS if a.key == "gdl-bl-refcode")
+    schedule = schedule_from_dict(arm_schedule(arm, 12, floor=0.01))
+    step = 0.99 / 11
+    assert schedule(0) == pytest.approx((1.0, 0.01))
+    assert schedule(5) == pytest.approx((1.0 - 5 * step, 0.01 + 5 * step))
+    assert schedule(11)[0] == pytest.approx(0.1)  # the reference code's region floor
+    assert schedule(11)[1] == pytest.approx(1.0)
+
+
+class _C:
+    def __init__(self, case_id: str) -> None:
+        self.case_id = case_id
+
+
+def test_split_is_patient_wise_disjoint_and_order_independent() -> None:
+    cases = [_C(f"case_{i:03d}") for i in range(20)]
+    train, val, test = split_study_cases(cases, 0.25, 0.1, seed=0)
+    assert (len(train), len(val), len(test)) == (13, 2, 5)
+    ids = [c.case_id for c in train + val + test]
+    assert sorted(ids) == sorted(c.case_id for c in cases)
+    again = split_study_cases(list(reversed(cases)), 0.25, 0.1, seed=0)
+    assert sorted(c.case_id for c in again[2]) == sorted(c.case_id for c in test)
+    assert sorted(c.case_id for c in again[1]) == sorted(c.case_id for c in val)
+    with pytest.raises(ValueError, match="at least 3 cases"):
+        split_study_cases(cases[:2], 0.25, 0.1, seed=0)
+
+
+def test_run_figures_by_hand() -> None:
+    class Case:
+        def __init__(self, case_id: str) -> None:
+            self.case_id = case_id
+            self.labels = np.zeros((3, 4), dtype=np.int64)
+            self.spacing = (1.0, 1.0)
+
+    rows = [
+        {"case": "a", "dice": 0.5, "hd": 2.0, "hd95": 1.0, "assd": 0.5, "avd": 10.0,
+         "lesion_recall": 1.0, "lesion_f1": 0.5, "n_target_small": 3, "n_detected_small": 1},
+        {"case": "b", "dice": 0.0, "hd": math.inf, "hd95": math.inf, "assd": math.inf,
+         "avd": 100.0, "lesion_recall": 0.0, "lesion_f1": 0.0, "n_target_small": 1,
+         "n_detected_small": 1},
+    ]  # fmt: skip
+    figures = _run_figures(rows, [Case("a"), Case("b")])
+    assert figures["dice"] == pytest.approx(0.25)
+    assert figures["hd"] == pytest.approx((2.0 + 5.0) / 2)  # inf -> diagonal sqrt(3²+4²)
+    assert figures["assd"] == pytest.approx((0.5 + 5.0) / 2)
+    assert figures["lesion_recall_small"] == pytest.approx(2 / 4)  # pooled over cases
+    assert figures["n_inf_hd"] == 1
+
+
+def test_config_rejects_bad_values(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown study arms"):
+        StudyConfig(data=tmp_path, out=tmp_path, arms=("gdl", "dice-bl"))
+    with pytest.raises(ValueError, match="seeds"):
+        StudyConfig(data=tmp_path, out=tmp_path, seeds=())
+    with pytest.raises(ValueError, match="test_fraction \\+ val_fraction"):
+        StudyConfig(data=tmp_path, out=tmp_path, test_fraction=0.6, val_fraction=0.4)
+
+
+def test_missing_data_without_synth_names_the_folder(tmp_path) -> None:
+    config = StudyConfig(data=tmp_path / "nowhere", out=tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_study(config)
+
+
+def test_smoke_study_every_arm_then_rerun_skips(tmp_path) -> None:
+    config = StudyConfig(
+        data=tmp_path / "data",
+        out=tmp_path / "results",
+        seeds=(0,),
+        epochs=1,
+        max_steps_per_epoch=1,
+        batch_size=4,
+        slice_size=16,
+        depth=2,
+        base_channels=2,
+        test_fraction=0.25,
+        val_fraction=0.25,
+        device="cpu",
+        synth_cases=4,
+        synth_shape=(16, 20, 12),
+        synth_spacing=(10.0, 10.0, 10.0),
+        eval_batch_size=16,
+    )
+    result = run_study(config)
+    assert result.complete
+    assert [row["arm"] for row in result.summary] == [a.key for a in ARMS]
+    assert all(row["n_runs"] == 1 for row in result.summary)
+    # one test case (round(0.25 * 4)), every arm
+    assert len(result.per_case) == len(ARMS)
+    for row in result.per_case:
+        assert 0.0 <= row["dice"] <= 1.0
+        assert row["hd"] >= row["hd95"] >= 0.0
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "PARTIAL" not in table
+    for title in [t for _, t in TABLE_METRICS] + [a.label for a in ARMS]:
+        assert title in table
+    with open(tmp_path / "results" / "per_case.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(ARMS)
+    assert {"lesion_recall_small", "n_target_small", "avd", "assd"} <= set(rows[0])
+    record = json.loads((tmp_path / "results" / "study.json").read_text())
+    assert record["complete"] is True
+    assert set(record["split"]) == {"train", "validation", "test"}
+    assert not set(record["split"]["test"]) & set(record["split"]["validation"])
+    assert "torch" in record["versions"]
+    png = (tmp_path / "results" / "validation_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # rerun: every run is finished, nothing is trained again, same figures
+    best = tmp_path / "results" / "runs" / "gdl-seed0" / "best.pt"
+    mtime = best.stat().st_mtime_ns
+    again = run_study(config)
+    assert best.stat().st_mtime_ns == mtime
+    assert len(again.per_case) == len(result.per_case)
+    for new, old in zip(again.per_case, result.per_case, strict=True):  # read back from CSV
+        assert new.keys() == old.keys()
+        for key, value in old.items():
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(new[key]), key
+            else:
+                assert new[key] == value, key
+    record = json.loads((tmp_path / "results" / "study.json").read_text())
+    assert record["train_seconds_this_invocation"] == {}
+
+
+def test_cli_writes_benchmark_and_reports_partial(tmp_path, capsys) -> None:
+    from napari_boundary_seg.cli import main
+
+    data, out = tmp_path / "data", tmp_path / "r"
+    argv = ["study", "--data", str(data), "--out", str(out), "--arms", "gdl", "bl"]
+    assert main(argv) == 2  # no data and no --synth: a one-line error naming the folder
+    assert str(data) in capsys.readouterr().err
+    tiny = ["--synth", "4", "--synth-shape", "16", "20", "12", "--synth-spacing", "10", "10", "10"]
+    assert main([*argv, *tiny, "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "PARTIAL" in printed
+    assert (data / "labelsTr" / "case_003.nii.gz").exists()
+    assert "PARTIAL" in (out / "results.md").read_text()
+    record = json.loads((out / "study.json").read_text())
+    assert record["complete"] is False
+    assert record["runs_missing"] == ["gdl-seed0", "bl-seed0", "gdl-seed1", "bl-seed1"]
+    assert record["config"]["synth_shape"] == [16, 20, 12]
