@@ -1,0 +1,773 @@
+"""Fine-tuning on corrected slices: the core of the predict → correct → fine-tune loop.
+
+A user runs a model on a new scan, corrects some slices of the prediction
+(napari's label brush, or any editor), and wants the model to learn from those
+corrections at once. :func:`finetune` trains from the current checkpoint on
+the corrected slices only (optionally mixed with slices of the original
+training set, against forgetting), with the α schedule restarted at a chosen
+value. It is :func:`napari_boundary_seg.core.train.train` with a slice data set
+restricted to those slices (``dataset=``), so it yields the trainer's events
+and writes the trainer's files (``best.pt``, ``last.pt``, ``metrics.csv``,
+``config.json``) into its own folder, plus ``lineage.json``:
+
+.. code-block:: json
+
+    {"parent": "/runs/a/best.pt", "parent_sha256": "…", "checkpoint": "/runs/a/finetune-…/last.pt",
+     "slices": [12, 17], "axis": 2, "mix_slices": [["case_003", 40]], "settings": {…},
+     "stopped": false, "reason": "completed", "history": […], "metrics": {…}, "decision": null}
+
+The parent checkpoint is only read, never written. :func:`evaluate_finetune`
+predicts the volume with the parent and the new model and adds the comparison
+(DSC and HD95 on the corrected and on the untouched slices, against the
+corrected labels) to the lineage as ``metrics``; :func:`record_decision` notes
+whether the user kept or discarded the new checkpoint (both stay on disk).
+
+Only the corrected slices are trusted: their distance maps are computed per
+slice by default (``distance="2d"``), so that the unverified neighbouring
+slices of the prediction do not shape them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_boundary_seg.core.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LINEAGE_NAME",
+    "FinetuneResult",
+    "SliceSubset",
+    "compare_models",
+    "differing_slices",
+    "evaluate_finetune",
+    "finetune",
+    "finetune_schedule",
+    "prediction_changes",
+    "read_lineage",
+    "record_decision",
+    "update_lineage",
+]
+
+LINEAGE_NAME = "lineage.json"
+"""File name of the lineage written beside a fine-tuned checkpoint."""
+
+CHANGE_NAMES = {1: "gained", 2: "lost", 3: "class changed"}
+"""Values of :func:`prediction_changes`."""
+
+
+# ---------------------------------------------------------------------------
+# results and lineage
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    Attributes
+    ----------
+    checkpoint
+        The new checkpoint (``last.pt``: the weights after the last step), or
+        ``None`` when nothing was written (stopped before the first step).
+    parent
+        The checkpoint it started from (absolute path; never modified).
+    out_dir
+        The fine-tune's folder.
+    lineage_path
+        ``out_dir/lineage.json``.
+    slices
+        The corrected slices trained on (indices along ``axis``).
+    axis
+        The slicing axis (numpy axis of the spatial axes).
+    mix_slices
+        ``(case_id, slice)`` of the original-training-set slices mixed in.
+    stopped, reason
+        As in the trainer's ``DoneEvent``.
+    history
+        The trainer's per-epoch rows.
+    """
+
+    checkpoint: str | None
+    parent: str
+    out_dir: str
+    lineage_path: str
+    slices: tuple[int, ...]
+    axis: int
+    mix_slices: tuple[tuple[str, int], ...] = ()
+    stopped: bool = False
+    reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list, compare=False)
+    model: Any = field(default=None, repr=False, compare=False)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_json_safe(data), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_lineage(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``lineage.json`` (or the one beside a checkpoint path)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path.parent / LINEAGE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no lineage file {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def update_lineage(path: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into a lineage file (atomic rewrite); returns the new content."""
+    path = Path(path)
+    data = read_lineage(path)
+    data.update(fields)
+    _write_json_atomic(path, data)
+    return data
+
+
+def record_decision(path: str | os.PathLike, kept: bool) -> dict[str, Any]:
+    """Note in the lineage whether the user kept or discarded the new checkpoint.
+
+    Nothing is deleted: a discarded checkpoint stays on disk with its lineage.
+    """
+    return update_lineage(
+        path,
+        decision="kept" if kept else "discarded",
+        decided=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# slices
+
+
+def _check_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"axis {axis} is out of range for {ndim} spatial axes")
+    return int(axis) % ndim
+
+
+def _check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
+    if isinstance(slices, str | bytes) or not isinstance(slices, Sequence | np.ndarray):
+        raise TypeError(f"slices must be a list of slice indices, got {slices!r}")
+    out: list[int] = []
+    for s in slices:
+        if isinstance(s, bool) or not isinstance(s, int | np.integer):
+            raise TypeError(f"slice indices must be integers, got {s!r}")
+        if not 0 <= int(s) < depth:
+            raise ValueError(f"slice {s} is out of range: axis {axis} has {depth} slices")
+        out.append(int(s))
+    if not out:
+        raise ValueError("no corrected slices given: edit at least one slice")
+    return tuple(sorted(set(out)))
+
+
+def differing_slices(
+    labels: np.ndarray,
+    reference: np.ndarray,
+    axis: int,
+    candidates: Sequence[int] | None = None,
+) -> list[int]:
+    """Slices along ``axis`` where ``labels`` and ``reference`` differ.
+
+    Parameters
+    ----------
+    labels, reference
+        ``(*spatial)`` integer arrays of the same shape (corrected labels and
+        the model's prediction).
+    axis
+        Slicing axis.
+    candidates
+        Only look at these slices (e.g. the ones a label editor reported as
+        painted); ``None``: all.
+
+    Returns
+    -------
+    list of int
+        Sorted slice indices.
+    """
+    labels, reference = np.asarray(labels), np.asarray(reference)
+    if labels.shape != reference.shape:
+        raise ValueError(f"labels {labels.shape} and reference {reference.shape} differ in shape")
+    axis = _check_axis(axis, labels.ndim)
+    depth = labels.shape[axis]
+    if candidates is None:
+        other = tuple(k for k in range(labels.ndim) if k != axis)
+        return [int(i) for i in np.flatnonzero((labels != reference).any(axis=other))]
+    out = []
+    for s in sorted({int(c) for c in candidates}):
+        if 0 <= s < depth and np.any(
+            np.take(labels, s, axis=axis) != np.take(reference, s, axis=axis)
+        ):
+            out.append(s)
+    return out
+
+
+class SliceSubset:
+    """Some slices of slice data sets, as one data set the trainer can index.
+
+    Attributes ``images (N, M, H, W)``, ``labels (N, H, W)``, ``dist (N, C, H, W)``
+    (tensors, as :class:`~napari_boundary_seg.core.data.SliceDataset`) and
+    ``sources``: ``(case_id, slice)`` per item.
+    """
+
+    def __init__(self, parts: Sequence[tuple[Any, Sequence[int]]]) -> None:
+        images, labels, dist, sources = [], [], [], []
+        for dataset, indices in parts:
+            if len(indices) == 0:
+                continue
+            index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+            images.append(dataset.images.index_select(0, index))
+            labels.append(dataset.labels.index_select(0, index))
+            dist.append(dataset.dist.index_select(0, index))
+            for i in np.asarray(indices):
+                case = dataset.case_ids[int(dataset.case_index[i])]
+                sources.append((str(case), int(dataset.slice_index[i])))
+        if not images:
+            raise ValueError("no slices to fine-tune on")
+        shapes = {tuple(t.shape[1:]) for t in images}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"slices of different sizes cannot be mixed: {sorted(shapes)} "
+                "(the checkpoint was trained without a fixed slice_size)"
+            )
+        self.images = torch.cat(images)
+        self.labels = torch.cat(labels)
+        self.dist = torch.cat(dist)
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index], self.dist[index]
+
+
+def finetune_schedule(
+    alpha_start: float = 0.8, alpha_step: float = 0.1, alpha_floor: float = 0.01
+) -> dict[str, Any]:
+    """The short α schedule of a fine-tune: the paper's kind with a larger step.
+
+    ``α(e) = max(floor, start − step·e)``; weights ``(α, 1 − α)`` of GDL and
+    boundary loss (e.g. 0.8, 0.7, 0.6 … over a few epochs).
+    """
+    from napari_boundary_seg.core.schedule import make_schedule
+
+    return make_schedule(
+        "paper", start=alpha_start, step=alpha_step, floor=min(alpha_floor, alpha_start)
+    ).to_dict()
+
+
+def _default_out_dir(parent: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = parent.parent / f"finetune-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = parent.parent / f"finetune-{stamp}-{n}"
+    return out
+
+
+def _mix_indices(
+    dataset: Any, n_wanted: int, seed: int, train_ids: Sequence[str] | None
+) -> list[int]:
+    """Deterministic choice of ``n_wanted`` slices of ``dataset`` (cases of the
+    parent's training set when the folder holds them), foreground slices first."""
+    candidates = np.arange(len(dataset))
+    if train_ids:
+        wanted = {str(c) for c in train_ids}
+        keep = np.array([dataset.case_ids[int(c)] in wanted for c in dataset.case_index])
+        if keep.any():
+            candidates = candidates[keep]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(candidates)
+    has_fg = (dataset.labels[torch.as_tensor(order)] > 0).flatten(1).any(dim=1).numpy()
+    order = np.concatenate([order[has_fg], order[~has_fg]])
+    return sorted(int(i) for i in order[:n_wanted])
+
+
+# ---------------------------------------------------------------------------
+# fine-tuning
+
+
+def finetune(
+    checkpoint: str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float] | None,
+    slices: Sequence[int],
+    *,
+    axis: int | None = None,
+    mix_cases: Sequence[Any] | str | os.PathLike | None = None,
+    mix_ratio: float = 0.0,
+    alpha_start: float = 0.8,
+    alpha_step: float = 0.1,
+    alpha_floor: float = 0.01,
+    epochs: int = 5,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    distance: str = "2d",
+    out_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    overwrite: bool = False,
+    control: Any = None,
+) -> Generator[Any, None, FinetuneResult]:
+    """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
+
+    Parameters
+    ----------
+    checkpoint
+        The current model (``best.pt`` / ``last.pt``); only read.
+    images
+        ``(M, *spatial)`` float raw intensities (M modalities, 2 or 3 spatial
+        axes), as the checkpoint's model takes them.
+    labels
+        ``(*spatial)`` integer corrected labels (values in ``[0, num_classes)``).
+    spacing
+        Voxel size per spatial axis in mm, numpy axis order (``None``: 1 mm).
+    slices
+        The corrected slices (indices along ``axis``); a 2D image has the one
+        slice ``0``.
+    axis
+        Slicing axis; ``None``: the one the checkpoint was trained with.
+    mix_cases
+        Cases of the original training set (a list of
+        :class:`~napari_boundary_seg.core.data.Case`, or a data set folder), to
+        mix in against forgetting; when the folder holds the parent's training
+        cases (``train_cases`` in the checkpoint), only those are used.
+    mix_ratio
+        Original-set slices per corrected slice (``1.0``: as many as corrected
+        slices; capped by what is available). Foreground slices are preferred.
+    alpha_start, alpha_step, alpha_floor
+        The restarted α schedule (:func:`finetune_schedule`); used by the
+        ``gdl+bl`` loss, ignored by the others.
+    epochs
+        Epochs over the fine-tuning slices.
+    lr, batch_size
+        ``None``: the checkpoint's (the batch is capped by the number of slices).
+    distance
+        Distance maps of the corrected slices: ``"2d"`` per slice (default, only
+        the corrected slices are trusted) or ``"3d"`` (the whole corrected
+        volume with its spacing).
+    out_dir
+        Folder of the new checkpoint; ``None``: ``finetune-<time>`` beside the parent.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    seed
+        Seed of the initial slice order and of the mix choice.
+    overwrite
+        Allow an ``out_dir`` that already holds a run.
+    control
+        A :class:`~napari_boundary_seg.core.train.TrainControl` (stop / pause).
+
+    Yields
+    ------
+    Progress, InfoEvent, StepEvent, PauseEvent, EpochEvent, DoneEvent
+        As :func:`napari_boundary_seg.core.train.train`.
+
+    Returns
+    -------
+    FinetuneResult
+        With the new checkpoint (``last.pt``) and the lineage file. A stop keeps
+        ``last.pt`` of the interrupted run (``stopped=True``) and the parent untouched.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Shapes that do not match, slices out of range, labels beyond the
+        checkpoint's classes, bad settings.
+    """
+    from napari_boundary_seg.core.data import (
+        PreprocessConfig,
+        case_from_arrays,
+        find_cases,
+        iter_build_dataset,
+        iter_load_cases,
+    )
+    from napari_boundary_seg.core.predict import read_checkpoint
+    from napari_boundary_seg.core.train import InfoEvent, TrainConfig, train
+
+    parent = Path(checkpoint).expanduser().resolve()
+    source = read_checkpoint(parent)
+    base = TrainConfig.from_dict(source["config"])
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels)
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"images must be (M, *spatial) with 2 or 3 spatial axes, got {images.shape}"
+        )
+    if labels.shape != images.shape[1:]:
+        raise ValueError(f"labels {labels.shape} do not match the images {images.shape[1:]}")
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise TypeError(f"labels must be integer, got dtype {labels.dtype}")
+    num_classes = int(source["model"].get("num_classes", base.num_classes))
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"labels hold values {int(labels.min())}..{int(labels.max())} but the checkpoint "
+            f"has {num_classes} classes"
+        )
+    in_channels = int(source["model"].get("in_channels", images.shape[0]))
+    if images.shape[0] != in_channels:
+        raise ValueError(
+            f"{images.shape[0]} modality image(s) given but {parent.name} takes {in_channels}"
+        )
+    spatial = images.shape[1:]
+    if len(spatial) == 3:
+        axis = _check_axis(base.axis if axis is None else axis, 3)
+        depth = spatial[axis]
+    else:
+        axis = 0 if axis is None else _check_axis(axis, 2)
+        depth = 1
+    slices = _check_slices(slices, depth, axis)
+    if not isinstance(mix_ratio, int | float) or not math.isfinite(mix_ratio) or mix_ratio < 0:
+        raise ValueError(f"mix_ratio must be a number >= 0, got {mix_ratio!r}")
+    if distance not in ("2d", "3d"):
+        raise ValueError(f"distance must be '2d' or '3d', got {distance!r}")
+    schedule = finetune_schedule(alpha_start, alpha_step, alpha_floor)
+    out = Path(out_dir) if out_dir is not None else _default_out_dir(parent)
+    if out.resolve() == parent.parent and not overwrite:
+        raise ValueError(
+            f"out_dir {out} is the parent checkpoint's folder; choose another one so that "
+            "the parent run stays as it is"
+        )
+
+    prep = PreprocessConfig(base.scale, base.percentiles, base.slice_size, axis, False)
+    case = case_from_arrays(list(images), labels.astype(np.int64), spacing, case_id="corrected")
+    yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
+    corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
+    parts: list[tuple[Any, Sequence[int]]] = [
+        (corrected, [i for i in range(len(corrected)) if int(corrected.slice_index[i]) in slices])
+    ]
+
+    n_mix = int(round(mix_ratio * len(slices)))
+    mix_list: list[Any] = []
+    if mix_cases is not None and n_mix > 0:
+        if isinstance(mix_cases, str | os.PathLike):
+            files = find_cases(mix_cases)
+            if not files:
+                raise ValueError(f"no cases found in {mix_cases}")
+            wanted = set(source.get("train_cases") or [])
+            chosen = [f for f in files if f.case_id in wanted] or files
+            mix_list = yield from iter_load_cases(chosen)
+        else:
+            mix_list = list(mix_cases)
+        mix_prep = PreprocessConfig(
+            base.scale, base.percentiles, base.slice_size, base.axis, base.skip_empty_slices
+        )
+        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
+        mix_set = yield from iter_build_dataset(
+            mix_list, num_classes, mix_prep, distance=base.distance, cache_dir=base.cache_dir
+        )
+        parts.append((mix_set, _mix_indices(mix_set, n_mix, seed, source.get("train_cases"))))
+    elif mix_ratio > 0 and mix_cases is None:
+        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
+    subset = SliceSubset(parts)
+    mix_sources = tuple(subset.sources[len(parts[0][1]) :])
+
+    batch = base.batch_size if batch_size is None else batch_size
+    config = base.replace(
+        data=None,
+        out_dir=str(out),
+        epochs=epochs,
+        lr=base.lr if lr is None else lr,
+        batch_size=max(1, min(int(batch), len(subset))),
+        schedule=schedule,
+        axis=axis if len(spatial) == 3 else base.axis,
+        val_fraction=0.0,
+        device=device,
+        seed=seed,
+        max_steps_per_epoch=None,
+        init_checkpoint=str(parent),
+        resume_from=None,
+        overwrite=overwrite,
+    )
+    parent_hash = _sha256(parent)
+    done = yield from train(config, [case, *mix_list], control, val_cases=[], dataset=subset)
+
+    settings = {
+        "alpha_start": alpha_start,
+        "alpha_step": alpha_step,
+        "alpha_floor": alpha_floor,
+        "schedule": schedule,
+        "epochs": epochs,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "loss": config.loss.value,
+        "mix_ratio": mix_ratio,
+        "mix_cases": [str(getattr(c, "case_id", c)) for c in mix_list],
+        "distance": distance,
+        "device": device,
+        "seed": seed,
+        "spacing": None if spacing is None else [float(s) for s in spacing],
+        "shape": list(spatial),
+    }
+    lineage_path = out / LINEAGE_NAME
+    new_checkpoint = done.last_checkpoint
+    lineage = {
+        "parent": str(parent),
+        "parent_sha256": parent_hash,
+        "checkpoint": new_checkpoint,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "slices": list(slices),
+        "axis": axis,
+        "mix_slices": [list(s) for s in mix_sources],
+        "settings": settings,
+        "stopped": done.stopped,
+        "reason": done.reason,
+        "history": done.history,
+        "metrics": None,
+        "decision": None,
+    }
+    _write_json_atomic(lineage_path, lineage)
+    logger.info("fine-tune %s: %s (lineage %s)", out, done.reason, lineage_path)
+    return FinetuneResult(
+        checkpoint=new_checkpoint,
+        parent=str(parent),
+        out_dir=str(out),
+        lineage_path=str(lineage_path),
+        slices=slices,
+        axis=axis,
+        mix_slices=mix_sources,
+        stopped=done.stopped,
+        reason=done.reason,
+        history=list(done.history),
+        model=done.model,
+    )
+
+
+# ---------------------------------------------------------------------------
+# seeing the gain
+
+
+def prediction_changes(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Voxels whose predicted label changed, coded by how (see :data:`CHANGE_NAMES`).
+
+    Returns
+    -------
+    np.ndarray
+        ``(*spatial)`` uint8: 0 unchanged, 1 foreground gained (old 0, new > 0),
+        2 foreground lost (old > 0, new 0), 3 another foreground class.
+    """
+    old, new = np.asarray(old), np.asarray(new)
+    if old.shape != new.shape:
+        raise ValueError(f"old prediction {old.shape} and new {new.shape} differ in shape")
+    out = np.zeros(old.shape, dtype=np.uint8)
+    changed = old != new
+    out[changed & (old == 0)] = 1
+    out[changed & (new == 0)] = 2
+    out[changed & (old != 0) & (new != 0)] = 3
+    return out
+
+
+def _group_metrics(
+    pred: np.ndarray, target: np.ndarray, spacing: Sequence[float], axis: int | None
+) -> dict[str, float]:
+    """Pooled DSC and mean per-slice HD95 of a stack of slices (foreground = nonzero)."""
+    from napari_boundary_seg.core.metrics import per_slice_metrics, replace_inf
+
+    p, t = pred > 0, target > 0
+    denom = int(p.sum()) + int(t.sum())
+    dice = 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    if axis is None:  # one 2D image
+        rows = per_slice_metrics(p[None], t[None], (1.0, *spacing), axis=0)
+        plane = tuple(spacing)
+        shape2d = p.shape
+    else:
+        rows = per_slice_metrics(p, t, spacing, axis=axis)
+        plane = tuple(s for k, s in enumerate(spacing) if k != axis)
+        shape2d = tuple(n for k, n in enumerate(p.shape) if k != axis)
+    hd95 = [replace_inf(r["hd95"], shape2d, plane) for r in rows]
+    return {
+        "dice": float(dice),
+        "hd95": float(np.mean(hd95)) if hd95 else 0.0,
+    }
+
+
+def compare_models(
+    old_pred: np.ndarray,
+    new_pred: np.ndarray,
+    target: np.ndarray,
+    spacing: Sequence[float] | None,
+    slices: Sequence[int],
+    axis: int,
+) -> dict[str, dict[str, float]]:
+    """DSC and HD95 of two predictions on the corrected and on the untouched slices.
+
+    Parameters
+    ----------
+    old_pred, new_pred
+        ``(*spatial)`` labels of the parent and of the fine-tuned model.
+    target
+        ``(*spatial)`` reference labels (the corrected labels).
+    spacing
+        Voxel size in mm, numpy axis order (``None``: 1 mm).
+    slices
+        The corrected slices along ``axis``; the others are "untouched".
+    axis
+        Slicing axis (ignored for a 2D image, whose one slice is 0).
+
+    Returns
+    -------
+    dict
+        ``{"corrected": row, "untouched": row}``, each row ``n_slices``,
+        ``dice_old``, ``dice_new``, ``hd95_old``, ``hd95_new`` (mm). DSC is pooled
+        over the group's voxels (1 when both are empty); HD95 is the mean over
+        the group's slices with foreground in either mask of the 2D per-slice
+        HD95 (an empty-vs-non-empty slice counts as its diagonal; 0 when no slice
+        has foreground). Foreground = any nonzero label. On untouched slices the
+        corrected labels are the old prediction, so the old model scores 1 / 0 mm
+        there by construction and the new model's figures measure its drift.
+    """
+    old_pred, new_pred, target = (np.asarray(a) for a in (old_pred, new_pred, target))
+    if not old_pred.shape == new_pred.shape == target.shape:
+        raise ValueError(
+            f"shapes differ: old {old_pred.shape}, new {new_pred.shape}, target {target.shape}"
+        )
+    ndim = target.ndim
+    spacing = tuple(float(s) for s in spacing) if spacing is not None else (1.0,) * ndim
+    if ndim == 2:
+        ax, depth = None, 1
+    else:
+        ax = _check_axis(axis, ndim)
+        depth = target.shape[ax]
+    chosen = set(_check_slices(slices, depth, ax or 0))
+    groups = {
+        "corrected": sorted(chosen),
+        "untouched": [s for s in range(depth) if s not in chosen],
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, idx in groups.items():
+        row: dict[str, float] = {"n_slices": len(idx)}
+        for tag, pred in (("old", old_pred), ("new", new_pred)):
+            if not idx:
+                figures = {"dice": math.nan, "hd95": math.nan}
+            elif ax is None:
+                figures = _group_metrics(pred, target, spacing, None)
+            else:
+                figures = _group_metrics(
+                    np.take(pred, idx, axis=ax), np.take(target, idx, axis=ax), spacing, ax
+                )
+            row[f"dice_{tag}"] = figures["dice"]
+            row[f"hd95_{tag}"] = figures["hd95"]
+        out[name] = row
+    return out
+
+
+def evaluate_finetune(
+    result: FinetuneResult | str | os.PathLike,
+    images: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float] | None,
+    *,
+    old_pred: np.ndarray | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """Predict with the parent and the fine-tuned model and compare them.
+
+    Writes the comparison into the lineage as ``metrics``.
+
+    Parameters
+    ----------
+    result
+        A :class:`FinetuneResult` or the path of its ``lineage.json``.
+    images, labels, spacing
+        As given to :func:`finetune` (``labels``: the corrected labels).
+    old_pred
+        The parent's prediction if already known (saves one inference).
+    device, batch_size
+        Inference settings.
+
+    Returns
+    -------
+    dict
+        ``comparison`` (:func:`compare_models`), ``old_pred``, ``new_pred``
+        ``(*spatial)`` int64, ``new_probs (C, *spatial)`` float32, ``changes``
+        (:func:`prediction_changes`).
+    """
+    from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+
+    lineage_path = Path(result.lineage_path if isinstance(result, FinetuneResult) else result)
+    lineage = read_lineage(lineage_path)
+    if not lineage.get("checkpoint"):
+        raise ValueError(f"{lineage_path}: the fine-tune wrote no checkpoint ({lineage['reason']})")
+    images = np.asarray(images, dtype=np.float32)
+    spatial = tuple(images.shape[1:])
+    axis = int(lineage["axis"])
+    if old_pred is None:
+        yield Progress(0, 0, "predicting with the parent model")
+        _, old_pred = yield from iter_predict_volume(
+            load_checkpoint(lineage["parent"]),
+            images,
+            spacing,
+            axis=axis if len(spatial) == 3 else None,
+            batch_size=batch_size,
+            device=device,
+        )
+    yield Progress(0, 0, "predicting with the fine-tuned model")
+    new_probs, new_pred = yield from iter_predict_volume(
+        load_checkpoint(lineage["checkpoint"]),
+        images,
+        spacing,
+        axis=axis if len(spatial) == 3 else None,
+        batch_size=batch_size,
+        device=device,
+    )
+    comparison = compare_models(old_pred, new_pred, labels, spacing, lineage["slices"], axis)
+    update_lineage(lineage_path, metrics=comparison)
+    return {
+        "comparison": comparison,
+        "old_pred": np.asarray(old_pred),
+        "new_pred": new_pred,
+        "new_probs": new_probs,
+        "changes": prediction_changes(old_pred, new_pred),
+    }
