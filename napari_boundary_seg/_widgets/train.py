@@ -85,6 +85,10 @@ __all__ = [
 #: append data. Keeps the Qt event loop free while a model trains.
 REDRAW_INTERVAL_MS = 400
 
+#: A second ``quit()`` of the training worker this long after the first one
+#: aborts it instead of waiting for the trainer's next step boundary (s).
+FORCE_QUIT_AFTER_S = 30.0
+
 LOSS_CHOICES = [
     ("GDL + BL (α schedule)", "gdl+bl"),
     ("GDL", "gdl"),
@@ -398,7 +402,9 @@ class TrainRunner(QObject):
             self._ended,
             _start_thread=False,
             _ignore_errors=True,
+            _worker_class=_training_worker_class(),
         )
+        worker.control = self.control
         worker.yielded.connect(self.event.emit)
         worker.returned.connect(self.done.emit)
         worker.errored.connect(self.failed.emit)
@@ -444,10 +450,46 @@ class TrainRunner(QObject):
                     signal.disconnect()
                 except (TypeError, RuntimeError):
                     pass
-            worker.quit()
+            worker.force_quit()
         if not ended:
             logger.warning("training did not stop within %.1f s; abandoning it", timeout_s)
         return ended
+
+
+def _training_worker_class() -> type:
+    """napari's ``GeneratorWorker`` whose ``quit()`` stops the trainer cleanly.
+
+    napari quits every registered worker when its window closes (task status
+    ``cancel_all``) and when the application quits (``wait_for_workers_to_quit``).
+    A plain ``quit()`` drops the generator at its next yield, so the trainer
+    would never see the stop request nor write ``last.pt`` for the step it
+    reached. Here the first ``quit()`` asks the trainer to stop (it saves and
+    returns at its next step boundary); a ``quit()`` more than
+    :data:`FORCE_QUIT_AFTER_S` later, or :meth:`force_quit`, aborts.
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    class TrainingWorker(GeneratorWorker):
+        control: Any = None
+        _quit_at: float | None = None
+
+        def quit(self) -> None:
+            control = self.control
+            now = time.monotonic()
+            if control is not None and (
+                self._quit_at is None or now - self._quit_at < FORCE_QUIT_AFTER_S
+            ):
+                if self._quit_at is None:
+                    self._quit_at = now
+                control.stop()
+                control.resume()
+                return
+            super().quit()
+
+        def force_quit(self) -> None:
+            GeneratorWorker.quit(self)
+
+    return TrainingWorker
 
 
 def _training_job(
@@ -464,8 +506,15 @@ def _training_job(
         if make_cases is not None:
             yield Progress(0, 0, "preparing the cases")
             cases, val_cases = make_cases()
-        result = yield from train(config, cases, control, val_cases=val_cases)
-        return result
+        run = train(config, cases, control, val_cases=val_cases)
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                return stop.value
+            if type(event).__name__ == "DoneEvent":
+                ended.set()  # the trainer has saved its checkpoints
+            yield event
     finally:
         ended.set()
 
@@ -768,8 +817,15 @@ class TrainingCurves(QWidget):
         self.dsc_chart.set_series([(x_epochs, self.dsc, "#81c784")], n)
         self.hd_chart.set_series([(x_epochs, self.hd, "#ffb74d")], n)
 
+    def start_timer(self) -> None:
+        if not self._timer.isActive():
+            self._timer.start()
+
     def stop_timer(self) -> None:
-        self._timer.stop()
+        try:
+            self._timer.stop()
+        except RuntimeError:  # already deleted with the widget
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -1192,7 +1248,9 @@ class TrainWidget(QWidget):
         self._steps_total = 0
         self._steps_per_epoch = 0
         self._start_epoch = 0
+        self._closing = False
         self.curves.reset(config.epochs)
+        self.curves.start_timer()
         self._pbar = ProgressRelay("Training", parent=self)
         self._pbar.set(0, 0, "preparing data")
         self._config = config

@@ -184,7 +184,7 @@ def test_alpha_plot_follows_fields_and_collapse_warning(widget):
 
 def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     w = widget
-    w.epochs.setValue(2)
+    w.epochs.setValue(12)
     clock = QElapsedTimer()
     gaps: list[int] = []
     last = [0]
@@ -210,7 +210,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert errors == []
     assert done is not None and not done.stopped and done.reason == "completed"
     assert Path(done.best_checkpoint).is_file() and Path(done.last_checkpoint).is_file()
-    assert len(done.history) == 2
+    assert len(done.history) == 12
     assert w.device_used == "cpu"
     # validation on a held-out block of 2 slices along the viewer's slicing axis 0
     # (foreground on slices 1-6: the first 2-slice block with the most of it is 1-2)
@@ -218,9 +218,9 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     info = [e for e in w.events if type(e).__name__ == "InfoEvent" and e.steps_per_epoch]
     assert (info[0].num_train_cases, info[0].num_val_cases) == (2, 1)
     assert info[0].num_train_slices == 6 and info[0].steps_per_epoch == 2
-    assert [e.epoch for e in w.events if type(e).__name__ == "EpochEvent"] == [0, 1]
-    assert w.curves.epochs == [0, 1]
-    assert w.curves.alpha == pytest.approx([1.0, 0.99])
+    assert [e.epoch for e in w.events if type(e).__name__ == "EpochEvent"] == list(range(12))
+    assert w.curves.epochs == list(range(12))
+    assert w.curves.alpha == pytest.approx([1.0 - 0.01 * e for e in range(12)])
     assert np.isfinite(w.curves.dsc).all() and len(w.curves.steps) == _steps(w) > 0
     # the best model's prediction arrives as a Labels layer with the image's geometry
     qtbot.waitUntil(lambda: w.prediction_layer is not None, timeout=10_000)
@@ -300,6 +300,19 @@ def test_pause_resume_stop_then_close(widget, qtbot, errors):
     assert w.runner._ended.is_set()  # the trainer ended, not abandoned
     assert (out / "last.pt").is_file()
 
+    # closing napari's window: before closing, napari cancels its running tasks
+    # (worker.quit()); for a training worker that asks the trainer to stop, and
+    # it saves last.pt and ends instead of being dropped mid-run
+    w.viewer.window.add_dock_widget(w, name="train again")
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=10_000)
+    assert w.start()
+    qtbot.waitUntil(lambda: _steps(w) >= 1, timeout=20_000)
+    out = Path(w._config.out_dir)
+    w.viewer.window._task_status_manager.cancel_all()  # what closeEvent does
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=20_000)
+    assert w.runner._ended.is_set() and (out / "last.pt").is_file()
+    assert w.last_done.stopped and w.last_done.reason.startswith("stopped by request")
+
 
 # -- errors ------------------------------------------------------------------------------
 
@@ -366,3 +379,31 @@ def test_bad_inputs_notify_and_keep_viewer_usable(make_napari_viewer, errors, tm
         w.close()
     viewer.add_points([[0, 0, 0]])  # the viewer is still usable
     assert not any(Path(tmp_path / "runs").glob("run-*"))  # nothing was started
+
+
+def test_train_from_dataset_folder(widget, qtbot, errors, tmp_path):
+    from napari_boundary_seg.core.io import write_nifti
+
+    rng = np.random.default_rng(3)
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for name in ("a", "b"):
+        flair, t1, labels = _case(rng)
+        write_nifti(tmp_path / "data" / "imagesTr" / f"{name}_0000.nii.gz", flair)
+        write_nifti(tmp_path / "data" / "imagesTr" / f"{name}_0001.nii.gz", t1)
+        write_nifti(tmp_path / "data" / "labelsTr" / f"{name}.nii.gz", labels)
+    w = widget
+    w.from_folder.setChecked(True)
+    w.folder.setText(str(tmp_path / "data"))
+    w.val_fraction.setValue(0.5)
+    w.axis.setCurrentIndex(w.axis.findData(0))
+    w.epochs.setValue(1)
+    assert w.start(), errors
+    qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
+    assert errors == []
+    info = [e for e in w.events if type(e).__name__ == "InfoEvent" and e.steps_per_epoch]
+    assert (info[0].num_train_cases, info[0].num_val_cases) == (1, 1)
+    assert info[0].num_train_slices == 8  # one case, 8 slices along axis 0
+    assert not w.last_done.stopped and np.isfinite(w.curves.dsc[0])
+    # the image layers chosen in the viewer get the best model's prediction
+    assert w.prediction_layer is not None and w.prediction_layer.data.shape == SHAPE
