@@ -1,0 +1,888 @@
+"""Fine-tuning widget: predict → correct with the label brush → fine-tune → see the gain.
+
+1. **Predict**: a checkpoint and image layer(s) give a probability Image layer
+   and an editable Labels layer ``"<image> corrections"``; or **Use layer**
+   links an existing prediction (e.g. the inference widget's ``"<image>
+   prediction"``). The links live in ``layer.metadata["finetune"]``: the image
+   layer names, the checkpoint, the probability layer, the slicing axis (the
+   checkpoint's training axis) and the prediction the layer started from.
+2. **Correct**: the user paints and erases. :class:`EditTracker` listens to
+   ``Labels.events.paint`` (one event per brush stroke, fill, polygon or
+   ``data_setitem``; its ``value`` is the list of history atoms of the edit)
+   and records the slices along the slicing axis that the edit changed: only
+   the edited region is looked at, never the whole volume. Undo/redo emit no
+   paint event: a slice painted and then undone stays listed, but when
+   fine-tuning starts the listed slices are checked once against the starting
+   prediction and those that equal it again are left out. Replacing
+   ``layer.data`` wholesale (``layer.data = array``) with an array of the same
+   shape makes every slice a candidate (the same check keeps the slices that
+   differ); with another shape the tracking is reset and the link dropped
+   (predict again). "Add current slice" lists a slice the user checked and
+   found right (kept even when unchanged).
+3. **Fine-tune**: :func:`napari_boundary_seg.core.finetune.finetune` on a copy
+   of the labels and images, in a napari ``thread_worker``, with progress,
+   stop and live curves; then :func:`~napari_boundary_seg.core.finetune.evaluate_finetune`.
+   The layer's data is never written by the worker: what the user painted
+   survives a failure or a stop.
+4. **See the gain**: a table of DSC and HD95 of the old and the new model
+   against the corrections on the corrected and the untouched slices, a layer
+   of the voxels whose prediction changed, and Keep / Discard (both
+   checkpoints stay on disk with their ``lineage.json``; Discard goes on with
+   the parent).
+
+"Save corrected labels" writes NIfTI with the image's affine (asking before
+overwriting a file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_boundary_seg._widgets._common import LayerCombo, PlotCanvas, labels_array
+from napari_boundary_seg._widgets.inference import (
+    ImageStack,
+    LayerList,
+    PathEdit,
+    ProgressRelay,
+    check_checkpoint_path,
+    check_device,
+    device_choices,
+    images_from_layers,
+    load_checked_checkpoint,
+    notify_error,
+    predict_job,
+)
+from napari_boundary_seg.core.progress import Progress
+
+if TYPE_CHECKING:
+    import napari
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EditTracker", "FinetuneWidget", "atom_slices", "finetune_job"]
+
+META_KEY = "finetune"
+"""Key of the links in ``layer.metadata``."""
+
+CHANGE_COLORS = {0: "transparent", 1: "#00e676", 2: "#ff1744", 3: "#ffd600", None: "transparent"}
+"""Changed-voxel layer: green gained, red lost, yellow other class."""
+
+REDRAW_MS = 400
+
+
+# ---------------------------------------------------------------------------
+# edit tracking (no Qt)
+
+
+def atom_slices(atom: Any, axis: int, ndim: int) -> set[int]:
+    """Slices along ``axis`` that one napari Labels history atom changed.
+
+    Parameters
+    ----------
+    atom
+        A mask-based atom (``slice_key``, ``mask`` of the bounding box or None
+        when the whole box changed; from paint, fill and polygon) or the
+        ``(indices, old_values, new_values)`` tuple of ``data_setitem``.
+    axis
+        Slicing axis of the layer's data.
+    ndim
+        Number of data dimensions (a 2D layer has the single slice 0).
+    """
+    if ndim == 2:
+        return {0}
+    key = getattr(atom, "slice_key", None)
+    if key is not None:
+        part = key[axis]
+        start = int(part.start or 0)
+        mask = getattr(atom, "mask", None)
+        if mask is None or np.ndim(mask) != ndim or part.stop is None:
+            stop = int(part.stop) if part.stop is not None else start + 1
+            return set(range(start, stop))
+        other = tuple(k for k in range(ndim) if k != axis)
+        return {start + int(i) for i in np.flatnonzero(np.asarray(mask).any(axis=other))}
+    if isinstance(atom, tuple) and len(atom) == 3:
+        indices = atom[0]
+        return {int(i) for i in np.unique(np.asarray(indices[axis]))}
+    logger.debug("unknown labels history atom %r", type(atom))
+    return set()
+
+
+class EditTracker:
+    """Slices of a Labels layer edited since it was linked, from its paint events.
+
+    Parameters
+    ----------
+    layer
+        The napari Labels layer (2D or 3D).
+    axis
+        Slicing axis (the checkpoint's training axis).
+    on_change
+        Called with no argument after every change of the list.
+
+    Attributes
+    ----------
+    painted
+        Slices reported by paint events (or every slice after a wholesale
+        replacement of the data with the same shape).
+    manual
+        Slices added by hand (kept even when unchanged).
+    replaced
+        The data was replaced wholesale at least once.
+    reset_reason
+        Why tracking stopped (the data changed shape), or "".
+    """
+
+    def __init__(self, layer: Any, axis: int, on_change: Callable[[], None] | None = None) -> None:
+        self.layer = layer
+        self.axis = int(axis) if layer.ndim == 3 else 0
+        self.shape = tuple(np.shape(layer.data))
+        self.on_change = on_change
+        self.painted: set[int] = set()
+        self.manual: set[int] = set()
+        self.replaced = False
+        self.reset_reason = ""
+        layer.events.paint.connect(self._on_paint)
+        layer.events.data.connect(self._on_data)
+
+    @property
+    def depth(self) -> int:
+        return 1 if len(self.shape) == 2 else int(self.shape[self.axis])
+
+    @property
+    def slices(self) -> list[int]:
+        """Every listed slice (painted or added), sorted."""
+        return sorted(self.painted | self.manual)
+
+    def detach(self) -> None:
+        for emitter, slot in (
+            (self.layer.events.paint, self._on_paint),
+            (self.layer.events.data, self._on_data),
+        ):
+            try:
+                emitter.disconnect(slot)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _on_paint(self, event: Any) -> None:
+        ndim = len(self.shape)
+        before = len(self.painted)
+        for atom in getattr(event, "value", None) or []:
+            self.painted |= atom_slices(atom, self.axis, ndim)
+        if len(self.painted) != before:
+            self._changed()
+
+    def _on_data(self, event: Any) -> None:
+        shape = tuple(np.shape(self.layer.data))
+        if shape == self.shape:
+            self.replaced = True
+            self.painted = set(range(self.depth))
+        else:
+            self.reset_reason = (
+                f"the data of '{self.layer.name}' changed shape {self.shape} -> {shape}; "
+                "predict again to start a new correction"
+            )
+            self.painted.clear()
+            self.manual.clear()
+            self.detach()
+        self._changed()
+
+    def add(self, index: int) -> None:
+        if not 0 <= int(index) < self.depth:
+            raise ValueError(f"slice {index} is out of range (0..{self.depth - 1})")
+        self.manual.add(int(index))
+        self._changed()
+
+    def clear(self) -> None:
+        self.painted.clear()
+        self.manual.clear()
+        self._changed()
+
+
+# ---------------------------------------------------------------------------
+# worker bodies
+
+
+def predict_for_correction(
+    checkpoint: str, images: np.ndarray, spacing: tuple[float, ...], device: str
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
+    """Predict and report the checkpoint's slicing axis: ``(probs, labels, axis)``."""
+    yield Progress(0, 0, "loading the checkpoint")
+    loaded = load_checked_checkpoint(checkpoint, images.shape[0])
+    axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(images.ndim - 1, 1)
+    probs, labels = yield from predict_job(loaded, images, spacing, device)
+    return probs, labels, axis
+
+
+def finetune_job(
+    checkpoint: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, ...],
+    slices: Sequence[int],
+    settings: dict[str, Any],
+    old_pred: np.ndarray | None,
+    control: Any,
+) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
+    """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
+
+    ``images`` and ``labels`` are copies made in the GUI thread. Returns
+    ``(FinetuneResult, evaluation or None)``.
+    """
+    from napari_boundary_seg.core.finetune import evaluate_finetune, finetune
+
+    result = yield from finetune(
+        checkpoint, images, labels, spacing, slices, control=control, **settings
+    )
+    if result.stopped or result.checkpoint is None:
+        return result, None
+    evaluation = yield from evaluate_finetune(
+        result, images, labels, spacing, old_pred=old_pred, device=settings.get("device")
+    )
+    return result, evaluation
+
+
+# ---------------------------------------------------------------------------
+# the widget
+
+
+def _dspin(value: float, low: float, high: float, step: float, decimals: int) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setDecimals(decimals)
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+class FinetuneWidget(QWidget):
+    """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
+
+    TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old", "HD95 new")
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        from napari.layers import Image, Labels
+
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.control: Any = None
+        self.layer: Any = None
+        self.tracker: EditTracker | None = None
+        self.current_pred: np.ndarray | None = None
+        self.pending: tuple[Any, dict[str, Any]] | None = None
+        self.last_result: Any = None
+        self.comparison: dict[str, dict[str, float]] | None = None
+        self.used_slices: list[int] = []
+        self._relay: ProgressRelay | None = None
+        self._steps: list[float] = []
+        self._loss: dict[str, list[float]] = {"total": [], "region": [], "α": []}
+        self._dirty = False
+
+        # 1. predict or link
+        self.checkpoint = PathEdit(
+            "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
+        )
+        self.images = LayerList(napari_viewer, Image)
+        self.device = QComboBox()
+        self.device.addItems(device_choices())
+        self.predict_button = QPushButton("Predict")
+        self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
+        self.predict_button.clicked.connect(self.predict)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,))
+        self.use_button = QPushButton("Use layer")
+        self.use_button.setToolTip("Correct an existing prediction (e.g. the Predict widget's)")
+        self.use_button.clicked.connect(lambda: self.use_layer(self.labels_combo.layer()))
+        box1 = QGroupBox("1. Predict")
+        form1 = QFormLayout(box1)
+        form1.addRow("Checkpoint", self.checkpoint)
+        form1.addRow("Image layer(s)", self.images)
+        form1.addRow("Device", self.device)
+        row = QHBoxLayout()
+        row.addWidget(self.predict_button)
+        row.addWidget(QLabel("or"))
+        row.addWidget(self.labels_combo, 1)
+        row.addWidget(self.use_button)
+        form1.addRow(row)
+
+        # 2. correct
+        self.edited_label = QLabel("No layer linked yet.")
+        self.edited_label.setWordWrap(True)
+        self.add_button = QPushButton("Add current slice")
+        self.add_button.clicked.connect(self.add_current_slice)
+        self.clear_button = QPushButton("Clear list")
+        self.clear_button.clicked.connect(self.clear_slices)
+        self.save_button = QPushButton("Save corrected labels…")
+        self.save_button.clicked.connect(lambda: self.save_corrected())
+        box2 = QGroupBox("2. Correct (paint / erase on the layer)")
+        lay2 = QVBoxLayout(box2)
+        lay2.addWidget(self.edited_label)
+        row2 = QHBoxLayout()
+        for b in (self.add_button, self.clear_button, self.save_button):
+            row2.addWidget(b)
+        lay2.addLayout(row2)
+
+        # 3. fine-tune
+        self.alpha_start = _dspin(0.8, 0.0, 1.0, 0.05, 2)
+        self.alpha_step = _dspin(0.1, 0.0, 1.0, 0.05, 2)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 500)
+        self.epochs.setValue(5)
+        self.lr = _dspin(5e-4, 1e-6, 1.0, 1e-4, 6)
+        self.mix_folder = PathEdit("folder", placeholder="(optional) original training data")
+        self.mix_ratio = _dspin(0.0, 0.0, 20.0, 0.5, 1)
+        self.mix_ratio.setToolTip("Original-set slices per corrected slice (0: none)")
+        self.out_folder = PathEdit("folder", placeholder="(default) beside the checkpoint")
+        self.finetune_button = QPushButton("Fine-tune on the edited slices")
+        self.finetune_button.clicked.connect(self.start_finetune)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.curves = PlotCanvas(height=1.8, width=3.4)
+        box3 = QGroupBox("3. Fine-tune")
+        form3 = QFormLayout(box3)
+        row3 = QHBoxLayout()
+        row3.addWidget(QLabel("start"))
+        row3.addWidget(self.alpha_start)
+        row3.addWidget(QLabel("− step"))
+        row3.addWidget(self.alpha_step)
+        form3.addRow("α (GDL weight)", row3)
+        form3.addRow("Epochs", self.epochs)
+        form3.addRow("Learning rate", self.lr)
+        row4 = QHBoxLayout()
+        row4.addWidget(self.mix_folder, 1)
+        row4.addWidget(QLabel("ratio"))
+        row4.addWidget(self.mix_ratio)
+        form3.addRow("Mix with", row4)
+        form3.addRow("Output", self.out_folder)
+        row5 = QHBoxLayout()
+        row5.addWidget(self.finetune_button, 1)
+        row5.addWidget(self.stop_button)
+        form3.addRow(row5)
+        form3.addRow(self.curves)
+
+        # 4. the gain
+        self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(self.TABLE_COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setFixedHeight(84)
+        self.keep_button = QPushButton("Keep new model")
+        self.discard_button = QPushButton("Discard")
+        self.keep_button.clicked.connect(lambda: self.decide(True))
+        self.discard_button.clicked.connect(lambda: self.decide(False))
+        for b in (self.keep_button, self.discard_button):
+            b.setEnabled(False)
+        box4 = QGroupBox("4. Gain (against the corrections)")
+        lay4 = QVBoxLayout(box4)
+        lay4.addWidget(self.table)
+        row6 = QHBoxLayout()
+        row6.addWidget(self.keep_button)
+        row6.addWidget(self.discard_button)
+        lay4.addLayout(row6)
+
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        for w in (box1, box2, box3, box4, self.status):
+            layout.addWidget(w)
+        layout.addStretch(1)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """True while a prediction or fine-tune runs."""
+        return self.worker is not None
+
+    @property
+    def link(self) -> dict[str, Any]:
+        return self.layer.metadata.get(META_KEY, {}) if self.layer is not None else {}
+
+    def _stack(self) -> ImageStack:
+        names = self.link.get("images") or []
+        missing = [n for n in names if n not in self.viewer.layers]
+        if missing:
+            raise ValueError(f"The linked image layer(s) {missing} are gone; predict again.")
+        return images_from_layers([self.viewer.layers[n] for n in names])
+
+    # -- 1. predict / link ------------------------------------------------------------
+    def predict(self) -> Any:
+        """Predict with the checkpoint on the chosen images (in a worker)."""
+        if self.busy:
+            notify_error("a prediction or fine-tune is already running")
+            return None
+        try:
+            path = check_checkpoint_path(self.checkpoint.text())
+            stack = images_from_layers(self.images.selected_layers())
+            device = check_device(self.device.currentText())
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return None
+
+        def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
+            probs, labels, axis = result
+            self._add_correction_layer(stack, path, probs, labels, axis)
+
+        self.status.setText("Predicting…")
+        return self._run(predict_for_correction, (path, stack.images, stack.spacing, device), done)
+
+    def _add_correction_layer(
+        self, stack: ImageStack, checkpoint: str, probs: np.ndarray, labels: np.ndarray, axis: int
+    ) -> Any:
+        prefix = stack.names[0]
+        prob_name, name = f"{prefix} probability", f"{prefix} corrections"
+        for n in (prob_name,):
+            if n in self.viewer.layers:
+                self.viewer.layers.remove(n)
+        self.viewer.add_image(
+            (1.0 - probs[0]).astype(np.float32),
+            name=prob_name,
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            opacity=0.5,
+            visible=False,
+            **stack.geometry,
+        )
+        if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
+            self.viewer.layers[name].name = f"{name} (previous)"
+        layer = self.viewer.add_labels(
+            np.asarray(labels).astype(np.int32), name=name, **stack.geometry
+        )
+        self._link(layer, stack.names, checkpoint, prob_name, axis, np.asarray(labels))
+        self.status.setText(
+            f"Prediction in '{name}': paint or erase to correct it, then fine-tune."
+        )
+        return layer
+
+    def use_layer(self, layer: Any) -> None:
+        """Link an existing prediction Labels layer (its current data = the model's)."""
+        try:
+            if layer is None:
+                raise ValueError("No labels layer chosen to correct.")
+            labels = labels_array(layer)
+            stack = images_from_layers(self.images.selected_layers())
+            if tuple(stack.images.shape[1:]) != labels.shape:
+                raise ValueError(
+                    f"Shapes do not match: '{layer.name}' is {labels.shape}, the images "
+                    f"{tuple(stack.images.shape[1:])}."
+                )
+            path = check_checkpoint_path(self.checkpoint.text())
+            loaded = load_checked_checkpoint(path, stack.images.shape[0])
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return
+        axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(labels.ndim, 1)
+        prob = None
+        if layer.name.endswith(" prediction"):
+            candidate = layer.name[: -len(" prediction")] + " probability"
+            prob = candidate if candidate in self.viewer.layers else None
+        self._link(layer, stack.names, path, prob, axis, labels.copy())
+
+    def _link(
+        self,
+        layer: Any,
+        image_names: list[str],
+        checkpoint: str,
+        probability: str | None,
+        axis: int,
+        prediction: np.ndarray,
+    ) -> None:
+        if self.tracker is not None:
+            self.tracker.detach()
+        layer.metadata[META_KEY] = {
+            "images": list(image_names),
+            "checkpoint": str(checkpoint),
+            "probability": probability,
+            "axis": int(axis),
+            "prediction": prediction,
+            "lineage": [],
+        }
+        self.layer = layer
+        self.current_pred = prediction
+        self.tracker = EditTracker(layer, axis, self._update_edited)
+        self.checkpoint.setText(str(checkpoint))
+        self._update_edited()
+
+    # -- 2. correct -------------------------------------------------------------------
+    def _update_edited(self) -> None:
+        tracker = self.tracker
+        if tracker is None:
+            self.edited_label.setText("No layer linked yet.")
+            return
+        if tracker.reset_reason:
+            self.edited_label.setText(f"Tracking stopped: {tracker.reset_reason}.")
+            return
+        slices = tracker.slices
+        shown = ", ".join(str(s) for s in slices[:40]) + (" …" if len(slices) > 40 else "")
+        extra = " (data replaced: all slices are candidates)" if tracker.replaced else ""
+        self.edited_label.setText(
+            f"'{self.layer.name}', axis {tracker.axis}: {len(slices)} edited slice(s)"
+            f"{extra}{': ' + shown if slices else ''}"
+        )
+
+    def current_slice(self) -> int:
+        """The slice of the linked layer shown in the viewer (along the slicing axis)."""
+        if self.layer is None or self.tracker is None:
+            raise ValueError("No layer linked: predict or use a layer first.")
+        if self.layer.ndim == 2:
+            return 0
+        data_pos = self.layer.world_to_data(self.viewer.dims.point)
+        return int(round(float(data_pos[self.tracker.axis])))
+
+    def add_current_slice(self) -> None:
+        def add() -> None:
+            self.tracker.add(self.current_slice())
+
+        try:
+            add()
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+
+    def clear_slices(self) -> None:
+        if self.tracker is not None:
+            self.tracker.clear()
+
+    def slices_to_use(self, labels: np.ndarray) -> list[int]:
+        """The listed slices that really differ from the starting prediction, plus
+        the ones added by hand (one check on the listed slices only)."""
+        from napari_boundary_seg.core.finetune import differing_slices
+
+        tracker = self.tracker
+        origin = self.link.get("prediction")
+        if origin is None or np.shape(origin) != labels.shape:
+            return tracker.slices
+        if labels.ndim == 2:
+            differ = [0] if np.any(labels != origin) and tracker.painted else []
+        else:
+            differ = differing_slices(labels, origin, tracker.axis, tracker.painted)
+        return sorted(set(differ) | tracker.manual)
+
+    # -- 3. fine-tune -----------------------------------------------------------------
+    def settings(self) -> dict[str, Any]:
+        mix = self.mix_folder.text()
+        ratio = float(self.mix_ratio.value())
+        if ratio > 0 and not mix:
+            raise ValueError("A mix ratio is set but no folder of original training data.")
+        if mix and not Path(mix).is_dir():
+            raise ValueError(f"Mix folder not found: '{mix}'.")
+        out = self.out_folder.text() or None
+        return {
+            "alpha_start": float(self.alpha_start.value()),
+            "alpha_step": float(self.alpha_step.value()),
+            "epochs": int(self.epochs.value()),
+            "lr": float(self.lr.value()),
+            "mix_cases": mix if (mix and ratio > 0) else None,
+            "mix_ratio": ratio,
+            "out_dir": out,
+            "device": check_device(self.device.currentText()),
+        }
+
+    def start_finetune(self) -> Any:
+        """Fine-tune the linked checkpoint on the edited slices (in a worker)."""
+        if self.busy:
+            notify_error("a prediction or fine-tune is already running")
+            return None
+        try:
+            if self.layer is None or self.tracker is None or self.layer not in self.viewer.layers:
+                raise ValueError("No corrected layer: predict (or use a layer) and edit it first.")
+            if self.tracker.reset_reason:
+                raise ValueError(self.tracker.reset_reason)
+            labels = np.array(labels_array(self.layer), copy=True)  # the worker's own copy
+            stack = self._stack()
+            slices = self.slices_to_use(labels)
+            if not slices:
+                raise ValueError(
+                    "No edited slice differs from the prediction: paint corrections first "
+                    "(or add the current slice)."
+                )
+            settings = self.settings()
+            checkpoint = check_checkpoint_path(self.link["checkpoint"])
+        except (ValueError, TypeError) as exc:
+            notify_error(exc)
+            return None
+        from napari_boundary_seg.core.train import TrainControl
+
+        self.control = TrainControl()
+        self.used_slices = slices
+        self.pending = None
+        self._reset_curves()
+        self._set_table(None)
+        for b in (self.keep_button, self.discard_button):
+            b.setEnabled(False)
+        self.status.setText(f"Fine-tuning on {len(slices)} slice(s): {slices}…")
+        self._stack_used = stack
+        self._labels_used = labels
+        return self._run(
+            finetune_job,
+            (
+                checkpoint,
+                np.array(stack.images, copy=True),
+                labels,
+                stack.spacing,
+                slices,
+                settings,
+                self.current_pred,
+                self.control,
+            ),
+            self._on_finetuned,
+            stoppable=True,
+        )
+
+    def stop(self) -> None:
+        """Ask the fine-tune to stop at its next step (the parent stays the model)."""
+        if self.control is not None:
+            self.control.stop()
+            self.control.resume()
+            self.status.setText("Stopping…")
+
+    def _on_event(self, event: Any) -> None:
+        name = type(event).__name__
+        if isinstance(event, Progress):
+            if self._relay is not None:
+                self._relay.set(event.done, event.total, event.message)
+        elif name == "StepEvent":
+            total = max(event.steps_per_epoch, 1)
+            self._steps.append(event.epoch + (event.step + 1) / total)
+            self._loss["total"].append(event.loss)
+            self._loss["region"].append(event.region)
+            self._loss["α"].append(event.w_region)
+            self._dirty = True
+            if self._relay is not None:
+                done = event.epoch * total + event.step + 1
+                self._relay.set(done, total * int(self.epochs.value()), f"epoch {event.epoch + 1}")
+        elif name == "InfoEvent":
+            self.status.setText(event.message)
+
+    def _reset_curves(self) -> None:
+        self._steps = []
+        self._loss = {"total": [], "region": [], "α": []}
+        self._dirty = True
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self.curves.plot(self._steps, self._loss, "fine-tuning", "epoch", "loss / α")
+
+    def _on_finetuned(self, result: tuple[Any, dict[str, Any] | None]) -> None:
+        ft, evaluation = result
+        self.last_result = ft
+        self.link.setdefault("lineage", []).append(ft.lineage_path)
+        if evaluation is None:
+            self.status.setText(
+                f"Fine-tune {ft.reason}; the current model stays {Path(self.link['checkpoint'])}. "
+                f"Lineage: {ft.lineage_path}"
+            )
+            return
+        self.comparison = evaluation["comparison"]
+        self._set_table(self.comparison)
+        stack = self._stack_used
+        prefix = stack.names[0]
+        for name, data, kwargs in (
+            (f"{prefix} fine-tuned prediction", evaluation["new_pred"].astype(np.int32), {}),
+            (
+                f"{prefix} changes",
+                evaluation["changes"],
+                {"colormap": CHANGE_COLORS},
+            ),
+        ):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self._add_labels(name, data, stack, kwargs, visible=name.endswith("changes"))
+        self.pending = (ft, evaluation)
+        for b in (self.keep_button, self.discard_button):
+            b.setEnabled(True)
+        n = int((evaluation["changes"] > 0).sum())
+        self.status.setText(
+            f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
+            "(green gained, red lost). Keep the new model or discard it."
+        )
+
+    def _add_labels(
+        self, name: str, data: np.ndarray, stack: ImageStack, kwargs: dict, visible: bool
+    ) -> Any:
+        colormap = kwargs.get("colormap")
+        layer = self.viewer.add_labels(data, name=name, visible=visible, **stack.geometry)
+        if colormap is not None:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            layer.colormap = DirectLabelColormap(color_dict=colormap)
+        return layer
+
+    def _set_table(self, comparison: dict[str, dict[str, float]] | None) -> None:
+        self.table.clearContents()
+        if comparison is None:
+            return
+        for r, group in enumerate(("corrected", "untouched")):
+            row = comparison[group]
+            values = (
+                group,
+                str(int(row["n_slices"])),
+                _fmt(row["dice_old"], 3),
+                _fmt(row["dice_new"], 3),
+                _fmt(row["hd95_old"], 1),
+                _fmt(row["hd95_new"], 1),
+            )
+            for c, text in enumerate(values):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+
+    # -- 4. keep / discard ------------------------------------------------------------
+    def decide(self, keep: bool) -> None:
+        """Keep the new checkpoint (it becomes the current model) or discard it
+        (the parent stays); both stay on disk, the decision goes into the lineage."""
+        from napari_boundary_seg.core.finetune import record_decision
+
+        if self.pending is None:
+            return
+        ft, evaluation = self.pending
+        self.pending = None
+        for b in (self.keep_button, self.discard_button):
+            b.setEnabled(False)
+        try:
+            record_decision(ft.lineage_path, keep)
+        except (OSError, ValueError) as exc:
+            notify_error(exc)
+        if keep:
+            self.link["checkpoint"] = ft.checkpoint
+            self.checkpoint.setText(ft.checkpoint)
+            self.current_pred = evaluation["new_pred"]
+            self.status.setText(f"Now using {ft.checkpoint} (parent {ft.parent}).")
+        else:
+            self.status.setText(f"Discarded; going on with {self.link['checkpoint']}.")
+
+    # -- save ---------------------------------------------------------------------------
+    def save_corrected(self, path: str | Path | None = None) -> Path | None:
+        """Write the corrected labels as NIfTI with the image's affine.
+
+        Without ``path`` a file dialog asks (it confirms overwriting); with a
+        ``path`` that exists, a message box asks first.
+        """
+        from napari_boundary_seg.core.io import write_nifti
+
+        try:
+            if self.layer is None:
+                raise ValueError("No corrected layer to save: predict or use a layer first.")
+            if path is None:
+                chosen, _ = QFileDialog.getSaveFileName(
+                    self, "Save corrected labels", "", "NIfTI (*.nii.gz *.nii)"
+                )
+                if not chosen:
+                    return None
+                path, overwrite = Path(chosen), True
+            else:
+                path = Path(path)
+                overwrite = False
+                if path.exists():
+                    answer = QMessageBox.question(self, "Overwrite?", f"{path} exists. Replace it?")
+                    if answer != QMessageBox.StandardButton.Yes:
+                        return None
+                    overwrite = True
+            labels = np.array(labels_array(self.layer), copy=True)
+            affine, spacing = self._affine()
+            written = write_nifti(
+                path, labels, affine=affine, spacing=spacing, overwrite=overwrite, as_labels=True
+            )
+        except (ValueError, TypeError, OSError) as exc:
+            notify_error(exc)
+            return None
+        self.status.setText(f"Saved the corrected labels to {written}.")
+        return written
+
+    def _affine(self) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
+        names = self.link.get("images") or []
+        for layer in [*(self.viewer.layers[n] for n in names if n in self.viewer.layers)]:
+            if "affine" in layer.metadata:
+                return np.asarray(layer.metadata["affine"]), None
+        if "affine" in self.layer.metadata:
+            return np.asarray(self.layer.metadata["affine"]), None
+        return None, tuple(float(abs(s)) for s in self.layer.scale)
+
+    # -- worker plumbing ----------------------------------------------------------------
+    def _run(
+        self,
+        func: Callable[..., Generator[Any, Any, Any]],
+        args: tuple,
+        on_returned: Callable[[Any], None],
+        stoppable: bool = False,
+    ) -> Any:
+        from napari.qt.threading import create_worker
+
+        self._relay = ProgressRelay("Fine-tuning" if stoppable else "Predicting", parent=self)
+        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        for b in (self.predict_button, self.use_button, self.finetune_button):
+            b.setEnabled(False)
+        self.stop_button.setEnabled(stoppable)
+        worker.start()
+        return worker
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"Failed: {exc}. Your corrections are unchanged.")
+        notify_error(exc)
+
+    def _on_finished(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.close()
+        self.worker = None
+        self.control = None
+        for b in (self.predict_button, self.use_button, self.finetune_button):
+            b.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self._dirty = True
+        self._redraw()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
+        if self.control is not None:
+            self.control.stop()  # the trainer saves last.pt and returns at its next step
+        if self.tracker is not None:
+            self.tracker.detach()
+        try:
+            self._timer.stop()
+        except RuntimeError:
+            pass
+        super().closeEvent(event)

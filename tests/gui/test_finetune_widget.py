@@ -1,0 +1,213 @@
+"""Fine-tuning widget under Xvfb: predict on a tiny sample-like case with a tiny
+model, edit two slices through the Labels layer API (which emits napari's paint
+events), fine-tune one epoch, and check the slices used, the comparison table,
+the changed-voxel layer, keep/discard, saving, and the edit tracking itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_boundary_seg._widgets.finetune import EditTracker, FinetuneWidget, atom_slices
+from napari_boundary_seg.core.data import case_from_arrays
+from napari_boundary_seg.core.io import read_nifti
+from napari_boundary_seg.core.progress import run_to_end
+from napari_boundary_seg.core.train import TrainConfig, train
+
+SHAPE = (32, 32, 6)  # slices along the last axis, as the sample case (axial)
+SPACING = (1.0, 1.0, 2.0)
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    labels = np.zeros(SHAPE, dtype=np.int64)
+    labels[8:16, 10:20, 1:5] = 1
+    flair = (rng.normal(0.3, 0.05, SHAPE) + 0.5 * labels).astype(np.float32)
+    t1 = (rng.normal(0.6, 0.05, SHAPE) - 0.3 * labels).astype(np.float32)
+    return flair, t1, labels
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    flair, t1, labels = _volumes()
+    case = case_from_arrays([flair, t1], labels, SPACING, case_id="c")
+    config = TrainConfig(
+        out_dir=str(tmp_path_factory.mktemp("ckpt") / "run"),
+        epochs=1,
+        batch_size=3,
+        slice_size=32,
+        axis=2,
+        depth=2,
+        base_channels=4,
+        device="cpu",
+        val_fraction=0.0,
+    )
+    return run_to_end(train(config, [case])).last_checkpoint
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    import napari.utils.notifications as notifications
+
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(str(m)))
+    return shown
+
+
+def _viewer_with_images(make_napari_viewer):
+    viewer = make_napari_viewer()
+    flair, t1, _ = _volumes()
+    affine = np.diag([*SPACING, 1.0])
+    affine[:3, 3] = (5.0, -2.0, 1.0)
+    viewer.add_image(flair, name="FLAIR", scale=SPACING, metadata={"affine": affine})
+    viewer.add_image(t1, name="T1", scale=SPACING)
+    return viewer, affine
+
+
+def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
+    viewer, affine = _viewer_with_images(make_napari_viewer)
+    widget = FinetuneWidget(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    assert widget.predict() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    assert errors == []
+    layer = viewer.layers["FLAIR corrections"]
+    link = layer.metadata["finetune"]
+    assert link["images"] == ["FLAIR", "T1"] and link["checkpoint"] == checkpoint
+    assert link["probability"] == "FLAIR probability" and link["axis"] == 2
+    assert "FLAIR probability" in viewer.layers
+    original = np.array(layer.data, copy=True)
+
+    # edit slices 1 and 4 along axis 2 through the Labels API (paint events)
+    layer.selected_label = 1
+    layer.brush_size = 3
+    layer.paint((24, 24, 1), 1 - layer.data[24, 24, 1])  # a brush stroke on slice 1
+    index = np.nonzero(np.ones((4, 4), bool))
+    square = (index[0] + 2, index[1] + 2, np.full(16, 4))
+    layer.data_setitem(square, 1 - layer.data[2, 2, 4])  # a square on slice 4
+    assert widget.tracker.slices == [1, 4]
+    assert "2 edited slice(s)" in widget.edited_label.text()
+    assert "1, 4" in widget.edited_label.text()
+    painted = np.array(layer.data, copy=True)
+    assert not np.array_equal(painted, original)
+
+    widget.epochs.setValue(1)
+    widget.alpha_start.setValue(0.6)
+    widget.out_folder.setText(str(tmp_path / "ft"))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert errors == []
+    # the edited slices were used, the comparison table appeared
+    assert widget.used_slices == [1, 4]
+    assert widget.last_result.slices == (1, 4)
+    lineage = json.loads((tmp_path / "ft" / "lineage.json").read_text())
+    assert lineage["slices"] == [1, 4] and lineage["parent"] == str(Path(checkpoint).resolve())
+    assert lineage["settings"]["alpha_start"] == 0.6
+    assert set(lineage["metrics"]) == {"corrected", "untouched"}
+    assert widget.table.item(0, 0).text() == "corrected"
+    assert widget.table.item(0, 1).text() == "2"
+    assert widget.table.item(1, 0).text() == "untouched"
+    assert widget.table.item(1, 1).text() == "4"
+    # untouched slices: the corrections are the old prediction there
+    assert widget.table.item(1, 2).text() == "1.000"
+    assert "FLAIR changes" in viewer.layers and "FLAIR fine-tuned prediction" in viewer.layers
+    assert viewer.layers["FLAIR changes"].data.shape == SHAPE
+    assert widget._loss["total"], "no live curve points"
+    # nothing the user painted was touched
+    np.testing.assert_array_equal(layer.data, painted)
+
+    widget.decide(True)
+    assert widget.checkpoint.text() == widget.last_result.checkpoint
+    assert json.loads((tmp_path / "ft" / "lineage.json").read_text())["decision"] == "kept"
+    assert Path(checkpoint).exists()
+
+    out = widget.save_corrected(tmp_path / "corrected.nii.gz")
+    assert out is not None and errors == []
+    saved = read_nifti(out)
+    np.testing.assert_array_equal(saved.data, painted)
+    np.testing.assert_allclose(saved.affine, affine)
+    widget.close()
+
+
+def test_stop_keeps_corrections(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
+    viewer, _ = _viewer_with_images(make_napari_viewer)
+    widget = FinetuneWidget(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    layer = viewer.layers["FLAIR corrections"]
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
+    painted = np.array(layer.data, copy=True)
+    widget.epochs.setValue(50)
+    widget.out_folder.setText(str(tmp_path / "ft"))
+    widget.device.setCurrentText("cpu")
+    widget.start_finetune()
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert errors == []
+    assert widget.last_result.stopped
+    assert widget.checkpoint.text() == checkpoint  # the parent stays the model
+    assert widget.table.item(0, 0) is None  # no comparison after a stop
+    np.testing.assert_array_equal(layer.data, painted)
+
+
+def test_undo_and_replacement(make_napari_viewer, errors):
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((4, 5, 6), np.int32))
+    changes: list[int] = []
+    tracker = EditTracker(layer, axis=0, on_change=lambda: changes.append(1))
+    layer.data_setitem((np.array([2]), np.array([1]), np.array([1])), 3)
+    layer.data_setitem((np.array([2]), np.array([1]), np.array([1])), 3)  # no change, no event
+    assert tracker.slices == [2] and len(changes) == 1
+    # same shape, replaced wholesale: every slice is a candidate
+    layer.data = np.ones((4, 5, 6), np.int32)
+    assert tracker.replaced and tracker.slices == [0, 1, 2, 3]
+    # another shape: tracking stops
+    layer.data = np.zeros((2, 5, 6), np.int32)
+    assert tracker.slices == [] and "changed shape" in tracker.reset_reason
+
+
+def test_widget_filters_undone_slices(make_napari_viewer, qtbot, checkpoint, errors):
+    viewer, _ = _viewer_with_images(make_napari_viewer)
+    widget = FinetuneWidget(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    layer = viewer.layers["FLAIR corrections"]
+    for z in (3, 5):  # flip one voxel on slices 3 and 5
+        layer.data_setitem((np.array([0]), np.array([0]), np.array([z])), 1 - layer.data[0, 0, z])
+    layer.undo()  # slice 5 back to the prediction: listed, but not used
+    assert widget.tracker.slices == [3, 5]
+    labels = np.asarray(layer.data)
+    assert widget.slices_to_use(labels) == [3]
+    viewer.dims.set_point(2, 2 * 2.0)  # world z of slice 2 (scale 2)
+    widget.add_current_slice()
+    assert widget.slices_to_use(labels) == [2, 3]
+    widget.clear_slices()
+    assert widget.start_finetune() is None
+    assert errors and "No edited slice" in errors[-1]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_atom_slices(ndim):
+    class Atom:
+        def __init__(self, key, mask):
+            self.slice_key, self.mask = key, mask
+
+    if ndim == 2:
+        assert atom_slices(Atom((slice(0, 2), slice(0, 2)), None), 0, 2) == {0}
+        return
+    mask = np.zeros((1, 3, 2), bool)
+    mask[0, 1, 1] = True
+    assert atom_slices(Atom((slice(4, 5), slice(2, 5), slice(0, 2)), mask), 0, 3) == {4}
+    assert atom_slices(Atom((slice(4, 5), slice(2, 5), slice(0, 2)), mask), 1, 3) == {3}
+    assert atom_slices(Atom((slice(4, 5), slice(2, 5), slice(0, 2)), None), 1, 3) == {2, 3, 4}
+    fancy = ((np.array([1, 1]), np.array([0, 3]), np.array([2, 2])), np.zeros(2), 1)
+    assert atom_slices(fancy, 1, 3) == {0, 3}
