@@ -374,6 +374,11 @@ class LayerList(QListWidget):
         self.setToolTip("Modalities, stacked as channels in this order")
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.refresh)
+        viewer.layers.events.inserted.connect(
+            lambda event: event.value.events.name.connect(self.refresh)
+        )
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
         self.refresh()
 
     def refresh(self, *_: Any) -> None:
@@ -385,8 +390,9 @@ class LayerList(QListWidget):
                 item = QListWidgetItem(layer.name)
                 self.addItem(item)
                 item.setSelected(layer.name in chosen)
-        if first and not chosen and self.count():
-            self.item(0).setSelected(True)
+        if first and not chosen:  # first look: every modality in the viewer
+            for i in range(self.count()):
+                self.item(i).setSelected(True)
 
     def selected_names(self) -> list[str]:
         return [self.item(i).text() for i in range(self.count()) if self.item(i).isSelected()]
@@ -453,9 +459,7 @@ class InferenceWidget(QWidget):
             "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
         )
         self.images = LayerList(napari_viewer, Image)
-        self.device = QComboBox()
-        for name in device_choices():
-            self.device.addItem(name)
+        self.device = DeviceCombo()
         self.probability = QComboBox()
         self.probability.addItems(["probability and labels", "labels only"])
         self.run_button = QPushButton("Predict")
@@ -485,7 +489,7 @@ class InferenceWidget(QWidget):
     def _validate(self) -> tuple[str, ImageStack, str]:
         """Check the cheap things here; the worker loads and checks the checkpoint."""
         stack = images_from_layers(self.images.selected_layers())
-        device = check_device(self.device.currentText())
+        device = check_device(self.device.device())
         return check_checkpoint_path(self.checkpoint.text()), stack, device
 
     def start(self) -> Any | None:
@@ -558,13 +562,32 @@ class InferenceWidget(QWidget):
 
 
 def device_choices() -> list[str]:
-    try:
-        from napari_boundary_seg.core.train import available_devices
+    """``"auto"`` then the devices present here (``core.train.available_devices``)."""
+    from napari_boundary_seg.core.train import available_devices
 
-        devices = list(available_devices())
-    except ImportError:  # pragma: no cover - core not importable
-        devices = ["cpu"]
-    return ["auto", *[d for d in devices if d != "auto"]]
+    return ["auto", *[d for d in available_devices() if d != "auto"]]
+
+
+class DeviceCombo(QComboBox):
+    """The devices present, ``auto`` first and labelled with what it picks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from napari_boundary_seg.core.train import resolve_device
+
+        for name in device_choices():
+            text = f"auto ({resolve_device('auto')})" if name == "auto" else name
+            self.addItem(text, name)
+        self.setToolTip("Only the devices present on this machine are listed")
+
+    def device(self) -> str:
+        """The chosen device name (``"auto"``, ``"cpu"``, ``"cuda:0"``...)."""
+        return self.currentData() or self.currentText()
+
+    def set_device(self, name: str) -> None:
+        index = self.findData(name)
+        if index >= 0:
+            self.setCurrentIndex(index)
 
 
 def check_device(device: str) -> str:
@@ -572,6 +595,6 @@ def check_device(device: str) -> str:
     choices = device_choices()
     if device not in choices:
         raise ValueError(
-            f"device {device!r} is not available on this machine; choose one of {choices}"
+            f"Device '{device}' is not available on this machine; choose one of {choices}."
         )
     return device

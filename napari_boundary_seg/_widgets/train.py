@@ -53,13 +53,13 @@ from napari_boundary_seg._widgets._common import (
     slicing_axis,
 )
 from napari_boundary_seg._widgets.inference import (
+    DeviceCombo,
     ImageStack,
     LayerList,
     PathEdit,
     ProgressRelay,
     add_prediction_layers,
     check_device,
-    device_choices,
     images_from_layers,
     load_checked_checkpoint,
     notify_error,
@@ -980,8 +980,7 @@ class TrainWidget(QWidget):
         self.slice_size = _ispin(self._default("slice_size", 256), 16, 2048, 16)
         self.depth = _ispin(self._default("depth", 4), 1, 6)
         self.base_channels = _ispin(self._default("base_channels", 64), 2, 256, 8)
-        self.device = QComboBox()
-        self.device.addItems(device_choices())
+        self.device = DeviceCombo()
         self.seed = _ispin(self._default("seed", 0), 0, 2**31 - 1)
         self.output = PathEdit("folder", placeholder="folder for checkpoints")
         self.output.setText(str(Path.home() / "boundary-seg-runs"))
@@ -1169,7 +1168,7 @@ class TrainWidget(QWidget):
             "slice_size": self.slice_size.value(),
             "depth": self.depth.value(),
             "base_channels": self.base_channels.value(),
-            "device": self.device.currentText(),
+            "device": self.device.device(),
             "seed": self.seed.value(),
             "val_fraction": self.val_fraction.value(),
             "num_classes": self.num_classes.value(),

@@ -60,7 +60,7 @@ def _tiny_widget(viewer, out: Path) -> TrainWidget:
     w.slice_size.setValue(TINY["slice_size"])
     w.val_fraction.setValue(0.25)
     w.output.setText(str(out))
-    w.device.setCurrentText("cpu")
+    w.device.set_device("cpu")
     return w
 
 
