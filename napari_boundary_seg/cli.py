@@ -826,6 +826,136 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# finetune (the logic lives in napari_boundary_seg.core.finetune)
+
+
+@subcommand
+def _add_finetune(sub: Any) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint on corrected slices of one scan",
+        description="Fine-tune CHECKPOINT on the corrected slices of one scan (the same core "
+        "function as the napari widget): --image (one per modality, in the model's order) and "
+        "--labels (the corrected labels). --slices names the corrected slices along the "
+        "model's slicing axis; without it, the slices where the labels differ from the model's "
+        "prediction are used. Writes best.pt, last.pt, metrics.csv, config.json and "
+        "lineage.json (parent, slices, settings, metrics before/after) to --out, then prints "
+        "DSC and HD95 of the old and the new model on the corrected and untouched slices.",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="the model to start from")
+    p.add_argument("--image", required=True, type=Path, action="append", help="a modality (repeat)")
+    p.add_argument("--labels", required=True, type=Path, help="corrected labels (NIfTI)")
+    p.add_argument("--slices", type=int, nargs="+", help="corrected slices (default: auto-detect)")
+    p.add_argument("--axis", type=int, help="slicing axis (default: the checkpoint's)")
+    p.add_argument("--out", required=True, type=Path, help="folder of the new checkpoint")
+    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
+    p.add_argument("--alpha-start", type=float, default=0.8, help="α at epoch 0 (default 0.8)")
+    p.add_argument("--alpha-step", type=float, default=0.1, help="α drop per epoch (default 0.1)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's)")
+    p.add_argument("--mix-data", type=Path, help="original training data folder to mix in")
+    p.add_argument(
+        "--mix-ratio", type=float, default=0.0, help="original slices per corrected slice"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
+
+    def handler(args: argparse.Namespace) -> int:
+        from napari_boundary_seg.core.finetune import differing_slices, evaluate_finetune, finetune
+        from napari_boundary_seg.core.io import read_nifti
+        from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+
+        volumes = [read_nifti(path, as_labels=False) for path in args.image]
+        labels = read_nifti(args.labels, as_labels=True)
+        for path, vol in zip(args.image, volumes, strict=True):
+            if vol.data.shape != labels.data.shape:
+                raise CommandError(
+                    f"{path} has shape {vol.data.shape}, {args.labels} {labels.data.shape}"
+                )
+        images = np.stack([v.data for v in volumes])
+        spacing = volumes[0].spacing[: images.ndim - 1]
+        model, checkpoint = load_checkpoint(args.checkpoint)
+        axis = args.axis if args.axis is not None else int(checkpoint["config"].get("axis", 2))
+        axis = axis % (images.ndim - 1)
+        old_pred = None
+        slices = args.slices
+        if not slices:
+            _, old_pred = _drive(
+                iter_predict_volume(
+                    (model, checkpoint), images, spacing, axis=axis, device=args.device
+                ),
+                "predict",
+                "batch",
+            )
+            slices = differing_slices(labels.data, old_pred, axis)
+            if not slices:
+                raise CommandError(
+                    f"{args.labels} equals the model's prediction: no corrected slice found"
+                )
+            _out(f"corrected slices (differ from the prediction, axis {axis}): {slices}")
+        gen = finetune(
+            args.checkpoint,
+            images,
+            labels.data,
+            spacing,
+            slices,
+            axis=axis,
+            mix_cases=args.mix_data,
+            mix_ratio=args.mix_ratio,
+            alpha_start=args.alpha_start,
+            alpha_step=args.alpha_step,
+            epochs=args.epochs,
+            lr=args.lr,
+            out_dir=args.out,
+            device=args.device,
+            overwrite=args.overwrite,
+        )
+        result = None
+        bar = None
+        try:
+            while result is None:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                kind = type(event).__name__
+                if kind == "StepEvent":
+                    if bar is None:
+                        bar = _progress(args.epochs * event.steps_per_epoch, "finetune", "step")
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{event.loss:.4f}", alpha=f"{event.w_region:.2f}")
+                elif kind == "EpochEvent":
+                    logger.info("epoch %d: loss %.4f", event.epoch, event.train_loss)
+                elif kind == "InfoEvent":
+                    logger.info("finetune: %s", event.message)
+        finally:
+            if bar is not None:
+                bar.close()
+        _out(f"finetune: {result.reason}; lineage {result.lineage_path}")
+        if result.stopped or result.checkpoint is None:
+            return 1
+        evaluation = _drive(
+            evaluate_finetune(
+                result, images, labels.data, spacing, old_pred=old_pred, device=args.device
+            ),
+            "compare",
+            "batch",
+        )
+        _out(f"new checkpoint: {result.checkpoint} (parent {result.parent})")
+        _out(
+            f"{'slices':<10} {'n':>4} {'DSC old':>8} {'DSC new':>8} {'HD95 old':>9} {'HD95 new':>9}"
+        )
+        for group, row in evaluation["comparison"].items():
+            _out(
+                f"{group:<10} {row['n_slices']:>4} {row['dice_old']:>8.3f} "
+                f"{row['dice_new']:>8.3f} {row['hd95_old']:>9.2f} {row['hd95_new']:>9.2f}"
+            )
+        return 0
+
+    p.set_defaults(func=handler)
+
+
+# ---------------------------------------------------------------------------
 # main
 
 

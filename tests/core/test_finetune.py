@@ -229,3 +229,30 @@ def test_compare_models_by_hand(ndim):
     # distances [0, 0, 0, 1] mm, 95th percentile (linear) = 0.85; the other way all 0
     assert row["hd95_old"] == pytest.approx(np.hypot(4, 4))
     assert row["hd95_new"] == pytest.approx(0.85)
+
+
+def test_cli_finetune_auto_detects_slices(parent, tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import write_nifti
+    from napari_boundary_seg.core.predict import predict_volume
+
+    images, _ = _volume()
+    _, pred = predict_volume(str(parent), images, (2.0, 1.0, 1.0))
+    corrected = pred.copy()
+    corrected[3, 0:4, 0:4] = 1 - corrected[3, 0:4, 0:4]  # a correction on slice 3 (axis 0)
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    write_nifti(tmp_path / "img_0000.nii.gz", images[0], affine=affine)
+    write_nifti(tmp_path / "seg.nii.gz", corrected.astype(np.uint8), affine=affine)
+    argv = ["finetune", "--checkpoint", str(parent), "--image", str(tmp_path / "img_0000.nii.gz")]
+    argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert "corrected slices (differ from the prediction, axis 0): [3]" in out
+    assert "corrected" in out and "untouched" in out
+    lineage = read_lineage(tmp_path / "ft" / "lineage.json")
+    assert lineage["slices"] == [3] and lineage["metrics"]["corrected"]["n_slices"] == 1
+    # explicit slices; an existing run is refused without --overwrite
+    assert main([*argv, "--slices", "1", "5", "--out", str(tmp_path / "ft")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*argv, "--slices", "1", "5", "--out", str(tmp_path / "ft2")]) == 0
+    assert read_lineage(tmp_path / "ft2" / "lineage.json")["slices"] == [1, 5]
