@@ -116,9 +116,54 @@ def prepare_compare(viewer: Any, widget: Any) -> None:
         widget.go_to_row(row)
 
 
+def prepare_finetune(viewer: Any, widget: Any) -> None:
+    """A tiny UNet trained briefly on the sample case predicts; the true lesions
+    are painted into two slices of the prediction (the user's corrections); a
+    short fine-tune on them; the comparison table and the changed voxels."""
+    import tempfile
+
+    from napari_boundary_seg.core.data import case_from_arrays
+    from napari_boundary_seg.core.progress import run_to_end
+    from napari_boundary_seg.core.train import TrainConfig, train
+
+    flair, t1, lesions = (viewer.layers[n] for n in ("FLAIR", "T1", "lesions"))
+    folder = Path(tempfile.mkdtemp(prefix="nbs-screenshot-"))
+    case = case_from_arrays([flair.data, t1.data], lesions.data, tuple(flair.scale))
+    config = TrainConfig(
+        out_dir=str(folder / "base"),
+        epochs=3,
+        slice_size=64,
+        axis=2,
+        depth=3,
+        base_channels=8,
+        device="cpu",
+        val_fraction=0.0,
+    )
+    checkpoint = run_to_end(train(config, [case])).last_checkpoint
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.device.setCurrentText("cpu")
+    widget.out_folder.setText(str(folder / "finetune"))
+    widget.predict()
+    wait_for(widget)
+    layer = viewer.layers["FLAIR corrections"]
+    z = busiest_slice(lesions.data, 2)
+    for s in (z - 2, z):
+        truth = (lesions.data[:, :, s] > 0).astype(layer.data.dtype)
+        rows, cols = np.nonzero(truth != layer.data[:, :, s])
+        layer.data_setitem((rows, cols, np.full(rows.size, s)), truth[rows, cols])
+    widget.epochs.setValue(5)
+    widget.start_finetune()
+    wait_for(widget, timeout=900)
+    lesions.visible = False
+    viewer.layers["FLAIR probability"].visible = False
+    viewer.layers.selection.active = layer
+
+
 PREPARE: dict[str, Callable[[Any, Any], None]] = {
     "Distance map": prepare_distance,
     "Compare to ground truth": prepare_compare,
+    "Finetune on corrections": prepare_finetune,
 }
 
 

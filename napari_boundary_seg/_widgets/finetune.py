@@ -51,6 +51,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
@@ -291,6 +292,7 @@ class FinetuneWidget(QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
     TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old", "HD95 new")
+    """Columns of the comparison table (HD95 in mm)."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -397,7 +399,17 @@ class FinetuneWidget(QWidget):
         self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
         self.table.setHorizontalHeaderLabels(list(self.TABLE_COLUMNS))
         self.table.verticalHeader().setVisible(False)
-        self.table.setFixedHeight(84)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        for column in (0, 1):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        for policy in (
+            self.table.setHorizontalScrollBarPolicy,
+            self.table.setVerticalScrollBarPolicy,
+        ):
+            policy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setFixedHeight(2 * 22 + 34)
         self.keep_button = QPushButton("Keep new model")
         self.discard_button = QPushButton("Discard")
         self.keep_button.clicked.connect(lambda: self.decide(True))
@@ -764,7 +776,6 @@ class FinetuneWidget(QWidget):
             )
             for c, text in enumerate(values):
                 self.table.setItem(r, c, QTableWidgetItem(text))
-        self.table.resizeColumnsToContents()
 
     # -- 4. keep / discard ------------------------------------------------------------
     def decide(self, keep: bool) -> None:
