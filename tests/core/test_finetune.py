@@ -256,3 +256,18 @@ def test_cli_finetune_auto_detects_slices(parent, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main([*argv, "--slices", "1", "5", "--out", str(tmp_path / "ft2")]) == 0
     assert read_lineage(tmp_path / "ft2" / "lineage.json")["slices"] == [1, 5]
+
+
+def test_finetune_2d_image(parent, tmp_path):
+    images, labels = _corrected()
+    image2d, labels2d = images[:, 2], labels[2]  # one (M, H, W) slice: the single slice 0
+    result = run_to_end(
+        finetune(parent, image2d, labels2d, (1.0, 1.0), [0], epochs=1, out_dir=tmp_path / "ft")
+    )
+    assert result.slices == (0,) and not result.stopped
+    with pytest.raises(ValueError, match="out of range"):
+        run_to_end(finetune(parent, image2d, labels2d, None, [1], out_dir=tmp_path / "x"))
+    out = run_to_end(evaluate_finetune(result, image2d, labels2d, (1.0, 1.0), device="cpu"))
+    assert out["new_pred"].shape == labels2d.shape
+    assert out["comparison"]["corrected"]["n_slices"] == 1
+    assert out["comparison"]["untouched"]["n_slices"] == 0
