@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -64,13 +63,13 @@ from qtpy.QtWidgets import (
 
 from napari_boundary_seg._widgets._common import LayerCombo, PlotCanvas, labels_array
 from napari_boundary_seg._widgets.inference import (
+    DeviceCombo,
     ImageStack,
     LayerList,
     PathEdit,
     ProgressRelay,
     check_checkpoint_path,
     check_device,
-    device_choices,
     images_from_layers,
     load_checked_checkpoint,
     notify_error,
@@ -318,8 +317,7 @@ class FinetuneWidget(QWidget):
             "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
         )
         self.images = LayerList(napari_viewer, Image)
-        self.device = QComboBox()
-        self.device.addItems(device_choices())
+        self.device = DeviceCombo()
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
         self.predict_button.clicked.connect(self.predict)
@@ -463,7 +461,7 @@ class FinetuneWidget(QWidget):
         try:
             path = check_checkpoint_path(self.checkpoint.text())
             stack = images_from_layers(self.images.selected_layers())
-            device = check_device(self.device.currentText())
+            device = check_device(self.device.device())
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
@@ -624,7 +622,7 @@ class FinetuneWidget(QWidget):
             "mix_cases": mix if (mix and ratio > 0) else None,
             "mix_ratio": ratio,
             "out_dir": out,
-            "device": check_device(self.device.currentText()),
+            "device": check_device(self.device.device()),
         }
 
     def start_finetune(self) -> Any:
