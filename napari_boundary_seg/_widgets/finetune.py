@@ -61,18 +61,22 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_boundary_seg._widgets._common import LayerCombo, PlotCanvas, labels_array
-from napari_boundary_seg._widgets.inference import (
+from napari_boundary_seg._widgets._common import (
     DeviceCombo,
     ImageStack,
+    LayerCombo,
     LayerList,
     PathEdit,
+    PlotCanvas,
     ProgressRelay,
-    check_checkpoint_path,
     check_device,
     images_from_layers,
-    load_checked_checkpoint,
+    labels_array,
     notify_error,
+)
+from napari_boundary_seg._widgets.inference import (
+    check_checkpoint_path,
+    load_checked_checkpoint,
     predict_job,
 )
 from napari_boundary_seg.core.progress import Progress

@@ -4,43 +4,40 @@ The widget is thin: it checks the chosen layers and the checkpoint, runs
 :func:`napari_boundary_seg.core.predict.iter_predict_volume` in a napari
 ``thread_worker`` (progress in a napari progress bar) and adds the results as
 layers with the input's ``scale`` and ``translate``. The helpers
-:func:`images_from_layers`, :func:`check_checkpoint_channels`,
-:func:`predict_job` and :func:`add_prediction_layers` are also used by the
-training widget (prediction after training) and by the fine-tuning loop.
+:func:`load_checked_checkpoint`, :func:`predict_job` and
+:func:`add_prediction_layers` are also used by the training widget (prediction
+after training) and by the fine-tuning loop; the layer and Qt helpers they
+share (image stacks, layer lists, device choice, progress, errors) live in
+``_common``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_boundary_seg._widgets._common import (
-    USER_ERRORS,
-    check_same_shape,
-    geometry_kwargs,
-    image_array,
-    layer_spacing,
+    DeviceCombo,
+    ImageStack,
+    LayerList,
+    PathEdit,
+    ProgressRelay,
+    check_device,
+    images_from_layers,
+    notify_error,
 )
 from napari_boundary_seg.core.progress import Progress
 
@@ -50,82 +47,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ImageStack",
     "InferenceWidget",
     "add_prediction_layers",
     "check_checkpoint_channels",
-    "images_from_layers",
     "predict_job",
 ]
-
-
-# ---------------------------------------------------------------------------
-# Layer helpers (Qt-free apart from the layer objects they read)
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class ImageStack:
-    """Image layers stacked as channels, with the geometry of the first one.
-
-    Attributes
-    ----------
-    images
-        ``(M, *spatial)`` float32, one channel per layer, in layer order.
-    spacing
-        Voxel size per spatial axis in mm, numpy axis order (``layer.scale``).
-    geometry
-        Keyword arguments giving a new layer the first layer's geometry
-        (scale, translate, affine...; see ``_common.geometry_kwargs``).
-    names
-        The layer names, in channel order.
-    """
-
-    images: np.ndarray
-    spacing: tuple[float, ...]
-    geometry: dict[str, Any]
-    names: list[str] = field(default_factory=list)
-
-
-def images_from_layers(layers: Sequence[Any]) -> ImageStack:
-    """Stack image layers (modalities) as channels and check them.
-
-    Parameters
-    ----------
-    layers
-        napari Image layers, all of the same shape, 2D or 3D.
-
-    Returns
-    -------
-    ImageStack
-        ``images`` is ``(M, *spatial)`` float32.
-
-    Raises
-    ------
-    ValueError
-        No layer, shapes that differ, an RGB layer, a dimension outside 2-3, or
-        NaN / inf values (the message names the layer).
-    """
-    layers = list(layers)
-    if not layers:
-        raise ValueError("No image layer chosen: select at least one image layer.")
-    arrays: list[np.ndarray] = []
-    for layer in layers:
-        data = image_array(layer)
-        if data.ndim not in (2, 3):
-            raise ValueError(
-                f"Image layer '{layer.name}' has {data.ndim} dimensions "
-                f"(shape {data.shape}); a 2D or 3D image is needed."
-            )
-        if arrays:
-            check_same_shape(layers[0], layer)
-        arrays.append(data)
-    return ImageStack(
-        np.stack(arrays, axis=0),
-        layer_spacing(layers[0]),
-        geometry_kwargs(layers[0]),
-        [layer.name for layer in layers],
-    )
 
 
 def checkpoint_in_channels(checkpoint: Any) -> int | None:
@@ -242,20 +168,6 @@ def _replace_or_add(viewer: napari.Viewer, name: str, kind: str, data, **kwargs)
     return adder(data, name=name, **kwargs)
 
 
-def notify_error(error: BaseException | str) -> None:
-    """Show ``error`` in a napari error notification; never raises."""
-    from napari.utils.notifications import show_error
-
-    if isinstance(error, BaseException):
-        text = str(error) or type(error).__name__
-        if not isinstance(error, USER_ERRORS):
-            text = f"{type(error).__name__}: {text}"
-    else:
-        text = error
-    logger.info("%s", text)
-    show_error(text)
-
-
 def add_prediction_layers(
     viewer: napari.Viewer,
     probs: np.ndarray,
@@ -305,137 +217,6 @@ def add_prediction_layers(
         **geometry,
     )
     return prob_layer, label_layer
-
-
-# ---------------------------------------------------------------------------
-# Small Qt helpers shared by the two widgets
-# ---------------------------------------------------------------------------
-
-
-class ProgressRelay(QObject):
-    """A napari progress bar fed at most every ``interval_ms``.
-
-    napari's progress widgets call ``QApplication.processEvents()`` on every
-    update; updating them once per training step would re-enter the event
-    loop from inside signal handlers and cost GUI time. ``set`` only stores
-    the latest values; a timer applies them.
-    """
-
-    def __init__(self, description: str, interval_ms: int = 200, parent: QObject | None = None):
-        super().__init__(parent)
-        from napari.utils import progress
-
-        self.bar: Any = progress(total=0, desc=description)
-        self._prefix = description
-        self._pending: tuple[int, int, str] | None = None
-        self._message = ""
-        self._timer = QTimer(self)
-        self._timer.setInterval(interval_ms)
-        self._timer.timeout.connect(self.flush)
-        self._timer.start()
-
-    def set(self, done: int, total: int, message: str = "") -> None:
-        self._pending = (done, total, message)
-
-    def flush(self) -> None:
-        bar, pending = self.bar, self._pending
-        if bar is None or pending is None:
-            return
-        self._pending = None
-        done, total, message = pending
-        if bar.total != total:
-            bar.total = total
-        bar.n = min(done, total) if total else done
-        bar.update(0)
-        if message and message != self._message:
-            self._message = message
-            bar.set_description(f"{self._prefix}: {message}")
-
-    def close(self) -> None:
-        bar, self.bar = self.bar, None
-        try:
-            self._timer.stop()
-        except RuntimeError:  # the Qt side was deleted with its parent
-            pass
-        if bar is not None:
-            bar.close()
-
-
-class LayerList(QListWidget):
-    """A compact multi-select list of the viewer's layers of one type."""
-
-    def __init__(self, viewer: napari.Viewer, layer_type: type, rows: int = 3) -> None:
-        super().__init__()
-        self._viewer = viewer
-        self._layer_type = layer_type
-        self.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(rows * 20 + 6)
-        self.setToolTip("Modalities, stacked as channels in this order")
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self.refresh)
-        viewer.layers.events.inserted.connect(
-            lambda event: event.value.events.name.connect(self.refresh)
-        )
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
-        self.refresh()
-
-    def refresh(self, *_: Any) -> None:
-        chosen = set(self.selected_names())
-        first = self.count() == 0
-        self.clear()
-        for layer in self._viewer.layers:
-            if isinstance(layer, self._layer_type):
-                item = QListWidgetItem(layer.name)
-                self.addItem(item)
-                item.setSelected(layer.name in chosen)
-        if first and not chosen:  # first look: every modality in the viewer
-            for i in range(self.count()):
-                self.item(i).setSelected(True)
-
-    def selected_names(self) -> list[str]:
-        return [self.item(i).text() for i in range(self.count()) if self.item(i).isSelected()]
-
-    def select(self, names: Sequence[str]) -> None:
-        for i in range(self.count()):
-            self.item(i).setSelected(self.item(i).text() in names)
-
-    def selected_layers(self) -> list[Any]:
-        return [self._viewer.layers[n] for n in self.selected_names() if n in self._viewer.layers]
-
-
-class PathEdit(QWidget):
-    """A line edit with a browse button, for a file or a folder."""
-
-    def __init__(self, mode: str = "file", filter: str = "", placeholder: str = ""):
-        super().__init__()
-        self._mode = mode
-        self._filter = filter
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText(placeholder)
-        button = QPushButton("…")
-        button.setFixedWidth(28)
-        button.clicked.connect(self._browse)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
-        layout.addWidget(self.edit)
-        layout.addWidget(button)
-
-    def _browse(self) -> None:
-        if self._mode == "folder":
-            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.text())
-        else:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.text(), self._filter)
-        if path:
-            self.edit.setText(path)
-
-    def text(self) -> str:
-        return self.edit.text().strip()
-
-    def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
-        self.edit.setText(str(text))
 
 
 # ---------------------------------------------------------------------------
@@ -559,42 +340,3 @@ class InferenceWidget(QWidget):
         if self.worker is not None:
             self.worker.quit()
         super().closeEvent(event)
-
-
-def device_choices() -> list[str]:
-    """``"auto"`` then the devices present here (``core.train.available_devices``)."""
-    from napari_boundary_seg.core.train import available_devices
-
-    return ["auto", *[d for d in available_devices() if d != "auto"]]
-
-
-class DeviceCombo(QComboBox):
-    """The devices present, ``auto`` first and labelled with what it picks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from napari_boundary_seg.core.train import resolve_device
-
-        for name in device_choices():
-            text = f"auto ({resolve_device('auto')})" if name == "auto" else name
-            self.addItem(text, name)
-        self.setToolTip("Only the devices present on this machine are listed")
-
-    def device(self) -> str:
-        """The chosen device name (``"auto"``, ``"cpu"``, ``"cuda:0"``...)."""
-        return self.currentData() or self.currentText()
-
-    def set_device(self, name: str) -> None:
-        index = self.findData(name)
-        if index >= 0:
-            self.setCurrentIndex(index)
-
-
-def check_device(device: str) -> str:
-    """Raise ValueError if ``device`` is not present on this machine."""
-    choices = device_choices()
-    if device not in choices:
-        raise ValueError(
-            f"Device '{device}' is not available on this machine; choose one of {choices}."
-        )
-    return device

@@ -47,22 +47,22 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    DeviceCombo,
+    ImageStack,
     LayerCombo,
+    LayerList,
+    PathEdit,
+    ProgressRelay,
+    check_device,
+    images_from_layers,
     labels_array,
+    notify_error,
     require_layer,
     slicing_axis,
 )
 from napari_boundary_seg._widgets.inference import (
-    DeviceCombo,
-    ImageStack,
-    LayerList,
-    PathEdit,
-    ProgressRelay,
     add_prediction_layers,
-    check_device,
-    images_from_layers,
     load_checked_checkpoint,
-    notify_error,
     predict_job,
 )
 from napari_boundary_seg.core.progress import Progress

@@ -9,11 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_boundary_seg._widgets.inference import (
-    InferenceWidget,
-    checkpoint_in_channels,
-    images_from_layers,
-)
+from napari_boundary_seg._widgets._common import images_from_layers
+from napari_boundary_seg._widgets.inference import InferenceWidget, checkpoint_in_channels
 from napari_boundary_seg.core.data import case_from_arrays
 from napari_boundary_seg.core.progress import run_to_end
 from napari_boundary_seg.core.train import TrainConfig, train
