@@ -116,10 +116,9 @@ def prepare_compare(viewer: Any, widget: Any) -> None:
         widget.go_to_row(row)
 
 
-def prepare_finetune(viewer: Any, widget: Any) -> None:
-    """A tiny UNet trained briefly on the sample case predicts; the true lesions
-    are painted into two slices of the prediction (the user's corrections); a
-    short fine-tune on them; the comparison table and the changed voxels."""
+def quick_checkpoint(viewer: Any) -> tuple[Path, str]:
+    """A tiny UNet trained briefly on the sample case (core.train, no widget):
+    returns a scratch folder and the checkpoint path."""
     import tempfile
 
     from napari_boundary_seg.core.data import case_from_arrays
@@ -139,7 +138,44 @@ def prepare_finetune(viewer: Any, widget: Any) -> None:
         device="cpu",
         val_fraction=0.0,
     )
-    checkpoint = run_to_end(train(config, [case])).last_checkpoint
+    return folder, run_to_end(train(config, [case])).last_checkpoint
+
+
+def prepare_train(viewer: Any, widget: Any) -> None:
+    """A short run of a small UNet on the sample case, curves filled."""
+    import tempfile
+
+    widget.overrides = {
+        "epochs": 6,
+        "slice_size": 64,
+        "depth": 3,
+        "base_channels": 8,
+        "max_steps_per_epoch": 12,
+        "device": "cpu",
+        "out_dir": tempfile.mkdtemp(prefix="nbs-screenshot-"),
+    }
+    widget.start()
+    wait_for(widget, timeout=900)
+    widget.tabs.setCurrentIndex(1)  # the α schedule and its plot
+
+
+def prepare_predict(viewer: Any, widget: Any) -> None:
+    """Predict the sample case with a briefly trained checkpoint."""
+    _, checkpoint = quick_checkpoint(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.device.setCurrentText("cpu")
+    widget.start()
+    wait_for(widget, timeout=600)
+    viewer.layers["lesions"].visible = False
+
+
+def prepare_finetune(viewer: Any, widget: Any) -> None:
+    """A tiny UNet trained briefly on the sample case predicts; the true lesions
+    are painted into two slices of the prediction (the user's corrections); a
+    short fine-tune on them; the comparison table and the changed voxels."""
+    lesions = viewer.layers["lesions"]
+    folder, checkpoint = quick_checkpoint(viewer)
     widget.images.select(["FLAIR", "T1"])
     widget.checkpoint.setText(checkpoint)
     widget.device.setCurrentText("cpu")
@@ -164,6 +200,8 @@ PREPARE: dict[str, Callable[[Any, Any], None]] = {
     "Distance map": prepare_distance,
     "Compare to ground truth": prepare_compare,
     "Finetune on corrections": prepare_finetune,
+    "Train (boundary loss)": prepare_train,
+    "Predict": prepare_predict,
 }
 
 
