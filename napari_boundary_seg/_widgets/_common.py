@@ -429,14 +429,23 @@ def move_to_slice(viewer: Any, layer: Layer, axis: int, index: int) -> None:
 
 
 # ------------------------------------------------------------------ errors
-def notify_error(error: BaseException | str) -> None:
-    """Show ``error`` in a napari error notification; never raises."""
-    from napari.utils.notifications import show_error
+def notify_error(error: BaseException | str, context: str = "") -> None:
+    """Show ``error`` in a napari error notification; never raises.
 
+    The one way the widgets show an error. Bad input (:data:`USER_ERRORS`)
+    shows its message; any other exception shows its type too, prefixed with
+    ``"<context> failed: "`` when ``context`` is given, and is logged with its
+    traceback. A string is shown as it is.
+    """
     if isinstance(error, BaseException):
         text = str(error) or type(error).__name__
         if not isinstance(error, USER_ERRORS):
             text = f"{type(error).__name__}: {text}"
+            if context:
+                text = f"{context} failed: {text}"
+            logger.error("%s", text, exc_info=error)
+            show_error(text)
+            return
     else:
         text = error
     logger.info("%s", text)
@@ -446,7 +455,7 @@ def notify_error(error: BaseException | str) -> None:
 def notify_errors(
     func: Callable[..., Any], *args: Any, errors: tuple = USER_ERRORS, **kwargs: Any
 ) -> Any:
-    """Call ``func``; show any of ``errors`` as a napari error notification.
+    """Call ``func``; show any of ``errors`` with :func:`notify_error`.
 
     Returns the function's result, or None when it failed. The viewer stays
     usable: nothing is raised.
@@ -454,8 +463,7 @@ def notify_errors(
     try:
         return func(*args, **kwargs)
     except errors as error:
-        logger.info("%s: %s", type(error).__name__, error)
-        show_error(str(error))
+        notify_error(error)
         return None
 
 
@@ -518,15 +526,16 @@ def start_progress_worker(
 ) -> Any:
     """Run a ``core`` progress generator in a napari ``thread_worker``.
 
-    A napari progress bar follows the yielded :class:`~core.progress.Progress`
-    events; other events go to ``on_event``. An exception in the generator
-    becomes a napari error notification (its message; the type too when it is
-    not bad input) and is not re-raised, so the viewer stays usable. Returns the worker (started
-    unless ``start`` is False: connect to ``finished`` before starting, or a
-    fast worker may finish first), so callers can ``quit()`` it.
+    A napari progress bar (:class:`ProgressRelay`: throttled updates) follows
+    the yielded :class:`~core.progress.Progress` events; other events go to
+    ``on_event``. An exception in the generator becomes a napari error
+    notification (:func:`notify_error`: its message; the type too when it is
+    not bad input) and is not re-raised, so the viewer stays usable. Returns
+    the worker (started unless ``start`` is False: connect to ``finished``
+    before starting, or a fast worker may finish first), so callers can
+    ``quit()`` it.
     """
     from napari.qt.threading import thread_worker
-    from napari.utils import progress
 
     @thread_worker(start_thread=False, ignore_errors=True)
     def _work() -> Generator[Any, Any, Any]:
@@ -534,31 +543,18 @@ def start_progress_worker(
         return result
 
     worker = _work()
-    bar = progress(total=0, desc=description)
+    relay = ProgressRelay(description)
 
     def _yielded(event: Any) -> None:
         if isinstance(event, Progress):
-            if event.total and bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
-            if event.message:
-                bar.set_description(f"{description}: {event.message}")
-            bar.refresh()
+            relay.set(event.done, event.total, event.message)
         elif on_event is not None:
             on_event(event)
 
-    def _errored(error: BaseException) -> None:
-        if isinstance(error, USER_ERRORS):
-            logger.info("%s: %s", description or "worker", error)
-            show_error(str(error))
-        else:
-            logger.error("%s failed", description or "worker", exc_info=error)
-            show_error(f"{description or 'worker'} failed: {type(error).__name__}: {error}")
-
     worker.yielded.connect(_yielded)
-    worker.errored.connect(_errored)
+    worker.errored.connect(lambda error: notify_error(error, description or "worker"))
     worker.returned.connect(on_returned)
-    worker.finished.connect(bar.close)
+    worker.finished.connect(relay.close)
     if start:
         worker.start()
     return worker

@@ -8,18 +8,11 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt
 
-from napari_boundary_seg._widgets import _common, compare
+from napari_boundary_seg._widgets import compare
 from napari_boundary_seg._widgets.compare import FN, FP, TP, CompareWidget, overlay_name
 
 SCALE = (2.0, 1.0, 0.5)
 TRANSLATE = (10.0, 0.0, -4.0)
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(_common, "show_error", shown.append)
-    return shown
 
 
 @pytest.fixture

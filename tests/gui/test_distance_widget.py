@@ -15,13 +15,6 @@ from napari_boundary_seg._widgets.distance import (
 from napari_boundary_seg.core.distance import signed_distance_map
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(_common, "show_error", shown.append)
-    return shown
-
-
 def _run(widget, qtbot, name):
     worker = widget.compute()
     assert worker is not None
@@ -143,6 +136,27 @@ def test_worker_error_becomes_notification(make_napari_viewer, qtbot, errors):
         worker.start()
     assert returned == []
     assert errors == ["spacing (0, 1) must be positive"]
+
+
+def test_unexpected_worker_error_names_its_type(make_napari_viewer, qtbot, errors):
+    make_napari_viewer()
+    events: list[object] = []
+
+    def failing():
+        yield _common.Progress(1, 3, "half")
+        yield "not progress"
+        raise ZeroDivisionError("boom")  # not RuntimeError: superqt skips `errored` for it
+
+    worker = _common.start_progress_worker(
+        failing, events.append, "test", on_event=events.append, start=False
+    )
+    with qtbot.waitSignal(worker.finished, timeout=5_000):
+        worker.start()
+    assert events == ["not progress"]  # only the non-Progress event; nothing returned
+    assert errors == ["test failed: ZeroDivisionError: boom"]
+    _common.notify_error(KeyError("k"))
+    _common.notify_error("plain text")
+    assert errors[1:] == ["KeyError: 'k'", "plain text"]
 
 
 def test_docks_from_the_plugin_menu(make_napari_viewer):

@@ -48,15 +48,6 @@ def checkpoint(tmp_path_factory) -> str:
     return run_to_end(train(config, [case])).last_checkpoint
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(str(m)))
-    return shown
-
-
 def _viewer_with_images(make_napari_viewer):
     viewer = make_napari_viewer()
     flair, t1, _ = _volumes()

@@ -48,15 +48,6 @@ def checkpoint(tmp_path_factory) -> str:
     return done.best_checkpoint
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(str(m)))
-    return shown
-
-
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_predict_adds_layers_with_input_geometry(
     make_napari_viewer, qtbot, checkpoint, errors, ndim

@@ -25,15 +25,6 @@ SHAPE = (8, 32, 32)
 TINY = {"depth": 2, "base_channels": 4, "batch_size": 4, "slice_size": 32}
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    import napari.utils.notifications as notifications
-
-    shown: list[str] = []
-    monkeypatch.setattr(notifications, "show_error", lambda m: shown.append(str(m)))
-    return shown
-
-
 def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     labels = np.zeros(SHAPE, dtype=np.int32)
     labels[1:7, 10:18, 12:20] = 1
