@@ -18,7 +18,7 @@ exec "$PY" -m napari_boundary_seg.cli -v study \
   --data runs/loss-study/data --synth 20 --synth-seed 0 \
   --out benchmarks/results/loss_study --runs-dir runs/loss-study/runs \
   --arms gdl gdl-bl-paper gdl-bl-refcode bl ce --seeds 0 1 \
-  --epochs 15 --steps-per-epoch 30 --batch-size 8 --lr 1e-3 --lr-patience 20 \
+  --epochs 40 --steps-per-epoch 30 --batch-size 8 --lr 1e-3 --lr-patience 20 \
   --size 128 --depth 4 --base-channels 8 --axis 2 \
   --test-fraction 0.25 --val-fraction 0.1 --split-seed 0 --device auto \
   "$@"

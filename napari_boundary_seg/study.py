@@ -167,7 +167,7 @@ class StudyConfig:
     runs_dir: str | None = None
     arms: tuple[str, ...] = tuple(a.key for a in ARMS)
     seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 15
+    epochs: int = 40
     max_steps_per_epoch: int | None = 30
     batch_size: int = 8
     lr: float = 1e-3
