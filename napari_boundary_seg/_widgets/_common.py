@@ -10,7 +10,9 @@ Everything here is thin glue between napari layers and ``core`` arrays:
   ``ValueError`` naming the layer and the problem; :func:`images_from_layers`:
   image layers stacked as channels (:class:`ImageStack`).
 - :class:`PathEdit` (a path with a browse button), :class:`DeviceCombo`,
-  :func:`device_choices`, :func:`check_device`: the devices present here.
+  :func:`device_choices`, :func:`check_device`: the devices present here;
+  :func:`double_spin`, :func:`int_spin`: spin boxes in one call;
+  :func:`format_number`: a metric as a table cell.
 - :func:`layer_spacing`, :func:`geometry_kwargs`: voxel spacing and the layer's
   data-to-world transform, to give new layers the same geometry.
 - :func:`slicing_axis`, :func:`move_to_slice`: the viewer's slicing axis in a
@@ -27,6 +29,7 @@ Everything here is thin glue between napari layers and ``core`` arrays:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,7 @@ from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
     QLineEdit,
@@ -45,6 +49,7 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSizePolicy,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -398,6 +403,40 @@ def check_device(device: str) -> str:
             f"Device '{device}' is not available on this machine; choose one of {choices}."
         )
     return device
+
+
+def double_spin(
+    value: float, low: float, high: float, step: float, decimals: int
+) -> QDoubleSpinBox:
+    """A ``QDoubleSpinBox`` with range ``[low, high]``, ``step`` and ``decimals``."""
+    box = QDoubleSpinBox()
+    box.setDecimals(decimals)
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def int_spin(value: int, low: int, high: int, step: int = 1) -> QSpinBox:
+    """A ``QSpinBox`` with range ``[low, high]`` and ``step``."""
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def format_number(value: Any, digits: int = 3, nan: str = "n/a", none: str = "") -> str:
+    """A table cell: integers as they are, other numbers with ``digits`` decimals
+    (``inf`` for infinity), ``nan`` for NaN and ``none`` for None."""
+    if value is None:
+        return none
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    value = float(value)
+    if math.isnan(value):
+        return nan
+    return f"{value:.{digits}f}"
 
 
 # ----------------------------------------------------------------- slicing

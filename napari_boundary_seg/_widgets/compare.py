@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,7 +42,9 @@ from qtpy.QtWidgets import (
 from napari_boundary_seg._widgets._common import (
     LayerCombo,
     check_same_shape,
+    format_number,
     geometry_kwargs,
+    int_spin,
     labels_array,
     layer_spacing,
     move_to_slice,
@@ -92,19 +92,6 @@ def overlay_name(pred_name: str, gt_name: str) -> str:
     return f"TP/FP/FN {pred_name} vs {gt_name}"
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    value = float(value)
-    if math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "inf"
-    return f"{value:.3f}"
-
-
 class CompareWidget(QWidget):
     """Dock widget: prediction vs ground truth (TP/FP/FN layer and metric table).
 
@@ -126,10 +113,8 @@ class CompareWidget(QWidget):
 
         self.pred_combo = LayerCombo(napari_viewer, (Labels, Image))
         self.gt_combo = LayerCombo(napari_viewer, (Labels, Image))
-        self.class_spin = QSpinBox()
-        self.class_spin.setRange(0, 65535)
+        self.class_spin = int_spin(0, 0, 65535)
         self.class_spin.setSpecialValueText("any foreground (> 0)")
-        self.class_spin.setValue(0)
         self.run_button = QPushButton("Compare")
         self.run_button.clicked.connect(self.compare)
         self.export_button = QPushButton("Export CSV...")
@@ -287,7 +272,7 @@ class CompareWidget(QWidget):
             first = "volume" if row["scope"] == "volume" else str(row["slice"])
             self.table.setItem(i, 0, QTableWidgetItem(first))
             for j, (key, _) in enumerate(self.columns, start=1):
-                self.table.setItem(i, j, QTableWidgetItem(_fmt(row[key])))
+                self.table.setItem(i, j, QTableWidgetItem(format_number(row[key])))
 
     # -------------------------------------------------------------- navigate
     def go_to_row(self, row: int, _column: int = 0) -> None:

@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -38,6 +37,7 @@ from qtpy.QtWidgets import (
 from napari_boundary_seg._widgets._common import (
     LayerCombo,
     geometry_kwargs,
+    int_spin,
     labels_array,
     layer_spacing,
     notify_errors,
@@ -113,9 +113,7 @@ class DistanceMapWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.labels_combo = LayerCombo(napari_viewer, (Labels, Image))
-        self.class_spin = QSpinBox()
-        self.class_spin.setRange(0, 65535)
-        self.class_spin.setValue(1)
+        self.class_spin = int_spin(1, 0, 65535)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems([m.value for m in Mode])
         self.run_button = QPushButton("Compute distance map")

@@ -37,7 +37,6 @@ overwriting a file).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -54,7 +52,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -70,7 +67,10 @@ from napari_boundary_seg._widgets._common import (
     PlotCanvas,
     ProgressRelay,
     check_device,
+    double_spin,
+    format_number,
     images_from_layers,
+    int_spin,
     labels_array,
     notify_error,
 )
@@ -276,21 +276,6 @@ def finetune_job(
 # the widget
 
 
-def _dspin(value: float, low: float, high: float, step: float, decimals: int) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
 class FinetuneWidget(QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
@@ -359,14 +344,12 @@ class FinetuneWidget(QWidget):
         lay2.addLayout(row2)
 
         # 3. fine-tune
-        self.alpha_start = _dspin(0.8, 0.0, 1.0, 0.05, 2)
-        self.alpha_step = _dspin(0.1, 0.0, 1.0, 0.05, 2)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 500)
-        self.epochs.setValue(5)
-        self.lr = _dspin(5e-4, 1e-6, 1.0, 1e-4, 6)
+        self.alpha_start = double_spin(0.8, 0.0, 1.0, 0.05, 2)
+        self.alpha_step = double_spin(0.1, 0.0, 1.0, 0.05, 2)
+        self.epochs = int_spin(5, 1, 500)
+        self.lr = double_spin(5e-4, 1e-6, 1.0, 1e-4, 6)
         self.mix_folder = PathEdit("folder", placeholder="(optional) original training data")
-        self.mix_ratio = _dspin(0.0, 0.0, 20.0, 0.5, 1)
+        self.mix_ratio = double_spin(0.0, 0.0, 20.0, 0.5, 1)
         self.mix_ratio.setToolTip("Original-set slices per corrected slice (0: none)")
         self.out_folder = PathEdit("folder", placeholder="(default) beside the checkpoint")
         self.finetune_button = QPushButton("Fine-tune on the edited slices")
@@ -771,10 +754,10 @@ class FinetuneWidget(QWidget):
             values = (
                 group,
                 str(int(row["n_slices"])),
-                _fmt(row["dice_old"], 3),
-                _fmt(row["dice_new"], 3),
-                _fmt(row["hd95_old"], 1),
-                _fmt(row["hd95_new"], 1),
+                format_number(row["dice_old"], 3, nan="–", none="–"),
+                format_number(row["dice_new"], 3, nan="–", none="–"),
+                format_number(row["hd95_old"], 1, nan="–", none="–"),
+                format_number(row["hd95_new"], 1, nan="–", none="–"),
             )
             for c, text in enumerate(values):
                 self.table.setItem(r, c, QTableWidgetItem(text))

@@ -32,7 +32,6 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -40,7 +39,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QRadioButton,
     QSizePolicy,
-    QSpinBox,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -54,7 +52,9 @@ from napari_boundary_seg._widgets._common import (
     PathEdit,
     ProgressRelay,
     check_device,
+    double_spin,
     images_from_layers,
+    int_spin,
     labels_array,
     notify_error,
     require_layer,
@@ -833,23 +833,6 @@ class TrainingCurves(QWidget):
 # ---------------------------------------------------------------------------
 
 
-def _spin(value: float, low: float, high: float, step: float, decimals: int) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(decimals)
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _ispin(value: int, low: int, high: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
 def _form() -> QFormLayout:
     form = QFormLayout()
     form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -907,12 +890,12 @@ class TrainWidget(QWidget):
         self.images = LayerList(napari_viewer, Image)
         self.labels = LayerCombo(napari_viewer, (Labels, Image))
         self.folder = PathEdit("folder", placeholder="imagesTr/ + labelsTr/, WMH or ISLES")
-        self.val_fraction = _spin(self._default("val_fraction", 0.2), 0.0, 0.9, 0.05, 2)
+        self.val_fraction = double_spin(self._default("val_fraction", 0.2), 0.0, 0.9, 0.05, 2)
         self.val_fraction.setToolTip(
             "Folder: fraction of cases (patient-wise) held out for validation.\n"
             "Layers: a block of neighbouring slices of that size is held out."
         )
-        self.num_classes = _ispin(2, 2, 255)
+        self.num_classes = int_spin(2, 2, 255)
         self.num_classes.setToolTip("Classes, background included (from the labels layer)")
         self.axis = QComboBox()
         self.axis.addItem("auto", None)
@@ -942,9 +925,9 @@ class TrainWidget(QWidget):
         self.schedule = QComboBox()
         for text, value in SCHEDULE_CHOICES:
             self.schedule.addItem(text, value)
-        self.alpha_start = _spin(1.0, 0.0, 1.0, 0.05, 3)
-        self.alpha_step = _spin(0.01, 0.0, 1.0, 0.005, 3)
-        self.alpha_floor = _spin(0.01, 0.0, 1.0, 0.01, 3)
+        self.alpha_start = double_spin(1.0, 0.0, 1.0, 0.05, 3)
+        self.alpha_step = double_spin(0.01, 0.0, 1.0, 0.005, 3)
+        self.alpha_floor = double_spin(0.01, 0.0, 1.0, 0.01, 3)
         self.alpha_start_label = QLabel("α start")
         self.alpha_step_label = QLabel("step / epoch")
         self.alpha_floor_label = QLabel("α floor")
@@ -974,14 +957,14 @@ class TrainWidget(QWidget):
         loss_form.addRow(self.warning)
 
         # -- optimisation and output --------------------------------------
-        self.epochs = _ispin(self._default("epochs", 100), 1, 100000)
-        self.lr = _spin(self._default("lr", 1e-3), 1e-6, 1.0, 1e-4, 6)
-        self.batch_size = _ispin(self._default("batch_size", 8), 1, 1024)
-        self.slice_size = _ispin(self._default("slice_size", 256), 16, 2048, 16)
-        self.depth = _ispin(self._default("depth", 4), 1, 6)
-        self.base_channels = _ispin(self._default("base_channels", 64), 2, 256, 8)
+        self.epochs = int_spin(self._default("epochs", 100), 1, 100000)
+        self.lr = double_spin(self._default("lr", 1e-3), 1e-6, 1.0, 1e-4, 6)
+        self.batch_size = int_spin(self._default("batch_size", 8), 1, 1024)
+        self.slice_size = int_spin(self._default("slice_size", 256), 16, 2048, 16)
+        self.depth = int_spin(self._default("depth", 4), 1, 6)
+        self.base_channels = int_spin(self._default("base_channels", 64), 2, 256, 8)
         self.device = DeviceCombo()
-        self.seed = _ispin(self._default("seed", 0), 0, 2**31 - 1)
+        self.seed = int_spin(self._default("seed", 0), 0, 2**31 - 1)
         self.output = PathEdit("folder", placeholder="folder for checkpoints")
         self.output.setText(str(Path.home() / "boundary-seg-runs"))
         self.finetune = PathEdit(

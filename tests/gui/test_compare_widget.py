@@ -134,3 +134,19 @@ def test_bad_inputs_notify(make_napari_viewer, errors, warnings_shown, qtbot):
     assert "has no foreground" in warnings_shown[-1]
     assert widget.table.item(0, 2).text() == "inf"
     assert len(errors) == 4
+
+
+def test_format_number_cells():
+    from napari_boundary_seg._widgets._common import format_number
+
+    assert [format_number(v) for v in (None, 3, np.int64(7), 0.12345, float("nan"))] == [
+        "",
+        "3",
+        "7",
+        "0.123",
+        "n/a",
+    ]
+    assert format_number(float("inf")) == "inf"
+    assert format_number(12.345, 1, nan="–", none="–") == "12.3"  # the fine-tuning table
+    assert format_number(float("nan"), 1, nan="–", none="–") == "–"
+    assert format_number(None, 1, nan="–", none="–") == "–"
