@@ -23,13 +23,17 @@ Everything here is thin glue between napari layers and ``core`` arrays:
 - :class:`ProgressRelay`: a napari progress bar updated at most every 200 ms.
 - :func:`start_progress_worker`: run a ``core`` progress generator in a
   ``thread_worker`` with a napari progress bar.
+- :func:`controlled_worker_class`: a worker whose ``quit()`` (napari's window
+  close, app quit) asks a trainer to stop, so it saves ``last.pt`` and ends.
 - :class:`PlotCanvas`: a small matplotlib figure inside Qt.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -554,6 +558,52 @@ class ProgressRelay(QObject):
             pass
         if bar is not None:
             bar.close()
+
+
+#: A second ``quit()`` of a :func:`controlled_worker_class` worker this long
+#: after the first one aborts it instead of waiting for the trainer's next
+#: step boundary (s).
+FORCE_QUIT_AFTER_S = 30.0
+
+
+@functools.cache
+def controlled_worker_class() -> type:
+    """napari's ``GeneratorWorker`` whose ``quit()`` stops a trainer cleanly.
+
+    Set ``worker.control`` to the run's ``core.train.TrainControl`` (pass this
+    class as ``create_worker(..., _worker_class=...)``). napari quits every
+    registered worker when its window closes (task status ``cancel_all``) and
+    when the application quits (``wait_for_workers_to_quit``). A plain
+    ``quit()`` drops the generator at its next yield, so the trainer would
+    never see the stop request nor write ``last.pt`` for the step it reached.
+    Here the first ``quit()`` asks the trainer to stop (it saves and returns
+    at its next step boundary); a ``quit()`` more than
+    :data:`FORCE_QUIT_AFTER_S` later, or :meth:`force_quit`, aborts. With
+    ``control`` None it quits as napari's worker does.
+    """
+    from napari.qt.threading import GeneratorWorker
+
+    class ControlledWorker(GeneratorWorker):
+        control: Any = None
+        _quit_at: float | None = None
+
+        def quit(self) -> None:
+            control = self.control
+            now = time.monotonic()
+            if control is not None and (
+                self._quit_at is None or now - self._quit_at < FORCE_QUIT_AFTER_S
+            ):
+                if self._quit_at is None:
+                    self._quit_at = now
+                control.stop()
+                control.resume()
+                return
+            super().quit()
+
+        def force_quit(self) -> None:
+            GeneratorWorker.quit(self)
+
+    return ControlledWorker
 
 
 def start_progress_worker(

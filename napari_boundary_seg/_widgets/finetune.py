@@ -67,6 +67,7 @@ from napari_boundary_seg._widgets._common import (
     PlotCanvas,
     ProgressRelay,
     check_device,
+    controlled_worker_class,
     double_spin,
     format_number,
     images_from_layers,
@@ -844,7 +845,16 @@ class FinetuneWidget(QWidget):
         from napari.qt.threading import create_worker
 
         self._relay = ProgressRelay("Fine-tuning" if stoppable else "Predicting", parent=self)
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            func,
+            *args,
+            _start_thread=False,
+            _ignore_errors=True,
+            _worker_class=controlled_worker_class(),
+        )
+        # napari's window close quits the worker: a fine-tune then stops at its
+        # next step and saves last.pt instead of being dropped mid-run
+        worker.control = self.control if stoppable else None
         worker.yielded.connect(self._on_event)
         worker.returned.connect(on_returned)
         worker.errored.connect(self._on_error)

@@ -52,6 +52,7 @@ from napari_boundary_seg._widgets._common import (
     PathEdit,
     ProgressRelay,
     check_device,
+    controlled_worker_class,
     double_spin,
     images_from_layers,
     int_spin,
@@ -84,10 +85,6 @@ __all__ = [
 #: The live curves redraw at most this often (ms); events in between only
 #: append data. Keeps the Qt event loop free while a model trains.
 REDRAW_INTERVAL_MS = 400
-
-#: A second ``quit()`` of the training worker this long after the first one
-#: aborts it instead of waiting for the trainer's next step boundary (s).
-FORCE_QUIT_AFTER_S = 30.0
 
 LOSS_CHOICES = [
     ("GDL + BL (α schedule)", "gdl+bl"),
@@ -402,7 +399,7 @@ class TrainRunner(QObject):
             self._ended,
             _start_thread=False,
             _ignore_errors=True,
-            _worker_class=_training_worker_class(),
+            _worker_class=controlled_worker_class(),
         )
         worker.control = self.control
         worker.yielded.connect(self.event.emit)
@@ -454,42 +451,6 @@ class TrainRunner(QObject):
         if not ended:
             logger.warning("training did not stop within %.1f s; abandoning it", timeout_s)
         return ended
-
-
-def _training_worker_class() -> type:
-    """napari's ``GeneratorWorker`` whose ``quit()`` stops the trainer cleanly.
-
-    napari quits every registered worker when its window closes (task status
-    ``cancel_all``) and when the application quits (``wait_for_workers_to_quit``).
-    A plain ``quit()`` drops the generator at its next yield, so the trainer
-    would never see the stop request nor write ``last.pt`` for the step it
-    reached. Here the first ``quit()`` asks the trainer to stop (it saves and
-    returns at its next step boundary); a ``quit()`` more than
-    :data:`FORCE_QUIT_AFTER_S` later, or :meth:`force_quit`, aborts.
-    """
-    from napari.qt.threading import GeneratorWorker
-
-    class TrainingWorker(GeneratorWorker):
-        control: Any = None
-        _quit_at: float | None = None
-
-        def quit(self) -> None:
-            control = self.control
-            now = time.monotonic()
-            if control is not None and (
-                self._quit_at is None or now - self._quit_at < FORCE_QUIT_AFTER_S
-            ):
-                if self._quit_at is None:
-                    self._quit_at = now
-                control.stop()
-                control.resume()
-                return
-            super().quit()
-
-        def force_quit(self) -> None:
-            GeneratorWorker.quit(self)
-
-    return TrainingWorker
 
 
 def _training_job(

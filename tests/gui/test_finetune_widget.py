@@ -148,6 +148,35 @@ def test_stop_keeps_corrections(make_napari_viewer, qtbot, checkpoint, errors, t
     np.testing.assert_array_equal(layer.data, painted)
 
 
+def test_window_close_stops_finetune_cleanly(
+    make_napari_viewer, qtbot, checkpoint, errors, tmp_path
+):
+    """napari's window close quits every running worker (task status cancel_all):
+    the fine-tune then stops at its next step and writes last.pt, as the
+    training widget's run does, instead of being dropped mid-run."""
+    viewer, _ = _viewer_with_images(make_napari_viewer)
+    widget = FinetuneWidget(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.predict()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    layer = viewer.layers["FLAIR corrections"]
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
+    widget.epochs.setValue(50)
+    widget.out_folder.setText(str(tmp_path / "ft"))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    qtbot.waitUntil(lambda: len(widget._steps) >= 1, timeout=30_000)  # training has begun
+    viewer.window._task_status_manager.cancel_all()  # what napari's closeEvent does
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert errors == []
+    ft = widget.last_result
+    assert ft is not None and ft.stopped and ft.reason.startswith("stopped by request")
+    assert (Path(ft.out_dir) / "last.pt").is_file()
+    assert widget.checkpoint.text() == checkpoint  # the parent stays the model
+    assert json.loads(Path(ft.lineage_path).read_text())["stopped"] is True
+
+
 def test_undo_and_replacement(make_napari_viewer, errors):
     viewer = make_napari_viewer()
     layer = viewer.add_labels(np.zeros((4, 5, 6), np.int32))
