@@ -612,6 +612,7 @@ def start_progress_worker(
     description: str = "",
     on_event: Callable[[Any], None] | None = None,
     start: bool = True,
+    button: QWidget | None = None,
 ) -> Any:
     """Run a ``core`` progress generator in a napari ``thread_worker``.
 
@@ -622,7 +623,8 @@ def start_progress_worker(
     not bad input) and is not re-raised, so the viewer stays usable. Returns
     the worker (started unless ``start`` is False: connect to ``finished``
     before starting, or a fast worker may finish first), so callers can
-    ``quit()`` it.
+    ``quit()`` it. ``button`` (the widget's run button) is disabled while the
+    worker runs and enabled again when it has finished.
     """
     from napari.qt.threading import thread_worker
 
@@ -644,6 +646,9 @@ def start_progress_worker(
     worker.errored.connect(lambda error: notify_error(error, description or "worker"))
     worker.returned.connect(on_returned)
     worker.finished.connect(relay.close)
+    if button is not None:
+        button.setEnabled(False)
+        worker.finished.connect(lambda: button.setEnabled(True))
     if start:
         worker.start()
     return worker

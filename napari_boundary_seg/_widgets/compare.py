@@ -209,10 +209,9 @@ class CompareWidget(QWidget):
         def on_returned(result: tuple[dict, list]) -> None:
             self.show_results(inputs, *result)
 
-        self.worker = start_progress_worker(steps, on_returned, "comparison", start=False)
-        self.worker.finished.connect(lambda: self.run_button.setEnabled(True))
-        self.run_button.setEnabled(False)
-        self.worker.start()
+        self.worker = start_progress_worker(
+            steps, on_returned, "comparison", button=self.run_button
+        )
         return self.worker
 
     @property

@@ -190,20 +190,14 @@ class DistanceMapWidget(QWidget):
             make_generator,
             on_returned,
             description=f"φ of class {inputs['label']} ({where})",
-            start=False,
+            button=self.run_button,
         )
-        self.worker.finished.connect(self._finished)
-        self.run_button.setEnabled(False)
-        self.worker.start()
         return self.worker
 
     @property
     def busy(self) -> bool:
         """True while a computation runs."""
         return not self.run_button.isEnabled()
-
-    def _finished(self) -> None:
-        self.run_button.setEnabled(True)
 
     def show_map(self, source: Any, label: int, phi: np.ndarray, mask: np.ndarray) -> Image:
         """Add (or update) the φ Image layer and the ∂G Labels layer."""
