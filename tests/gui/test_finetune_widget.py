@@ -58,13 +58,33 @@ def _viewer_with_images(make_napari_viewer):
     return viewer, affine
 
 
-def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
+def _predicted(make_napari_viewer, qtbot, checkpoint):
+    """A viewer with the two images and a fine-tuning widget that has predicted
+    into "FLAIR corrections": ``(viewer, widget, FLAIR affine)``."""
     viewer, affine = _viewer_with_images(make_napari_viewer)
     widget = FinetuneWidget(viewer)
     widget.images.select(["FLAIR", "T1"])
     widget.checkpoint.setText(checkpoint)
     assert widget.predict() is not None
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    return viewer, widget, affine
+
+
+def _start_long_finetune(viewer, widget, tmp_path):
+    """Correct one voxel of slice 2 and start a 50-epoch fine-tune (to be
+    stopped): ``(corrections layer, its data as painted)``."""
+    layer = viewer.layers["FLAIR corrections"]
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
+    painted = np.array(layer.data, copy=True)
+    widget.epochs.setValue(50)
+    widget.out_folder.setText(str(tmp_path / "ft"))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    return layer, painted
+
+
+def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
+    viewer, widget, affine = _predicted(make_napari_viewer, qtbot, checkpoint)
     assert errors == []
     layer = viewer.layers["FLAIR corrections"]
     link = layer.metadata["finetune"]
@@ -126,19 +146,8 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
 
 
 def test_stop_keeps_corrections(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
-    viewer, _ = _viewer_with_images(make_napari_viewer)
-    widget = FinetuneWidget(viewer)
-    widget.images.select(["FLAIR", "T1"])
-    widget.checkpoint.setText(checkpoint)
-    widget.predict()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
-    layer = viewer.layers["FLAIR corrections"]
-    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
-    painted = np.array(layer.data, copy=True)
-    widget.epochs.setValue(50)
-    widget.out_folder.setText(str(tmp_path / "ft"))
-    widget.device.setCurrentText("cpu")
-    widget.start_finetune()
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    layer, painted = _start_long_finetune(viewer, widget, tmp_path)
     widget.stop()
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert errors == []
@@ -154,18 +163,8 @@ def test_window_close_stops_finetune_cleanly(
     """napari's window close quits every running worker (task status cancel_all):
     the fine-tune then stops at its next step and writes last.pt, as the
     training widget's run does, instead of being dropped mid-run."""
-    viewer, _ = _viewer_with_images(make_napari_viewer)
-    widget = FinetuneWidget(viewer)
-    widget.images.select(["FLAIR", "T1"])
-    widget.checkpoint.setText(checkpoint)
-    widget.predict()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
-    layer = viewer.layers["FLAIR corrections"]
-    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
-    widget.epochs.setValue(50)
-    widget.out_folder.setText(str(tmp_path / "ft"))
-    widget.device.setCurrentText("cpu")
-    assert widget.start_finetune() is not None
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    _start_long_finetune(viewer, widget, tmp_path)
     qtbot.waitUntil(lambda: len(widget._steps) >= 1, timeout=30_000)  # training has begun
     viewer.window._task_status_manager.cancel_all()  # what napari's closeEvent does
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
@@ -194,12 +193,7 @@ def test_undo_and_replacement(make_napari_viewer, errors):
 
 
 def test_widget_filters_undone_slices(make_napari_viewer, qtbot, checkpoint, errors):
-    viewer, _ = _viewer_with_images(make_napari_viewer)
-    widget = FinetuneWidget(viewer)
-    widget.images.select(["FLAIR", "T1"])
-    widget.checkpoint.setText(checkpoint)
-    widget.predict()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
     layer = viewer.layers["FLAIR corrections"]
     for z in (3, 5):  # flip one voxel on slices 3 and 5
         layer.data_setitem((np.array([0]), np.array([0]), np.array([z])), 1 - layer.data[0, 0, z])
