@@ -34,10 +34,10 @@ from napari_boundary_seg._widgets._common import (
     ImageStack,
     LayerList,
     PathEdit,
-    ProgressRelay,
     check_device,
     images_from_layers,
     notify_error,
+    start_progress_worker,
 )
 from napari_boundary_seg.core.progress import Progress
 
@@ -233,7 +233,6 @@ class InferenceWidget(QWidget):
 
         self.viewer = napari_viewer
         self.worker = None
-        self._pbar = None
         self.last_result: tuple[np.ndarray, np.ndarray] | None = None
 
         self.checkpoint = PathEdit(
@@ -283,32 +282,20 @@ class InferenceWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
-        from napari.qt.threading import create_worker
-
         self._stack = stack
-        self._pbar = ProgressRelay("Predicting", parent=self)
-        worker = create_worker(
-            predict_job,
-            checkpoint,
-            stack.images,
-            stack.spacing,
-            device,
-            _start_thread=False,
-            _ignore_errors=True,
+        worker = start_progress_worker(
+            lambda: predict_job(checkpoint, stack.images, stack.spacing, device),
+            self._on_returned,
+            "Predicting",
+            start=False,
+            button=self.run_button,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self.run_button.setEnabled(False)
         self.status.setText("Predicting…")
         worker.start()
         return worker
-
-    def _on_progress(self, event: Any) -> None:
-        if isinstance(event, Progress) and self._pbar is not None:
-            self._pbar.set(event.done, event.total, event.message)
 
     def _on_returned(self, result: tuple[np.ndarray, np.ndarray]) -> None:
         probs, labels = result
@@ -326,15 +313,10 @@ class InferenceWidget(QWidget):
         self.status.setText(f"Done: {n_fg} foreground voxels predicted.")
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText("Prediction failed.")
-        notify_error(exc)
+        self.status.setText("Prediction failed.")  # start_progress_worker notifies
 
     def _on_finished(self) -> None:
-        pbar, self._pbar = self._pbar, None
-        if pbar is not None:
-            pbar.close()
         self.worker = None
-        self.run_button.setEnabled(True)
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         if self.worker is not None:

@@ -60,6 +60,7 @@ from napari_boundary_seg._widgets._common import (
     notify_error,
     require_layer,
     slicing_axis,
+    start_progress_worker,
 )
 from napari_boundary_seg._widgets.inference import (
     add_prediction_layers,
@@ -1330,22 +1331,6 @@ class TrainWidget(QWidget):
         stack = self._stack
         if checkpoint is None or stack is None:
             return None
-        from napari.qt.threading import create_worker
-
-        # the checkpoint is loaded (and checked) in the worker, not here
-        worker = create_worker(
-            predict_job,
-            checkpoint,
-            stack.images,
-            stack.spacing,
-            self.device_used or "auto",
-            _start_thread=False,
-            _ignore_errors=True,
-        )
-        relay = ProgressRelay("Predicting with the best model")
-        worker.yielded.connect(
-            lambda e: relay.set(e.done, e.total, e.message) if isinstance(e, Progress) else None
-        )
 
         def returned(result: tuple[np.ndarray, np.ndarray]) -> None:
             probs, labels = result
@@ -1359,11 +1344,16 @@ class TrainWidget(QWidget):
             )
 
         def finished() -> None:
-            relay.close()
             self._predict_worker = None
 
-        worker.returned.connect(returned)
-        worker.errored.connect(notify_error)
+        # the checkpoint is loaded (and checked) in the worker, not here
+        device = self.device_used or "auto"
+        worker = start_progress_worker(
+            lambda: predict_job(checkpoint, stack.images, stack.spacing, device),
+            returned,
+            "Predicting with the best model",
+            start=False,
+        )
         worker.finished.connect(finished)
         self._predict_worker = worker
         worker.start()
