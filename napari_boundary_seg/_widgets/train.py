@@ -443,15 +443,20 @@ class TrainRunner(QObject):
         ended = self._ended.wait(timeout_s)
         worker = self.worker
         if worker is not None:
-            for signal in (worker.yielded, worker.returned, worker.errored):
-                try:
-                    signal.disconnect()
-                except (TypeError, RuntimeError):
-                    pass
+            _disconnect(worker.yielded, worker.returned, worker.errored)
             worker.force_quit()
         if not ended:
             logger.warning("training did not stop within %.1f s; abandoning it", timeout_s)
         return ended
+
+
+def _disconnect(*signals: Any) -> None:
+    """Disconnect every slot of ``signals`` (a worker being abandoned)."""
+    for signal in signals:
+        try:
+            signal.disconnect()
+        except (TypeError, RuntimeError):
+            pass
 
 
 def _training_job(
@@ -1229,11 +1234,7 @@ class TrainWidget(QWidget):
         self.runner.shutdown()
         worker, self._predict_worker = self._predict_worker, None
         if worker is not None:
-            for signal in (worker.returned, worker.errored):
-                try:
-                    signal.disconnect()
-                except (TypeError, RuntimeError):
-                    pass
+            _disconnect(worker.returned, worker.errored)
             worker.quit()
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
