@@ -24,9 +24,7 @@ class Progress:
     message: str = ""
 
 
-def run_to_end(
-    gen: Generator[Any, Any, T], callback: Callable[[Any], None] | None = None
-) -> T:
+def run_to_end(gen: Generator[Any, Any, T], callback: Callable[[Any], None] | None = None) -> T:
     """Drive a progress generator to completion and return its return value.
 
     Parameters
