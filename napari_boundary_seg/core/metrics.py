@@ -16,7 +16,7 @@ taken to be its voxels on the image edge, so that distances stay finite.
 
 Surface distances are computed once per pair of masks (:func:`surface_distances`)
 and every distance figure is derived from them. Two exact methods give the same
-distances: Euclidean distance transforms (``edt``, scipy as fallback) over the
+distances: Euclidean distance transforms (:func:`core.distance.distance_transform`) over the
 bounding box of the union of both masks, or k-d trees over the surface points
 in mm, which is faster when surfaces are sparse in that box (small lesions); the
 cheaper one is picked from the number of surface voxels.
@@ -65,10 +65,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-try:  # fast distance backend (LGPL), scipy is the fallback
-    import edt as _edt
-except ImportError:  # pragma: no cover - exercised only without edt
-    _edt = None
+from napari_boundary_seg.core.distance import distance_transform
 
 try:  # fast connected components, scipy is the fallback
     import cc3d as _cc3d
@@ -76,6 +73,9 @@ except ImportError:  # pragma: no cover - exercised only without cc3d
     _cc3d = None
 
 logger = logging.getLogger(__name__)
+
+_DISTANCE_BACKEND = "auto"
+"""Backend of the Euclidean transforms (:func:`core.distance.resolve_backend`)."""
 
 __all__ = [
     "CASE_METRIC_COLUMNS",
@@ -296,11 +296,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 def _distance_to(features: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
     """Euclidean distance (mm) of every voxel to the nearest True voxel of ``features``."""
-    background = np.ascontiguousarray(~features)
-    if _edt is not None and 1 <= background.ndim <= 3:
-        anis = spacing[0] if background.ndim == 1 else spacing
-        return _edt.edt(background, anisotropy=anis, black_border=False, parallel=1)
-    return ndimage.distance_transform_edt(background, sampling=spacing)
+    return distance_transform(~features, spacing, _DISTANCE_BACKEND)
 
 
 # A k-d tree over the surface points costs about as much per surface point as

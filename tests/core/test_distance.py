@@ -369,3 +369,40 @@ def test_bad_labels():
     gen = iter_class_distance_maps(np.array([0.5]), 2)
     with pytest.raises(ValueError, match="integer"):
         next(gen)
+
+
+def test_auto_backend_keeps_worker_threads_off_the_gil_holding_edt():
+    """edt holds the GIL for a whole transform; napari's workers must not stall the
+    event loop, so 'auto' resolves to scipy outside the main thread."""
+    import threading
+
+    from napari_boundary_seg.core.distance import resolve_backend
+
+    main = resolve_backend("auto", 3)
+    assert main == ("edt" if edt_available() else "scipy")
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(resolve_backend("auto", 3)))
+    worker.start()
+    worker.join()
+    assert seen == ["scipy"]
+    # an explicit choice is honoured in any thread
+    if edt_available():
+        worker = threading.Thread(target=lambda: seen.append(resolve_backend("edt", 3)))
+        worker.start()
+        worker.join()
+        assert seen[-1] == "edt"
+
+
+def test_maps_in_a_worker_thread_equal_the_main_thread_ones():
+    import threading
+
+    rng = np.random.default_rng(5)
+    mask = rng.random((12, 10, 9)) > 0.8
+    expected = signed_distance_map(mask, spacing=(1.0, 0.7, 2.5))
+    got = []
+    worker = threading.Thread(
+        target=lambda: got.append(signed_distance_map(mask, spacing=(1.0, 0.7, 2.5)))
+    )
+    worker.start()
+    worker.join()
+    np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=1e-5)
