@@ -7,7 +7,8 @@
 # finished runs and resumes unfinished ones), evaluates each best checkpoint on
 # the 5 held-out test cases and writes benchmarks/results/loss_study/.
 #
-# Sized for about an hour on an idle 2-core CPU at 128x128 slices; on a GPU,
+# About 45-50 min on an idle 2-core CPU at 128x128 slices (80 min measured on a
+# shared one; see README "Loss study"); on a GPU,
 # pass --size 256 --base-channels 64 (the paper's resolution) and more epochs.
 # Extra arguments are appended (e.g. --report-only, --device cuda).
 set -euo pipefail

@@ -544,6 +544,12 @@ def iter_study(
         steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
         if config.max_steps_per_epoch is not None:
             steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    # the slice count without building the data set (all slices along the axis are kept)
+    n_slices = sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
+    if steps_per_epoch is None:
+        steps_per_epoch = math.ceil(n_slices / config.batch_size)
+        if config.max_steps_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     total = len(runs) * config.epochs * (steps_per_epoch or 1)
     done = sum(min(e, config.epochs) for e in done_epochs.values()) * (steps_per_epoch or 1)
     run_seconds: dict[str, float] = {}
@@ -606,6 +612,7 @@ def iter_study(
                 "seed": seed,
                 "best_epoch": int(best.get("epoch", -1)) + 1,
                 "best_val_dice": best.get("val_dice", math.nan),
+                "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
                 **figures,
             }
         )
@@ -629,7 +636,7 @@ def iter_study(
                 "validation": [str(c.case_id) for c in val_cases],
                 "test": [str(c.case_id) for c in test_cases],
             },
-            "train_slices": len(dataset) if dataset is not None else None,
+            "train_slices": len(dataset) if dataset is not None else n_slices,
             "steps_per_epoch": steps_per_epoch,
             "schedules": {a.key: arm_schedule(a, config.epochs, config.alpha_floor) for a in arms},
             "size_bins_voxels": [list(b) for b in SIZE_BINS_VOXELS],
@@ -659,12 +666,13 @@ def run_study(
 
 def _versions(base: Mapping[str, str]) -> dict[str, str]:
     out = dict(base)
-    for name in ("scipy", "edt", "cc3d", "nibabel", "nilearn", "matplotlib"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("scipy", "edt", "connected-components-3d", "nibabel", "nilearn", "matplotlib"):
         try:
-            module = __import__(name)
-        except ImportError:
+            out[name] = version(name)
+        except PackageNotFoundError:
             continue
-        out[name] = str(getattr(module, "__version__", "?"))
     out["platform"] = platform.platform()
     out["processor"] = platform.processor() or platform.machine()
     out["cpu_count"] = str(os.cpu_count())
@@ -808,6 +816,7 @@ def _write_outputs(
         *[k for k, _ in TABLE_METRICS],
         "n_small_lesions",
         "n_inf_hd",
+        "train_seconds",
     ]
     _write_csv(files["per_run_csv"], per_run, run_cols)
     _write_csv(
