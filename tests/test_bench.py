@@ -1,0 +1,62 @@
+"""Benchmarks: result schema, the cross-checks they print, and the command line."""
+
+import numpy as np
+import pytest
+
+from napari_boundary_seg import bench
+from napari_boundary_seg.cli import main
+from napari_boundary_seg.core import metrics
+
+
+def test_blob_mask_reaches_its_fraction_deterministically():
+    a = bench.blob_mask((40, 48, 40), 0.01, seed=3)
+    assert a.dtype == bool and 0.01 <= a.mean() < 0.02
+    assert np.array_equal(a, bench.blob_mask((40, 48, 40), 0.01, seed=3))
+    with pytest.raises(ValueError, match="fraction"):
+        bench.blob_mask((8, 8), 0.0)
+
+
+def test_bench_distance_small_agrees_with_the_baseline_outside():
+    result = bench.bench_distance(
+        repeats=1, volume_shape=(24, 28, 20), slices=2, slice_shape=(32, 32), fraction=0.02
+    )
+    assert result["benchmark"] == "distance" and len(result["cases"]) == 2
+    for case in result["cases"]:
+        assert case["ratio"] == pytest.approx(case["baseline_s"] / case["ours_s"])
+        assert case["passed"] == (case["ratio"] >= case["bar"])
+        assert case["max_abs_diff_outside"] < 1e-4
+
+
+def test_lesion_case_misses_some_lesions_and_adds_false_positives():
+    pred, target = bench.lesion_case((40, 48, 40), 0.01, seed=1)
+    figures = metrics.case_metrics(pred, target)
+    assert 0 < figures["lesion_recall"] < 1 and 0 < figures["lesion_precision"] < 1
+    assert 0.5 < figures["dice"] < 1
+
+
+def test_bench_metrics_matches_plain_scipy():
+    result = bench.bench_metrics(repeats=1, shape=(40, 48, 40), fraction=0.01)
+    evaluation, face, full = result["cases"]
+    assert evaluation["max_abs_diff"] < 1e-9 and evaluation["n_target"] > 5
+    assert face["same_count"] and full["same_count"]
+    assert all(case["bar"] is None and case["passed"] is None for case in result["cases"])
+
+
+def test_plain_scipy_baseline_sees_a_shift():
+    target = np.zeros((20, 20, 20), bool)
+    target[5:10, 5:10, 5:10] = True
+    pred = np.roll(target, 3, axis=0)
+    base = bench.plain_scipy_case_metrics(pred, target, (1.0, 1.0, 1.0))
+    assert base["hd"] == pytest.approx(3.0) and base["dice"] == pytest.approx(0.4)
+
+
+def test_cli_bench_metrics_prints_ratios(capsys, monkeypatch):
+    small = bench.bench_metrics
+
+    def tiny(repeats, seed):
+        return small(repeats=repeats, seed=seed, shape=(32, 32, 32), fraction=0.01)
+
+    monkeypatch.setattr(bench, "bench_metrics", tiny)
+    assert main(["bench", "metrics", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmark: metrics" in out and "max_abs_diff=" in out and "scipy.ndimage.label" in out
