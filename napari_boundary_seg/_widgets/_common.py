@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels, Layer
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -493,6 +493,12 @@ def notify_error(error: BaseException | str, context: str = "") -> None:
         text = error
     logger.info("%s", text)
     show_error(text)
+
+
+def notify_info(text: str) -> None:
+    """Show ``text`` in a napari info notification (and log it)."""
+    logger.info("%s", text)
+    show_info(text)
 
 
 def notify_errors(

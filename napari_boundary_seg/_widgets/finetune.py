@@ -79,6 +79,7 @@ from napari_boundary_seg._widgets.inference import (
     check_checkpoint_path,
     load_checked_checkpoint,
     predict_job,
+    stack_for_checkpoint,
 )
 from napari_boundary_seg.core.progress import Progress
 
@@ -453,6 +454,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
+        stack = stack_for_checkpoint(stack, path)
 
         def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
             probs, labels, axis = result
@@ -507,6 +509,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return
+        stack = stack_for_checkpoint(stack, path)
         axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(labels.ndim, 1)
         prob = None
         if layer.name.endswith(" prediction"):

@@ -13,6 +13,7 @@ share (image stacks, layer lists, device choice, progress, errors) live in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Generator
 from pathlib import Path
@@ -37,6 +38,7 @@ from napari_boundary_seg._widgets._common import (
     check_device,
     images_from_layers,
     notify_error,
+    notify_info,
     start_progress_worker,
 )
 from napari_boundary_seg.core.progress import Progress
@@ -51,6 +53,7 @@ __all__ = [
     "add_prediction_layers",
     "check_checkpoint_channels",
     "predict_job",
+    "stack_for_checkpoint",
 ]
 
 
@@ -118,6 +121,26 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
     if n_channels is not None:
         check_checkpoint_channels(loaded, n_channels, str(path))
     return loaded
+
+
+def stack_for_checkpoint(stack: ImageStack, path: str | Path) -> ImageStack:
+    """``stack`` with its channels in the modality order the checkpoint was trained on.
+
+    Layers stack in the viewer's layer order; when their names are the
+    checkpoint's modality names in another order, the channels are put in the
+    model's order and an info notification says so. Otherwise ``stack`` is
+    returned as it is.
+    """
+    from napari_boundary_seg.core.predict import checkpoint_modalities, modality_order
+
+    order = modality_order(checkpoint_modalities(path), stack.names)
+    if order is None:
+        return stack
+    names = [stack.names[i] for i in order]
+    notify_info(
+        f"Image layers stacked in the modality order the model was trained on: {', '.join(names)}."
+    )
+    return dataclasses.replace(stack, images=stack.images[order], names=names)
 
 
 def predict_job(
@@ -270,7 +293,8 @@ class InferenceWidget(QWidget):
         """Check the cheap things here; the worker loads and checks the checkpoint."""
         stack = images_from_layers(self.images.selected_layers())
         device = check_device(self.device.device())
-        return check_checkpoint_path(self.checkpoint.text()), stack, device
+        checkpoint = check_checkpoint_path(self.checkpoint.text())
+        return checkpoint, stack_for_checkpoint(stack, checkpoint), device
 
     def start(self) -> Any | None:
         """Check the inputs and start prediction; returns the worker (or None)."""

@@ -28,8 +28,10 @@ from napari_boundary_seg.core.unet import UNet
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "checkpoint_modalities",
     "iter_predict_volume",
     "load_checkpoint",
+    "modality_order",
     "predict_volume",
     "preprocess_from_checkpoint",
     "read_checkpoint",
@@ -80,6 +82,39 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {missing}")
     return checkpoint
+
+
+def checkpoint_modalities(path: str | os.PathLike) -> list[str]:
+    """The modality names a checkpoint was trained on, in channel order; cheap.
+
+    The file is memory-mapped, so its weights are not read. An unreadable file,
+    or one without names, gives ``[]``: :func:`read_checkpoint` is what reports
+    broken files.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # reported by read_checkpoint when the file is used
+        return []
+    names = checkpoint.get("modalities") if isinstance(checkpoint, dict) else None
+    return [str(n) for n in names] if isinstance(names, list | tuple) else []
+
+
+def modality_order(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:
+    """The channel permutation that puts ``given`` modalities in the ``trained`` order.
+
+    Only when both name the same distinct modalities in a different order:
+    ``given[order[i]] == trained[i]``. None when the order already matches or
+    cannot be told from the names (different names, duplicates, none known).
+    """
+    trained, given = [str(n) for n in trained], [str(n) for n in given]
+    if (
+        not trained
+        or list(trained) == list(given)
+        or len(set(trained)) != len(trained)
+        or sorted(trained) != sorted(given)
+    ):
+        return None
+    return [given.index(name) for name in trained]
 
 
 def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> UNet:

@@ -9,8 +9,10 @@ from torch import nn
 
 from napari_boundary_seg.core.data import PreprocessConfig
 from napari_boundary_seg.core.predict import (
+    checkpoint_modalities,
     iter_predict_volume,
     load_checkpoint,
+    modality_order,
     predict_volume,
 )
 from napari_boundary_seg.core.progress import Progress
@@ -160,3 +162,35 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(mismatch)
     with pytest.raises(ValueError, match="is a folder"):
         load_checkpoint(tmp_path)
+
+
+def test_modality_order_only_for_the_same_names_in_another_order():
+    assert modality_order(["FLAIR", "T1"], ["T1", "FLAIR"]) == [1, 0]
+    assert modality_order(["a", "b", "c"], ["c", "a", "b"]) == [1, 2, 0]
+    assert modality_order(["FLAIR", "T1"], ["FLAIR", "T1"]) is None  # already right
+    assert modality_order(["FLAIR", "T1"], ["flair", "t1"]) is None  # cannot tell
+    assert modality_order(["FLAIR", "T1"], ["T1"]) is None  # channel count: checked elsewhere
+    assert modality_order([], ["T1", "FLAIR"]) is None  # names unknown
+    assert modality_order(["x", "x"], ["x", "x"]) is None
+
+
+def test_checkpoint_modalities_reads_the_names_cheaply(tmp_path):
+    model = UNet(2, 2, depth=2, base_channels=4)
+    path = tmp_path / "named.pt"
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.hparams,
+            "model_state": model.state_dict(),
+            "config": TrainConfig().to_dict(),
+            "modalities": ["FLAIR", "T1"],
+        },
+    )
+    assert checkpoint_modalities(path) == ["FLAIR", "T1"]
+    _, unnamed = _checkpoint(tmp_path)
+    assert checkpoint_modalities(unnamed) == []
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert checkpoint_modalities(broken) == []
+    assert checkpoint_modalities(tmp_path / "missing.pt") == []

@@ -31,7 +31,9 @@ def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def checkpoint(tmp_path_factory) -> str:
     """best.pt of a one-epoch run of a tiny 2-modality UNet (slices along axis 0)."""
     flair, t1, labels = _volumes()
-    case = case_from_arrays([flair, t1], labels, (2.0, 1.0, 1.0), case_id="c")
+    case = case_from_arrays(
+        [flair, t1], labels, (2.0, 1.0, 1.0), case_id="c", modalities=("FLAIR", "T1")
+    )
     config = TrainConfig(
         out_dir=str(tmp_path_factory.mktemp("ckpt")),
         epochs=1,
@@ -86,6 +88,30 @@ def test_predict_adds_layers_with_input_geometry(
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
     assert len(viewer.layers) == n_layers
+
+
+def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
+    make_napari_viewer, qtbot, checkpoint, errors, monkeypatch
+):
+    from napari_boundary_seg._widgets import _common
+
+    infos: list[str] = []
+    monkeypatch.setattr(_common, "show_info", lambda m: infos.append(str(m)))
+    flair, t1, _ = _volumes()
+    results = []
+    for order in (("FLAIR", "T1"), ("T1", "FLAIR")):
+        viewer = make_napari_viewer()
+        for name in order:  # the widget stacks the layers in the viewer's order
+            viewer.add_image({"FLAIR": flair, "T1": t1}[name], name=name)
+        widget = InferenceWidget(viewer)
+        widget.checkpoint.setText(checkpoint)
+        assert widget.images.selected_names() == list(order)
+        assert widget.start() is not None, errors
+        qtbot.waitUntil(lambda w=widget: w.worker is None, timeout=20_000)
+        results.append(widget.last_result[0])
+    assert errors == []
+    assert len(infos) == 1 and "FLAIR, T1" in infos[0]  # only the swapped viewer says so
+    np.testing.assert_array_equal(results[0], results[1])
 
 
 def test_images_from_layers_stacks_channels(make_napari_viewer):
