@@ -1,5 +1,8 @@
 """Benchmarks: result schema, the cross-checks they print, and the command line."""
 
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -20,11 +23,31 @@ def test_bench_distance_small_agrees_with_the_baseline_outside():
     result = bench.bench_distance(
         repeats=1, volume_shape=(24, 28, 20), slices=2, slice_shape=(32, 32), fraction=0.02
     )
-    assert result["benchmark"] == "distance" and len(result["cases"]) == 2
-    for case in result["cases"]:
+    assert result["benchmark"] == "distance" and len(result["cases"]) == 3
+    volume, slices, stall = result["cases"]
+    assert stall["worker_backend"] == "scipy" and stall["bar"] is None
+    for case in (volume, slices):
         assert case["ratio"] == pytest.approx(case["baseline_s"] / case["ours_s"])
         assert case["passed"] == (case["ratio"] >= case["bar"])
         assert case["max_abs_diff_outside"] < 1e-4
+
+
+def test_worst_main_thread_gap_sees_a_worker_that_holds_the_gil():
+    def busy(seconds):  # pure Python: lets go of the GIL only at the switch interval
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        held = bench.worst_main_thread_gap(lambda: busy(0.3))
+    finally:
+        sys.setswitchinterval(interval)
+    released = bench.worst_main_thread_gap(lambda: time.sleep(0.3))
+    assert held > 0.25 and released < 0.1
+    with pytest.raises(ZeroDivisionError):  # a worker's error reaches the caller
+        bench.worst_main_thread_gap(lambda: 1 / 0)
 
 
 def test_lesion_case_misses_some_lesions_and_adds_false_positives():
