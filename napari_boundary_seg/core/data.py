@@ -976,7 +976,10 @@ def _iter_build(
     if n == 0:
         raise ValueError("no slices left (all are empty and skip_empty_slices=True)")
     images = torch.empty((n, n_mod, height, width), dtype=torch.float32)
-    labels = torch.empty((n, height, width), dtype=torch.int64)
+    # class indices stored as uint8 (an eighth of int64's memory); items and
+    # batches come out as int64 (SliceDataset.__getitem__, train.collate)
+    label_dtype = torch.uint8 if num_classes <= 256 else torch.int64
+    labels = torch.empty((n, height, width), dtype=label_dtype)
     dist = torch.empty((n, num_classes, height, width), dtype=torch.float32)
     case_index = np.empty(n, dtype=np.int64)
     slice_index = np.empty(n, dtype=np.int64)
@@ -1038,7 +1041,8 @@ class SliceDataset(Dataset):
     images
         ``(N, M, H, W)`` float32 tensor.
     labels
-        ``(N, H, W)`` int64 tensor.
+        ``(N, H, W)`` uint8 tensor of class indices (int64 beyond 256 classes);
+        items and batches give them as int64.
     dist
         ``(N, C, H, W)`` float32 tensor, signed distances in mm.
     case_index, slice_index
@@ -1104,7 +1108,7 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (M, H, W) float32, labels (H, W) int64, dist (C, H, W) float32)``."""
-        return self.images[index], self.labels[index], self.dist[index]
+        return self.images[index], self.labels[index].long(), self.dist[index]
 
     @property
     def num_modalities(self) -> int:

@@ -288,7 +288,7 @@ class SliceSubset:
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index], self.dist[index]
+        return self.images[index], self.labels[index].long(), self.dist[index]
 
 
 def finetune_schedule(

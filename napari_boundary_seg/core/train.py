@@ -701,7 +701,8 @@ def collate(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
     tensors = [getattr(dataset, name, None) for name in ("images", "labels", "dist")]
     if all(isinstance(t, torch.Tensor) for t in tensors):  # SliceDataset: one gather each
         index = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t.index_select(0, index) for t in tensors)
+        images, labels, dist = (t.index_select(0, index) for t in tensors)
+        return images, labels.long(), dist  # labels are stored as uint8
     items = [dataset[int(i)] for i in indices]
     return tuple(torch.stack([torch.as_tensor(item[k]) for item in items]) for k in range(3))
 

@@ -25,6 +25,7 @@ from napari_boundary_seg.core.data import (
 )
 from napari_boundary_seg.core.io import write_nifti
 from napari_boundary_seg.core.progress import Progress
+from napari_boundary_seg.core.train import collate
 
 SHAPE = (6, 7, 5)
 SPACING = (0.9, 1.1, 3.0)
@@ -393,7 +394,14 @@ def test_slice_dataset_shapes_dtypes_and_indices():
     torch.testing.assert_close(
         ds.dist[5:10], torch.from_numpy(expected).transpose(0, 1).contiguous()
     )
-    torch.testing.assert_close(ds.labels[5:10], torch.from_numpy(prep.labels))
+    torch.testing.assert_close(ds.labels[5:10].long(), torch.from_numpy(prep.labels))
+    # stored as uint8 (an eighth of int64's memory), handed out as int64
+    assert ds.labels.dtype == torch.uint8
+    _, batch_labels, _ = collate(ds, [0, 7])
+    assert batch_labels.dtype == torch.int64
+    torch.testing.assert_close(batch_labels, torch.stack([ds[0][1], ds[7][1]]))
+    many = SliceDataset(cases[:1], num_classes=300, preprocess=PreprocessConfig(slice_size=8))
+    assert many.labels.dtype == torch.int64  # uint8 cannot hold class 256 and above
     # sign agrees with the labels: foreground class negative inside, positive outside
     fg = ds.labels == 1
     assert (ds.dist[:, 1][fg] <= 0).all() and (ds.dist[:, 1][~fg] > 0).all()
