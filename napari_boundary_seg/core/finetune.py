@@ -741,27 +741,23 @@ def evaluate_finetune(
     if not lineage.get("checkpoint"):
         raise ValueError(f"{lineage_path}: the fine-tune wrote no checkpoint ({lineage['reason']})")
     images = np.asarray(images, dtype=np.float32)
-    spatial = tuple(images.shape[1:])
     axis = int(lineage["axis"])
-    if old_pred is None:
-        yield Progress(0, 0, "predicting with the parent model")
-        _, old_pred = yield from iter_predict_volume(
-            load_checkpoint(lineage["parent"]),
+
+    def predict(checkpoint: str) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+        return iter_predict_volume(
+            load_checkpoint(checkpoint),
             images,
             spacing,
-            axis=axis if len(spatial) == 3 else None,
+            axis=axis if images.ndim == 4 else None,
             batch_size=batch_size,
             device=device,
         )
+
+    if old_pred is None:
+        yield Progress(0, 0, "predicting with the parent model")
+        _, old_pred = yield from predict(lineage["parent"])
     yield Progress(0, 0, "predicting with the fine-tuned model")
-    new_probs, new_pred = yield from iter_predict_volume(
-        load_checkpoint(lineage["checkpoint"]),
-        images,
-        spacing,
-        axis=axis if len(spatial) == 3 else None,
-        batch_size=batch_size,
-        device=device,
-    )
+    new_probs, new_pred = yield from predict(lineage["checkpoint"])
     comparison = compare_models(old_pred, new_pred, labels, spacing, lineage["slices"], axis)
     update_lineage(lineage_path, metrics=comparison)
     return {
