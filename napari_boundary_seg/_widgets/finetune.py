@@ -444,6 +444,8 @@ class FinetuneWidget(QWidget):
     # -- 1. predict / link ------------------------------------------------------------
     def predict(self) -> Any:
         """Predict with the checkpoint on the chosen images (in a worker)."""
+        from napari_boundary_seg.core.predict import checkpoint_modalities
+
         if self.busy:
             notify_error("a prediction or fine-tune is already running")
             return None
@@ -454,7 +456,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
-        stack = stack_for_checkpoint(stack, path)
+        stack = stack_for_checkpoint(stack, checkpoint_modalities(path))
 
         def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
             probs, labels, axis = result
@@ -509,7 +511,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return
-        stack = stack_for_checkpoint(stack, path)
+        stack = stack_for_checkpoint(stack, loaded[1].get("modalities") or [])
         axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(labels.ndim, 1)
         prob = None
         if layer.name.endswith(" prediction"):

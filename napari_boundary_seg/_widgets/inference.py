@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,17 +123,18 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
     return loaded
 
 
-def stack_for_checkpoint(stack: ImageStack, path: str | Path) -> ImageStack:
-    """``stack`` with its channels in the modality order the checkpoint was trained on.
+def stack_for_checkpoint(stack: ImageStack, trained: Sequence[str]) -> ImageStack:
+    """``stack`` with its channels in the ``trained`` modality order of a checkpoint.
 
     Layers stack in the viewer's layer order; when their names are the
-    checkpoint's modality names in another order, the channels are put in the
-    model's order and an info notification says so. Otherwise ``stack`` is
-    returned as it is.
+    checkpoint's modality names (its ``modalities``, or
+    :func:`core.predict.checkpoint_modalities` of its path) in another order,
+    the channels are put in the model's order and an info notification says
+    so. Otherwise ``stack`` is returned as it is.
     """
-    from napari_boundary_seg.core.predict import checkpoint_modalities, modality_order
+    from napari_boundary_seg.core.predict import modality_order
 
-    order = modality_order(checkpoint_modalities(path), stack.names)
+    order = modality_order(trained, stack.names)
     if order is None:
         return stack
     names = [stack.names[i] for i in order]
@@ -291,10 +292,12 @@ class InferenceWidget(QWidget):
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
         """Check the cheap things here; the worker loads and checks the checkpoint."""
+        from napari_boundary_seg.core.predict import checkpoint_modalities
+
         stack = images_from_layers(self.images.selected_layers())
         device = check_device(self.device.device())
         checkpoint = check_checkpoint_path(self.checkpoint.text())
-        return checkpoint, stack_for_checkpoint(stack, checkpoint), device
+        return checkpoint, stack_for_checkpoint(stack, checkpoint_modalities(checkpoint)), device
 
     def start(self) -> Any | None:
         """Check the inputs and start prediction; returns the worker (or None)."""

@@ -114,6 +114,22 @@ def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
     np.testing.assert_array_equal(results[0], results[1])
 
 
+def test_stack_for_checkpoint_reorders_only_known_names(make_napari_viewer, monkeypatch):
+    from napari_boundary_seg._widgets import _common
+    from napari_boundary_seg._widgets.inference import stack_for_checkpoint
+
+    monkeypatch.setattr(_common, "show_info", lambda m: None)
+    viewer = make_napari_viewer()
+    t1 = viewer.add_image(np.zeros((3, 4), np.float32), name="T1")
+    flair = viewer.add_image(np.ones((3, 4), np.float32), name="FLAIR")
+    stack = images_from_layers([t1, flair])
+    model_order = stack_for_checkpoint(stack, ["FLAIR", "T1"])
+    assert model_order.names == ["FLAIR", "T1"]
+    assert model_order.images[0].sum() == 12 and model_order.images[1].sum() == 0
+    assert stack_for_checkpoint(stack, ["0000", "0001"]) is stack
+    assert stack_for_checkpoint(stack, []) is stack
+
+
 def test_images_from_layers_stacks_channels(make_napari_viewer):
     viewer = make_napari_viewer()
     a = viewer.add_image(np.ones((3, 4), np.uint8), name="a", scale=(2.0, 3.0))
