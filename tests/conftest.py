@@ -27,3 +27,30 @@ def plugin_cache(_plugin_cache_dir, monkeypatch):
     so the sample case is generated once per test run and never in the user's cache."""
     monkeypatch.setenv("NAPARI_BOUNDARY_SEG_CACHE", str(_plugin_cache_dir))
     return _plugin_cache_dir
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    """``train_tiny(out_dir, images, labels, spacing, axis, modalities=None) -> DoneEvent``:
+    one epoch of a tiny UNet (2 levels, width 4, 32x32 slices, batch 3, CPU, no
+    validation) on one in-memory case, for tests that need a real checkpoint."""
+    from napari_boundary_seg.core.data import case_from_arrays
+    from napari_boundary_seg.core.progress import run_to_end
+    from napari_boundary_seg.core.train import TrainConfig, train
+
+    def run(out_dir, images, labels, spacing, axis, modalities=None):
+        case = case_from_arrays(list(images), labels, spacing, case_id="c", modalities=modalities)
+        config = TrainConfig(
+            out_dir=str(out_dir),
+            epochs=1,
+            batch_size=3,
+            slice_size=32,
+            axis=axis,
+            depth=2,
+            base_channels=4,
+            device="cpu",
+            val_fraction=0.0,
+        )
+        return run_to_end(train(config, [case]))
+
+    return run

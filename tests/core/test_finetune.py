@@ -21,7 +21,7 @@ from napari_boundary_seg.core.finetune import (
 )
 from napari_boundary_seg.core.predict import read_checkpoint
 from napari_boundary_seg.core.progress import run_to_end
-from napari_boundary_seg.core.train import InfoEvent, StepEvent, TrainConfig, TrainControl, train
+from napari_boundary_seg.core.train import InfoEvent, StepEvent, TrainControl
 
 SHAPE = (6, 32, 32)
 
@@ -35,21 +35,9 @@ def _volume(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def parent(tmp_path_factory) -> Path:
+def parent(tmp_path_factory, train_tiny) -> Path:
     images, labels = _volume()
-    case = case_from_arrays(list(images), labels, (2.0, 1.0, 1.0), case_id="c")
-    config = TrainConfig(
-        out_dir=str(tmp_path_factory.mktemp("parent")),
-        epochs=1,
-        batch_size=3,
-        slice_size=32,
-        axis=0,
-        depth=2,
-        base_channels=4,
-        device="cpu",
-        val_fraction=0.0,
-    )
-    done = run_to_end(train(config, [case]))
+    done = train_tiny(tmp_path_factory.mktemp("parent"), images, labels, (2.0, 1.0, 1.0), 0)
     return Path(done.last_checkpoint)
 
 

@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 
 from napari_boundary_seg._widgets.finetune import EditTracker, FinetuneWidget, atom_slices
-from napari_boundary_seg.core.data import case_from_arrays
 from napari_boundary_seg.core.io import read_nifti
-from napari_boundary_seg.core.progress import run_to_end
-from napari_boundary_seg.core.train import TrainConfig, train
 
 SHAPE = (32, 32, 6)  # slices along the last axis, as the sample case (axial)
 SPACING = (1.0, 1.0, 2.0)
@@ -31,21 +28,10 @@ def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
+def checkpoint(tmp_path_factory, train_tiny) -> str:
     flair, t1, labels = _volumes()
-    case = case_from_arrays([flair, t1], labels, SPACING, case_id="c")
-    config = TrainConfig(
-        out_dir=str(tmp_path_factory.mktemp("ckpt") / "run"),
-        epochs=1,
-        batch_size=3,
-        slice_size=32,
-        axis=2,
-        depth=2,
-        base_channels=4,
-        device="cpu",
-        val_fraction=0.0,
-    )
-    return run_to_end(train(config, [case])).last_checkpoint
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    return train_tiny(out, [flair, t1], labels, SPACING, 2).last_checkpoint
 
 
 def _viewer_with_images(make_napari_viewer):

@@ -11,9 +11,6 @@ import pytest
 
 from napari_boundary_seg._widgets._common import images_from_layers
 from napari_boundary_seg._widgets.inference import InferenceWidget, checkpoint_in_channels
-from napari_boundary_seg.core.data import case_from_arrays
-from napari_boundary_seg.core.progress import run_to_end
-from napari_boundary_seg.core.train import TrainConfig, train
 
 SHAPE = (6, 32, 32)
 
@@ -28,24 +25,12 @@ def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
+def checkpoint(tmp_path_factory, train_tiny) -> str:
     """best.pt of a one-epoch run of a tiny 2-modality UNet (slices along axis 0)."""
     flair, t1, labels = _volumes()
-    case = case_from_arrays(
-        [flair, t1], labels, (2.0, 1.0, 1.0), case_id="c", modalities=("FLAIR", "T1")
+    done = train_tiny(
+        tmp_path_factory.mktemp("ckpt"), [flair, t1], labels, (2.0, 1.0, 1.0), 0, ("FLAIR", "T1")
     )
-    config = TrainConfig(
-        out_dir=str(tmp_path_factory.mktemp("ckpt")),
-        epochs=1,
-        batch_size=3,
-        slice_size=32,
-        axis=0,
-        depth=2,
-        base_channels=4,
-        device="cpu",
-        val_fraction=0.0,
-    )
-    done = run_to_end(train(config, [case]))
     assert done.best_checkpoint is not None
     return done.best_checkpoint
 
