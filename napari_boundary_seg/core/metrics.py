@@ -65,7 +65,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_boundary_seg.core.distance import distance_transform
+from napari_boundary_seg.core.distance import _interior, distance_transform
 
 try:  # fast connected components, scipy is the fallback
     import cc3d as _cc3d
@@ -268,18 +268,7 @@ def _union_crop(p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with a face neighbour outside it (image edge: no neighbour)."""
-    interior = mask.copy()
-    for ax in range(mask.ndim):
-        n = mask.shape[ax]
-        if n < 2:
-            continue
-        lo = [slice(None)] * mask.ndim
-        hi = [slice(None)] * mask.ndim
-        lo[ax] = slice(0, n - 1)
-        hi[ax] = slice(1, n)
-        interior[tuple(hi)] &= mask[tuple(lo)]
-        interior[tuple(lo)] &= mask[tuple(hi)]
-    surface = mask & ~interior
+    surface = mask & ~_interior(mask)  # ∂G, the same rule as the distance maps
     if not surface.any() and mask.any():
         # The mask fills the image: use its voxels on the image edge instead.
         edge = np.zeros_like(mask)
