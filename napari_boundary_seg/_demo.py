@@ -96,7 +96,7 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
     """Sample case, distance maps, (a tiny training run and its evaluation), printed."""
     from napari_boundary_seg._sample_data import sample_case_files
     from napari_boundary_seg.core.data import CaseFiles, load_case
-    from napari_boundary_seg.core.distance import iter_class_distance_maps
+    from napari_boundary_seg.core.distance import signed_distance_map
     from napari_boundary_seg.core.metrics import case_metrics
     from napari_boundary_seg.core.progress import run_to_end
 
@@ -120,8 +120,7 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
     )
 
     t0 = time.perf_counter()
-    maps = run_to_end(iter_class_distance_maps(labels, 2, spacing=case.spacing))
-    phi = maps[1]
+    phi = signed_distance_map(labels == 1, case.spacing)
     inside = phi[labels == 1]
     echo(
         f"2. Signed distance maps (3D, with spacing): φ of the lesions from "

@@ -1,7 +1,7 @@
 """Distance-map widget: the signed distance map φ_G of one class of a Labels layer.
 
 Layers in: a Labels layer (an Image layer of integers works too) and a class.
-Core call: :func:`core.distance.iter_class_distance_maps` on the class mask,
+Core call: :func:`core.distance.iter_signed_distance_map` on the class mask,
 in a ``thread_worker`` with a napari progress bar; spacing from ``layer.scale``.
 Layers out:
 
@@ -45,7 +45,7 @@ from napari_boundary_seg._widgets._common import (
     slicing_axis,
     start_progress_worker,
 )
-from napari_boundary_seg.core.distance import iter_class_distance_maps
+from napari_boundary_seg.core.distance import iter_signed_distance_map
 
 logger = logging.getLogger(__name__)
 
@@ -178,12 +178,12 @@ class DistanceMapWidget(QWidget):
             return None
 
         def make_generator():
-            return iter_class_distance_maps(
-                inputs["mask"], 2, spacing=inputs["spacing"], axis=inputs["axis"]
+            return iter_signed_distance_map(
+                inputs["mask"], spacing=inputs["spacing"], axis=inputs["axis"]
             )
 
-        def on_returned(maps: np.ndarray) -> None:
-            self.show_map(inputs["layer"], inputs["label"], maps[1], inputs["mask"])
+        def on_returned(phi: np.ndarray) -> None:
+            self.show_map(inputs["layer"], inputs["label"], phi, inputs["mask"])
 
         where = "3D" if inputs["axis"] is None else f"2D slices along axis {inputs['axis']}"
         self.worker = start_progress_worker(

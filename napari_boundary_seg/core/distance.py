@@ -278,17 +278,41 @@ def signed_distance_map(
     TypeError
         Non-numeric mask, non-integer axis, non-numeric spacing.
     """
+    return run_to_end(iter_signed_distance_map(mask, spacing, axis, backend=backend))
+
+
+def iter_signed_distance_map(
+    mask: Any,
+    spacing: float | Sequence[float] | None = None,
+    axis: int | None = None,
+    *,
+    backend: str = "auto",
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`signed_distance_map`, yielding progress; returns the same array.
+
+    Yields ``Progress(0, total)`` first, then one event after the map
+    (``axis=None``, total 1) or after each slice (``axis=k``). A generator
+    function, like :func:`iter_class_distance_maps`: bad arguments raise on
+    the first ``next()``, and ``backend="auto"`` is resolved in the thread
+    that runs it.
+    """
     m = _as_binary_mask(mask)
     spc = _check_spacing(spacing, m.ndim)
     ax = _check_axis(axis, m.ndim)
     if ax is None:
-        return _signed_distance(m, spc, resolve_backend(backend, m.ndim))
+        yield Progress(0, 1, "distance map")
+        out = _signed_distance(m, spc, resolve_backend(backend, m.ndim))
+        yield Progress(1, 1, "distance map")
+        return out
     slice_spacing = spc[:ax] + spc[ax + 1 :]
     resolved = resolve_backend(backend, m.ndim - 1)
     out = np.empty(m.shape, dtype=np.float32)
-    for i in range(m.shape[ax]):
+    total = m.shape[ax]
+    yield Progress(0, total, "distance maps per slice")
+    for i in range(total):
         idx = _slice_index(m.ndim, ax, i)
         out[idx] = _signed_distance(m[idx], slice_spacing, resolved)
+        yield Progress(i + 1, total, f"distance map of slice {i}")
     return out
 
 

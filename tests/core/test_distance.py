@@ -10,6 +10,7 @@ from napari_boundary_seg.core.distance import (
     class_distance_maps,
     edt_available,
     iter_class_distance_maps,
+    iter_signed_distance_map,
     signed_distance_map,
 )
 from napari_boundary_seg.core.progress import Progress, run_to_end
@@ -305,6 +306,20 @@ def test_progress_generator_yields_and_returns(axis):
     assert all(isinstance(e, Progress) for e in events)
     assert [(e.done, e.total) for e in events] == [(i, total) for i in range(total + 1)]
     np.testing.assert_array_equal(result, class_distance_maps(labels, 2, axis=axis))
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_one_mask_progress_generator_yields_and_returns(axis):
+    mask = np.zeros((3, 4, 5), dtype=bool)
+    mask[1, 1:3, 1:4] = True
+    events = []
+    result = run_to_end(iter_signed_distance_map(mask, (2.0, 1.0, 1.0), axis), events.append)
+    total = 1 if axis is None else 4
+    assert [(e.done, e.total) for e in events] == [(i, total) for i in range(total + 1)]
+    np.testing.assert_array_equal(result, signed_distance_map(mask, (2.0, 1.0, 1.0), axis))
+    np.testing.assert_array_equal(result, class_distance_maps(mask, 2, (2.0, 1.0, 1.0), axis)[1])
+    with pytest.raises(ValueError, match="binary|0 and 1"):
+        next(iter_signed_distance_map(np.array([0, 2])))
 
 
 # ---------------------------------------------------------------------------
