@@ -601,8 +601,7 @@ def controlled_worker_class() -> type:
             ):
                 if self._quit_at is None:
                     self._quit_at = now
-                control.stop()
-                control.resume()
+                control.stop()  # also wakes a paused run
                 return
             super().quit()
 

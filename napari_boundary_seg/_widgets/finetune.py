@@ -652,7 +652,6 @@ class FinetuneWidget(QWidget):
             b.setEnabled(False)
         self.status.setText(f"Fine-tuning on {len(slices)} slice(s): {slices}…")
         self._stack_used = stack
-        self._labels_used = labels
         return self._run(
             finetune_job,
             (
@@ -672,8 +671,7 @@ class FinetuneWidget(QWidget):
     def stop(self) -> None:
         """Ask the fine-tune to stop at its next step (the parent stays the model)."""
         if self.control is not None:
-            self.control.stop()
-            self.control.resume()
+            self.control.stop()  # also wakes a paused run
             self.status.setText("Stopping…")
 
     def _on_event(self, event: Any) -> None:

@@ -430,8 +430,7 @@ class TrainRunner(QObject):
         """Ask the trainer to stop at its next step; it saves its last checkpoint
         and returns a ``DoneEvent`` with ``stopped=True``."""
         if self.control is not None:
-            self.control.stop()
-            self.control.resume()
+            self.control.stop()  # also wakes a paused run
 
     def shutdown(self, timeout_s: float = 10.0) -> bool:
         """Stop and wait (blocking, at most ``timeout_s``) until the trainer has
@@ -516,11 +515,9 @@ class _Canvas(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
-        self.draw_count = 0
 
     def draw_now(self) -> None:
         self.canvas.draw_idle()
-        self.draw_count += 1
 
 
 class AlphaPlot(_Canvas):
@@ -733,7 +730,6 @@ class TrainingCurves(QWidget):
         for k, chart in enumerate(self.charts):
             grid.addWidget(chart, k // 2, k % 2)
         self.planned_epochs = 1
-        self.draw_count = 0
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_INTERVAL_MS)
         self._timer.timeout.connect(self._redraw_if_dirty)
@@ -771,7 +767,6 @@ class TrainingCurves(QWidget):
         if not self._dirty:
             return
         self._dirty = False
-        self.draw_count += 1
         n = self.planned_epochs
         for chart, key in (
             (self.loss_chart, "total"),
@@ -830,12 +825,10 @@ class TrainWidget(QWidget):
         self._predict_worker: Any = None
         self.prediction_layer: Any = None
         self._steps_total = 0
-        self._steps_per_epoch = 0
         self._start_epoch = 0
         self._stack: ImageStack | None = None
         self._closing = False
         self._val_block: slice | None = None
-        self._n_classes_seen: int | None = None
         #: extra TrainConfig fields for the next runs (tests, fine-tuning)
         self.overrides: dict[str, Any] = {}
 
@@ -1038,14 +1031,12 @@ class TrainWidget(QWidget):
 
     def _on_labels(self, *_: Any) -> None:
         """Follow the labels layer: its class count and whether it is binary."""
-        self._n_classes_seen = None
         if self.from_layers.isChecked():
             layer = self.labels.layer()
             if layer is not None:
                 try:
                     top = int(np.max(np.asarray(layer.data))) if layer.data.size else 0
-                    self._n_classes_seen = max(top + 1, 2)
-                    self.num_classes.setValue(self._n_classes_seen)
+                    self.num_classes.setValue(max(top + 1, 2))
                 except (TypeError, ValueError):
                     pass
         self._update_schedule_view()
@@ -1195,7 +1186,6 @@ class TrainWidget(QWidget):
         self.device_used = ""
         self.prediction_layer = None
         self._steps_total = 0
-        self._steps_per_epoch = 0
         self._start_epoch = 0
         self._closing = False
         self.curves.reset(config.epochs)
@@ -1271,7 +1261,6 @@ class TrainWidget(QWidget):
         if event.device:
             self.device_used = event.device
         if event.steps_per_epoch:
-            self._steps_per_epoch = event.steps_per_epoch
             self._start_epoch = event.start_epoch
             self._steps_total = (self._config.epochs - event.start_epoch) * event.steps_per_epoch
             self._set_progress(0, self._steps_total, "training")
@@ -1371,11 +1360,3 @@ class TrainWidget(QWidget):
             if self.runner.running:
                 self.shutdown()
         return super().event(event)
-
-
-def _finite(value: Any) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return number if math.isfinite(number) else math.nan
