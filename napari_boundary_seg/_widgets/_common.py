@@ -471,6 +471,15 @@ def move_to_slice(viewer: Any, layer: Layer, axis: int, index: int) -> None:
     viewer.dims.set_point(world_axis, float(world[axis]))
 
 
+def replace_or_add_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
+    """Add a ``kind`` ("labels" or "image") layer called ``name``, replacing an
+    earlier one of that name."""
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    adder = viewer.add_labels if kind == "labels" else viewer.add_image
+    return adder(data, name=name, **kwargs)
+
+
 # ------------------------------------------------------------------ errors
 def notify_error(error: BaseException | str, context: str = "") -> None:
     """Show ``error`` in a napari error notification; never raises.

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -74,6 +75,7 @@ from napari_boundary_seg._widgets._common import (
     int_spin,
     labels_array,
     notify_error,
+    replace_or_add_layer,
 )
 from napari_boundary_seg._widgets.inference import (
     check_checkpoint_path,
@@ -235,13 +237,18 @@ class EditTracker:
 # worker bodies
 
 
+def checkpoint_axis(checkpoint: dict[str, Any], ndim: int) -> int:
+    """The slicing axis a checkpoint was trained with, for an ``ndim``-D volume."""
+    return int(checkpoint.get("config", {}).get("axis", 2)) % max(ndim, 1)
+
+
 def predict_for_correction(
     checkpoint: str, images: np.ndarray, spacing: tuple[float, ...], device: str
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
     """Predict and report the checkpoint's slicing axis: ``(probs, labels, axis)``."""
     yield Progress(0, 0, "loading the checkpoint")
     loaded = load_checked_checkpoint(checkpoint, images.shape[0])
-    axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(images.ndim - 1, 1)
+    axis = checkpoint_axis(loaded[1], images.ndim - 1)
     probs, labels = yield from predict_job(loaded, images, spacing, device)
     return probs, labels, axis
 
@@ -470,12 +477,11 @@ class FinetuneWidget(QWidget):
     ) -> Any:
         prefix = stack.names[0]
         prob_name, name = f"{prefix} probability", f"{prefix} corrections"
-        for n in (prob_name,):
-            if n in self.viewer.layers:
-                self.viewer.layers.remove(n)
-        self.viewer.add_image(
+        replace_or_add_layer(
+            self.viewer,
+            prob_name,
+            "image",
             (1.0 - probs[0]).astype(np.float32),
-            name=prob_name,
             colormap="magma",
             contrast_limits=(0.0, 1.0),
             blending="additive",
@@ -512,7 +518,7 @@ class FinetuneWidget(QWidget):
             notify_error(exc)
             return
         stack = stack_for_checkpoint(stack, loaded[1].get("modalities") or [])
-        axis = int(loaded[1].get("config", {}).get("axis", 2)) % max(labels.ndim, 1)
+        axis = checkpoint_axis(loaded[1], labels.ndim)
         prob = None
         if layer.name.endswith(" prediction"):
             candidate = layer.name[: -len(" prediction")] + " probability"
@@ -656,7 +662,7 @@ class FinetuneWidget(QWidget):
             finetune_job,
             (
                 checkpoint,
-                np.array(stack.images, copy=True),
+                stack.images,  # a fresh stack of the layers: the worker's own copy
                 labels,
                 stack.spacing,
                 slices,
@@ -718,17 +724,23 @@ class FinetuneWidget(QWidget):
         self._set_table(self.comparison)
         stack = self._stack_used
         prefix = stack.names[0]
-        for name, data, kwargs in (
-            (f"{prefix} fine-tuned prediction", evaluation["new_pred"].astype(np.int32), {}),
-            (
-                f"{prefix} changes",
-                evaluation["changes"],
-                {"colormap": CHANGE_COLORS},
-            ),
-        ):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self._add_labels(name, data, stack, kwargs, visible=name.endswith("changes"))
+        geometry = stack.geometry
+        replace_or_add_layer(
+            self.viewer,
+            f"{prefix} fine-tuned prediction",
+            "labels",
+            evaluation["new_pred"].astype(np.int32),
+            visible=False,
+            **geometry,
+        )
+        replace_or_add_layer(
+            self.viewer,
+            f"{prefix} changes",
+            "labels",
+            evaluation["changes"],
+            colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
+            **geometry,
+        )
         self.pending = (ft, evaluation)
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(True)
@@ -737,17 +749,6 @@ class FinetuneWidget(QWidget):
             f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
             "(green gained, red lost). Keep the new model or discard it."
         )
-
-    def _add_labels(
-        self, name: str, data: np.ndarray, stack: ImageStack, kwargs: dict, visible: bool
-    ) -> Any:
-        colormap = kwargs.get("colormap")
-        layer = self.viewer.add_labels(data, name=name, visible=visible, **stack.geometry)
-        if colormap is not None:
-            from napari.utils.colormaps import DirectLabelColormap
-
-            layer.colormap = DirectLabelColormap(color_dict=colormap)
-        return layer
 
     def _set_table(self, comparison: dict[str, dict[str, float]] | None) -> None:
         self.table.clearContents()

@@ -39,6 +39,7 @@ from napari_boundary_seg._widgets._common import (
     images_from_layers,
     notify_error,
     notify_info,
+    replace_or_add_layer,
     start_progress_worker,
 )
 from napari_boundary_seg.core.progress import Progress
@@ -184,14 +185,6 @@ def predict_job(
     return result
 
 
-def _replace_or_add(viewer: napari.Viewer, name: str, kind: str, data, **kwargs):
-    """Add a layer called ``name``, replacing an earlier one of that name."""
-    if name in viewer.layers:
-        viewer.layers.remove(name)
-    adder = viewer.add_labels if kind == "labels" else viewer.add_image
-    return adder(data, name=name, **kwargs)
-
-
 def add_prediction_layers(
     viewer: napari.Viewer,
     probs: np.ndarray,
@@ -222,7 +215,7 @@ def add_prediction_layers(
     prob_layer = None
     if with_probability:
         foreground = (1.0 - probs[0]).astype(np.float32)
-        prob_layer = _replace_or_add(
+        prob_layer = replace_or_add_layer(
             viewer,
             f"{prefix} probability",
             "image",
@@ -233,7 +226,7 @@ def add_prediction_layers(
             opacity=0.6,
             **geometry,
         )
-    label_layer = _replace_or_add(
+    label_layer = replace_or_add_layer(
         viewer,
         f"{prefix} prediction",
         "labels",

@@ -114,6 +114,9 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert widget.table.item(1, 2).text() == "1.000"
     assert "FLAIR changes" in viewer.layers and "FLAIR fine-tuned prediction" in viewer.layers
     assert viewer.layers["FLAIR changes"].data.shape == SHAPE
+    changes, new_pred = viewer.layers["FLAIR changes"], viewer.layers["FLAIR fine-tuned prediction"]
+    assert changes.visible and not new_pred.visible
+    np.testing.assert_allclose(changes.colormap.color_dict[1], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
     assert widget._loss["total"], "no live curve points"
     # nothing the user painted was touched
     np.testing.assert_array_equal(layer.data, painted)
