@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
@@ -416,12 +417,10 @@ def _evaluate_run(
         figures = case_metrics(pred, case.labels, case.spacing, size_bins=_size_bins(case.spacing))
         rows.append({"case": str(case.case_id), **figures})
     columns = ["case", *case_metric_columns(_bins_objects())]
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(cache) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, cache)
     return rows
 
 
@@ -727,15 +726,13 @@ def _markdown_table(summary: Sequence[Mapping[str, Any]], complete: bool) -> str
 
 
 def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
             )
-    os.replace(tmp, path)
 
 
 def _plot_curves(

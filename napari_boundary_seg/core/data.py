@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core import distance as _distance
-from napari_boundary_seg.core.io import is_nifti_path, nifti_stem, read_nifti
+from napari_boundary_seg.core.io import atomic_path, is_nifti_path, nifti_stem, read_nifti
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -885,14 +884,8 @@ class DistanceCache:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------

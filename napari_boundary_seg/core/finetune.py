@@ -34,7 +34,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -130,15 +130,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_json_safe(data), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(_json_safe(data), handle, indent=2)
+        handle.write("\n")
 
 
 def read_lineage(path: str | os.PathLike) -> dict[str, Any]:

@@ -16,7 +16,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "NIFTI_SUFFIXES",
     "NiftiVolume",
+    "atomic_path",
     "is_label_file",
     "is_nifti_path",
     "nifti_stem",
@@ -36,6 +38,27 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """A temporary file name beside ``path``, for writing ``path`` atomically.
+
+    Write the file at the yielded name inside the ``with`` block; when the block
+    ends without error the file replaces ``path`` (:func:`os.replace`), so
+    readers never see a half-written file; on any error it is deleted.
+    ``suffix`` ends the temporary name (nibabel picks the format from it).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 # A file whose name holds one of these tokens is a label volume.
 _LABEL_TOKENS = frozenset(
@@ -334,16 +357,8 @@ def write_nifti(
         img.header.set_zooms(zooms)
 
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent
-    )
-    os.close(fd)
-    try:
-        nib.save(img, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, ".tmp" + suffix) as tmp:
+        nib.save(img, tmp)
     logger.debug("wrote %s %s %s", path, out.shape, out.dtype)
     return path
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_boundary_seg.core.data import Case
+from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -735,9 +736,8 @@ def iter_write_benchmark(
             "foreground_fraction": fractions,
         },
     }
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, meta_path)
+    with atomic_path(meta_path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
     written.append(meta_path)
     yield Progress(n_cases + 1, n_cases + 1, "done")
     logger.info("wrote %d synthetic cases (%s anatomy) to %s", n_cases, ref.kind, out)

@@ -43,7 +43,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg import __version__
+from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet
@@ -755,25 +755,17 @@ def library_versions() -> dict[str, str]:
 def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
     """Write a checkpoint dict atomically (temporary file in the folder, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(dict(checkpoint), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
         writer.writeheader()
         for row in history:
             writer.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
-    os.replace(tmp, path)
 
 
 def _append_metrics_csv(path: Path, row: Mapping[str, Any]) -> None:

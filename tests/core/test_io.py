@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from napari_boundary_seg.core.io import (
     NiftiVolume,
+    atomic_path,
     is_label_file,
     nifti_stem,
     read_nifti,
@@ -202,3 +204,18 @@ def test_is_label_file_by_data():
     assert is_label_file("volume.nii.gz", few.astype(np.float32) + 0.5) is False
     assert is_label_file("volume.nii.gz", few.astype(bool)) is True
     assert is_label_file("volume.nii.gz") is False
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "metrics.csv"
+    target.write_text("old\n")
+    with atomic_path(target) as tmp:
+        assert Path(tmp).parent == tmp_path and Path(tmp).name.startswith(".metrics.csv.")
+        Path(tmp).write_text("new\n")
+        assert target.read_text() == "old\n"  # replaced only when the block ends
+    assert target.read_text() == "new\n"
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as tmp:
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "new\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temp left
