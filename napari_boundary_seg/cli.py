@@ -61,24 +61,24 @@ def _progress(total: int | None = None, desc: str = "", unit: str = "it", leave:
 
 def _drive(gen, desc: str, unit: str = "it"):
     """Run a ``Progress`` generator with a tqdm bar; return its return value."""
-    from napari_boundary_seg.core.progress import Progress
+    from napari_boundary_seg.core.progress import Progress, run_to_end
 
     bar = None
+
+    def show(event: Any) -> None:
+        nonlocal bar
+        if isinstance(event, Progress):
+            if bar is None:  # created on the first event, which knows the total
+                bar = _progress(event.total or None, desc, unit)
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            if event.message:
+                bar.set_postfix_str(event.message, refresh=False)
+            bar.refresh()
+
     try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(event, Progress):
-                if bar is None:  # created on the first event, which knows the total
-                    bar = _progress(event.total or None, desc, unit)
-                if event.total and bar.total != event.total:
-                    bar.total = event.total
-                bar.n = event.done
-                if event.message:
-                    bar.set_postfix_str(event.message, refresh=False)
-                bar.refresh()
+        return run_to_end(gen, show)
     finally:
         if bar is not None:
             bar.close()
@@ -880,6 +880,8 @@ def _add_finetune(sub: Any) -> None:
         from napari_boundary_seg.core.finetune import differing_slices, evaluate_finetune, finetune
         from napari_boundary_seg.core.io import read_nifti
         from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+        from napari_boundary_seg.core.progress import run_to_end
+        from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent
 
         volumes = [read_nifti(path, as_labels=False) for path in args.image]
         labels = read_nifti(args.labels, as_labels=True)
@@ -926,25 +928,22 @@ def _add_finetune(sub: Any) -> None:
             device=args.device,
             overwrite=args.overwrite,
         )
-        result = None
         bar = None
+
+        def show(event: Any) -> None:
+            nonlocal bar
+            if isinstance(event, StepEvent):
+                if bar is None:
+                    bar = _progress(args.epochs * event.steps_per_epoch, "finetune", "step")
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.loss:.4f}", alpha=f"{event.w_region:.2f}")
+            elif isinstance(event, EpochEvent):
+                logger.info("epoch %d: loss %.4f", event.epoch, event.train_loss)
+            elif isinstance(event, InfoEvent):
+                logger.info("finetune: %s", event.message)
+
         try:
-            while result is None:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                kind = type(event).__name__
-                if kind == "StepEvent":
-                    if bar is None:
-                        bar = _progress(args.epochs * event.steps_per_epoch, "finetune", "step")
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{event.loss:.4f}", alpha=f"{event.w_region:.2f}")
-                elif kind == "EpochEvent":
-                    logger.info("epoch %d: loss %.4f", event.epoch, event.train_loss)
-                elif kind == "InfoEvent":
-                    logger.info("finetune: %s", event.message)
+            result = run_to_end(gen, show)
         finally:
             if bar is not None:
                 bar.close()
