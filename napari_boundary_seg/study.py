@@ -381,11 +381,6 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
     )
 
 
-def _size_bins(spacing: Sequence[float]) -> list[tuple[str, float, float]]:
-    voxel = float(np.prod(np.asarray(spacing, dtype=np.float64)))
-    return [(name, lo * voxel, hi * voxel) for name, lo, hi in SIZE_BINS_VOXELS]
-
-
 def _evaluate_run(
     run_dir: Path, test_cases: Sequence[Any], eval_batch_size: int, device: str
 ) -> list[dict[str, Any]]:
@@ -414,20 +409,16 @@ def _evaluate_run(
             batch_size=eval_batch_size,
             device=device,
         )
-        figures = case_metrics(pred, case.labels, case.spacing, size_bins=_size_bins(case.spacing))
+        figures = case_metrics(
+            pred, case.labels, case.spacing, size_bins=SIZE_BINS_VOXELS, unit="voxels"
+        )
         rows.append({"case": str(case.case_id), **figures})
-    columns = ["case", *case_metric_columns(_bins_objects())]
+    columns = ["case", *case_metric_columns(SIZE_BINS_VOXELS)]
     with atomic_path(cache) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return rows
-
-
-def _bins_objects() -> list[Any]:
-    from napari_boundary_seg.core.metrics import SizeBin
-
-    return [SizeBin(name, lo, hi) for name, lo, hi in SIZE_BINS_VOXELS]
 
 
 def _run_figures(rows: Sequence[Mapping[str, Any]], test_cases: Sequence[Any]) -> dict[str, float]:
@@ -819,7 +810,7 @@ def _write_outputs(
     _write_csv(
         files["per_case_csv"],
         per_case,
-        ["arm", "seed", "case", *case_metric_columns(_bins_objects())],
+        ["arm", "seed", "case", *case_metric_columns(SIZE_BINS_VOXELS)],
     )
     _plot_curves(files["figure"], arms, histories, config.epochs)
     record = {"config": config.to_dict(), "complete": complete, **extra}

@@ -220,6 +220,12 @@ def _check_tolerance(tolerance: float) -> float:
 _BIN_NAME = re.compile(r"^[a-z0-9_]+$")
 
 
+def _check_unit(unit: str) -> str:
+    if unit not in ("mm3", "voxels"):
+        raise ValueError(f"unit must be 'mm3' or 'voxels', got {unit!r}")
+    return unit
+
+
 def _check_bins(bins: Sequence[SizeBin] | Sequence[tuple] | None) -> tuple[SizeBin, ...]:
     if bins is None:
         return DEFAULT_SIZE_BINS
@@ -843,8 +849,7 @@ def lesion_detection_by_size(
     """
     p, t = _masks(pred, target, label)
     sp = _check_spacing(spacing, p.ndim)
-    if unit not in ("mm3", "voxels"):
-        raise ValueError(f"unit must be 'mm3' or 'voxels', got {unit!r}")
+    _check_unit(unit)
     size_bins = _check_bins(bins)
     table = _lesion_table(p, t, _check_connectivity(connectivity))
     scale = math.prod(sp) if unit == "mm3" else 1.0
@@ -859,6 +864,7 @@ def case_metrics(
     size_bins: Sequence[SizeBin] | Sequence[tuple[str, float, float]] | None = None,
     tolerance: float = 1.0,
     label: Label = None,
+    unit: Literal["mm3", "voxels"] = "mm3",
 ) -> dict[str, float]:
     """Every figure for one case: surface metrics, volume, lesion detection.
 
@@ -874,11 +880,13 @@ def case_metrics(
     connectivity : {"face", "full"}
         Lesion connectivity.
     size_bins : sequence of SizeBin or (name, low, high), optional
-        Lesion size bins in mm³ (default :data:`DEFAULT_SIZE_BINS`).
+        Lesion size bins in ``unit`` (default :data:`DEFAULT_SIZE_BINS`, mm³).
     tolerance : float
         Surface Dice tolerance in mm.
     label : int or sequence of int, optional
         Foreground class(es); None: every nonzero voxel.
+    unit : {"mm3", "voxels"}
+        Unit of the size bins' edges.
 
     Returns
     -------
@@ -895,6 +903,7 @@ def case_metrics(
     conn = _check_connectivity(connectivity)
     bins = _check_bins(size_bins)
     tol = _check_tolerance(tolerance)
+    _check_unit(unit)
     pc, tc = _union_crop(p, t)
     voxel = math.prod(sp)
     sd = _surface_distances_masks(pc, tc, sp)
@@ -906,18 +915,20 @@ def case_metrics(
     out["volume_target"] = v_target
     table = _lesion_table(pc, tc, conn)
     out.update(_detection_figures(table))
-    for name, figures in _size_figures(table, bins, voxel).items():
+    for name, figures in _size_figures(table, bins, voxel if unit == "mm3" else 1.0).items():
         for key in _BIN_KEYS:
             out[f"{key}_{name}"] = figures[key]
     return out
 
 
-def case_metric_columns(size_bins: Sequence[SizeBin] | None = None) -> tuple[str, ...]:
+def case_metric_columns(
+    size_bins: Sequence[SizeBin] | Sequence[tuple[str, float, float]] | None = None,
+) -> tuple[str, ...]:
     """Column order of :func:`case_metrics` for the given size bins.
 
     Parameters
     ----------
-    size_bins : sequence of SizeBin, optional
+    size_bins : sequence of SizeBin or (name, low, high), optional
         Bins passed to :func:`case_metrics`; :data:`DEFAULT_SIZE_BINS` if None.
 
     Returns

@@ -416,6 +416,12 @@ def test_case_metrics_agrees_with_single_functions():
     c2 = M.case_metrics(p, t, spacing=sp, size_bins=bins, connectivity="full")
     assert tuple(c2) == M.case_metric_columns(bins)
     assert "lesion_recall_a" in c2 and "lesion_recall_small" not in c2
+    # voxel bins give what the same bins in mm³ (edges times the voxel volume) give
+    voxel_bins = [("tiny", 0, 4), ("mid", 4, 20), ("big", 20, math.inf)]
+    v = M.case_metrics(p, t, spacing=sp, size_bins=voxel_bins, unit="voxels")
+    mm3 = [(n, lo * math.prod(sp), hi * math.prod(sp)) for n, lo, hi in voxel_bins]
+    np.testing.assert_equal(v, M.case_metrics(p, t, spacing=sp, size_bins=mm3))
+    assert tuple(v) == M.case_metric_columns(voxel_bins) and v["n_target_big"] > 0
 
 
 def test_case_metrics_empty_target():
@@ -447,6 +453,7 @@ def test_case_metrics_empty_target():
             "A b",
         ),
         (lambda: M.case_metrics(np.zeros(4), np.zeros(4), size_bins=[("a", 5, 1)]), r"\(5"),
+        (lambda: M.case_metrics(np.zeros(4), np.zeros(4), unit="cm3"), "cm3"),
         (lambda: M.per_slice_metrics(np.zeros(4), np.zeros(4)), r"\(4,\)"),
         (lambda: M.per_slice_metrics(np.zeros((2, 2)), np.zeros((2, 2)), axis=2), "axis 2"),
     ],
