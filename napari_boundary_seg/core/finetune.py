@@ -29,6 +29,7 @@ slices of the prediction do not shape them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -421,14 +422,13 @@ def finetune(
         checkpoint's classes, bad settings.
     """
     from napari_boundary_seg.core.data import (
-        PreprocessConfig,
         case_from_arrays,
         find_cases,
         iter_build_dataset,
         iter_load_cases,
     )
     from napari_boundary_seg.core.predict import read_checkpoint
-    from napari_boundary_seg.core.train import InfoEvent, TrainConfig, train
+    from napari_boundary_seg.core.train import InfoEvent, TrainConfig, preprocess_config, train
 
     parent = Path(checkpoint).expanduser().resolve()
     source = read_checkpoint(parent)
@@ -474,7 +474,7 @@ def finetune(
             "the parent run stays as it is"
         )
 
-    prep = PreprocessConfig(base.scale, base.percentiles, base.slice_size, axis, False)
+    prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
     case = case_from_arrays(list(images), labels.astype(np.int64), spacing, case_id="corrected")
     yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
     corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
@@ -494,9 +494,7 @@ def finetune(
             mix_list = yield from iter_load_cases(chosen)
         else:
             mix_list = list(mix_cases)
-        mix_prep = PreprocessConfig(
-            base.scale, base.percentiles, base.slice_size, base.axis, base.skip_empty_slices
-        )
+        mix_prep = preprocess_config(base)
         yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
         mix_set = yield from iter_build_dataset(
             mix_list, num_classes, mix_prep, distance=base.distance, cache_dir=base.cache_dir

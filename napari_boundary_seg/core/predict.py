@@ -10,6 +10,7 @@ probabilities.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Generator, Mapping, Sequence
@@ -251,9 +252,9 @@ def iter_predict_volume(
     """
     model, prep = _resolve(model_or_checkpoint, preprocess)
     if axis is not None:
-        prep = PreprocessConfig(prep.scale, prep.percentiles, prep.slice_size, axis)
+        prep = dataclasses.replace(prep, axis=axis)
     if slice_size is not None:
-        prep = PreprocessConfig(prep.scale, prep.percentiles, slice_size, prep.axis)
+        prep = dataclasses.replace(prep, slice_size=slice_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     in_channels = int(getattr(model, "in_channels", 1))
