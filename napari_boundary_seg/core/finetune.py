@@ -604,11 +604,10 @@ def _group_metrics(
     pred: np.ndarray, target: np.ndarray, spacing: Sequence[float], axis: int | None
 ) -> dict[str, float]:
     """Pooled DSC and mean per-slice HD95 of a stack of slices (foreground = nonzero)."""
-    from napari_boundary_seg.core.metrics import per_slice_metrics, replace_inf
+    from napari_boundary_seg.core.metrics import dice_score, per_slice_metrics, replace_inf
 
     p, t = pred > 0, target > 0
-    denom = int(p.sum()) + int(t.sum())
-    dice = 1.0 if denom == 0 else 2.0 * int((p & t).sum()) / denom
+    dice = dice_score(p, t)
     if axis is None:  # one 2D image
         rows = per_slice_metrics(p[None], t[None], (1.0, *spacing), axis=0)
         plane = tuple(spacing)
