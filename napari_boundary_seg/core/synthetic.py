@@ -438,11 +438,7 @@ def _grow_lesion(
     g = np.meshgrid(*axes, indexing="ij")
     radii = max(radius, 1.0) * rng.uniform(0.6, 1.5, size=3)
     score = np.sqrt(sum((gi / ri) ** 2 for gi, ri in zip(g, radii, strict=True)))
-    coarse = torch.from_numpy(rng.standard_normal((1, 1, 3, 3, 3)).astype(np.float32))
-    wobble = F.interpolate(coarse, size=box_shape, mode="trilinear", align_corners=True)[
-        0, 0
-    ].numpy()
-    score = score + 0.3 * wobble + 0.05 * rng.standard_normal(box_shape)
+    score = score + _smooth_field(rng, box_shape, 3, 0.3) + 0.05 * rng.standard_normal(box_shape)
     score = score + 4.0 * ~allowed[box]
     blocked = taken[box]
     flat_score = score.ravel()
