@@ -188,11 +188,13 @@ def require_layer(layer: Layer | None, role: str) -> Layer:
     return layer
 
 
+def _full_resolution(layer: Layer) -> Any:
+    """The layer's data (its first level when multiscale), not converted."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def _as_numpy(layer: Layer) -> np.ndarray:
-    data = layer.data
-    if getattr(layer, "multiscale", False):
-        data = data[0]
-    return np.asarray(data)
+    return np.asarray(_full_resolution(layer))
 
 
 def labels_array(layer: Layer) -> np.ndarray:
@@ -267,7 +269,8 @@ def geometry_kwargs(layer: Layer) -> dict[str, Any]:
 
 def check_same_shape(a: Layer, b: Layer) -> None:
     """Raise ``ValueError`` naming both shapes when the layers' shapes differ."""
-    sa, sb = tuple(_as_numpy(a).shape), tuple(_as_numpy(b).shape)
+    # shapes only: no conversion of (possibly lazy) data to numpy
+    sa, sb = tuple(_full_resolution(a).shape), tuple(_full_resolution(b).shape)
     if sa != sb:
         raise ValueError(f"Shapes do not match: '{a.name}' is {sa}, '{b.name}' is {sb}.")
 
