@@ -44,7 +44,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core import distance as _distance
-from napari_boundary_seg.core.io import atomic_path, is_nifti_path, nifti_stem, read_nifti
+from napari_boundary_seg.core.io import (
+    atomic_path,
+    default_affine,
+    is_nifti_path,
+    nifti_stem,
+    read_nifti,
+)
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -188,12 +194,6 @@ class Case:
         return tuple(self.images.shape[1:])
 
 
-def _default_affine(spacing: Sequence[float]) -> np.ndarray:
-    diag = [float(s) for s in spacing][:3]
-    diag += [1.0] * (3 - len(diag))
-    return np.diag(diag + [1.0])
-
-
 def case_from_arrays(
     images: np.ndarray | Sequence[np.ndarray],
     labels: np.ndarray | None = None,
@@ -254,7 +254,7 @@ def case_from_arrays(
         lab = lab.astype(np.int64)
     if modalities is None:
         modalities = tuple(str(i) for i in range(len(volumes)))
-    aff = _default_affine(spacing) if affine is None else np.asarray(affine, dtype=np.float64)
+    aff = default_affine(spacing) if affine is None else np.asarray(affine, dtype=np.float64)
     return Case(case_id, stacked, lab, spacing, aff, tuple(modalities))
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "NIFTI_SUFFIXES",
     "NiftiVolume",
     "atomic_path",
+    "default_affine",
     "is_label_file",
     "is_nifti_path",
     "nifti_stem",
@@ -38,6 +39,14 @@ __all__ = [
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def default_affine(spacing: Sequence[float]) -> np.ndarray:
+    """4×4 affine of a volume with no geometry: the voxel sizes (1 beyond the
+    given axes) on the diagonal, origin 0."""
+    diag = [float(s) for s in spacing][:3]
+    diag += [1.0] * (3 - len(diag))
+    return np.diag(diag + [1.0])
 
 
 @contextmanager
@@ -323,9 +332,7 @@ def write_nifti(
         if any(not np.isfinite(s) or s <= 0 for s in spacing):
             raise ValueError(f"{path}: spacing must be positive and finite, got {spacing}")
     if affine is None:
-        diag = list(spacing) if spacing is not None else [1.0] * n_spatial
-        diag += [1.0] * (3 - len(diag))
-        affine = np.diag(diag + [1.0])
+        affine = default_affine(spacing if spacing is not None else ())
     else:
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
