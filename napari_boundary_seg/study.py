@@ -475,6 +475,7 @@ def iter_study(
         DoneEvent,
         EpochEvent,
         StepEvent,
+        epoch_steps,
         library_versions,
         preprocess_config,
         train,
@@ -518,7 +519,6 @@ def iter_study(
     runs_path.mkdir(parents=True, exist_ok=True)
 
     # the budget in steps, for the progress total
-    steps_per_epoch: int | None = None
     dataset = None
     done_epochs = {
         (arm.key, seed): (_run_position(runs_path / _run_name(arm.key, seed)) or 0)
@@ -531,15 +531,13 @@ def iter_study(
         dataset = yield from data_mod.iter_build_dataset(
             train_cases, 2, preprocess_config(base), distance="3d"
         )
-        steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
-        if config.max_steps_per_epoch is not None:
-            steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    # the slice count without building the data set (all slices along the axis are kept)
-    n_slices = sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
-    if steps_per_epoch is None:
-        steps_per_epoch = math.ceil(n_slices / config.batch_size)
-        if config.max_steps_per_epoch is not None:
-            steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    # without the data set, count the slices (all slices along the axis are kept)
+    n_slices = (
+        len(dataset)
+        if dataset is not None
+        else sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
+    )
+    steps_per_epoch = epoch_steps(n_slices, config.batch_size, config.max_steps_per_epoch)
     total = len(runs) * config.epochs * (steps_per_epoch or 1)
     done = sum(min(e, config.epochs) for e in done_epochs.values()) * (steps_per_epoch or 1)
     run_seconds: dict[str, float] = {}
@@ -626,7 +624,7 @@ def iter_study(
                 "validation": [str(c.case_id) for c in val_cases],
                 "test": [str(c.case_id) for c in test_cases],
             },
-            "train_slices": len(dataset) if dataset is not None else n_slices,
+            "train_slices": n_slices,
             "steps_per_epoch": steps_per_epoch,
             "schedules": {a.key: arm_schedule(a, config.epochs, config.alpha_floor) for a in arms},
             "size_bins_voxels": [list(b) for b in SIZE_BINS_VOXELS],

@@ -836,6 +836,12 @@ def _iter_prepare_data(
     return _Data(train_cases, val_list, dataset, channels.pop(), modalities)
 
 
+def epoch_steps(num_slices: int, batch_size: int, cap: int | None) -> int:
+    """Optimizer steps in one epoch: every slice once, at most ``cap`` steps."""
+    steps = math.ceil(num_slices / batch_size)
+    return steps if cap is None else min(steps, cap)
+
+
 def preprocess_config(config: TrainConfig) -> Any:
     """The :class:`~napari_boundary_seg.core.data.PreprocessConfig` of a training config."""
     from napari_boundary_seg.core.data import PreprocessConfig
@@ -1075,9 +1081,7 @@ def train(
     else:
         message = "training from scratch"
 
-    steps_per_epoch = math.ceil(num_slices / config.batch_size)
-    if config.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    steps_per_epoch = epoch_steps(num_slices, config.batch_size, config.max_steps_per_epoch)
     yield InfoEvent(
         message,
         device=str(device),
