@@ -67,6 +67,17 @@ USER_ERRORS = (ValueError, TypeError, OSError)
 
 
 # --------------------------------------------------------------------- layers
+def follow_layer_list(viewer: Any, refresh: Callable[..., Any]) -> None:
+    """Call ``refresh`` whenever the viewer's layer list changes: a layer added,
+    removed, moved or renamed."""
+    events = viewer.layers.events
+    for name in ("inserted", "removed", "moved", "reordered"):
+        getattr(events, name).connect(refresh)
+    events.inserted.connect(lambda event: event.value.events.name.connect(refresh))
+    for layer in viewer.layers:
+        layer.events.name.connect(refresh)
+
+
 class LayerCombo(QComboBox):
     """A combo box of the viewer's layers of the given types, kept up to date.
 
@@ -95,16 +106,8 @@ class LayerCombo(QComboBox):
         self._types = tuple(layer_types)
         self._allow_none = allow_none
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        events = viewer.layers.events
-        for name in ("inserted", "removed", "moved", "reordered"):
-            getattr(events, name).connect(self.refresh)
-        events.inserted.connect(self._watch_name)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
+        follow_layer_list(viewer, self.refresh)
         self.refresh()
-
-    def _watch_name(self, event: Any) -> None:
-        event.value.events.name.connect(self.refresh)
 
     def refresh(self, *_: Any) -> None:
         """Rebuild the list, keeping the current choice when it still exists."""
@@ -148,13 +151,7 @@ class LayerList(QListWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(rows * 20 + 6)
         self.setToolTip("Modalities, stacked as channels in this order")
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self.refresh)
-        viewer.layers.events.inserted.connect(
-            lambda event: event.value.events.name.connect(self.refresh)
-        )
-        for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
+        follow_layer_list(viewer, self.refresh)
         self.refresh()
 
     def refresh(self, *_: Any) -> None:

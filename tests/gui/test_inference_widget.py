@@ -115,6 +115,20 @@ def test_stack_for_checkpoint_reorders_only_known_names(make_napari_viewer, monk
     assert stack_for_checkpoint(stack, []) is stack
 
 
+def test_layer_list_follows_moves_and_renames(make_napari_viewer):
+    from napari_boundary_seg._widgets._common import LayerList
+
+    viewer = make_napari_viewer()
+    for name in ("a", "b", "c"):
+        viewer.add_image(np.zeros((3, 4), np.float32), name=name)
+    chooser = LayerList(viewer, type(viewer.layers["a"]))
+    chooser.select(["a", "c"])
+    viewer.layers.move(2, 0)  # c to the bottom: now c, a, b
+    assert chooser.selected_names() == ["c", "a"]  # channel order = the viewer's order
+    viewer.layers["a"].name = "FLAIR"
+    assert [chooser.item(i).text() for i in range(chooser.count())] == ["c", "FLAIR", "b"]
+
+
 def test_images_from_layers_stacks_channels(make_napari_viewer):
     viewer = make_napari_viewer()
     a = viewer.add_image(np.ones((3, 4), np.uint8), name="a", scale=(2.0, 3.0))
