@@ -480,6 +480,22 @@ def replace_or_add_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs:
     return adder(data, name=name, **kwargs)
 
 
+def update_or_add_colored_labels(
+    viewer: Any, name: str, data: np.ndarray, colors: dict[int, str], **geometry: Any
+) -> Any:
+    """Show ``data`` in the Labels layer ``name``: replace its data when it exists
+    (the user's display settings stay), else add it with ``colors`` per label
+    (others transparent) at full opacity."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = data
+        return layer
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
+    return viewer.add_labels(data, name=name, colormap=colormap, opacity=1.0, **geometry)
+
+
 # ------------------------------------------------------------------ errors
 def notify_error(error: BaseException | str, context: str = "") -> None:
     """Show ``error`` in a napari error notification; never raises.

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -52,6 +51,7 @@ from napari_boundary_seg._widgets._common import (
     require_layer,
     slicing_axis,
     start_progress_worker,
+    update_or_add_colored_labels,
 )
 from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
 from napari_boundary_seg.core.progress import Progress
@@ -226,18 +226,9 @@ class CompareWidget(QWidget):
         pred_layer, gt_layer = inputs["pred_layer"], inputs["gt_layer"]
         outcome = outcome_map(inputs["p"], inputs["t"])
         name = overlay_name(pred_layer.name, gt_layer.name)
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = outcome
-        else:
-            self.viewer.add_labels(
-                outcome,
-                name=name,
-                colormap=DirectLabelColormap(
-                    color_dict={None: "transparent", 0: "transparent", **OUTCOME_COLORS}
-                ),
-                opacity=1.0,
-                **geometry_kwargs(gt_layer),
-            )
+        update_or_add_colored_labels(
+            self.viewer, name, outcome, OUTCOME_COLORS, **geometry_kwargs(gt_layer)
+        )
         self._gt_layer = gt_layer
         self.axis = inputs["axis"]
         self.volume_metrics = volume

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.colormaps import Colormap, DirectLabelColormap
+from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -44,6 +44,7 @@ from napari_boundary_seg._widgets._common import (
     require_layer,
     slicing_axis,
     start_progress_worker,
+    update_or_add_colored_labels,
 )
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
@@ -220,18 +221,7 @@ class DistanceMapWidget(QWidget):
             )
         boundary = ((phi == 0) & (mask > 0)).astype(np.uint8)
         bname = boundary_layer_name(source.name, label)
-        if bname in self.viewer.layers:
-            self.viewer.layers[bname].data = boundary
-        else:
-            self.viewer.add_labels(
-                boundary,
-                name=bname,
-                colormap=DirectLabelColormap(
-                    color_dict={None: "transparent", 0: "transparent", 1: BOUNDARY_COLOR}
-                ),
-                opacity=1.0,
-                **geometry,
-            )
+        update_or_add_colored_labels(self.viewer, bname, boundary, {1: BOUNDARY_COLOR}, **geometry)
         self.viewer.layers.selection.active = layer  # the status bar shows φ (mm)
         logger.info(
             "φ of class %d of %s: range %.3g..%.3g mm", label, source.name, phi.min(), phi.max()

@@ -41,6 +41,10 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     # zero level layer: exactly the ring
     ring = viewer.layers[boundary_layer_name("sq", 1)].data
     assert ring.sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == 1
+    ring_layer = viewer.layers[boundary_layer_name("sq", 1)]
+    assert ring_layer.opacity == 1.0
+    np.testing.assert_allclose(ring_layer.colormap.color_dict[1], [0, 0, 0, 1])
+    assert ring_layer.colormap.color_dict[0][3] == 0  # the rest is transparent
     # the status bar shows φ under the cursor, named with its unit
     assert viewer.layers.selection.active is phi
     viewer.mouse_over_canvas = True
