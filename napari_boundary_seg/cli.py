@@ -259,7 +259,7 @@ def _schedule_from_args(kind: str | None, params: Sequence[str] | None) -> dict 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """The options of :class:`~napari_boundary_seg.core.train.TrainConfig`, all
     defaulting to ``None`` (= the config's default, or the resumed run's value).
-    Reused by later subcommands (``study``, ``finetune``)."""
+    Used by ``train``; ``study`` and ``finetune`` have options of their own."""
     from napari_boundary_seg.core.losses import LossKind
     from napari_boundary_seg.core.schedule import ScheduleKind
     from napari_boundary_seg.core.train import TrainConfig
@@ -419,7 +419,7 @@ def _add_train(sub: Any) -> None:
 def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
     """Drive :func:`~napari_boundary_seg.core.train.train` with tqdm bars; Ctrl-C
     requests a clean stop. Returns the exit code (1 when a non-finite loss stopped it).
-    Reused by later subcommands."""
+    Used by ``train``; ``finetune`` drives its own generator (other events)."""
     from tqdm.auto import tqdm
 
     from napari_boundary_seg.core.progress import Progress
