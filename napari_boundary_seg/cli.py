@@ -330,12 +330,34 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap on steps per epoch (quick runs)")
-    p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="32 (float32), bf16 (bfloat16 autocast, also on the CPU) or 16-mixed (float16 "
+        "autocast + gradient scaling, CUDA/MPS); losses are float32 always (default 32)",
+    )
+    p.add_argument(
+        "--amp", action="store_true", default=None, help="deprecated: same as --precision 16-mixed"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels-last memory format (opt-in; may speed up convolutions on a GPU)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="train a torch.compile'd network (opt-in; the first steps compile)",
+    )
     p.add_argument("--cache-dir", type=Path, help="folder of the on-disk distance-map cache")
     p.add_argument(
         "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
     )
 
+
+PRECISION_CHOICES = ("32", "bf16", "16-mixed")  # core.precision.PRECISIONS (not imported here)
 
 _OPTION_FIELDS = {
     "data": "data",
@@ -357,6 +379,9 @@ _OPTION_FIELDS = {
     "num_workers": "num_workers",
     "max_steps_per_epoch": "max_steps_per_epoch",
     "amp": "amp",
+    "precision": "precision",
+    "channels_last": "channels_last",
+    "compile": "compile",
     "cache_dir": "cache_dir",
     "overwrite": "overwrite",
 }
@@ -416,9 +441,10 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
+def run_training(config, cases=None, desc: str = "train", quiet: bool = False, **kwargs) -> int:
     """Drive :func:`~napari_boundary_seg.core.train.train` with tqdm bars; Ctrl-C
     requests a clean stop. Returns the exit code (1 when a non-finite loss stopped it).
+    ``quiet`` shows nothing (the ranks other than 0 of a torchrun run).
     Used by ``train``; ``finetune`` drives its own generator (other events)."""
     from tqdm.auto import tqdm
 
@@ -442,6 +468,8 @@ def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
     done: DoneEvent | None = None
     try:
         for event in train(config, cases, control, **kwargs):
+            if quiet and not isinstance(event, DoneEvent):
+                continue
             if isinstance(event, InfoEvent):
                 tqdm.write(f"{desc}: {event.message}")
             elif isinstance(event, Progress):
@@ -473,6 +501,8 @@ def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
             signal.signal(signal.SIGINT, previous)
     if done is None:  # pragma: no cover - train always ends with a DoneEvent
         raise CommandError("training ended without a result")
+    if quiet:
+        return 1 if "non-finite" in done.reason else 0
     _out(f"{desc}: {done.reason}")
     if done.best_checkpoint:
         _out(f"best checkpoint: {done.best_checkpoint}")
@@ -498,7 +528,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CommandError("train needs --data DIR (or --resume of a run that has one)")
     if config.out_dir is None:
         raise CommandError("train needs --out DIR for its checkpoints")
-    return run_training(config)
+    from napari_boundary_seg.core import distributed
+
+    # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
+    with distributed.init_from_env(config.device) as context:
+        return run_training(config, quiet=not context.is_writer)
 
 
 # ---------------------------------------------------------------------------

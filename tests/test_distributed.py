@@ -12,6 +12,10 @@ the same equivalence with BatchNorm.
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -303,3 +307,67 @@ def test_resume_with_one_process(two_process_run, monkeypatch, tmp_path, run):
     if run == "k":  # the epoch of the 2-process run is kept
         kept = results[0]["k"]["epochs"][0]
         assert (history[0]["epoch"], history[0]["train_loss"]) == (0, kept["train_loss"])
+
+
+# ---------------------------------------------------------------------------
+# the command line under torchrun
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_options_reach_the_config():
+    from napari_boundary_seg.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--precision",
+            "bf16",
+            "--channels-last",
+            "--compile",
+        ]
+    )
+    config = config_from_args(args)
+    assert (config.precision, config.channels_last, config.compile) == ("bf16", True, True)
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--amp"])
+    assert config_from_args(args).precision == "16-mixed"
+
+
+def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
+    from napari_boundary_seg.cli import main
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    synth = ["synth", "--out", str(data), "--cases", "2", "--shape", "24", "28", "8"]
+    assert main([*synth, "--anatomy", "phantom"]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "napari_boundary_seg", "train", "--data", str(data), "--out", str(run),
+        "--epochs", "1", "--slice-size", "32", "--depth", "2", "--base-channels", "4",
+        "--batch-size", "2", "--val-fraction", "0", "--device", "cpu", "--precision", "bf16",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert output.count("2 processes (gloo)") == 1  # rank 0 alone reports
+    assert output.count("train: completed") == 1
+    assert sorted(p.name for p in run.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "last.pt",
+        "metrics.csv",
+    ]
+    checkpoint = torch.load(run / "last.pt", weights_only=False)
+    assert checkpoint["world_size"] == 2 and checkpoint["config"]["precision"] == "bf16"
