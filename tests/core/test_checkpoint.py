@@ -81,7 +81,7 @@ def _write(path, model, config, **extra):
 
 
 def test_round_trip_holds_dims_and_patch_size(tmp_path):
-    model = UNet(1, 2, depth=2, base_channels=4)
+    model = UNet(1, 2, depth=2, base_channels=4, spatial_dims=3, strides=((1, 2, 2),))
     config = {"dims": 3, "patch_size": [16, 16, 8], "axis": 2, "slice_size": None}
     path = _write(
         tmp_path / "a.pt",
@@ -92,6 +92,7 @@ def test_round_trip_holds_dims_and_patch_size(tmp_path):
     )
     loaded, ckpt = load_checkpoint(path)
     assert (ckpt["dims"], ckpt["patch_size"]) == (3, (16, 16, 8))
+    assert loaded.spatial_dims == 3 and loaded.strides == ((1, 2, 2),)
     settings = inference_settings(ckpt)
     assert settings == InferenceSettings(3, (16, 16, 8), PreprocessConfig(slice_size=None))
     for key, value in model.state_dict().items():
