@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from napari_boundary_seg.bench import blob_mask
 from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset, case_from_arrays
+from napari_boundary_seg.core.device import resolve_device
 from napari_boundary_seg.core.losses import LossKind
 from napari_boundary_seg.core.precision import PRECISIONS, autocast, make_scaler, plan_precision
 from napari_boundary_seg.core.train import (
@@ -52,7 +53,6 @@ from napari_boundary_seg.core.train import (
     TrainConfig,
     epoch_order,
     iter_batches,
-    resolve_device,
     to_device,
     train,
     train_step,

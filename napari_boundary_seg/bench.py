@@ -344,11 +344,11 @@ def bench_train(
     import torch.nn.functional as F
 
     from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset, case_from_arrays
+    from napari_boundary_seg.core.device import resolve_device
     from napari_boundary_seg.core.losses import LossKind, boundary_loss
     from napari_boundary_seg.core.train import (
         epoch_order,
         iter_batches,
-        resolve_device,
         to_device,
         train_step,
     )

@@ -514,7 +514,7 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
 def _cmd_train(args: argparse.Namespace) -> int:
     base = None
     if args.resume is not None:
-        from napari_boundary_seg.core.predict import read_checkpoint
+        from napari_boundary_seg.core.checkpoint import read_checkpoint
 
         base = dict(read_checkpoint(args.resume)["config"])
         base["resume_from"] = str(args.resume)
@@ -605,8 +605,9 @@ def _add_predict(sub: Any) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
     from napari_boundary_seg.core.io import read_nifti, write_nifti
-    from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+    from napari_boundary_seg.core.predict import iter_predict_volume
 
     model, checkpoint = load_checkpoint(args.checkpoint)
     cases = _group_inputs(args.inputs)
@@ -911,9 +912,10 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
 
     def handler(args: argparse.Namespace) -> int:
+        from napari_boundary_seg.core.checkpoint import load_checkpoint
         from napari_boundary_seg.core.finetune import differing_slices, evaluate_finetune, finetune
         from napari_boundary_seg.core.io import read_nifti
-        from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+        from napari_boundary_seg.core.predict import iter_predict_volume
         from napari_boundary_seg.core.progress import run_to_end
         from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent
 

@@ -325,7 +325,7 @@ def _run_name(arm: str, seed: int) -> str:
 
 def _run_position(run_dir: Path) -> int | None:
     """Epochs done by the run in ``run_dir`` (from ``last.pt``), None without one."""
-    from napari_boundary_seg.core.predict import read_checkpoint
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
 
     last = run_dir / "last.pt"
     if not last.exists():
@@ -385,8 +385,9 @@ def _evaluate_run(
     run_dir: Path, test_cases: Sequence[Any], eval_batch_size: int, device: str
 ) -> list[dict[str, Any]]:
     """Every case metric of the run's best checkpoint on the test cases (cached in CSV)."""
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
     from napari_boundary_seg.core.metrics import case_metric_columns, case_metrics
-    from napari_boundary_seg.core.predict import load_checkpoint, predict_volume
+    from napari_boundary_seg.core.predict import predict_volume
 
     best = run_dir / "best.pt"
     cache = run_dir / "test_metrics.csv"

@@ -371,8 +371,8 @@ class PathEdit(QWidget):
 
 
 def device_choices() -> list[str]:
-    """``"auto"`` then the devices present here (``core.train.available_devices``)."""
-    from napari_boundary_seg.core.train import available_devices
+    """``"auto"`` then the devices present here (``core.device.available_devices``)."""
+    from napari_boundary_seg.core.device import available_devices
 
     return ["auto", *[d for d in available_devices() if d != "auto"]]
 
@@ -382,7 +382,7 @@ class DeviceCombo(QComboBox):
 
     def __init__(self) -> None:
         super().__init__()
-        from napari_boundary_seg.core.train import resolve_device
+        from napari_boundary_seg.core.device import resolve_device
 
         for name in device_choices():
             text = f"auto ({resolve_device('auto')})" if name == "auto" else name

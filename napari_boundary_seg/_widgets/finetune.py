@@ -451,7 +451,7 @@ class FinetuneWidget(QWidget):
     # -- 1. predict / link ------------------------------------------------------------
     def predict(self) -> Any:
         """Predict with the checkpoint on the chosen images (in a worker)."""
-        from napari_boundary_seg.core.predict import checkpoint_modalities
+        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
 
         if self.busy:
             notify_error("a prediction or fine-tune is already running")

@@ -61,7 +61,7 @@ __all__ = [
 def checkpoint_in_channels(checkpoint: Any) -> int | None:
     """The number of input channels (modalities) a loaded checkpoint expects.
 
-    ``checkpoint`` is what :func:`core.predict.load_checkpoint` returns,
+    ``checkpoint`` is what :func:`core.checkpoint.load_checkpoint` returns,
     ``(model, checkpoint dict)``, or the dict alone.
     """
     if isinstance(checkpoint, tuple):
@@ -102,7 +102,7 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
     Returns
     -------
     (model, checkpoint dict)
-        As :func:`core.predict.load_checkpoint`.
+        As :func:`core.checkpoint.load_checkpoint`.
 
     Raises
     ------
@@ -110,7 +110,7 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
         No path, a missing file, a file that is not a checkpoint of this plugin
         (corrupted, foreign), or a model for another channel count.
     """
-    from napari_boundary_seg.core.predict import load_checkpoint
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
 
     path = Path(check_checkpoint_path(path))
     try:
@@ -129,7 +129,7 @@ def stack_for_checkpoint(stack: ImageStack, trained: Sequence[str]) -> ImageStac
 
     Layers stack in the viewer's layer order; when their names are the
     checkpoint's modality names (its ``modalities``, or
-    :func:`core.predict.checkpoint_modalities` of its path) in another order,
+    :func:`core.checkpoint.checkpoint_modalities` of its path) in another order,
     the channels are put in the model's order and an info notification says
     so. Otherwise ``stack`` is returned as it is.
     """
@@ -159,7 +159,7 @@ def predict_job(
     checkpoint
         A checkpoint path (loaded and checked here, in the worker:
         :func:`load_checked_checkpoint`), ``(model, checkpoint dict)`` from
-        :func:`core.predict.load_checkpoint`, or a model.
+        :func:`core.checkpoint.load_checkpoint`, or a model.
     images
         ``(M, *spatial)`` float32 modalities.
     spacing
@@ -285,7 +285,7 @@ class InferenceWidget(QWidget):
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
         """Check the cheap things here; the worker loads and checks the checkpoint."""
-        from napari_boundary_seg.core.predict import checkpoint_modalities
+        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
 
         stack = images_from_layers(self.images.selected_layers())
         device = check_device(self.device.device())

@@ -421,13 +421,13 @@ def finetune(
         Shapes that do not match, slices out of range, labels beyond the
         checkpoint's classes, bad settings.
     """
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
     from napari_boundary_seg.core.data import (
         case_from_arrays,
         find_cases,
         iter_build_dataset,
         iter_load_cases,
     )
-    from napari_boundary_seg.core.predict import read_checkpoint
     from napari_boundary_seg.core.train import InfoEvent, TrainConfig, preprocess_config, train
 
     parent = Path(checkpoint).expanduser().resolve()
@@ -725,7 +725,8 @@ def evaluate_finetune(
         ``(*spatial)`` int64, ``new_probs (C, *spatial)`` float32, ``changes``
         (:func:`prediction_changes`).
     """
-    from napari_boundary_seg.core.predict import iter_predict_volume, load_checkpoint
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.predict import iter_predict_volume
 
     lineage_path = Path(result.lineage_path if isinstance(result, FinetuneResult) else result)
     lineage = read_lineage(lineage_path)

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Generator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,82 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_boundary_seg.core.checkpoint import (
+    load_checkpoint,
+    model_from_checkpoint,
+    preprocess_from_checkpoint,
+)
 from napari_boundary_seg.core.data import PreprocessConfig, case_from_arrays, preprocess_case
+from napari_boundary_seg.core.device import resolve_device
 from napari_boundary_seg.core.progress import Progress, run_to_end
-from napari_boundary_seg.core.unet import UNet
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "checkpoint_modalities",
     "iter_predict_volume",
-    "load_checkpoint",
     "modality_order",
     "predict_volume",
-    "preprocess_from_checkpoint",
-    "read_checkpoint",
 ]
-
-_REQUIRED_KEYS = ("model", "model_state", "config")
-
-
-def _reason(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:  # torch's weights-only refusal buries the cause in its text
-        if "Unpickler error" in line:
-            return line
-    return lines[0] if lines else type(exc).__name__
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint file written by the trainer, as a plain dict.
-
-    Loaded with ``torch.load(weights_only=True)``: no code is unpickled.
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        The file is not readable by torch (corrupt, truncated, not a checkpoint)
-        or is not a napari-boundary-seg checkpoint.
-    """
-    from napari_boundary_seg.core.train import CHECKPOINT_FORMAT
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a checkpoint file (e.g. best.pt)")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises several types for broken files
-        raise ValueError(
-            f"{path} is not a readable checkpoint (corrupt or foreign file): {_reason(exc)}"
-        ) from exc
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a napari-boundary-seg checkpoint (no '{CHECKPOINT_FORMAT}' format key)"
-        )
-    missing = [k for k in _REQUIRED_KEYS if k not in checkpoint]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}")
-    return checkpoint
-
-
-def checkpoint_modalities(path: str | os.PathLike) -> list[str]:
-    """The modality names a checkpoint was trained on, in channel order; cheap.
-
-    The file is memory-mapped, so its weights are not read. An unreadable file,
-    or one without names, gives ``[]``: :func:`read_checkpoint` is what reports
-    broken files.
-    """
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # reported by read_checkpoint when the file is used
-        return []
-    names = checkpoint.get("modalities") if isinstance(checkpoint, dict) else None
-    return [str(n) for n in names] if isinstance(names, list | tuple) else []
 
 
 def modality_order(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:
@@ -116,63 +55,6 @@ def modality_order(trained: Sequence[str], given: Sequence[str]) -> list[int] | 
     ):
         return None
     return [given.index(name) for name in trained]
-
-
-def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> UNet:
-    """Rebuild the UNet of a checkpoint dict and load its weights (on the CPU)."""
-    hparams = dict(checkpoint["model"])
-    try:
-        model = UNet(**hparams)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: cannot rebuild the UNet from {hparams}: {exc}") from exc
-    try:
-        model.load_state_dict(checkpoint["model_state"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"{source}: weights do not match the UNet {hparams}: {first}") from exc
-    model.eval()
-    return model
-
-
-def load_checkpoint(
-    path: str | os.PathLike, map_location: Any = "cpu"
-) -> tuple[UNet, dict[str, Any]]:
-    """Load a trained model and its checkpoint dict.
-
-    Parameters
-    ----------
-    path
-        ``best.pt`` or ``last.pt`` written by :func:`napari_boundary_seg.core.train.train`.
-    map_location
-        Where to load the tensors (``"cpu"`` by default).
-
-    Returns
-    -------
-    (model, checkpoint)
-        The UNet in eval mode with the saved weights, and the checkpoint dict
-        (``config``, ``history``, ``position``, ``versions``, ...).
-
-    Raises
-    ------
-    FileNotFoundError, ValueError
-        Missing file; unreadable, foreign or mismatching checkpoint (the message
-        names the file).
-    """
-    checkpoint = read_checkpoint(path, map_location)
-    model = model_from_checkpoint(checkpoint, str(path))
-    return model.to(map_location) if map_location is not None else model, checkpoint
-
-
-def preprocess_from_checkpoint(checkpoint: Mapping[str, Any]) -> PreprocessConfig:
-    """The preprocessing a checkpoint's model was trained with."""
-    config = checkpoint.get("config") or {}
-    percentiles = config.get("percentiles")
-    return PreprocessConfig(
-        scale=bool(config.get("scale", True)),
-        percentiles=None if percentiles is None else tuple(percentiles),
-        slice_size=config.get("slice_size", 256),
-        axis=int(config.get("axis", 2)),
-    )
 
 
 def _resolve(
@@ -265,8 +147,6 @@ def iter_predict_volume(
     if device is None:
         target = _model_device(model)
     else:
-        from napari_boundary_seg.core.train import resolve_device
-
         target = device if isinstance(device, torch.device) else resolve_device(device)
     original_device = _model_device(model)
     was_training = model.training

@@ -56,6 +56,14 @@ from torch import nn
 
 from napari_boundary_seg import __version__
 from napari_boundary_seg.core import distributed
+from napari_boundary_seg.core.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    read_checkpoint,
+    save_checkpoint,
+    training_mode,
+)
+from napari_boundary_seg.core.device import check_device_name, resolve_device
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
 from napari_boundary_seg.core.precision import (
@@ -72,7 +80,6 @@ from napari_boundary_seg.core.unet import UNet
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "METRICS_COLUMNS",
     "DoneEvent",
     "EpochEvent",
@@ -82,15 +89,12 @@ __all__ = [
     "StepResult",
     "TrainConfig",
     "TrainControl",
-    "available_devices",
     "collate",
     "effective_weights",
     "epoch_order",
     "iter_batches",
     "library_versions",
     "preprocess_config",
-    "resolve_device",
-    "save_checkpoint",
     "step_losses",
     "to_device",
     "train",
@@ -98,12 +102,8 @@ __all__ = [
     "validate_cases",
 ]
 
-CHECKPOINT_FORMAT = "napari-boundary-seg.checkpoint"
-"""Value of the ``"format"`` key of every checkpoint this package writes."""
-CHECKPOINT_VERSION = 1
 
 DISTANCE_MODES = ("3d", "2d")
-_DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 _PAUSE_POLL_S = 0.2
 
 METRICS_COLUMNS: tuple[str, ...] = (
@@ -347,7 +347,7 @@ class TrainConfig:
                     f"got {self.percentiles!r}"
                 )
             set_(self, "percentiles", lo_hi)
-        _check_device_name(self.device)
+        check_device_name(self.device)
         _check_precision_fields(self)
         for name in ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir"):
             value = getattr(self, name)
@@ -532,56 +532,6 @@ class TrainControl:
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds or until resumed or stopped."""
         self._wake.wait(timeout)
-
-
-# ---------------------------------------------------------------------------
-# devices
-
-
-def _check_device_name(name: Any) -> None:
-    if not isinstance(name, str):
-        raise ValueError(f"device must be a string, got {name!r}")
-    kind, _, index = name.partition(":")
-    if kind not in _DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"unknown device {name!r}; use one of {list(_DEVICE_KINDS)} or 'cuda:N'")
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def available_devices() -> list[str]:
-    """Devices usable here, best first among accelerators, ``"cpu"`` last.
-
-    Returns
-    -------
-    list of str
-        e.g. ``["cuda", "cuda:0", "cpu"]``, ``["mps", "cpu"]`` or ``["cpu"]``.
-    """
-    out: list[str] = []
-    if torch.cuda.is_available():
-        out.append("cuda")
-        out.extend(f"cuda:{i}" for i in range(torch.cuda.device_count()))
-    if _mps_available():
-        out.append("mps")
-    out.append("cpu")
-    return out
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a device name.
-
-    ``"auto"`` picks CUDA, then MPS, then CPU. A requested device that is not
-    available raises ValueError naming it and what is available.
-    """
-    _check_device_name(name)
-    available = available_devices()
-    if name == "auto":
-        return torch.device(available[0])
-    if name not in available:
-        raise ValueError(f"device {name!r} is not available here; available: {available}")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------------------
@@ -840,14 +790,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
-    """Write a checkpoint dict atomically (temporary file in the folder, then rename)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
-    return path
-
-
 def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
@@ -1032,8 +974,6 @@ def _check_out_dir(config: TrainConfig) -> Path | None:
 
 
 def _load_source(path: str) -> dict[str, Any]:
-    from napari_boundary_seg.core.predict import read_checkpoint
-
     return read_checkpoint(path)
 
 
@@ -1283,6 +1223,7 @@ def train(
             "lr_state": plateau.state_dict(),
             "scaler_state": scaler.state_dict() if scaler is not None else None,
             "config": config.to_dict(),
+            **training_mode(config.to_dict()),
             "schedule": schedule.to_dict(),
             "position": {"epoch": epoch, "step": step},
             "partial": dict(part),

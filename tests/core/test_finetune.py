@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_boundary_seg.core.checkpoint import read_checkpoint
 from napari_boundary_seg.core.data import case_from_arrays
 from napari_boundary_seg.core.finetune import (
     compare_models,
@@ -19,7 +20,6 @@ from napari_boundary_seg.core.finetune import (
     read_lineage,
     record_decision,
 )
-from napari_boundary_seg.core.predict import read_checkpoint
 from napari_boundary_seg.core.progress import run_to_end
 from napari_boundary_seg.core.train import InfoEvent, StepEvent, TrainControl
 

@@ -7,16 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from napari_boundary_seg.core.data import PreprocessConfig
-from napari_boundary_seg.core.predict import (
+from napari_boundary_seg.core.checkpoint import (
+    CHECKPOINT_FORMAT,
     checkpoint_modalities,
-    iter_predict_volume,
     load_checkpoint,
-    modality_order,
-    predict_volume,
+    save_checkpoint,
 )
+from napari_boundary_seg.core.data import PreprocessConfig
+from napari_boundary_seg.core.predict import iter_predict_volume, modality_order, predict_volume
 from napari_boundary_seg.core.progress import Progress
-from napari_boundary_seg.core.train import CHECKPOINT_FORMAT, TrainConfig, save_checkpoint
+from napari_boundary_seg.core.train import TrainConfig
 from napari_boundary_seg.core.unet import UNet
 
 

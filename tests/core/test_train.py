@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from napari_boundary_seg.core import train as train_mod
+from napari_boundary_seg.core.checkpoint import load_checkpoint, read_checkpoint
 from napari_boundary_seg.core.data import case_from_arrays
+from napari_boundary_seg.core.device import available_devices, resolve_device
 from napari_boundary_seg.core.losses import LossKind, LossParts
-from napari_boundary_seg.core.predict import load_checkpoint, read_checkpoint
 from napari_boundary_seg.core.progress import run_to_end
 from napari_boundary_seg.core.train import (
     METRICS_COLUMNS,
@@ -24,8 +25,6 @@ from napari_boundary_seg.core.train import (
     StepEvent,
     TrainConfig,
     TrainControl,
-    available_devices,
-    resolve_device,
     train,
     train_step,
 )

@@ -177,7 +177,7 @@ def test_bad_inputs_notify(make_napari_viewer, qtbot, checkpoint, errors, tmp_pa
 
 
 def test_checkpoint_in_channels_reads_hparams(checkpoint):
-    from napari_boundary_seg.core.predict import load_checkpoint
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint)
     assert checkpoint_in_channels((model, ckpt)) == 2
