@@ -11,6 +11,7 @@ the same equivalence with BatchNorm.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -28,6 +29,7 @@ from torch import nn
 from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core import train as train_mod
 from napari_boundary_seg.core.data import case_from_arrays
+from napari_boundary_seg.core.progress import run_to_end
 from napari_boundary_seg.core.train import (
     DoneEvent,
     EpochEvent,
@@ -371,3 +373,24 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
     ]
     checkpoint = torch.load(run / "last.pt", weights_only=False)
     assert checkpoint["world_size"] == 2 and checkpoint["config"]["precision"] == "bf16"
+
+
+def test_a_runs_config_json_starts_the_same_run_elsewhere(tmp_path):
+    """The widget's route to a cluster: config.json of an in-memory run (no data
+    folder) + ``train --config config.json --data DIR --out DIR``."""
+    from napari_boundary_seg.cli import main
+
+    first = tmp_path / "widget-run"
+    config = TrainConfig(out_dir=str(first), epochs=1, batch_size=4, precision="bf16", **TINY)
+    run_to_end(train(config, make_cases(2)))
+    saved = first / "config.json"
+    assert json.loads(saved.read_text())["data"] is None
+    data, run = tmp_path / "data", tmp_path / "cluster-run"
+    synth = ["synth", "--out", str(data), "--cases", "2", "--shape", "24", "28", "8"]
+    assert main([*synth, "--anatomy", "phantom"]) == 0
+    assert main(["train", "--config", str(saved), "--data", str(data), "--out", str(run)]) == 0
+    again = json.loads((run / "config.json").read_text())
+    mine = json.loads(saved.read_text())
+    for key in ("precision", "batch_size", "slice_size", "depth", "base_channels", "epochs"):
+        assert again[key] == mine[key], key
+    assert again["data"] == str(data) and again["out_dir"] == str(run)
