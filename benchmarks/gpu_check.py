@@ -233,6 +233,10 @@ def data_wait(device: torch.device, sizes: dict) -> dict:
     order = epoch_order(len(dataset), 0, 0)
     out = {}
     for workers in (0, sizes["workers"]):
+        tic = time.perf_counter()  # the loader alone: how fast it can deliver
+        for _ in iter_batches(dataset, order, b, 0, steps, workers):
+            pass
+        loader_rate = steps / (time.perf_counter() - tic)
         batches = iter_batches(dataset, order, b, 0, steps, workers)
         waited = total = 0.0
         for k in range(steps):
@@ -247,7 +251,7 @@ def data_wait(device: torch.device, sizes: dict) -> dict:
             if k >= 1:  # the first batch includes the workers' start
                 waited += got - tic
                 total += time.perf_counter() - tic
-        out[workers] = waited / total
+        out[workers] = (waited / total, loader_rate, (steps - 1) / total)
     return out
 
 
@@ -395,8 +399,11 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.empty_cache()
     out()
     out("## waiting for data (share of the step loop blocked on the next batch, 2D, 32)")
-    for workers, share in data_wait(device, sizes).items():
-        out(f"num_workers {workers}: {share * 100:.1f} % of the step spent waiting")
+    for workers, (share, loader_rate, step_rate) in data_wait(device, sizes).items():
+        out(
+            f"num_workers {workers}: {share * 100:.1f} % of the step spent waiting; loader alone "
+            f"{loader_rate:.1f} batches/s, training consumes {step_rate:.1f} batches/s"
+        )
     out()
     r = phi_time(sizes["phi_shape"])
     out(f"## φ of a {'×'.join(map(str, r['shape']))} volume ({r['source']}): {r['seconds']:.2f} s")

@@ -304,6 +304,8 @@ def mean_across(values: torch.Tensor) -> torch.Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
     out = values.detach().clone()
+    if dist.get_backend() == "gloo":  # gloo reduces CPU tensors (CUDA ones only in some builds)
+        out = out.cpu()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
 
