@@ -406,6 +406,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
         value = getattr(args, option, None)
         if value is not None:
             values[name] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "precision", None) is not None and not getattr(args, "amp", None):
+        values["amp"] = False  # an explicit --precision replaces the old amp flag of a base config
     if getattr(args, "slice_size", None) is not None:
         values["slice_size"] = args.slice_size or None
     if getattr(args, "percentiles", None) is not None:

@@ -341,6 +341,10 @@ def test_cli_options_reach_the_config():
     assert (config.precision, config.channels_last, config.compile) == ("bf16", True, True)
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--amp"])
     assert config_from_args(args).precision == "16-mixed"
+    # resuming a 0.1 run that used amp, now in bf16
+    args = build_parser().parse_args(["train", "--precision", "bf16"])
+    config = config_from_args(args, {"amp": True, "data": "d"})
+    assert (config.precision, config.amp) == ("bf16", False)
 
 
 def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
