@@ -357,8 +357,6 @@ def iter_predict_volume(
     target = _target_device(model, device)
     original_device = _model_device(model)
     was_training = model.training
-    model.to(target).eval()
-
     case = case_from_arrays(list(images), None, spacing, case_id="predict")
     prepared = preprocess_case(case, prep)
     slices = prepared.images  # (D, M, S, S)
@@ -373,18 +371,21 @@ def iter_predict_volume(
     out = np.empty((0,), dtype=np.float32)
     yield Progress(0, total, "predicting slices")
     try:
-        with torch.inference_mode():
-            for b, start in enumerate(range(0, n, batch_size)):
+        model.to(target).eval()
+        for b, start in enumerate(range(0, n, batch_size)):
+            # inference mode only around the forward pass: never across a yield, where
+            # the caller's thread would otherwise run in inference mode too
+            with torch.inference_mode():
                 chunk = torch.from_numpy(slices[start : start + batch_size]).to(target)
                 probs = torch.softmax(model(chunk).float(), dim=1)
                 if tuple(probs.shape[-2:]) != native:
                     # bilinear weights are convex: the channels still sum to 1
                     probs = F.interpolate(probs, size=native, mode="bilinear", align_corners=False)
                 probs_np = probs.cpu().numpy()
-                if b == 0:
-                    out = np.empty((n, probs_np.shape[1], *native), dtype=np.float32)
-                out[start : start + len(probs_np)] = probs_np
-                yield Progress(b + 1, total, f"slices {start + len(probs_np)}/{n}")
+            if b == 0:
+                out = np.empty((n, probs_np.shape[1], *native), dtype=np.float32)
+            out[start : start + len(probs_np)] = probs_np
+            yield Progress(b + 1, total, f"slices {start + len(probs_np)}/{n}")
     finally:
         model.to(original_device)
         model.train(was_training)

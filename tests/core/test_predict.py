@@ -142,6 +142,24 @@ def test_model_mode_and_device_are_restored():
     assert model.training
 
 
+def test_the_caller_is_not_left_in_inference_mode_between_progress_events():
+    """A generator paused at a yield must not leave its caller's thread in inference mode
+    (a training step run meanwhile would then fail on inference tensors)."""
+    gen = iter_predict_volume(Threshold(), blocky((8, 8, 6)), (1.0, 1.0, 1.0), slice_size=8)
+    seen = []
+    for event in gen:
+        seen.append(torch.is_inference_mode_enabled())
+        assert isinstance(event, Progress)
+    assert len(seen) >= 2 and not any(seen)
+
+
+def test_bad_input_leaves_the_model_where_it_was():
+    model = UNet(1, 2, depth=2, base_channels=4).train()
+    with pytest.raises(ValueError):
+        predict_volume(model, np.zeros((3, 8, 8, 2), np.float32), (1.0, 1.0, 1.0), slice_size=8)
+    assert model.training
+
+
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
