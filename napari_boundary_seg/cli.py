@@ -588,7 +588,8 @@ def _add_predict(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
         help="segment NIfTI images with a trained checkpoint",
-        description="Segment NIfTI files (or folders of them) slice by slice. Files named "
+        description="Segment NIfTI files (or folders of them) as the checkpoint was trained: "
+        "slice by slice (2D) or by overlapping Gaussian-weighted windows (3D). Files named "
         "<case>_0000.nii.gz, <case>_0001.nii.gz ... are the modalities of one case. Writes "
         "<out>/<case>.nii.gz labels with the input's affine.",
     )

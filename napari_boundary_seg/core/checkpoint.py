@@ -185,10 +185,8 @@ def _check_mode(dims: Any, patch_size: Any, source: str) -> dict[str, Any]:
                 f"{source}: patch_size must be positive integers or None, got {patch_size!r}"
             )
         patch_size = tuple(int(p) for p in patch_size)
-        if len(patch_size) != dims:
-            raise ValueError(
-                f"{source}: a {dims}D patch_size needs {dims} values, got {patch_size}"
-            )
+        if dims == 3 and len(patch_size) != 3:
+            raise ValueError(f"{source}: a 3D patch_size needs 3 values, got {patch_size}")
     if dims == 3 and patch_size is None:
         raise ValueError(f"{source}: dims=3 needs a patch_size")
     return {"dims": int(dims), "patch_size": patch_size}

@@ -92,8 +92,9 @@ def pooling_strides(
     spacing = [float(s) for s in spacing]
     if not spacing or any(not math.isfinite(s) or s <= 0 for s in spacing):
         raise ValueError(f"spacing must be positive numbers, got {tuple(spacing)}")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    for name, value in (("depth", depth), ("min_size", min_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if patch_size is not None:
         sizes = [int(p) for p in patch_size]
         if len(sizes) != len(spacing) or any(p < 1 for p in sizes):

@@ -142,6 +142,24 @@ def test_model_mode_and_device_are_restored():
     assert model.training
 
 
+def test_the_caller_is_not_left_in_inference_mode_between_progress_events():
+    """A generator paused at a yield must not leave its caller's thread in inference mode
+    (a training step run meanwhile would then fail on inference tensors)."""
+    gen = iter_predict_volume(Threshold(), blocky((8, 8, 6)), (1.0, 1.0, 1.0), slice_size=8)
+    seen = []
+    for event in gen:
+        seen.append(torch.is_inference_mode_enabled())
+        assert isinstance(event, Progress)
+    assert len(seen) >= 2 and not any(seen)
+
+
+def test_bad_input_leaves_the_model_where_it_was():
+    model = UNet(1, 2, depth=2, base_channels=4).train()
+    with pytest.raises(ValueError):
+        predict_volume(model, np.zeros((3, 8, 8, 2), np.float32), (1.0, 1.0, 1.0), slice_size=8)
+    assert model.training
+
+
 def test_load_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -194,3 +212,154 @@ def test_checkpoint_modalities_reads_the_names_cheaply(tmp_path):
     broken.write_bytes(b"not a checkpoint")
     assert checkpoint_modalities(broken) == []
     assert checkpoint_modalities(tmp_path / "missing.pt") == []
+
+
+# ---------------------------------------------------------------------------
+# 3D: sliding window, dispatch on the checkpoint's mode
+
+
+class Pointwise(nn.Module):
+    """A 1x1x1 convolution: translation-equivariant, so every window agrees."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.spatial_dims = 3
+        torch.manual_seed(0)
+        self.conv = nn.Conv3d(in_channels, 3, 1)
+        self.batches: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(tuple(x.shape))
+        return self.conv(x)
+
+
+def _unet3d():
+    torch.manual_seed(0)
+    return UNet(1, 2, depth=2, base_channels=2, spatial_dims=3, strides=((1, 2, 2),)).eval()
+
+
+def _scaled(volume):
+    return (volume - volume.min()) / (volume.max() - volume.min())
+
+
+def _full_pass(model, volume):
+    with torch.no_grad():
+        x = torch.from_numpy(_scaled(volume))[None, None]
+        return torch.softmax(model(x), dim=1)[0].numpy()
+
+
+def test_one_window_covering_the_volume_is_the_full_pass():
+    volume = np.random.default_rng(0).random((5, 11, 9)).astype(np.float32)
+    model = _unet3d()
+    probs, labels = predict_volume(model, volume, (3.0, 1.0, 1.0), patch_size=(5, 11, 9))
+    assert probs.shape == (2, 5, 11, 9) and labels.shape == volume.shape
+    np.testing.assert_allclose(probs, _full_pass(model, volume), atol=1e-5)
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch"), [((9, 14, 11), (4, 6, 5)), ((7, 13, 5), (8, 8, 8)), ((3, 5, 4), (3, 5, 4))]
+)
+def test_overlapping_windows_of_an_equivariant_net_give_the_full_pass(shape, patch):
+    volume = np.random.default_rng(1).random(shape).astype(np.float32)
+    model = Pointwise()
+    probs, labels = predict_volume(model, volume, patch_size=patch, overlap=0.5, sw_batch_size=3)
+    assert probs.shape == (3, *shape) and labels.shape == shape  # odd sizes, padding
+    assert model.batches and all(b[0] <= 3 and b[2:] == patch for b in model.batches)
+    np.testing.assert_allclose(probs, _full_pass(model, volume), atol=1e-5)
+
+
+def test_blending_equals_monai_sliding_window_inference():
+    from monai.inferers import sliding_window_inference
+
+    volume = np.random.default_rng(2).random((6, 16, 13)).astype(np.float32)
+    model = _unet3d()
+    probs, _ = predict_volume(model, volume, patch_size=(4, 8, 8), overlap=0.5, sw_batch_size=4)
+    with torch.no_grad():
+        expected = sliding_window_inference(
+            torch.from_numpy(_scaled(volume))[None, None],
+            (4, 8, 8),
+            4,
+            lambda t: torch.softmax(model(t), dim=1),
+            overlap=0.5,
+            mode="gaussian",
+        )[0].numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    # the windows disagree (a UNet sees borders), so the weighting mattered
+    assert np.abs(probs - _full_pass(model, volume)).max() > 1e-4
+
+
+def _checkpoint_3d(tmp_path, patch_size=(4, 8, 8)):
+    model = _unet3d()
+    config = {**TrainConfig(slice_size=None).to_dict(), "dims": 3, "patch_size": list(patch_size)}
+    path = tmp_path / "best3d.pt"
+    save_checkpoint(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model.hparams,
+            "model_state": model.state_dict(),
+            "config": config,
+            "dims": 3,
+            "patch_size": tuple(patch_size),
+        },
+    )
+    return model, path
+
+
+def test_a_3d_checkpoint_predicts_by_windows_without_being_told(tmp_path):
+    model, path = _checkpoint_3d(tmp_path)
+    volume = np.random.default_rng(3).random((5, 13, 9)).astype(np.float32) * 50 + 3
+    events = []
+    gen = iter_predict_volume(str(path), volume, (3.0, 1.0, 1.0), sw_batch_size=2, axis=1)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            probs, labels = stop.value
+            break
+    assert probs.shape == (2, 5, 13, 9) and labels.dtype == np.int64
+    # 2 x 3 x 2 windows of (4, 8, 8) with 50 % overlap, 2 per batch: 6 batches
+    assert all(isinstance(e, Progress) for e in events)
+    assert [(e.done, e.total) for e in events] == [(k, 6) for k in range(7)]
+    expected, _ = predict_volume(model, volume, patch_size=(4, 8, 8), sw_batch_size=5)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)  # the training patch, scaled
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_3d_errors_and_model_state_restored(tmp_path):
+    model = _unet3d().train()
+    with pytest.raises(ValueError, match="needs a patch_size"):
+        predict_volume(model, np.zeros((4, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="3 spatial axes"):
+        predict_volume(model, np.zeros((8, 8), np.float32), patch_size=(4, 8, 8))
+    with pytest.raises(ValueError, match="overlap must be"):
+        predict_volume(model, np.zeros((4, 8, 8), np.float32), patch_size=(4, 8, 8), overlap=1.0)
+    with pytest.raises(ValueError, match="patch_size must be 3 positive"):
+        predict_volume(model, np.zeros((4, 8, 8), np.float32), patch_size=(4, 8))
+    predict_volume(model, np.ones((4, 8, 8), np.float32), patch_size=(4, 8, 8), device="cpu")
+    assert model.training
+    _, path = _checkpoint_3d(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["dims"], ckpt["patch_size"] = 2, None
+    with pytest.raises(ValueError, match="dims=2 but its model has spatial_dims=3"):
+        predict_volume(ckpt, np.zeros((4, 8, 8), np.float32))
+
+
+def test_cli_predict_follows_a_3d_checkpoint(tmp_path):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import read_nifti, write_nifti
+
+    model, path = _checkpoint_3d(tmp_path)
+    volume = np.random.default_rng(4).random((7, 10, 9)).astype(np.float32)
+    write_nifti(tmp_path / "c1_0000.nii.gz", volume, spacing=(2.0, 1.0, 1.0), as_labels=False)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "c1_0000.nii.gz"), "--checkpoint", str(path),
+                 "--out", str(out), "--device", "cpu", "--probabilities"]) == 0  # fmt: skip
+    written = read_nifti(out / "c1.nii.gz", as_labels=True)
+    probs = read_nifti(out / "c1_probs.nii.gz", as_labels=False).data
+    expected, labels = predict_volume(model, volume, patch_size=(4, 8, 8))
+    assert written.data.shape == volume.shape
+    np.testing.assert_array_equal(written.data, labels)
+    np.testing.assert_allclose(np.moveaxis(probs, -1, 0), expected, atol=1e-5)

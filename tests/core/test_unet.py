@@ -238,3 +238,5 @@ def test_pooling_strides_follows_nnunet():
         pooling_strides((1.0, 1.0, 1.0), (8, 8), 3)
     with pytest.raises(ValueError, match="spacing must be positive"):
         pooling_strides((0.0, 1.0), None, 3)
+    with pytest.raises(ValueError, match="min_size must be an integer >= 1, got 0"):
+        pooling_strides((1.0, 1.0), None, 3, min_size=0)
