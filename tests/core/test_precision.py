@@ -173,3 +173,36 @@ def test_channels_last_gives_the_same_losses():
     last, events = _losses("32", channels_last=True)
     np.testing.assert_allclose(last, full, rtol=1e-4)
     assert any("channels-last" in e.message for e in events if isinstance(e, InfoEvent))
+
+
+def test_gradient_scaler_state_is_checkpointed_and_restored(tmp_path, monkeypatch):
+    """float16 runs scale gradients; the scaler's state (scale, growth tracker)
+    goes into last.pt and a resumed run continues from it. On the CPU the test
+    forces a scaler (with bf16 autocast) since 16-mixed is CUDA/MPS only."""
+    from napari_boundary_seg.core import train as train_mod
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+    from napari_boundary_seg.core.precision import PrecisionPlan
+    from napari_boundary_seg.core.train import TrainControl
+
+    monkeypatch.setattr(
+        train_mod, "plan_precision", lambda precision, device: PrecisionPlan(torch.bfloat16, True)
+    )
+    tiny = {"batch_size": 4, "slice_size": 32, "depth": 2, "base_channels": 4, "device": "cpu"}
+    straight = TrainConfig(out_dir=str(tmp_path / "a"), epochs=2, val_fraction=0.0, **tiny)
+    run_to_end(train(straight, _cases()))
+    reference = read_checkpoint(tmp_path / "a" / "last.pt")["scaler_state"]
+    assert reference["_growth_tracker"] == 4 and reference["scale"] == 2.0**16  # 4 good steps
+
+    control = TrainControl()
+    part = straight.replace(out_dir=str(tmp_path / "b"))
+
+    def stop_after_three(event):
+        if isinstance(event, StepEvent) and (event.epoch, event.step) == (1, 0):
+            control.stop()
+
+    run_to_end(train(part, _cases(), control), stop_after_three)
+    stopped = read_checkpoint(tmp_path / "b" / "last.pt")
+    assert stopped["position"] == {"epoch": 1, "step": 1}
+    assert stopped["scaler_state"]["_growth_tracker"] == 3
+    run_to_end(train(part.replace(resume_from=str(tmp_path / "b" / "last.pt")), _cases()))
+    assert read_checkpoint(tmp_path / "b" / "last.pt")["scaler_state"] == reference
