@@ -290,7 +290,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--num-classes", type=int, help=f"classes incl. background (default {d.num_classes})"
     )
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
-    p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"batch size of one process; under torchrun the global batch is processes × this "
+        f"(default {d.batch_size})",
+    )
     p.add_argument(
         "--lr-patience",
         type=int,

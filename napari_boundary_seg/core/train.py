@@ -199,7 +199,9 @@ class TrainConfig:
     epochs
         Number of epochs (the total, also when resuming).
     lr, batch_size
-        Adam learning rate and batch size (the paper: 1e-3, 8).
+        Adam learning rate and batch size (the paper: 1e-3, 8). Under
+        torchrun ``batch_size`` is per process: the global batch is
+        ``world_size × batch_size`` (:mod:`napari_boundary_seg.core.distributed`).
     lr_patience, lr_factor
         The lr is multiplied by ``lr_factor`` after ``lr_patience`` epochs without
         improvement of the validation DSC (the paper: 20, 0.5).
