@@ -24,7 +24,7 @@ import numpy as np
 
 PLUGIN = "napari-boundary-seg"
 OUT = Path(__file__).resolve().parent / "screenshots"
-WINDOW = (1500, 900)
+WINDOW = (1600, 1000)
 
 
 def slug(display_name: str) -> str:
@@ -206,7 +206,7 @@ PREPARE: dict[str, Callable[[Any, Any], None]] = {
 
 
 # ------------------------------------------------------------------ screenshots
-def save_png(array: np.ndarray, path: Path, max_width: int = 1400, budget: int = 280_000) -> int:
+def save_png(array: np.ndarray, path: Path, max_width: int = 1600, budget: int = 300_000) -> int:
     """Save an RGBA screenshot as PNG; returns its size in bytes.
 
     Full colour when that fits in ``budget`` bytes, else reduced to 256
