@@ -155,6 +155,15 @@ class _MagicWrapper(QWidget):
         return getattr(magic.native, name)
 
 
+def compact_combo(combo: QComboBox, chars: int = 14) -> QComboBox:
+    """Let ``combo`` shrink to ``chars`` characters (long layer names or choices
+    are elided instead of widening the dock); it grows with the form."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    return combo
+
+
 class LayerCombo(_MagicWrapper):
     """A layer picker (magicgui ``ComboBox``) of the viewer's layers, kept up to date.
 
@@ -193,7 +202,7 @@ class LayerCombo(_MagicWrapper):
         self._allow_none = allow_none
         self._accept = accept
         self.magic = ComboBox(choices=self._choices)
-        self.magic.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        compact_combo(self.magic.native)
         self._embed(self.magic.native)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         follow_layer_list(viewer, self.refresh)
@@ -497,7 +506,11 @@ class PathEdit(_MagicWrapper):
         self.magic = FileEdit(mode=modes.get(mode, "r"), filter=filter or None)
         self.edit = self.magic.line_edit.native
         self.edit.setPlaceholderText(placeholder)
-        self.magic.choose_btn.native.setFixedWidth(64)
+        button = self.magic.choose_btn.native
+        button.setToolTip(button.text())  # "Select file", "Choose directory"...
+        button.setText("…")
+        button.setFixedWidth(28)
+        self.edit.setMinimumWidth(80)
         self._embed(self.magic.native)
 
     def text(self) -> str:
@@ -639,19 +652,46 @@ def update_or_add_colored_labels(
 
 
 # ------------------------------------------------------------------ layout
+def _scroll_area_class() -> type:
+    from qtpy.QtCore import QSize
+    from qtpy.QtWidgets import QScrollArea
+
+    class FormScrollArea(QScrollArea):
+        """Scrolls vertically only; as wide as its form needs (up to
+        :data:`MAX_FORM_WIDTH`), a few rows high at least."""
+
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+            body = self.widget()
+            width = body.minimumSizeHint().width() if body is not None else 0
+            width += self.verticalScrollBar().sizeHint().width() + 2
+            return QSize(min(width, MAX_FORM_WIDTH), 120)
+
+        def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+            # napari sizes a dock from its size hint: hold the form's width
+            self.setMinimumWidth(self.minimumSizeHint().width())
+            super().showEvent(event)
+
+    return FormScrollArea
+
+
+#: The widest a scrolling form asks to be (px): a third of a 1366 px screen.
+MAX_FORM_WIDTH = 440
+
+
 def scroll_layout(widget: QWidget) -> QVBoxLayout:
     """Put a scroll area in ``widget`` and return the layout of its content.
 
-    A dock widget built on this layout scrolls instead of being cut off (or
-    forcing the window taller than a laptop screen): its minimum height is the
-    scroll area's, a few rows. The area is ``widget.scroll_area``.
+    A dock widget built on this layout scrolls vertically instead of being
+    cut off (or forcing the window taller than a laptop screen): its minimum
+    height is a few rows; its minimum width is its form's (at most
+    :data:`MAX_FORM_WIDTH`). The area is ``widget.scroll_area``.
     """
     from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QFrame, QScrollArea
+    from qtpy.QtWidgets import QFrame
 
     body = QWidget()
     content = QVBoxLayout(body)
-    area = QScrollArea()
+    area = _scroll_area_class()()
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)

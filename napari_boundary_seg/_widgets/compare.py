@@ -35,6 +35,7 @@ from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -174,15 +175,17 @@ class CompareWidget(QWidget):
         layout.addWidget(self.table, stretch=1)
 
     @staticmethod
-    def _legend() -> QHBoxLayout:
-        legend = QHBoxLayout()
-        for value, color in OUTCOME_COLORS.items():
+    def _legend() -> QGridLayout:
+        legend = QGridLayout()
+        legend.setHorizontalSpacing(4)
+        for i, (value, color) in enumerate(OUTCOME_COLORS.items()):
             swatch = QLabel()
             swatch.setFixedSize(14, 14)
             swatch.setStyleSheet(f"background-color: {color}; border: 1px solid #888;")
-            legend.addWidget(swatch)
-            legend.addWidget(QLabel(OUTCOME_NAMES[value]))
-        legend.addStretch(1)
+            row, col = divmod(i, 2)
+            legend.addWidget(swatch, row, 2 * col)
+            legend.addWidget(QLabel(OUTCOME_NAMES[value]), row, 2 * col + 1)
+        legend.setColumnStretch(3, 1)
         return legend
 
     # ---------------------------------------------------------------- inputs

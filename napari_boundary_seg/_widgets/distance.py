@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from napari_boundary_seg._widgets._common import (
     LayerCombo,
+    compact_combo,
     geometry_kwargs,
     int_spin,
     is_integer_labels,
@@ -162,7 +163,7 @@ class DistanceMapWidget(QWidget):
         self.labels_combo.setToolTip("Labels layers of integer labels")
         self.class_spin = int_spin(1, 0, 65535)
         self.mode_choice = ComboBox(choices=[(m.value, m) for m in Mode], value=Mode.VOLUME)
-        self.mode_combo = self.mode_choice.native
+        self.mode_combo = compact_combo(self.mode_choice.native)
         self.run_button = QPushButton("Compute distance map")
         self.run_button.clicked.connect(self.compute)
         self.info = QLabel(

@@ -35,6 +35,7 @@ from napari_boundary_seg._widgets._common import (
     PathEdit,
     ProgressPanel,
     check_device,
+    compact_combo,
     images_from_layers,
     mark_output,
     notify_error,
@@ -310,7 +311,7 @@ class InferenceWidget(QWidget):
         self.checkpoint.magic.changed.connect(self._show_modalities)
         self.device = DeviceCombo()
         self.output_choice = ComboBox(choices=["probability and labels", "labels only"])
-        self.probability = self.output_choice.native
+        self.probability = compact_combo(self.output_choice.native)
         self.run_button = QPushButton("Predict")
         self.run_button.clicked.connect(self.start)
         self.progress = ProgressPanel(self)

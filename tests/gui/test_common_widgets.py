@@ -109,3 +109,4 @@ def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
     if body.sizeHint().height() > area.viewport().height():
         assert area.verticalScrollBar().maximum() > 0  # the rest is reachable
     assert widget.minimumSizeHint().width() <= 1366 // 3
+    assert area.horizontalScrollBar().maximum() == 0  # nothing cut off sideways
