@@ -127,7 +127,9 @@ def quick_checkpoint(viewer: Any) -> tuple[Path, str]:
 
     flair, t1, lesions = (viewer.layers[n] for n in ("FLAIR", "T1", "lesions"))
     folder = Path(tempfile.mkdtemp(prefix="nbs-screenshot-"))
-    case = case_from_arrays([flair.data, t1.data], lesions.data, tuple(flair.scale))
+    case = case_from_arrays(
+        [flair.data, t1.data], lesions.data, tuple(flair.scale), modalities=("FLAIR", "T1")
+    )
     config = TrainConfig(
         out_dir=str(folder / "base"),
         epochs=3,

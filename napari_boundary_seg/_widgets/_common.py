@@ -24,6 +24,7 @@ Everything here is thin glue between napari layers and ``core`` arrays:
   ``OSError`` as a notification instead of raising.
 - :func:`scroll_layout`, :func:`collapsible`: dock widgets that scroll, long
   sections that fold (superqt ``QCollapsible``).
+- :class:`Delivery`: a result's GUI steps one per event-loop turn.
 - :class:`ProgressPanel`: a progress bar with elapsed and remaining time
   inside a widget; :func:`format_duration`.
 - :class:`ProgressRelay`: a napari progress bar updated at most every 200 ms.
@@ -809,6 +810,44 @@ class ProgressPanel(QWidget):
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(max(total, 1) if message == "done" else min(done, max(total, 1)))
         self.label.setText(f"{message} in {format_duration(elapsed)}")
+
+
+# ---------------------------------------------------------------- delivery
+class Delivery(QObject):
+    """Run a result's GUI steps (add a layer, fill a table) one per event-loop turn.
+
+    Each napari layer added costs the GUI thread its own time (vispy visual,
+    layer controls, first draw); one after the other in a single slot they
+    freeze the window for their sum. Here the event loop runs (and draws)
+    between two steps, so the longest freeze is the longest step.
+    ``pending`` is True until the last step has run.
+    """
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._steps: list[Callable[[], Any]] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._steps)
+
+    def run(self, *steps: Callable[[], Any]) -> None:
+        """Queue ``steps``; the first runs now, each next one in a later turn."""
+        self._steps.extend(steps)
+        self._next()
+
+    def _next(self) -> None:
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - shown, never raised into Qt
+            self._steps.clear()
+            notify_error(error, "showing the result")
+            return
+        if self._steps:
+            QTimer.singleShot(0, self._next)
 
 
 # ------------------------------------------------------------------ errors

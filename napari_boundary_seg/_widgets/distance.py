@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     LayerCombo,
     compact_combo,
     geometry_kwargs,
@@ -159,6 +160,7 @@ class DistanceMapWidget(QWidget):
         self.phi_layer: Any = None
         self.boundary_layer: Any = None
         self._hidden_in_3d: Any = None
+        self.delivery = Delivery(self)
         self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
         self.labels_combo.setToolTip("Labels layers of integer labels")
         self.class_spin = int_spin(1, 0, 65535)
@@ -236,7 +238,8 @@ class DistanceMapWidget(QWidget):
             return map_layers_data(phi, inputs["mask"], inputs["view_axis"])
 
         def on_returned(result: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> None:
-            self.show_map(inputs["layer"], inputs["label"], *result)
+            # one layer per event-loop turn: the window draws in between
+            self.delivery.run(*self._map_steps(inputs["layer"], inputs["label"], *result))
 
         where = "3D" if inputs["axis"] is None else f"2D slices along axis {inputs['axis']}"
         self.worker = start_progress_worker(
@@ -249,8 +252,8 @@ class DistanceMapWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a computation runs."""
-        return not self.run_button.isEnabled()
+        """True while a computation runs or its layers are being shown."""
+        return not self.run_button.isEnabled() or self.delivery.pending
 
     def show_map(
         self,
@@ -261,7 +264,8 @@ class DistanceMapWidget(QWidget):
         limits: tuple[float, float] | None = None,
     ) -> Image:
         """Show φ and ∂G: update the layers' data in place when they exist, else
-        add them (once).
+        add them (once). :meth:`compute` runs the same steps one per event-loop
+        turn (``_common.Delivery``).
 
         Parameters
         ----------
@@ -272,54 +276,79 @@ class DistanceMapWidget(QWidget):
         limits
             Contrast limits (default :func:`symmetric_limits`).
         """
+        for step in self._map_steps(source, label, phi, boundary, limits):
+            step()
+        return self.phi_layer
+
+    def _map_steps(
+        self,
+        source: Any,
+        label: int,
+        phi: np.ndarray,
+        boundary: np.ndarray,
+        limits: tuple[float, float] | None,
+    ) -> list[Any]:
         limits = limits or symmetric_limits(phi)
         geometry = geometry_kwargs(source)
         metadata = geometry.pop("metadata", None)
-        name = phi_layer_name(source.name, label)
-        in_3d = self.viewer.dims.ndisplay == 3
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = phi
-            layer.contrast_limits_range = limits
-            layer.contrast_limits = limits
-        else:
-            layer = self.viewer.add_image(
-                phi,
-                name=name,
-                colormap=PHI_COLORMAP,
-                contrast_limits=limits,
-                blending="translucent",
-                opacity=PHI_OPACITY,
-                metadata=mark_output("phi", metadata),
-                **geometry,
-            )
-            layer.colorbar.visible = True
-        bname = boundary_layer_name(source.name, label)
-        if bname in self.viewer.layers:
-            blayer = self.viewer.layers[bname]
-            blayer.data = boundary
-        else:
-            from napari.utils.colormaps import DirectLabelColormap
 
-            colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
-            blayer = self.viewer.add_labels(
-                boundary,
-                name=bname,
-                colormap=DirectLabelColormap(
-                    color_dict={None: "transparent", 0: "transparent", **colors}
-                ),
-                opacity=1.0,
-                metadata=mark_output("boundary", metadata),
-                **geometry,
+        def show_phi() -> None:
+            name = phi_layer_name(source.name, label)
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data = phi
+                layer.contrast_limits_range = limits
+                layer.contrast_limits = limits
+            else:
+                layer = self.viewer.add_image(
+                    phi,
+                    name=name,
+                    colormap=PHI_COLORMAP,
+                    contrast_limits=limits,
+                    blending="translucent",
+                    opacity=PHI_OPACITY,
+                    metadata=mark_output("phi", metadata),
+                    **geometry,
+                )
+                if hasattr(layer, "colorbar"):  # napari's layer colorbar overlay (0.6+)
+                    layer.colorbar.visible = True
+            self.phi_layer = layer
+
+        def show_boundary() -> None:
+            bname = boundary_layer_name(source.name, label)
+            if bname in self.viewer.layers:
+                blayer = self.viewer.layers[bname]
+                blayer.data = boundary
+            else:
+                from napari.utils.colormaps import DirectLabelColormap
+
+                in_3d = self.viewer.dims.ndisplay == 3
+                colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
+                blayer = self.viewer.add_labels(
+                    boundary,
+                    name=bname,
+                    colormap=DirectLabelColormap(
+                        color_dict={None: "transparent", 0: "transparent", **colors}
+                    ),
+                    opacity=1.0,
+                    metadata=mark_output("boundary", metadata),
+                    **geometry,
+                )
+            self.boundary_layer = blayer
+
+        def finish() -> None:
+            if self.viewer.dims.ndisplay == 3:
+                self._on_ndisplay()
+            self.viewer.layers.selection.active = self.phi_layer  # the status bar shows φ (mm)
+            logger.info(
+                "φ of class %d of %s: range %.3g..%.3g mm",
+                label,
+                source.name,
+                float(phi.min()),
+                float(phi.max()),
             )
-        self.phi_layer, self.boundary_layer = layer, blayer
-        if in_3d:
-            self._on_ndisplay()
-        self.viewer.layers.selection.active = layer  # the status bar shows φ (mm)
-        logger.info(
-            "φ of class %d of %s: range %.3g..%.3g mm", label, source.name, phi.min(), phi.max()
-        )
-        return layer
+
+        return [show_phi, show_boundary, finish]
 
     def _on_ndisplay(self, *_: Any) -> None:
         """3D view: ∂G as a surface, φ hidden; back in 2D: the outline, φ shown again."""

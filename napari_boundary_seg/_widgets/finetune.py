@@ -443,7 +443,8 @@ class FinetuneWidget(QWidget):
 
         # 4. the gain
         self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(self.TABLE_COLUMNS))
+        # two-line headers ("DSC" over "old"): the columns fit a narrow dock
+        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.TABLE_COLUMNS])
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
         header = self.table.horizontalHeader()
@@ -455,7 +456,7 @@ class FinetuneWidget(QWidget):
             self.table.setVerticalScrollBarPolicy,
         ):
             policy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table.setFixedHeight(2 * 22 + 34)
+        self.table.setFixedHeight(2 * 22 + 44)
         self.keep_button = QPushButton("Keep new model")
         self.discard_button = QPushButton("Discard")
         self.keep_button.clicked.connect(lambda: self.decide(True))

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     DeviceCombo,
     ImageStack,
     LayerList,
@@ -66,13 +67,14 @@ NO_FOREGROUND = "no foreground predicted"
 
 
 def probability_colormap() -> Any:
-    """magma, transparent at 0 and opaque from 0.25 up: a probability layer that
-    does not tint the whole view (most voxels are ~0)."""
+    """magma, transparent up to 0.2 and opaque from 0.6 up: a probability layer
+    that does not tint the whole view (most voxels are near 0, and a young
+    model's background sits at 0.1-0.3)."""
     from napari.utils.colormaps import Colormap, ensure_colormap
 
-    controls = np.linspace(0.0, 1.0, 33)
+    controls = np.linspace(0.0, 1.0, 41)
     colors = np.asarray(ensure_colormap("magma").map(controls), dtype=np.float32)
-    colors[:, 3] = np.clip(controls / 0.25, 0.0, 1.0)
+    colors[:, 3] = np.clip((controls - 0.2) / 0.4, 0.0, 1.0)
     return Colormap(colors=colors, controls=controls, name="magma (transparent at 0)")
 
 
@@ -303,6 +305,7 @@ class InferenceWidget(QWidget):
         self.worker = None
         self.last_result: tuple[np.ndarray, np.ndarray] | None = None
         self.prediction_layer: Any = None
+        self.delivery = Delivery(self)
 
         self.checkpoint = PathEdit(
             "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
@@ -334,8 +337,8 @@ class InferenceWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a prediction runs."""
-        return self.worker is not None
+        """True while a prediction runs or its layers are being shown."""
+        return self.worker is not None or self.delivery.pending
 
     def _show_modalities(self, *_: Any) -> None:
         """Show the loaded checkpoint's modality names under the image picker."""
@@ -396,17 +399,31 @@ class InferenceWidget(QWidget):
     def _on_returned(self, result: tuple[np.ndarray, ...]) -> None:
         probs, labels, foreground, labels32 = result
         self.last_result = (probs, labels)
-        prefix = self._stack.names[0]
-        _, layer = add_prediction_layers(
-            self.viewer,
-            foreground,
-            labels32,
-            self._stack,
-            prefix,
-            with_probability=self.probability.currentIndex() == 0,
-        )
-        self.prediction_layer = layer
-        self.status.setText(prediction_status(labels32, layer.name))
+        stack, prefix = self._stack, self._stack.names[0]
+        geometry = dict(stack.geometry)
+        metadata = geometry.pop("metadata", None)
+        name = unique_layer_name(self.viewer, f"{prefix} prediction")
+        suffix = name[len(f"{prefix} prediction") :]
+        with_probability = self.probability.currentIndex() == 0
+
+        def add_probability() -> None:
+            self.viewer.add_image(
+                foreground,
+                name=unique_layer_name(self.viewer, f"{prefix} probability{suffix}"),
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            )
+
+        def add_labels() -> None:
+            self.prediction_layer = self.viewer.add_labels(
+                labels32, name=name, metadata=mark_output("prediction", metadata), **geometry
+            )
+            self.status.setText(prediction_status(labels32, name))
+
+        # one layer per event-loop turn (the window draws in between); same
+        # layers as add_prediction_layers
+        self.delivery.run(*([add_probability] if with_probability else []), add_labels)
 
     def _on_error(self, exc: BaseException) -> None:
         self.progress.finish("failed")

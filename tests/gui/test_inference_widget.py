@@ -52,7 +52,7 @@ def test_predict_adds_layers_with_input_geometry(
     widget.checkpoint.setText(checkpoint)
     worker = widget.start()
     assert worker is not None, errors
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
     assert errors == []
     prob = viewer.layers["FLAIR probability"]
     pred = viewer.layers["FLAIR prediction"]
@@ -72,7 +72,7 @@ def test_predict_adds_layers_with_input_geometry(
     first = pred.data.copy()
     n_layers = len(viewer.layers)
     widget.start()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
     assert len(viewer.layers) == n_layers + 2
     assert viewer.layers["FLAIR prediction"] is pred
     np.testing.assert_array_equal(pred.data, first)
@@ -97,7 +97,7 @@ def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
         widget.checkpoint.setText(checkpoint)
         assert widget.images.selected_names() == list(order)
         assert widget.start() is not None, errors
-        qtbot.waitUntil(lambda w=widget: w.worker is None, timeout=20_000)
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=20_000)
         results.append(widget.last_result[0])
     assert errors == []
     assert len(infos) == 1 and "FLAIR, T1" in infos[0]  # only the swapped viewer says so
@@ -207,7 +207,7 @@ def test_empty_prediction_says_no_foreground(make_napari_viewer, qtbot, monkeypa
     widget = InferenceWidget(viewer)
     widget.checkpoint.setText("any.pt")
     assert widget.start() is not None, errors
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=10_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
     assert "no foreground predicted" in widget.status.text()
     assert "FLAIR prediction" in viewer.layers
     assert "done" in widget.progress.text() and "elapsed" not in widget.progress.text()
@@ -225,8 +225,9 @@ def test_probability_layer_is_transparent_at_zero_and_left_out_of_image_pickers(
     probs = np.zeros((2, 4, 5), np.float32)
     probs[0] = 1.0
     prob, pred = add_prediction_layers(viewer, probs, np.zeros((4, 5), int), stack, "FLAIR")
-    rgba = prob.colormap.map(np.array([0.0, 1.0]))
-    assert rgba[0, 3] == 0.0 and rgba[1, 3] == 1.0  # transparent at 0, opaque at 1
+    rgba = prob.colormap.map(np.array([0.0, 0.15, 1.0]))
+    assert rgba[0, 3] == 0.0 and rgba[1, 3] == 0.0  # transparent at 0 and near it
+    assert rgba[2, 3] == 1.0
     assert prob.blending == "translucent"
     # the image picker offers the scan, not the probability; "show all" lists it
     names = lambda: [widget.images.item(i).text() for i in range(widget.images.count())]  # noqa: E731
