@@ -67,6 +67,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     DeviceCombo,
     ImageStack,
     LayerCombo,
@@ -357,6 +358,7 @@ class FinetuneWidget(QWidget):
         self._steps: list[float] = []
         self._loss: dict[str, list[float]] = {"total": [], "region": [], "α": []}
         self._dirty = False
+        self.delivery = Delivery(self)
 
         # 1. predict or link
         self.checkpoint = PathEdit(
@@ -504,8 +506,8 @@ class FinetuneWidget(QWidget):
     # -- state ------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """True while a prediction or fine-tune runs."""
-        return self.worker is not None
+        """True while a prediction or fine-tune runs or its layers are being shown."""
+        return self.worker is not None or self.delivery.pending
 
     @property
     def link(self) -> dict[str, Any]:
@@ -550,30 +552,43 @@ class FinetuneWidget(QWidget):
         labels: np.ndarray,
         axis: int,
     ) -> Any:
+        """Add the probability layer, then (next event-loop turn) the
+        corrections layer and its link; returns the correction layer when
+        both ran at once (``delivery`` idle), else None."""
         prefix = stack.names[0]
         geometry = dict(stack.geometry)
         metadata = geometry.pop("metadata", None)
         name = f"{prefix} corrections"
         prob_name = unique_layer_name(self.viewer, f"{prefix} probability")
-        self.viewer.add_image(
-            foreground,
-            name=prob_name,
-            visible=False,
-            metadata=mark_output("probability", metadata),
-            **probability_layer_kwargs(),
-            **geometry,
-        )
-        if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
-            self.viewer.layers[name].name = unique_layer_name(self.viewer, f"{name} (previous)")
-        layer = self.viewer.add_labels(
-            labels, name=name, metadata=mark_output("prediction", metadata), **geometry
-        )
-        self._link(layer, stack.names, checkpoint, prob_name, axis, np.array(labels, copy=True))
-        empty = f" ({NO_FOREGROUND}: paint the lesions in)" if not labels.any() else ""
-        self.status.setText(
-            f"Prediction in '{name}'{empty}: paint or erase to correct it, then fine-tune."
-        )
-        return layer
+        added: list[Any] = []
+
+        def add_probability() -> None:
+            self.viewer.add_image(
+                foreground,
+                name=prob_name,
+                visible=False,
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            )
+
+        def add_corrections() -> None:
+            if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
+                previous = unique_layer_name(self.viewer, f"{name} (previous)")
+                self.viewer.layers[name].name = previous
+            layer = self.viewer.add_labels(
+                labels, name=name, metadata=mark_output("prediction", metadata), **geometry
+            )
+            self._link(layer, stack.names, checkpoint, prob_name, axis, np.array(labels, copy=True))
+            empty = f" ({NO_FOREGROUND}: paint the lesions in)" if not labels.any() else ""
+            self.status.setText(
+                f"Prediction in '{name}'{empty}: paint or erase to correct it, then fine-tune."
+            )
+            added.append(layer)
+
+        # one layer per event-loop turn: the window draws in between
+        self.delivery.run(add_probability, add_corrections)
+        return added[0] if added else None
 
     def use_layer(self, layer: Any) -> None:
         """Link an existing prediction Labels layer (its current data = the model's)."""
@@ -800,8 +815,7 @@ class FinetuneWidget(QWidget):
     def _reset_curves(self) -> None:
         self._steps = []
         self._loss = {"total": [], "region": [], "α": []}
-        self._dirty = True
-        self._redraw()
+        self._dirty = True  # the redraw timer draws it, not the click
 
     def _redraw(self) -> None:
         if not self._dirty:
