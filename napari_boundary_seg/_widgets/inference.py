@@ -342,7 +342,7 @@ class InferenceWidget(QWidget):
 
     def _show_modalities(self, *_: Any) -> None:
         """Show the loaded checkpoint's modality names under the image picker."""
-        from napari_boundary_seg.core.predict import checkpoint_modalities
+        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
 
         path = Path(self.checkpoint.text()).expanduser()
         names = checkpoint_modalities(path) if path.is_file() else []
