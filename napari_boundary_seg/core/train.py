@@ -59,6 +59,7 @@ from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet
+from napari_boundary_seg.core.validate import check_unet_fits
 
 logger = logging.getLogger(__name__)
 
@@ -931,7 +932,9 @@ def _check_out_dir(config: TrainConfig) -> Path | None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    existing = [n for n in ("last.pt", "best.pt", "metrics.csv") if (out / n).exists()]
+    # a run killed before its first checkpoint left only config.json and metrics.csv:
+    # nothing to lose, so the folder does not block a new run
+    existing = [n for n in ("last.pt", "best.pt") if (out / n).exists()]
     resuming_here = config.resume_from is not None and (
         Path(config.resume_from).resolve().parent == out.resolve()
     )
@@ -1036,6 +1039,8 @@ def train(
                     f"need {key}={hparams[key]}"
                 )
         hparams = saved
+    # the network must fit the slices (and be buildable) before anything is allocated
+    check_unet_fits(int(hparams["depth"]), tuple(data.dataset[0][0].shape[-2:]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = UNet(**hparams)

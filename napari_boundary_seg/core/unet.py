@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_boundary_seg.core.validate import check_unet_size
+
 UPSAMPLE_MODES = ("transpose", "bilinear")
 
 
@@ -104,6 +106,10 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet {name} must be an integer >= {low}, got {value!r}")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"UNet upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        # bound what may be allocated (an edited checkpoint, an absurd argument)
+        check_unet_size(
+            depth, base_channels, in_channels, num_classes, ("UNet depth", "UNet base_channels")
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
