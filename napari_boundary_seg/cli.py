@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import logging
 import math
 import signal
@@ -103,9 +104,15 @@ def _check_axis(value: int | None, flag: str, ndim: int) -> int | None:
 def _check_output_file(path: Path, overwrite: bool, inputs: Sequence[Path], flag: str) -> None:
     """An output file: never one of the inputs; existing only with --overwrite; its
     folder created and writable."""
-    from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir
+    from napari_boundary_seg.core.io import OutputError, check_not_input, ensure_writable_dir
 
     check_not_input([path], inputs, flag)
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a folder that cannot be searched...
+        raise OutputError(exc.errno or errno.EIO, path, exc.strerror) from exc
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir():
@@ -868,11 +875,6 @@ def _read_case(
     dimensions and, with ``check_affines``, affines); returns the volumes."""
     from napari_boundary_seg.core.io import check_finite, read_nifti
 
-    if len(paths) != in_channels:
-        raise CommandError(
-            f"case {case}: {len(paths)} modality file(s) ({paths[0].name} ...) but "
-            f"{checkpoint} takes {in_channels}"
-        )
     volumes = [read_nifti(p, as_labels=False) for p in paths]
     ref = volumes[0]
     if ref.data.ndim not in (2, 3):
@@ -886,6 +888,11 @@ def _read_case(
             )
         if check_affines:
             _check_affine(paths[0], ref, path, vol, allow_affine, case)
+    if len(paths) != in_channels:
+        raise CommandError(
+            f"case {case}: {len(paths)} modality file(s) ({paths[0].name} ...) but "
+            f"{checkpoint} takes {in_channels}"
+        )
     return volumes
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "nifti_stem",
     "read_nifti",
     "write_nifti",
+    "write_text_atomic",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -197,6 +198,15 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     _fsync(path.parent, directory=True)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path` (an old file stays whole
+    if the write fails)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+    return path
+
+
 def is_hidden_or_temp(path: str | os.PathLike) -> bool:
     """True for hidden files (a name starting with ``.``), among them the temporary
     files of :func:`atomic_path`: never data, never a case."""
@@ -273,8 +283,10 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
         os.close(fd)
     except OSError as exc:
         raise OutputError(exc.errno or errno.EIO, folder, exc.strerror or str(exc)) from exc
-    finally:
-        probe.unlink(missing_ok=True)
+    try:
+        probe.unlink()
+    except OSError:
+        pass
     clean_stale_temp(folder)
     return folder
 
@@ -573,14 +585,21 @@ def read_nifti(
         integers). ``False``: force ``float32``.
     ndim
         Expected number of axes (e.g. 3). Trailing axes of length 1 beyond ``ndim``
-        are dropped (``(X, Y, Z, 1) -> (X, Y, Z)``); any other mismatch raises
-        ValueError naming the file and its shape.
+        are dropped; any other mismatch raises ValueError naming the file and its
+        shape. Whatever ``ndim``, trailing axes of length 1 beyond the third are
+        always dropped (``(X, Y, Z, 1) -> (X, Y, Z)``): one rule for every reader.
 
     Returns
     -------
     NiftiVolume
         ``data`` in the file's array order, the ``(4, 4)`` affine and the spacing
         (mm) of the first ``min(data.ndim, 3)`` axes.
+
+    Raises
+    ------
+    ValueError
+        Also before any voxel is read, when the header declares more data than the
+        file holds (truncated or tampered) or than the memory available.
     """
     path = Path(path)
     if not path.exists():

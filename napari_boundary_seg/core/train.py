@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg import __version__
-from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet
@@ -1102,7 +1102,7 @@ def train(
     last_path = out_dir / "last.pt" if out_dir else None
     csv_path = out_dir / "metrics.csv" if out_dir else None
     if out_dir is not None:
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         _write_metrics_csv(csv_path, history)
     wrote_best = best_path is not None and best_path.exists() and config.resume_from is not None
     wrote_last = last_path is not None and last_path.exists() and config.resume_from is not None

@@ -72,3 +72,18 @@ def test_bad_input_shape_names_the_shape(shape):
     model = UNet(1, 2, depth=2, base_channels=4)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         model(torch.randn(*shape))
+
+
+def test_parameter_estimate_matches_and_absurd_sizes_are_refused_before_allocating():
+    from napari_boundary_seg.core.validate import check_unet_fits, unet_parameter_count
+
+    for args in [(1, 2, 4, 8), (3, 4, 2, 5)]:
+        model = UNet(*args)
+        assert unet_parameter_count(*args) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="depth"):
+        UNet(1, 2, depth=200000, base_channels=4)
+    with pytest.raises(ValueError, match="parameters"):
+        UNet(1, 2, depth=4, base_channels=2**31)
+    with pytest.raises(ValueError, match="--depth 8 needs slices of at least 128"):
+        check_unet_fits(8, 32, "--depth")
+    check_unet_fits(6, (32, 20))  # 2**5 = 32 fits
