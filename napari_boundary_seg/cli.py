@@ -69,7 +69,15 @@ def _error_message(err: BaseException) -> str:
         if err.filename is not None and err.strerror:
             return f"{err.filename}: {err.strerror[:1].lower()}{err.strerror[1:]}"
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    # the library's names of its arguments, as the command line spells them
+    for library, flag in (
+        ("pass overwrite=True", "pass --overwrite"),
+        ("or allow overwrite", "or pass --overwrite"),
+        ("out_dir ", "--out "),
+    ):
+        line = line.replace(library, flag)
+    return line
 
 
 def _check(

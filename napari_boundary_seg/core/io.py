@@ -127,7 +127,8 @@ def _is_out_of_space(folder: Path) -> bool:
         info = os.statvfs(folder)
     except OSError:
         return False
-    return info.f_bavail * info.f_frsize < 1 << 20 or info.f_favail == 0
+    no_inodes = info.f_files > 0 and info.f_favail == 0  # f_files 0: no inode limit
+    return info.f_bavail * info.f_frsize < 1 << 20 or no_inodes
 
 
 def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
