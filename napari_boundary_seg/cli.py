@@ -1135,6 +1135,7 @@ def _add_bench(sub: Any) -> None:
 def _cmd_bench_distance(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
 
+    _check(args.repeats, "--repeats", 1)
     _out(bench.format_bench(bench.bench_distance(repeats=args.repeats, seed=args.seed)))
     return 0
 
@@ -1142,13 +1143,21 @@ def _cmd_bench_distance(args: argparse.Namespace) -> int:
 def _cmd_bench_metrics(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
 
+    _check(args.repeats, "--repeats", 1)
     _out(bench.format_bench(bench.bench_metrics(repeats=args.repeats, seed=args.seed)))
     return 0
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
+    from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
 
+    _check(args.batch_size, "--batch-size", 1)
+    _check(args.size, "--size", 1)
+    _check(args.repeats, "--repeats", 1)
+    _check(args.warmup, "--warmup", 0)
+    check_unet_size(args.depth, args.base_channels, names=("--depth", "--base-channels"))
+    check_unet_fits(args.depth, args.size, "--depth")
     result = bench.bench_train(
         batch_size=args.batch_size,
         size=args.size,

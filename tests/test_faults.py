@@ -732,13 +732,18 @@ def test_affine_mismatch_allowed_by_flag_is_reported(world):
     pred.mkdir(), ref.mkdir()
     shutil.copy(world.labels, ref / "a.nii.gz")
     _shifted(world.labels, pred / "a.nii.gz")
+    # a killed write of another case: hidden, so neither a case nor an extra prediction
+    (pred / ".b.nii.gz.2147483646-0123abcd.tmp.nii.gz").write_bytes(b"half")
     out = world.root / "allow.csv"
     result = run_cli(
         "evaluate", "--pred", pred, "--labels", ref, "--out", out, "--allow-affine-mismatch"
     )
     assert result.returncode == 0, result.stderr
     assert "warning" in result.stderr and "--allow-affine-mismatch" in result.stderr
+    assert "Traceback" not in result.stderr and ".b.nii.gz" not in result.stderr
     assert out.is_file() and mode(out) == 0o644
+    rows = out.read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["case", "a", "mean", "std"]
 
 
 # ---------------------------------------------------------------------------
