@@ -1384,8 +1384,13 @@ def _add_finetune(sub: Any) -> None:
 # main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand.
+
+    ``only``: register just the subcommand of that name (its registrar is
+    ``_add_<only>``), so that a command starts without importing what the others
+    need (torch, for one); every subcommand when no registrar has that name.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Boundary loss (Kervadec et al., MIDL 2019) for highly unbalanced "
@@ -1396,7 +1401,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in _SUBCOMMANDS:
+    chosen = [r for r in _SUBCOMMANDS if only is not None and r.__name__ == f"_add_{only}"]
+    for register in chosen or _SUBCOMMANDS:
         register(sub)
     return parser
 
@@ -1407,7 +1413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     User errors (missing or existing files, bad values) print one line
     ``napari-boundary-seg <command>: error: <message>`` to stderr and return 2.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
