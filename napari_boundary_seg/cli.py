@@ -5,9 +5,12 @@ to signed distance maps), ``train``, ``predict``, ``evaluate`` and ``bench``.
 Every one calls the same ``core`` functions as the napari widgets and shows
 tqdm progress bars.
 
-Bad input (a missing file, a file that exists, wrong shapes) ends the command
-with exit code 2 and a one-line message naming the file and the problem, no
-traceback.
+Bad input (a missing file, a file that exists, wrong shapes, a bad option
+value) and file-system faults (no space left, a read-only file system...) end
+the command with exit code 2 and a one-line message naming the file or the
+option and the problem, no traceback; Ctrl-C ends it with exit code 130. No
+command writes over one of its inputs, and every option is checked before any
+work starts (see "What happens when things go wrong" in the README).
 
 Adding a subcommand: write a function that takes the subparsers object, adds
 its parser (with a help text on every option) and sets ``func`` to a handler
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import logging
 import math
 import signal
@@ -50,7 +54,105 @@ class CommandError(Exception):
     """A user-facing error: printed on one line, exit code 2."""
 
 
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CommandError)
+class Interrupted(Exception):
+    """Ctrl-C stopped the work cleanly: the message says what was kept; exit code 130."""
+
+
+_USER_ERRORS = (ValueError, TypeError, OSError, CommandError)
+
+
+def _error_message(err: BaseException) -> str:
+    """One line naming the file or option and the problem."""
+    from napari_boundary_seg.core.io import OutputError
+
+    if isinstance(err, OSError) and not isinstance(err, OutputError):
+        if err.filename is not None and err.strerror:
+            return f"{err.filename}: {err.strerror[:1].lower()}{err.strerror[1:]}"
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    # the library's names of its arguments, as the command line spells them
+    for library, flag in (
+        ("pass overwrite=True", "pass --overwrite"),
+        ("or allow overwrite", "or pass --overwrite"),
+        ("out_dir ", "--out "),
+    ):
+        line = line.replace(library, flag)
+    return line
+
+
+def _check(
+    value: Any,
+    flag: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    positive: bool = False,
+) -> Any:
+    """``value`` of option ``flag`` checked against ``[low, high]`` (``> 0`` with
+    ``positive``), as an int when it is one; ValueError/TypeError naming ``flag``."""
+    from napari_boundary_seg.core.validate import check_int, check_number
+
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not positive:
+        low_int = None if low is None else math.ceil(low)
+        return check_int(value, flag, low_int, None if high is None else math.floor(high))
+    if positive:
+        return check_number(value, flag, 0.0, high, low_open=True)
+    return check_number(value, flag, low, high)
+
+
+def _check_axis(value: int | None, flag: str, ndim: int) -> int | None:
+    """An axis option in ``-ndim..ndim-1`` (numpy's rule), as given (not wrapped)."""
+    if value is None:
+        return None
+    return _check(value, flag, -ndim, ndim - 1)
+
+
+def _check_output_file(path: Path, overwrite: bool, inputs: Sequence[Path], flag: str) -> None:
+    """An output file: never one of the inputs; existing only with --overwrite; its
+    folder created and writable."""
+    from napari_boundary_seg.core.io import OutputError, check_not_input, ensure_writable_dir
+
+    check_not_input([path], inputs, flag)
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a name too long, a folder that cannot be searched...
+        raise OutputError(exc.errno or errno.EIO, path, exc.strerror) from exc
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise CommandError(f"{flag} {path} is a folder; give a file name")
+    ensure_writable_dir(path.parent)
+
+
+def _warn_affine(message: str) -> None:
+    print(f"{PROG}: warning: {message} (allowed by --allow-affine-mismatch)", file=sys.stderr)
+
+
+def _check_affine(
+    ref_path: Path, ref: Any, path: Path, vol: Any, allow: bool, case: str | None = None
+) -> None:
+    """The training loader's affine rule for two files of one case; a mismatch is an
+    error, or a warning on stderr with --allow-affine-mismatch."""
+    from napari_boundary_seg.core.io import check_geometry
+
+    try:
+        check_geometry(ref_path, ref.affine, path, vol.affine, case)
+    except ValueError as err:
+        if not allow:
+            raise ValueError(f"{err}; pass --allow-affine-mismatch to accept it") from err
+        _warn_affine(str(err))
+
+
+def _add_affine_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--allow-affine-mismatch",
+        action="store_true",
+        help=f"accept {what} whose affines differ by more than 1e-3 mm (a warning says so)",
+    )
 
 
 def _progress(total: int | None = None, desc: str = "", unit: str = "it", leave: bool = True):
@@ -129,12 +231,49 @@ def _add_synth(sub: Any) -> None:
         "or auto (MNI when nilearn is installed; default)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out that does not hold a data set written by synth",
+    )
     p.set_defaults(func=_cmd_synth)
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from napari_boundary_seg.core.synthetic import iter_write_benchmark
+_SYNTH_NAME = "napari-boundary-seg synthetic lesions"
 
+
+def _is_synth_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a data set written by ``synth`` (its dataset.json says so)."""
+    import json
+
+    try:
+        meta = json.loads((folder / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("name") == _SYNTH_NAME and "generator" in meta
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.io import ensure_writable_dir
+    from napari_boundary_seg.core.synthetic import iter_write_benchmark
+    from napari_boundary_seg.core.validate import check_synth_size
+
+    _check(args.cases, "--cases", 1)
+    for size in args.shape:
+        _check(size, "--shape", 8)
+    for size in args.spacing:
+        _check(size, "--spacing", positive=True)
+    check_synth_size(args.shape, "--shape")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_synth_folder(out) and not args.force:
+        raise CommandError(
+            f"--out {out} is not empty and holds no data set written by synth (its "
+            "dataset.json); choose an empty folder, or pass --force to write into it"
+        )
+    for folder in (out, out / "imagesTr", out / "labelsTr"):
+        ensure_writable_dir(folder)
     written = _drive(
         iter_write_benchmark(
             args.out,
@@ -195,15 +334,17 @@ def _cmd_distmap(args: argparse.Namespace) -> int:
     from napari_boundary_seg.core.distance import iter_class_distance_maps, signed_distance_map
     from napari_boundary_seg.core.io import read_nifti, write_nifti
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check(args.num_classes, "--num-classes", 2)
+    _check(args.class_index, "--class", 0)
+    _check_output_file(args.output, args.overwrite, [args.labels], "OUTPUT")
     volume = read_nifti(args.labels, as_labels=True)
     labels = volume.data
     if labels.ndim not in (2, 3):
         raise CommandError(
             f"{args.labels}: expected a 2D or 3D label volume, got shape {labels.shape}"
         )
-    if labels.min() < 0:
+    _check_axis(args.slice_axis, "--slice-axis", labels.ndim)
+    if labels.size and labels.min() < 0:
         raise CommandError(f"{args.labels}: negative label values ({labels.min()})")
     num_classes = args.num_classes if args.num_classes is not None else int(labels.max()) + 1
     num_classes = max(num_classes, 2)
@@ -392,37 +533,146 @@ _OPTION_FIELDS = {
 }
 
 
-def config_from_args(args: argparse.Namespace, base: dict | None = None):
-    """A TrainConfig from ``base`` (a config dict) updated with the given options."""
+_FIELD_FLAGS = {
+    **{field: "--" + option.replace("_", "-") for option, field in _OPTION_FIELDS.items()},
+    "slice_size": "--slice-size",
+    "percentiles": "--percentiles",
+    "schedule": "--schedule/--schedule-param",
+    "init_checkpoint": "--init-checkpoint",
+    "resume_from": "--resume",
+}
+_PATH_FIELDS = ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir")
+
+
+def _read_json_config(value: Path) -> tuple[dict, str]:
+    """The dict of ``--config`` (a JSON file, or inline JSON text starting with ``{``)."""
     import json
+
+    text = str(value)
+    where = "--config"
+    if not text.lstrip().startswith("{"):
+        if not value.is_file():
+            raise FileNotFoundError(f"no such config file: {value}")
+        where = f"--config {value}"
+        try:
+            text = value.read_text()
+        except OSError as err:
+            raise CommandError(f"{where}: {err.strerror or err}") from err
+    try:
+        loaded = json.loads(text)
+    except ValueError as err:
+        raise CommandError(f"{where}: not a JSON config: {err}") from err
+    if not isinstance(loaded, dict):
+        raise CommandError(f"{where}: a JSON object of TrainConfig fields is needed")
+    return loaded, where
+
+
+def _check_field_types(values: dict, sources: dict[str, str]) -> None:
+    """Type of each config value against the TrainConfig field (a string is not a number)."""
+    import dataclasses
 
     from napari_boundary_seg.core.train import TrainConfig
 
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    for name, value in values.items():
+        kind = kinds.get(name)
+        if kind is None or (value is None and "None" in kind):
+            continue
+        base = kind.replace(" | None", "")
+        ok = True
+        if base == "bool":
+            ok = isinstance(value, bool)
+        elif base == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif base == "float":
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif base == "str":
+            ok = isinstance(value, str)
+        if not ok:
+            raise TypeError(
+                f"{_field_name(name, sources)} must be {base}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+
+
+def _field_name(name: str, sources: dict[str, str]) -> str:
+    """A TrainConfig field as the user gave it: the flag, or the key in --config."""
+    source = sources.get(name, "")
+    if source.startswith("--config"):
+        return f'"{name}" in {source}'
+    if source == "flag":
+        return _FIELD_FLAGS.get(name, name)
+    if source:
+        return f'"{name}" of {source}'
+    return _FIELD_FLAGS.get(name, name)
+
+
+def _flag_message(text: str, sources: dict[str, str]) -> str:
+    import re
+
+    return re.sub(r"TrainConfig\.(\w+)", lambda m: _field_name(m.group(1), sources), text)
+
+
+def config_from_args(args: argparse.Namespace, base: dict | None = None, base_source: str = ""):
+    """A TrainConfig from ``base`` (a config dict) updated with the given options.
+
+    A value that the config refuses is reported under the flag the user typed
+    (``--epochs``) or the key of the ``--config`` file it came from.
+    """
+    from napari_boundary_seg.core.train import TrainConfig
+
     values: dict[str, Any] = dict(base or {})
+    sources = dict.fromkeys(values, base_source)
     if getattr(args, "config", None) is not None:
-        path = args.config
-        if not path.is_file():
-            raise FileNotFoundError(f"no such config file: {path}")
-        try:
-            values.update(json.loads(path.read_text()))
-        except ValueError as err:
-            raise CommandError(f"{path}: not a JSON config: {err}") from err
+        loaded, where = _read_json_config(args.config)
+        values.update(loaded)
+        sources.update(dict.fromkeys(loaded, where))
     for option, name in _OPTION_FIELDS.items():
         value = getattr(args, option, None)
         if value is not None:
             values[name] = str(value) if isinstance(value, Path) else value
+            sources[name] = "flag"
     if getattr(args, "precision", None) is not None and not getattr(args, "amp", None):
         values["amp"] = False  # an explicit --precision replaces the old amp flag of a base config
     if getattr(args, "slice_size", None) is not None:
         values["slice_size"] = args.slice_size or None
+        sources["slice_size"] = "flag"
     if getattr(args, "percentiles", None) is not None:
         values["percentiles"] = tuple(args.percentiles)
+        sources["percentiles"] = "flag"
     schedule = _schedule_from_args(
         getattr(args, "schedule", None), getattr(args, "schedule_param", None)
     )
     if schedule is not None:
         values["schedule"] = schedule
-    return TrainConfig.from_dict(values)
+        sources["schedule"] = "flag"
+    unknown = sorted(set(values) - set(_config_fields()))
+    if unknown:
+        where = next((sources[k] for k in unknown if sources.get(k)), "the config")
+        raise CommandError(f"{where}: unknown keys {unknown}")
+    try:
+        _check_field_types(values, sources)
+        config = TrainConfig.from_dict(values)
+    except (ValueError, TypeError) as err:
+        raise CommandError(_flag_message(_error_message(err), sources)) from err
+    if config.epochs < 1:
+        raise CommandError(
+            f"{_field_name('epochs', sources)} must be an integer >= 1, got {config.epochs}"
+        )
+    spatial_axes = 3
+    if not -spatial_axes <= config.axis < spatial_axes:
+        raise CommandError(
+            f"{_field_name('axis', sources)} must be an integer in -3..2, got {config.axis}"
+        )
+    return config
+
+
+def _config_fields() -> list[str]:
+    import dataclasses
+
+    from napari_boundary_seg.core.train import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 @subcommand
@@ -466,11 +716,7 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
     )
 
     control = TrainControl()
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *_: control.stop())
-    except ValueError:  # not the main thread
-        previous = None
+    previous = _stop_on_sigint(control)
     bar = None
     done: DoneEvent | None = None
     try:
@@ -515,26 +761,73 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
         _out(f"best checkpoint: {done.best_checkpoint}")
     if done.last_checkpoint:
         _out(f"last checkpoint: {done.last_checkpoint}")
+    if control.stop_requested and done.stopped and "non-finite" not in done.reason:
+        if done.last_checkpoint:
+            raise Interrupted(
+                f"interrupted: {done.reason}; {done.last_checkpoint} is kept; continue with "
+                f"{PROG} train --resume {done.last_checkpoint}"
+            )
+        raise Interrupted(f"interrupted: {done.reason}; no checkpoint was written")
     return 1 if "non-finite" in done.reason else 0
 
 
+def _stop_on_sigint(control: Any) -> Any:
+    """Ctrl-C asks ``control`` to stop at the next step (the checkpoint is saved); a
+    second Ctrl-C interrupts at once. Returns the previous handler (None off the main
+    thread)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if control.stop_requested:
+            raise KeyboardInterrupt
+        print(
+            f"\n{PROG}: stopping at the next step and saving the checkpoint "
+            "(Ctrl-C again to abort at once)",
+            file=sys.stderr,
+        )
+        control.stop()
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+_RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    base = None
+    from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir
+    from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
+
+    base, base_source = None, ""
     if args.resume is not None:
         from napari_boundary_seg.core.checkpoint import read_checkpoint
 
         base = dict(read_checkpoint(args.resume)["config"])
         base["resume_from"] = str(args.resume)
         base["init_checkpoint"] = None
+        base_source = f"--resume {args.resume}"
         if args.out is None:
             base["out_dir"] = str(args.resume.parent)
-    config = config_from_args(args, base)
+    config = config_from_args(args, base, base_source)
     if args.init_checkpoint is not None:
+        if not args.init_checkpoint.is_file():
+            raise FileNotFoundError(f"no such checkpoint: {args.init_checkpoint}")
         config = config.replace(init_checkpoint=str(args.init_checkpoint))
     if config.data is None:
         raise CommandError("train needs --data DIR (or --resume of a run that has one)")
     if config.out_dir is None:
         raise CommandError("train needs --out DIR for its checkpoints")
+    if not Path(config.data).is_dir():
+        raise FileNotFoundError(f"no such data folder: {config.data}")
+    if config.init_checkpoint is None:  # a checkpoint brings its own network
+        check_unet_size(config.depth, config.base_channels, names=("--depth", "--base-channels"))
+        if config.slice_size:
+            check_unet_fits(config.depth, config.slice_size, "--depth")
+    out = Path(config.out_dir)
+    inputs = [Path(p) for p in (config.init_checkpoint, args.config) if p is not None]
+    check_not_input([out / name for name in _RUN_FILES], inputs, "--out")
+    ensure_writable_dir(out)
     from napari_boundary_seg.core import distributed
 
     # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
@@ -550,7 +843,14 @@ def _group_inputs(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
     """Group NIfTI files into cases: ``<case>_<XXXX>`` names are modalities of one case."""
     import re
 
-    from napari_boundary_seg.core.io import is_nifti_path, nifti_stem
+    from napari_boundary_seg.core.io import is_hidden_or_temp, is_nifti_path, nifti_stem
+
+    def nifti_files(folder: Path) -> list[Path]:  # hidden and temporary files are no cases
+        return sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and is_nifti_path(p) and not is_hidden_or_temp(p)
+        )
 
     files: list[Path] = []
     for path in paths:
@@ -559,10 +859,10 @@ def _group_inputs(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
         if path.is_dir():
             folder = path
             for sub in ("imagesTs", "imagesTr"):
-                if not any(is_nifti_path(p) for p in folder.iterdir()) and (folder / sub).is_dir():
+                if not nifti_files(folder) and (folder / sub).is_dir():
                     folder = folder / sub
                     break
-            found = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti_path(p))
+            found = nifti_files(folder)
             if not found:
                 raise CommandError(f"{path}: no .nii/.nii.gz files")
             files.extend(found)
@@ -609,37 +909,83 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_affine_option(p, "modalities")
     p.set_defaults(func=_cmd_predict)
+
+
+def _read_case(
+    case: str,
+    paths: Sequence[Path],
+    in_channels: int,
+    checkpoint: Path,
+    allow_affine: bool,
+    check_affines: bool = True,
+) -> list[Any]:
+    """Read and check the modality files of one case (count, finite values, shapes,
+    dimensions and, with ``check_affines``, affines); returns the volumes."""
+    from napari_boundary_seg.core.io import check_finite, read_nifti
+
+    volumes = [read_nifti(p, as_labels=False) for p in paths]
+    ref = volumes[0]
+    if ref.data.ndim not in (2, 3):
+        raise CommandError(f"{paths[0]}: expected a 2D or 3D image, got shape {ref.data.shape}")
+    for path, vol in zip(paths, volumes, strict=True):
+        check_finite(vol.data, path)
+    for path, vol in zip(paths[1:], volumes[1:], strict=True):
+        if vol.data.shape != ref.data.shape:
+            raise CommandError(
+                f"case {case}: {path} has shape {vol.data.shape}, {paths[0]} {ref.data.shape}"
+            )
+        if check_affines:
+            _check_affine(paths[0], ref, path, vol, allow_affine, case)
+    if len(paths) != in_channels:
+        raise CommandError(
+            f"case {case}: {len(paths)} modality file(s) ({paths[0].name} ...) but "
+            f"{checkpoint} takes {in_channels}"
+        )
+    return volumes
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_boundary_seg.core.checkpoint import load_checkpoint
-    from napari_boundary_seg.core.io import read_nifti, write_nifti
+    from napari_boundary_seg.core.io import (
+        check_not_input,
+        ensure_writable_dir,
+        fit_name,
+        write_nifti,
+    )
     from napari_boundary_seg.core.predict import iter_predict_volume
 
+    _check(args.batch_size, "--batch-size", 1)
     model, checkpoint = load_checkpoint(args.checkpoint)
     cases = _group_inputs(args.inputs)
-    targets = {case: args.out / f"{case}.nii.gz" for case, _ in cases}
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} is a file, not a folder")
+    folder = args.out if args.out.is_dir() else None
+    targets = {case: args.out / fit_name(case, ".nii.gz", folder) for case, _ in cases}
+    prob_targets = {case: args.out / fit_name(case, "_probs.nii.gz", folder) for case, _ in cases}
+    outputs = [*targets.values(), *(prob_targets.values() if args.probabilities else [])]
+    inputs = [args.checkpoint, *(p for _, paths in cases for p in paths)]
+    check_not_input(outputs, inputs, "--out")
+    if len(set(outputs)) != len(outputs):
+        raise CommandError(f"two cases would write the same file in {args.out}")
     if not args.overwrite:
-        for path in targets.values():
+        for path in outputs:
             if path.exists():
                 raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    args.out.mkdir(parents=True, exist_ok=True)
+    # every case is checked before anything is written
+    checked = None
     for case, paths in cases:
-        if len(paths) != model.in_channels:
-            raise CommandError(
-                f"case {case}: {len(paths)} modality file(s) ({paths[0].name} ...) but "
-                f"{args.checkpoint} takes {model.in_channels}"
-            )
-        volumes = [read_nifti(p, as_labels=False) for p in paths]
+        checked = _read_case(
+            case, paths, model.in_channels, args.checkpoint, args.allow_affine_mismatch
+        )
+    ensure_writable_dir(args.out)
+    for case, paths in cases:
+        if len(cases) == 1 and checked is not None:
+            volumes = checked
+        else:  # checked above: read again, case by case (memory stays that of one case)
+            volumes = _read_case(case, paths, model.in_channels, args.checkpoint, True, False)
         ref = volumes[0]
-        for path, vol in zip(paths[1:], volumes[1:], strict=True):
-            if vol.data.shape != ref.data.shape:
-                raise CommandError(
-                    f"case {case}: {path} has shape {vol.data.shape}, {paths[0]} {ref.data.shape}"
-                )
-        if ref.data.ndim not in (2, 3):
-            raise CommandError(f"{paths[0]}: expected a 2D or 3D image, got shape {ref.data.shape}")
         images = np.stack([v.data for v in volumes])
         probs, labels = _drive(
             iter_predict_volume(
@@ -657,7 +1003,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
         if args.probabilities:
             write_nifti(
-                args.out / f"{case}_probs.nii.gz",
+                prob_targets[case],
                 np.moveaxis(probs, 0, -1),
                 affine=ref.affine,
                 overwrite=args.overwrite,
@@ -691,31 +1037,44 @@ def _add_evaluate(sub: Any) -> None:
         help="evaluate this class only (default: every nonzero label is foreground)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    _add_affine_option(p, "a prediction and a reference")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    from napari_boundary_seg.core.io import is_nifti_path, nifti_stem
+    from napari_boundary_seg.core.io import is_hidden_or_temp, is_nifti_path, nifti_stem
 
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     files = {
         nifti_stem(p): p
         for p in sorted(folder.iterdir())
-        if p.is_file() and is_nifti_path(p) and not nifti_stem(p).endswith("_probs")
+        if p.is_file()
+        and is_nifti_path(p)
+        and not is_hidden_or_temp(p)  # hidden and temporary files are no cases
+        and not nifti_stem(p).endswith("_probs")
     }
     if not files:
         raise CommandError(f"{folder}: no .nii/.nii.gz files")
     return files
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _read_labels(path: Path) -> Any:
     from napari_boundary_seg.core.io import read_nifti
+
+    volume = read_nifti(path, as_labels=True)
+    if volume.data.size and volume.data.min() < 0:
+        raise CommandError(f"{path}: negative label values ({volume.data.min()})")
+    return volume
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.io import atomic_path
     from napari_boundary_seg.core.metrics import CASE_METRIC_COLUMNS, case_metrics, replace_inf
 
-    if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    _check(args.label, "--label", 1)
     preds, refs = _label_files(args.pred), _label_files(args.labels)
+    _check_output_file(args.out, args.overwrite, [*preds.values(), *refs.values()], "--out")
     missing = sorted(set(refs) - set(preds))
     if missing:
         raise CommandError(f"{args.pred}: no prediction for case(s) {missing[:5]}")
@@ -728,12 +1087,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bar = _progress(len(refs), "evaluate", "case")
     try:
         for case, ref_path in refs.items():
-            ref = read_nifti(ref_path, as_labels=True)
-            pred = read_nifti(preds[case], as_labels=True)
+            ref = _read_labels(ref_path)
+            pred = _read_labels(preds[case])
             if pred.data.shape != ref.data.shape:
                 raise CommandError(
                     f"{preds[case]} has shape {pred.data.shape} but {ref_path} has {ref.data.shape}"
                 )
+            _check_affine(ref_path, ref, preds[case], pred, args.allow_affine_mismatch, case)
             spacing = ref.spacing[: ref.data.ndim]
             figures = case_metrics(pred.data, ref.data, spacing, label=args.label)
             rows.append({"case": case, **figures})
@@ -752,8 +1112,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             values = np.array([r.get(key, math.nan) for r in finite_rows], dtype=np.float64)
             row[key] = float(func(values)) if np.any(~np.isnan(values)) else math.nan
         summary[stat] = row
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as handle:
+    with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in [*rows, summary["mean"], summary["std"]]:
@@ -819,6 +1178,7 @@ def _add_bench(sub: Any) -> None:
 def _cmd_bench_distance(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
 
+    _check(args.repeats, "--repeats", 1)
     _out(bench.format_bench(bench.bench_distance(repeats=args.repeats, seed=args.seed)))
     return 0
 
@@ -826,13 +1186,21 @@ def _cmd_bench_distance(args: argparse.Namespace) -> int:
 def _cmd_bench_metrics(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
 
+    _check(args.repeats, "--repeats", 1)
     _out(bench.format_bench(bench.bench_metrics(repeats=args.repeats, seed=args.seed)))
     return 0
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from napari_boundary_seg import bench
+    from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
 
+    _check(args.batch_size, "--batch-size", 1)
+    _check(args.size, "--size", 1)
+    _check(args.repeats, "--repeats", 1)
+    _check(args.warmup, "--warmup", 0)
+    check_unet_size(args.depth, args.base_channels, names=("--depth", "--base-channels"))
+    check_unet_fits(args.depth, args.size, "--depth")
     result = bench.bench_train(
         batch_size=args.batch_size,
         size=args.size,
@@ -918,27 +1286,54 @@ def _add_finetune(sub: Any) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
+    _add_affine_option(p, "labels and images")
 
     def handler(args: argparse.Namespace) -> int:
         from napari_boundary_seg.core.checkpoint import load_checkpoint
-        from napari_boundary_seg.core.finetune import differing_slices, evaluate_finetune, finetune
-        from napari_boundary_seg.core.io import read_nifti
+        from napari_boundary_seg.core.finetune import (
+            LINEAGE_NAME,
+            differing_slices,
+            evaluate_finetune,
+            finetune,
+        )
+        from napari_boundary_seg.core.io import (
+            check_finite,
+            check_not_input,
+            ensure_writable_dir,
+            read_nifti,
+        )
         from napari_boundary_seg.core.predict import iter_predict_volume
         from napari_boundary_seg.core.progress import run_to_end
-        from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent
+        from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent, TrainControl
 
+        _check(args.epochs, "--epochs", 1)
+        _check(args.alpha_start, "--alpha-start", 0.0, 1.0)
+        _check(args.alpha_step, "--alpha-step", 0.0, 1.0)
+        _check(args.lr, "--lr", positive=True)
+        _check(args.mix_ratio, "--mix-ratio", 0.0)
+        for index in args.slices or []:
+            _check(index, "--slices", 0)
+        outputs = [args.out / name for name in (*_RUN_FILES, LINEAGE_NAME)]
+        check_not_input(outputs, [args.checkpoint, *args.image, args.labels], "--out")
         volumes = [read_nifti(path, as_labels=False) for path in args.image]
         labels = read_nifti(args.labels, as_labels=True)
+        if labels.data.size and labels.data.min() < 0:
+            raise CommandError(f"{args.labels}: negative label values ({labels.data.min()})")
         for path, vol in zip(args.image, volumes, strict=True):
+            check_finite(vol.data, path)
             if vol.data.shape != labels.data.shape:
                 raise CommandError(
                     f"{path} has shape {vol.data.shape}, {args.labels} {labels.data.shape}"
                 )
+        for path, vol in [*zip(args.image[1:], volumes[1:], strict=True), (args.labels, labels)]:
+            _check_affine(args.image[0], volumes[0], path, vol, args.allow_affine_mismatch)
         images = np.stack([v.data for v in volumes])
         spacing = volumes[0].spacing[: images.ndim - 1]
+        _check_axis(args.axis, "--axis", images.ndim - 1)
         model, checkpoint = load_checkpoint(args.checkpoint)
         axis = args.axis if args.axis is not None else int(checkpoint["config"].get("axis", 2))
         axis = axis % (images.ndim - 1)
+        ensure_writable_dir(args.out)
         old_pred = None
         slices = args.slices
         if not slices:
@@ -955,6 +1350,7 @@ def _add_finetune(sub: Any) -> None:
                     f"{args.labels} equals the model's prediction: no corrected slice found"
                 )
             _out(f"corrected slices (differ from the prediction, axis {axis}): {slices}")
+        control = TrainControl()
         gen = finetune(
             args.checkpoint,
             images,
@@ -971,6 +1367,7 @@ def _add_finetune(sub: Any) -> None:
             out_dir=args.out,
             device=args.device,
             overwrite=args.overwrite,
+            control=control,
         )
         bar = None
 
@@ -986,12 +1383,24 @@ def _add_finetune(sub: Any) -> None:
             elif isinstance(event, InfoEvent):
                 logger.info("finetune: %s", event.message)
 
+        previous = _stop_on_sigint(control)
         try:
             result = run_to_end(gen, show)
         finally:
             if bar is not None:
                 bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         _out(f"finetune: {result.reason}; lineage {result.lineage_path}")
+        if control.stop_requested and result.stopped and "non-finite" not in result.reason:
+            kept = f"{result.checkpoint} is kept" if result.checkpoint else "no checkpoint written"
+            hint = (
+                f"; continue with {PROG} finetune --checkpoint {result.checkpoint} and the "
+                "same images and labels into another --out"
+                if result.checkpoint
+                else ""
+            )
+            raise Interrupted(f"interrupted: {result.reason}; {kept}{hint}")
         if result.stopped or result.checkpoint is None:
             return 1
         evaluation = _drive(
@@ -1019,8 +1428,13 @@ def _add_finetune(sub: Any) -> None:
 # main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand.
+
+    ``only``: register just the subcommand of that name (its registrar is
+    ``_add_<only>``), so that a command starts without importing what the others
+    need (torch, for one); every subcommand when no registrar has that name.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Boundary loss (Kervadec et al., MIDL 2019) for highly unbalanced "
@@ -1031,7 +1445,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in _SUBCOMMANDS:
+    chosen = [r for r in _SUBCOMMANDS if only is not None and r.__name__ == f"_add_{only}"]
+    for register in chosen or _SUBCOMMANDS:
         register(sub)
     return parser
 
@@ -1042,19 +1457,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     User errors (missing or existing files, bad values) print one line
     ``napari-boundary-seg <command>: error: <message>`` to stderr and return 2.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(only=command)
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except _USER_ERRORS as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except Interrupted as stop:
+        print(f"{PROG} {args.command}: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as err:
+        logger.debug("out of memory", exc_info=True)
+        print(f"{PROG} {args.command}: error: out of memory {err}".rstrip(), file=sys.stderr)
+        return 2
+    except _USER_ERRORS as err:
+        logger.debug("user error", exc_info=True)  # -vv shows the traceback
+        print(f"{PROG} {args.command}: error: {_error_message(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

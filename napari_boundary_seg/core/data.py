@@ -46,7 +46,9 @@ from torch.utils.data import Dataset
 from napari_boundary_seg.core import distance as _distance
 from napari_boundary_seg.core.io import (
     atomic_path,
+    check_finite,
     default_affine,
+    is_hidden_or_temp,
     is_nifti_path,
     nifti_stem,
     read_nifti,
@@ -420,7 +422,7 @@ def _find_isles(folder: Path, modalities: Sequence[str] | None) -> list[CaseFile
             )
     found: dict[Path, dict[str, Path]] = {}
     for path in sorted(folder.rglob("*")):
-        if not path.is_file() or not is_nifti_path(path):
+        if not path.is_file() or not is_nifti_path(path) or is_hidden_or_temp(path):
             continue
         token = _isles_token(path)
         if token is None:
@@ -562,6 +564,8 @@ def load_case(case_files: CaseFiles, affine_atol: float = _AFFINE_ATOL) -> Case:
     if not case_files.image_paths:
         raise ValueError(f"case {case_files.case_id}: no image files")
     volumes = [read_nifti(p, as_labels=False, ndim=3) for p in case_files.image_paths]
+    for path, vol in zip(case_files.image_paths, volumes, strict=True):
+        check_finite(vol.data, path)  # the message names the file
     ref, ref_path = volumes[0], case_files.image_paths[0]
     paths_and_vols = list(zip(case_files.image_paths, volumes, strict=True))
     label_vol = None

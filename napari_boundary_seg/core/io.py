@@ -12,10 +12,15 @@ existing file is never replaced unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import errno
+import gzip
+import hashlib
 import logging
 import os
 import re
-import tempfile
+import secrets
+import stat
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,15 +32,26 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "AFFINE_ATOL",
     "NIFTI_SUFFIXES",
     "NiftiVolume",
+    "OutputError",
     "atomic_path",
+    "available_memory",
+    "check_finite",
+    "check_geometry",
+    "check_not_input",
+    "clean_stale_temp",
+    "ensure_writable_dir",
+    "fit_name",
+    "is_hidden_or_temp",
     "default_affine",
     "is_label_file",
     "is_nifti_path",
     "nifti_stem",
     "read_nifti",
     "write_nifti",
+    "write_text_atomic",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -49,24 +65,290 @@ def default_affine(spacing: Sequence[float]) -> np.ndarray:
     return np.diag(diag + [1.0])
 
 
+AFFINE_ATOL = 1e-3
+"""Largest difference (mm) between the affines of files that must share a grid
+(the modalities and labels of a case; a prediction and its reference)."""
+
+# The name of a temporary file of :func:`atomic_path`: ``.<name>.<pid>-<random>.tmp<suffix>``.
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp(\..+)?$")
+# ... and of version 0.1 (``tempfile.mkstemp``): ``.<name>.<8 characters>.tmp<suffix>``.
+_OLD_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(\..+)?$")
+_OLD_TEMP_AGE_S = 3600.0  # an old-style temporary file is stale after an hour
+_DEFAULT_NAME_MAX = 255
+
+
+class OutputError(OSError):
+    """An output could not be written; ``str()`` is one line naming the file and the cause
+    (``cannot write runs/a/best.pt: no space left on device``)."""
+
+    def __init__(self, code: int, path: str | os.PathLike, reason: str | None = None) -> None:
+        reason = reason or os.strerror(code)
+        super().__init__(code, reason, os.fspath(path))
+        self.message = f"cannot write {os.fspath(path)}: {reason[:1].lower()}{reason[1:]}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _name_max(folder: str | os.PathLike) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return _DEFAULT_NAME_MAX
+
+
+def fit_name(stem: str, suffix: str = "", folder: str | os.PathLike | None = None) -> str:
+    """``stem + suffix``, shortened with a hash of ``stem`` when it exceeds the file
+    system's name limit (255 bytes on most; of ``folder`` when given and existing).
+
+    The same ``stem`` always gives the same name; names that fit are unchanged.
+    """
+    limit = _name_max(folder) if folder is not None and Path(folder).is_dir() else None
+    limit = limit or _DEFAULT_NAME_MAX
+    name = stem + suffix
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
+    room = limit - len(suffix.encode()) - len(digest) - 1
+    short = stem.encode()[: max(room, 1)].decode(errors="ignore")
+    return f"{short}-{digest}{suffix}"
+
+
+def _temp_name(path: Path, suffix: str) -> Path:
+    tail = f".{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    name = f".{path.name}"
+    if len((name + tail).encode()) > _name_max(path.parent):  # a long name: hash it
+        name = "." + hashlib.sha1(path.name.encode()).hexdigest()[:16]
+    return path.parent / (name + tail)
+
+
+def _is_out_of_space(folder: Path) -> bool:
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return False
+    no_inodes = info.f_files > 0 and info.f_favail == 0  # f_files 0: no inode limit
+    return info.f_bavail * info.f_frsize < 1 << 20 or no_inodes
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
     """A temporary file name beside ``path``, for writing ``path`` atomically.
 
     Write the file at the yielded name inside the ``with`` block; when the block
-    ends without error the file replaces ``path`` (:func:`os.replace`), so
-    readers never see a half-written file; on any error it is deleted.
-    ``suffix`` ends the temporary name (nibabel picks the format from it).
+    ends without error the file is flushed to disk (``fsync``) and replaces
+    ``path`` (:func:`os.replace`), so readers never see a half-written file and a
+    file that was there stays whole until the new one is complete; on any error
+    the temporary file is deleted. ``suffix`` ends the temporary name (nibabel
+    picks the format from it).
+
+    The new file gets the mode the umask gives (0644 under umask 022); a
+    replaced file keeps its mode. Failures of the file system (no space left, a
+    read-only file system, no permission, a name too long) raise
+    :class:`OutputError` naming ``path`` and the cause.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _temp_name(path, suffix)
     try:
-        yield tmp
+        # 0o666 & ~umask, as open() gives; a replaced file's mode is kept
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        os.close(fd)
+        if path.is_file():
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        code = exc.errno or errno.EIO
+        raise OutputError(code, path, exc.strerror or str(exc)) from exc
+    try:
+        yield str(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OutputError):
+            raise
+        code = exc.errno or errno.EIO
+        raise OutputError(code, path, exc.strerror or str(exc)) from exc
+    except Exception as exc:
+        # torch.save and others report a full disk as a RuntimeError ("unexpected pos")
+        full = _is_out_of_space(path.parent)
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise OutputError(errno.ENOSPC, path) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent, directory=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`atomic_path` (an old file stays whole
+    if the write fails)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        handle.write(text)
+    return path
+
+
+def is_hidden_or_temp(path: str | os.PathLike) -> bool:
+    """True for hidden files (a name starting with ``.``), among them the temporary
+    files of :func:`atomic_path`: never data, never a case."""
+    return Path(path).name.startswith(".")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours
+        return True
+    return True
+
+
+def clean_stale_temp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed :func:`atomic_path` left in ``folder``.
+
+    A temporary file is stale when the process that wrote it is gone (its id is in
+    the name), or, for the names of version 0.1, when it is older than an hour.
+    Other files are never touched. Returns the deleted files; errors are ignored.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        name = entry.name
+        match = _TEMP_RE.match(name)
+        try:
+            if not entry.is_file() or entry.is_symlink():
+                continue
+            if match is not None:
+                stale = not _pid_alive(int(match.group("pid")))
+            elif _OLD_TEMP_RE.match(name):
+                stale = now - entry.stat().st_mtime > _OLD_TEMP_AGE_S
+            else:
+                continue
+            if stale:
+                entry.unlink()
+                removed.append(entry)
+                logger.info("removed the stale temporary file %s", entry)
+        except OSError:
+            continue
+    return removed
+
+
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) if missing and check that files can be
+    written in it, before any long work; removes stale temporary files there.
+
+    Raises
+    ------
+    OutputError
+        The folder cannot be created or written (read-only file system, no
+        permission, not a folder...): one line naming it and the cause.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(errno.ENOTDIR, folder, "it exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(exc.errno or errno.EIO, folder, exc.strerror or str(exc)) from exc
+    probe = folder / f".write-test.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(exc.errno or errno.EIO, folder, exc.strerror or str(exc)) from exc
+    try:
+        probe.unlink()
+    except OSError:
+        pass
+    clean_stale_temp(folder)
+    return folder
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_not_input(
+    outputs: Sequence[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike],
+    what: str = "",
+) -> None:
+    """Refuse to write over an input: ValueError when an output is one of the inputs
+    (the same resolved path, or the same file through another name: a link).
+
+    ``what`` names the option of the output in the message (e.g. ``"--out"``).
+    """
+    ins = [Path(p) for p in inputs if p is not None]
+    for out in outputs:
+        out = Path(out)
+        for inp in ins:
+            if _same_file(out, inp):
+                where = f" ({what})" if what else ""
+                raise ValueError(
+                    f"{out}{where} is one of the inputs ({inp}); this command never writes over "
+                    "its inputs, --overwrite or not: choose another output"
+                )
+
+
+def check_geometry(
+    ref_path: str | os.PathLike,
+    ref_affine: np.ndarray,
+    path: str | os.PathLike,
+    affine: np.ndarray,
+    case_id: str | None = None,
+    atol: float = AFFINE_ATOL,
+) -> float:
+    """ValueError when two files that must share a grid have affines more than
+    ``atol`` mm apart (the training loader's rule and message); returns the
+    largest difference in mm."""
+    diff = float(np.abs(np.asarray(affine) - np.asarray(ref_affine)).max())
+    if not diff <= atol:
+        case = f"case {case_id}: " if case_id is not None else ""
+        raise ValueError(
+            f"{case}the affine of {path} differs from that of {ref_path} by up to "
+            f"{diff:.4g} mm (tolerance {atol} mm)"
+        )
+    return diff
+
+
+def check_finite(data: np.ndarray, path: str | os.PathLike) -> None:
+    """ValueError naming ``path`` when ``data`` holds NaN or inf."""
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise ValueError(f"{path}: the image holds {bad} NaN or inf voxel(s)")
 
 
 # A file whose name holds one of these tokens is a label volume.
@@ -203,6 +485,89 @@ def _to_integer(data: np.ndarray, what: str) -> np.ndarray:
     return rounded.astype(_smallest_int_dtype(rounded))
 
 
+_GZIP_MAX_RATIO = 1032  # deflate cannot compress more than about 1032:1
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**24 else f"{nbytes / 1024:.3g} KiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable`` on Linux);
+    ``None`` where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _gzip_holds_at_least(path: Path, nbytes: int) -> bool:
+    """Whether the gzip file ``path`` decompresses to at least ``nbytes`` bytes.
+
+    Cheap first: the gzip trailer (ISIZE, the size mod 2**32 of the last member) and
+    the largest deflate ratio; a stream count (no allocation) only when the trailer
+    says less (several members).
+    """
+    size = path.stat().st_size
+    if nbytes > size * _GZIP_MAX_RATIO + 4096:
+        return False
+    if nbytes >= 2**32:
+        return True  # the trailer is modulo 2**32: trust the ratio bound
+    with open(path, "rb") as handle:
+        handle.seek(max(size - 4, 0))
+        isize = int.from_bytes(handle.read(4), "little")
+    if isize >= nbytes:
+        return True
+    count = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while count < nbytes:
+                chunk = stream.read(1 << 20)
+                if not chunk:
+                    break
+                count += len(chunk)
+    except (OSError, EOFError):
+        return False
+    return count >= nbytes
+
+
+def _check_declared_size(path: Path, img: nib.Nifti1Image) -> None:
+    """ValueError when the header declares more voxel data than the file holds (a
+    truncated or tampered file), or more than the memory available; checked before
+    any voxel is read."""
+    shape = tuple(int(n) for n in img.header.get_data_shape())
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    nbytes = int(np.prod(shape, dtype=np.float64)) * itemsize if shape else 0
+    try:
+        offset = int(img.header["vox_offset"])
+    except (KeyError, ValueError, TypeError):
+        offset = 352
+    declared = (
+        f"its header declares shape {shape} {np.dtype(img.get_data_dtype())} ({_gib(nbytes)})"
+    )
+    if path.name.lower().endswith(".gz"):
+        if not _gzip_holds_at_least(path, offset + nbytes):
+            raise ValueError(
+                f"{path}: {declared} but the compressed file holds less: truncated or corrupt"
+            )
+    else:
+        size = path.stat().st_size
+        if size < offset + nbytes:
+            raise ValueError(
+                f"{path}: {declared} but the file holds {_gib(size)}: truncated or corrupt"
+            )
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise ValueError(f"{path}: {declared}, more than the {_gib(free)} of memory available")
+
+
 def read_nifti(
     path: str | os.PathLike,
     as_labels: bool | None = None,
@@ -221,14 +586,21 @@ def read_nifti(
         integers). ``False``: force ``float32``.
     ndim
         Expected number of axes (e.g. 3). Trailing axes of length 1 beyond ``ndim``
-        are dropped (``(X, Y, Z, 1) -> (X, Y, Z)``); any other mismatch raises
-        ValueError naming the file and its shape.
+        are dropped; any other mismatch raises ValueError naming the file and its
+        shape. Whatever ``ndim``, trailing axes of length 1 beyond the third are
+        always dropped (``(X, Y, Z, 1) -> (X, Y, Z)``): one rule for every reader.
 
     Returns
     -------
     NiftiVolume
         ``data`` in the file's array order, the ``(4, 4)`` affine and the spacing
         (mm) of the first ``min(data.ndim, 3)`` axes.
+
+    Raises
+    ------
+    ValueError
+        Also before any voxel is read, when the header declares more data than the
+        file holds (truncated or tampered) or than the memory available.
     """
     path = Path(path)
     if not path.exists():
@@ -245,10 +617,15 @@ def read_nifti(
         raise ValueError(f"{path} is not a NIfTI image ({type(img).__name__})")
 
     integer_on_disk = np.dtype(img.get_data_dtype()).kind in "biu" and _identity_scaling(img)
+    _check_declared_size(path, img)
     try:
         raw = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise ValueError(f"{path}: could not read the voxel data: {exc}") from exc
+    # one rule for every command: trailing axes of length 1 beyond the third are dropped
+    # ((X, Y, Z, 1) -> (X, Y, Z)), so a volume reads the same wherever it is used
+    while raw.ndim > 3 and raw.shape[-1] == 1:
+        raw = raw[..., 0]
     if ndim is not None:
         while raw.ndim > ndim and raw.shape[-1] == 1:
             raw = raw[..., 0]

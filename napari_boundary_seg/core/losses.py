@@ -141,6 +141,9 @@ def _check_probs_shape(probs: torch.Tensor) -> None:
         )
     if not probs.is_floating_point():
         raise TypeError(f"probs must be a floating-point tensor, got dtype {probs.dtype}")
+    if probs.numel() == 0:
+        what = "an empty batch" if probs.shape[0] == 0 else "an empty class or spatial axis"
+        raise ValueError(f"probs has shape {_shape(probs)}: {what}, nothing to compute a loss on")
 
 
 def _check_same_shape(probs: torch.Tensor, other: torch.Tensor, name: str) -> None:

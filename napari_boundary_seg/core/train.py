@@ -64,7 +64,7 @@ from napari_boundary_seg.core.checkpoint import (
     training_mode,
 )
 from napari_boundary_seg.core.device import check_device_name, resolve_device
-from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
 from napari_boundary_seg.core.precision import (
     autocast,
@@ -76,6 +76,7 @@ from napari_boundary_seg.core.precision import (
 )
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet
+from napari_boundary_seg.core.validate import check_unet_fits
 
 logger = logging.getLogger(__name__)
 
@@ -963,7 +964,9 @@ def _check_out_dir(config: TrainConfig) -> Path | None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    existing = [n for n in ("last.pt", "best.pt", "metrics.csv") if (out / n).exists()]
+    # a run killed before its first checkpoint left only config.json and metrics.csv:
+    # nothing to lose, so the folder does not block a new run
+    existing = [n for n in ("last.pt", "best.pt") if (out / n).exists()]
     resuming_here = config.resume_from is not None and (
         Path(config.resume_from).resolve().parent == out.resolve()
     )
@@ -1143,6 +1146,8 @@ def train(
                     f"need {key}={hparams[key]}"
                 )
         hparams = saved
+    # the network must fit the slices (and be buildable) before anything is allocated
+    check_unet_fits(int(hparams["depth"]), tuple(data.dataset[0][0].shape[-2:]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = UNet(**hparams)
@@ -1210,7 +1215,7 @@ def train(
     last_path = out_dir / "last.pt" if out_dir else None
     csv_path = out_dir / "metrics.csv" if out_dir else None
     if out_dir is not None:
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(out_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         _write_metrics_csv(csv_path, history)
     wrote_best = best_path is not None and best_path.exists() and config.resume_from is not None
     wrote_last = last_path is not None and last_path.exists() and config.resume_from is not None

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_boundary_seg.core.validate import check_unet_size
+
 __all__ = ["UPSAMPLE_MODES", "UNet", "pooling_strides"]
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
@@ -252,6 +254,15 @@ class UNet(nn.Module):
             raise ValueError(f"UNet upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
             raise ValueError(f"UNet spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        # bound what may be allocated (an edited checkpoint, an absurd argument)
+        check_unet_size(
+            depth,
+            base_channels,
+            in_channels,
+            num_classes,
+            ("UNet depth", "UNet base_channels"),
+            spatial_dims=spatial_dims,
+        )
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth

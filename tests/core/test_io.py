@@ -219,3 +219,53 @@ def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_pat
         raise RuntimeError("disk full")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]  # no temp left
+
+
+def test_new_files_get_the_umask_mode_and_overwrite_keeps_the_old_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = write_nifti(tmp_path / "a.nii.gz", np.zeros((3, 3, 3), np.float32))
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        write_nifti(path, np.ones((3, 3, 3), np.float32), overwrite=True)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.nii.gz"]
+
+
+def test_read_nifti_squeezes_a_trailing_singleton_and_refuses_a_tampered_header(tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(data[..., None], np.eye(4)), str(tmp_path / "four.nii.gz"))
+    assert read_nifti(tmp_path / "four.nii.gz").data.shape == (2, 3, 4)
+    for name in ("t.nii", "t.nii.gz"):
+        path = tmp_path / name
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(path))
+        raw = bytearray(
+            gzip.decompress(path.read_bytes()) if name.endswith("gz") else path.read_bytes()
+        )
+        raw[40:56] = np.array([3, 1024, 1024, 512, 1, 1, 1, 1], "<i2").tobytes()
+        path.write_bytes(gzip.compress(bytes(raw)) if name.endswith("gz") else bytes(raw))
+        with pytest.raises(ValueError, match=r"t\.nii.*\(1024, 1024, 512\)"):
+            read_nifti(path)
+
+
+def test_stale_temp_files_are_cleaned_and_names_fit_the_limit(tmp_path):
+    from napari_boundary_seg.core.io import clean_stale_temp, fit_name, is_hidden_or_temp
+
+    dead = tmp_path / ".a.nii.gz.2147483646-0123abcd.tmp.nii.gz"  # no such process
+    alive = tmp_path / f".b.nii.gz.{__import__('os').getpid()}-0123abcd.tmp.nii.gz"
+    other = tmp_path / ".hidden_but_not_ours"
+    for p in (dead, alive, other):
+        p.write_bytes(b"x")
+    assert clean_stale_temp(tmp_path) == [dead]
+    assert alive.exists() and other.exists() and is_hidden_or_temp(alive)
+    long = "c" * 300
+    name = fit_name(long, "_probs.nii.gz")
+    assert len(name.encode()) <= 255 and name.endswith("_probs.nii.gz")
+    assert name == fit_name(long, "_probs.nii.gz") and fit_name("short", ".nii") == "short.nii"
+    with atomic_path(tmp_path / (long[:250] + ".nii")) as tmp:  # the temporary name fits too
+        Path(tmp).write_bytes(b"ok")
+    assert (tmp_path / (long[:250] + ".nii")).read_bytes() == b"ok"

@@ -546,3 +546,12 @@ def test_loss_for_kind_rejects_unknown_kind():
 
 def test_loss_kind_values():
     assert [k.value for k in LossKind] == ["gdl", "bl", "gdl+bl", "ce", "dice"]
+
+
+@pytest.mark.parametrize("fn", ["boundary_loss", "generalized_dice_loss"])
+def test_empty_batch_raises_value_error_naming_it(fn):
+    import napari_boundary_seg.core.losses as losses
+
+    empty = torch.zeros(0, 2, 4, 4)
+    with pytest.raises(ValueError, match="empty batch"):
+        getattr(losses, fn)(empty, empty)

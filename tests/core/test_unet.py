@@ -240,3 +240,20 @@ def test_pooling_strides_follows_nnunet():
         pooling_strides((0.0, 1.0), None, 3)
     with pytest.raises(ValueError, match="min_size must be an integer >= 1, got 0"):
         pooling_strides((1.0, 1.0), None, 3, min_size=0)
+
+
+def test_parameter_estimate_matches_and_absurd_sizes_are_refused_before_allocating():
+    from napari_boundary_seg.core.validate import check_unet_fits, unet_parameter_count
+
+    for args in [(1, 2, 4, 8), (3, 4, 2, 5)]:
+        model = UNet(*args)
+        assert unet_parameter_count(*args) == sum(p.numel() for p in model.parameters())
+    model3d = UNet(1, 2, depth=3, base_channels=4, spatial_dims=3)
+    assert unet_parameter_count(1, 2, 3, 4, 3) == sum(p.numel() for p in model3d.parameters())
+    with pytest.raises(ValueError, match="depth"):
+        UNet(1, 2, depth=200000, base_channels=4)
+    with pytest.raises(ValueError, match="parameters"):
+        UNet(1, 2, depth=4, base_channels=2**31)
+    with pytest.raises(ValueError, match="--depth 8 needs slices of at least 128"):
+        check_unet_fits(8, 32, "--depth")
+    check_unet_fits(6, (32, 20))  # 2**5 = 32 fits
