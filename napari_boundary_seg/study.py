@@ -1279,9 +1279,7 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         result = drive(
             iter_study(config, report_only=args.report_only, command=command), "study", "step"
         )
-        print(Path(result.files["table_md"]).read_text(), end="")
-        if result.calibration:
-            print(_calibration_text(result.calibration), end="")
+        print(Path(result.files["table_md"]).read_text(), end="")  # calibration included
         for role, path in result.files.items():
             print(f"{role}: {path}")
         if not result.complete:
