@@ -330,3 +330,12 @@ def test_write_wmh_records_sites(tmp_path):
     assert case.spacing == pytest.approx((6.0, 6.0, 6.0))
     expected = synthetic.make_wmh_case((2, 1), WMH_SMALL.sites[1], WMH_SMALL, "phantom")
     np.testing.assert_array_equal(case.labels, expected.labels)
+
+
+def test_cli_synth_preset_wmh_rejects_a_grid(tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+
+    argv = ["synth", "--out", str(tmp_path / "w"), "--cases", "1", "--preset", "wmh"]
+    assert main([*argv, "--shape", "24", "28", "8"]) == 2
+    assert "--shape/--spacing apply to the easy preset" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
