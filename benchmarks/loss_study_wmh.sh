@@ -15,7 +15,9 @@
 # Runtime: an ESTIMATE, not a measurement: about 90 min on an idle 2-core CPU
 # (18 runs of 1200 steps at about 270 s each, from the idle run times of the
 # easy study with the same network, slice size and batch, plus data and
-# evaluation); see README "Loss study on the wmh preset".
+# evaluation); one GDL run measured 6 min of CPU under load, which would make
+# it about 114 min if an idle core needed as much. See README "Loss study on
+# the wmh preset".
 # Extra arguments are appended (e.g. --report-only, --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
