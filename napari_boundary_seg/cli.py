@@ -202,7 +202,17 @@ def _add_synth(sub: Any) -> None:
         "synth",
         help="write the built-in unbalanced lesion benchmark (generic NIfTI layout)",
         description="Write synthetic brain-like volumes with small lesions "
-        "(imagesTr/, labelsTr/, dataset.json) to a folder.",
+        "(imagesTr/, labelsTr/, dataset.json) to a folder. --preset easy (default) is the "
+        "original benchmark; --preset wmh is the harder WMH-2017-like one (several simulated "
+        "sites with their own grids, partial volume, punctate and confluent periventricular "
+        "lesions, hyperintense mimics; each case's site is recorded in dataset.json).",
+    )
+    p.add_argument(
+        "--preset",
+        choices=synthetic.PRESETS,
+        default="easy",
+        help="generator preset (default easy; wmh: grids come from its sites, so --shape "
+        "and --spacing do not apply)",
     )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--cases", type=int, default=20, help="number of cases (default 20)")
@@ -211,17 +221,19 @@ def _add_synth(sub: Any) -> None:
         "--shape",
         type=int,
         nargs=3,
-        default=list(synthetic.DEFAULT_SHAPE),
+        default=None,
         metavar=("X", "Y", "Z"),
-        help=f"volume shape in voxels (default {' '.join(map(str, synthetic.DEFAULT_SHAPE))})",
+        help="volume shape in voxels, easy preset "
+        f"(default {' '.join(map(str, synthetic.DEFAULT_SHAPE))})",
     )
     p.add_argument(
         "--spacing",
         type=float,
         nargs=3,
-        default=list(synthetic.DEFAULT_SPACING),
+        default=None,
         metavar=("SX", "SY", "SZ"),
-        help=f"voxel size in mm (default {' '.join(map(str, synthetic.DEFAULT_SPACING))})",
+        help="voxel size in mm, easy preset "
+        f"(default {' '.join(map(str, synthetic.DEFAULT_SPACING))})",
     )
     p.add_argument(
         "--anatomy",
@@ -250,20 +262,32 @@ def _is_synth_folder(folder: Path) -> bool:
         meta = json.loads((folder / "dataset.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("name") == _SYNTH_NAME and "generator" in meta
+    return (
+        isinstance(meta, dict)
+        and str(meta.get("name", "")).startswith(_SYNTH_NAME)  # easy and wmh presets
+        and "generator" in meta
+    )
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core import synthetic
     from napari_boundary_seg.core.io import ensure_writable_dir
-    from napari_boundary_seg.core.synthetic import iter_write_benchmark
     from napari_boundary_seg.core.validate import check_synth_size
 
+    if args.preset != "easy" and (args.shape is not None or args.spacing is not None):
+        raise CommandError(
+            f"--shape/--spacing apply to the easy preset; the {args.preset} preset's grids "
+            "come from its sites"
+        )
     _check(args.cases, "--cases", 1)
-    for size in args.shape:
+    shape = tuple(args.shape or synthetic.DEFAULT_SHAPE)
+    spacing = tuple(args.spacing or synthetic.DEFAULT_SPACING)
+    for size in shape:
         _check(size, "--shape", 8)
-    for size in args.spacing:
+    for size in spacing:
         _check(size, "--spacing", positive=True)
-    check_synth_size(args.shape, "--shape")
+    if args.preset == "easy":
+        check_synth_size(shape, "--shape")
     out = args.out
     if out.exists() and not out.is_dir():
         raise CommandError(f"--out {out} is a file, not a folder")
@@ -275,14 +299,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     for folder in (out, out / "imagesTr", out / "labelsTr"):
         ensure_writable_dir(folder)
     written = _drive(
-        iter_write_benchmark(
+        synthetic.iter_write_benchmark(
             args.out,
             n_cases=args.cases,
             seed=args.seed,
-            shape=tuple(args.shape),
-            spacing=tuple(args.spacing),
+            shape=shape,
+            spacing=spacing,
             anatomy=args.anatomy,
             overwrite=args.overwrite,
+            preset=args.preset,
         ),
         "synth",
         "case",

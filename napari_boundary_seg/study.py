@@ -47,11 +47,15 @@ import numpy as np
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind
 from napari_boundary_seg.core.progress import Progress, run_to_end
+from napari_boundary_seg.study_stats import compare_arms, comparisons_markdown
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARMS",
+    "CALIBRATION_BAR",
+    "COMPARISONS",
+    "MAIN_ARMS",
     "SIZE_BINS_VOXELS",
     "TABLE_METRICS",
     "StudyArm",
@@ -60,6 +64,7 @@ __all__ = [
     "arm_schedule",
     "iter_study",
     "run_study",
+    "size_bins",
     "split_study_cases",
 ]
 
@@ -79,12 +84,16 @@ class StudyArm:
     schedule
         Alpha schedule kind for ``gdl+bl`` (``"paper"`` or ``"reference-code"``);
         ``None`` for the other losses.
+    distance
+        ``"3d"``: φ of the whole volume with its spacing, sliced (the default);
+        ``"2d"``: φ per 2D slice (the ablation).
     """
 
     key: str
     label: str
     loss: LossKind
     schedule: str | None = None
+    distance: str = "3d"
 
 
 ARMS: tuple[StudyArm, ...] = (
@@ -93,8 +102,26 @@ ARMS: tuple[StudyArm, ...] = (
     StudyArm("gdl-bl-refcode", "GDL+BL (reference-code α)", LossKind.GDL_BL, "reference-code"),
     StudyArm("bl", "BL alone", LossKind.BL),
     StudyArm("ce", "CE", LossKind.CE),
+    StudyArm("gdl-bl-paper-2d", "GDL+BL (paper α, 2D φ)", LossKind.GDL_BL, "paper", "2d"),
 )
-"""The study's arms, in table order."""
+"""The study's arms, in table order; the last is the 2D-φ ablation (not run by default)."""
+
+MAIN_ARMS: tuple[str, ...] = ("gdl", "gdl-bl-paper", "gdl-bl-refcode", "bl", "ce")
+"""The default arms: the paper's comparison (the ablation arm is opt-in)."""
+
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("gdl", "gdl-bl-paper", "GDL+BL vs GDL"),
+    ("gdl", "gdl-bl-refcode", "GDL+BL vs GDL"),
+    ("gdl-bl-paper", "gdl-bl-paper-2d", "Ablation, φ per 2D slice vs 3D φ with spacing"),
+)
+"""Paired comparisons ``(a, b, heading)`` reported as ``b - a`` when both arms ran."""
+
+CALIBRATION_BAR: Mapping[str, tuple[float, float]] = {
+    "dice": (0.60, 0.82),
+    "lesion_recall_small": (-math.inf, 0.8),
+}
+"""The wmh preset's calibration bar for GDL on the test cases: DSC in [0.60, 0.82],
+recall of small lesions (<= ``small_voxels``) below 0.8 (issue 13)."""
 
 SIZE_BINS_VOXELS: tuple[tuple[str, float, float], ...] = (
     ("small", 0.0, 8.0),
@@ -107,6 +134,18 @@ SIZE_BINS_VOXELS: tuple[tuple[str, float, float], ...] = (
 a Dice loss tends to miss. The metrics module's mm³ defaults (small <= 10 mm³)
 would hold only single voxels at the benchmark's 2 mm spacing.
 """
+
+
+def size_bins(small_voxels: float = 8.0) -> tuple[tuple[str, float, float], ...]:
+    """Lesion size bins in voxels: small ``<= small_voxels``, medium ``<= 64``, large."""
+    if not 0 < small_voxels < 64:
+        raise ValueError(f"small_voxels must be in (0, 64), got {small_voxels!r}")
+    return (
+        ("small", 0.0, float(small_voxels)),
+        ("medium", float(small_voxels), 64.0),
+        ("large", 64.0, math.inf),
+    )
+
 
 TABLE_METRICS: tuple[tuple[str, str], ...] = (
     ("dice", "DSC"),
@@ -161,12 +200,22 @@ class StudyConfig:
         not exist; ``synth_cases=None``: never.
     eval_batch_size
         Slices per forward pass at test time.
+    synth_preset
+        Generator preset of the written benchmark: ``"easy"`` (default) or
+        ``"wmh"`` (its grids come from its sites; ``synth_shape`` and
+        ``synth_spacing`` must then be ``None``).
+    held_out_site
+        A site (``dataset.json``'s per-case ``site``) whose cases are kept out of
+        training, validation and test entirely, and reported as a separate test
+        set; ``None``: no site is held out.
+    small_voxels
+        Lesions of at most this many voxels are "small" (the small-lesion recall).
     """
 
     data: str
     out: str
     runs_dir: str | None = None
-    arms: tuple[str, ...] = tuple(a.key for a in ARMS)
+    arms: tuple[str, ...] = MAIN_ARMS
     seeds: tuple[int, ...] = (0, 1)
     epochs: int = 40
     max_steps_per_epoch: int | None = 30
@@ -187,6 +236,9 @@ class StudyConfig:
     synth_shape: tuple[int, int, int] | None = None
     synth_spacing: tuple[float, float, float] | None = None
     eval_batch_size: int = 16
+    synth_preset: str = "easy"
+    held_out_site: str | None = None
+    small_voxels: float = 8.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -222,6 +274,16 @@ class StudyConfig:
             )
         if not 0 < self.alpha_floor < 1:
             raise ValueError(f"alpha_floor must be in (0, 1), got {self.alpha_floor!r}")
+        if self.synth_preset not in ("easy", "wmh"):
+            raise ValueError(f"synth_preset must be 'easy' or 'wmh', got {self.synth_preset!r}")
+        if self.synth_preset == "wmh" and (
+            self.synth_shape is not None or self.synth_spacing is not None
+        ):
+            raise ValueError(
+                "synth_shape/synth_spacing apply to the easy preset; the wmh preset's "
+                "grids come from its sites"
+            )
+        size_bins(self.small_voxels)
         if self.synth_cases is not None and (
             isinstance(self.synth_cases, bool)
             or not isinstance(self.synth_cases, int)
@@ -266,12 +328,19 @@ class StudyResult:
         ``per_run_csv``, ``figure``, ``config_json``).
     complete
         False when some runs had not finished (the table then says PARTIAL).
+    summary_held
+        As ``summary``, on the held-out site's cases (empty without one).
+    calibration
+        GDL's test DSC and small-lesion recall (means over seeds) and whether
+        each meets :data:`CALIBRATION_BAR`; empty when GDL did not run.
     """
 
     summary: list[dict[str, Any]]
     per_case: list[dict[str, Any]]
     files: dict[str, str]
     complete: bool
+    summary_held: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -370,7 +439,7 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
         lr_patience=config.lr_patience,
         slice_size=config.slice_size,
         axis=config.axis,
-        distance="3d",
+        distance=arm.distance,
         val_fraction=config.val_fraction,
         seed=seed,
         split_seed=config.split_seed,
@@ -382,7 +451,12 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
 
 
 def _evaluate_run(
-    run_dir: Path, test_cases: Sequence[Any], eval_batch_size: int, device: str
+    run_dir: Path,
+    test_cases: Sequence[Any],
+    eval_batch_size: int,
+    device: str,
+    bins: Sequence[tuple[str, float, float]] = SIZE_BINS_VOXELS,
+    cache_name: str = "test_metrics.csv",
 ) -> list[dict[str, Any]]:
     """Every case metric of the run's best checkpoint on the test cases (cached in CSV)."""
     from napari_boundary_seg.core.checkpoint import load_checkpoint
@@ -390,12 +464,14 @@ def _evaluate_run(
     from napari_boundary_seg.core.predict import predict_volume
 
     best = run_dir / "best.pt"
-    cache = run_dir / "test_metrics.csv"
+    cache = run_dir / cache_name
+    if not test_cases:
+        return []
     case_ids = [str(c.case_id) for c in test_cases]
     if cache.exists() and cache.stat().st_mtime >= best.stat().st_mtime:
         with open(cache, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        if [r["case"] for r in rows] == case_ids:
+        if [r["case"] for r in rows] == case_ids and set(rows[0]) >= set(case_metric_columns(bins)):
             return [
                 {"case": r["case"], **{k: float(v) for k, v in r.items() if k != "case"}}
                 for r in rows
@@ -410,11 +486,9 @@ def _evaluate_run(
             batch_size=eval_batch_size,
             device=device,
         )
-        figures = case_metrics(
-            pred, case.labels, case.spacing, size_bins=SIZE_BINS_VOXELS, unit="voxels"
-        )
+        figures = case_metrics(pred, case.labels, case.spacing, size_bins=bins, unit="voxels")
         rows.append({"case": str(case.case_id), **figures})
-    columns = ["case", *case_metric_columns(SIZE_BINS_VOXELS)]
+    columns = ["case", *case_metric_columns(bins)]
     with atomic_path(cache) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
@@ -492,26 +566,50 @@ def iter_study(
             )
         from napari_boundary_seg.core.synthetic import iter_write_benchmark
 
-        logger.info("writing %d synthetic cases to %s", config.synth_cases, data_dir)
+        logger.info(
+            "writing %d synthetic cases (%s preset) to %s",
+            config.synth_cases,
+            config.synth_preset,
+            data_dir,
+        )
         grid: dict[str, Any] = {}
         if config.synth_shape is not None:
             grid["shape"] = tuple(config.synth_shape)
         if config.synth_spacing is not None:
             grid["spacing"] = tuple(config.synth_spacing)
+        if config.synth_preset != "easy":
+            grid["preset"] = config.synth_preset
         for event in iter_write_benchmark(data_dir, config.synth_cases, config.synth_seed, **grid):
             yield Progress(0, 0, f"synth: {event.message}")
     files = data_mod.find_cases(data_dir)
     cases = yield from data_mod.iter_load_cases(files)
+    held_out: list[Any] = []
+    sites: dict[str, str] = {}
+    if config.held_out_site is not None:
+        from napari_boundary_seg.core.synthetic import read_sites
+
+        sites = read_sites(data_dir)
+        known = sorted(set(sites.values()))
+        if config.held_out_site not in known:
+            raise ValueError(
+                f"held-out site {config.held_out_site!r} is not among the sites of "
+                f"{data_dir / 'dataset.json'}: {known}"
+            )
+        held_out = [c for c in cases if sites.get(str(c.case_id)) == config.held_out_site]
+        cases = [c for c in cases if sites.get(str(c.case_id)) != config.held_out_site]
     train_cases, val_cases, test_cases = split_study_cases(
         cases, config.test_fraction, config.val_fraction, config.split_seed
     )
     logger.info(
-        "split: %d train, %d validation, %d test cases",
+        "split: %d train, %d validation, %d test cases%s",
         len(train_cases),
         len(val_cases),
         len(test_cases),
+        f", {len(held_out)} of held-out site {config.held_out_site}" if held_out else "",
     )
     arms = [next(a for a in ARMS if a.key == key) for key in config.arms]
+    bins = size_bins(config.small_voxels)
+    suffix = "" if bins == SIZE_BINS_VOXELS else f"_small{config.small_voxels:g}"
     # seed-major: an interrupted study has every arm at its first seed(s)
     runs = [(arm, seed) for seed in config.seeds for arm in arms]
     runs_path = config.runs_path
@@ -519,31 +617,27 @@ def iter_study(
     out.mkdir(parents=True, exist_ok=True)
     runs_path.mkdir(parents=True, exist_ok=True)
 
-    # the budget in steps, for the progress total
-    dataset = None
     done_epochs = {
         (arm.key, seed): (_run_position(runs_path / _run_name(arm.key, seed)) or 0)
         for arm, seed in runs
     }
     todo = [(a, s) for a, s in runs if done_epochs[(a.key, s)] < config.epochs]
-    if todo and not report_only:
-        base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")
-        yield Progress(0, 0, "building slices and distance maps")
-        dataset = yield from data_mod.iter_build_dataset(
-            train_cases, 2, preprocess_config(base), distance="3d"
-        )
-    # without the data set, count the slices (all slices along the axis are kept)
-    n_slices = (
-        len(dataset)
-        if dataset is not None
-        else sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
-    )
+    # the slices and distance maps, built once per distance mode and shared by the runs
+    datasets: dict[str, Any] = {}
+    base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")
+    # every slice along the axis is kept, so the count does not depend on the mode
+    n_slices = sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
     steps_per_epoch = epoch_steps(n_slices, config.batch_size, config.max_steps_per_epoch)
     total = len(runs) * config.epochs * (steps_per_epoch or 1)
     done = sum(min(e, config.epochs) for e in done_epochs.values()) * (steps_per_epoch or 1)
     run_seconds: dict[str, float] = {}
     if not report_only:
         for arm, seed in todo:
+            if arm.distance not in datasets:
+                yield Progress(0, 0, f"building slices and {arm.distance} distance maps")
+                datasets[arm.distance] = yield from data_mod.iter_build_dataset(
+                    train_cases, 2, preprocess_config(base), distance=arm.distance
+                )
             name = _run_name(arm.key, seed)
             run_dir = runs_path / name
             train_config = _train_config(config, arm, seed, run_dir)
@@ -555,7 +649,9 @@ def iter_study(
                 train_config = train_config.replace(overwrite=True)
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
-            for event in train(train_config, train_cases, val_cases=val_cases, dataset=dataset):
+            for event in train(
+                train_config, train_cases, val_cases=val_cases, dataset=datasets[arm.distance]
+            ):
                 if isinstance(event, StepEvent):
                     done += 1
                     yield Progress(
@@ -579,35 +675,77 @@ def iter_study(
                     logger.warning("%s stopped: %s", name, event.reason)
             run_seconds[name] = time.perf_counter() - tic
             done_epochs[(arm.key, seed)] = _run_position(run_dir) or 0
+        datasets.clear()
 
-    # evaluation of the finished runs on the test cases
+    # evaluation of the finished runs on the test cases (and the held-out site)
     per_case: list[dict[str, Any]] = []
     per_run: list[dict[str, Any]] = []
+    per_run_held: list[dict[str, Any]] = []
     histories: dict[str, dict[int, list[dict[str, float]]]] = {}
     finished = [(a, s) for a, s in runs if done_epochs[(a.key, s)] >= config.epochs]
+    eval_seconds = 0.0
     for i, (arm, seed) in enumerate(finished):
         name = _run_name(arm.key, seed)
         run_dir = runs_path / name
         yield Progress(i, len(finished), f"evaluating {name} on {len(test_cases)} test cases")
-        rows = _evaluate_run(run_dir, test_cases, config.eval_batch_size, config.device)
+        tic = time.perf_counter()
+        rows = _evaluate_run(
+            run_dir,
+            test_cases,
+            config.eval_batch_size,
+            config.device,
+            bins,
+            f"test_metrics{suffix}.csv",
+        )
+        held_rows = _evaluate_run(
+            run_dir,
+            held_out,
+            config.eval_batch_size,
+            config.device,
+            bins,
+            f"heldout_{config.held_out_site}_metrics{suffix}.csv",
+        )
+        eval_seconds += time.perf_counter() - tic
         for r in rows:
-            per_case.append({"arm": arm.key, "seed": seed, **r})
-        figures = _run_figures(rows, test_cases)
+            per_case.append({"set": "test", "arm": arm.key, "seed": seed, **r})
+        for r in held_rows:
+            per_case.append({"set": "held-out site", "arm": arm.key, "seed": seed, **r})
         history = _read_history(run_dir)
         best = max(history, key=lambda h: h.get("val_dice", -1.0)) if history else {}
-        per_run.append(
-            {
-                "arm": arm.key,
-                "seed": seed,
-                "best_epoch": int(best.get("epoch", -1)) + 1,
-                "best_val_dice": best.get("val_dice", math.nan),
-                "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
-                **figures,
-            }
-        )
+        common = {
+            "arm": arm.key,
+            "seed": seed,
+            "best_epoch": int(best.get("epoch", -1)) + 1,
+            "best_val_dice": best.get("val_dice", math.nan),
+            "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
+        }
+        per_run.append({**common, **_run_figures(rows, test_cases)})
+        if held_rows:
+            per_run_held.append({**common, **_run_figures(held_rows, held_out)})
         histories.setdefault(arm.key, {})[seed] = history
     complete = len(finished) == len(runs)
     summary = _summarise(arms, per_run)
+    summary_held = _summarise(arms, per_run_held) if per_run_held else []
+    labels = {a.key: a.label for a in ARMS}
+    ran = {a.key for a, _ in finished}
+    stats_md = []
+    for set_name, heading_suffix in (("test", "test cases"), ("held-out site", "held-out site")):
+        rows_set = [r for r in per_case if r["set"] == set_name]
+        if not rows_set:
+            continue
+        for a, b, heading in COMPARISONS:
+            if a in ran and b in ran:
+                comparisons = compare_arms(rows_set, a, b, seed=0)
+                stats_md.append(
+                    comparisons_markdown(comparisons, labels, f"{heading} ({heading_suffix})")
+                )
+    calibration = _calibration(summary, config)
+    figure_slice = None
+    if "gdl" in ran and test_cases:
+        yield Progress(len(finished), len(finished), "drawing the test-slice figure")
+        figure_slice = _plot_test_slice(
+            out / "test_slice.png", runs_path, [a for a in arms if a.key in ran], config, test_cases
+        )
     files = _write_outputs(
         config,
         out,
@@ -617,6 +755,10 @@ def iter_study(
         per_run,
         histories,
         complete=complete,
+        summary_held=summary_held,
+        per_run_held=per_run_held,
+        stats_md="\n".join(stats_md),
+        calibration=calibration,
         extra={
             "command": command,
             "versions": _versions(library_versions()),
@@ -624,20 +766,28 @@ def iter_study(
                 "train": [str(c.case_id) for c in train_cases],
                 "validation": [str(c.case_id) for c in val_cases],
                 "test": [str(c.case_id) for c in test_cases],
+                "held_out_site": [str(c.case_id) for c in held_out],
             },
+            "held_out_site": config.held_out_site,
+            "sites": sites,
             "train_slices": n_slices,
             "steps_per_epoch": steps_per_epoch,
             "schedules": {a.key: arm_schedule(a, config.epochs, config.alpha_floor) for a in arms},
-            "size_bins_voxels": [list(b) for b in SIZE_BINS_VOXELS],
+            "distance": {a.key: a.distance for a in arms},
+            "size_bins_voxels": [list(b) for b in bins],
+            "calibration": calibration,
             "runs_finished": [_run_name(a.key, s) for a, s in finished],
             "runs_missing": [_run_name(a.key, s) for a, s in runs if (a, s) not in finished],
             "train_seconds_this_invocation": run_seconds,
+            "eval_seconds_this_invocation": eval_seconds,
             "wall_seconds_this_invocation": time.time() - started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
+    if figure_slice is not None:
+        files["test_slice_figure"] = str(figure_slice)
     yield Progress(len(finished), len(finished), "done")
-    return StudyResult(summary, per_case, files, complete)
+    return StudyResult(summary, per_case, files, complete, summary_held, calibration)
 
 
 def run_study(
@@ -699,6 +849,35 @@ def _fmt(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _calibration(summary: Sequence[Mapping[str, Any]], config: StudyConfig) -> dict[str, Any]:
+    """GDL's figures against :data:`CALIBRATION_BAR` (empty when GDL did not run)."""
+    row = next((r for r in summary if r["arm"] == "gdl" and r["n_runs"] > 0), None)
+    if row is None:
+        return {}
+    out: dict[str, Any] = {"small_voxels": config.small_voxels, "n_runs": row["n_runs"]}
+    for key, (low, high) in CALIBRATION_BAR.items():
+        value = float(row[f"{key}_mean"])
+        out[key] = value
+        out[f"{key}_meets_bar"] = bool(not math.isnan(value) and low <= value <= high)
+    return out
+
+
+def _calibration_text(calibration: Mapping[str, Any]) -> str:
+    if not calibration:
+        return ""
+    dice, recall = calibration["dice"], calibration["lesion_recall_small"]
+
+    def verdict(ok: bool) -> str:
+        return "meets the bar" if ok else "MISSES the bar"
+
+    return (
+        f"Calibration (GDL, test cases, mean over {calibration['n_runs']} seed(s)): "
+        f"DSC {dice:.3f} (bar 0.60–0.82: {verdict(calibration['dice_meets_bar'])}); "
+        f"recall of lesions <= {calibration['small_voxels']:g} voxels {recall:.3f} "
+        f"(bar < 0.8: {verdict(calibration['lesion_recall_small_meets_bar'])}).\n"
+    )
+
+
 def _markdown_table(summary: Sequence[Mapping[str, Any]], complete: bool) -> str:
     digits = {"hd": 1, "hd95": 1, "assd": 2, "avd": 1}
     head = ["loss", "runs", *[title for _, title in TABLE_METRICS]]
@@ -723,6 +902,89 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
             writer.writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
             )
+
+
+def _plot_test_slice(
+    path: Path,
+    runs_path: Path,
+    arms: Sequence[StudyArm],
+    config: StudyConfig,
+    test_cases: Sequence[Any],
+) -> Path | None:
+    """The paper's Fig. 1: one test slice, ground truth, GDL, GDL+BL, BL alone.
+
+    The case is the test case of median lesion volume, the slice the one with the
+    most lesion voxels in it; the models are the first seed's best checkpoints.
+    Returns the path, or None when no shown arm has a finished run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    from napari_boundary_seg.core.predict import load_checkpoint, predict_volume
+
+    keys = [
+        k for k in ("gdl", "gdl-bl-paper", "gdl-bl-refcode", "bl") if k in {a.key for a in arms}
+    ]
+    if "gdl-bl-paper" in keys and "gdl-bl-refcode" in keys:
+        keys.remove("gdl-bl-refcode")
+    loads = sorted(test_cases, key=lambda c: (int((c.labels > 0).sum()), str(c.case_id)))
+    case = loads[(len(loads) - 1) // 2]
+    axis = config.axis % 3
+    other = tuple(a for a in range(3) if a != axis)
+    per_slice = (case.labels > 0).sum(axis=other)
+    index = int(np.argmax(per_slice))
+    take = lambda v: np.take(v, index, axis=axis)  # noqa: E731
+    preds: dict[str, np.ndarray] = {}
+    for key in keys:
+        for seed in config.seeds:
+            best = runs_path / _run_name(key, seed) / "best.pt"
+            if best.exists():
+                model, checkpoint = load_checkpoint(best)
+                _, pred = predict_volume(
+                    (model, checkpoint),
+                    case.images,
+                    case.spacing,
+                    batch_size=config.eval_batch_size,
+                    device=config.device,
+                )
+                preds[key] = take(pred)
+                break
+    if not preds:
+        return None
+    flair = take(case.images[0]).astype(np.float32)
+    lo, hi = np.percentile(flair, [1, 99.5])
+    truth = take(case.labels) > 0
+    labels = {a.key: a.label for a in ARMS}
+    panels = [("ground truth", truth)] + [(labels[k], preds[k] > 0) for k in keys if k in preds]
+    fig = Figure(figsize=(3.0 * len(panels), 3.4), dpi=110)
+    axes = fig.subplots(1, len(panels))
+    spacing = [case.spacing[a] for a in other]
+    extent = (0, flair.shape[0] * spacing[0], 0, flair.shape[1] * spacing[1])
+    for ax, (title, mask) in zip(np.atleast_1d(axes), panels, strict=True):
+        ax.imshow(flair.T, cmap="gray", vmin=lo, vmax=hi, origin="lower", extent=extent)
+        overlay = np.ma.masked_where(~mask, mask.astype(float))
+        ax.imshow(
+            overlay.T, cmap="autumn", alpha=0.55, origin="lower", extent=extent, vmin=0, vmax=1
+        )
+        if truth.any():
+            ax.contour(
+                truth.T.astype(float),
+                levels=[0.5],
+                colors="cyan",
+                linewidths=0.6,
+                origin="lower",
+                extent=extent,
+            )
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle(
+        f"{case.case_id}, slice {index} (axis {axis}); cyan: ground-truth outline", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
 
 def _plot_curves(
@@ -779,6 +1041,10 @@ def _write_outputs(
     *,
     complete: bool,
     extra: Mapping[str, Any],
+    summary_held: Sequence[Mapping[str, Any]] = (),
+    per_run_held: Sequence[Mapping[str, Any]] = (),
+    stats_md: str = "",
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     from napari_boundary_seg.core.metrics import case_metric_columns
 
@@ -790,7 +1056,17 @@ def _write_outputs(
         "figure": out / "validation_curves.png",
         "config_json": out / "study.json",
     }
-    files["table_md"].write_text(_markdown_table(summary, complete))
+    text = _markdown_table(summary, complete)
+    if summary_held:
+        text += (
+            f"\n### Held-out site `{config.held_out_site}` (never trained or validated on)\n\n"
+            + _markdown_table(summary_held, complete)
+        )
+    if calibration:
+        text += "\n" + _calibration_text(calibration)
+    if stats_md:
+        text += "\n## Paired statistics\n\n" + stats_md
+    files["table_md"].write_text(text)
     summary_cols = ["arm", "label", "n_runs"]
     for key, _ in TABLE_METRICS:
         summary_cols += [f"{key}_mean", f"{key}_std"]
@@ -806,11 +1082,14 @@ def _write_outputs(
         "train_seconds",
     ]
     _write_csv(files["per_run_csv"], per_run, run_cols)
-    _write_csv(
-        files["per_case_csv"],
-        per_case,
-        ["arm", "seed", "case", *case_metric_columns(SIZE_BINS_VOXELS)],
-    )
+    if per_run_held:
+        files["per_run_held_csv"] = out / "per_run_heldout.csv"
+        _write_csv(files["per_run_held_csv"], per_run_held, run_cols)
+    bins = size_bins(config.small_voxels)
+    case_cols = ["arm", "seed", "case", *case_metric_columns(bins)]
+    if any("set" in r and r["set"] != "test" for r in per_case):
+        case_cols.insert(0, "set")
+    _write_csv(files["per_case_csv"], per_case, case_cols)
     _plot_curves(files["figure"], arms, histories, config.epochs)
     record = {"config": config.to_dict(), "complete": complete, **extra}
     files["config_json"].write_text(json.dumps(record, indent=2, default=str) + "\n")
@@ -880,7 +1159,28 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         nargs="+",
         default=list(defaults.arms),
         choices=[a.key for a in ARMS],
-        help=f"losses to compare (default: all: {' '.join(defaults.arms)})",
+        help=f"losses to compare (default: {' '.join(defaults.arms)}; gdl-bl-paper-2d is the "
+        "ablation: GDL+BL, paper α, φ per 2D slice)",
+    )
+    p.add_argument(
+        "--synth-preset",
+        choices=("easy", "wmh"),
+        default="easy",
+        help="generator preset of the benchmark --synth writes (default easy; wmh: the "
+        "harder WMH-2017-like preset, grids from its sites)",
+    )
+    p.add_argument(
+        "--held-out-site",
+        default=None,
+        metavar="SITE",
+        help="keep this site's cases (dataset.json) out of training, validation and test; "
+        "report them as a separate test set",
+    )
+    p.add_argument(
+        "--small-voxels",
+        type=float,
+        default=defaults.small_voxels,
+        help=f"lesions of at most this many voxels are small (default {defaults.small_voxels:g})",
     )
     p.add_argument(
         "--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds (default 0 1)"
@@ -972,12 +1272,15 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
             synth_seed=args.synth_seed,
             synth_shape=None if args.synth_shape is None else tuple(args.synth_shape),
             synth_spacing=None if args.synth_spacing is None else tuple(args.synth_spacing),
+            synth_preset=args.synth_preset,
+            held_out_site=args.held_out_site,
+            small_voxels=args.small_voxels,
         )
         command = " ".join(shlex.quote(a) for a in ["napari-boundary-seg", *sys.argv[1:]])
         result = drive(
             iter_study(config, report_only=args.report_only, command=command), "study", "step"
         )
-        print(Path(result.files["table_md"]).read_text(), end="")
+        print(Path(result.files["table_md"]).read_text(), end="")  # calibration included
         for role, path in result.files.items():
             print(f"{role}: {path}")
         if not result.complete:

@@ -12,6 +12,7 @@ import pytest
 from napari_boundary_seg.core.schedule import schedule_from_dict
 from napari_boundary_seg.study import (
     ARMS,
+    MAIN_ARMS,
     TABLE_METRICS,
     StudyConfig,
     _run_figures,
@@ -120,24 +121,25 @@ def test_smoke_study_every_arm_then_rerun_skips(tmp_path) -> None:
     )
     result = run_study(config)
     assert result.complete
-    assert [row["arm"] for row in result.summary] == [a.key for a in ARMS]
+    assert [row["arm"] for row in result.summary] == list(MAIN_ARMS)
     assert all(row["n_runs"] == 1 for row in result.summary)
     # one test case (round(0.25 * 4)), every arm
-    assert len(result.per_case) == len(ARMS)
+    assert len(result.per_case) == len(MAIN_ARMS)
     for row in result.per_case:
         assert 0.0 <= row["dice"] <= 1.0
         assert row["hd"] >= row["hd95"] >= 0.0
     table = (tmp_path / "results" / "results.md").read_text()
     assert "PARTIAL" not in table
-    for title in [t for _, t in TABLE_METRICS] + [a.label for a in ARMS]:
+    for title in [t for _, t in TABLE_METRICS] + [a.label for a in ARMS if a.key in MAIN_ARMS]:
         assert title in table
     with open(tmp_path / "results" / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(ARMS)
+    assert len(rows) == len(MAIN_ARMS)
     assert {"lesion_recall_small", "n_target_small", "avd", "assd"} <= set(rows[0])
     record = json.loads((tmp_path / "results" / "study.json").read_text())
     assert record["complete"] is True
-    assert set(record["split"]) == {"train", "validation", "test"}
+    assert set(record["split"]) == {"train", "validation", "test", "held_out_site"}
+    assert record["split"]["held_out_site"] == [] and record["held_out_site"] is None
     assert not set(record["split"]["test"]) & set(record["split"]["validation"])
     assert "torch" in record["versions"]
     png = (tmp_path / "results" / "validation_curves.png").read_bytes()
@@ -177,3 +179,58 @@ def test_cli_writes_benchmark_and_reports_partial(tmp_path, capsys) -> None:
     assert record["complete"] is False
     assert record["runs_missing"] == ["gdl-seed0", "bl-seed0", "gdl-seed1", "bl-seed1"]
     assert record["config"]["synth_shape"] == [16, 20, 12]
+
+
+def test_wmh_smoke_study_held_out_site_stats_and_figures(tmp_path) -> None:
+    """A tiny wmh-preset study: held-out site, the 2D-φ ablation, paired statistics,
+    calibration figures and both PNG figures (seconds: tiny grid, tiny net)."""
+    from napari_boundary_seg.core.synthetic import SiteConfig, WMHConfig, write_benchmark
+
+    wmh = WMHConfig(
+        sites=(SiteConfig("a", (12.0, 12.0, 12.0)), SiteConfig("b", (12.0, 12.0, 16.0))),
+        load_ml=(20.0, 80.0),
+        punctate=(2, 4),
+    )
+    write_benchmark(tmp_path / "data", n_cases=8, seed=1, anatomy="phantom", preset="wmh", wmh=wmh)
+    config = StudyConfig(
+        data=tmp_path / "data",
+        out=tmp_path / "results",
+        arms=("gdl", "gdl-bl-paper", "bl", "gdl-bl-paper-2d"),
+        seeds=(0, 1),
+        epochs=1,
+        max_steps_per_epoch=1,
+        batch_size=4,
+        slice_size=16,
+        depth=2,
+        base_channels=2,
+        test_fraction=0.3,
+        val_fraction=0.25,
+        device="cpu",
+        held_out_site="b",
+        small_voxels=10,
+    )
+    result = run_study(config)
+    assert result.complete
+    record = json.loads((tmp_path / "results" / "study.json").read_text())
+    held = record["split"]["held_out_site"]
+    assert held == ["case_001", "case_003", "case_005", "case_007"]  # every site-b case
+    others = record["split"]["train"] + record["split"]["validation"] + record["split"]["test"]
+    assert not set(held) & set(others) and len(others) == 4
+    assert record["distance"]["gdl-bl-paper-2d"] == "2d"
+    assert (tmp_path / "results" / "runs" / "gdl-bl-paper-2d-seed1" / "best.pt").exists()
+    assert [r["arm"] for r in result.summary_held] == list(config.arms)
+    sets = {r["set"] for r in result.per_case}
+    assert sets == {"test", "held-out site"}
+    assert set(result.calibration) >= {"dice", "lesion_recall_small", "dice_meets_bar"}
+    table = (tmp_path / "results" / "results.md").read_text()
+    assert "Held-out site `b`" in table and "Calibration (GDL" in table
+    assert "GDL+BL (paper α) − GDL" in table
+    assert "GDL+BL (paper α, 2D φ) − GDL+BL (paper α)" in table
+    assert "Wilcoxon" in table and "95 % CI" in table
+    with open(tmp_path / "results" / "per_case.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 * 2 * (1 + 4)  # arms x seeds x (test + held-out cases)
+    for name in ("validation_curves.png", "test_slice.png"):
+        png = (tmp_path / "results" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert result.files["test_slice_figure"].endswith("test_slice.png")
