@@ -70,9 +70,12 @@ def axial_view(viewer: Any, labels_layer: Any) -> None:
     viewer.reset_view()
 
 
+TRAIN_WIDGET = "Train (boundary loss)"
+
+
 def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
     """A napari viewer with the sample case (axial view) and, if ``dock``, every
-    widget of the plugin docked as tabs (the first one in front)."""
+    widget of the plugin docked as tabs, the first one (Distance map) in front."""
     import napari
 
     viewer = napari.Viewer(title="napari-boundary-seg demo", show=show)
@@ -84,16 +87,53 @@ def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
             for name in widget_names()
         ]
         if docks:
-            docks[0][0].raise_()
+            raise_dock(viewer, widget_names()[0])
     return viewer
 
 
+def raise_dock(viewer: Any, name: str) -> None:
+    """Bring the dock widget ``name`` (display name) to the front of its tabs,
+    now and again once the window is shown (Qt forgets a raise before that)."""
+    from qtpy.QtCore import QTimer
+
+    widget = viewer.window.dock_widgets.get(f"{name} ({PLUGIN})")
+    if widget is None:
+        return
+    dock = widget.parent()
+    dock.raise_()
+    QTimer.singleShot(0, dock.raise_)
+
+
+def start_quick_start(viewer: Any, **overrides: Any) -> Any:
+    """Start the docked Train widget on its Quick start preset (FLAIR + T1 and
+    the lesions, checkpoints in a temporary folder) and bring it to the front;
+    returns the widget. Its live preview follows the slice on view and the run
+    ends with the best model's prediction as a layer. ``overrides``: further
+    ``TrainConfig`` fields (tests shrink the run)."""
+    import tempfile
+
+    widget = viewer.window.dock_widgets.get(f"{TRAIN_WIDGET} ({PLUGIN})")
+    if widget is None:
+        return None
+    widget.preset.value = "quick"
+    widget.overrides = {"out_dir": tempfile.mkdtemp(prefix="nbs-demo-"), **overrides}
+    raise_dock(viewer, TRAIN_WIDGET)
+    widget.start()
+    return widget
+
+
 def run_gui_demo(echo: Echo = _stdout) -> int:
-    """Open the demo viewer and run napari's event loop (returns when closed)."""
+    """Open the demo viewer, start the quick-start training, run napari's event
+    loop (returns when closed)."""
     import napari
 
-    open_demo_viewer()
+    viewer = open_demo_viewer()
     echo(f"napari is open with the sample lesion case and {len(widget_names())} widgets docked.")
+    if start_quick_start(viewer) is not None:
+        echo(
+            "The Train widget runs its Quick start on the sample case: watch the "
+            "'training preview' layer and the curves; the prediction follows."
+        )
     napari.run()
     return 0
 

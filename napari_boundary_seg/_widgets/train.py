@@ -1,13 +1,24 @@
 """Training widget: layers or a dataset folder in, a trained UNet and its prediction out.
 
-The widget is thin. It fills a :class:`core.train.TrainConfig` from its fields
-(:meth:`TrainWidget.settings` then :func:`build_config`), checks the inputs,
-and runs :func:`core.train.train` in a napari generator ``thread_worker``
-(:class:`TrainRunner`). It only listens to the events the trainer yields: a
-napari progress bar, live curves of the loss terms, alpha and the validation
-DSC / HD (:class:`TrainingCurves`, redrawn at most every
-:data:`REDRAW_INTERVAL_MS`). Building the cases (and so the distance maps of a
-whole volume) happens inside the worker, never in the GUI thread.
+The widget is thin. Its form is magicgui widgets (layer pickers, file
+pickers, numeric fields) in a scroll area, the rarely changed ones in a
+collapsible "Advanced settings" section; a preset choice fills them ("Quick
+start", :func:`core.presets.quick_start_config`, or the paper's). It fills a
+:class:`core.train.TrainConfig` from its fields (:meth:`TrainWidget.settings`
+then :func:`build_config`), checks the inputs, and runs :func:`core.train.train`
+in a napari generator ``thread_worker`` (:class:`TrainRunner`). It only listens
+to the events the trainer yields: epoch and step bars with elapsed and
+remaining time (:class:`~napari_boundary_seg._widgets._progress.RunProgress`)
+and napari's progress bar, live curves of the loss terms, alpha and the
+validation DSC / HD (:class:`TrainingCurves`, redrawn at most every
+:data:`REDRAW_INTERVAL_MS`), and after each epoch a live preview of the slice
+on view, predicted in the worker (:class:`PreviewEvent`) and written into one
+``training preview`` Labels layer in place. Building the cases (and so the
+distance maps of a whole volume), the preview and the prediction's layer
+happen inside the worker, never in the GUI thread. The status follows the run
+state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
+prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
+run stopped in its first epoch) into a layer of its own name.
 
 Reusable pieces for the interactive fine-tuning loop: :class:`TrainRunner`
 (start / pause / resume / stop / shutdown of one run), :class:`TrainingCurves`,
@@ -64,12 +75,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PREVIEW_NAME",
     "REDRAW_INTERVAL_MS",
+    "PreviewEvent",
     "TrainRunner",
     "TrainWidget",
     "TrainingCurves",
     "build_config",
     "cases_from_layers",
+    "prediction_layer_job",
+    "preset_values",
+    "unique_layer_name",
+    "validation_block",
 ]
 
 #: The live curves redraw at most this often (ms); events in between only
@@ -832,7 +849,7 @@ PRESET_HELP = {
 
 #: Names of the plugin's own output layers (φ, probabilities, previews): the
 #: image picker leaves them out unless "show all image layers" is ticked.
-_OUTPUT_MARKERS = ("phi", "φ", "probability", "training preview")
+_OUTPUT_MARKERS = ("phi (", "φ", "probability", "training preview")
 
 
 def is_plugin_output(layer: Any) -> bool:
@@ -1105,6 +1122,11 @@ class TrainWidget(QWidget):
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setToolTip(
+            "Epochs and steps are counted from 1. 'HD —': the Hausdorff distance of an "
+            "empty prediction is infinite, so it is not shown as a number (nor as the "
+            "image diagonal the averages use)."
+        )
         self.curves = TrainingCurves()
         curves_box = QGroupBox("Live curves")
         curves_layout = QVBoxLayout(curves_box)
@@ -1240,7 +1262,35 @@ class TrainWidget(QWidget):
         return [layer for layer in self.viewer.layers if id(layer) in chosen]
 
     def labels_layer(self) -> Any:
+        """The chosen labels layer (None when there is none)."""
         return self.labels.value
+
+    def configure(
+        self, images: Sequence[str] | None = None, labels: str | None = None, **fields: Any
+    ) -> None:
+        """Set the form from code (scripts, benchmarks, tests).
+
+        Parameters
+        ----------
+        images, labels
+            Layer names for the image and labels pickers.
+        **fields
+            Field names of this widget and their values, e.g. ``epochs=2``,
+            ``slice_size=128`` (0: native), ``base_channels=16``, ``device="cpu"``,
+            ``output="/tmp/runs"``, ``preset="quick"``.
+        """
+        self.reset_choices()
+        if "preset" in fields:
+            self.preset.value = fields.pop("preset")
+        if images is not None:
+            self.images.value = [self.viewer.layers[name] for name in images]
+        if labels is not None:
+            self.labels.value = self.viewer.layers[labels]
+        for name, value in fields.items():
+            widget = getattr(self, name, None)
+            if widget is None or not hasattr(widget, "value"):
+                raise ValueError(f"TrainWidget has no field {name!r}")
+            widget.value = value
 
     @property
     def busy(self) -> bool:

@@ -60,11 +60,7 @@ def _tiny_widget(viewer, out: Path) -> TrainWidget:
 
 
 def _choose(w: TrainWidget, images=None, labels=None) -> None:
-    w.reset_choices()
-    if images is not None:
-        w.images.value = [w.viewer.layers[n] for n in images]
-    if labels is not None:
-        w.labels.value = w.viewer.layers[labels]
+    w.configure(images=images, labels=labels)
 
 
 @pytest.fixture
@@ -124,6 +120,15 @@ def test_parse_extra_config():
         parse_extra("{epochs: 3}")
     with pytest.raises(ValueError, match="JSON object"):
         parse_extra("[1, 2]")
+
+
+def test_configure_sets_fields_by_name(widget):
+    w = widget
+    w.configure(images=["T1"], labels="lesions", epochs=3, slice_size=64, device="cpu")
+    assert [layer.name for layer in w.image_layers()] == ["T1"]
+    assert (w.epochs.value, w.slice_size.value, w.preset.value) == (3, 64, "custom")
+    with pytest.raises(ValueError, match="no field 'nope'"):
+        w.configure(nope=1)
 
 
 # -- presets, pickers, the form ----------------------------------------------------------
