@@ -1248,7 +1248,6 @@ class TrainWidget(QWidget):
             if isinstance(layer, Labels)
             and np.issubdtype(np.dtype(layer.data.dtype), np.integer)
             and layer.name != PREVIEW_NAME
-            and not layer.name.startswith("prediction")
         ]
 
     def reset_choices(self, *_: Any) -> None:
@@ -1598,8 +1597,10 @@ class TrainWidget(QWidget):
         self.curves.start_timer()
         self.progress.reset(config.epochs)
         self.progress.busy("preparing data")
-        self._pbar = ProgressRelay("Training", parent=self)
-        self._pbar.set(0, 0, "preparing data")
+        # napari's activity-dialog bar costs 20-300 ms to build (the first one
+        # shows the dialog's widgets): built right after the click returns, so
+        # the click itself stays short and the status shows "Preparing" at once
+        QTimer.singleShot(0, self._open_progress)
         preview = None
         if self._stack is not None and self.source.value == "layers":
             preview = (self._stack, self._preview_where)
@@ -1607,6 +1608,14 @@ class TrainWidget(QWidget):
         self._set_running(True)
         self._set_state("preparing", f"checkpoints go to {config.out_dir}")
         return True
+
+    def _open_progress(self) -> None:
+        if self._pbar is None and self.runner.running and not self._closing:
+            self._pbar = ProgressRelay("Training", parent=self)
+            if self._steps_total:
+                self._pbar.set(0, self._steps_total, "training")
+            else:
+                self._pbar.set(0, 0, "preparing data")
 
     def toggle_pause(self) -> None:
         if not self.runner.running or self.state in ("stopping", "preparing"):
@@ -1822,10 +1831,9 @@ class TrainWidget(QWidget):
             self._detail = f"{self._detail}. No prediction: {why}"
             self._show_status()
             return None
-        name = unique_layer_name(
-            self.viewer,
-            f"prediction {Path(checkpoint).parent.name} {Path(checkpoint).stem}",
-        )
+        run = Path(checkpoint).parent.name  # run-YYYYmmdd-HHMMSS[-k]: keep the time
+        run = run.split("-", 2)[-1] if run.startswith("run-") else run
+        name = unique_layer_name(self.viewer, f"prediction {Path(checkpoint).stem} {run}")
         detail = self._detail
         self._set_state("predicting", f"with {why}")
 

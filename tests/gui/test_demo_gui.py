@@ -31,7 +31,7 @@ def test_demo_starts_the_quick_start(make_napari_viewer, plugin_cache, monkeypat
         qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
         # the run ends with the best model's prediction in the viewer
         assert widget.prediction_layer is not None
-        assert widget.prediction_layer.name.startswith("prediction run-")
+        assert widget.prediction_layer.name.startswith("prediction best ")
     finally:
         widget.stop()
         qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)

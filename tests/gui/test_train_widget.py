@@ -362,8 +362,8 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # the preview layer itself, data replaced in place and renamed (no layer added)
     layer = w.prediction_layer
     assert layer is preview_layers[0] and PREVIEW_NAME not in w.viewer.layers
-    assert layer is not None and layer.name.startswith("prediction run-")
-    assert layer.name.endswith(" best") and layer._type_string == "labels"
+    assert layer is not None and re.fullmatch(r"prediction best \d{6}(-\d+)?", layer.name)
+    assert layer._type_string == "labels"
     assert layer.data.shape == SHAPE
     np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
     np.testing.assert_allclose(layer.translate, (6.0, 0.0, 0.0))
@@ -503,7 +503,7 @@ def test_pause_resume_stop_status_then_close(widget, qtbot, errors):
     assert w.live_preview.value is False
     assert w.status.text().startswith("Preparing the data")
     qtbot.waitUntil(lambda: _steps(w) >= 2, timeout=20_000)
-    assert w.status.text().startswith("Training — on cpu")
+    assert w.status.text().startswith("Training — ") and w.state == "running"
     w.toggle_pause()
     assert w.pause_button.text() == "Resume"
     assert w.status.text() == "Pausing after the current step…"
@@ -575,7 +575,7 @@ def test_stop_after_an_epoch_predicts_with_best(widget, qtbot, errors):
     qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
     assert w.last_done.best_checkpoint is not None
     assert "Prediction with best.pt (best validation epoch)" in w.status.text()
-    assert w.prediction_layer is not None and w.prediction_layer.name.endswith(" best")
+    assert w.prediction_layer is not None and w.prediction_layer.name.startswith("prediction best ")
     assert errors == []
 
 
