@@ -1,13 +1,24 @@
 """Training widget: layers or a dataset folder in, a trained UNet and its prediction out.
 
-The widget is thin. It fills a :class:`core.train.TrainConfig` from its fields
-(:meth:`TrainWidget.settings` then :func:`build_config`), checks the inputs,
-and runs :func:`core.train.train` in a napari generator ``thread_worker``
-(:class:`TrainRunner`). It only listens to the events the trainer yields: a
-napari progress bar, live curves of the loss terms, alpha and the validation
-DSC / HD (:class:`TrainingCurves`, redrawn at most every
-:data:`REDRAW_INTERVAL_MS`). Building the cases (and so the distance maps of a
-whole volume) happens inside the worker, never in the GUI thread.
+The widget is thin. Its form is magicgui widgets (layer pickers, file
+pickers, numeric fields) in a scroll area, the rarely changed ones in a
+collapsible "Advanced settings" section; a preset choice fills them ("Quick
+start", :func:`core.presets.quick_start_config`, or the paper's). It fills a
+:class:`core.train.TrainConfig` from its fields (:meth:`TrainWidget.settings`
+then :func:`build_config`), checks the inputs, and runs :func:`core.train.train`
+in a napari generator ``thread_worker`` (:class:`TrainRunner`). It only listens
+to the events the trainer yields: epoch and step bars with elapsed and
+remaining time (:class:`~napari_boundary_seg._widgets._progress.RunProgress`)
+and napari's progress bar, live curves of the loss terms, alpha and the
+validation DSC / HD (:class:`TrainingCurves`, redrawn at most every
+:data:`REDRAW_INTERVAL_MS`), and after each epoch a live preview of the slice
+on view, predicted in the worker (:class:`PreviewEvent`) and written into one
+``training preview`` Labels layer in place. Building the cases (and so the
+distance maps of a whole volume), the preview and the prediction's layer
+happen inside the worker, never in the GUI thread. The status follows the run
+state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
+prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
+run stopped in its first epoch) into a layer of its own name.
 
 Reusable pieces for the interactive fine-tuning loop: :class:`TrainRunner`
 (start / pause / resume / stop / shutdown of one run), :class:`TrainingCurves`,
@@ -29,44 +40,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QButtonGroup,
-    QCheckBox,
-    QComboBox,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QRadioButton,
     QSizePolicy,
-    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_boundary_seg._widgets._common import (
-    DeviceCombo,
     ImageStack,
-    LayerCombo,
-    LayerList,
-    PathEdit,
     ProgressRelay,
     check_device,
     controlled_worker_class,
-    double_spin,
     images_from_layers,
-    int_spin,
     labels_array,
     notify_error,
     require_layer,
     slicing_axis,
     start_progress_worker,
 )
+from napari_boundary_seg._widgets._progress import RunProgress
 from napari_boundary_seg._widgets.inference import (
-    add_prediction_layers,
     load_checked_checkpoint,
     predict_job,
 )
+from napari_boundary_seg.core.presets import split_slices, validation_block
 from napari_boundary_seg.core.progress import Progress
 
 if TYPE_CHECKING:
@@ -75,12 +75,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PREVIEW_NAME",
     "REDRAW_INTERVAL_MS",
+    "PreviewEvent",
     "TrainRunner",
     "TrainWidget",
     "TrainingCurves",
     "build_config",
     "cases_from_layers",
+    "prediction_layer_job",
+    "preset_values",
+    "unique_layer_name",
+    "validation_block",
 ]
 
 #: The live curves redraw at most this often (ms); events in between only
@@ -238,45 +244,6 @@ def check_labels(labels: np.ndarray, name: str, image_shape: Sequence[int]) -> i
     return max(top + 1, 2)
 
 
-def validation_block(labels: np.ndarray, axis: int, val_fraction: float) -> slice | None:
-    """The contiguous block of slices along ``axis`` held out for validation.
-
-    A single volume from the viewer has no other case to validate on, so a
-    block of ``max(1, round(val_fraction * n))`` neighbouring slices becomes
-    the validation case. Among the blocks that hold foreground and leave some
-    for training, the one with the most foreground voxels is chosen (ties: the
-    first). None when there is nothing to split (2D labels, ``val_fraction``
-    0, fewer than 4 slices, or no such block).
-
-    Parameters
-    ----------
-    labels
-        ``(*spatial)`` integer labels, 3 axes to be split.
-    axis
-        The slicing axis (numpy order).
-    val_fraction
-        In ``[0, 1)``.
-    """
-    if labels.ndim != 3 or val_fraction <= 0:
-        return None
-    n = labels.shape[axis]
-    if n < 4:
-        return None
-    k = min(max(1, round(val_fraction * n)), n - 1)
-    other = tuple(a for a in range(3) if a != axis)
-    per_slice = (labels > 0).sum(axis=other)
-    total = int(per_slice.sum())
-    windows = np.convolve(per_slice, np.ones(k, dtype=np.int64), mode="valid")
-    best = None
-    for start in np.argsort(-windows, kind="stable"):
-        if 0 < int(windows[start]) < total:
-            best = int(start)
-            break
-    if best is None:
-        return None
-    return slice(best, best + k)
-
-
 def cases_from_layers(
     stack: ImageStack,
     labels: np.ndarray,
@@ -287,33 +254,22 @@ def cases_from_layers(
     """A function building the ``core.data.Case`` objects of the viewer's layers.
 
     The volume is split along ``axis`` into training cases and one validation
-    case (:func:`validation_block`). The returned function is called inside
-    the worker; it returns ``(train_cases, val_cases)``.
+    case (:func:`core.presets.validation_block`, :func:`core.presets.split_slices`).
+    The returned function is called inside the worker; it returns
+    ``(train_cases, val_cases)``.
     """
     block = validation_block(labels, axis, val_fraction)
 
     def make() -> tuple[list[Any], list[Any]]:
-        from napari_boundary_seg.core.data import case_from_arrays
-
-        def case(index: slice | None, name: str) -> Any:
-            sub = (slice(None),) * axis + (index,) if index is not None else ()
-            return case_from_arrays(
-                list(stack.images[(slice(None), *sub)]),
-                labels[sub],
-                stack.spacing,
-                case_id=name,
-                modalities=tuple(stack.names),
-            )
-
-        if block is None:
-            return [case(None, case_id)], []
-        n = labels.shape[axis]
-        train = [
-            case(part, f"{case_id}-{part.start}-{part.stop}")
-            for part in (slice(0, block.start), slice(block.stop, n))
-            if part.stop > part.start
-        ]
-        return train, [case(block, f"{case_id}-val-{block.start}-{block.stop}")]
+        return split_slices(
+            stack.images,
+            labels,
+            stack.spacing,
+            axis,
+            val_fraction,
+            case_id=case_id,
+            modalities=stack.names,
+        )
 
     return make, block
 
@@ -376,12 +332,13 @@ class TrainRunner(QObject):
         self,
         config: Any,
         make_cases: Callable[[], tuple[list[Any], list[Any] | None]] | None = None,
+        preview: tuple[ImageStack, Callable[[], tuple[int, int] | None]] | None = None,
     ) -> Any:
         """Start training ``config`` in a worker thread.
 
         ``make_cases`` (called in the worker) returns ``(cases, val_cases)``
         (``val_cases`` None: the trainer splits ``cases``); None trains on
-        ``config.data``.
+        ``config.data``. ``preview``: see :func:`_training_job`.
         """
         from napari.qt.threading import create_worker
 
@@ -398,6 +355,7 @@ class TrainRunner(QObject):
             make_cases,
             self.control,
             self._ended,
+            preview,
             _start_thread=False,
             _ignore_errors=True,
             _worker_class=controlled_worker_class(),
@@ -458,15 +416,50 @@ def _disconnect(*signals: Any) -> None:
             pass
 
 
+@dataclasses.dataclass(frozen=True)
+class PreviewEvent:
+    """The live preview after an epoch: the predicted labels of one slice.
+
+    ``epoch`` is 0-based (as the trainer counts); ``axis`` and ``index`` the
+    slice in the volume (numpy order; ignored for a 2D image), ``labels`` its
+    ``(*slice shape)`` prediction.
+    """
+
+    epoch: int
+    axis: int
+    index: int
+    labels: np.ndarray
+
+
+def _preview_event(
+    previewer: Any, checkpoint: str, epoch: int, where: tuple[int, int]
+) -> PreviewEvent:
+    """Load the epoch's weights (``last.pt``) and predict one slice (worker thread)."""
+    from napari_boundary_seg.core.predict import model_from_checkpoint, read_checkpoint
+
+    model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint)
+    axis, index = where
+    labels = previewer.predict(model, axis, index)
+    return PreviewEvent(epoch, axis, index, labels)
+
+
 def _training_job(
     config: Any,
     make_cases: Callable[[], tuple[list[Any], list[Any] | None]] | None,
     control: Any,
     ended: threading.Event,
+    preview: tuple[ImageStack, Callable[[], tuple[int, int] | None]] | None = None,
 ) -> Generator[Any, Any, Any]:
-    """Worker body: build the cases (here, not in the GUI thread), then train."""
-    from napari_boundary_seg.core.train import train
+    """Worker body: build the cases (here, not in the GUI thread), then train.
 
+    With ``preview = (stack, where)``, after each epoch the epoch's model
+    predicts the slice ``where()`` returns (``(axis, index)``, read from the
+    viewer by the GUI thread; None: no preview now) and a
+    :class:`PreviewEvent` is yielded. A failed preview is logged, never fatal.
+    """
+    from napari_boundary_seg.core.train import EpochEvent, preprocess_config, train
+
+    previewer = None
     try:
         cases, val_cases = None, None
         if make_cases is not None:
@@ -481,6 +474,27 @@ def _training_job(
             if type(event).__name__ == "DoneEvent":
                 ended.set()  # the trainer has saved its checkpoints
             yield event
+            if (
+                preview is not None
+                and isinstance(event, EpochEvent)
+                and config.out_dir is not None
+                and not control.stop_requested
+            ):
+                where = preview[1]()
+                if where is None:
+                    continue
+                try:
+                    if previewer is None:
+                        from napari_boundary_seg.core.preview import SlicePreview
+
+                        stack = preview[0]
+                        previewer = SlicePreview(
+                            stack.images, stack.spacing, preprocess_config(config)
+                        )
+                    last = str(Path(config.out_dir) / "last.pt")
+                    yield _preview_event(previewer, last, event.epoch, where)
+                except Exception:  # noqa: BLE001 - a preview never ends a run
+                    logger.warning("live preview failed", exc_info=True)
     finally:
         ended.set()
 
@@ -577,6 +591,8 @@ class LineChart(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setFixedHeight(82)
         self.paint_count = 0
+        #: a remark drawn under the title (e.g. "no foreground predicted")
+        self.note = ""
 
     def set_series(
         self, series: Sequence[tuple[Sequence[float], Sequence[float], str]], x_max: float
@@ -626,6 +642,10 @@ class LineChart(QWidget):
         plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
         painter.setPen(QColor(_FG))
         painter.drawText(QPointF(left, metrics.ascent()), self.title)
+        if self.note:
+            painter.setPen(QColor("#ffb74d"))
+            painter.drawText(QPointF(left + 4, top + metrics.ascent() + 1), self.note)
+            painter.setPen(QColor(_FG))
         for value, label in zip((tick_high, tick_low), labels, strict=True):
             y = plot.bottom() - (value - low) / (high - low) * plot.height()
             painter.drawText(QPointF(2, y + metrics.ascent() / 2), label)
@@ -724,6 +744,11 @@ class TrainingCurves(QWidget):
         self.dsc_chart = LineChart("validation DSC", y_range=(-0.03, 1.03))
         self.alpha_chart.y_ticks = self.dsc_chart.y_ticks = (1.0, 0.0)
         self.hd_chart = LineChart("validation HD (mm)")
+        self.hd_chart.setToolTip(
+            "Hausdorff distance of the validation prediction (mm). When the model "
+            "predicts no foreground it is infinite: that epoch is left out (a gap), "
+            "not drawn as the image diagonal."
+        )
         grid = QGridLayout(self)
         grid.setContentsMargins(0, 0, 0, 0)
         grid.setSpacing(3)
@@ -746,6 +771,8 @@ class TrainingCurves(QWidget):
         self.alpha: list[float] = []
         self.dsc: list[float] = []
         self.hd: list[float] = []
+        for chart in self.charts:
+            chart.note = ""
         self._dirty = True
         self._redraw_if_dirty()
 
@@ -756,11 +783,18 @@ class TrainingCurves(QWidget):
             self.loss[key].append(value)
         self._dirty = True
 
-    def add_epoch(self, epoch: int, alpha: float, dsc: float, hd: float) -> None:
+    def add_epoch(
+        self, epoch: int, alpha: float, dsc: float, hd: float, empty: bool = False
+    ) -> None:
+        """One epoch (0-based, drawn 1-based). ``empty``: the model predicted no
+        foreground on the validation data; its HD is infinite and is not drawn
+        (a gap, and a note on both validation charts), never the image diagonal."""
         self.epochs.append(epoch)
         self.alpha.append(alpha)
         self.dsc.append(dsc)
-        self.hd.append(hd)
+        self.hd.append(math.nan if empty else hd)
+        note = f"epoch {epoch + 1}: no foreground predicted" if empty else ""
+        self.dsc_chart.note = self.hd_chart.note = note
         self._dirty = True
 
     def _redraw_if_dirty(self) -> None:
@@ -795,16 +829,103 @@ class TrainingCurves(QWidget):
 # ---------------------------------------------------------------------------
 
 
-def _form() -> QFormLayout:
-    form = QFormLayout()
-    form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-    form.setContentsMargins(4, 4, 4, 4)
-    form.setVerticalSpacing(3)
-    return form
+PRESET_CHOICES = [
+    ("Quick start (a model in minutes on a CPU)", "quick"),
+    ("Paper (Kervadec et al. 2019)", "paper"),
+    ("Custom", "custom"),
+]
+PRESET_HELP = {
+    "quick": (
+        "Quick start: UNet width 16 on slices at their own size, 15 short epochs, "
+        "GDL first and α down to 0.5, lr 2e-3. On the sample case it passes a "
+        "validation DSC of 0.7 within minutes on 2 CPU cores (README, Quick start)."
+    ),
+    "paper": (
+        "The paper's setup: UNet width 64, 256×256 slices, 100 epochs, α from 1 "
+        "by −0.01 per epoch; hours on a CPU, use a GPU."
+    ),
+    "custom": "Your own settings.",
+}
+
+#: Names of the plugin's own output layers (φ, probabilities, previews): the
+#: image picker leaves them out unless "show all image layers" is ticked.
+_OUTPUT_MARKERS = ("phi (", "φ", "probability", "training preview")
+
+
+def is_plugin_output(layer: Any) -> bool:
+    """True for an Image layer the plugin made (φ, probabilities, previews)."""
+    meta = getattr(layer, "metadata", {}) or {}
+    if isinstance(meta.get("napari_boundary_seg"), dict) and meta["napari_boundary_seg"].get(
+        "output"
+    ):
+        return True
+    name = layer.name.lower()
+    return name.startswith(_OUTPUT_MARKERS[:2]) or any(m in name for m in _OUTPUT_MARKERS[2:])
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """The widget's field values of a preset (``"quick"`` or ``"paper"``)."""
+    from napari_boundary_seg.core.presets import quick_start_config
+    from napari_boundary_seg.core.train import TrainConfig
+
+    config = quick_start_config() if preset == "quick" else TrainConfig()
+    schedule = dict(config.schedule)
+    return {
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "slice_size": config.slice_size or 0,
+        "depth": config.depth,
+        "base_channels": config.base_channels,
+        "skip_empty_slices": config.skip_empty_slices,
+        "max_steps_per_epoch": config.max_steps_per_epoch or 0,
+        "lr_patience": config.lr_patience,
+        "val_fraction": config.val_fraction,
+        "loss": config.loss.value,
+        "schedule_kind": schedule["kind"],
+        "alpha_start": schedule.get("start", 1.0),
+        "alpha_step": schedule.get("step", 0.01),
+        "alpha_floor": schedule.get("floor", 0.01),
+    }
+
+
+def parse_extra(text: str) -> dict[str, Any]:
+    """The "Extra config" field: a JSON object of further ``TrainConfig`` fields
+    (e.g. ``{"dims": 3, "patch_size": [64, 64, 64], "augment": true}`` once the
+    trainer has them). Unknown fields raise ValueError naming them."""
+    import json
+
+    from napari_boundary_seg.core.train import TrainConfig
+
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Extra config is not valid JSON ({exc.msg}): {text!r}") from exc
+    if not isinstance(extra, dict):
+        raise ValueError(f"Extra config must be a JSON object {{...}}, got {text!r}")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(extra) - names)
+    if unknown:
+        raise ValueError(f"Extra config: unknown TrainConfig fields {unknown}")
+    return extra
+
+
+def _section(title: str) -> QLabel:
+    label = QLabel(title)
+    label.setStyleSheet("font-weight: bold; margin-top: 4px;")
+    return label
 
 
 class TrainWidget(QWidget):
     """Dock widget: train (or fine-tune) a UNet with the boundary loss.
+
+    The form is made of magicgui widgets (layer pickers that follow the
+    viewer, file pickers, numeric fields) in a scroll area, with the rarely
+    changed settings in a collapsible "Advanced" section; the α plot, the live
+    curves and the progress bars are plain Qt.
 
     Parameters
     ----------
@@ -814,7 +935,12 @@ class TrainWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from napari.layers import Image, Labels
+        from magicgui import widgets as mw
+        from qtpy.QtWidgets import QScrollArea
+        from superqt import QCollapsible
+
+        from napari_boundary_seg._widgets._common import device_choices, follow_layer_list
+        from napari_boundary_seg.core.train import resolve_device
 
         self.viewer = napari_viewer
         self.runner = TrainRunner(self)
@@ -824,145 +950,165 @@ class TrainWidget(QWidget):
         self._pbar: Any = None
         self._predict_worker: Any = None
         self.prediction_layer: Any = None
+        self.preview_layer: Any = None
         self._steps_total = 0
         self._start_epoch = 0
         self._stack: ImageStack | None = None
         self._closing = False
         self._val_block: slice | None = None
+        self._config: Any = None
+        self._last_position: tuple[int, int] | None = None  # (epoch, step), 0-based
+        self._preview_at: tuple[int, int] | None = None
+        self._applying_preset = False
+        #: the run state shown in the status: idle, preparing, running, pausing,
+        #: paused, stopping, predicting, done
+        self.state = "idle"
         #: extra TrainConfig fields for the next runs (tests, fine-tuning)
         self.overrides: dict[str, Any] = {}
 
-        from napari_boundary_seg.core.train import TrainConfig
-
         preload_training_modules()
-        self._defaults = TrainConfig()
 
-        # -- data ---------------------------------------------------------
-        self.from_layers = QRadioButton("Layers")
-        self.from_folder = QRadioButton("Dataset folder")
-        self.from_layers.setChecked(True)
-        source_group = QButtonGroup(self)
-        source_group.addButton(self.from_layers)
-        source_group.addButton(self.from_folder)
-        source_row = QHBoxLayout()
-        source_row.addWidget(self.from_layers)
-        source_row.addWidget(self.from_folder)
-        self.images = LayerList(napari_viewer, Image)
-        self.labels = LayerCombo(napari_viewer, (Labels, Image))
-        self.folder = PathEdit("folder", placeholder="imagesTr/ + labelsTr/, WMH or ISLES")
-        self.val_fraction = double_spin(self._default("val_fraction", 0.2), 0.0, 0.9, 0.05, 2)
-        self.val_fraction.setToolTip(
+        # -- preset ---------------------------------------------------------
+        self.preset = mw.ComboBox(choices=PRESET_CHOICES, value="quick", label="Preset")
+        self.preset_help = QLabel(PRESET_HELP["quick"])
+        self.preset_help.setWordWrap(True)
+        self.preset_help.setStyleSheet("font-size: 10px; color: #aaaaaa;")
+
+        # -- data -----------------------------------------------------------
+        self.source = mw.RadioButtons(
+            choices=[("Layers", "layers"), ("Dataset folder", "folder")],
+            value="layers",
+            orientation="horizontal",
+            label="Source",
+        )
+        self.show_all_images = mw.CheckBox(value=False, text="list φ / probability layers too")
+        self.images = mw.Select(choices=self._image_choices, label="Image layer(s)")
+        self.images.tooltip = "Modalities, stacked as channels in the viewer's order"
+        self.images.native.setFixedHeight(62)
+        self.labels = mw.ComboBox(choices=self._labels_choices, label="Labels layer")
+        self.labels.tooltip = "Integer Labels layers only"
+        self.folder = mw.FileEdit(mode="d", label="Dataset folder")
+        self.folder.tooltip = "imagesTr/ + labelsTr/, WMH or ISLES layout"
+        self.val_fraction = mw.FloatSpinBox(
+            value=0.2, min=0.0, max=0.9, step=0.05, label="Validation"
+        )
+        self.val_fraction.tooltip = (
             "Folder: fraction of cases (patient-wise) held out for validation.\n"
             "Layers: a block of neighbouring slices of that size is held out."
         )
-        self.num_classes = int_spin(2, 2, 255)
-        self.num_classes.setToolTip("Classes, background included (from the labels layer)")
-        self.axis = QComboBox()
-        self.axis.addItem("auto", None)
-        for k in range(3):
-            self.axis.addItem(str(k), k)
-        self.axis.setToolTip(
-            "Axis the 2D training slices are taken along. auto: the axis the viewer "
-            "slices through (layers), axis 2 (folders: axial in RAS order)."
+        self.data_form = mw.Container(
+            widgets=[
+                self.source,
+                self.images,
+                self.show_all_images,
+                self.labels,
+                self.folder,
+                self.val_fraction,
+            ],
+            labels=True,
         )
-        split_row = QHBoxLayout()
-        split_row.addWidget(self.val_fraction)
-        split_row.addWidget(QLabel("classes"))
-        split_row.addWidget(self.num_classes)
-        split_row.addWidget(QLabel("axis"))
-        split_row.addWidget(self.axis)
-        data_form = _form()
-        data_form.addRow("Source", source_row)
-        data_form.addRow("Image layer(s)", self.images)
-        data_form.addRow("Labels layer", self.labels)
-        data_form.addRow("Folder", self.folder)
-        data_form.addRow("Validation", split_row)
 
-        # -- loss and schedule -------------------------------------------
-        self.loss = QComboBox()
-        for text, value in LOSS_CHOICES:
-            self.loss.addItem(text, value)
-        self.schedule = QComboBox()
-        for text, value in SCHEDULE_CHOICES:
-            self.schedule.addItem(text, value)
-        self.alpha_start = double_spin(1.0, 0.0, 1.0, 0.05, 3)
-        self.alpha_step = double_spin(0.01, 0.0, 1.0, 0.005, 3)
-        self.alpha_floor = double_spin(0.01, 0.0, 1.0, 0.01, 3)
-        self.alpha_start_label = QLabel("α start")
-        self.alpha_step_label = QLabel("step / epoch")
-        self.alpha_floor_label = QLabel("α floor")
-        alpha_row = QHBoxLayout()
-        alpha_row.setSpacing(3)
-        for label, box in (
-            (self.alpha_start_label, self.alpha_start),
-            (self.alpha_step_label, self.alpha_step),
-            (self.alpha_floor_label, self.alpha_floor),
-        ):
-            column = QVBoxLayout()
-            column.setSpacing(0)
-            label.setStyleSheet("font-size: 10px;")
-            column.addWidget(label)
-            column.addWidget(box)
-            alpha_row.addLayout(column)
+        # -- training ---------------------------------------------------------
+        self.epochs = mw.SpinBox(value=20, min=1, max=100000, label="Epochs")
+        self.lr = mw.FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate")
+        self.lr.native.setDecimals(5)
+        self.loss = mw.ComboBox(choices=[(t, v) for t, v in LOSS_CHOICES], label="Loss")
+        self.schedule = mw.ComboBox(
+            choices=[(t, v) for t, v in SCHEDULE_CHOICES], label="α schedule"
+        )
+        self.alpha_start = mw.FloatSpinBox(value=1.0, min=0.0, max=1.0, step=0.05, label="α start")
+        self.alpha_step = mw.FloatSpinBox(
+            value=0.02, min=0.0, max=1.0, step=0.005, label="step / epoch"
+        )
+        self.alpha_floor = mw.FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.01, label="α floor")
+        for box in (self.alpha_start, self.alpha_step, self.alpha_floor):
+            box.native.setDecimals(3)
+        self.train_form = mw.Container(
+            widgets=[
+                self.epochs,
+                self.lr,
+                self.loss,
+                self.schedule,
+                self.alpha_start,
+                self.alpha_step,
+                self.alpha_floor,
+            ],
+            labels=True,
+        )
         self.alpha_plot = AlphaPlot()
         self.warning = QLabel(BL_ALONE_WARNING)
         self.warning.setWordWrap(True)
         self.warning.setStyleSheet("color: #ffb74d; font-weight: bold;")
         self.warning.setVisible(False)
-        loss_form = _form()
-        loss_form.addRow("Loss", self.loss)
-        loss_form.addRow("α schedule", self.schedule)
-        loss_form.addRow(alpha_row)
-        loss_form.addRow(self.alpha_plot)
-        loss_form.addRow(self.warning)
 
-        # -- optimisation and output --------------------------------------
-        self.epochs = int_spin(self._default("epochs", 100), 1, 100000)
-        self.lr = double_spin(self._default("lr", 1e-3), 1e-6, 1.0, 1e-4, 6)
-        self.batch_size = int_spin(self._default("batch_size", 8), 1, 1024)
-        self.slice_size = int_spin(self._default("slice_size", 256), 16, 2048, 16)
-        self.depth = int_spin(self._default("depth", 4), 1, 6)
-        self.base_channels = int_spin(self._default("base_channels", 64), 2, 256, 8)
-        self.device = DeviceCombo()
-        self.seed = int_spin(self._default("seed", 0), 0, 2**31 - 1)
-        self.output = PathEdit("folder", placeholder="folder for checkpoints")
-        self.output.setText(str(Path.home() / "boundary-seg-runs"))
-        self.finetune = PathEdit(
-            "file", "Checkpoints (*.pt *.pth);;All files (*)", "optional: checkpoint"
+        # -- advanced ------------------------------------------------------------
+        self.batch_size = mw.SpinBox(value=8, min=1, max=1024, label="Batch size")
+        self.slice_size = mw.SpinBox(
+            value=16, min=0, max=2048, step=16, label="Slice size (0: native)"
         )
-        self.predict_after = QCheckBox("add the best model's prediction as a layer")
-        self.predict_after.setChecked(True)
-        model_row = QHBoxLayout()
-        model_row.addWidget(QLabel("depth"))
-        model_row.addWidget(self.depth)
-        model_row.addWidget(QLabel("width"))
-        model_row.addWidget(self.base_channels)
-        batch_row = QHBoxLayout()
-        batch_row.addWidget(self.batch_size)
-        batch_row.addWidget(QLabel("slice"))
-        batch_row.addWidget(self.slice_size)
-        run_form = _form()
-        run_form.addRow("Epochs", self.epochs)
-        run_form.addRow("Learning rate", self.lr)
-        run_form.addRow("Batch", batch_row)
-        run_form.addRow("UNet", model_row)
-        run_form.addRow("Device", self.device)
-        run_form.addRow("Seed", self.seed)
-        run_form.addRow("Output", self.output)
-        run_form.addRow("Fine-tune from", self.finetune)
-        run_form.addRow(self.predict_after)
+        self.slice_size.tooltip = "Slices are resized to N×N; 'native' keeps their size"
+        self.depth = mw.SpinBox(value=4, min=1, max=6, label="UNet depth")
+        self.base_channels = mw.SpinBox(value=16, min=2, max=256, step=8, label="UNet width")
+        self.num_classes = mw.SpinBox(value=2, min=2, max=255, label="Classes")
+        self.num_classes.tooltip = "Classes, background included (from the labels layer)"
+        self.axis = mw.ComboBox(
+            choices=[("auto", -1), ("0", 0), ("1", 1), ("2", 2)], value=-1, label="Slice axis"
+        )
+        self.axis.tooltip = (
+            "Axis the 2D training slices are taken along. auto: the axis the viewer "
+            "slices through (layers), axis 2 (folders: axial in RAS order)."
+        )
+        self.skip_empty = mw.CheckBox(value=False, text="train on slices with foreground only")
+        self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch (0: all)")
+        self.max_steps.tooltip = "Cap on the steps of an epoch; 0: every slice once"
+        self.lr_patience = mw.SpinBox(value=10, min=1, max=10000, label="lr patience")
+        self.lr_patience.tooltip = "Halve the lr after this many epochs without a better DSC"
+        auto = f"auto ({resolve_device('auto')})"
+        self.device = mw.ComboBox(
+            choices=[(auto if d == "auto" else d, d) for d in device_choices()], label="Device"
+        )
+        self.seed = mw.SpinBox(value=0, min=0, max=2**31 - 1, label="Seed")
+        self.output = mw.FileEdit(
+            mode="d", value=str(Path.home() / "boundary-seg-runs"), label="Output folder"
+        )
+        self.output.tooltip = "Each run writes a new run-YYYYmmdd-HHMMSS folder here"
+        self.finetune = mw.FileEdit(mode="r", filter="*.pt *.pth", label="Fine-tune from")
+        self.extra = mw.LineEdit(value="", label="Extra config")
+        self.extra.tooltip = (
+            'Further TrainConfig fields as JSON, e.g. {"dims": 3, "patch_size": '
+            '[64, 64, 64], "augment": true} once the trainer has them'
+        )
+        self.advanced_form = mw.Container(
+            widgets=[
+                self.batch_size,
+                self.slice_size,
+                self.depth,
+                self.base_channels,
+                self.num_classes,
+                self.axis,
+                self.skip_empty,
+                self.max_steps,
+                self.lr_patience,
+                self.device,
+                self.seed,
+                self.output,
+                self.finetune,
+                self.extra,
+            ],
+            labels=True,
+        )
+        self.advanced = QCollapsible("Advanced settings")
+        self.advanced.addWidget(self.advanced_form.native)
 
-        self.tabs = QTabWidget()
-        for title, form in (("Data", data_form), ("Loss && α", loss_form), ("Run", run_form)):
-            page = QWidget()
-            page_layout = QVBoxLayout(page)
-            page_layout.setContentsMargins(0, 0, 0, 0)
-            page_layout.addLayout(form)
-            page_layout.addStretch(1)
-            self.tabs.addTab(page, title)
-        self.tabs.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        self.predict_after = mw.CheckBox(value=True, text="add the best model's prediction")
+        self.live_preview = mw.CheckBox(value=True, text="live preview of the shown slice")
+        self.live_preview.tooltip = (
+            "After each epoch the model predicts the slice the viewer shows (in the "
+            "worker thread) and the 'training preview' layer is updated"
+        )
+        self.output_form = mw.Container(widgets=[self.predict_after, self.live_preview])
 
-        # -- controls, status and curves ----------------------------------
+        # -- controls, progress, status and curves ---------------------------------
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
         self.stop_button = QPushButton("Stop")
@@ -972,32 +1118,99 @@ class TrainWidget(QWidget):
         buttons = QHBoxLayout()
         for button in (self.start_button, self.pause_button, self.stop_button):
             buttons.addWidget(button)
+        self.progress = RunProgress()
         self.status = QLabel("Ready.")
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.status.setToolTip(
+            "Epochs and steps are counted from 1. 'HD —': the Hausdorff distance of an "
+            "empty prediction is infinite, so it is not shown as a number (nor as the "
+            "image diagonal the averages use)."
+        )
         self.curves = TrainingCurves()
         curves_box = QGroupBox("Live curves")
         curves_layout = QVBoxLayout(curves_box)
         curves_layout.setContentsMargins(2, 2, 2, 2)
         curves_layout.addWidget(self.curves)
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.tabs)
-        layout.addLayout(buttons)
-        layout.addWidget(self.status)
-        layout.addWidget(curves_box)
-        layout.addStretch(1)
-        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        title = QLabel("Train a UNet with the boundary loss")
+        title.setStyleSheet("font-size: 14px; font-weight: bold;")
+        content = QWidget()
+        column = QVBoxLayout(content)
+        column.setContentsMargins(4, 4, 4, 4)
+        column.setSpacing(4)
+        column.addWidget(title)
+        column.addWidget(self.preset.native)
+        column.addWidget(self.preset_help)
+        column.addWidget(_section("Data"))
+        column.addWidget(self.data_form.native)
+        column.addWidget(_section("Training"))
+        column.addWidget(self.train_form.native)
+        column.addWidget(self.alpha_plot)
+        column.addWidget(self.warning)
+        column.addWidget(self.advanced)
+        column.addWidget(self.output_form.native)
+        column.addLayout(buttons)
+        column.addWidget(self.progress)
+        column.addWidget(self.status)
+        column.addWidget(curves_box)
+        column.addStretch(1)
+        self.settings_widgets = (
+            self.preset.native,
+            self.data_form.native,
+            self.train_form.native,
+            self.advanced,
+            self.output_form.native,
+        )
+        from qtpy.QtWidgets import QComboBox, QLineEdit
+
+        for combo in content.findChildren(QComboBox):  # long entries must not widen the dock
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+            )
+            combo.setMinimumContentsLength(8)
+        for edit in content.findChildren(QLineEdit):
+            edit.setMinimumWidth(60)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # a scroll bar that comes and goes would resize the plots (a matplotlib redraw)
+        self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        self.scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        self.setMinimumWidth(300)
 
         # -- wiring -------------------------------------------------------
-        for box in (self.alpha_start, self.alpha_step, self.alpha_floor):
-            box.valueChanged.connect(self._update_schedule_view)
-        self.epochs.valueChanged.connect(self._update_schedule_view)
-        self.loss.currentIndexChanged.connect(self._update_schedule_view)
-        self.schedule.currentIndexChanged.connect(self._on_schedule_kind)
-        self.labels.currentIndexChanged.connect(self._on_labels)
-        self.num_classes.valueChanged.connect(self._update_schedule_view)
-        self.from_layers.toggled.connect(self._on_source)
+        follow_layer_list(napari_viewer, self.reset_choices)
+        self.preset.changed.connect(self._on_preset)
+        for box in (self.alpha_start, self.alpha_step, self.alpha_floor, self.epochs, self.loss):
+            box.changed.connect(self._update_schedule_view)
+        for box in (
+            self.epochs,
+            self.lr,
+            self.loss,
+            self.alpha_start,
+            self.alpha_step,
+            self.alpha_floor,
+            self.batch_size,
+            self.slice_size,
+            self.depth,
+            self.base_channels,
+            self.skip_empty,
+            self.max_steps,
+            self.lr_patience,
+            self.val_fraction,
+        ):
+            box.changed.connect(self._to_custom)
+        self.schedule.changed.connect(self._on_schedule_kind)
+        self.labels.changed.connect(self._on_labels)
+        self.num_classes.changed.connect(self._update_schedule_view)
+        self.source.changed.connect(self._on_source)
+        self.show_all_images.changed.connect(lambda *_: self.images.reset_choices())
+        napari_viewer.dims.events.current_step.connect(self._update_preview_at)
         self.runner.event.connect(self._on_event)
         self.runner.done.connect(self._on_done)
         self.runner.failed.connect(self._on_failed)
@@ -1009,40 +1222,146 @@ class TrainWidget(QWidget):
             app.aboutToQuit.connect(self.shutdown)
         runner = self.runner  # the lambda keeps the Python side alive after deletion
         self.destroyed.connect(lambda *_: runner.shutdown())
+        self.reset_choices()
+        self.images.value = [layer for _, layer in self._image_choices()]
+        self._apply_preset("quick")
         self._on_source()
-        self._on_schedule_kind()
         self._set_running(False)
+
+    # -- pickers ---------------------------------------------------------------
+    def _image_choices(self, _: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        show_all = self.show_all_images.value if hasattr(self, "show_all_images") else False
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and (show_all or not is_plugin_output(layer))
+        ]
+
+    def _labels_choices(self, _: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Labels
+
+        return [
+            (layer.name, layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels)
+            and np.issubdtype(np.dtype(layer.data.dtype), np.integer)
+            and layer.name != PREVIEW_NAME
+        ]
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh the layer pickers (napari calls this when layers change)."""
+        for form in (self.data_form,):
+            form.reset_choices()
+
+    def image_layers(self) -> list[Any]:
+        """The chosen image layers, in the viewer's order."""
+        chosen = {id(layer) for layer in self.images.value}
+        return [layer for layer in self.viewer.layers if id(layer) in chosen]
+
+    def labels_layer(self) -> Any:
+        """The chosen labels layer (None when there is none)."""
+        return self.labels.value
+
+    def configure(
+        self, images: Sequence[str] | None = None, labels: str | None = None, **fields: Any
+    ) -> None:
+        """Set the form from code (scripts, benchmarks, tests).
+
+        Parameters
+        ----------
+        images, labels
+            Layer names for the image and labels pickers.
+        **fields
+            Field names of this widget and their values, e.g. ``epochs=2``,
+            ``slice_size=128`` (0: native), ``base_channels=16``, ``device="cpu"``,
+            ``output="/tmp/runs"``, ``preset="quick"``.
+        """
+        self.reset_choices()
+        if "preset" in fields:
+            self.preset.value = fields.pop("preset")
+        if images is not None:
+            self.images.value = [self.viewer.layers[name] for name in images]
+        if labels is not None:
+            self.labels.value = self.viewer.layers[labels]
+        for name, value in fields.items():
+            widget = getattr(self, name, None)
+            if widget is None or not hasattr(widget, "value"):
+                raise ValueError(f"TrainWidget has no field {name!r}")
+            widget.value = value
 
     @property
     def busy(self) -> bool:
         """True while a run, or the prediction after it, is going on."""
         return self.runner.running or self._predict_worker is not None
 
-    def _default(self, name: str, fallback: Any) -> Any:
-        return getattr(self._defaults, name, fallback)
-
     # -- field logic ---------------------------------------------------------
+    def _on_preset(self, value: str) -> None:
+        if value != "custom":
+            self._apply_preset(value)
+        self.preset_help.setText(PRESET_HELP[value])
+
+    def _apply_preset(self, preset: str) -> None:
+        """Set the fields to a preset's values (``"quick"`` or ``"paper"``)."""
+        values = preset_values(preset)
+        self._applying_preset = True
+        try:
+            self.preset.value = preset
+            self.schedule.value = values["schedule_kind"]
+            for name in (
+                "epochs",
+                "lr",
+                "batch_size",
+                "slice_size",
+                "depth",
+                "base_channels",
+                "lr_patience",
+                "val_fraction",
+                "loss",
+            ):
+                getattr(self, name).value = values[name]
+            self.max_steps.value = values["max_steps_per_epoch"]
+            self.skip_empty.value = values["skip_empty_slices"]
+            self.alpha_start.value = values["alpha_start"]
+            self.alpha_step.value = values["alpha_step"]
+            self.alpha_floor.value = values["alpha_floor"]
+        finally:
+            self._applying_preset = False
+        self.preset_help.setText(PRESET_HELP[preset])
+        self._update_schedule_view()
+
+    def _to_custom(self, *_: Any) -> None:
+        if not self._applying_preset and self.preset.value != "custom":
+            self._applying_preset = True
+            try:
+                self.preset.value = "custom"
+            finally:
+                self._applying_preset = False
+            self.preset_help.setText(PRESET_HELP["custom"])
+
     def _on_source(self, *_: Any) -> None:
-        layers = self.from_layers.isChecked()
-        self.labels.setEnabled(layers)
-        self.folder.setEnabled(not layers)
-        self.num_classes.setEnabled(not layers)
+        layers = self.source.value == "layers"
+        self.labels.enabled = layers
+        self.folder.enabled = not layers
+        self.num_classes.enabled = not layers
         self._on_labels()
 
     def _on_labels(self, *_: Any) -> None:
         """Follow the labels layer: its class count and whether it is binary."""
-        if self.from_layers.isChecked():
-            layer = self.labels.layer()
+        if self.source.value == "layers":
+            layer = self.labels.value
             if layer is not None:
                 try:
                     top = int(np.max(np.asarray(layer.data))) if layer.data.size else 0
-                    self.num_classes.setValue(max(top + 1, 2))
+                    self.num_classes.value = max(top + 1, 2)
                 except (TypeError, ValueError):
                     pass
+        self._update_preview_at()
         self._update_schedule_view()
 
     def _on_schedule_kind(self, *_: Any) -> None:
-        kind = self.schedule.currentData()
+        kind = self.schedule.value
         names = {
             "paper": ("α start", "step / epoch", "α floor"),
             "constant": ("α", "", ""),
@@ -1053,40 +1372,37 @@ class TrainWidget(QWidget):
             "constant": (0.5, 0.0, 0.0),
             "reference-code": (0.01, 0.01, 0.1),
         }[kind]
-        widgets = (
-            (self.alpha_start_label, self.alpha_start),
-            (self.alpha_step_label, self.alpha_step),
-            (self.alpha_floor_label, self.alpha_floor),
-        )
-        for (label, box), text, value in zip(widgets, names, defaults, strict=True):
-            label.setText(text)
-            label.setVisible(bool(text))
-            box.setVisible(bool(text))
-            box.blockSignals(True)
-            box.setValue(value)
-            box.blockSignals(False)
+        boxes = (self.alpha_start, self.alpha_step, self.alpha_floor)
+        for box, text, value in zip(boxes, names, defaults, strict=True):
+            box.label = text or box.label
+            box.visible = bool(text)
+            if not self._applying_preset:
+                with box.changed.blocked():
+                    box.value = value
+        if not self._applying_preset:
+            self._to_custom()
         self._update_schedule_view()
 
     def schedule_params(self) -> dict[str, float]:
         return schedule_params(
-            self.schedule.currentData(),
-            self.alpha_start.value(),
-            self.alpha_step.value(),
-            self.alpha_floor.value(),
+            self.schedule.value,
+            self.alpha_start.value,
+            self.alpha_step.value,
+            self.alpha_floor.value,
         )
 
     def _is_binary(self) -> bool:
-        return self.num_classes.value() <= 2
+        return self.num_classes.value <= 2
 
     def _update_schedule_view(self, *_: Any) -> None:
-        loss = self.loss.currentData()
+        loss = self.loss.value
         uses_schedule = loss == "gdl+bl"
         for box in (self.schedule, self.alpha_start, self.alpha_step, self.alpha_floor):
-            box.setEnabled(uses_schedule)
-        kind = self.schedule.currentData()
+            box.enabled = uses_schedule
+        kind = self.schedule.value
         params = self.schedule_params()
         try:
-            weights = planned_weights(loss, kind, params, self.epochs.value())
+            weights = planned_weights(loss, kind, params, self.epochs.value)
         except (TypeError, ValueError) as exc:
             self.status.setText(f"α schedule: {exc}")
             weights = []
@@ -1094,28 +1410,87 @@ class TrainWidget(QWidget):
         collapse = boundary_only_from_start(loss, kind, params) and self._is_binary()
         self.warning.setVisible(collapse)
 
+    # -- live preview -------------------------------------------------------------
+    def _update_preview_at(self, *_: Any) -> None:
+        """Remember (GUI thread) which slice of the labels layer the viewer shows,
+        along the training axis; the worker reads it after each epoch."""
+        layer = self.labels.value if self.source.value == "layers" else None
+        if layer is None:
+            self._preview_at = None
+            return
+        axis = self._config.axis if self._config is not None else 2
+        if layer.ndim == 2:
+            self._preview_at = (0, 0)
+            return
+        try:
+            point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+        except (TypeError, ValueError, IndexError):
+            self._preview_at = None
+            return
+        n = layer.data.shape[axis]
+        self._preview_at = (axis, int(np.clip(round(float(point[axis])), 0, n - 1)))
+
+    def _preview_where(self) -> tuple[int, int] | None:
+        """The slice to preview now (read by the worker thread)."""
+        return self._preview_at if self.live_preview.value else None
+
+    def _on_preview(self, event: PreviewEvent) -> None:
+        """Show the preview slice in the preview layer, updating its data in place."""
+        if self._stack is None:
+            return
+        shape = self._stack.images.shape[1:]
+        layer = self.preview_layer
+        if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
+            layer = self.viewer.add_labels(
+                np.zeros(shape, dtype=np.uint8),
+                name=PREVIEW_NAME,
+                opacity=0.6,
+                **self._stack.geometry,
+            )
+            self.preview_layer = layer
+        data = layer.data
+        data[...] = 0
+        if len(shape) == 2:
+            data[...] = event.labels
+        else:
+            index = [slice(None)] * 3
+            index[event.axis] = event.index
+            data[tuple(index)] = event.labels
+        layer.refresh()
+        found = int((event.labels > 0).sum())
+        what = f"{found} foreground pixels" if found else "no foreground predicted"
+        layer.metadata["napari_boundary_seg"] = {"output": "preview", "epoch": event.epoch + 1}
+        self._preview_text = f"Preview (epoch {event.epoch + 1}, slice {event.index}): {what}."
+        self._show_status()
+
     # -- settings -> config ------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """The widget's fields as ``TrainConfig`` keyword arguments (plus the
         schedule fields, see :func:`build_config`); data fields are added by
         :meth:`validate`."""
-        return {
-            "loss": self.loss.currentData(),
-            "schedule_kind": self.schedule.currentData(),
+        finetune = path_text(self.finetune)
+        settings = {
+            "loss": self.loss.value,
+            "schedule_kind": self.schedule.value,
             "schedule_params": self.schedule_params(),
-            "epochs": self.epochs.value(),
-            "lr": self.lr.value(),
-            "batch_size": self.batch_size.value(),
-            "slice_size": self.slice_size.value(),
-            "depth": self.depth.value(),
-            "base_channels": self.base_channels.value(),
-            "device": self.device.device(),
-            "seed": self.seed.value(),
-            "val_fraction": self.val_fraction.value(),
-            "num_classes": self.num_classes.value(),
-            "out_dir": self.output.text(),
-            "init_checkpoint": self.finetune.text() or None,
+            "epochs": self.epochs.value,
+            "lr": self.lr.value,
+            "batch_size": self.batch_size.value,
+            "slice_size": self.slice_size.value or None,
+            "depth": self.depth.value,
+            "base_channels": self.base_channels.value,
+            "skip_empty_slices": self.skip_empty.value,
+            "max_steps_per_epoch": self.max_steps.value or None,
+            "lr_patience": self.lr_patience.value,
+            "device": self.device.value,
+            "seed": self.seed.value,
+            "val_fraction": self.val_fraction.value,
+            "num_classes": self.num_classes.value,
+            "out_dir": path_text(self.output),
+            "init_checkpoint": finetune or None,
         }
+        settings.update(parse_extra(self.extra.value))
+        return settings
 
     def validate(
         self, **overrides: Any
@@ -1131,10 +1506,10 @@ class TrainWidget(QWidget):
         make_cases = None
         n_channels = None
         self._stack = None
-        axis = self.axis.currentData()
-        if self.from_layers.isChecked():
-            labels_layer = require_layer(self.labels.layer(), "labels")
-            stack = images_from_layers(self.images.selected_layers())
+        axis = self.axis.value if self.axis.value >= 0 else None
+        if self.source.value == "layers":
+            labels_layer = require_layer(self.labels.value, "labels")
+            stack = images_from_layers(self.image_layers())
             labels = labels_array(labels_layer)
             settings["num_classes"] = check_labels(
                 labels, labels_layer.name, stack.images.shape[1:]
@@ -1148,7 +1523,7 @@ class TrainWidget(QWidget):
             n_channels = stack.images.shape[0]
             self._stack = stack
         else:
-            text = self.folder.text()
+            text = path_text(self.folder)
             folder = Path(text).expanduser()
             if not text or not folder.is_dir():
                 raise ValueError(f"Dataset folder not found: '{text}'.")
@@ -1157,9 +1532,9 @@ class TrainWidget(QWidget):
             if not find_cases(folder):
                 raise ValueError(f"No cases found in '{folder}' (generic, WMH or ISLES layout).")
             settings["data"] = str(folder)
-            if self.images.selected_layers():
+            if self.image_layers():
                 try:
-                    self._stack = images_from_layers(self.images.selected_layers())
+                    self._stack = images_from_layers(self.image_layers())
                 except (TypeError, ValueError):
                     self._stack = None  # no prediction afterwards, training still runs
         if axis is not None:
@@ -1168,6 +1543,32 @@ class TrainWidget(QWidget):
             load_checked_checkpoint(settings["init_checkpoint"], n_channels)
         settings["out_dir"] = str(new_run_folder(output))
         return build_config(settings), make_cases
+
+    # -- run state and status ----------------------------------------------------
+    STATE_TEXT = {
+        "idle": "Ready.",
+        "preparing": "Preparing the data…",
+        "running": "Training",
+        "pausing": "Pausing after the current step…",
+        "paused": "Paused",
+        "stopping": "Stopping after the current step…",
+        "predicting": "Predicting with the trained model…",
+        "done": "Done",
+    }
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        self._detail = detail
+        self._show_status()
+
+    def _show_status(self) -> None:
+        detail = getattr(self, "_detail", "")
+        head = self.STATE_TEXT[self.state]
+        text = f"{head} — {detail}" if detail else head
+        preview = getattr(self, "_preview_text", "")
+        if preview and self.state in ("running", "pausing", "paused", "stopping"):
+            text = f"{text}\n{preview}"
+        self.status.setText(text)
 
     # -- run control -------------------------------------------------------------
     def start(self) -> bool:
@@ -1188,33 +1589,52 @@ class TrainWidget(QWidget):
         self._steps_total = 0
         self._start_epoch = 0
         self._closing = False
+        self._last_position = None
+        self._preview_text = ""
+        self._config = config
+        self._update_preview_at()
         self.curves.reset(config.epochs)
         self.curves.start_timer()
-        self._pbar = ProgressRelay("Training", parent=self)
-        self._pbar.set(0, 0, "preparing data")
-        self._config = config
-        self.runner.start(config, make_cases)
+        self.progress.reset(config.epochs)
+        self.progress.busy("preparing data")
+        # napari's activity-dialog bar costs 20-300 ms to build (the first one
+        # shows the dialog's widgets): built right after the click returns, so
+        # the click itself stays short and the status shows "Preparing" at once
+        QTimer.singleShot(0, self._open_progress)
+        preview = None
+        if self._stack is not None and self.source.value == "layers":
+            preview = (self._stack, self._preview_where)
+        self.runner.start(config, make_cases, preview)
         self._set_running(True)
-        self.status.setText(f"Preparing data… checkpoints go to {config.out_dir}")
+        self._set_state("preparing", f"checkpoints go to {config.out_dir}")
         return True
 
+    def _open_progress(self) -> None:
+        if self._pbar is None and self.runner.running and not self._closing:
+            self._pbar = ProgressRelay("Training", parent=self)
+            if self._steps_total:
+                self._pbar.set(0, self._steps_total, "training")
+            else:
+                self._pbar.set(0, 0, "preparing data")
+
     def toggle_pause(self) -> None:
-        if not self.runner.running:
+        if not self.runner.running or self.state in ("stopping", "preparing"):
             return
         if self.runner.paused:
             self.runner.resume()
             self.pause_button.setText("Pause")
-            self.status.setText("Resumed.")
+            self._set_state("running", self._position_text("resumed"))
         else:
             self.runner.pause()
             self.pause_button.setText("Resume")
-            self.status.setText("Paused (takes effect after the current step).")
+            self._set_state("pausing")
 
     def stop(self) -> None:
         if self.runner.running:
             self.runner.stop()
             self.pause_button.setText("Pause")
-            self.status.setText("Stopping after the current step…")
+            self.pause_button.setEnabled(False)
+            self._set_state("stopping")
 
     def shutdown(self) -> None:
         """Stop a run cleanly (the trainer keeps its last checkpoint); used when
@@ -1234,9 +1654,19 @@ class TrainWidget(QWidget):
         self.start_button.setEnabled(not running)
         self.pause_button.setEnabled(running)
         self.stop_button.setEnabled(running)
-        self.tabs.setEnabled(not running)
+        for widget in self.settings_widgets:
+            widget.setEnabled(not running)
         if not running:
             self.pause_button.setText("Pause")
+
+    def _position_text(self, prefix: str = "") -> str:
+        """``"epoch E/N, step S/K"`` (1-based) of the last step done."""
+        if self._last_position is None or self._config is None:
+            return prefix
+        epoch, step = self._last_position
+        spe = max(self._spe, 1)
+        where = f"epoch {epoch + 1}/{self._config.epochs}, step {step + 1}/{spe} done"
+        return f"{prefix}; {where}" if prefix else where
 
     # -- events from the worker ----------------------------------------------------
     def _on_event(self, event: Any) -> None:
@@ -1249,7 +1679,14 @@ class TrainWidget(QWidget):
         elif name == "InfoEvent":
             self._on_info(event)
         elif name == "PauseEvent":
-            self.status.setText(f"Paused before step {event.step + 1} of epoch {event.epoch + 1}.")
+            # a pause event still in the queue after Resume or Stop changes nothing
+            if self.runner.paused and self.state in ("pausing", "paused"):
+                self._set_state(
+                    "paused",
+                    f"before step {event.step + 1} of epoch {event.epoch + 1}; Resume or Stop",
+                )
+        elif name == "PreviewEvent":
+            self._on_preview(event)
         elif isinstance(event, Progress) and self._steps_total == 0:
             self._set_progress(event.done, event.total, event.message)
 
@@ -1257,52 +1694,108 @@ class TrainWidget(QWidget):
         if self._pbar is not None:
             self._pbar.set(done, total, message)
 
+    _spe = 0
+
     def _on_info(self, event: Any) -> None:
         if event.device:
             self.device_used = event.device
         if event.steps_per_epoch:
             self._start_epoch = event.start_epoch
+            self._spe = event.steps_per_epoch
             self._steps_total = (self._config.epochs - event.start_epoch) * event.steps_per_epoch
             self._set_progress(0, self._steps_total, "training")
+            self.progress.start(self._config.epochs, event.start_epoch, event.steps_per_epoch)
             val = (
                 f", validation on {event.num_val_cases} case(s)"
                 if event.num_val_cases
                 else ", no validation case"
             )
-            self.status.setText(
-                f"Training on {self.device_used}: {event.num_train_slices} slices, "
-                f"{event.steps_per_epoch} steps per epoch{val}."
-            )
-        else:
-            self.status.setText(f"{event.message} ({self.device_used})")
+            if self._val_block is not None:
+                val = (
+                    f", validation on slices {self._val_block.start}–{self._val_block.stop - 1} "
+                    "(not trained on)"
+                )
+            if self.state == "preparing":
+                self._set_state(
+                    "running",
+                    f"on {self.device_used}: {event.num_train_slices} slices, "
+                    f"{event.steps_per_epoch} steps per epoch{val}",
+                )
+        elif self.state == "preparing":
+            self._set_state("preparing", f"{event.message} ({self.device_used})")
 
     def _on_step(self, event: Any) -> None:
         spe = event.steps_per_epoch
+        self._spe = spe
+        self._last_position = (event.epoch, event.step)
         done = (event.epoch - self._start_epoch) * spe + event.step + 1
         self.curves.add_step(
             event.epoch + (event.step + 1) / spe, event.loss, event.region, event.boundary
         )
+        self.progress.step(event.epoch, event.step)
         self._set_progress(done, self._steps_total, f"epoch {event.epoch + 1}")
 
     def _on_epoch(self, event: Any) -> None:
-        self.curves.add_epoch(event.epoch, event.w_region, event.val_dice, event.val_hd)
-        self.status.setText(
-            f"Epoch {event.epoch + 1}/{self._config.epochs} on {self.device_used}: "
-            f"loss {event.train_loss:.4f}, α {event.w_region:.2f}, "
-            f"val DSC {event.val_dice:.3f}, HD {event.val_hd:.1f} mm"
-            + (" (best)" if event.is_best else "")
+        empty = self._empty_validation(event)
+        self.curves.add_epoch(event.epoch, event.w_region, event.val_dice, event.val_hd, empty)
+        self.progress.epoch_done(event.epoch)
+        if math.isnan(event.val_dice):
+            figures = "no validation data"
+        elif empty:
+            figures = f"val DSC {event.val_dice:.3f}, no foreground predicted (HD —)"
+        elif event.val_hd_inf:
+            figures = (
+                f"val DSC {event.val_dice:.3f}, HD — ({event.val_hd_inf} case(s) "
+                "with an empty prediction or label)"
+            )
+        else:
+            figures = f"val DSC {event.val_dice:.3f}, HD {event.val_hd:.1f} mm"
+        detail = (
+            f"epoch {event.epoch + 1}/{self._config.epochs} on {self.device_used}: "
+            f"loss {event.train_loss:.4f}, α {event.w_region:.2f}, {figures}"
+            + (" (best so far)" if event.is_best else "")
         )
+        self._epoch_text = detail
+        if self.state == "running":
+            self._set_state("running", detail)
+        else:  # pausing, paused or stopping: keep that state, show the figures
+            self._detail = detail
+            self._show_status()
+
+    def _empty_validation(self, event: Any) -> bool:
+        """True when every validation case got an empty prediction (HD infinite
+        and DSC 0): "no foreground predicted"."""
+        cases = next(
+            (
+                e.num_val_cases
+                for e in self.events
+                if type(e).__name__ == "InfoEvent" and e.steps_per_epoch
+            ),
+            0,
+        )
+        return bool(cases) and event.val_hd_inf >= cases and event.val_dice == 0
 
     def _on_done(self, done: Any) -> None:
         self.last_done = done
-        checkpoint = done.best_checkpoint or done.last_checkpoint
-        where = f"; checkpoint {checkpoint}" if checkpoint else ""
-        self.status.setText(f"Done ({done.reason}){where}.")
-        if done.stopped and not done.reason.startswith("stopped by request"):
+        epochs_done = len(done.history)
+        if not done.stopped:
+            self.progress.finish("done")
+            self._set_state("done", f"{epochs_done} epoch(s) trained")
+        elif done.reason.startswith("stopped by request"):
+            self.progress.finish("stopped")
+            self._set_state(
+                "done",
+                f"stopped by request ({self._position_text() or 'before the first step'}; "
+                f"{epochs_done} epoch(s) complete)",
+            )
+        else:
+            self.progress.finish("stopped")
+            self._set_state("done", f"stopped: {done.reason}")
             notify_error(f"Training stopped: {done.reason}")
 
     def _on_failed(self, exc: BaseException) -> None:
-        self.status.setText(f"Training failed: {exc}")
+        self.progress.finish("failed")
+        self._set_state("done", f"training failed: {exc}")
         notify_error(exc)
 
     def _on_finished(self) -> None:
@@ -1311,43 +1804,91 @@ class TrainWidget(QWidget):
             pbar.close()
         self._set_running(False)
         done = self.last_done
-        if done is not None and not self._closing and self.predict_after.isChecked():
+        if done is not None and not self._closing and self.predict_after.value:
             self._predict_after(done)
 
     # -- prediction after training -------------------------------------------------
+    def prediction_checkpoint(self, done: Any) -> tuple[str | None, str]:
+        """The checkpoint to predict with after a run, and why.
+
+        ``best.pt`` whenever it exists (also after Stop); ``last.pt`` only when
+        the run completed without writing a best one; a run stopped before
+        its first epoch ended gives None (its ``last.pt`` is untrained).
+        """
+        if done.best_checkpoint:
+            return done.best_checkpoint, "best.pt (best validation epoch)"
+        if done.last_checkpoint and done.history:
+            return done.last_checkpoint, "last.pt (no best.pt was written)"
+        return None, "no epoch was completed, so there is no trained checkpoint"
+
     def _predict_after(self, done: Any) -> Any:
         """Predict the current image with the best model; returns the worker."""
-        checkpoint = done.best_checkpoint or done.last_checkpoint
+        checkpoint, why = self.prediction_checkpoint(done)
         stack = self._stack
-        if checkpoint is None or stack is None:
+        if stack is None:
             return None
+        if checkpoint is None:
+            self._detail = f"{self._detail}. No prediction: {why}"
+            self._show_status()
+            return None
+        run = Path(checkpoint).parent.name  # run-YYYYmmdd-HHMMSS[-k]: keep the time
+        run = run.split("-", 2)[-1] if run.startswith("run-") else run
+        name = unique_layer_name(self.viewer, f"prediction {Path(checkpoint).stem} {run}")
+        detail = self._detail
+        self._set_state("predicting", f"with {why}")
 
-        def returned(result: tuple[np.ndarray, np.ndarray]) -> None:
-            probs, labels = result
-            _, layer = add_prediction_layers(
-                self.viewer, probs, labels, stack, stack.names[0], with_probability=False
-            )
+        def returned(layer: Any) -> None:
+            layer = self._deliver_prediction(layer)
             self.prediction_layer = layer
-            self.status.setText(
-                f"{self.status.text()} Prediction of {Path(checkpoint).name} added as "
-                f"'{layer.name}'."
+            found = int(layer.metadata["napari_boundary_seg"]["foreground_voxels"])
+            what = f"{found} foreground voxels" if found else "no foreground predicted"
+            self._set_state(
+                "done", f"{detail}. Prediction with {why} added as '{layer.name}': {what}."
             )
 
         def finished() -> None:
+            if self._closing:  # the widget may be gone
+                return
             self._predict_worker = None
+            if self.state == "predicting":
+                self._set_state("done", detail)
 
-        # the checkpoint is loaded (and checked) in the worker, not here
         device = self.device_used or "auto"
         worker = start_progress_worker(
-            lambda: predict_job(checkpoint, stack.images, stack.spacing, device),
+            lambda: prediction_layer_job(checkpoint, stack, device, name),
             returned,
-            "Predicting with the best model",
+            "Predicting with the trained model",
             start=False,
         )
         worker.finished.connect(finished)
         self._predict_worker = worker
         worker.start()
         return worker
+
+    def _deliver_prediction(self, layer: Any) -> Any:
+        """Put the prediction (a Labels layer built in the worker) in the viewer.
+
+        Adding a Labels layer costs napari 0.3-0.8 s of event loop here (its
+        brush and polygon overlays), so when this run's live-preview layer is
+        in the viewer it becomes the prediction: its data replaced in place,
+        renamed, no layer added. The next run makes a new preview layer, so an
+        earlier prediction is never overwritten.
+        """
+        preview = self.preview_layer
+        if (
+            preview is not None
+            and preview in self.viewer.layers
+            and preview.data.shape == layer.data.shape
+        ):
+            self.preview_layer = None
+            preview.data = layer.data
+            preview.metadata["napari_boundary_seg"] = layer.metadata["napari_boundary_seg"]
+            preview.name = layer.name
+            preview.opacity = layer.opacity
+            preview.visible = True
+            return preview
+        self.viewer.add_layer(layer)
+        return layer
 
     # -- closing ---------------------------------------------------------------------
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
@@ -1360,3 +1901,44 @@ class TrainWidget(QWidget):
             if self.runner.running:
                 self.shutdown()
         return super().event(event)
+
+
+#: Name of the live-preview Labels layer (updated in place after each epoch).
+PREVIEW_NAME = "training preview"
+
+
+def path_text(edit: Any) -> str:
+    """The text of a magicgui ``FileEdit`` as typed ("" when empty; its
+    ``value`` would turn "" into the current folder)."""
+    return str(edit.line_edit.value).strip()
+
+
+def unique_layer_name(viewer: Any, name: str) -> str:
+    """``name``, or ``name [2]``, ``name [3]``… when the viewer already has it:
+    a new prediction never replaces an earlier one."""
+    names = {layer.name for layer in viewer.layers}
+    if name not in names:
+        return name
+    k = 2
+    while f"{name} [{k}]" in names:
+        k += 1
+    return f"{name} [{k}]"
+
+
+def prediction_layer_job(
+    checkpoint: str, stack: ImageStack, device: str, name: str
+) -> Generator[Any, Any, Any]:
+    """Worker body: predict the volume and build its Labels layer (here, not in
+    the GUI thread, which only adds it)."""
+    from napari.layers import Labels
+
+    _, labels = yield from predict_job(checkpoint, stack.images, stack.spacing, device)
+    labels = np.asarray(labels)
+    data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
+    layer = Labels(data, name=name, **stack.geometry)
+    layer.metadata["napari_boundary_seg"] = {
+        "output": "prediction",
+        "checkpoint": str(checkpoint),
+        "foreground_voxels": int((data > 0).sum()),
+    }
+    return layer
