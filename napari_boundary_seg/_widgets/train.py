@@ -435,7 +435,7 @@ def _preview_event(
     previewer: Any, checkpoint: str, epoch: int, where: tuple[int, int]
 ) -> PreviewEvent:
     """Load the epoch's weights (``last.pt``) and predict one slice (worker thread)."""
-    from napari_boundary_seg.core.predict import model_from_checkpoint, read_checkpoint
+    from napari_boundary_seg.core.checkpoint import model_from_checkpoint, read_checkpoint
 
     model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint)
     axis, index = where
@@ -940,7 +940,7 @@ class TrainWidget(QWidget):
         from superqt import QCollapsible
 
         from napari_boundary_seg._widgets._common import device_choices, follow_layer_list
-        from napari_boundary_seg.core.train import resolve_device
+        from napari_boundary_seg.core.device import resolve_device
 
         self.viewer = napari_viewer
         self.runner = TrainRunner(self)
