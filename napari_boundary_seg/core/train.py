@@ -80,6 +80,7 @@ __all__ = [
     "StepResult",
     "TrainConfig",
     "TrainControl",
+    "build_model",
     "collate",
     "effective_weights",
     "epoch_order",
@@ -89,7 +90,9 @@ __all__ = [
     "to_device",
     "train",
     "train_step",
+    "sliding_window_logits",
     "validate_cases",
+    "validate_volumes",
 ]
 
 
@@ -134,6 +137,10 @@ _RESUME_FIELDS = (
     "depth",
     "base_channels",
     "max_steps_per_epoch",
+    "dims",
+    "patch_size",
+    "oversample",
+    "augment",
 )
 
 
@@ -213,9 +220,27 @@ class TrainConfig:
     resume_from
         Resume: continue the run saved in this checkpoint (usually ``last.pt``).
     cache_dir
-        Folder for the on-disk distance-map cache (``None``: memory only).
+        Folder of the on-disk caches. 2D: the distance-map cache (``None``:
+        memory only, as before). 3D: the volume cache of prepared cases, read
+        memory-mapped (``None``: ``<out_dir>/cache``, or a temporary folder
+        removed with the run when ``out_dir`` is ``None``).
     overwrite
         Allow writing into an ``out_dir`` that already holds a run.
+    dims
+        2: the paper's 2D slices (the default); 3: 3D patches of the volumes at
+        their own spacing, from the memory-mapped volume cache.
+    patch_size
+        3D patch in voxels, numpy axis order; ``None`` gives
+        :data:`~napari_boundary_seg.core.patches.DEFAULT_PATCH_SIZE` in 3D
+        (the field then holds it). Ignored in 2D. Every volume must be at least
+        as large along each axis.
+    oversample
+        Share of the 3D patches centred on a random foreground voxel (nnU-Net's
+        one third); 0 samples uniformly. Ignored in 2D (every slice once).
+    augment
+        Augmentation that keeps φ exact (:mod:`napari_boundary_seg.core.augment`);
+        ``None``: on in 3D, off in 2D (the paper trains without). See
+        :attr:`augment_enabled`.
     """
 
     data: str | None = None
@@ -247,6 +272,10 @@ class TrainConfig:
     resume_from: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    dims: int = 2
+    patch_size: tuple[int, ...] | None = None
+    oversample: float = 1 / 3
+    augment: bool | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -307,6 +336,37 @@ class TrainConfig:
                 )
             set_(self, "percentiles", lo_hi)
         check_device_name(self.device)
+        if self.dims not in (2, 3) or isinstance(self.dims, bool):
+            raise ValueError(f"TrainConfig.dims must be 2 or 3, got {self.dims!r}")
+        if self.patch_size is not None:
+            try:
+                patch = tuple(self.patch_size)
+            except TypeError:
+                patch = None
+            if (
+                patch is None
+                or len(patch) != 3
+                or any(isinstance(p, bool) or not isinstance(p, int | np.integer) for p in patch)
+                or any(p < 1 for p in patch)
+            ):
+                raise ValueError(
+                    f"TrainConfig.patch_size must be 3 positive integers, got {self.patch_size!r}"
+                )
+            set_(self, "patch_size", tuple(int(p) for p in patch))
+        elif self.dims == 3:
+            from napari_boundary_seg.core.patches import DEFAULT_PATCH_SIZE
+
+            set_(self, "patch_size", tuple(DEFAULT_PATCH_SIZE))
+        if (
+            isinstance(self.oversample, bool)
+            or not isinstance(self.oversample, int | float)
+            or not 0 <= self.oversample <= 1
+        ):
+            raise ValueError(f"TrainConfig.oversample must be in [0, 1], got {self.oversample!r}")
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise ValueError(
+                f"TrainConfig.augment must be True, False or None, got {self.augment!r}"
+            )
         for name in ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir"):
             value = getattr(self, name)
             if value is not None:
@@ -315,6 +375,11 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig: give init_checkpoint (fine-tune) or resume_from (resume), not both"
             )
+
+    @property
+    def augment_enabled(self) -> bool:
+        """Whether augmentation runs: ``augment``, or by default on in 3D, off in 2D."""
+        return self.dims == 3 if self.augment is None else bool(self.augment)
 
     @property
     def effective_split_seed(self) -> int:
@@ -345,8 +410,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
         values = dict(d)
-        if values.get("percentiles") is not None:
-            values["percentiles"] = tuple(values["percentiles"])
+        for key in ("percentiles", "patch_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -736,6 +802,80 @@ class _Data:
     dataset: Any
     in_channels: int
     modalities: list[str]
+    keep_alive: Any = None  # a temporary cache folder, removed with this object
+
+
+def _iter_prepare_volumes(
+    config: TrainConfig,
+    cases: Sequence[Any] | None,
+    val_cases: Sequence[Any] | None,
+    out_dir: Path | None,
+) -> Generator[Any, None, _Data]:
+    """3D: every case (training and validation) prepared into the volume cache, one at a time.
+
+    Cases are read from ``config.data`` one by one (never all held), or taken
+    from ``cases``; the training data set reads patches memory-mapped.
+    """
+    import tempfile
+
+    from napari_boundary_seg.core import data as data_mod
+    from napari_boundary_seg.core.augment import AugmentConfig
+    from napari_boundary_seg.core.patches import PatchDataset, iter_cache_cases
+
+    if cases is None:
+        if config.data is None:
+            raise ValueError("TrainConfig.data is not set and no cases were given to train()")
+        cases = data_mod.find_cases(config.data)
+        if not cases:
+            raise ValueError(f"no cases found in {config.data}")
+    cases = list(cases)
+    if not cases:
+        raise ValueError("no training cases given")
+    unlabelled = [c.case_id for c in cases if getattr(c, "label_path", True) is None]
+    unlabelled += [c.case_id for c in cases if getattr(c, "labels", 0) is None]
+    if unlabelled:
+        raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
+    if val_cases is not None:
+        train_src, val_src = cases, list(val_cases)
+    elif config.val_fraction > 0 and len(cases) > 1:
+        train_src, val_src = data_mod.split_cases(
+            cases, config.val_fraction, config.effective_split_seed
+        )
+    else:
+        train_src, val_src = cases, []
+    keep_alive = None
+    if config.cache_dir is not None:
+        cache_dir = Path(config.cache_dir)
+    elif out_dir is not None:
+        cache_dir = out_dir / "cache"
+    else:
+        keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
+        cache_dir = Path(keep_alive.name)
+    yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
+    args = (cache_dir, config.num_classes, config.scale, config.percentiles)
+    train_entries = yield from iter_cache_cases(list(train_src), *args)
+    val_entries = yield from iter_cache_cases(list(val_src), *args)
+    channels = {len(e.modalities) for e in [*train_entries, *val_entries]}
+    if len(channels) != 1:
+        raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
+    dims = {len(e.shape) for e in [*train_entries, *val_entries]}
+    if dims != {3}:
+        raise ValueError(f"dims=3 needs 3D volumes, got cases with {sorted(dims)} spatial axes")
+    dataset = PatchDataset(
+        train_entries,
+        config.patch_size,
+        oversample=config.oversample,
+        seed=config.seed,
+        augment=AugmentConfig() if config.augment_enabled else None,
+    )
+    return _Data(
+        train_entries,
+        val_entries,
+        dataset,
+        channels.pop(),
+        list(train_entries[0].modalities),
+        keep_alive,
+    )
 
 
 def _iter_prepare_data(
@@ -862,6 +1002,138 @@ def validate_cases(
     }
 
 
+def build_model(hparams: Mapping[str, Any]) -> nn.Module:
+    """The UNet of ``hparams`` (``spatial_dims`` 2, the default, or 3).
+
+    TODO(issue 11a): the N-dimensional ``UNet(spatial_dims=3, ...)`` of branch
+    i11a plugs in here; until it is on main, a 3D model is the stand-in
+    :class:`_StandInUNet3d` (MONAI's UNet with the same hparams).
+    """
+    hparams = dict(hparams)
+    try:
+        return UNet(**hparams)
+    except TypeError:
+        dims = int(hparams.pop("spatial_dims", 2))
+        if dims == 2:
+            return UNet(**hparams)
+        return _StandInUNet3d(**hparams)
+
+
+class _StandInUNet3d(nn.Module):
+    """Stand-in for i11a's 3D UNet (TODO(issue 11a): remove when it is on main).
+
+    MONAI's UNet with ``depth`` levels of width ``base_channels * 2**k``,
+    BatchNorm and no residual units; ``(B, M, *S) -> (B, C, *S)`` for sizes
+    divisible by ``2 ** (depth - 1)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        depth: int = 4,
+        base_channels: int = 64,
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet as MonaiUNet
+
+        self.hparams = {
+            "in_channels": int(in_channels),
+            "num_classes": int(num_classes),
+            "depth": int(depth),
+            "base_channels": int(base_channels),
+            "spatial_dims": int(spatial_dims),
+        }
+        self.net = MonaiUNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=num_classes,
+            channels=tuple(base_channels * 2**k for k in range(depth)),
+            strides=(2,) * (depth - 1),
+            num_res_units=0,
+            norm="batch",
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def sliding_window_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    roi_size: Sequence[int],
+    batch_size: int = 1,
+    overlap: float = 0.5,
+) -> torch.Tensor:
+    """Logits ``(1, C, *V)`` of ``image (1, M, *V)`` by Gaussian-weighted sliding windows.
+
+    TODO(issue 11a): i11a's sliding-window inference (shared with predict)
+    replaces this; until then MONAI's ``sliding_window_inference`` with
+    ``mode="gaussian"``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            image,
+            tuple(int(r) for r in roi_size),
+            int(batch_size),
+            model,
+            overlap=overlap,
+            mode="gaussian",
+        )
+    return torch.as_tensor(out)
+
+
+def validate_volumes(
+    model: nn.Module,
+    entries: Sequence[Any],
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """3D validation: :func:`validate_cases`'s figures from cached volumes.
+
+    Each validation case is read from the volume cache (memory-mapped, one at
+    a time) and predicted by sliding windows of ``config.patch_size``.
+    """
+    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
+
+    dice, hd, hd95 = [], [], []
+    n_inf = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for entry in entries:
+            image = torch.from_numpy(np.array(entry.open("image"), dtype=np.float32))[None]
+            logits = sliding_window_logits(
+                model, image.to(device), config.patch_size, config.batch_size
+            )
+            pred = logits.argmax(1)[0].cpu().numpy()
+            del image, logits
+            labels = np.asarray(entry.open("labels"))
+            per_class = [
+                surface_metrics(pred == c, labels == c, entry.spacing)
+                for c in range(1, config.num_classes)
+            ]
+            case_hd = [m["hd"] for m in per_class]
+            if any(math.isinf(v) for v in case_hd):
+                n_inf += 1
+            dice.append(_nanmean([m["dice"] for m in per_class]))
+            hd.append(_nanmean([replace_inf(v, labels.shape, entry.spacing) for v in case_hd]))
+            hd95.append(
+                _nanmean([replace_inf(m["hd95"], labels.shape, entry.spacing) for m in per_class])
+            )
+    finally:
+        model.train(was_training)
+    return {
+        "val_dice": _nanmean(dice),
+        "val_hd": _nanmean(hd),
+        "val_hd95": _nanmean(hd95),
+        "val_hd_inf": n_inf,
+    }
+
+
 # ---------------------------------------------------------------------------
 # the trainer
 
@@ -955,10 +1227,21 @@ def train(
     elif config.init_checkpoint is not None:
         source = _load_source(config.init_checkpoint)
 
-    data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    if config.dims == 3:
+        if dataset is not None:
+            raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
+        data = yield from _iter_prepare_volumes(config, cases, val_cases, out_dir)
+    else:
+        data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
     num_slices = len(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
+    train_set = data.dataset
+    if config.dims == 2 and config.augment_enabled:
+        from napari_boundary_seg.core.augment import AugmentConfig
+        from napari_boundary_seg.core.patches import AugmentedSlices
+
+        train_set = AugmentedSlices(data.dataset, AugmentConfig(), seed=config.seed)
 
     hparams = {
         "in_channels": data.in_channels,
@@ -966,9 +1249,16 @@ def train(
         "depth": config.depth,
         "base_channels": config.base_channels,
     }
+    if config.dims == 3:
+        hparams["spatial_dims"] = 3
     if source is not None:
         saved = dict(source["model"])
         source_path = config.resume_from or config.init_checkpoint
+        if int(saved.get("spatial_dims", 2)) != config.dims:
+            raise ValueError(
+                f"checkpoint {source_path} holds a {saved.get('spatial_dims', 2)}D model but "
+                f"the config asks for dims={config.dims}"
+            )
         for key in ("in_channels", "num_classes"):
             if saved[key] != hparams[key]:
                 raise ValueError(
@@ -978,7 +1268,7 @@ def train(
         hparams = saved
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = UNet(**hparams)
+        model = build_model(hparams)
     if source is not None:
         model.load_state_dict(source["model_state"])
     model.to(device)
@@ -1085,14 +1375,26 @@ def train(
         if epoch != start_epoch:
             start_step = 0
             partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
-        batches = iter_batches(
-            data.dataset,
-            order,
-            config.batch_size,
-            start_step,
-            steps_per_epoch,
-            config.num_workers,
-        )
+        if train_set is data.dataset and config.dims == 2:  # as before: in-memory slices
+            batches = iter_batches(
+                data.dataset,
+                order,
+                config.batch_size,
+                start_step,
+                steps_per_epoch,
+                config.num_workers,
+            )
+        else:  # keyed items (epoch, index): 3D patches, augmented slices
+            from napari_boundary_seg.core.patches import epoch_batches, iter_keyed_batches
+
+            plan = epoch_batches(
+                epoch,
+                config.batch_size,
+                start_step,
+                steps_per_epoch,
+                order.tolist() if config.dims == 2 else None,
+            )
+            batches = iter_keyed_batches(train_set, plan, config.num_workers, config.seed)
         for step in range(start_step, steps_per_epoch):
             while control.paused:
                 yield PauseEvent(epoch, step)
@@ -1150,7 +1452,10 @@ def train(
             )
 
         tic = time.perf_counter()
-        figures = validate_cases(model, data.val_cases, config, device)
+        if config.dims == 3:
+            figures = validate_volumes(model, data.val_cases, config, device)
+        else:
+            figures = validate_cases(model, data.val_cases, config, device)
         n_steps = max(int(partial["steps"]), 1)
         train_loss = partial["loss"] / n_steps
         lr_used = optimizer.param_groups[0]["lr"]
