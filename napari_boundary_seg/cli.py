@@ -328,10 +328,43 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-channels", type=int, help=f"UNet first-level width (default {d.base_channels})"
     )
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="DataLoader worker processes (default 0); the same batches for any number",
+    )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        help="2: the paper's 2D slices (default); 3: 3D patches from the memory-mapped cache",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="3D patch in voxels, numpy axis order (default 96 96 32)",
+    )
+    p.add_argument(
+        "--oversample",
+        type=float,
+        help="share of 3D patches centred on foreground, 0 = uniform (default 1/3)",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="augmentation that keeps φ exact (default: on in 3D, off in 2D)",
+    )
     p.add_argument("--max-steps-per-epoch", type=int, help="cap on steps per epoch (quick runs)")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
-    p.add_argument("--cache-dir", type=Path, help="folder of the on-disk distance-map cache")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="folder of the on-disk caches (2D: distance maps; 3D: prepared volumes, "
+        "default OUT/cache)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
     )
@@ -359,6 +392,9 @@ _OPTION_FIELDS = {
     "amp": "amp",
     "cache_dir": "cache_dir",
     "overwrite": "overwrite",
+    "dims": "dims",
+    "oversample": "oversample",
+    "augment": "augment",
 }
 
 
@@ -385,6 +421,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
         values["slice_size"] = args.slice_size or None
     if getattr(args, "percentiles", None) is not None:
         values["percentiles"] = tuple(args.percentiles)
+    if getattr(args, "patch_size", None) is not None:
+        values["patch_size"] = tuple(args.patch_size)
     schedule = _schedule_from_args(
         getattr(args, "schedule", None), getattr(args, "schedule_param", None)
     )
