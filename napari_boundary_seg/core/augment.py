@@ -45,6 +45,7 @@ DataLoader workers).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -405,8 +406,10 @@ def warped_sample(
     num_classes
         ``C``.
     stats
-        If given, ``stats["full"]`` is incremented when the whole volume had to
-        be warped (no certificate from the context).
+        If given, ``stats["full"]`` counts the samples whose whole volume had to
+        be warped (no certificate from the context), ``stats["phi_s"]`` adds up
+        the seconds spent warping labels and recomputing φ, ``stats["samples"]``
+        counts the calls.
 
     Returns
     -------
@@ -414,6 +417,7 @@ def warped_sample(
         ``image (M, *P)`` linear, ``labels (*P)`` nearest, ``dist (C, *P)``:
         the signed distance map of the warped whole-volume labels, cropped.
     """
+    tic = time.perf_counter()
     sp = tuple(float(s) for s in spacing)
     box = warp.box
     inner = tuple(
@@ -431,6 +435,9 @@ def warped_sample(
         dist = class_distance_maps(label_full, num_classes, spacing=sp)[(slice(None), *patch)]
         if stats is not None:
             stats["full"] = stats.get("full", 0) + 1
+    if stats is not None:
+        stats["phi_s"] = stats.get("phi_s", 0.0) + time.perf_counter() - tic
+        stats["samples"] = stats.get("samples", 0) + 1
     out_labels = label_box[inner]
     out_image = _warp_image(image, warp, patch)
     return Sample(out_image, np.ascontiguousarray(out_labels), np.ascontiguousarray(dist))

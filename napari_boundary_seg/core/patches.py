@@ -323,7 +323,7 @@ class PatchDataset(Dataset):
         self.augment = augment
         self.length = epoch_samples(self.entries, self.patch_size) if length is None else length
         self.num_classes = self.entries[0].num_classes
-        self.warp_stats: dict[str, int] = {}
+        self.warp_stats: dict[str, float] = {}
         self._open: dict[int, dict[str, np.ndarray]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
