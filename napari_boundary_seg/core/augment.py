@@ -424,11 +424,14 @@ def warped_sample(
         slice(p.start - b.start, p.stop - b.start) for p, b in zip(patch, box, strict=True)
     )
     label_box = warp_labels(labels, warp, box)
-    dist_box = class_distance_maps(label_box, num_classes, spacing=sp)
-    dist = dist_box[(slice(None), *inner)]
-    edge = _edge_distance(labels.shape, box, inner, sp)
-    has_boundary = all(bool(np.any(m != 0)) for m in dist_box)  # else φ_ctx is the empty policy
-    certified = has_boundary and bool(np.all(np.abs(dist) < edge))
+    counts = np.bincount(label_box.ravel(), minlength=num_classes)
+    certified = False
+    if np.all((counts > 0) & (counts < label_box.size)):  # else no certificate: skip the box
+        dist_box = class_distance_maps(label_box, num_classes, spacing=sp)
+        dist = dist_box[(slice(None), *inner)]
+        edge = _edge_distance(labels.shape, box, inner, sp)
+        has_boundary = all(bool(np.any(m != 0)) for m in dist_box)  # else the empty policy
+        certified = has_boundary and bool(np.all(np.abs(dist) < edge))
     if not certified:
         full = tuple(slice(0, n) for n in labels.shape)
         label_full = warp_labels(labels, warp, full)
