@@ -66,7 +66,7 @@ from napari_boundary_seg.core.device import check_device_name, resolve_device
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
-from napari_boundary_seg.core.unet import UNet
+from napari_boundary_seg.core.unet import UNet, pooling_strides
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ __all__ = [
     "to_device",
     "train",
     "train_step",
-    "sliding_window_logits",
+    "sliding_window_probs",
     "validate_cases",
     "validate_volumes",
 ]
@@ -1003,87 +1003,28 @@ def validate_cases(
 
 
 def build_model(hparams: Mapping[str, Any]) -> nn.Module:
-    """The UNet of ``hparams`` (``spatial_dims`` 2, the default, or 3).
-
-    TODO(issue 11a): the N-dimensional ``UNet(spatial_dims=3, ...)`` of branch
-    i11a plugs in here; until it is on main, a 3D model is the stand-in
-    :class:`_StandInUNet3d` (MONAI's UNet with the same hparams).
-    """
-    hparams = dict(hparams)
-    try:
-        return UNet(**hparams)
-    except TypeError:
-        dims = int(hparams.pop("spatial_dims", 2))
-        if dims == 2:
-            return UNet(**hparams)
-        return _StandInUNet3d(**hparams)
+    """The :class:`~napari_boundary_seg.core.unet.UNet` of ``hparams`` (2D or 3D)."""
+    return UNet(**dict(hparams))
 
 
-class _StandInUNet3d(nn.Module):
-    """Stand-in for i11a's 3D UNet (TODO(issue 11a): remove when it is on main).
-
-    MONAI's UNet with ``depth`` levels of width ``base_channels * 2**k``,
-    BatchNorm and no residual units; ``(B, M, *S) -> (B, C, *S)`` for sizes
-    divisible by ``2 ** (depth - 1)``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        depth: int = 4,
-        base_channels: int = 64,
-        spatial_dims: int = 3,
-    ) -> None:
-        super().__init__()
-        from monai.networks.nets import UNet as MonaiUNet
-
-        self.hparams = {
-            "in_channels": int(in_channels),
-            "num_classes": int(num_classes),
-            "depth": int(depth),
-            "base_channels": int(base_channels),
-            "spatial_dims": int(spatial_dims),
-        }
-        self.net = MonaiUNet(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            out_channels=num_classes,
-            channels=tuple(base_channels * 2**k for k in range(depth)),
-            strides=(2,) * (depth - 1),
-            num_res_units=0,
-            norm="batch",
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def sliding_window_logits(
+def sliding_window_probs(
     model: nn.Module,
-    image: torch.Tensor,
-    roi_size: Sequence[int],
-    batch_size: int = 1,
+    image: np.ndarray | torch.Tensor,
+    patch_size: Sequence[int],
+    batch_size: int = 2,
     overlap: float = 0.5,
 ) -> torch.Tensor:
-    """Logits ``(1, C, *V)`` of ``image (1, M, *V)`` by Gaussian-weighted sliding windows.
+    """Probabilities ``(C, *V)`` of ``image (M, *V)`` by Gaussian-weighted sliding windows.
 
-    TODO(issue 11a): i11a's sliding-window inference (shared with predict)
-    replaces this; until then MONAI's ``sliding_window_inference`` with
-    ``mode="gaussian"``.
+    :func:`napari_boundary_seg.core.predict.iter_sliding_window` (the inference of
+    ``predict``) run to its end; the model is used as it is (``eval()`` first).
     """
-    from monai.inferers import sliding_window_inference
+    from napari_boundary_seg.core.predict import iter_sliding_window
+    from napari_boundary_seg.core.progress import run_to_end
 
-    with torch.no_grad():
-        out = sliding_window_inference(
-            image,
-            tuple(int(r) for r in roi_size),
-            int(batch_size),
-            model,
-            overlap=overlap,
-            mode="gaussian",
-        )
-    return torch.as_tensor(out)
+    return run_to_end(
+        iter_sliding_window(model, image, patch_size, overlap=overlap, sw_batch_size=batch_size)
+    )
 
 
 def validate_volumes(
@@ -1105,12 +1046,10 @@ def validate_volumes(
     model.eval()
     try:
         for entry in entries:
-            image = torch.from_numpy(np.array(entry.open("image"), dtype=np.float32))[None]
-            logits = sliding_window_logits(
-                model, image.to(device), config.patch_size, config.batch_size
-            )
-            pred = logits.argmax(1)[0].cpu().numpy()
-            del image, logits
+            image = np.array(entry.open("image"), dtype=np.float32)
+            probs = sliding_window_probs(model, image, config.patch_size, config.batch_size)
+            pred = probs.argmax(0).cpu().numpy()
+            del image, probs
             labels = np.asarray(entry.open("labels"))
             per_class = [
                 surface_metrics(pred == c, labels == c, entry.spacing)
@@ -1249,8 +1188,12 @@ def train(
         "depth": config.depth,
         "base_channels": config.base_channels,
     }
-    if config.dims == 3:
+    if config.dims == 3:  # nnU-Net's anisotropic pooling for the first training case's spacing
         hparams["spatial_dims"] = 3
+        hparams["strides"] = [
+            list(s)
+            for s in pooling_strides(data.train_cases[0].spacing, config.patch_size, config.depth)
+        ]
     if source is not None:
         saved = dict(source["model"])
         source_path = config.resume_from or config.init_checkpoint

@@ -204,3 +204,23 @@ def test_config_defaults_for_3d_and_round_trip():
         TrainConfig(dims=3, patch_size=(8, 8))
     with pytest.raises(ValueError, match="oversample"):
         TrainConfig(oversample=1.5)
+
+
+def test_3d_checkpoint_holds_its_mode_and_predict_follows_it(cases, tmp_path):
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+    from napari_boundary_seg.core.predict import predict_volume
+
+    config = TrainConfig(out_dir=str(tmp_path), epochs=1, **{**TINY3D, "max_steps_per_epoch": 1})
+    done = run_to_end(train(config, cases))
+    saved = read_checkpoint(done.last_checkpoint)
+    assert saved["dims"] == 3 and tuple(saved["patch_size"]) == (16, 16, 8)
+    assert saved["model"]["spatial_dims"] == 3
+    _, labels = predict_volume(done.last_checkpoint, cases[0].images, SPACING)
+    assert labels.shape == cases[0].labels.shape
+    with pytest.raises(ValueError, match="3D model"):
+        run_to_end(
+            train(
+                TrainConfig(epochs=1, init_checkpoint=done.last_checkpoint, device="cpu"),
+                cases,
+            )
+        )
