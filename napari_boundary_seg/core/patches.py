@@ -58,12 +58,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_PATCH_SIZE",
     "AugmentedSlices",
+    "DiskSliceDataset",
     "PatchBatchSampler",
     "PatchDataset",
     "VolumeEntry",
     "epoch_batches",
     "epoch_samples",
     "iter_cache_cases",
+    "iter_cache_slices",
     "iter_keyed_batches",
     "sample_rng",
     "volume_key",
@@ -152,9 +154,7 @@ def volume_key(source: Any, settings: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percentiles: Any) -> None:
-    from napari_boundary_seg.core.data import scale_images
-
+def _check_labels(case: Any, num_classes: int) -> None:
     if case.labels is None:
         raise ValueError(f"case {case.case_id} has no labels; a training data set needs them")
     lo, hi = int(case.labels.min()), int(case.labels.max())
@@ -162,6 +162,20 @@ def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percenti
         raise ValueError(
             f"case {case.case_id}: label values in [{lo}, {hi}] but num_classes={num_classes}"
         )
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another process wrote the same entry meanwhile
+        if not (final / "meta.json").is_file():
+            raise
+
+
+def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percentiles: Any) -> None:
+    from napari_boundary_seg.core.data import scale_images
+
+    _check_labels(case, num_classes)
     images = np.ascontiguousarray(scale_images(case, scale, percentiles), dtype=np.float32)
     label_dtype = np.uint8 if num_classes <= 256 else np.int64
     labels = np.ascontiguousarray(case.labels, dtype=label_dtype)
@@ -185,11 +199,7 @@ def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percenti
             "num_foreground": int(len(fg)),
         }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process wrote the same entry meanwhile
-            if not (final / "meta.json").is_file():
-                raise
+        _publish(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -247,6 +257,192 @@ def iter_cache_cases(
         yield Progress(i + 1, total, f"cached {source.case_id}")
     logger.info("volume cache %s: %d of %d cases were cached", cache, hits, total)
     return entries
+
+
+@dataclass(frozen=True)
+class SliceEntry:
+    """One case prepared as the paper's 2D slices (arrays memory-mapped on demand).
+
+    ``images (D, M, S, S)`` float32, ``labels (D, S, S)`` uint8, ``dist (D, C, S, S)``
+    float32 (mm), in slice-major order so that a slice is one contiguous read.
+    """
+
+    path: Path
+    case_id: str
+    spacing: tuple[float, float, float]
+    slice_index: tuple[int, ...]
+    nonempty: tuple[bool, ...]
+    modalities: tuple[str, ...]
+    num_classes: int
+
+    def open(self, name: str) -> np.ndarray:
+        """``images``, ``labels`` or ``dist``, memory-mapped read-only."""
+        return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    @classmethod
+    def read(cls, path: Path) -> SliceEntry:
+        meta = json.loads((path / "meta.json").read_text())
+        return cls(
+            path=path,
+            case_id=str(meta["case_id"]),
+            spacing=tuple(float(s) for s in meta["spacing"]),
+            slice_index=tuple(int(i) for i in meta["slice_index"]),
+            nonempty=tuple(bool(b) for b in meta["nonempty"]),
+            modalities=tuple(meta["modalities"]),
+            num_classes=int(meta["num_classes"]),
+        )
+
+
+_SLICE_FILES = ("images.npy", "labels.npy", "dist.npy", "meta.json")
+
+
+def _write_slices(case: Any, final: Path, num_classes: int, preprocess: Any, distance: str) -> None:
+    from napari_boundary_seg.core.data import preprocess_case
+
+    _check_labels(case, num_classes)
+    prep = preprocess_case(case, preprocess)
+    label_dtype = np.uint8 if num_classes <= 256 else np.int64
+    maps = class_distance_maps(
+        prep.labels, num_classes, spacing=prep.spacing, axis=None if distance == "3d" else 0
+    )
+    dist = np.ascontiguousarray(np.swapaxes(np.asarray(maps, dtype=np.float32), 0, 1))
+    del maps
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        np.save(tmp / "images.npy", np.ascontiguousarray(prep.images, dtype=np.float32))
+        np.save(tmp / "labels.npy", np.ascontiguousarray(prep.labels, dtype=label_dtype))
+        np.save(tmp / "dist.npy", dist)
+        meta = {
+            "case_id": str(case.case_id),
+            "spacing": [float(v) for v in prep.spacing],
+            "slice_index": [int(i) for i in prep.slice_index],
+            "nonempty": prep.labels.reshape(len(prep.labels), -1).any(axis=1).tolist(),
+            "modalities": [str(m) for m in case.modalities],
+            "num_classes": int(num_classes),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        _publish(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def iter_cache_slices(
+    sources: Sequence[Any],
+    cache_dir: str | os.PathLike,
+    num_classes: int,
+    preprocess: Any,
+    distance: str = "3d",
+) -> Generator[Progress, None, list[SliceEntry]]:
+    """Prepare cases as 2D slices into the cache, one at a time; returns their entries.
+
+    The slices and their φ are exactly those of
+    :class:`~napari_boundary_seg.core.data.SliceDataset` (the same preprocessing
+    and distance maps), written once per case and settings (``skip_empty_slices``
+    is applied by :class:`DiskSliceDataset`, not here).
+    """
+    from napari_boundary_seg.core.data import load_case
+
+    if distance not in ("3d", "2d"):
+        raise ValueError(f"distance must be '3d' or '2d', got {distance!r}")
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "kind": "slices",
+        "scale": bool(preprocess.scale),
+        "percentiles": None
+        if preprocess.percentiles is None
+        else [float(p) for p in preprocess.percentiles],
+        "slice_size": preprocess.slice_size,
+        "axis": int(preprocess.axis),
+        "distance": distance,
+        "num_classes": int(num_classes),
+    }
+    entries: list[SliceEntry] = []
+    total = len(sources)
+    yield Progress(0, total, "preparing slices")
+    for i, source in enumerate(sources):
+        final = cache / f"sl-{volume_key(source, settings)}"
+        if not all((final / name).is_file() for name in _SLICE_FILES):
+            case = load_case(source) if hasattr(source, "image_paths") else source
+            _write_slices(case, final, num_classes, preprocess, distance)
+            del case
+        entries.append(SliceEntry.read(final))
+        yield Progress(i + 1, total, f"distance maps of {source.case_id}")
+    return entries
+
+
+class DiskSliceDataset(Dataset):
+    """The paper's 2D slices read memory-mapped from the cache (:func:`iter_cache_slices`).
+
+    Same items, attributes and order as
+    :class:`~napari_boundary_seg.core.data.SliceDataset` (``case_index``,
+    ``slice_index``, ``case_ids``, ``case_spacing``, ``modalities``,
+    ``num_classes``, ``distance``), without holding the slices in memory.
+    """
+
+    def __init__(
+        self, entries: Sequence[SliceEntry], skip_empty_slices: bool = False, distance: str = "3d"
+    ) -> None:
+        self.entries = list(entries)
+        if not self.entries:
+            raise ValueError("no cases to build a data set from")
+        sizes = {tuple(e.open("labels").shape[1:]) for e in self.entries}
+        if len(sizes) != 1:
+            raise ValueError(f"slices differ in size ({sorted(sizes)}); set a slice_size")
+        case_index, position = [], []
+        for c, entry in enumerate(self.entries):
+            keep = entry.nonempty if skip_empty_slices else (True,) * len(entry.nonempty)
+            for k, kept in enumerate(keep):
+                if kept:
+                    case_index.append(c)
+                    position.append(k)
+        if not case_index:
+            raise ValueError("no slices left (all are empty and skip_empty_slices=True)")
+        self.case_index = np.asarray(case_index, dtype=np.int64)
+        self._position = np.asarray(position, dtype=np.int64)
+        self.slice_index = np.asarray(
+            [self.entries[c].slice_index[k] for c, k in zip(case_index, position, strict=True)],
+            dtype=np.int64,
+        )
+        self.case_ids = tuple(e.case_id for e in self.entries)
+        self.case_spacing = tuple(e.spacing for e in self.entries)
+        self.modalities = self.entries[0].modalities
+        self.num_classes = self.entries[0].num_classes
+        self.distance = distance
+        self._open: dict[int, dict[str, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+
+    def __len__(self) -> int:
+        return int(self.case_index.size)
+
+    @property
+    def num_modalities(self) -> int:
+        """``M``."""
+        return len(self.modalities)
+
+    def arrays(self, case: int) -> dict[str, np.ndarray]:
+        """The memory-mapped ``images``, ``labels`` and ``dist`` of a case."""
+        if case not in self._open:
+            entry = self.entries[case]
+            self._open[case] = {n: entry.open(n) for n in ("images", "labels", "dist")}
+        return self._open[case]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(image (M, H, W) float32, labels (H, W) int64, dist (C, H, W) float32)``."""
+        index = int(index)
+        arrays = self.arrays(int(self.case_index[index]))
+        k = int(self._position[index])
+        return (
+            torch.from_numpy(np.array(arrays["images"][k], dtype=np.float32)),
+            torch.from_numpy(np.array(arrays["labels"][k], dtype=np.int64)),
+            torch.from_numpy(np.array(arrays["dist"][k], dtype=np.float32)),
+        )
 
 
 # ---------------------------------------------------------------------------

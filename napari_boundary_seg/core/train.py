@@ -811,16 +811,25 @@ def _iter_prepare_volumes(
     val_cases: Sequence[Any] | None,
     out_dir: Path | None,
 ) -> Generator[Any, None, _Data]:
-    """3D: every case (training and validation) prepared into the volume cache, one at a time.
+    """Every case (training and validation) prepared in the cache, one at a time.
 
     Cases are read from ``config.data`` one by one (never all held), or taken
-    from ``cases``; the training data set reads patches memory-mapped.
+    from ``cases``. 3D: the training data set reads patches of the cached
+    volumes memory-mapped. 2D: the training cases are cached as the paper's
+    slices (:class:`~napari_boundary_seg.core.patches.DiskSliceDataset`, the
+    same slices and φ as the in-memory ``SliceDataset``). Validation cases are
+    cached volumes, read one at a time.
     """
     import tempfile
 
     from napari_boundary_seg.core import data as data_mod
     from napari_boundary_seg.core.augment import AugmentConfig
-    from napari_boundary_seg.core.patches import PatchDataset, iter_cache_cases
+    from napari_boundary_seg.core.patches import (
+        DiskSliceDataset,
+        PatchDataset,
+        iter_cache_cases,
+        iter_cache_slices,
+    )
 
     if cases is None:
         if config.data is None:
@@ -853,21 +862,33 @@ def _iter_prepare_volumes(
         cache_dir = Path(keep_alive.name)
     yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
     args = (cache_dir, config.num_classes, config.scale, config.percentiles)
-    train_entries = yield from iter_cache_cases(list(train_src), *args)
+    if config.dims == 3:
+        train_entries = yield from iter_cache_cases(list(train_src), *args)
+    else:
+        train_entries = yield from iter_cache_slices(
+            list(train_src),
+            cache_dir,
+            config.num_classes,
+            preprocess_config(config),
+            config.distance,
+        )
     val_entries = yield from iter_cache_cases(list(val_src), *args)
     channels = {len(e.modalities) for e in [*train_entries, *val_entries]}
     if len(channels) != 1:
         raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
-    dims = {len(e.shape) for e in [*train_entries, *val_entries]}
-    if dims != {3}:
-        raise ValueError(f"dims=3 needs 3D volumes, got cases with {sorted(dims)} spatial axes")
-    dataset = PatchDataset(
-        train_entries,
-        config.patch_size,
-        oversample=config.oversample,
-        seed=config.seed,
-        augment=AugmentConfig() if config.augment_enabled else None,
-    )
+    if config.dims == 3:
+        dims = {len(e.shape) for e in [*train_entries, *val_entries]}
+        if dims != {3}:
+            raise ValueError(f"dims=3 needs 3D volumes, got cases with {sorted(dims)} spatial axes")
+        dataset = PatchDataset(
+            train_entries,
+            config.patch_size,
+            oversample=config.oversample,
+            seed=config.seed,
+            augment=AugmentConfig() if config.augment_enabled else None,
+        )
+    else:
+        dataset = DiskSliceDataset(train_entries, config.skip_empty_slices, config.distance)
     return _Data(
         train_entries,
         val_entries,
@@ -974,26 +995,34 @@ def validate_cases(
 
     dice, hd, hd95 = [], [], []
     n_inf = 0
+    preprocess = preprocess_config(config)
     for case in cases:
+        if hasattr(case, "open"):  # a cached case: images already scaled, read one at a time
+            images = np.asarray(case.open("image"))
+            labels = np.asarray(case.open("labels"))
+            case_preprocess = dataclasses.replace(preprocess, scale=False)
+        else:
+            images, labels, case_preprocess = case.images, case.labels, preprocess
         _, pred = predict_volume(
             model,
-            case.images,
+            images,
             case.spacing,
-            preprocess=preprocess_config(config),
+            preprocess=case_preprocess,
             batch_size=config.batch_size,
             device=device,
         )
         per_class = [
-            surface_metrics(pred == c, case.labels == c, case.spacing)
+            surface_metrics(pred == c, labels == c, case.spacing)
             for c in range(1, config.num_classes)
         ]
         case_hd = [m["hd"] for m in per_class]
         if any(math.isinf(v) for v in case_hd):
             n_inf += 1
-        shape = case.labels.shape
+        shape = labels.shape
         dice.append(_nanmean([m["dice"] for m in per_class]))
         hd.append(_nanmean([replace_inf(v, shape, case.spacing) for v in case_hd]))
         hd95.append(_nanmean([replace_inf(m["hd95"], shape, case.spacing) for m in per_class]))
+        del images, labels, pred
     return {
         "val_dice": _nanmean(dice),
         "val_hd": _nanmean(hd),
@@ -1166,11 +1195,11 @@ def train(
     elif config.init_checkpoint is not None:
         source = _load_source(config.init_checkpoint)
 
-    if config.dims == 3:
-        if dataset is not None:
-            raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
+    if config.dims == 3 and dataset is not None:
+        raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
+    if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped
         data = yield from _iter_prepare_volumes(config, cases, val_cases, out_dir)
-    else:
+    else:  # a prebuilt in-memory slice data set (the study shares one between runs)
         data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
     num_slices = len(data.dataset)
     if num_slices == 0:

@@ -224,3 +224,38 @@ def test_3d_checkpoint_holds_its_mode_and_predict_follows_it(cases, tmp_path):
                 cases,
             )
         )
+
+
+def test_2d_training_from_the_disk_cache_equals_the_in_memory_slice_data_set(cases, tmp_path):
+    from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset, split_cases
+
+    config = TrainConfig(
+        epochs=2, slice_size=16, depth=2, base_channels=4, batch_size=4, device="cpu",
+        val_fraction=0.34, cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
+    disk = run_to_end(train(config, cases))
+    tr, va = split_cases(cases, 0.34, 0)
+    memory_set = SliceDataset(tr, 2, PreprocessConfig(slice_size=16))
+    memory = run_to_end(train(config, tr, val_cases=va, dataset=memory_set))
+    for key, value in memory.model.state_dict().items():
+        assert torch.equal(value, disk.model.state_dict()[key]), key
+    assert [h["val_dice"] for h in memory.history] == [h["val_dice"] for h in disk.history]
+    files = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert (
+        sum(n.startswith("sl-") for n in files) == 2
+        and sum(n.startswith("vol-") for n in files) == 1
+    )
+
+
+def test_disk_slices_are_read_memory_mapped(cases, tmp_path):
+    from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset
+    from napari_boundary_seg.core.patches import DiskSliceDataset, iter_cache_slices
+
+    pre = PreprocessConfig(slice_size=16, skip_empty_slices=True)
+    entries = run_to_end(iter_cache_slices(cases, tmp_path, 2, pre, "3d"))
+    disk = DiskSliceDataset(entries, skip_empty_slices=True)
+    memory = SliceDataset(cases, 2, pre)
+    assert len(disk) == len(memory) and np.array_equal(disk.slice_index, memory.slice_index)
+    assert all(isinstance(a, np.memmap) for a in disk.arrays(0).values())
+    for i in (0, len(disk) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(disk[i], memory[i], strict=True))
