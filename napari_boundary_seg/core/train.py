@@ -220,10 +220,10 @@ class TrainConfig:
     resume_from
         Resume: continue the run saved in this checkpoint (usually ``last.pt``).
     cache_dir
-        Folder of the on-disk caches. 2D: the distance-map cache (``None``:
-        memory only, as before). 3D: the volume cache of prepared cases, read
-        memory-mapped (``None``: ``<out_dir>/cache``, or a temporary folder
-        removed with the run when ``out_dir`` is ``None``).
+        Folder of the cache of prepared cases (2D slices or 3D volumes, with
+        φ), read memory-mapped (``None``: ``<out_dir>/cache``, or a temporary
+        folder removed with the run when ``out_dir`` is ``None``). With a
+        prebuilt ``train(dataset=...)`` it is not used.
     overwrite
         Allow writing into an ``out_dir`` that already holds a run.
     dims
