@@ -40,6 +40,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,32 @@ _FILES = ("image.npy", "labels.npy", "dist.npy", "fg.npy", "meta.json")
 
 # ---------------------------------------------------------------------------
 # the volume cache
+
+
+class _OpenArrays:
+    """The memory maps of the last few cases used (least recently used dropped).
+
+    Pages read through a memory map count in the process's resident memory
+    while the map is open; keeping only ``size`` cases mapped keeps
+    that bounded however many cases a long run visits (the pages stay in the
+    system's file cache, not in the process).
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+
+    def get(self, key: int, opener: Any) -> dict[str, np.ndarray]:
+        if key in self._maps:
+            self._maps.move_to_end(key)
+        else:
+            self._maps[key] = opener()
+            while len(self._maps) > self.size:
+                self._maps.popitem(last=False)
+        return self._maps[key]
+
+    def __setitem__(self, key: int, value: dict[str, np.ndarray]) -> None:
+        self._maps[key] = value
 
 
 @dataclass(frozen=True)
@@ -411,11 +438,11 @@ class DiskSliceDataset(Dataset):
         self.modalities = self.entries[0].modalities
         self.num_classes = self.entries[0].num_classes
         self.distance = distance
-        self._open: dict[int, dict[str, np.ndarray]] = {}
+        self._open = _OpenArrays()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = {}
+        state["_open"] = _OpenArrays()
         return state
 
     def __len__(self) -> int:
@@ -428,10 +455,10 @@ class DiskSliceDataset(Dataset):
 
     def arrays(self, case: int) -> dict[str, np.ndarray]:
         """The memory-mapped ``images``, ``labels`` and ``dist`` of a case."""
-        if case not in self._open:
-            entry = self.entries[case]
-            self._open[case] = {n: entry.open(n) for n in ("images", "labels", "dist")}
-        return self._open[case]
+        entry = self.entries[case]
+        return self._open.get(
+            case, lambda: {n: entry.open(n) for n in ("images", "labels", "dist")}
+        )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (M, H, W) float32, labels (H, W) int64, dist (C, H, W) float32)``."""
@@ -520,11 +547,11 @@ class PatchDataset(Dataset):
         self.length = epoch_samples(self.entries, self.patch_size) if length is None else length
         self.num_classes = self.entries[0].num_classes
         self.warp_stats: dict[str, float] = {}
-        self._open: dict[int, dict[str, np.ndarray]] = {}
+        self._open = _OpenArrays()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = {}
+        state["_open"] = _OpenArrays()
         return state
 
     def __len__(self) -> int:
@@ -537,11 +564,10 @@ class PatchDataset(Dataset):
 
     def arrays(self, case: int) -> dict[str, np.ndarray]:
         """The memory-mapped ``image``, ``labels``, ``dist`` and ``fg`` of a case."""
-        if case not in self._open:
-            self._open[case] = {
-                name: self.entries[case].open(name) for name in ("image", "labels", "dist", "fg")
-            }
-        return self._open[case]
+        entry = self.entries[case]
+        return self._open.get(
+            case, lambda: {n: entry.open(n) for n in ("image", "labels", "dist", "fg")}
+        )
 
     def locate(self, epoch: int, index: int) -> tuple[int, tuple[slice, ...], bool]:
         """The case, patch (slices) and foreground flag of item ``(epoch, index)``."""

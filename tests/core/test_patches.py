@@ -259,3 +259,13 @@ def test_disk_slices_are_read_memory_mapped(cases, tmp_path):
     assert all(isinstance(a, np.memmap) for a in disk.arrays(0).values())
     for i in (0, len(disk) - 1):
         assert all(torch.equal(a, b) for a, b in zip(disk[i], memory[i], strict=True))
+
+
+def test_only_the_last_few_cases_stay_memory_mapped(entries):
+    data = PatchDataset(entries, (8, 8, 4), seed=0)
+    data._open.size = 2
+    seen = {data.locate(0, i)[0] for i in range(30)}
+    for i in range(30):
+        data[(0, i)]
+    assert len(seen) == 3 and len(data._open._maps) == 2
+    assert all(isinstance(a, np.memmap) for m in data._open._maps.values() for a in m.values())
