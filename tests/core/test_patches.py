@@ -269,3 +269,16 @@ def test_only_the_last_few_cases_stay_memory_mapped(entries):
         data[(0, i)]
     assert len(seen) == 3 and len(data._open._maps) == 2
     assert all(isinstance(a, np.memmap) for m in data._open._maps.values() for a in m.values())
+
+
+def test_2d_augmented_training_gives_the_same_weights_with_a_worker(cases):
+    config = TrainConfig(
+        epochs=1, slice_size=16, depth=2, base_channels=4, batch_size=4, device="cpu",
+        val_fraction=0.0, augment=True, distance="2d", max_steps_per_epoch=3,
+    )  # fmt: skip
+    serial = run_to_end(train(config, cases))
+    worker = run_to_end(train(config.replace(num_workers=1), cases))
+    plain = run_to_end(train(config.replace(augment=False), cases))
+    key = next(iter(serial.model.state_dict()))
+    assert torch.equal(serial.model.state_dict()[key], worker.model.state_dict()[key])
+    assert not torch.equal(serial.model.state_dict()[key], plain.model.state_dict()[key])
