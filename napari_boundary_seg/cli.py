@@ -290,7 +290,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--num-classes", type=int, help=f"classes incl. background (default {d.num_classes})"
     )
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {d.lr:g})")
-    p.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help=f"batch size of one process; under torchrun the global batch is processes × this "
+        f"(default {d.batch_size})",
+    )
     p.add_argument(
         "--lr-patience",
         type=int,
@@ -358,17 +363,38 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help="augmentation that keeps φ exact (default: on in 3D, off in 2D)",
     )
     p.add_argument("--max-steps-per-epoch", type=int, help="cap on steps per epoch (quick runs)")
-    p.add_argument("--amp", action="store_true", default=None, help="mixed precision on CUDA")
+    p.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        help="32 (float32), bf16 (bfloat16 autocast, also on the CPU) or 16-mixed (float16 "
+        "autocast + gradient scaling, CUDA/MPS); losses are float32 always (default 32)",
+    )
+    p.add_argument(
+        "--amp", action="store_true", default=None, help="deprecated: same as --precision 16-mixed"
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=None,
+        help="channels-last memory format (opt-in; may speed up convolutions on a GPU)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="train a torch.compile'd network (opt-in; the first steps compile)",
+    )
     p.add_argument(
         "--cache-dir",
         type=Path,
-        help="folder of the on-disk caches (2D: distance maps; 3D: prepared volumes, "
-        "default OUT/cache)",
+        help="folder of the cache of prepared cases, read memory-mapped (default OUT/cache)",
     )
     p.add_argument(
         "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
     )
 
+
+PRECISION_CHOICES = ("32", "bf16", "16-mixed")  # core.precision.PRECISIONS (not imported here)
 
 _OPTION_FIELDS = {
     "data": "data",
@@ -390,6 +416,9 @@ _OPTION_FIELDS = {
     "num_workers": "num_workers",
     "max_steps_per_epoch": "max_steps_per_epoch",
     "amp": "amp",
+    "precision": "precision",
+    "channels_last": "channels_last",
+    "compile": "compile",
     "cache_dir": "cache_dir",
     "overwrite": "overwrite",
     "dims": "dims",
@@ -417,6 +446,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
         value = getattr(args, option, None)
         if value is not None:
             values[name] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "precision", None) is not None and not getattr(args, "amp", None):
+        values["amp"] = False  # an explicit --precision replaces the old amp flag of a base config
     if getattr(args, "slice_size", None) is not None:
         values["slice_size"] = args.slice_size or None
     if getattr(args, "percentiles", None) is not None:
@@ -454,9 +485,10 @@ def _add_train(sub: Any) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
+def run_training(config, cases=None, desc: str = "train", quiet: bool = False, **kwargs) -> int:
     """Drive :func:`~napari_boundary_seg.core.train.train` with tqdm bars; Ctrl-C
     requests a clean stop. Returns the exit code (1 when a non-finite loss stopped it).
+    ``quiet`` shows nothing (the ranks other than 0 of a torchrun run).
     Used by ``train``; ``finetune`` drives its own generator (other events)."""
     from tqdm.auto import tqdm
 
@@ -480,6 +512,8 @@ def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
     done: DoneEvent | None = None
     try:
         for event in train(config, cases, control, **kwargs):
+            if quiet and not isinstance(event, DoneEvent):
+                continue
             if isinstance(event, InfoEvent):
                 tqdm.write(f"{desc}: {event.message}")
             elif isinstance(event, Progress):
@@ -511,6 +545,8 @@ def run_training(config, cases=None, desc: str = "train", **kwargs) -> int:
             signal.signal(signal.SIGINT, previous)
     if done is None:  # pragma: no cover - train always ends with a DoneEvent
         raise CommandError("training ended without a result")
+    if quiet:
+        return 1 if "non-finite" in done.reason else 0
     _out(f"{desc}: {done.reason}")
     if done.best_checkpoint:
         _out(f"best checkpoint: {done.best_checkpoint}")
@@ -536,7 +572,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise CommandError("train needs --data DIR (or --resume of a run that has one)")
     if config.out_dir is None:
         raise CommandError("train needs --out DIR for its checkpoints")
-    return run_training(config)
+    from napari_boundary_seg.core import distributed
+
+    # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
+    with distributed.init_from_env(config.device) as context:
+        return run_training(config, quiet=not context.is_writer)
 
 
 # ---------------------------------------------------------------------------

@@ -709,10 +709,20 @@ class PatchBatchSampler(Sampler):
 
 
 def epoch_batches(
-    epoch: int, batch_size: int, start_step: int, stop_step: int, indices: Sequence[int] | None
+    epoch: int,
+    batch_size: int,
+    start_step: int,
+    stop_step: int,
+    indices: Sequence[int] | None,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> list[list[tuple[int, int]]]:
-    """:class:`PatchBatchSampler`'s batches as a list (one rank)."""
-    return list(PatchBatchSampler(epoch, batch_size, start_step, stop_step, indices=indices))
+    """:class:`PatchBatchSampler`'s batches (of one rank) as a list."""
+    sampler = PatchBatchSampler(
+        epoch, batch_size, start_step, stop_step, indices=indices, rank=rank, world_size=world_size
+    )
+    return list(sampler)
 
 
 def worker_init(worker_id: int) -> None:

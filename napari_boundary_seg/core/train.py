@@ -45,7 +45,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg import __version__
+from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -64,7 +65,15 @@ from napari_boundary_seg.core.checkpoint import (
 )
 from napari_boundary_seg.core.device import check_device_name, resolve_device
 from napari_boundary_seg.core.io import atomic_path
-from napari_boundary_seg.core.losses import LossKind, loss_for_kind, one_hot
+from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
+from napari_boundary_seg.core.precision import (
+    autocast,
+    check_precision,
+    float32_region,
+    make_scaler,
+    memory_format,
+    plan_precision,
+)
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet, pooling_strides
 
@@ -87,6 +96,7 @@ __all__ = [
     "iter_batches",
     "library_versions",
     "preprocess_config",
+    "step_losses",
     "to_device",
     "train",
     "train_step",
@@ -154,6 +164,24 @@ def _positive_int(value: Any, name: str, low: int = 1) -> int:
     return int(value)
 
 
+def _check_precision_fields(config: Any) -> None:
+    """Validate precision, channels_last, compile; map the old ``amp`` flag onto precision."""
+    for name in ("amp", "channels_last", "compile"):
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(
+                f"TrainConfig.{name} must be True or False, got {getattr(config, name)!r}"
+            )
+    check_precision(config.precision)
+    if config.amp:
+        if config.precision == "32":
+            object.__setattr__(config, "precision", "16-mixed")
+        elif config.precision != "16-mixed":
+            raise ValueError(
+                f"TrainConfig: amp=True means precision='16-mixed', but precision is "
+                f"{config.precision!r}; drop amp"
+            )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; JSON round trip with :meth:`to_dict`.
@@ -178,7 +206,9 @@ class TrainConfig:
     epochs
         Number of epochs (the total, also when resuming).
     lr, batch_size
-        Adam learning rate and batch size (the paper: 1e-3, 8).
+        Adam learning rate and batch size (the paper: 1e-3, 8). Under
+        torchrun ``batch_size`` is per process: the global batch is
+        ``world_size × batch_size`` (:mod:`napari_boundary_seg.core.distributed`).
     lr_patience, lr_factor
         The lr is multiplied by ``lr_factor`` after ``lr_patience`` epochs without
         improvement of the validation DSC (the paper: 20, 0.5).
@@ -213,8 +243,18 @@ class TrainConfig:
     max_steps_per_epoch
         Cap on the steps of an epoch (quick runs); ``None``: every slice once.
     amp
-        Mixed precision (float16 autocast and gradient scaling) on CUDA; ignored
-        elsewhere.
+        Deprecated: ``True`` is ``precision="16-mixed"`` (kept so that old
+        configs and checkpoints load; the run says so).
+    precision
+        ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast, also on the CPU) or
+        ``"16-mixed"`` (float16 autocast with gradient scaling, CUDA and MPS);
+        the losses are computed in float32 in every case (see
+        :mod:`napari_boundary_seg.core.precision`).
+    channels_last
+        Train in the channels-last memory format (opt-in; can speed up
+        convolutions on recent GPUs, measure first).
+    compile
+        Train a :func:`torch.compile` d network (opt-in; the first steps compile).
     init_checkpoint
         Fine-tune: start from this checkpoint's weights (new data, new schedule).
     resume_from
@@ -268,6 +308,9 @@ class TrainConfig:
     num_workers: int = 0
     max_steps_per_epoch: int | None = None
     amp: bool = False
+    precision: str = "32"
+    channels_last: bool = False
+    compile: bool = False
     init_checkpoint: str | None = None
     resume_from: str | None = None
     cache_dir: str | None = None
@@ -336,6 +379,7 @@ class TrainConfig:
                 )
             set_(self, "percentiles", lo_hi)
         check_device_name(self.device)
+        _check_precision_fields(self)
         if self.dims not in (2, 3) or isinstance(self.dims, bool):
             raise ValueError(f"TrainConfig.dims must be 2 or 3, got {self.dims!r}")
         if self.patch_size is not None:
@@ -581,6 +625,40 @@ def effective_weights(kind: LossKind, schedule_weights: tuple[float, float]) -> 
     return 1.0, 0.0
 
 
+def step_losses(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    dist: torch.Tensor,
+    loss_kind: LossKind | str,
+    weights: tuple[float, float],
+    *,
+    num_classes: int,
+    validate: bool = False,
+) -> LossParts:
+    """The loss of one step, computed in float32 whatever the network's precision.
+
+    The logits (float32, bfloat16 or float16 under autocast) are cast to
+    float32 and softmax, one-hot and the losses run with autocast disabled:
+    ``φ·s`` summed over millions of voxels in reduced precision would lose
+    the small lesions.
+
+    Parameters
+    ----------
+    logits
+        ``(B, C, *spatial)`` network output, any floating dtype.
+    labels
+        ``(B, *spatial)`` int64 class indices.
+    dist
+        ``(B, C, *spatial)`` signed distance maps (mm).
+    loss_kind, weights, num_classes, validate
+        As in :func:`train_step`.
+    """
+    with float32_region(logits.device):
+        probs = torch.softmax(logits.float(), dim=1)
+        target = one_hot(labels, num_classes)
+        return loss_for_kind(loss_kind, probs, target, dist.float(), weights, validate=validate)
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -591,6 +669,8 @@ def train_step(
     num_classes: int,
     scaler: torch.amp.GradScaler | None = None,
     validate: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> StepResult:
     """One optimisation step: forward, loss, backward, optimizer step.
 
@@ -610,10 +690,19 @@ def train_step(
     num_classes
         ``C``.
     scaler
-        A CUDA ``GradScaler`` for mixed precision (the forward pass runs under
-        float16 autocast; the loss is computed in float32).
+        A ``GradScaler`` for float16 mixed precision (without ``autocast_dtype``
+        the forward pass then runs under float16 autocast).
     validate
         Check the loss inputs' values (one host synchronisation).
+    autocast_dtype
+        Run the network under autocast at this dtype (``torch.bfloat16`` or
+        ``torch.float16``); ``None``: float32. The losses are computed in
+        float32 either way (:func:`step_losses`).
+    reduce
+        Applied to the tensor ``[loss, region, boundary]`` before the
+        non-finite check (data-parallel runs pass
+        :func:`~napari_boundary_seg.core.distributed.mean_across`, so that every
+        rank reports the global figures and skips a step together).
 
     Returns
     -------
@@ -627,15 +716,16 @@ def train_step(
     # BatchNorm running statistics change in the forward pass: keep them to undo a bad step
     buffers = list(model.buffers())
     saved = [b.detach().clone() for b in buffers]
-    if scaler is not None:
-        with torch.autocast(device_type=images.device.type, dtype=torch.float16):
-            logits = model(images)
-    else:
+    if scaler is not None and autocast_dtype is None:
+        autocast_dtype = torch.float16
+    with autocast(images.device, autocast_dtype):
         logits = model(images)
-    probs = torch.softmax(logits.float(), dim=1)
-    target = one_hot(labels, num_classes)
-    parts = loss_for_kind(loss_kind, probs, target, dist, weights, validate=validate)
+    parts = step_losses(
+        logits, labels, dist, loss_kind, weights, num_classes=num_classes, validate=validate
+    )
     values = torch.stack([parts.total.detach(), parts.region.detach(), parts.boundary.detach()])
+    if reduce is not None:
+        values = reduce(values)
     loss, region, boundary = (float(v) for v in values.cpu())
     if not math.isfinite(loss):
         with torch.no_grad():
@@ -810,6 +900,7 @@ def _iter_prepare_volumes(
     cases: Sequence[Any] | None,
     val_cases: Sequence[Any] | None,
     out_dir: Path | None,
+    writer: bool = True,
 ) -> Generator[Any, None, _Data]:
     """Every case (training and validation) prepared in the cache, one at a time.
 
@@ -818,7 +909,10 @@ def _iter_prepare_volumes(
     volumes memory-mapped. 2D: the training cases are cached as the paper's
     slices (:class:`~napari_boundary_seg.core.patches.DiskSliceDataset`, the
     same slices and φ as the in-memory ``SliceDataset``). Validation cases are
-    cached volumes, read one at a time.
+    cached volumes, read one at a time. The cache is ``config.cache_dir``, else
+    ``<out_dir>/cache`` (ranks > 0 of a distributed run read it once rank 0 has
+    prepared it, and use a temporary folder of their own when it is not
+    there), else a temporary folder removed with the returned object.
     """
     import tempfile
 
@@ -855,8 +949,8 @@ def _iter_prepare_volumes(
     keep_alive = None
     if config.cache_dir is not None:
         cache_dir = Path(config.cache_dir)
-    elif out_dir is not None:
-        cache_dir = out_dir / "cache"
+    elif out_dir is not None and (writer or (out_dir / "cache").is_dir()):
+        cache_dir = out_dir / "cache"  # ranks > 0 read the one rank 0 prepared
     else:
         keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
         cache_dir = Path(keep_alive.name)
@@ -1149,6 +1243,80 @@ def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: st
         )
 
 
+def _prepare_network(
+    model: nn.Module, config: TrainConfig, device: torch.device, ctx: distributed.DistContext
+) -> tuple[nn.Module, list[str]]:
+    """The network the steps run (channels-last, DDP, compiled as configured) and notes.
+
+    ``model`` stays the bare network: checkpoints and validation use it.
+    """
+    notes = []
+    fixed_shapes = config.slice_size is not None or getattr(config, "patch_size", None)
+    if device.type == "cuda" and fixed_shapes:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels
+    if config.channels_last:
+        model.to(memory_format=memory_format(model))
+        notes.append("channels-last memory format")
+    net, note = distributed.wrap_model(model, device, ctx)
+    if ctx.is_distributed:
+        notes.append(
+            f"DistributedDataParallel: {ctx.world_size} processes ({ctx.backend}), this is "
+            f"rank {ctx.rank}; batch {config.batch_size} per process, global batch "
+            f"{ctx.world_size * config.batch_size}; rank 0 writes the files"
+        )
+    if note:
+        notes.append(note)
+    if config.compile:
+        net = torch.compile(net)
+        notes.append("torch.compile: the first steps compile the network")
+    return net, notes
+
+
+def _precision_notes(config: TrainConfig, plan: Any) -> list[str]:
+    notes = []
+    if config.amp:
+        notes.append(
+            "warning: TrainConfig.amp (--amp) is deprecated; it maps onto precision='16-mixed'"
+        )
+    if plan.note:
+        notes.append(plan.note)
+    if config.precision != "32" and not plan.note:
+        notes.append(f"precision {config.precision}; losses computed in float32")
+    return notes
+
+
+def _resume_world(source: Mapping[str, Any], world: int, batch_size: int) -> tuple[int, str]:
+    """The resumed step when the number of processes changed, and a note saying so."""
+    step = int(source["position"]["step"])
+    saved = int(source.get("world_size") or 1)
+    if saved == world:
+        return step, ""
+    new_step = distributed.resume_step(step, saved, world)
+    return new_step, (
+        f"; the checkpoint was written by {saved} process(es), this run has {world}: the "
+        f"global batch is now {world * batch_size} (was {saved * batch_size})"
+        + (f", step {step} of the epoch becomes step {new_step}" if new_step != step else "")
+    )
+
+
+def _validate(
+    model: nn.Module,
+    cases: Sequence[Any],
+    config: TrainConfig,
+    device: torch.device,
+    ctx: distributed.DistContext,
+) -> dict[str, float]:
+    """:func:`validate_cases`; with several processes each rank takes a share of
+    the cases and the figures are all-reduced (every rank gets the same)."""
+    validate = validate_volumes if config.dims == 3 else validate_cases
+    if not ctx.is_distributed:
+        return validate(model, cases, config, device)
+    rows = [validate(model, [case], config, device) for case in cases[ctx.rank :: ctx.world_size]]
+    return distributed.reduce_case_figures(
+        rows, ctx, device, ("val_dice", "val_hd", "val_hd95"), ("val_hd_inf",)
+    )
+
+
 def train(
     config: TrainConfig,
     cases: Sequence[Any] | None = None,
@@ -1184,8 +1352,9 @@ def train(
     DoneEvent
     """
     control = control or TrainControl()
-    out_dir = _check_out_dir(config)
-    device = resolve_device(config.device)
+    ctx = distributed.current()
+    out_dir = _check_out_dir(config) if ctx.is_writer else None  # rank 0 alone writes
+    device = distributed.device_for(resolve_device(config.device), ctx)
     yield InfoEvent(f"training on {device}", device=str(device))
 
     source: dict[str, Any] | None = None
@@ -1197,10 +1366,15 @@ def train(
 
     if config.dims == 3 and dataset is not None:
         raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
-    if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped
-        data = yield from _iter_prepare_volumes(config, cases, val_cases, out_dir)
-    else:  # a prebuilt in-memory slice data set (the study shares one between runs)
-        data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    # rank 0 prepares the cache first, the other ranks then read what it wrote
+    with distributed.main_process_first(ctx, device):
+        if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped
+            run_dir = None if config.out_dir is None else Path(config.out_dir)
+            data = yield from _iter_prepare_volumes(
+                config, cases, val_cases, run_dir, ctx.is_writer
+            )
+        else:  # a prebuilt in-memory slice data set (the study shares one between runs)
+            data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
     num_slices = len(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
@@ -1244,13 +1418,15 @@ def train(
     if source is not None:
         model.load_state_dict(source["model_state"])
     model.to(device)
+    net, setup_notes = _prepare_network(model, config, device, ctx)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     has_val = bool(data.val_cases)
     plateau = _Plateau(config.lr_patience, config.lr_factor, "max" if has_val else "min")
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    if config.amp and not use_amp:
-        logger.info("amp ignored on %s (CUDA only)", device)
+    plan = plan_precision(config.precision, device)
+    scaler = make_scaler(plan, device)
+    for note in _precision_notes(config, plan) + setup_notes:
+        logger.info(note)
+        yield InfoEvent(note, device=str(device))
     schedule = schedule_from_dict(config.schedule)
     if config.loss is LossKind.BL or (
         config.loss is LossKind.GDL_BL and schedule.starts_boundary_only
@@ -1273,17 +1449,21 @@ def train(
             scaler.load_state_dict(source["scaler_state"])
         history = [dict(row) for row in source["history"]]
         start_epoch = int(source["position"]["epoch"])
-        start_step = int(source["position"]["step"])
+        start_step, world_note = _resume_world(source, ctx.world_size, config.batch_size)
         partial.update(source.get("partial") or {})
         parent = source.get("parent")
-        message = f"resuming from {config.resume_from} at epoch {start_epoch}, step {start_step}"
+        message = (
+            f"resuming from {config.resume_from} at epoch {start_epoch}, step {start_step}"
+            f"{world_note}"
+        )
     elif config.init_checkpoint is not None:
         parent = os.path.abspath(config.init_checkpoint)
         message = f"fine-tuning from {config.init_checkpoint}"
     else:
         message = "training from scratch"
 
-    steps_per_epoch = epoch_steps(num_slices, config.batch_size, config.max_steps_per_epoch)
+    shard = distributed.shard_length(num_slices, ctx.world_size)  # slices per process
+    steps_per_epoch = epoch_steps(shard, config.batch_size, config.max_steps_per_epoch)
     yield InfoEvent(
         message,
         device=str(device),
@@ -1320,6 +1500,7 @@ def train(
             "partial": dict(part),
             "history": [dict(row) for row in history],
             "seed": config.seed,
+            "world_size": ctx.world_size,  # processes of the run (steps count global batches)
             "rng_state": torch.get_rng_state(),
             "versions": library_versions(),
             "modalities": list(data.modalities),
@@ -1343,7 +1524,9 @@ def train(
     first_step = True
     for epoch in range(start_epoch, config.epochs):
         w_region, w_boundary = effective_weights(config.loss, schedule(epoch))
-        order = epoch_order(num_slices, config.seed, epoch)
+        order = distributed.shard_indices(
+            epoch_order(num_slices, config.seed, epoch), ctx.rank, ctx.world_size
+        )
         if epoch != start_epoch:
             start_step = 0
             partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
@@ -1359,19 +1542,26 @@ def train(
         else:  # keyed items (epoch, index): 3D patches, augmented slices
             from napari_boundary_seg.core.patches import epoch_batches, iter_keyed_batches
 
-            plan = epoch_batches(
-                epoch,
-                config.batch_size,
-                start_step,
-                steps_per_epoch,
-                order.tolist() if config.dims == 2 else None,
-            )
-            batches = iter_keyed_batches(train_set, plan, config.num_workers, config.seed)
+            if config.dims == 2:  # the rank's shard of the slice order
+                keys = epoch_batches(
+                    epoch, config.batch_size, start_step, steps_per_epoch, order.tolist()
+                )
+            else:  # 3D: indices of the epoch interleaved over the ranks
+                keys = epoch_batches(
+                    epoch,
+                    config.batch_size,
+                    start_step,
+                    steps_per_epoch,
+                    None,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                )
+            batches = iter_keyed_batches(train_set, keys, config.num_workers, config.seed)
         for step in range(start_step, steps_per_epoch):
             while control.paused:
                 yield PauseEvent(epoch, step)
                 control.wait(_PAUSE_POLL_S)
-            if control.stop_requested:
+            if distributed.any_rank(control.stop_requested, ctx, device):  # agreed by all ranks
                 if last_path is not None:
                     save_checkpoint(last_path, checkpoint(epoch, step, partial))
                     wrote_last = True
@@ -1382,8 +1572,10 @@ def train(
                 return event
             tic = time.perf_counter()
             batch = to_device(next(batches), device)
+            if config.channels_last:
+                batch = (batch[0].contiguous(memory_format=memory_format(model)), *batch[1:])
             result = train_step(
-                model,
+                net,
                 optimizer,
                 batch,
                 config.loss,
@@ -1391,6 +1583,8 @@ def train(
                 num_classes=config.num_classes,
                 scaler=scaler,
                 validate=first_step,
+                autocast_dtype=plan.dtype,
+                reduce=distributed.mean_across if ctx.is_distributed else None,
             )
             first_step = False
             seconds = time.perf_counter() - tic
@@ -1424,10 +1618,7 @@ def train(
             )
 
         tic = time.perf_counter()
-        if config.dims == 3:
-            figures = validate_volumes(model, data.val_cases, config, device)
-        else:
-            figures = validate_cases(model, data.val_cases, config, device)
+        figures = _validate(model, data.val_cases, config, device, ctx)
         n_steps = max(int(partial["steps"]), 1)
         train_loss = partial["loss"] / n_steps
         lr_used = optimizer.param_groups[0]["lr"]
