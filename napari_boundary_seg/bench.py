@@ -634,6 +634,7 @@ def bench_data(
     seed: int = 0,
     timeout: float = 900.0,
     volume_3d: tuple[int, int, int] = (96, 112, 96),
+    dims: int = 3,
 ) -> dict:
     """Memory of training vs the number of cases, loader throughput, cost of φ recomputation.
 
@@ -658,6 +659,8 @@ def bench_data(
        probability.
 
     ``workers=()`` leaves out part 2 and ``phi_samples=0`` part 3 (quick checks).
+    ``dims=2`` measures part 1 with the paper's 2D slices (along axis 2, resized
+    to ``patch_size[0]``², from the slice cache) instead of 3D patches.
 
     Returns
     -------
@@ -688,8 +691,9 @@ def bench_data(
             spec = {
                 "data": str(folder),
                 "cache_dir": str(root / f"cache{k}"),
-                "dims": 3,
-                "patch_size": list(patch_size),
+                "dims": dims,
+                "patch_size": list(patch_size) if dims == 3 else None,
+                "slice_size": patch_size[0],
                 "epochs": 1,
                 "max_steps_per_epoch": steps,
                 "batch_size": 2,
@@ -703,9 +707,14 @@ def bench_data(
         small, large = peaks[0]["peak_mib"], peaks[1]["peak_mib"]
         bar = 1.3
         memory = {
-            "name": f"peak resident memory of training, {n_large} vs {n_small} cases "
-            f"({'x'.join(map(str, shape))} at {spacing[0]:g} mm, patch "
-            f"{'x'.join(map(str, patch_size))}, {steps} steps)",
+            "name": f"peak resident memory of {dims}D training, {n_large} vs {n_small} cases "
+            f"({'x'.join(map(str, shape))} at {spacing[0]:g} mm, "
+            + (
+                f"patch {'x'.join(map(str, patch_size))}"
+                if dims == 3
+                else f"slices {patch_size[0]}x{patch_size[0]}"
+            )
+            + f", {steps} steps)",
             "baseline": f"{n_small} cases",
             "baseline_s": small,
             "ours_s": large,

@@ -874,6 +874,13 @@ def _add_bench(sub: Any) -> None:
         help="patch of the memory and loader runs (default 32 32 16)",
     )
     b.add_argument("--steps", type=int, default=3, help="training steps per run (default 3)")
+    b.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="memory of 3D patch training (default) or of 2D slice training",
+    )
     b.add_argument("--loader-batches", type=int, default=8, help="batches timed (default 8)")
     b.add_argument(
         "--workers",
@@ -936,6 +943,7 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
         phi_samples=args.phi_samples,
         seed=args.seed,
         volume_3d=tuple(args.volume_3d),
+        dims=args.dims,
     )
     _out(bench.format_bench(result))
     return 0

@@ -217,6 +217,10 @@ def test_3d_checkpoint_holds_its_mode_and_predict_follows_it(cases, tmp_path):
     assert saved["model"]["spatial_dims"] == 3
     _, labels = predict_volume(done.last_checkpoint, cases[0].images, SPACING)
     assert labels.shape == cases[0].labels.shape
+    tuned = run_to_end(
+        train(config.replace(out_dir=None, init_checkpoint=done.last_checkpoint), cases)
+    )
+    assert not tuned.stopped and tuned.model.spatial_dims == 3
     with pytest.raises(ValueError, match="3D model"):
         run_to_end(
             train(
