@@ -14,13 +14,20 @@
 The defaults are the paper's (Kervadec et al. 2019): Adam, lr 1e-3, batch 8,
 the lr halved after 20 epochs without improvement of the validation DSC (never
 at epoch 0), no augmentation, GDL + boundary loss with the ``paper`` alpha
-schedule, 256×256 slices.
+schedule, 256×256 slices. ``dims=3`` trains 3D patches instead
+(:mod:`napari_boundary_seg.core.patches`), with augmentation that keeps φ exact
+(:mod:`napari_boundary_seg.core.augment`; on by default in 3D, off in 2D).
 
-Validation (each epoch): every validation case is predicted slice by slice with
+Data: without a prebuilt ``dataset``, the cases are prepared one at a time into
+an on-disk cache (2D slices or 3D volumes with their whole-volume φ) that
+training reads memory-mapped, so memory does not grow with the number of cases.
+
+Validation (each epoch): in 2D every validation case is predicted slice by slice with
 :func:`napari_boundary_seg.core.predict.iter_predict_volume` (the same code
 path as inference, at the case's own geometry), and DSC, HD and HD95 (mm) are
 computed in 3D with the case's spacing, averaged over the foreground classes and
-then over the cases. A Hausdorff distance that is infinite (exactly one of the
+then over the cases; in 3D by Gaussian-weighted sliding windows of the patch
+size (:func:`validate_volumes`). A Hausdorff distance that is infinite (exactly one of the
 prediction and the label is empty) is replaced by the image diagonal
 (:func:`napari_boundary_seg.core.metrics.replace_inf`) before averaging; the
 number of such cases is reported as ``val_hd_inf``. Without validation cases
@@ -29,7 +36,9 @@ the best checkpoint and the lr plateau follow the training loss instead.
 Reproducibility: the network is initialised from ``seed`` (inside
 ``torch.random.fork_rng``, the caller's RNG is left alone) and the slice order
 of epoch ``e`` is a permutation drawn from a generator seeded with
-``(seed, e)``. Nothing else is random, so a CPU run is repeatable and a resumed
+``(seed, e)``; a 3D patch (case, position, augmentation) and an augmented
+slice are pure functions of ``(seed, epoch, index)``, whatever the number of
+DataLoader workers. Nothing else is random, so a CPU run is repeatable and a resumed
 run (from an epoch end or from a step where it was stopped) gives the same
 weights as an uninterrupted one.
 """
