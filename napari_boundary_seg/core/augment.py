@@ -419,31 +419,47 @@ def warped_sample(
     """
     tic = time.perf_counter()
     sp = tuple(float(s) for s in spacing)
-    box = warp.box
-    inner = tuple(
-        slice(p.start - b.start, p.stop - b.start) for p, b in zip(patch, box, strict=True)
-    )
-    label_box = warp_labels(labels, warp, box)
-    counts = np.bincount(label_box.ravel(), minlength=num_classes)
-    certified = False
-    if np.all((counts > 0) & (counts < label_box.size)):  # else no certificate: skip the box
-        dist_box = class_distance_maps(label_box, num_classes, spacing=sp)
-        dist = dist_box[(slice(None), *inner)]
-        edge = _edge_distance(labels.shape, box, inner, sp)
-        has_boundary = all(bool(np.any(m != 0)) for m in dist_box)  # else the empty policy
-        certified = has_boundary and bool(np.all(np.abs(dist) < edge))
-    if not certified:
-        full = tuple(slice(0, n) for n in labels.shape)
-        label_full = warp_labels(labels, warp, full)
-        dist = class_distance_maps(label_full, num_classes, spacing=sp)[(slice(None), *patch)]
+    full = tuple(slice(0, n) for n in labels.shape)
+    region = warp.box
+    out_labels = None
+    while True:
+        inner = tuple(
+            slice(p.start - r.start, p.stop - r.start) for p, r in zip(patch, region, strict=True)
+        )
+        label_region = warp_labels(labels, warp, region)
+        if out_labels is None:
+            out_labels = np.ascontiguousarray(label_region[inner])
+        if region == full:  # the whole warped volume: exact by definition
+            dist = class_distance_maps(label_region, num_classes, spacing=sp)[(slice(None), *inner)]
+            if stats is not None:
+                stats["full"] = stats.get("full", 0) + 1
+            break
+        counts = np.bincount(label_region.ravel(), minlength=num_classes)
+        if np.all((counts > 0) & (counts < label_region.size)):  # else it cannot certify
+            dist_region = class_distance_maps(label_region, num_classes, spacing=sp)
+            dist = dist_region[(slice(None), *inner)]
+            edge = _edge_distance(labels.shape, region, inner, sp)
+            has_boundary = all(bool(np.any(m != 0)) for m in dist_region)
+            if has_boundary and bool(np.all(np.abs(dist) < edge)):
+                break
+        # not certified: twice the margin around the patch (at least 8 voxels), up to
+        # the whole volume (directly once the box would hold half of it)
+        region = tuple(
+            slice(
+                max(0, p.start - max(8, 2 * (p.start - r.start))),
+                min(n, p.stop + max(8, 2 * (r.stop - p.stop))),
+            )
+            for p, r, n in zip(patch, region, labels.shape, strict=True)
+        )
+        if math.prod(r.stop - r.start for r in region) > labels.size / 2:
+            region = full  # nearly the volume: one transform of all of it is cheaper
         if stats is not None:
-            stats["full"] = stats.get("full", 0) + 1
+            stats["grown"] = stats.get("grown", 0) + 1
     if stats is not None:
         stats["phi_s"] = stats.get("phi_s", 0.0) + time.perf_counter() - tic
         stats["samples"] = stats.get("samples", 0) + 1
-    out_labels = label_box[inner]
     out_image = _warp_image(image, warp, patch)
-    return Sample(out_image, np.ascontiguousarray(out_labels), np.ascontiguousarray(dist))
+    return Sample(out_image, out_labels, np.ascontiguousarray(dist))
 
 
 def augment_sample(
