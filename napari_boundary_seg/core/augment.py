@@ -25,11 +25,12 @@ whole volume; never the map of the patch alone, never an interpolated φ).
   context's outer layer (boundary voxels of the context are boundary voxels of
   the volume, and any closer boundary voxel would lie inside the context). When
   some patch voxel is not so certified (a patch far from every lesion, the
-  lesion outside the context), the whole volume's labels are warped and φ is
+  lesion outside the context), the margin is doubled and, once the box would
+  hold half of the volume, the whole volume's labels are warped and φ is
   computed on all of it. So φ is always exact; the price is one distance
-  transform of the context per warped sample, and of the whole volume for
-  patches far from the lesions (``bench data`` prints the share of a training
-  step this takes).
+  transform of the context per warped sample, and about one of the whole volume
+  for patches far from the lesions (every class needs its nearest boundary in
+  the box; ``bench data`` prints the share of a training step this takes).
 
 Why not MONAI's ``RandAffine``/``Rand3DElastic`` here: they resample one array
 on a grid they draw, while exactness needs the *same* map evaluated on two
