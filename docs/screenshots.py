@@ -24,7 +24,7 @@ import numpy as np
 
 PLUGIN = "napari-boundary-seg"
 OUT = Path(__file__).resolve().parent / "screenshots"
-WINDOW = (1500, 900)
+WINDOW = (1600, 1000)
 
 
 def slug(display_name: str) -> str:
@@ -127,7 +127,9 @@ def quick_checkpoint(viewer: Any) -> tuple[Path, str]:
 
     flair, t1, lesions = (viewer.layers[n] for n in ("FLAIR", "T1", "lesions"))
     folder = Path(tempfile.mkdtemp(prefix="nbs-screenshot-"))
-    case = case_from_arrays([flair.data, t1.data], lesions.data, tuple(flair.scale))
+    case = case_from_arrays(
+        [flair.data, t1.data], lesions.data, tuple(flair.scale), modalities=("FLAIR", "T1")
+    )
     config = TrainConfig(
         out_dir=str(folder / "base"),
         epochs=3,
@@ -206,7 +208,7 @@ PREPARE: dict[str, Callable[[Any, Any], None]] = {
 
 
 # ------------------------------------------------------------------ screenshots
-def save_png(array: np.ndarray, path: Path, max_width: int = 1400, budget: int = 280_000) -> int:
+def save_png(array: np.ndarray, path: Path, max_width: int = 1600, budget: int = 300_000) -> int:
     """Save an RGBA screenshot as PNG; returns its size in bytes.
 
     Full colour when that fits in ``budget`` bytes, else reduced to 256

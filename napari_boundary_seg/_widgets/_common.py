@@ -2,16 +2,18 @@
 
 Everything here is thin glue between napari layers and ``core`` arrays:
 
-- :class:`LayerCombo`, :class:`LayerList`: a combo box (one choice) and a
-  multi-select list of the viewer's layers of some types that follow the layer
-  list.
+- :class:`LayerCombo`, :class:`LayerList`: layer pickers on magicgui (a
+  ``ComboBox`` for one choice, a ``Select`` for several) whose choices follow
+  the layer list and offer only what fits (:func:`is_integer_labels`,
+  :func:`is_scan_image`; the plugin's outputs are marked by
+  :func:`mark_output`); :func:`unique_layer_name`: a name no layer has yet.
 - :func:`labels_array`, :func:`image_array`: a layer's data as a checked numpy
   array (integer labels / finite float image), raising ``TypeError`` or
   ``ValueError`` naming the layer and the problem; :func:`images_from_layers`:
   image layers stacked as channels (:class:`ImageStack`).
-- :class:`PathEdit` (a path with a browse button), :class:`DeviceCombo`,
+- :class:`PathEdit` (magicgui ``FileEdit``), :class:`DeviceCombo`,
   :func:`device_choices`, :func:`check_device`: the devices present here;
-  :func:`double_spin`, :func:`int_spin`: spin boxes in one call;
+  :func:`double_spin`, :func:`int_spin`: magicgui spin boxes in one call;
   :func:`format_number`: a metric as a table cell.
 - :func:`layer_spacing`, :func:`geometry_kwargs`: voxel spacing and the layer's
   data-to-world transform, to give new layers the same geometry.
@@ -20,6 +22,11 @@ Everything here is thin glue between napari layers and ``core`` arrays:
 - :func:`notify_error`: show an error as a napari error notification;
   :func:`notify_errors`: run a callable, show ``ValueError`` / ``TypeError`` /
   ``OSError`` as a notification instead of raising.
+- :func:`scroll_layout`, :func:`collapsible`: dock widgets that scroll, long
+  sections that fold (superqt ``QCollapsible``).
+- :class:`Delivery`: a result's GUI steps one per event-loop turn.
+- :class:`ProgressPanel`: a progress bar with elapsed and remaining time
+  inside a widget; :func:`format_duration`.
 - :class:`ProgressRelay`: a napari progress bar updated at most every 200 ms.
 - :func:`start_progress_worker`: run a ``core`` progress generator in a
   ``thread_worker`` with a napari progress bar.
@@ -46,12 +53,6 @@ from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLineEdit,
-    QListWidget,
-    QListWidgetItem,
-    QPushButton,
     QSizePolicy,
     QSpinBox,
     QVBoxLayout,
@@ -78,8 +79,97 @@ def follow_layer_list(viewer: Any, refresh: Callable[..., Any]) -> None:
         layer.events.name.connect(refresh)
 
 
-class LayerCombo(QComboBox):
-    """A combo box of the viewer's layers of the given types, kept up to date.
+#: ``layer.metadata`` key marking a layer this plugin made, with its kind
+#: (see :func:`mark_output`).
+OUTPUT_KEY = "boundary_seg_output"
+#: Output kinds that image pickers leave out unless "show all" is ticked: maps
+#: and probabilities are not scans.
+DERIVED_IMAGE_KINDS = frozenset({"phi", "probability"})
+
+
+def mark_output(kind: str, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``metadata`` (a copy) marked as an output of this plugin of ``kind``
+    ("phi", "probability", "prediction", "boundary", "outcome", "changes")."""
+    out = dict(metadata or {})
+    out[OUTPUT_KEY] = str(kind)
+    return out
+
+
+def output_kind(layer: Layer) -> str | None:
+    """The kind this plugin gave ``layer`` (:func:`mark_output`), or None."""
+    kind = getattr(layer, "metadata", {}).get(OUTPUT_KEY)
+    return str(kind) if kind is not None else None
+
+
+def is_integer_labels(layer: Layer) -> bool:
+    """True for a Labels layer of integer (or boolean) data: what a Labels picker offers."""
+    if not isinstance(layer, Labels):
+        return False
+    dtype = getattr(_full_resolution(layer), "dtype", None)
+    return dtype is not None and (
+        np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer)
+    )
+
+
+def is_scan_image(layer: Layer) -> bool:
+    """True for a greyscale Image layer that is not a map or probability of this
+    plugin (:data:`DERIVED_IMAGE_KINDS`): what an image picker offers."""
+    from napari.layers import Image
+
+    return (
+        isinstance(layer, Image)
+        and not getattr(layer, "rgb", False)
+        and output_kind(layer) not in DERIVED_IMAGE_KINDS
+    )
+
+
+def unique_layer_name(viewer: Any, name: str) -> str:
+    """``name``, or ``"name [2]"``, ``"name [3]"``... : the first not in the viewer."""
+    if name not in viewer.layers:
+        return name
+    k = 2
+    while f"{name} [{k}]" in viewer.layers:
+        k += 1
+    return f"{name} [{k}]"
+
+
+class _MagicWrapper(QWidget):
+    """A QWidget holding one magicgui widget (``self.magic``); attributes it does
+    not have are looked up on the magicgui widget's native Qt widget (so a
+    :class:`LayerCombo` answers ``count()``, ``currentText()``,
+    ``currentIndexChanged`` as the ``QComboBox`` it wraps)."""
+
+    magic: Any = None
+
+    def _embed(self, *widgets: QWidget) -> QVBoxLayout:
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for w in widgets:
+            layout.addWidget(w)
+        return layout
+
+    def __getattr__(self, name: str) -> Any:
+        magic = self.__dict__.get("magic")
+        if magic is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(magic.native, name)
+
+
+def compact_combo(combo: QComboBox, chars: int = 14) -> QComboBox:
+    """Let ``combo`` shrink to ``chars`` characters (long layer names or choices
+    are elided instead of widening the dock); it grows with the form."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    combo.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    return combo
+
+
+class LayerCombo(_MagicWrapper):
+    """A layer picker (magicgui ``ComboBox``) of the viewer's layers, kept up to date.
+
+    The choices are a callable over ``viewer.layers`` (napari's way for layer
+    pickers), reset whenever a layer is added, removed, moved or renamed.
 
     Parameters
     ----------
@@ -90,6 +180,9 @@ class LayerCombo(QComboBox):
         for example, then Image layers).
     allow_none
         Add an empty "(none)" entry at the top.
+    accept
+        Only layers for which ``accept(layer)`` is true are offered (e.g.
+        :func:`is_integer_labels`); None: every layer of ``layer_types``.
     """
 
     NONE_TEXT = "(none)"
@@ -100,79 +193,141 @@ class LayerCombo(QComboBox):
         layer_types: Sequence[type[Layer]] = (Labels,),
         allow_none: bool = False,
         parent: QWidget | None = None,
+        accept: Callable[[Layer], bool] | None = None,
     ) -> None:
         super().__init__(parent)
+        from magicgui.widgets import ComboBox
+
         self._viewer = viewer
         self._types = tuple(layer_types)
         self._allow_none = allow_none
+        self._accept = accept
+        self.magic = ComboBox(choices=self._choices)
+        compact_combo(self.magic.native)
+        self._embed(self.magic.native)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         follow_layer_list(viewer, self.refresh)
-        self.refresh()
+
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        layers = [
+            (layer.name, layer)
+            for kind in self._types
+            for layer in self._viewer.layers
+            if type(layer) is kind and (self._accept is None or self._accept(layer))
+        ]
+        return [(self.NONE_TEXT, None), *layers] if self._allow_none else layers
 
     def refresh(self, *_: Any) -> None:
         """Rebuild the list, keeping the current choice when it still exists."""
-        current = self.currentText()
-        names = [
-            layer.name
-            for kind in self._types
-            for layer in self._viewer.layers
-            if type(layer) is kind
-        ]
-        self.blockSignals(True)
-        self.clear()
-        if self._allow_none:
-            self.addItem(self.NONE_TEXT)
-        self.addItems(names)
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
+        try:
+            current = self.magic.value
+            combo = self.magic.native
+            combo.blockSignals(True)
+            combo.clear()  # magicgui keeps stale names of renamed layers otherwise
+            self.magic.reset_choices()
+            if current is not None and current in self.magic.choices:
+                self.magic.value = current
+            combo.blockSignals(False)
+        except RuntimeError:  # the Qt side is gone (widget closed)
+            pass
 
     def layer(self) -> Layer | None:
         """The chosen layer, or None when nothing (or "(none)") is chosen."""
-        name = self.currentText()
-        if not name or name == self.NONE_TEXT or name not in self._viewer.layers:
+        layer = self.magic.value
+        if layer is None or layer not in self._viewer.layers:
             return None
-        return self._viewer.layers[name]
+        return layer
 
     def set_layer(self, layer: Layer | str) -> None:
-        """Choose ``layer`` (a layer or its name)."""
+        """Choose ``layer`` (a layer or its name); a layer not offered is not chosen."""
         self.refresh()
-        self.setCurrentText(layer if isinstance(layer, str) else layer.name)
+        name = layer if isinstance(layer, str) else layer.name
+        self.magic.native.setCurrentText(name)
+
+    def names(self) -> list[str]:
+        """The names offered, in order."""
+        return [self.magic.native.itemText(i) for i in range(self.magic.native.count())]
 
 
-class LayerList(QListWidget):
-    """A compact multi-select list of the viewer's layers of one type."""
+class LayerList(_MagicWrapper):
+    """A compact multi-select layer picker (magicgui ``Select``) of the viewer's
+    layers of one type, in the viewer's order.
+
+    Image pickers (``layer_type`` Image) leave out this plugin's maps and
+    probabilities (:func:`is_scan_image`) unless "show all" is ticked; a hint
+    line under the list shows what a loaded model expects
+    (:meth:`set_hint`).
+    """
 
     def __init__(self, viewer: Any, layer_type: type, rows: int = 3) -> None:
         super().__init__()
+        from magicgui.widgets import Select
+        from napari.layers import Image
+        from qtpy.QtWidgets import QCheckBox, QLabel
+
         self._viewer = viewer
         self._layer_type = layer_type
-        self.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        self._filtered = layer_type is Image
+        self._seen = False
+        self.show_all = QCheckBox("show all layers")
+        self.show_all.setToolTip("Also list this plugin's outputs (φ maps, probabilities)")
+        self.magic = Select(choices=self._choices)
+        native = self.magic.native
+        native.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        native.setFixedHeight(rows * 20 + 6)
+        native.setToolTip("Modalities, stacked as channels in this order")
+        self.show_all.toggled.connect(self.refresh)
+        self.show_all.setVisible(self._filtered)
+        self.hint = QLabel("")
+        self.hint.setWordWrap(True)
+        self.hint.setVisible(False)
+        self._embed(native, self.show_all, self.hint)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(rows * 20 + 6)
-        self.setToolTip("Modalities, stacked as channels in this order")
         follow_layer_list(viewer, self.refresh)
         self.refresh()
 
+    def _offered(self, layer: Layer) -> bool:
+        if not isinstance(layer, self._layer_type):
+            return False
+        if self._filtered and not self.show_all.isChecked():
+            return is_scan_image(layer)
+        return True
+
+    def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(layer.name, layer) for layer in self._viewer.layers if self._offered(layer)]
+
     def refresh(self, *_: Any) -> None:
-        chosen = set(self.selected_names())
-        first = self.count() == 0
-        self.clear()
-        for layer in self._viewer.layers:
-            if isinstance(layer, self._layer_type):
-                item = QListWidgetItem(layer.name)
-                self.addItem(item)
-                item.setSelected(layer.name in chosen)
-        if first and not chosen:  # first look: every modality in the viewer
-            for i in range(self.count()):
-                self.item(i).setSelected(True)
+        """Rebuild the list in the viewer's order, keeping the chosen layers."""
+        try:
+            native = self.magic.native
+            chosen = [item.data(0x0100) for item in native.selectedItems()]  # UserRole
+            first = not self._seen
+            native.blockSignals(True)
+            native.clear()
+            self.magic.reset_choices()
+            for i in range(native.count()):
+                item = native.item(i)
+                layer = item.data(0x0100)
+                item.setSelected(any(layer is c for c in chosen) or (first and not chosen))
+            native.blockSignals(False)
+            self._seen = self._seen or native.count() > 0
+        except RuntimeError:  # the Qt side is gone (widget closed)
+            pass
+
+    def set_hint(self, text: str) -> None:
+        """Show ``text`` under the list (e.g. the model's modality names); "" hides it."""
+        self.hint.setText(text)
+        self.hint.setVisible(bool(text))
 
     def selected_names(self) -> list[str]:
-        return [self.item(i).text() for i in range(self.count()) if self.item(i).isSelected()]
+        native = self.magic.native
+        return [native.item(i).text() for i in range(native.count()) if native.item(i).isSelected()]
 
     def select(self, names: Sequence[str]) -> None:
-        for i in range(self.count()):
-            self.item(i).setSelected(self.item(i).text() in names)
+        native = self.magic.native
+        for i in range(native.count()):
+            native.item(i).setSelected(native.item(i).text() in names)
 
     def selected_layers(self) -> list[Any]:
         return [self._viewer.layers[n] for n in self.selected_names() if n in self._viewer.layers]
@@ -337,37 +492,33 @@ def images_from_layers(layers: Sequence[Any]) -> ImageStack:
 
 
 # ----------------------------------------------------------------- inputs
-class PathEdit(QWidget):
-    """A line edit with a browse button, for a file or a folder."""
+class PathEdit(_MagicWrapper):
+    """A path picker (magicgui ``FileEdit``: a line edit and a browse button) for
+    a file (``mode="file"``), a folder (``"folder"``) or a file to write (``"save"``).
+
+    ``text()`` is what the user typed ("" when empty), not magicgui's ``Path(".")``.
+    """
 
     def __init__(self, mode: str = "file", filter: str = "", placeholder: str = ""):
         super().__init__()
-        self._mode = mode
-        self._filter = filter
-        self.edit = QLineEdit()
-        self.edit.setPlaceholderText(placeholder)
-        button = QPushButton("…")
-        button.setFixedWidth(28)
-        button.clicked.connect(self._browse)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(2)
-        layout.addWidget(self.edit)
-        layout.addWidget(button)
+        from magicgui.widgets import FileEdit
 
-    def _browse(self) -> None:
-        if self._mode == "folder":
-            path = QFileDialog.getExistingDirectory(self, "Choose a folder", self.text())
-        else:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose a file", self.text(), self._filter)
-        if path:
-            self.edit.setText(path)
+        modes = {"file": "r", "folder": "d", "save": "w"}
+        self.magic = FileEdit(mode=modes.get(mode, "r"), filter=filter or None)
+        self.edit = self.magic.line_edit.native
+        self.edit.setPlaceholderText(placeholder)
+        button = self.magic.choose_btn.native
+        button.setToolTip(button.text())  # "Select file", "Choose directory"...
+        button.setText("…")
+        button.setFixedWidth(28)
+        self.edit.setMinimumWidth(80)
+        self._embed(self.magic.native)
 
     def text(self) -> str:
-        return self.edit.text().strip()
+        return self.magic.line_edit.value.strip()
 
     def setText(self, text: str) -> None:  # noqa: N802 - Qt naming
-        self.edit.setText(str(text))
+        self.magic.line_edit.value = str(text)
 
 
 def device_choices() -> list[str]:
@@ -412,21 +563,26 @@ def check_device(device: str) -> str:
 def double_spin(
     value: float, low: float, high: float, step: float, decimals: int
 ) -> QDoubleSpinBox:
-    """A ``QDoubleSpinBox`` with range ``[low, high]``, ``step`` and ``decimals``."""
-    box = QDoubleSpinBox()
+    """A float field (magicgui ``FloatSpinBox``; its Qt ``QDoubleSpinBox`` is
+    returned) with range ``[low, high]``, ``step`` and ``decimals``."""
+    from magicgui.widgets import FloatSpinBox
+
+    magic = FloatSpinBox(min=low, max=high, step=step)
+    box = magic.native
     box.setDecimals(decimals)
-    box.setRange(low, high)
-    box.setSingleStep(step)
     box.setValue(value)
+    box.magic = magic  # keep the magicgui side alive with its Qt widget
     return box
 
 
 def int_spin(value: int, low: int, high: int, step: int = 1) -> QSpinBox:
-    """A ``QSpinBox`` with range ``[low, high]`` and ``step``."""
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
+    """An integer field (magicgui ``SpinBox``; its Qt ``QSpinBox`` is returned)
+    with range ``[low, high]`` and ``step``."""
+    from magicgui.widgets import SpinBox
+
+    magic = SpinBox(value=value, min=low, max=high, step=step)
+    box = magic.native
+    box.magic = magic
     return box
 
 
@@ -494,6 +650,204 @@ def update_or_add_colored_labels(
 
     colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
     return viewer.add_labels(data, name=name, colormap=colormap, opacity=1.0, **geometry)
+
+
+# ------------------------------------------------------------------ layout
+def _scroll_area_class() -> type:
+    from qtpy.QtCore import QSize
+    from qtpy.QtWidgets import QScrollArea
+
+    class FormScrollArea(QScrollArea):
+        """Scrolls vertically only; as wide as its form needs (up to
+        :data:`MAX_FORM_WIDTH`), a few rows high at least."""
+
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt naming
+            body = self.widget()
+            width = body.minimumSizeHint().width() if body is not None else 0
+            width += self.verticalScrollBar().sizeHint().width() + 2
+            return QSize(min(width, MAX_FORM_WIDTH), 120)
+
+        def showEvent(self, event) -> None:  # noqa: N802 - Qt naming
+            # napari sizes a dock from its size hint: hold the form's width
+            self.setMinimumWidth(self.minimumSizeHint().width())
+            super().showEvent(event)
+
+    return FormScrollArea
+
+
+#: The widest a scrolling form asks to be (px): a third of a 1366 px screen.
+MAX_FORM_WIDTH = 440
+
+
+def scroll_layout(widget: QWidget) -> QVBoxLayout:
+    """Put a scroll area in ``widget`` and return the layout of its content.
+
+    A dock widget built on this layout scrolls vertically instead of being
+    cut off (or forcing the window taller than a laptop screen): its minimum
+    height is a few rows; its minimum width is its form's (at most
+    :data:`MAX_FORM_WIDTH`). The area is ``widget.scroll_area``.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame
+
+    body = QWidget()
+    content = QVBoxLayout(body)
+    area = _scroll_area_class()()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    area.setWidget(body)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    widget.scroll_area = area
+    return content
+
+
+def collapsible(title: str, content: QWidget, expanded: bool = False) -> QWidget:
+    """``content`` in a superqt ``QCollapsible`` section titled ``title``."""
+    from superqt import QCollapsible
+
+    section = QCollapsible(title)
+    section.addWidget(content)
+    if expanded:
+        section.expand(animate=False)
+    else:
+        section.collapse(animate=False)
+    return section
+
+
+def format_duration(seconds: float) -> str:
+    """``m:ss`` (or ``h:mm:ss``) of a duration in seconds."""
+    seconds = max(int(round(seconds)), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressPanel(QWidget):
+    """Progress inside a widget: a bar (magicgui ``ProgressBar``) and a line with
+    the step, the elapsed and the estimated remaining time.
+
+    ``set`` only stores the latest values (cheap, call it per event); a timer
+    shows them every ``interval_ms``. ``start`` / ``finish`` frame one run.
+    """
+
+    def __init__(self, parent: QWidget | None = None, interval_ms: int = 250) -> None:
+        super().__init__(parent)
+        from magicgui.widgets import ProgressBar
+        from qtpy.QtWidgets import QLabel
+
+        self.magic = ProgressBar(min=0, max=1, value=0)
+        self.bar = self.magic.native
+        self.label = QLabel("")
+        self.label.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(1)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.label)
+        self._t0: float | None = None
+        self._pending: tuple[int, int, str] | None = None
+        self._last: tuple[int, int, str] = (0, 0, "")
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self.flush)
+        self.setVisible(False)
+
+    @property
+    def running(self) -> bool:
+        return self._t0 is not None
+
+    def start(self, message: str = "") -> None:
+        """Start timing a run (the bar busy until the first ``set``)."""
+        self._t0 = time.monotonic()
+        self._last = (0, 0, message)
+        self._pending = (0, 0, message)
+        self.setVisible(True)
+        self.flush()
+        self._timer.start()
+
+    def set(self, done: int, total: int, message: str = "") -> None:
+        """Store the latest progress (``total`` 0: unknown); shown by the timer."""
+        self._pending = (int(done), int(total), message or self._last[2])
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self._t0 is None:
+            return
+        done, total, message = self._last = pending
+        try:
+            if total > 0:
+                self.bar.setRange(0, total)
+                self.bar.setValue(min(done, total))
+            else:
+                self.bar.setRange(0, 0)  # busy
+        except RuntimeError:  # the Qt side is gone
+            return
+        elapsed = time.monotonic() - self._t0
+        parts = [message] if message else []
+        parts.append(f"elapsed {format_duration(elapsed)}")
+        if total > 0 and 0 < done < total:
+            parts.append(f"about {format_duration(elapsed * (total - done) / done)} left")
+        self.label.setText(", ".join(parts))
+
+    def finish(self, message: str = "done") -> None:
+        """End the run: the bar full (or empty if nothing was done) and ``message``."""
+        self.flush()
+        try:
+            self._timer.stop()
+        except RuntimeError:
+            return
+        if self._t0 is None:
+            return
+        elapsed = time.monotonic() - self._t0
+        self._t0 = None
+        done, total, _ = self._last
+        self.bar.setRange(0, max(total, 1))
+        self.bar.setValue(max(total, 1) if message == "done" else min(done, max(total, 1)))
+        self.label.setText(f"{message} in {format_duration(elapsed)}")
+
+
+# ---------------------------------------------------------------- delivery
+class Delivery(QObject):
+    """Run a result's GUI steps (add a layer, fill a table) one per event-loop turn.
+
+    Each napari layer added costs the GUI thread its own time (vispy visual,
+    layer controls, first draw); one after the other in a single slot they
+    freeze the window for their sum. Here the event loop runs (and draws)
+    between two steps, so the longest freeze is the longest step.
+    ``pending`` is True until the last step has run.
+    """
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._steps: list[Callable[[], Any]] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._steps)
+
+    def run(self, *steps: Callable[[], Any]) -> None:
+        """Queue ``steps``; the first runs now, each next one in a later turn."""
+        self._steps.extend(steps)
+        self._next()
+
+    def _next(self) -> None:
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - shown, never raised into Qt
+            self._steps.clear()
+            notify_error(error, "showing the result")
+            return
+        if self._steps:
+            QTimer.singleShot(0, self._next)
 
 
 # ------------------------------------------------------------------ errors

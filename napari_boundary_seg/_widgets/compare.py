@@ -1,7 +1,8 @@
 """Comparison widget: a prediction against the ground truth, in colours and figures.
 
-Layers in: a prediction and a ground-truth Labels layer (Image layers of
-integers work too) of the same shape, and a class (or any foreground).
+Layers in: a prediction and a ground-truth Labels layer of integer labels
+(the pickers offer nothing else) of the same shape, and a class (or any
+foreground).
 Core calls: :func:`core.metrics.case_metrics` for the volume and
 :func:`core.metrics.per_slice_metrics` along the viewer's slicing axis, in a
 ``thread_worker``; spacing from the ground truth's ``layer.scale``.
@@ -13,6 +14,12 @@ Out:
 - a table: DSC, HD, HD95, ASSD (mm) and the lesion-wise figures for the volume,
   then one row per slice that has foreground in either layer; clicking a slice
   row moves the viewer to that slice; "Export CSV..." saves the table.
+  A distance to an empty mask (no foreground predicted, or none in the ground
+  truth) is undefined: its cell shows "—" with a tooltip saying why (the CSV
+  keeps ``inf``), and the summary says "no foreground predicted".
+
+The outcome map and its counts are built in the worker; recomputing updates
+the layer's data in place.
 """
 
 from __future__ import annotations
@@ -23,18 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -44,11 +51,14 @@ from napari_boundary_seg._widgets._common import (
     format_number,
     geometry_kwargs,
     int_spin,
+    is_integer_labels,
     labels_array,
     layer_spacing,
+    mark_output,
     move_to_slice,
     notify_errors,
     require_layer,
+    scroll_layout,
     slicing_axis,
     start_progress_worker,
     update_or_add_colored_labels,
@@ -78,6 +88,17 @@ LESION_COLUMNS = (
 )
 
 
+#: Metric keys that are distances (undefined, ``inf``, when a mask is empty).
+DISTANCE_KEYS = frozenset({"hd", "hd95", "assd"})
+#: What an undefined distance cell shows, and its tooltip.
+UNDEFINED = "—"
+UNDEFINED_TIP = (
+    "undefined (inf): one of the two masks is empty here (no foreground predicted, "
+    "or no lesion in the ground truth), so there is no surface to measure to"
+)
+NO_FOREGROUND = "no foreground predicted"
+
+
 def outcome_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``(*spatial)`` uint8: 1 TP, 2 FP, 3 FN, 0 true negative, from two boolean masks."""
     out = np.zeros(pred.shape, dtype=np.uint8)
@@ -90,6 +111,15 @@ def outcome_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
 def overlay_name(pred_name: str, gt_name: str) -> str:
     """Name of the TP/FP/FN layer."""
     return f"TP/FP/FN {pred_name} vs {gt_name}"
+
+
+def metric_item(key: str, value: Any) -> QTableWidgetItem:
+    """A table cell: an infinite distance shows as "—" with :data:`UNDEFINED_TIP`."""
+    if key in DISTANCE_KEYS and value is not None and np.isinf(float(value)):
+        item = QTableWidgetItem(UNDEFINED)
+        item.setToolTip(UNDEFINED_TIP)
+        return item
+    return QTableWidgetItem(format_number(value))
 
 
 class CompareWidget(QWidget):
@@ -111,8 +141,8 @@ class CompareWidget(QWidget):
         self.columns: list[tuple[str, str]] = list(SURFACE_COLUMNS)
         self._gt_layer: Any = None
 
-        self.pred_combo = LayerCombo(napari_viewer, (Labels, Image))
-        self.gt_combo = LayerCombo(napari_viewer, (Labels, Image))
+        self.pred_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.gt_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
         self.class_spin = int_spin(0, 0, 65535)
         self.class_spin.setSpecialValueText("any foreground (> 0)")
         self.run_button = QPushButton("Compare")
@@ -128,6 +158,7 @@ class CompareWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.cellClicked.connect(self.go_to_row)
+        self.table.setMinimumHeight(160)
 
         form = QFormLayout()
         form.addRow("Prediction", self.pred_combo)
@@ -136,7 +167,7 @@ class CompareWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.export_button)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addLayout(self._legend())
@@ -144,15 +175,17 @@ class CompareWidget(QWidget):
         layout.addWidget(self.table, stretch=1)
 
     @staticmethod
-    def _legend() -> QHBoxLayout:
-        legend = QHBoxLayout()
-        for value, color in OUTCOME_COLORS.items():
+    def _legend() -> QGridLayout:
+        legend = QGridLayout()
+        legend.setHorizontalSpacing(4)
+        for i, (value, color) in enumerate(OUTCOME_COLORS.items()):
             swatch = QLabel()
             swatch.setFixedSize(14, 14)
             swatch.setStyleSheet(f"background-color: {color}; border: 1px solid #888;")
-            legend.addWidget(swatch)
-            legend.addWidget(QLabel(OUTCOME_NAMES[value]))
-        legend.addStretch(1)
+            row, col = divmod(i, 2)
+            legend.addWidget(swatch, row, 2 * col)
+            legend.addWidget(QLabel(OUTCOME_NAMES[value]), row, 2 * col + 1)
+        legend.setColumnStretch(3, 1)
         return legend
 
     # ---------------------------------------------------------------- inputs
@@ -199,14 +232,17 @@ class CompareWidget(QWidget):
         p, t, spacing, axis = inputs["p"], inputs["t"], inputs["spacing"], inputs["axis"]
 
         def steps():
-            yield Progress(0, 2, "volume")
+            yield Progress(0, 3, "volume")
             volume = case_metrics(p, t, spacing=spacing)
-            yield Progress(1, 2, "slices")
+            yield Progress(1, 3, "slices")
             rows = per_slice_metrics(p, t, spacing=spacing, axis=axis)
-            yield Progress(2, 2, "done")
-            return volume, rows
+            yield Progress(2, 3, "outcome map")
+            outcome = outcome_map(p, t)
+            counts = np.bincount(outcome.ravel(), minlength=4)
+            yield Progress(3, 3, "done")
+            return volume, rows, outcome, counts
 
-        def on_returned(result: tuple[dict, list]) -> None:
+        def on_returned(result: tuple[dict, list, np.ndarray, np.ndarray]) -> None:
             self.show_results(inputs, *result)
 
         self.worker = start_progress_worker(
@@ -220,23 +256,36 @@ class CompareWidget(QWidget):
         return not self.run_button.isEnabled()
 
     def show_results(
-        self, inputs: dict[str, Any], volume: dict[str, float], rows: list[dict[str, float]]
+        self,
+        inputs: dict[str, Any],
+        volume: dict[str, float],
+        rows: list[dict[str, float]],
+        outcome: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
     ) -> None:
-        """Add (or update) the TP/FP/FN layer and fill the table."""
+        """Add (or update in place) the TP/FP/FN layer and fill the table."""
         pred_layer, gt_layer = inputs["pred_layer"], inputs["gt_layer"]
-        outcome = outcome_map(inputs["p"], inputs["t"])
+        if outcome is None:
+            outcome = outcome_map(inputs["p"], inputs["t"])
+        if counts is None:
+            counts = np.bincount(outcome.ravel(), minlength=4)
         name = overlay_name(pred_layer.name, gt_layer.name)
-        update_or_add_colored_labels(
-            self.viewer, name, outcome, OUTCOME_COLORS, **geometry_kwargs(gt_layer)
-        )
+        geometry = geometry_kwargs(gt_layer)
+        geometry["metadata"] = mark_output("outcome", geometry.get("metadata"))
+        update_or_add_colored_labels(self.viewer, name, outcome, OUTCOME_COLORS, **geometry)
         self._gt_layer = gt_layer
         self.axis = inputs["axis"]
         self.volume_metrics = volume
         self.slice_rows = rows
         self.columns = list(SURFACE_COLUMNS) + [c for c in LESION_COLUMNS if c[0] in volume]
-        counts = np.bincount(outcome.ravel(), minlength=4)
+        empty = ""
+        undefined = "the distances are undefined (—). "
+        if counts[TP] + counts[FP] == 0:
+            empty = f"{NO_FOREGROUND.capitalize()} in '{pred_layer.name}': {undefined}"
+        elif counts[TP] + counts[FN] == 0:
+            empty = f"No foreground in the ground truth '{gt_layer.name}': {undefined}"
         self.summary.setText(
-            f"TP {counts[TP]}, FP {counts[FP]}, FN {counts[FN]} voxels. "
+            f"{empty}TP {counts[TP]}, FP {counts[FP]}, FN {counts[FN]} voxels. "
             f"Rows: the volume, then the {len(rows)} slices with foreground along "
             f"axis {self.axis} (click one to go there)."
         )
@@ -254,6 +303,7 @@ class CompareWidget(QWidget):
     def _fill_table(self) -> None:
         headers = ["slice"] + [header for _, header in self.columns]
         rows = self.table_rows()
+        self.table.setUpdatesEnabled(False)
         self.table.clear()
         self.table.setColumnCount(len(headers))
         self.table.setHorizontalHeaderLabels(headers)
@@ -262,7 +312,8 @@ class CompareWidget(QWidget):
             first = "volume" if row["scope"] == "volume" else str(row["slice"])
             self.table.setItem(i, 0, QTableWidgetItem(first))
             for j, (key, _) in enumerate(self.columns, start=1):
-                self.table.setItem(i, j, QTableWidgetItem(format_number(row[key])))
+                self.table.setItem(i, j, metric_item(key, row[key]))
+        self.table.setUpdatesEnabled(True)
 
     # -------------------------------------------------------------- navigate
     def go_to_row(self, row: int, _column: int = 0) -> None:

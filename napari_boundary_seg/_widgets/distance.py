@@ -7,13 +7,17 @@ Layers out:
 
 - ``"φ<c> <name> (mm)"``: an Image layer, diverging colormap centred on 0
   (blue inside G = negative, white on ∂G, red outside), symmetric contrast
-  limits; napari's status bar shows the name with "(mm)" and the value under
-  the cursor.
-- ``"∂G<c> <name>"``: a Labels layer of the voxels where φ = 0 inside G (the
-  zero level), drawn in black, so the boundary reads as a contour in any
-  slicing, 2D or 3D maps alike.
+  limits, drawn translucent (opacity :data:`PHI_OPACITY`) so the scan under it
+  stays readable, with napari's colorbar overlay (ticks in mm); napari's status
+  bar shows the name with "(mm)" and the value under the cursor.
+- ``"∂G<c> <name>"``: a Labels layer: 1 on ∂G (the voxels where φ = 0), 2 on
+  the voxels just outside G that touch it in the slicing plane. In 2D views
+  the outline (2) is drawn in black and ∂G itself (1) is left transparent, so
+  the contour hugs the white φ = 0 ring without hiding it; in 3D views ∂G is
+  drawn as a surface and φ is hidden (a volume rendering of φ is a solid box).
 
-Recomputing (same labels layer and class) replaces both layers' data.
+Recomputing (same labels layer and class) updates both layers' data in place;
+the layers, the outline and the contrast limits are built in the worker.
 """
 
 from __future__ import annotations
@@ -26,25 +30,27 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import Colormap
 from qtpy.QtWidgets import (
-    QComboBox,
     QFormLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     LayerCombo,
+    compact_combo,
     geometry_kwargs,
     int_spin,
+    is_integer_labels,
     labels_array,
     layer_spacing,
+    mark_output,
     notify_errors,
     require_layer,
+    scroll_layout,
     slicing_axis,
     start_progress_worker,
-    update_or_add_colored_labels,
 )
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
@@ -67,6 +73,13 @@ PHI_COLORMAP = Colormap(
     name="phi (blue in, red out)",
 )
 BOUNDARY_COLOR = "black"
+#: Opacity of the φ layer over the anatomy.
+PHI_OPACITY = 0.55
+#: Values of the ∂G layer: ∂G itself (φ = 0) and the outline just outside G.
+ZERO_LEVEL, OUTLINE = 1, 2
+#: ∂G layer colours in 2D views (outline only) and in 3D views (∂G as a surface).
+BOUNDARY_COLORS_2D = {ZERO_LEVEL: "transparent", OUTLINE: BOUNDARY_COLOR}
+BOUNDARY_COLORS_3D = {ZERO_LEVEL: "#ffd54f", OUTLINE: "transparent"}
 
 
 class Mode(Enum):
@@ -100,6 +113,35 @@ def symmetric_limits(phi: np.ndarray) -> tuple[float, float]:
     return (-m, m)
 
 
+def boundary_labels(phi: np.ndarray, mask: np.ndarray, axis: int | None) -> np.ndarray:
+    """``(*spatial)`` uint8: :data:`ZERO_LEVEL` on ∂G (φ = 0 inside G),
+    :data:`OUTLINE` on the voxels outside G with a face neighbour in G in the
+    plane across ``axis`` (the viewer's slicing axis; None: every axis, 2D)."""
+    from scipy import ndimage
+
+    inside = mask > 0
+    structure = ndimage.generate_binary_structure(inside.ndim, 1)
+    if axis is not None and inside.ndim >= 3:
+        flat = np.zeros_like(structure)
+        index = [slice(None)] * inside.ndim
+        index[axis] = 1
+        flat[tuple(index)] = structure[tuple(index)]
+        structure = flat
+    out = np.zeros(inside.shape, dtype=np.uint8)
+    out[ndimage.binary_dilation(inside, structure) & ~inside] = OUTLINE
+    out[(phi == 0) & inside] = ZERO_LEVEL
+    return out
+
+
+def map_layers_data(
+    phi: np.ndarray, mask: np.ndarray, axis: int | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """``(φ float32, ∂G labels, contrast limits)``: what the layers show, built
+    in the worker."""
+    phi = np.ascontiguousarray(phi, dtype=np.float32)
+    return phi, boundary_labels(phi, mask, axis), symmetric_limits(phi)
+
+
 class DistanceMapWidget(QWidget):
     """Dock widget: signed distance map of one class of a labels layer.
 
@@ -111,16 +153,24 @@ class DistanceMapWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from magicgui.widgets import ComboBox
+
         self.viewer = napari_viewer
         self.worker: Any = None
-        self.labels_combo = LayerCombo(napari_viewer, (Labels, Image))
+        self.phi_layer: Any = None
+        self.boundary_layer: Any = None
+        self._hidden_in_3d: Any = None
+        self.delivery = Delivery(self)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.labels_combo.setToolTip("Labels layers of integer labels")
         self.class_spin = int_spin(1, 0, 65535)
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems([m.value for m in Mode])
+        self.mode_choice = ComboBox(choices=[(m.value, m) for m in Mode], value=Mode.VOLUME)
+        self.mode_combo = compact_combo(self.mode_choice.native)
         self.run_button = QPushButton("Compute distance map")
         self.run_button.clicked.connect(self.compute)
         self.info = QLabel(
-            "φ < 0 inside (blue), 0 on the boundary (black contour), > 0 outside (red), in mm."
+            "φ < 0 inside (blue), 0 on the boundary ∂G (white, outlined in black), "
+            "> 0 outside (red); colorbar in mm. In 3D, ∂G is drawn as a surface."
         )
         self.info.setWordWrap(True)
 
@@ -128,20 +178,21 @@ class DistanceMapWidget(QWidget):
         form.addRow("Labels", self.labels_combo)
         form.addRow("Class", self.class_spin)
         form.addRow("Mode", self.mode_combo)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
         layout.addWidget(self.info)
         layout.addStretch(1)
+        napari_viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
     # ---------------------------------------------------------------- inputs
     def mode(self) -> Mode:
         """The chosen :class:`Mode`."""
-        return Mode(self.mode_combo.currentText())
+        return self.mode_choice.value
 
     def set_mode(self, mode: Mode) -> None:
         """Choose ``mode``."""
-        self.mode_combo.setCurrentText(mode.value)
+        self.mode_choice.value = mode
 
     def _inputs(self) -> dict[str, Any]:
         """Checked inputs (raises ValueError / TypeError naming the problem)."""
@@ -161,14 +212,16 @@ class DistanceMapWidget(QWidget):
                 "so φ is all zeros."
             )
         axis = None
-        if self.mode() is Mode.SLICES and labels.ndim >= 3:
-            axis = slicing_axis(self.viewer, layer)
+        view_axis = slicing_axis(self.viewer, layer) if labels.ndim >= 3 else None
+        if self.mode() is Mode.SLICES:
+            axis = view_axis
         return {
             "layer": layer,
             "mask": mask.astype(np.uint8),
             "label": label,
             "spacing": layer_spacing(layer),
             "axis": axis,
+            "view_axis": view_axis,
         }
 
     # ------------------------------------------------------------------- run
@@ -179,12 +232,14 @@ class DistanceMapWidget(QWidget):
             return None
 
         def make_generator():
-            return iter_signed_distance_map(
+            phi = yield from iter_signed_distance_map(
                 inputs["mask"], spacing=inputs["spacing"], axis=inputs["axis"]
             )
+            return map_layers_data(phi, inputs["mask"], inputs["view_axis"])
 
-        def on_returned(phi: np.ndarray) -> None:
-            self.show_map(inputs["layer"], inputs["label"], phi, inputs["mask"])
+        def on_returned(result: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> None:
+            # one layer per event-loop turn: the window draws in between
+            self.delivery.run(*self._map_steps(inputs["layer"], inputs["label"], *result))
 
         where = "3D" if inputs["axis"] is None else f"2D slices along axis {inputs['axis']}"
         self.worker = start_progress_worker(
@@ -197,33 +252,121 @@ class DistanceMapWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a computation runs."""
-        return not self.run_button.isEnabled()
+        """True while a computation runs or its layers are being shown."""
+        return not self.run_button.isEnabled() or self.delivery.pending
 
-    def show_map(self, source: Any, label: int, phi: np.ndarray, mask: np.ndarray) -> Image:
-        """Add (or update) the φ Image layer and the ∂G Labels layer."""
-        name = phi_layer_name(source.name, label)
-        limits = symmetric_limits(phi)
+    def show_map(
+        self,
+        source: Any,
+        label: int,
+        phi: np.ndarray,
+        boundary: np.ndarray,
+        limits: tuple[float, float] | None = None,
+    ) -> Image:
+        """Show φ and ∂G: update the layers' data in place when they exist, else
+        add them (once). :meth:`compute` runs the same steps one per event-loop
+        turn (``_common.Delivery``).
+
+        Parameters
+        ----------
+        phi
+            ``(*spatial)`` float32 φ in mm.
+        boundary
+            ``(*spatial)`` :func:`boundary_labels`.
+        limits
+            Contrast limits (default :func:`symmetric_limits`).
+        """
+        for step in self._map_steps(source, label, phi, boundary, limits):
+            step()
+        return self.phi_layer
+
+    def _map_steps(
+        self,
+        source: Any,
+        label: int,
+        phi: np.ndarray,
+        boundary: np.ndarray,
+        limits: tuple[float, float] | None,
+    ) -> list[Any]:
+        limits = limits or symmetric_limits(phi)
         geometry = geometry_kwargs(source)
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = phi
-            layer.contrast_limits_range = limits
-            layer.contrast_limits = limits
-        else:
-            layer = self.viewer.add_image(
-                phi,
-                name=name,
-                colormap=PHI_COLORMAP,
-                contrast_limits=limits,
-                blending="translucent",
-                **geometry,
+        metadata = geometry.pop("metadata", None)
+
+        def show_phi() -> None:
+            name = phi_layer_name(source.name, label)
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data = phi
+                layer.contrast_limits_range = limits
+                layer.contrast_limits = limits
+            else:
+                layer = self.viewer.add_image(
+                    phi,
+                    name=name,
+                    colormap=PHI_COLORMAP,
+                    contrast_limits=limits,
+                    blending="translucent",
+                    opacity=PHI_OPACITY,
+                    metadata=mark_output("phi", metadata),
+                    **geometry,
+                )
+                if hasattr(layer, "colorbar"):  # napari's layer colorbar overlay (0.6+)
+                    layer.colorbar.visible = True
+            self.phi_layer = layer
+
+        def show_boundary() -> None:
+            bname = boundary_layer_name(source.name, label)
+            if bname in self.viewer.layers:
+                blayer = self.viewer.layers[bname]
+                blayer.data = boundary
+            else:
+                from napari.utils.colormaps import DirectLabelColormap
+
+                in_3d = self.viewer.dims.ndisplay == 3
+                colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
+                blayer = self.viewer.add_labels(
+                    boundary,
+                    name=bname,
+                    colormap=DirectLabelColormap(
+                        color_dict={None: "transparent", 0: "transparent", **colors}
+                    ),
+                    opacity=1.0,
+                    metadata=mark_output("boundary", metadata),
+                    **geometry,
+                )
+            self.boundary_layer = blayer
+
+        def finish() -> None:
+            if self.viewer.dims.ndisplay == 3:
+                self._on_ndisplay()
+            self.viewer.layers.selection.active = self.phi_layer  # the status bar shows φ (mm)
+            logger.info(
+                "φ of class %d of %s: range %.3g..%.3g mm",
+                label,
+                source.name,
+                float(phi.min()),
+                float(phi.max()),
             )
-        boundary = ((phi == 0) & (mask > 0)).astype(np.uint8)
-        bname = boundary_layer_name(source.name, label)
-        update_or_add_colored_labels(self.viewer, bname, boundary, {1: BOUNDARY_COLOR}, **geometry)
-        self.viewer.layers.selection.active = layer  # the status bar shows φ (mm)
-        logger.info(
-            "φ of class %d of %s: range %.3g..%.3g mm", label, source.name, phi.min(), phi.max()
-        )
-        return layer
+
+        return [show_phi, show_boundary, finish]
+
+    def _on_ndisplay(self, *_: Any) -> None:
+        """3D view: ∂G as a surface, φ hidden; back in 2D: the outline, φ shown again."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        phi, blayer = self.phi_layer, self.boundary_layer
+        layers = self.viewer.layers
+        in_3d = self.viewer.dims.ndisplay == 3
+        if blayer is not None and blayer in layers:
+            colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
+            blayer.colormap = DirectLabelColormap(
+                color_dict={None: "transparent", 0: "transparent", **colors}
+            )
+        if phi is None or phi not in layers:
+            return
+        if in_3d and phi.visible:
+            phi.visible = False
+            self._hidden_in_3d = phi
+        elif not in_3d and self._hidden_in_3d is phi:
+            phi.visible = True
+            self._hidden_in_3d = None

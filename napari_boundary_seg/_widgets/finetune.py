@@ -24,11 +24,18 @@
    stop and live curves; then :func:`~napari_boundary_seg.core.finetune.evaluate_finetune`.
    The layer's data is never written by the worker: what the user painted
    survives a failure or a stop.
-4. **See the gain**: a table of DSC and HD95 of the old and the new model
-   against the corrections on the corrected and the untouched slices, a layer
-   of the voxels whose prediction changed, and Keep / Discard (both
-   checkpoints stay on disk with their ``lineage.json``; Discard goes on with
-   the parent).
+4. **See the gain**: a table of DSC and HD95 of the old and the new model:
+   on the corrected slices against the corrections; on the untouched slices
+   against a ground-truth layer when one is chosen, else "n/a" (there the
+   corrections are the old prediction, so the old model would score 1.000 by
+   construction). An HD95 of a group with no foreground predicted shows "—"
+   (with a tooltip), not an image diagonal. A layer of the voxels whose
+   prediction changed, and Keep / Discard (both checkpoints stay on disk with
+   their ``lineage.json``; Discard goes on with the parent).
+
+The form scrolls (it fits a 1366×768 screen); the fine-tuning settings but
+the epochs fold away ("Advanced settings"); progress with elapsed and
+remaining time shows inside the widget.
 
 "Save corrected labels" writes NIfTI with the image's affine (asking before
 overwriting a file).
@@ -60,27 +67,36 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     DeviceCombo,
     ImageStack,
     LayerCombo,
     LayerList,
     PathEdit,
     PlotCanvas,
+    ProgressPanel,
     ProgressRelay,
     check_device,
+    collapsible,
     controlled_worker_class,
     double_spin,
     format_number,
     images_from_layers,
     int_spin,
+    is_integer_labels,
     labels_array,
+    mark_output,
     notify_error,
-    replace_or_add_layer,
+    scroll_layout,
+    unique_layer_name,
 )
 from napari_boundary_seg._widgets.inference import (
+    NO_FOREGROUND,
     check_checkpoint_path,
     load_checked_checkpoint,
     predict_job,
+    prediction_outputs,
+    probability_layer_kwargs,
     stack_for_checkpoint,
 )
 from napari_boundary_seg.core.progress import Progress
@@ -245,12 +261,30 @@ def checkpoint_axis(checkpoint: dict[str, Any], ndim: int) -> int:
 def predict_for_correction(
     checkpoint: str, images: np.ndarray, spacing: tuple[float, ...], device: str
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
-    """Predict and report the checkpoint's slicing axis: ``(probs, labels, axis)``."""
+    """Predict and report the checkpoint's slicing axis: ``(foreground
+    probability (*spatial) float32, labels (*spatial) int32, axis)``, the
+    layers' data built here in the worker."""
     yield Progress(0, 0, "loading the checkpoint")
     loaded = load_checked_checkpoint(checkpoint, images.shape[0])
     axis = checkpoint_axis(loaded[1], images.ndim - 1)
     probs, labels = yield from predict_job(loaded, images, spacing, device)
-    return probs, labels, axis
+    foreground, labels = prediction_outputs(probs, labels)
+    return foreground, labels, axis
+
+
+def foreground_flags(pred: np.ndarray, slices: Sequence[int], axis: int) -> dict[str, bool]:
+    """``{"corrected": any foreground on ``slices``, "untouched": on the others}``
+    (a 2D image is its one slice 0)."""
+    pred = np.asarray(pred) > 0
+    if pred.ndim == 2:
+        return {"corrected": bool(pred.any()) and 0 in slices, "untouched": False}
+    per_slice = pred.any(axis=tuple(k for k in range(pred.ndim) if k != axis))
+    chosen = np.zeros(per_slice.shape, bool)
+    chosen[list(slices)] = True
+    return {
+        "corrected": bool(per_slice[chosen].any()),
+        "untouched": bool(per_slice[~chosen].any()),
+    }
 
 
 def finetune_job(
@@ -262,13 +296,18 @@ def finetune_job(
     settings: dict[str, Any],
     old_pred: np.ndarray | None,
     control: Any,
+    truth: np.ndarray | None = None,
 ) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
     """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
 
-    ``images`` and ``labels`` are copies made in the GUI thread. Returns
-    ``(FinetuneResult, evaluation or None)``.
+    ``images``, ``labels`` and ``truth`` are copies made in the GUI thread.
+    Returns ``(FinetuneResult, evaluation or None)``; the evaluation of
+    :func:`core.finetune.evaluate_finetune` gains ``untouched_truth`` (the
+    untouched row against ``truth``, None without one), ``foreground``
+    (:func:`foreground_flags` of the old and the new prediction) and the
+    layers' data ``new_labels`` (int32).
     """
-    from napari_boundary_seg.core.finetune import evaluate_finetune, finetune
+    from napari_boundary_seg.core.finetune import compare_models, evaluate_finetune, finetune
 
     result = yield from finetune(
         checkpoint, images, labels, spacing, slices, control=control, **settings
@@ -278,6 +317,16 @@ def finetune_job(
     evaluation = yield from evaluate_finetune(
         result, images, labels, spacing, old_pred=old_pred, device=settings.get("device")
     )
+    old, new = evaluation["old_pred"], evaluation["new_pred"]
+    evaluation["untouched_truth"] = None
+    if truth is not None:
+        against = compare_models(old, new, truth, spacing, result.slices, result.axis)
+        evaluation["untouched_truth"] = against["untouched"]
+    evaluation["foreground"] = {
+        "old": foreground_flags(old, result.slices, result.axis),
+        "new": foreground_flags(new, result.slices, result.axis),
+    }
+    evaluation["new_labels"] = np.ascontiguousarray(new, dtype=np.int32)
     return result, evaluation
 
 
@@ -309,17 +358,19 @@ class FinetuneWidget(QWidget):
         self._steps: list[float] = []
         self._loss: dict[str, list[float]] = {"total": [], "region": [], "α": []}
         self._dirty = False
+        self.delivery = Delivery(self)
 
         # 1. predict or link
         self.checkpoint = PathEdit(
             "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
         )
         self.images = LayerList(napari_viewer, Image)
+        self.checkpoint.magic.changed.connect(self._show_modalities)
         self.device = DeviceCombo()
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
         self.predict_button.clicked.connect(self.predict)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,))
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
         self.use_button = QPushButton("Use layer")
         self.use_button.setToolTip("Correct an existing prediction (e.g. the Predict widget's)")
         self.use_button.clicked.connect(lambda: self.use_layer(self.labels_combo.layer()))
@@ -328,8 +379,8 @@ class FinetuneWidget(QWidget):
         form1.addRow("Checkpoint", self.checkpoint)
         form1.addRow("Image layer(s)", self.images)
         form1.addRow("Device", self.device)
+        form1.addRow(self.predict_button)
         row = QHBoxLayout()
-        row.addWidget(self.predict_button)
         row.addWidget(QLabel("or"))
         row.addWidget(self.labels_combo, 1)
         row.addWidget(self.use_button)
@@ -348,9 +399,10 @@ class FinetuneWidget(QWidget):
         lay2 = QVBoxLayout(box2)
         lay2.addWidget(self.edited_label)
         row2 = QHBoxLayout()
-        for b in (self.add_button, self.clear_button, self.save_button):
+        for b in (self.add_button, self.clear_button):
             row2.addWidget(b)
         lay2.addLayout(row2)
+        lay2.addWidget(self.save_button)
 
         # 3. fine-tune
         self.alpha_start = double_spin(0.8, 0.0, 1.0, 0.05, 2)
@@ -369,29 +421,32 @@ class FinetuneWidget(QWidget):
         self.curves = PlotCanvas(height=1.8, width=3.4)
         box3 = QGroupBox("3. Fine-tune")
         form3 = QFormLayout(box3)
-        row3 = QHBoxLayout()
-        row3.addWidget(QLabel("start"))
-        row3.addWidget(self.alpha_start)
-        row3.addWidget(QLabel("− step"))
-        row3.addWidget(self.alpha_step)
-        form3.addRow("α (GDL weight)", row3)
         form3.addRow("Epochs", self.epochs)
-        form3.addRow("Learning rate", self.lr)
-        row4 = QHBoxLayout()
-        row4.addWidget(self.mix_folder, 1)
-        row4.addWidget(QLabel("ratio"))
-        row4.addWidget(self.mix_ratio)
-        form3.addRow("Mix with", row4)
-        form3.addRow("Output", self.out_folder)
+        advanced = QWidget()
+        form_adv = QFormLayout(advanced)
+        form_adv.setContentsMargins(0, 0, 0, 0)
+        self.alpha_start.setToolTip("α (GDL weight) at the first fine-tuning epoch")
+        self.alpha_step.setToolTip("α is lowered by this after each epoch")
+        form_adv.addRow("α start", self.alpha_start)
+        form_adv.addRow("α step", self.alpha_step)
+        form_adv.addRow("Learning rate", self.lr)
+        form_adv.addRow("Mix with", self.mix_folder)
+        form_adv.addRow("Mix ratio", self.mix_ratio)
+        form_adv.addRow("Output", self.out_folder)
+        self.advanced = collapsible("Advanced settings", advanced)
+        form3.addRow(self.advanced)
         row5 = QHBoxLayout()
         row5.addWidget(self.finetune_button, 1)
         row5.addWidget(self.stop_button)
         form3.addRow(row5)
+        self.progress = ProgressPanel(self)
+        form3.addRow(self.progress)
         form3.addRow(self.curves)
 
         # 4. the gain
         self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(self.TABLE_COLUMNS))
+        # two-line headers ("DSC" over "old"): the columns fit a narrow dock
+        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.TABLE_COLUMNS])
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
         header = self.table.horizontalHeader()
@@ -403,15 +458,24 @@ class FinetuneWidget(QWidget):
             self.table.setVerticalScrollBarPolicy,
         ):
             policy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table.setFixedHeight(2 * 22 + 34)
+        self.table.setFixedHeight(2 * 22 + 44)
         self.keep_button = QPushButton("Keep new model")
         self.discard_button = QPushButton("Discard")
         self.keep_button.clicked.connect(lambda: self.decide(True))
         self.discard_button.clicked.connect(lambda: self.decide(False))
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
-        box4 = QGroupBox("4. Gain (against the corrections)")
+        self.truth_combo = LayerCombo(
+            napari_viewer, (Labels,), allow_none=True, accept=is_integer_labels
+        )
+        self.truth_combo.setToolTip(
+            "Reference labels for the untouched slices (without one their row is n/a: "
+            "there the corrections are the old prediction)"
+        )
+        box4 = QGroupBox("4. Gain")
         lay4 = QVBoxLayout(box4)
+        lay4.addWidget(QLabel("Ground truth for the untouched slices (optional):"))
+        lay4.addWidget(self.truth_combo)
         lay4.addWidget(self.table)
         row6 = QHBoxLayout()
         row6.addWidget(self.keep_button)
@@ -420,7 +484,7 @@ class FinetuneWidget(QWidget):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         for w in (box1, box2, box3, box4, self.status):
             layout.addWidget(w)
         layout.addStretch(1)
@@ -431,11 +495,19 @@ class FinetuneWidget(QWidget):
         self._timer.timeout.connect(self._redraw)
         self._timer.start()
 
+    def _show_modalities(self, *_: Any) -> None:
+        """Show the checkpoint's modality names under the image picker."""
+        from napari_boundary_seg.core.predict import checkpoint_modalities
+
+        path = Path(self.checkpoint.text()).expanduser()
+        names = checkpoint_modalities(path) if path.is_file() else []
+        self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")
+
     # -- state ------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """True while a prediction or fine-tune runs."""
-        return self.worker is not None
+        """True while a prediction or fine-tune runs or its layers are being shown."""
+        return self.worker is not None or self.delivery.pending
 
     @property
     def link(self) -> dict[str, Any]:
@@ -466,39 +538,57 @@ class FinetuneWidget(QWidget):
         stack = stack_for_checkpoint(stack, checkpoint_modalities(path))
 
         def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
-            probs, labels, axis = result
-            self._add_correction_layer(stack, path, probs, labels, axis)
+            foreground, labels, axis = result
+            self._add_correction_layer(stack, path, foreground, labels, axis)
 
         self.status.setText("Predicting…")
         return self._run(predict_for_correction, (path, stack.images, stack.spacing, device), done)
 
     def _add_correction_layer(
-        self, stack: ImageStack, checkpoint: str, probs: np.ndarray, labels: np.ndarray, axis: int
+        self,
+        stack: ImageStack,
+        checkpoint: str,
+        foreground: np.ndarray,
+        labels: np.ndarray,
+        axis: int,
     ) -> Any:
+        """Add the probability layer, then (next event-loop turn) the
+        corrections layer and its link; returns the correction layer when
+        both ran at once (``delivery`` idle), else None."""
         prefix = stack.names[0]
-        prob_name, name = f"{prefix} probability", f"{prefix} corrections"
-        replace_or_add_layer(
-            self.viewer,
-            prob_name,
-            "image",
-            (1.0 - probs[0]).astype(np.float32),
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            blending="additive",
-            opacity=0.5,
-            visible=False,
-            **stack.geometry,
-        )
-        if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
-            self.viewer.layers[name].name = f"{name} (previous)"
-        layer = self.viewer.add_labels(
-            np.asarray(labels).astype(np.int32), name=name, **stack.geometry
-        )
-        self._link(layer, stack.names, checkpoint, prob_name, axis, np.asarray(labels))
-        self.status.setText(
-            f"Prediction in '{name}': paint or erase to correct it, then fine-tune."
-        )
-        return layer
+        geometry = dict(stack.geometry)
+        metadata = geometry.pop("metadata", None)
+        name = f"{prefix} corrections"
+        prob_name = unique_layer_name(self.viewer, f"{prefix} probability")
+        added: list[Any] = []
+
+        def add_probability() -> None:
+            self.viewer.add_image(
+                foreground,
+                name=prob_name,
+                visible=False,
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            )
+
+        def add_corrections() -> None:
+            if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
+                previous = unique_layer_name(self.viewer, f"{name} (previous)")
+                self.viewer.layers[name].name = previous
+            layer = self.viewer.add_labels(
+                labels, name=name, metadata=mark_output("prediction", metadata), **geometry
+            )
+            self._link(layer, stack.names, checkpoint, prob_name, axis, np.array(labels, copy=True))
+            empty = f" ({NO_FOREGROUND}: paint the lesions in)" if not labels.any() else ""
+            self.status.setText(
+                f"Prediction in '{name}'{empty}: paint or erase to correct it, then fine-tune."
+            )
+            added.append(layer)
+
+        # one layer per event-loop turn: the window draws in between
+        self.delivery.run(add_probability, add_corrections)
+        return added[0] if added else None
 
     def use_layer(self, layer: Any) -> None:
         """Link an existing prediction Labels layer (its current data = the model's)."""
@@ -520,8 +610,8 @@ class FinetuneWidget(QWidget):
         stack = stack_for_checkpoint(stack, loaded[1].get("modalities") or [])
         axis = checkpoint_axis(loaded[1], labels.ndim)
         prob = None
-        if layer.name.endswith(" prediction"):
-            candidate = layer.name[: -len(" prediction")] + " probability"
+        if " prediction" in layer.name:  # "<image> prediction" or "<image> prediction [2]"
+            candidate = layer.name.replace(" prediction", " probability", 1)
             prob = candidate if candidate in self.viewer.layers else None
         self._link(layer, stack.names, path, prob, axis, labels.copy())
 
@@ -644,6 +734,7 @@ class FinetuneWidget(QWidget):
                 )
             settings = self.settings()
             checkpoint = check_checkpoint_path(self.link["checkpoint"])
+            truth = self._truth(labels.shape)
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
@@ -669,10 +760,29 @@ class FinetuneWidget(QWidget):
                 settings,
                 self.current_pred,
                 self.control,
+                truth,
             ),
             self._on_finetuned,
             stoppable=True,
         )
+
+    def _truth(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """A copy of the chosen ground truth (None when "(none)"), checked against ``shape``."""
+        layer = self.truth_combo.layer()
+        if layer is None:
+            return None
+        if layer is self.layer:
+            raise ValueError(
+                f"'{layer.name}' is the layer being corrected, not a ground truth: "
+                "choose another layer or (none)."
+            )
+        truth = np.array(labels_array(layer), copy=True)
+        if truth.shape != tuple(shape):
+            raise ValueError(
+                f"Shapes do not match: ground truth '{layer.name}' is {truth.shape}, "
+                f"the corrections {tuple(shape)}."
+            )
+        return truth
 
     def stop(self) -> None:
         """Ask the fine-tune to stop at its next step (the parent stays the model)."""
@@ -685,6 +795,7 @@ class FinetuneWidget(QWidget):
         if isinstance(event, Progress):
             if self._relay is not None:
                 self._relay.set(event.done, event.total, event.message)
+            self.progress.set(event.done, event.total, event.message)
         elif name == "StepEvent":
             total = max(event.steps_per_epoch, 1)
             self._steps.append(event.epoch + (event.step + 1) / total)
@@ -692,17 +803,19 @@ class FinetuneWidget(QWidget):
             self._loss["region"].append(event.region)
             self._loss["α"].append(event.w_region)
             self._dirty = True
+            done = event.epoch * total + event.step + 1
+            n_epochs = int(self.epochs.value())
+            message = f"epoch {event.epoch + 1}/{n_epochs}, step {event.step + 1}/{total}"
             if self._relay is not None:
-                done = event.epoch * total + event.step + 1
-                self._relay.set(done, total * int(self.epochs.value()), f"epoch {event.epoch + 1}")
+                self._relay.set(done, total * n_epochs, message)
+            self.progress.set(done, total * n_epochs, message)
         elif name == "InfoEvent":
             self.status.setText(event.message)
 
     def _reset_curves(self) -> None:
         self._steps = []
         self._loss = {"total": [], "region": [], "α": []}
-        self._dirty = True
-        self._redraw()
+        self._dirty = True  # the redraw timer draws it, not the click
 
     def _redraw(self) -> None:
         if not self._dirty:
@@ -713,6 +826,7 @@ class FinetuneWidget(QWidget):
     def _on_finetuned(self, result: tuple[Any, dict[str, Any] | None]) -> None:
         ft, evaluation = result
         self.last_result = ft
+        self.progress.finish(f"fine-tune {ft.reason}" if evaluation is None else "done")
         self.link.setdefault("lineage", []).append(ft.lineage_path)
         if evaluation is None:
             self.status.setText(
@@ -721,51 +835,94 @@ class FinetuneWidget(QWidget):
             )
             return
         self.comparison = evaluation["comparison"]
-        self._set_table(self.comparison)
+        self._set_table(
+            self.comparison, evaluation.get("untouched_truth"), evaluation.get("foreground")
+        )
         stack = self._stack_used
         prefix = stack.names[0]
-        geometry = stack.geometry
-        replace_or_add_layer(
-            self.viewer,
-            f"{prefix} fine-tuned prediction",
-            "labels",
-            evaluation["new_pred"].astype(np.int32),
+        geometry = dict(stack.geometry)
+        metadata = geometry.pop("metadata", None)
+        new_labels = evaluation.get("new_labels")
+        if new_labels is None:
+            new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
+        # a new prediction never replaces an earlier one
+        self.viewer.add_labels(
+            new_labels,
+            name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
             visible=False,
+            metadata=mark_output("prediction", metadata),
             **geometry,
         )
-        replace_or_add_layer(
-            self.viewer,
-            f"{prefix} changes",
-            "labels",
-            evaluation["changes"],
-            colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
-            **geometry,
-        )
+        changes_name = f"{prefix} changes"
+        if changes_name in self.viewer.layers:  # updated in place, not removed and re-added
+            self.viewer.layers[changes_name].data = evaluation["changes"]
+        else:
+            self.viewer.add_labels(
+                evaluation["changes"],
+                name=changes_name,
+                colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
+                metadata=mark_output("changes", metadata),
+                **geometry,
+            )
         self.pending = (ft, evaluation)
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(True)
         n = int((evaluation["changes"] > 0).sum())
+        empty = ""
+        if not any(evaluation.get("foreground", {}).get("new", {True: True}).values()):
+            empty = f" The new model: {NO_FOREGROUND}."
         self.status.setText(
             f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
-            "(green gained, red lost). Keep the new model or discard it."
+            f"(green gained, red lost).{empty} Keep the new model or discard it."
         )
 
-    def _set_table(self, comparison: dict[str, dict[str, float]] | None) -> None:
+    def _set_table(
+        self,
+        comparison: dict[str, dict[str, float]] | None,
+        untouched_truth: dict[str, float] | None = None,
+        foreground: dict[str, dict[str, bool]] | None = None,
+    ) -> None:
+        """Fill the table: the corrected row against the corrections; the
+        untouched row against ``untouched_truth`` (the ground truth) or "n/a";
+        an HD95 of a group with no foreground predicted shows "—"."""
         self.table.clearContents()
         if comparison is None:
             return
+        rows = {"corrected": comparison["corrected"], "untouched": untouched_truth}
         for r, group in enumerate(("corrected", "untouched")):
-            row = comparison[group]
-            values = (
-                group,
-                str(int(row["n_slices"])),
-                format_number(row["dice_old"], 3, nan="–", none="–"),
-                format_number(row["dice_new"], 3, nan="–", none="–"),
-                format_number(row["hd95_old"], 1, nan="–", none="–"),
-                format_number(row["hd95_new"], 1, nan="–", none="–"),
+            row = rows[group]
+            n = int(comparison[group]["n_slices"])
+            self.table.setItem(r, 0, QTableWidgetItem(group))
+            self.table.setItem(r, 1, QTableWidgetItem(str(n)))
+            for c, key in enumerate(("dice_old", "dice_new", "hd95_old", "hd95_new"), start=2):
+                item = self._cell(group, key, row, foreground)
+                self.table.setItem(r, c, item)
+
+    @staticmethod
+    def _cell(
+        group: str,
+        key: str,
+        row: dict[str, float] | None,
+        foreground: dict[str, dict[str, bool]] | None,
+    ) -> QTableWidgetItem:
+        if row is None:
+            item = QTableWidgetItem("n/a")
+            item.setToolTip(
+                "No ground truth chosen: on untouched slices the corrections are the old "
+                "prediction, so comparing against them means nothing (old DSC 1 by "
+                "construction). Choose a ground-truth layer to measure them."
             )
-            for c, text in enumerate(values):
-                self.table.setItem(r, c, QTableWidgetItem(text))
+            return item
+        tag = key.rsplit("_", 1)[1]
+        has_fg = (foreground or {}).get(tag, {}).get(group, True)
+        if key.startswith("hd95") and not has_fg and int(row.get("n_slices", 1)) > 0:
+            item = QTableWidgetItem("—")
+            item.setToolTip(
+                f"{NO_FOREGROUND} on these slices: HD95 is undefined (inf), not the image diagonal"
+            )
+            return item
+        digits = 3 if key.startswith("dice") else 1
+        return QTableWidgetItem(format_number(row[key], digits, nan="–", none="–"))
 
     # -- 4. keep / discard ------------------------------------------------------------
     def decide(self, keep: bool) -> None:
@@ -849,6 +1006,7 @@ class FinetuneWidget(QWidget):
         from napari.qt.threading import create_worker
 
         self._relay = ProgressRelay("Fine-tuning" if stoppable else "Predicting", parent=self)
+        self.progress.start("fine-tuning" if stoppable else "predicting")
         worker = create_worker(
             func,
             *args,
@@ -871,6 +1029,7 @@ class FinetuneWidget(QWidget):
         return worker
 
     def _on_error(self, exc: BaseException) -> None:
+        self.progress.finish("failed")
         self.status.setText(f"Failed: {exc}. Your corrections are unchanged.")
         notify_error(exc)
 
@@ -878,6 +1037,8 @@ class FinetuneWidget(QWidget):
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.close()
+        if self.progress.running:
+            self.progress.finish("done")
         self.worker = None
         self.control = None
         for b in (self.predict_button, self.use_button, self.finetune_button):

@@ -22,25 +22,28 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox,
     QFormLayout,
     QLabel,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     DeviceCombo,
     ImageStack,
     LayerList,
     PathEdit,
+    ProgressPanel,
     check_device,
+    compact_combo,
     images_from_layers,
+    mark_output,
     notify_error,
     notify_info,
-    replace_or_add_layer,
+    scroll_layout,
     start_progress_worker,
+    unique_layer_name,
 )
 from napari_boundary_seg.core.progress import Progress
 
@@ -50,12 +53,49 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "NO_FOREGROUND",
     "InferenceWidget",
     "add_prediction_layers",
     "check_checkpoint_channels",
     "predict_job",
     "stack_for_checkpoint",
 ]
+
+
+#: What the status and the tables say when a prediction has no foreground voxel.
+NO_FOREGROUND = "no foreground predicted"
+
+
+def probability_colormap() -> Any:
+    """magma, transparent up to 0.2 and opaque from 0.6 up: a probability layer
+    that does not tint the whole view (most voxels are near 0, and a young
+    model's background sits at 0.1-0.3)."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    controls = np.linspace(0.0, 1.0, 41)
+    colors = np.asarray(ensure_colormap("magma").map(controls), dtype=np.float32)
+    colors[:, 3] = np.clip((controls - 0.2) / 0.4, 0.0, 1.0)
+    return Colormap(colors=colors, controls=controls, name="magma (transparent at 0)")
+
+
+def probability_layer_kwargs() -> dict[str, Any]:
+    """Display settings of a foreground-probability Image layer (0..1)."""
+    return {
+        "colormap": probability_colormap(),
+        "contrast_limits": (0.0, 1.0),
+        "blending": "translucent",
+        "opacity": 0.8,
+    }
+
+
+def prediction_outputs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(foreground probability (*spatial) float32, labels (*spatial) int32)``:
+    the layers' data, built in the worker so the GUI thread only adds layers."""
+    foreground = probs if probs.ndim == np.ndim(labels) else 1.0 - probs[0]
+    return (
+        np.ascontiguousarray(foreground, dtype=np.float32),
+        np.ascontiguousarray(labels, dtype=np.int32),
+    )
 
 
 def checkpoint_in_channels(checkpoint: Any) -> int | None:
@@ -193,47 +233,59 @@ def add_prediction_layers(
     prefix: str,
     with_probability: bool = True,
 ) -> tuple[Any, Any]:
-    """Add (or replace) the probability Image and prediction Labels layers.
+    """Add the probability Image and prediction Labels layers, as new layers.
+
+    An earlier prediction is never overwritten: when ``"<prefix> prediction"``
+    exists, the new layers are ``"<prefix> prediction [2]"`` (and
+    ``"<prefix> probability [2]"``), and so on. Both are marked as this
+    plugin's outputs (``_common.mark_output``), so image pickers leave the
+    probability out.
 
     Parameters
     ----------
     probs
-        ``(C, *spatial)`` class probabilities; the layer shows the foreground
-        probability ``1 - probs[0]``.
+        ``(C, *spatial)`` class probabilities (the layer shows the foreground
+        probability ``1 - probs[0]``), or ``(*spatial)`` foreground
+        probabilities already (:func:`prediction_outputs`).
     labels
         ``(*spatial)`` integer prediction.
     stack
-        The input images, whose scale and translate the layers take.
+        The input images, whose geometry the layers take.
     prefix
-        Layer names are ``f"{prefix} probability"`` and ``f"{prefix} prediction"``.
+        Layer names start with ``f"{prefix} probability"`` and ``f"{prefix} prediction"``.
 
     Returns
     -------
     (probability layer or None, labels layer)
     """
-    geometry = stack.geometry
+    geometry = dict(stack.geometry)
+    metadata = geometry.pop("metadata", None)
+    foreground, labels = prediction_outputs(probs, labels)
+    name = unique_layer_name(viewer, f"{prefix} prediction")
+    suffix = name[len(f"{prefix} prediction") :]
     prob_layer = None
     if with_probability:
-        foreground = (1.0 - probs[0]).astype(np.float32)
-        prob_layer = replace_or_add_layer(
-            viewer,
-            f"{prefix} probability",
-            "image",
+        prob_layer = viewer.add_image(
             foreground,
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            blending="additive",
-            opacity=0.6,
+            name=unique_layer_name(viewer, f"{prefix} probability{suffix}"),
+            metadata=mark_output("probability", metadata),
+            **probability_layer_kwargs(),
             **geometry,
         )
-    label_layer = replace_or_add_layer(
-        viewer,
-        f"{prefix} prediction",
-        "labels",
-        np.asarray(labels).astype(np.int32, copy=False),
-        **geometry,
+    label_layer = viewer.add_labels(
+        labels, name=name, metadata=mark_output("prediction", metadata), **geometry
     )
     return prob_layer, label_layer
+
+
+def prediction_status(labels: np.ndarray, name: str = "") -> str:
+    """``"Done: N foreground voxels predicted in 'name'."`` or, when there is
+    none, the words of :data:`NO_FOREGROUND`."""
+    n_fg = int(np.count_nonzero(labels))
+    where = f" in '{name}'" if name else ""
+    if n_fg == 0:
+        return f"Done: {NO_FOREGROUND}{where} (the model found no lesion)."
+    return f"Done: {n_fg} foreground voxels predicted{where}."
 
 
 # ---------------------------------------------------------------------------
@@ -246,21 +298,26 @@ class InferenceWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
+        from magicgui.widgets import ComboBox
         from napari.layers import Image
 
         self.viewer = napari_viewer
         self.worker = None
         self.last_result: tuple[np.ndarray, np.ndarray] | None = None
+        self.prediction_layer: Any = None
+        self.delivery = Delivery(self)
 
         self.checkpoint = PathEdit(
             "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
         )
         self.images = LayerList(napari_viewer, Image)
+        self.checkpoint.magic.changed.connect(self._show_modalities)
         self.device = DeviceCombo()
-        self.probability = QComboBox()
-        self.probability.addItems(["probability and labels", "labels only"])
+        self.output_choice = ComboBox(choices=["probability and labels", "labels only"])
+        self.probability = compact_combo(self.output_choice.native)
         self.run_button = QPushButton("Predict")
         self.run_button.clicked.connect(self.start)
+        self.progress = ProgressPanel(self)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -270,17 +327,26 @@ class InferenceWidget(QWidget):
         form.addRow("Image layer(s)", self.images)
         form.addRow("Device", self.device)
         form.addRow("Output", self.probability)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
+        layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
 
     @property
     def busy(self) -> bool:
-        """True while a prediction runs."""
-        return self.worker is not None
+        """True while a prediction runs or its layers are being shown."""
+        return self.worker is not None or self.delivery.pending
+
+    def _show_modalities(self, *_: Any) -> None:
+        """Show the loaded checkpoint's modality names under the image picker."""
+        from napari_boundary_seg.core.predict import checkpoint_modalities
+
+        path = Path(self.checkpoint.text()).expanduser()
+        names = checkpoint_modalities(path) if path.is_file() else []
+        self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")
 
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
@@ -303,39 +369,69 @@ class InferenceWidget(QWidget):
             notify_error(exc)
             return None
         self._stack = stack
+
+        def job() -> Generator[Progress, None, tuple[np.ndarray, ...]]:
+            probs, labels = yield from predict_job(checkpoint, stack.images, stack.spacing, device)
+            # the layers' data is built here, not in the GUI thread
+            return (probs, labels, *prediction_outputs(probs, labels))
+
         worker = start_progress_worker(
-            lambda: predict_job(checkpoint, stack.images, stack.spacing, device),
+            job,
             self._on_returned,
             "Predicting",
+            on_event=None,
             start=False,
             button=self.run_button,
         )
+        worker.yielded.connect(self._on_yielded)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.status.setText("Predicting…")
+        self.progress.start("loading the checkpoint")
         worker.start()
         return worker
 
-    def _on_returned(self, result: tuple[np.ndarray, np.ndarray]) -> None:
-        probs, labels = result
+    def _on_yielded(self, event: Any) -> None:
+        if isinstance(event, Progress):
+            self.progress.set(event.done, event.total, event.message)
+
+    def _on_returned(self, result: tuple[np.ndarray, ...]) -> None:
+        probs, labels, foreground, labels32 = result
         self.last_result = (probs, labels)
-        prefix = self._stack.names[0]
-        add_prediction_layers(
-            self.viewer,
-            probs,
-            labels,
-            self._stack,
-            prefix,
-            with_probability=self.probability.currentIndex() == 0,
-        )
-        n_fg = int((np.asarray(labels) > 0).sum())
-        self.status.setText(f"Done: {n_fg} foreground voxels predicted.")
+        stack, prefix = self._stack, self._stack.names[0]
+        geometry = dict(stack.geometry)
+        metadata = geometry.pop("metadata", None)
+        name = unique_layer_name(self.viewer, f"{prefix} prediction")
+        suffix = name[len(f"{prefix} prediction") :]
+        with_probability = self.probability.currentIndex() == 0
+
+        def add_probability() -> None:
+            self.viewer.add_image(
+                foreground,
+                name=unique_layer_name(self.viewer, f"{prefix} probability{suffix}"),
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            )
+
+        def add_labels() -> None:
+            self.prediction_layer = self.viewer.add_labels(
+                labels32, name=name, metadata=mark_output("prediction", metadata), **geometry
+            )
+            self.status.setText(prediction_status(labels32, name))
+
+        # one layer per event-loop turn (the window draws in between); same
+        # layers as add_prediction_layers
+        self.delivery.run(*([add_probability] if with_probability else []), add_labels)
 
     def _on_error(self, exc: BaseException) -> None:
+        self.progress.finish("failed")
         self.status.setText("Prediction failed.")  # start_progress_worker notifies
 
     def _on_finished(self) -> None:
+        if self.progress.running:
+            self.progress.finish("done")
         self.worker = None
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming

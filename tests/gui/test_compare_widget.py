@@ -125,17 +125,44 @@ def test_bad_inputs_notify(make_napari_viewer, errors, warnings_shown, qtbot):
     assert "(3, 4, 4)" in errors[-1] and "(3, 4, 5)" in errors[-1]
     widget.gt_combo.set_layer("a")
     assert widget.compare() is None and "nothing to compare" in errors[-1]
+    # float images (probabilities, φ) are not offered as labels
     viewer.add_image(np.full((3, 4, 4), 0.5, dtype=np.float32), name="soft")
+    assert "soft" not in widget.pred_combo.names() and "soft" not in widget.gt_combo.names()
     widget.pred_combo.set_layer("soft")
-    assert widget.compare() is None and "not integer" in errors[-1]
-    assert len(errors) == 4
+    assert widget.pred_combo.layer() is viewer.layers["a"]
+    assert len(errors) == 3
     # an empty ground truth is allowed (all false positives), with a warning
     viewer.add_labels(np.ones((3, 4, 4), dtype=np.uint8), name="c")
     widget.pred_combo.set_layer("c")
     _run(widget, qtbot)
     assert "has no foreground" in warnings_shown[-1]
-    assert widget.table.item(0, 2).text() == "inf"
-    assert len(errors) == 4
+    assert widget.table.item(0, 2).text() == "—"  # HD: undefined, not a number
+    assert "undefined" in widget.table.item(0, 2).toolTip()
+    assert "No foreground in the ground truth" in widget.summary.text()
+    assert len(errors) == 3
+
+
+def test_empty_prediction_reads_no_foreground_and_dashes(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    _, gt = _cubes()
+    viewer.add_labels(gt, name="gt", scale=SCALE)
+    viewer.add_labels(np.zeros_like(gt), name="empty pred", scale=SCALE)
+    widget = CompareWidget(viewer)
+    widget.pred_combo.set_layer("empty pred")
+    widget.gt_combo.set_layer("gt")
+    _run(widget, qtbot)
+    assert "No foreground predicted in 'empty pred'" in widget.summary.text()
+    headers = [
+        widget.table.horizontalHeaderItem(j).text() for j in range(widget.table.columnCount())
+    ]
+    for header in ("HD (mm)", "HD95 (mm)", "ASSD (mm)"):
+        j = headers.index(header)
+        for i in range(widget.table.rowCount()):  # the volume and every slice row
+            assert widget.table.item(i, j).text() == "—", (header, i)
+            assert "no foreground predicted" in widget.table.item(i, j).toolTip()
+    assert widget.table.item(0, headers.index("DSC")).text() == "0.000"
+    assert widget.table_rows()[0]["hd"] == float("inf")  # the CSV keeps inf
+    assert errors == []
 
 
 def test_format_number_cells():

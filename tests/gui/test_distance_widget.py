@@ -7,6 +7,8 @@ import pytest
 
 from napari_boundary_seg._widgets import _common
 from napari_boundary_seg._widgets.distance import (
+    OUTLINE,
+    ZERO_LEVEL,
     DistanceMapWidget,
     Mode,
     boundary_layer_name,
@@ -38,13 +40,20 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     np.testing.assert_array_equal(phi.scale, (2.0, 1.0))
     lo, hi = phi.contrast_limits
     assert lo == -hi and hi > 0
-    # zero level layer: exactly the ring
-    ring = viewer.layers[boundary_layer_name("sq", 1)].data
-    assert ring.sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == 1
+    # ∂G layer: 1 exactly on the ring (φ = 0), 2 on the outline just outside
     ring_layer = viewer.layers[boundary_layer_name("sq", 1)]
+    ring = ring_layer.data
+    assert (ring == ZERO_LEVEL).sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == ZERO_LEVEL
+    assert (ring == OUTLINE).sum() == 12 and ring[1, 3] == OUTLINE and ring[1, 1] == 0
     assert ring_layer.opacity == 1.0
-    np.testing.assert_allclose(ring_layer.colormap.color_dict[1], [0, 0, 0, 1])
-    assert ring_layer.colormap.color_dict[0][3] == 0  # the rest is transparent
+    # in 2D the black outline does not hide φ = 0: ∂G itself is transparent
+    colors = ring_layer.colormap.color_dict
+    np.testing.assert_allclose(colors[OUTLINE], [0, 0, 0, 1])
+    assert colors[ZERO_LEVEL][3] == 0 and colors[0][3] == 0
+    # φ is translucent over the anatomy, with a colorbar; marked as a map
+    assert phi.blending == "translucent" and phi.opacity < 1.0
+    assert phi.colorbar.visible
+    assert phi.metadata["boundary_seg_output"] == "phi"
     # the status bar shows φ under the cursor, named with its unit
     assert viewer.layers.selection.active is phi
     viewer.mouse_over_canvas = True
@@ -88,17 +97,16 @@ def test_bad_inputs_notify_and_add_nothing(make_napari_viewer, errors):
     assert widget.compute() is None
     assert "No labels layer" in errors[-1]
 
+    # float images (φ maps, probabilities, scans) are not offered as labels
     viewer.add_image(np.random.default_rng(0).random((4, 4)).astype(np.float32), name="float")
-    widget.labels_combo.set_layer("float")
-    assert widget.compute() is None
-    assert "float32" in errors[-1] and "float" in errors[-1]
-
     nan = np.zeros((4, 4), dtype=np.float32)
     nan[0, 0] = np.nan
     viewer.add_image(nan, name="nan")
-    widget.labels_combo.set_layer("nan")
+    assert widget.labels_combo.names() == []
+    widget.labels_combo.set_layer("float")
+    assert widget.labels_combo.layer() is None
     assert widget.compute() is None
-    assert "NaN" in errors[-1]
+    assert "No labels layer" in errors[-1]
 
     viewer.add_labels(np.zeros((4, 4), dtype=np.uint8), name="empty")
     widget.labels_combo.set_layer("empty")
@@ -109,7 +117,7 @@ def test_bad_inputs_notify_and_add_nothing(make_napari_viewer, errors):
     widget.labels_combo.set_layer("full")
     assert widget.compute() is None
     assert "fills all" in errors[-1]
-    assert len(errors) == 5
+    assert len(errors) == 4
     assert [layer.name for layer in viewer.layers] == ["float", "nan", "empty", "full"]
 
 
@@ -119,11 +127,11 @@ def test_combo_follows_layer_list(make_napari_viewer):
     assert widget.labels_combo.count() == 0
     viewer.add_image(np.zeros((3, 3), dtype=np.uint8), name="img")
     viewer.add_labels(np.zeros((3, 3), dtype=np.uint8), name="lab")
-    items = [widget.labels_combo.itemText(i) for i in range(widget.labels_combo.count())]
-    assert items == ["lab", "img"]  # Labels layers first
+    viewer.add_labels(np.zeros((3, 3), dtype=np.int32), name="other")
+    assert widget.labels_combo.names() == ["lab", "other"]  # integer Labels layers only
     viewer.layers["lab"].name = "renamed"
     assert widget.labels_combo.findText("renamed") >= 0
-    viewer.layers.remove("img")
+    viewer.layers.remove("other")
     assert widget.labels_combo.count() == 1
 
 
@@ -179,3 +187,20 @@ def test_plot_canvas_helper(qtbot):
     assert [line.get_label() for line in lines] == ["α", "1 - α"]
     np.testing.assert_allclose(lines[1].get_ydata(), [0.0, 0.01, 0.02])
     assert canvas.axes.get_legend() is not None and canvas.axes.get_title() == "alpha"
+
+
+def test_3d_view_draws_the_zero_level_surface_not_a_projection(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    data = np.zeros((6, 7, 8), dtype=np.uint8)
+    data[2:5, 2:5, 3:6] = 1
+    viewer.add_labels(data, name="les")
+    widget = DistanceMapWidget(viewer)
+    phi = _run(widget, qtbot, phi_layer_name("les", 1))
+    ring = viewer.layers[boundary_layer_name("les", 1)]
+    np.testing.assert_array_equal(ring.data == ZERO_LEVEL, (phi.data == 0) & (data > 0))
+    viewer.dims.ndisplay = 3
+    assert not phi.visible  # no max projection of φ (a solid red box)
+    assert ring.visible and ring.colormap.color_dict[ZERO_LEVEL][3] == 1.0
+    assert ring.colormap.color_dict[OUTLINE][3] == 0.0
+    viewer.dims.ndisplay = 2
+    assert phi.visible and ring.colormap.color_dict[ZERO_LEVEL][3] == 0.0

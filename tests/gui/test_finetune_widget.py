@@ -110,8 +110,10 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert widget.table.item(0, 1).text() == "2"
     assert widget.table.item(1, 0).text() == "untouched"
     assert widget.table.item(1, 1).text() == "4"
-    # untouched slices: the corrections are the old prediction there
-    assert widget.table.item(1, 2).text() == "1.000"
+    # untouched slices without a ground truth: n/a, not a DSC of 1 by construction
+    assert [widget.table.item(1, c).text() for c in range(2, 6)] == ["n/a"] * 4
+    assert "ground truth" in widget.table.item(1, 2).toolTip()
+    assert "done" in widget.progress.text()
     assert "FLAIR changes" in viewer.layers and "FLAIR fine-tuned prediction" in viewer.layers
     assert viewer.layers["FLAIR changes"].data.shape == SHAPE
     changes, new_pred = viewer.layers["FLAIR changes"], viewer.layers["FLAIR fine-tuned prediction"]
@@ -214,3 +216,46 @@ def test_atom_slices(ndim):
     assert atom_slices(Atom((slice(4, 5), slice(2, 5), slice(0, 2)), None), 1, 3) == {2, 3, 4}
     fancy = ((np.array([1, 1]), np.array([0, 3]), np.array([2, 2])), np.zeros(2), 1)
     assert atom_slices(fancy, 1, 3) == {0, 3}
+
+
+def test_untouched_row_against_ground_truth(
+    make_napari_viewer, qtbot, checkpoint, errors, tmp_path
+):
+    from napari_boundary_seg.core.finetune import compare_models
+
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    _, _, truth = _volumes()
+    viewer.add_labels(truth.astype(np.uint8), name="truth", scale=SPACING)
+    layer = viewer.layers["FLAIR corrections"]
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
+    widget.truth_combo.set_layer("truth")
+    widget.epochs.setValue(1)
+    widget.out_folder.setText(str(tmp_path / "ft"))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert errors == []
+    ft, evaluation = widget.pending
+    expected = compare_models(
+        evaluation["old_pred"], evaluation["new_pred"], truth, SPACING, ft.slices, 2
+    )["untouched"]
+    assert widget.table.item(1, 2).text() == f"{expected['dice_old']:.3f}"
+    assert widget.table.item(1, 3).text() == f"{expected['dice_new']:.3f}"
+
+
+def test_gain_table_dashes_hd95_of_an_empty_prediction(make_napari_viewer):
+    from napari_boundary_seg._widgets.finetune import foreground_flags
+
+    viewer = make_napari_viewer()
+    widget = FinetuneWidget(viewer)
+    pred = np.zeros((4, 4, 5), np.int32)
+    pred[1, 1, 3] = 1
+    assert foreground_flags(pred, [3], 2) == {"corrected": True, "untouched": False}
+    row = {"n_slices": 2, "dice_old": 0.5, "dice_new": 0.0, "hd95_old": 4.0, "hd95_new": 297.0}
+    comparison = {"corrected": row, "untouched": {**row, "n_slices": 3}}
+    flags = {"old": {"corrected": True, "untouched": True}, "new": {"corrected": False}}
+    widget._set_table(comparison, {**row, "n_slices": 3}, flags)
+    assert widget.table.item(0, 5).text() == "—"  # not a 297 mm diagonal
+    assert "no foreground predicted" in widget.table.item(0, 5).toolTip()
+    assert widget.table.item(0, 4).text() == "4.0"
+    assert widget.table.item(1, 2).text() == "0.500"

@@ -52,7 +52,7 @@ def test_predict_adds_layers_with_input_geometry(
     widget.checkpoint.setText(checkpoint)
     worker = widget.start()
     assert worker is not None, errors
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
     assert errors == []
     prob = viewer.layers["FLAIR probability"]
     pred = viewer.layers["FLAIR prediction"]
@@ -68,11 +68,16 @@ def test_predict_adds_layers_with_input_geometry(
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(pred.data, probs.argmax(axis=0))
     np.testing.assert_allclose(prob.data, 1.0 - probs[0], atol=1e-6)
-    # predicting again replaces the layers instead of stacking new ones
+    # predicting again never overwrites the earlier prediction: new names
+    first = pred.data.copy()
     n_layers = len(viewer.layers)
     widget.start()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
-    assert len(viewer.layers) == n_layers
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
+    assert len(viewer.layers) == n_layers + 2
+    assert viewer.layers["FLAIR prediction"] is pred
+    np.testing.assert_array_equal(pred.data, first)
+    assert widget.prediction_layer.name == "FLAIR prediction [2]"
+    assert "FLAIR probability [2]" in viewer.layers
 
 
 def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
@@ -92,7 +97,7 @@ def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
         widget.checkpoint.setText(checkpoint)
         assert widget.images.selected_names() == list(order)
         assert widget.start() is not None, errors
-        qtbot.waitUntil(lambda w=widget: w.worker is None, timeout=20_000)
+        qtbot.waitUntil(lambda w=widget: not w.busy, timeout=20_000)
         results.append(widget.last_result[0])
     assert errors == []
     assert len(infos) == 1 and "FLAIR, T1" in infos[0]  # only the swapped viewer says so
@@ -183,3 +188,58 @@ def test_checkpoint_in_channels_reads_hparams(checkpoint):
     assert checkpoint_in_channels((model, ckpt)) == 2
     assert checkpoint_in_channels(ckpt) == 2
     assert Path(checkpoint).name == "best.pt"
+
+
+def test_empty_prediction_says_no_foreground(make_napari_viewer, qtbot, monkeypatch, errors):
+    from napari_boundary_seg._widgets import inference
+    from napari_boundary_seg.core.progress import Progress
+
+    def nothing(checkpoint, images, spacing, device="auto", axis=None):
+        yield Progress(1, 1, "slices")
+        probs = np.zeros((2, *images.shape[1:]), np.float32)
+        probs[0] = 1.0  # background everywhere
+        return probs, np.zeros(images.shape[1:], np.int64)
+
+    monkeypatch.setattr(inference, "predict_job", nothing)
+    monkeypatch.setattr(inference, "check_checkpoint_path", str)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((4, 5), np.float32), name="FLAIR")
+    widget = InferenceWidget(viewer)
+    widget.checkpoint.setText("any.pt")
+    assert widget.start() is not None, errors
+    qtbot.waitUntil(lambda: not widget.busy, timeout=10_000)
+    assert "no foreground predicted" in widget.status.text()
+    assert "FLAIR prediction" in viewer.layers
+    assert "done" in widget.progress.text() and "elapsed" not in widget.progress.text()
+
+
+def test_probability_layer_is_transparent_at_zero_and_left_out_of_image_pickers(
+    make_napari_viewer,
+):
+    from napari_boundary_seg._widgets.inference import add_prediction_layers
+
+    viewer = make_napari_viewer()
+    flair = viewer.add_image(np.ones((4, 5), np.float32), name="FLAIR")
+    widget = InferenceWidget(viewer)
+    stack = images_from_layers([flair])
+    probs = np.zeros((2, 4, 5), np.float32)
+    probs[0] = 1.0
+    prob, pred = add_prediction_layers(viewer, probs, np.zeros((4, 5), int), stack, "FLAIR")
+    rgba = prob.colormap.map(np.array([0.0, 0.15, 1.0]))
+    assert rgba[0, 3] == 0.0 and rgba[1, 3] == 0.0  # transparent at 0 and near it
+    assert rgba[2, 3] == 1.0
+    assert prob.blending == "translucent"
+    # the image picker offers the scan, not the probability; "show all" lists it
+    names = lambda: [widget.images.item(i).text() for i in range(widget.images.count())]  # noqa: E731
+    assert names() == ["FLAIR"]
+    widget.images.show_all.setChecked(True)
+    assert prob.name in names()
+
+
+def test_image_picker_shows_the_model_modalities(make_napari_viewer, checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((4, 5), np.float32), name="a")
+    widget = InferenceWidget(viewer)
+    assert widget.images.hint.isHidden()
+    widget.checkpoint.setText(checkpoint)
+    assert widget.images.hint.text() == "model trained on: FLAIR, T1"

@@ -1,0 +1,112 @@
+"""The shared widget pieces: magicgui layer pickers that offer only what fits,
+and dock widgets that scroll and fit a 1366×768 laptop screen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+
+from napari_boundary_seg._widgets._common import (
+    LayerCombo,
+    LayerList,
+    PathEdit,
+    ProgressPanel,
+    double_spin,
+    format_duration,
+    int_spin,
+    is_integer_labels,
+    mark_output,
+    unique_layer_name,
+)
+
+PLUGIN = "napari-boundary-seg"
+MY_WIDGETS = ("Distance map", "Compare to ground truth", "Finetune on corrections", "Predict")
+
+
+def test_pickers_are_magicgui_and_offer_only_what_fits(make_napari_viewer):
+    from magicgui.widgets import ComboBox, FileEdit, Select
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 4), np.float32), name="FLAIR")
+    viewer.add_image(np.zeros((3, 4), np.float32), name="φ", metadata=mark_output("phi"))
+    viewer.add_image(np.zeros((3, 4), np.float32), name="prob", metadata=mark_output("probability"))
+    viewer.add_labels(np.zeros((3, 4), np.uint8), name="lesions")
+    labels = LayerCombo(viewer, (Labels,), accept=is_integer_labels)
+    images = LayerList(viewer, Image)
+    assert isinstance(labels.magic, ComboBox) and isinstance(images.magic, Select)
+    assert labels.names() == ["lesions"] and labels.layer() is viewer.layers["lesions"]
+    assert [images.item(i).text() for i in range(images.count())] == ["FLAIR"]
+    assert images.selected_names() == ["FLAIR"]  # first look: every scan chosen
+    images.show_all.setChecked(True)
+    assert [images.item(i).text() for i in range(images.count())] == ["FLAIR", "φ", "prob"]
+    assert images.selected_names() == ["FLAIR"]  # the choice survives the refresh
+    # the pickers follow the layer list
+    viewer.add_labels(np.zeros((3, 4), np.int32), name="more")
+    assert labels.names() == ["lesions", "more"]
+    viewer.layers["lesions"].name = "renamed"
+    assert labels.names() == ["renamed", "more"] and labels.layer().name == "renamed"
+    none = LayerCombo(viewer, (Labels,), allow_none=True)
+    assert none.names()[0] == "(none)" and none.layer() is None
+    # files and numbers come from magicgui too
+    path = PathEdit("folder", placeholder="somewhere")
+    assert isinstance(path.magic, FileEdit) and path.text() == ""
+    path.setText(" /tmp ")
+    assert path.text() == "/tmp"
+    spin, fspin = int_spin(5, 1, 9), double_spin(0.25, 0.0, 1.0, 0.05, 3)
+    assert spin.value() == 5 and fspin.value() == 0.25 and fspin.decimals() == 3
+    assert type(spin.magic).__module__.startswith("magicgui")
+
+
+def test_unique_layer_name(make_napari_viewer):
+    viewer = make_napari_viewer()
+    assert unique_layer_name(viewer, "a prediction") == "a prediction"
+    viewer.add_labels(np.zeros((2, 2), np.uint8), name="a prediction")
+    assert unique_layer_name(viewer, "a prediction") == "a prediction [2]"
+    viewer.add_labels(np.zeros((2, 2), np.uint8), name="a prediction [2]")
+    assert unique_layer_name(viewer, "a prediction") == "a prediction [3]"
+
+
+def test_progress_panel_shows_elapsed_and_remaining(qtbot, monkeypatch):
+    from napari_boundary_seg._widgets import _common
+
+    now = [100.0]
+    monkeypatch.setattr(_common.time, "monotonic", lambda: now[0])
+    panel = ProgressPanel()
+    qtbot.addWidget(panel)
+    panel.start("predicting")
+    assert panel.isVisibleTo(None) or not panel.isHidden()
+    now[0] = 110.0
+    panel.set(1, 4, "slice 1/4")
+    panel.flush()
+    assert panel.bar.maximum() == 4 and panel.bar.value() == 1
+    assert panel.text() == "slice 1/4, elapsed 0:10, about 0:30 left"
+    now[0] = 140.0
+    panel.set(4, 4)
+    panel.finish("done")
+    assert panel.text() == "done in 0:40" and panel.bar.value() == panel.bar.maximum()
+    assert format_duration(3725) == "1:02:05"
+
+
+@pytest.mark.parametrize("name", MY_WIDGETS)
+def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    for _ in range(5):
+        QApplication.processEvents()
+    area = widget.scroll_area
+    assert isinstance(area, QScrollArea) and area.widgetResizable()
+    # the dock asks for little: it scrolls instead of forcing a taller window
+    assert widget.minimumSizeHint().height() <= 200, widget.minimumSizeHint()
+    assert dock.minimumSizeHint().height() <= 300
+    assert window.height() <= 768 and window.width() <= 1366
+    assert dock.geometry().bottom() <= window.height()  # not cut off at the bottom
+    body = area.widget()
+    if body.sizeHint().height() > area.viewport().height():
+        assert area.verticalScrollBar().maximum() > 0  # the rest is reachable
+    assert widget.minimumSizeHint().width() <= 1366 // 3
+    assert area.horizontalScrollBar().maximum() == 0  # nothing cut off sideways
