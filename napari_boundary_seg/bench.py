@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -281,16 +282,16 @@ def format_bench(result: dict) -> str:
         verdict = ""
         if bar is not None:
             verdict = f"  bar {bar:g}x: {'PASS' if case.get('passed') else 'FAIL'}"
-        lines.append(
-            f"  {case['name']}: ours {case['ours_s'] * 1e3:.1f} ms, "
-            f"baseline {case['baseline_s'] * 1e3:.1f} ms ({case['baseline']}), "
-            f"ratio {case['ratio']:.2f}x{verdict}"
-        )
-        extras = {
-            k: v
-            for k, v in case.items()
-            if k not in {"name", "baseline", "baseline_s", "ours_s", "ratio", "bar", "passed"}
-        }
+        if "text" in case:  # a case that is not two times (memory, throughput)
+            lines.append(f"  {case['name']}: {case['text']}")
+        else:
+            lines.append(
+                f"  {case['name']}: ours {case['ours_s'] * 1e3:.1f} ms, "
+                f"baseline {case['baseline_s'] * 1e3:.1f} ms ({case['baseline']}), "
+                f"ratio {case['ratio']:.2f}x{verdict}"
+            )
+        hidden = {"name", "baseline", "baseline_s", "ours_s", "ratio", "bar", "passed", "text"}
+        extras = {k: v for k, v in case.items() if k not in hidden}
         if extras:
             lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in extras.items()))
     info = result.get("info")
@@ -567,3 +568,358 @@ def bench_metrics(
             "components_backend": "cc3d" if metrics._cc3d is not None else "scipy",
         },
     }
+
+
+# ---------------------------------------------------------------------------
+# bench data: memory of the training process, loader throughput, cost of φ
+
+
+def _memory_child(spec: dict) -> dict:
+    """Run in a fresh process: a few 3D training steps on a data set folder.
+
+    Returns the process's peak resident memory (``ru_maxrss``, MiB) and its
+    settings. Only :func:`bench_data` calls it (through ``python -c``).
+    """
+    import resource
+
+    from napari_boundary_seg.core.progress import run_to_end
+    from napari_boundary_seg.core.train import TrainConfig, train
+
+    config = TrainConfig(**spec)
+    done = run_to_end(train(config))
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_mib": peak_kib / 1024.0, "steps": len(done.history), "reason": done.reason}
+
+
+def _run_memory_child(spec: dict, timeout: float) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from napari_boundary_seg.bench import _memory_child; "
+        "print('RESULT ' + json.dumps(_memory_child(json.loads(sys.argv[1]))))"
+    )
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"the training subprocess failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def bench_data(
+    n_small: int = 8,
+    n_large: int = 64,
+    shape: tuple[int, int, int] = (48, 56, 48),
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0),
+    patch_size: tuple[int, int, int] = (32, 32, 16),
+    steps: int = 3,
+    loader_batches: int = 8,
+    workers: tuple[int, ...] = (0, 1, 2),
+    step_2d: tuple[int, int] = (8, 128),
+    step_3d: tuple[int, tuple[int, int, int]] = (2, (96, 96, 32)),
+    depth: int = 4,
+    base_channels: int = 32,
+    phi_samples: int = 6,
+    seed: int = 0,
+    timeout: float = 900.0,
+    volume_3d: tuple[int, int, int] = (96, 112, 96),
+    dims: int = 3,
+) -> dict:
+    """Memory of training vs the number of cases, loader throughput, cost of φ recomputation.
+
+    1. *Memory*: ``n_small`` and ``n_large`` synthetic cases (phantom anatomy,
+       ``shape`` at ``spacing``) are written as NIfTI folders; for each, a fresh
+       Python process runs ``train()`` in 3D (``patch_size``, batch 2, UNet depth 2
+       width 4, ``steps`` steps, augmentation on, 0 workers, validation on 20 %
+       of the cases) from the folder, with a fresh cache (cases prepared one at a
+       time) and reports its peak resident memory (``ru_maxrss``). Bar: large /
+       small <= 1.3.
+    2. *Loader*: batches per second of 2 augmented patches delivered by
+       :func:`~napari_boundary_seg.core.patches.iter_keyed_batches` from the
+       small cache with each number of ``workers`` (after the first batch, which
+       pays the workers' start); ratio against 0 workers.
+    3. *φ recomputation*: the seconds spent warping labels and recomputing φ per
+       warped sample (:func:`~napari_boundary_seg.core.augment.warped_sample`), as
+       a share of one training step (UNet ``depth``/``base_channels``, GDL + BL,
+       Adam) at batch ``step_2d`` (2D: batch × size², per-slice φ) and
+       ``step_3d`` (3D: batch × patch from a ``volume_3d`` phantom case at 2 mm;
+       patches drawn as in training, one third on foreground). ``share_all`` if
+       every sample is warped, ``share_expected`` at the default warp
+       probability.
+
+    ``workers=()`` leaves out part 2 and ``phi_samples=0`` part 3 (quick checks).
+    ``dims=2`` measures part 1 with the paper's 2D slices (along axis 2, resized
+    to ``patch_size[0]``², from the slice cache) instead of 3D patches.
+
+    Returns
+    -------
+    dict
+        The result schema of this module, ``benchmark="data"``.
+    """
+    import tempfile
+
+    import torch
+
+    from napari_boundary_seg.core.patches import (
+        iter_cache_cases,
+    )
+    from napari_boundary_seg.core.progress import run_to_end
+    from napari_boundary_seg.core.synthetic import iter_write_benchmark
+
+    cases: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="nbs-bench-data-") as tmp:
+        root = Path(tmp)
+        peaks = {}
+        for k, n in enumerate((n_small, n_large)):
+            folder = root / f"data{k}"
+            run_to_end(
+                iter_write_benchmark(
+                    folder, n, seed=seed, shape=shape, spacing=spacing, anatomy="phantom"
+                )
+            )
+            spec = {
+                "data": str(folder),
+                "cache_dir": str(root / f"cache{k}"),
+                "dims": dims,
+                "patch_size": list(patch_size) if dims == 3 else None,
+                "slice_size": patch_size[0],
+                "epochs": 1,
+                "max_steps_per_epoch": steps,
+                "batch_size": 2,
+                "depth": 2,
+                "base_channels": 4,
+                "device": "cpu",
+                "augment": True,
+                "seed": seed,
+            }
+            peaks[k] = _run_memory_child(spec, timeout)
+        small, large = peaks[0]["peak_mib"], peaks[1]["peak_mib"]
+        bar = 1.3
+        memory = {
+            "name": f"peak resident memory of {dims}D training, {n_large} vs {n_small} cases "
+            f"({'x'.join(map(str, shape))} at {spacing[0]:g} mm, "
+            + (
+                f"patch {'x'.join(map(str, patch_size))}"
+                if dims == 3
+                else f"slices {patch_size[0]}x{patch_size[0]}"
+            )
+            + f", {steps} steps)",
+            "baseline": f"{n_small} cases",
+            "baseline_s": small,
+            "ours_s": large,
+            "ratio": large / small,
+            "bar": None,
+            "passed": bool(large / small <= bar),
+            "peak_mib_small": small,
+            "peak_mib_large": large,
+            "memory_ratio": large / small,
+            "memory_ratio_bar": bar,
+            "text": f"{large:.0f} MiB with {n_large} cases, {small:.0f} MiB with {n_small}: "
+            f"ratio {large / small:.3f} (bar <= {bar:g}: "
+            f"{'PASS' if large / small <= bar else 'FAIL'})",
+        }
+        cases.append(memory)
+
+        # 2. loader throughput with augmentation, per number of workers
+        entries = run_to_end(iter_cache_cases(_sorted_files(root / "data0"), root / "cache0", 2))
+        cases += _loader_cases(entries, patch_size, workers, loader_batches, seed)
+
+    # 3. cost of recomputing φ per warped sample vs a training step
+    if phi_samples > 0:  # 0: no φ figures
+        cases.append(_phi_share_2d(step_2d, depth, base_channels, phi_samples, seed))
+        cases.append(_phi_share_3d(step_3d, depth, base_channels, phi_samples, seed, volume_3d))
+    return {
+        "benchmark": "data",
+        "cases": cases,
+        "info": {
+            "seed": seed,
+            "threads": torch.get_num_threads(),
+            "unet": f"depth {depth}, width {base_channels} (φ share); depth 2 width 4 (memory)",
+        },
+    }
+
+
+def _loader_cases(
+    entries: list, patch_size: tuple, workers: tuple, batches: int, seed: int
+) -> list[dict]:
+    """Batches/s of augmented patch pairs per number of workers (after the first batch)."""
+    from napari_boundary_seg.core import augment as aug
+    from napari_boundary_seg.core.patches import PatchDataset, epoch_batches, iter_keyed_batches
+
+    dataset = PatchDataset(entries, patch_size, seed=seed, augment=aug.AugmentConfig())
+    rates = {}
+    for w in workers:
+        plan = epoch_batches(w + 1, 2, 0, batches + 1, None)
+        it = iter_keyed_batches(dataset, plan, num_workers=w, seed=seed)
+        next(it)
+        start = time.perf_counter()
+        count = sum(1 for _ in it)
+        rates[w] = count / (time.perf_counter() - start)
+    out = []
+    for w in workers:
+        base = rates[workers[0]]
+        out.append(
+            {
+                "name": f"loader, augmented batches of 2 x {'x'.join(map(str, patch_size))}, "
+                f"{w} worker(s)",
+                "baseline": f"{workers[0]} workers",
+                "baseline_s": 1.0 / base,
+                "ours_s": 1.0 / rates[w],
+                "ratio": rates[w] / base,
+                "bar": None,
+                "passed": None,
+                "batches_per_s": rates[w],
+                "text": f"{rates[w]:.2f} batches/s, {rates[w] / base:.2f}x the "
+                f"{workers[0]}-worker rate",
+            }
+        )
+    return out
+
+
+def _sorted_files(folder: Any) -> list:
+    from napari_boundary_seg.core.data import find_cases
+
+    return find_cases(folder)
+
+
+def _step_seconds(model: Any, batch: tuple, repeats: int = 2) -> float:
+    import statistics
+
+    import torch
+
+    from napari_boundary_seg.core.losses import LossKind
+    from napari_boundary_seg.core.train import train_step
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    times = []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        train_step(model, optimizer, batch, LossKind.GDL_BL, (0.5, 0.5), num_classes=2)
+        if r:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _phi_case(name: str, phi_s: float, batch: int, step_s: float, stats: dict, warp_p: float):
+    share = batch * phi_s / step_s
+    return {
+        "name": name,
+        "baseline": "one training step",
+        "baseline_s": step_s,
+        "ours_s": batch * phi_s,
+        "ratio": step_s / (batch * phi_s) if phi_s > 0 else float("inf"),
+        "bar": None,
+        "passed": None,
+        "phi_s_per_sample": phi_s,
+        "share_all": share,
+        "share_expected": share * warp_p,
+        "whole_volume_fallbacks": f"{int(stats.get('full', 0))}/{int(stats.get('samples', 0))}",
+    }
+
+
+def _phi_share_2d(step: tuple[int, int], depth: int, width: int, n: int, seed: int) -> dict:
+    import torch
+
+    from napari_boundary_seg.core import augment as aug
+    from napari_boundary_seg.core.distance import class_distance_maps
+    from napari_boundary_seg.core.unet import UNet
+
+    batch, size = step
+    labels = blob_mask((size, size, 1), 0.01, seed=seed)[..., 0].astype(np.int64)
+    image = labels[None].astype(np.float32)
+    config = aug.AugmentConfig()
+    whole = (slice(0, size), slice(0, size))
+    stats: dict = {}
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        warp = aug.draw_warp(labels.shape, (1.0, 1.0), whole, config, rng)
+        aug.warped_sample(image, labels, (1.0, 1.0), whole, warp, 2, stats)
+    phi_s = stats["phi_s"] / stats["samples"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = UNet(1, 2, depth=depth, base_channels=width)
+    x = torch.from_numpy(np.repeat(image[None], batch, 0))
+    y = torch.from_numpy(np.repeat(labels[None], batch, 0))
+    d = torch.from_numpy(np.repeat(class_distance_maps(labels, 2)[None], batch, 0))
+    step_s = _step_seconds(model, (x, y, d))
+    return _phi_case(
+        f"φ recomputation, 2D warp (per-slice φ), batch {batch} x {size}x{size}",
+        phi_s,
+        batch,
+        step_s,
+        stats,
+        config.warp,
+    )
+
+
+def _phi_share_3d(
+    step: tuple, depth: int, width: int, n: int, seed: int, volume: tuple[int, int, int]
+) -> dict:
+    import torch
+
+    from napari_boundary_seg.core import augment as aug
+    from napari_boundary_seg.core.distance import class_distance_maps
+    from napari_boundary_seg.core.patches import PatchDataset, VolumeEntry
+    from napari_boundary_seg.core.synthetic import make_case
+    from napari_boundary_seg.core.train import build_model
+
+    batch, patch = step
+    case = make_case(seed, shape=volume, spacing=(2.0, 2.0, 2.0), anatomy="phantom")
+    spacing = tuple(case.spacing)
+    labels = case.labels
+    image = case.images
+    entry = VolumeEntry(
+        Path("."), "bench", labels.shape, spacing, ("a", "b"), (), 2, int(labels.sum())
+    )
+    locator = PatchDataset([entry], patch, oversample=1 / 3, seed=seed)
+    fg = np.argwhere(labels > 0).astype(np.int32)
+    locator._open[0] = {"fg": fg}
+    config = aug.AugmentConfig()
+    stats: dict = {}
+    for i in range(n):
+        _, region, _ = locator.locate(0, i)
+        rng = np.random.default_rng([seed, i])
+        warp = aug.draw_warp(labels.shape, spacing, region, config, rng)
+        aug.warped_sample(image, labels, spacing, region, warp, 2, stats)
+    phi_s = stats["phi_s"] / stats["samples"]
+    region = tuple(slice(0, p) for p in patch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(
+            {
+                "in_channels": 2,
+                "num_classes": 2,
+                "depth": depth,
+                "base_channels": width,
+                "spatial_dims": 3,
+            }
+        )
+    x = torch.from_numpy(np.repeat(image[(slice(None), *region)][None], batch, 0).copy())
+    lab = labels[region]
+    y = torch.from_numpy(np.repeat(lab[None], batch, 0).copy())
+    d = torch.from_numpy(
+        np.repeat(
+            class_distance_maps(labels, 2, spacing=spacing)[(slice(None), *region)][None], batch, 0
+        ).copy()
+    )
+    step_s = _step_seconds(model, (x, y, d))
+    return _phi_case(
+        f"φ recomputation, 3D warp, batch {batch} x {'x'.join(map(str, patch))} of a "
+        f"{'x'.join(map(str, labels.shape))} volume",
+        phi_s,
+        batch,
+        step_s,
+        stats,
+        config.warp,
+    )

@@ -499,7 +499,35 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-channels", type=int, help=f"UNet first-level width (default {d.base_channels})"
     )
-    p.add_argument("--num-workers", type=int, help="DataLoader workers (default 0)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="DataLoader worker processes (default 0); the same batches for any number",
+    )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        help="2: the paper's 2D slices (default); 3: 3D patches from the memory-mapped cache",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="3D patch in voxels, numpy axis order (default 96 96 32)",
+    )
+    p.add_argument(
+        "--oversample",
+        type=float,
+        help="share of 3D patches centred on foreground, 0 = uniform (default 1/3)",
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="augmentation that keeps φ exact (default: on in 3D, off in 2D)",
+    )
     p.add_argument("--max-steps-per-epoch", type=int, help="cap on steps per epoch (quick runs)")
     p.add_argument(
         "--precision",
@@ -522,7 +550,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="train a torch.compile'd network (opt-in; the first steps compile)",
     )
-    p.add_argument("--cache-dir", type=Path, help="folder of the on-disk distance-map cache")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="folder of the cache of prepared cases, read memory-mapped (default OUT/cache)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
     )
@@ -555,6 +587,9 @@ _OPTION_FIELDS = {
     "compile": "compile",
     "cache_dir": "cache_dir",
     "overwrite": "overwrite",
+    "dims": "dims",
+    "oversample": "oversample",
+    "augment": "augment",
 }
 
 
@@ -665,6 +700,9 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None, base_so
     if getattr(args, "percentiles", None) is not None:
         values["percentiles"] = tuple(args.percentiles)
         sources["percentiles"] = "flag"
+    if getattr(args, "patch_size", None) is not None:
+        values["patch_size"] = tuple(args.patch_size)
+        sources["patch_size"] = "flag"
     schedule = _schedule_from_args(
         getattr(args, "schedule", None), getattr(args, "schedule_param", None)
     )
@@ -846,8 +884,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not Path(config.data).is_dir():
         raise FileNotFoundError(f"no such data folder: {config.data}")
     if config.init_checkpoint is None:  # a checkpoint brings its own network
-        check_unet_size(config.depth, config.base_channels, names=("--depth", "--base-channels"))
-        if config.slice_size:
+        check_unet_size(
+            config.depth,
+            config.base_channels,
+            names=("--depth", "--base-channels"),
+            spatial_dims=config.dims,
+        )
+        if config.slice_size and config.dims == 2:
             check_unet_fits(config.depth, config.slice_size, "--depth")
     out = Path(config.out_dir)
     inputs = [Path(p) for p in (config.init_checkpoint, args.config) if p is not None]
@@ -1198,6 +1241,70 @@ def _add_bench(sub: Any) -> None:
     m.add_argument("--repeats", type=int, default=3, help="repeats, best time kept (default 3)")
     m.add_argument("--seed", type=int, default=0, help="seed of the masks (default 0)")
     m.set_defaults(func=_cmd_bench_metrics)
+    b = bench_sub.add_parser(
+        "data",
+        help="training memory vs number of cases, loader throughput, cost of φ recomputation",
+        description="Peak resident memory of a 3D training process (a fresh process per "
+        "setting) for --small and --large synthetic cases (bar: large / small <= 1.3); "
+        "batches per second of augmented patches with 0, 1 and 2 DataLoader workers; the "
+        "seconds spent recomputing φ per warped sample as a share of a training step at "
+        "batch 8 x 128² (2D) and 2 x 96x96x32 (3D). The flags shrink it for a quick check.",
+    )
+    b.add_argument("--small", type=int, default=8, help="cases of the small run (default 8)")
+    b.add_argument("--large", type=int, default=64, help="cases of the large run (default 64)")
+    b.add_argument(
+        "--shape", type=int, nargs=3, default=(48, 56, 48), help="case shape (default 48 56 48)"
+    )
+    b.add_argument("--spacing", type=float, default=4.0, help="voxel size in mm (default 4)")
+    b.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        default=(32, 32, 16),
+        help="patch of the memory and loader runs (default 32 32 16)",
+    )
+    b.add_argument("--steps", type=int, default=3, help="training steps per run (default 3)")
+    b.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=3,
+        help="memory of 3D patch training (default) or of 2D slice training",
+    )
+    b.add_argument("--loader-batches", type=int, default=8, help="batches timed (default 8)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=(0, 1, 2),
+        help="worker counts (default 0 1 2; none: no loader figures)",
+    )
+    b.add_argument("--batch-2d", type=int, default=8, help="2D step batch (default 8)")
+    b.add_argument("--size-2d", type=int, default=128, help="2D step slice size (default 128)")
+    b.add_argument("--batch-3d", type=int, default=2, help="3D step batch (default 2)")
+    b.add_argument(
+        "--patch-3d",
+        type=int,
+        nargs=3,
+        default=(96, 96, 32),
+        help="3D step patch (default 96 96 32)",
+    )
+    b.add_argument(
+        "--volume-3d",
+        type=int,
+        nargs=3,
+        default=(96, 112, 96),
+        help="volume the 3D patches come from, at 2 mm (default 96 112 96, the sample case)",
+    )
+    b.add_argument("--depth", type=int, default=4, help="UNet levels of the steps (default 4)")
+    b.add_argument(
+        "--base-channels", type=int, default=32, help="UNet width of the steps (default 32)"
+    )
+    b.add_argument(
+        "--phi-samples", type=int, default=6, help="warped samples timed, 0: none (default 6)"
+    )
+    b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    b.set_defaults(func=_cmd_bench_data)
 
 
 def _cmd_bench_distance(args: argparse.Namespace) -> int:
@@ -1205,6 +1312,31 @@ def _cmd_bench_distance(args: argparse.Namespace) -> int:
 
     _check(args.repeats, "--repeats", 1)
     _out(bench.format_bench(bench.bench_distance(repeats=args.repeats, seed=args.seed)))
+    return 0
+
+
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from napari_boundary_seg import bench
+
+    result = bench.bench_data(
+        n_small=args.small,
+        n_large=args.large,
+        shape=tuple(args.shape),
+        spacing=(args.spacing,) * 3,
+        patch_size=tuple(args.patch_size),
+        steps=args.steps,
+        loader_batches=args.loader_batches,
+        workers=tuple(args.workers),
+        step_2d=(args.batch_2d, args.size_2d),
+        step_3d=(args.batch_3d, tuple(args.patch_3d)),
+        depth=args.depth,
+        base_channels=args.base_channels,
+        phi_samples=args.phi_samples,
+        seed=args.seed,
+        volume_3d=tuple(args.volume_3d),
+        dims=args.dims,
+    )
+    _out(bench.format_bench(result))
     return 0
 
 

@@ -1,5 +1,6 @@
 """Benchmarks: result schema, the cross-checks they print, and the command line."""
 
+import re
 import sys
 import time
 
@@ -83,3 +84,33 @@ def test_cli_bench_metrics_prints_ratios(capsys, monkeypatch):
     assert main(["bench", "metrics", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "benchmark: metrics" in out and "max_abs_diff=" in out and "scipy.ndimage.label" in out
+
+
+def test_bench_data_memory_does_not_grow_with_cases_and_cli_prints_it(capsys):
+    args = ["bench", "data", "--small", "2", "--large", "6", "--shape", "24", "28", "24"]
+    args += ["--patch-size", "16", "16", "8", "--steps", "1", "--workers", "--phi-samples", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if "peak resident memory" in row)
+    assert "PASS" in line  # 6 cases take at most 1.3x the memory of 2
+    peaks = [float(v) for v in re.findall(r"(\d+) MiB", line)]
+    assert len(peaks) == 2 and all(p > 50 for p in peaks)  # torch alone is more than that
+
+
+def test_bench_data_loader_and_phi_figures_on_tiny_sizes(tmp_path):
+    from napari_boundary_seg.core.data import case_from_arrays
+    from napari_boundary_seg.core.patches import iter_cache_cases
+    from napari_boundary_seg.core.progress import run_to_end
+
+    labels = np.zeros((20, 20, 10), np.int64)
+    labels[5:9, 5:9, 3:6] = 1
+    case = case_from_arrays([labels.astype(np.float32)], labels, (1.0, 1.0, 2.0))
+    entries = run_to_end(iter_cache_cases([case], tmp_path, 2))
+    (loader,) = bench._loader_cases(entries, (16, 16, 8), (0,), 2, seed=0)
+    assert loader["batches_per_s"] > 0 and loader["ratio"] == 1.0
+    phi2d = bench._phi_share_2d((1, 32), 2, 4, 1, 0)
+    phi3d = bench._phi_share_3d((1, (16, 16, 8)), 2, 4, 2, 0, (24, 28, 24))
+    for case in (phi2d, phi3d):
+        assert case["phi_s_per_sample"] > 0 and case["share_all"] > 0
+        assert case["share_expected"] == pytest.approx(0.2 * case["share_all"])
+    assert phi3d["whole_volume_fallbacks"].endswith("/2")

@@ -160,3 +160,18 @@ def test_every_option_has_a_help_text():
     commands = {"synth", "distmap", "train", "predict", "evaluate", "bench"}
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert commands <= set(sub.choices)
+
+
+def test_train_3d_options_reach_the_config_and_run(bench_dir, capsys):
+    import json
+
+    out = bench_dir / "run3d"
+    args = ["train", "--data", str(bench_dir / "data"), "--out", str(out), "--epochs", "1"]
+    args += ["--dims", "3", "--patch-size", "16", "16", "8", "--oversample", "0.5"]
+    args += ["--no-augment", "--num-workers", "0", "--depth", "2", "--base-channels", "4"]
+    args += ["--batch-size", "2", "--max-steps-per-epoch", "2", "--device", "cpu"]
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["dims"] == 3 and config["patch_size"] == [16, 16, 8]
+    assert config["oversample"] == 0.5 and config["augment"] is False
+    assert (out / "last.pt").is_file() and any((out / "cache").iterdir())

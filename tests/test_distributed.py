@@ -265,6 +265,7 @@ def test_only_rank0_writes(two_process_run):
     assert not (folder / "rank1").exists()
     assert sorted(p.name for p in (folder / "rank0" / "a").iterdir()) == [
         "best.pt",
+        "cache",  # the prepared cases (issue 11), written by rank 0 and read by all ranks
         "config.json",
         "last.pt",
         "metrics.csv",
@@ -371,6 +372,7 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
     assert output.count("train: completed") == 1
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt",
+        "cache",  # the prepared cases (issue 11)
         "config.json",
         "last.pt",
         "metrics.csv",

@@ -73,6 +73,7 @@ __all__ = [
     "load_case",
     "load_cases",
     "preprocess_case",
+    "scale_images",
     "split_cases",
 ]
 
@@ -729,6 +730,23 @@ def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> 
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
+def scale_images(
+    case: Case, scale: bool = True, percentiles: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The case's ``images (M, *spatial)`` scaled to [0, 1] per modality (step 1).
+
+    ``scale=False`` returns them unchanged. NaN or inf values raise ValueError
+    naming the case and modality.
+    """
+    images = case.images
+    for m, name in enumerate(case.modalities):
+        if not np.all(np.isfinite(images[m])):
+            raise ValueError(f"case {case.case_id}: modality {name} contains NaN or inf values")
+    if not scale:
+        return images
+    return np.stack([_scale_unit(images[m], percentiles) for m in range(len(images))])
+
+
 @dataclass(frozen=True, eq=False)
 class _Prepared:
     images: np.ndarray  # (D, M, H, W) float32
@@ -756,14 +774,7 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
     int64 or ``None``, ``spacing`` (slicing axis, row, column) in mm after
     resizing and ``slice_index (D,)``. Empty slices are *not* dropped here.
     """
-    images = case.images
-    for m, name in enumerate(case.modalities):
-        if not np.all(np.isfinite(images[m])):
-            raise ValueError(f"case {case.case_id}: modality {name} contains NaN or inf values")
-    if preprocess.scale:
-        images = np.stack(
-            [_scale_unit(images[m], preprocess.percentiles) for m in range(len(images))]
-        )
+    images = scale_images(case, preprocess.scale, preprocess.percentiles)
     labels = case.labels
     spacing = tuple(float(s) for s in case.spacing)
     if images.ndim == 3:  # a 2D case: one slice

@@ -14,13 +14,20 @@
 The defaults are the paper's (Kervadec et al. 2019): Adam, lr 1e-3, batch 8,
 the lr halved after 20 epochs without improvement of the validation DSC (never
 at epoch 0), no augmentation, GDL + boundary loss with the ``paper`` alpha
-schedule, 256×256 slices.
+schedule, 256×256 slices. ``dims=3`` trains 3D patches instead
+(:mod:`napari_boundary_seg.core.patches`), with augmentation that keeps φ exact
+(:mod:`napari_boundary_seg.core.augment`; on by default in 3D, off in 2D).
 
-Validation (each epoch): every validation case is predicted slice by slice with
+Data: without a prebuilt ``dataset``, the cases are prepared one at a time into
+an on-disk cache (2D slices or 3D volumes with their whole-volume φ) that
+training reads memory-mapped, so memory does not grow with the number of cases.
+
+Validation (each epoch): in 2D every validation case is predicted slice by slice with
 :func:`napari_boundary_seg.core.predict.iter_predict_volume` (the same code
 path as inference, at the case's own geometry), and DSC, HD and HD95 (mm) are
 computed in 3D with the case's spacing, averaged over the foreground classes and
-then over the cases. A Hausdorff distance that is infinite (exactly one of the
+then over the cases; in 3D by Gaussian-weighted sliding windows of the patch
+size (:func:`validate_volumes`). A Hausdorff distance that is infinite (exactly one of the
 prediction and the label is empty) is replaced by the image diagonal
 (:func:`napari_boundary_seg.core.metrics.replace_inf`) before averaging; the
 number of such cases is reported as ``val_hd_inf``. Without validation cases
@@ -29,7 +36,9 @@ the best checkpoint and the lr plateau follow the training loss instead.
 Reproducibility: the network is initialised from ``seed`` (inside
 ``torch.random.fork_rng``, the caller's RNG is left alone) and the slice order
 of epoch ``e`` is a permutation drawn from a generator seeded with
-``(seed, e)``. Nothing else is random, so a CPU run is repeatable and a resumed
+``(seed, e)``; a 3D patch (case, position, augmentation) and an augmented
+slice are pure functions of ``(seed, epoch, index)``, whatever the number of
+DataLoader workers. Nothing else is random, so a CPU run is repeatable and a resumed
 run (from an epoch end or from a step where it was stopped) gives the same
 weights as an uninterrupted one.
 """
@@ -75,7 +84,7 @@ from napari_boundary_seg.core.precision import (
     plan_precision,
 )
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
-from napari_boundary_seg.core.unet import UNet
+from napari_boundary_seg.core.unet import UNet, pooling_strides
 from napari_boundary_seg.core.validate import check_unet_fits
 
 logger = logging.getLogger(__name__)
@@ -90,6 +99,7 @@ __all__ = [
     "StepResult",
     "TrainConfig",
     "TrainControl",
+    "build_model",
     "collate",
     "effective_weights",
     "epoch_order",
@@ -100,7 +110,9 @@ __all__ = [
     "to_device",
     "train",
     "train_step",
+    "sliding_window_probs",
     "validate_cases",
+    "validate_volumes",
 ]
 
 
@@ -145,6 +157,10 @@ _RESUME_FIELDS = (
     "depth",
     "base_channels",
     "max_steps_per_epoch",
+    "dims",
+    "patch_size",
+    "oversample",
+    "augment",
 )
 
 
@@ -254,9 +270,27 @@ class TrainConfig:
     resume_from
         Resume: continue the run saved in this checkpoint (usually ``last.pt``).
     cache_dir
-        Folder for the on-disk distance-map cache (``None``: memory only).
+        Folder of the cache of prepared cases (2D slices or 3D volumes, with
+        φ), read memory-mapped (``None``: ``<out_dir>/cache``, or a temporary
+        folder removed with the run when ``out_dir`` is ``None``). With a
+        prebuilt ``train(dataset=...)`` it is not used.
     overwrite
         Allow writing into an ``out_dir`` that already holds a run.
+    dims
+        2: the paper's 2D slices (the default); 3: 3D patches of the volumes at
+        their own spacing, from the memory-mapped volume cache.
+    patch_size
+        3D patch in voxels, numpy axis order; ``None`` gives
+        :data:`~napari_boundary_seg.core.patches.DEFAULT_PATCH_SIZE` in 3D
+        (the field then holds it). Ignored in 2D. Every volume must be at least
+        as large along each axis.
+    oversample
+        Share of the 3D patches centred on a random foreground voxel (nnU-Net's
+        one third); 0 samples uniformly. Ignored in 2D (every slice once).
+    augment
+        Augmentation that keeps φ exact (:mod:`napari_boundary_seg.core.augment`);
+        ``None``: on in 3D, off in 2D (the paper trains without). See
+        :attr:`augment_enabled`.
     """
 
     data: str | None = None
@@ -291,6 +325,10 @@ class TrainConfig:
     resume_from: str | None = None
     cache_dir: str | None = None
     overwrite: bool = False
+    dims: int = 2
+    patch_size: tuple[int, ...] | None = None
+    oversample: float = 1 / 3
+    augment: bool | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -352,6 +390,37 @@ class TrainConfig:
             set_(self, "percentiles", lo_hi)
         check_device_name(self.device)
         _check_precision_fields(self)
+        if self.dims not in (2, 3) or isinstance(self.dims, bool):
+            raise ValueError(f"TrainConfig.dims must be 2 or 3, got {self.dims!r}")
+        if self.patch_size is not None:
+            try:
+                patch = tuple(self.patch_size)
+            except TypeError:
+                patch = None
+            if (
+                patch is None
+                or len(patch) != 3
+                or any(isinstance(p, bool) or not isinstance(p, int | np.integer) for p in patch)
+                or any(p < 1 for p in patch)
+            ):
+                raise ValueError(
+                    f"TrainConfig.patch_size must be 3 positive integers, got {self.patch_size!r}"
+                )
+            set_(self, "patch_size", tuple(int(p) for p in patch))
+        elif self.dims == 3:
+            from napari_boundary_seg.core.patches import DEFAULT_PATCH_SIZE
+
+            set_(self, "patch_size", tuple(DEFAULT_PATCH_SIZE))
+        if (
+            isinstance(self.oversample, bool)
+            or not isinstance(self.oversample, int | float)
+            or not 0 <= self.oversample <= 1
+        ):
+            raise ValueError(f"TrainConfig.oversample must be in [0, 1], got {self.oversample!r}")
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise ValueError(
+                f"TrainConfig.augment must be True, False or None, got {self.augment!r}"
+            )
         for name in ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir"):
             value = getattr(self, name)
             if value is not None:
@@ -360,6 +429,11 @@ class TrainConfig:
             raise ValueError(
                 "TrainConfig: give init_checkpoint (fine-tune) or resume_from (resume), not both"
             )
+
+    @property
+    def augment_enabled(self) -> bool:
+        """Whether augmentation runs: ``augment``, or by default on in 3D, off in 2D."""
+        return self.dims == 3 if self.augment is None else bool(self.augment)
 
     @property
     def effective_split_seed(self) -> int:
@@ -390,8 +464,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
         values = dict(d)
-        if values.get("percentiles") is not None:
-            values["percentiles"] = tuple(values["percentiles"])
+        for key in ("percentiles", "patch_size"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
         return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -827,6 +902,105 @@ class _Data:
     dataset: Any
     in_channels: int
     modalities: list[str]
+    keep_alive: Any = None  # a temporary cache folder, removed with this object
+
+
+def _iter_prepare_volumes(
+    config: TrainConfig,
+    cases: Sequence[Any] | None,
+    val_cases: Sequence[Any] | None,
+    out_dir: Path | None,
+    writer: bool = True,
+) -> Generator[Any, None, _Data]:
+    """Every case (training and validation) prepared in the cache, one at a time.
+
+    Cases are read from ``config.data`` one by one (never all held), or taken
+    from ``cases``. 3D: the training data set reads patches of the cached
+    volumes memory-mapped. 2D: the training cases are cached as the paper's
+    slices (:class:`~napari_boundary_seg.core.patches.DiskSliceDataset`, the
+    same slices and φ as the in-memory ``SliceDataset``). Validation cases are
+    cached volumes, read one at a time. The cache is ``config.cache_dir``, else
+    ``<out_dir>/cache`` (ranks > 0 of a distributed run read it once rank 0 has
+    prepared it, and use a temporary folder of their own when it is not
+    there), else a temporary folder removed with the returned object.
+    """
+    import tempfile
+
+    from napari_boundary_seg.core import data as data_mod
+    from napari_boundary_seg.core.augment import AugmentConfig
+    from napari_boundary_seg.core.patches import (
+        DiskSliceDataset,
+        PatchDataset,
+        iter_cache_cases,
+        iter_cache_slices,
+    )
+
+    if cases is None:
+        if config.data is None:
+            raise ValueError("TrainConfig.data is not set and no cases were given to train()")
+        cases = data_mod.find_cases(config.data)
+        if not cases:
+            raise ValueError(f"no cases found in {config.data}")
+    cases = list(cases)
+    if not cases:
+        raise ValueError("no training cases given")
+    unlabelled = [c.case_id for c in cases if getattr(c, "label_path", True) is None]
+    unlabelled += [c.case_id for c in cases if getattr(c, "labels", 0) is None]
+    if unlabelled:
+        raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
+    if val_cases is not None:
+        train_src, val_src = cases, list(val_cases)
+    elif config.val_fraction > 0 and len(cases) > 1:
+        train_src, val_src = data_mod.split_cases(
+            cases, config.val_fraction, config.effective_split_seed
+        )
+    else:
+        train_src, val_src = cases, []
+    keep_alive = None
+    if config.cache_dir is not None:
+        cache_dir = Path(config.cache_dir)
+    elif out_dir is not None and (writer or (out_dir / "cache").is_dir()):
+        cache_dir = out_dir / "cache"  # ranks > 0 read the one rank 0 prepared
+    else:
+        keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
+        cache_dir = Path(keep_alive.name)
+    yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
+    args = (cache_dir, config.num_classes, config.scale, config.percentiles)
+    if config.dims == 3:
+        train_entries = yield from iter_cache_cases(list(train_src), *args)
+    else:
+        train_entries = yield from iter_cache_slices(
+            list(train_src),
+            cache_dir,
+            config.num_classes,
+            preprocess_config(config),
+            config.distance,
+        )
+    val_entries = yield from iter_cache_cases(list(val_src), *args)
+    channels = {len(e.modalities) for e in [*train_entries, *val_entries]}
+    if len(channels) != 1:
+        raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
+    if config.dims == 3:
+        dims = {len(e.shape) for e in [*train_entries, *val_entries]}
+        if dims != {3}:
+            raise ValueError(f"dims=3 needs 3D volumes, got cases with {sorted(dims)} spatial axes")
+        dataset = PatchDataset(
+            train_entries,
+            config.patch_size,
+            oversample=config.oversample,
+            seed=config.seed,
+            augment=AugmentConfig() if config.augment_enabled else None,
+        )
+    else:
+        dataset = DiskSliceDataset(train_entries, config.skip_empty_slices, config.distance)
+    return _Data(
+        train_entries,
+        val_entries,
+        dataset,
+        channels.pop(),
+        list(train_entries[0].modalities),
+        keep_alive,
+    )
 
 
 def _iter_prepare_data(
@@ -925,26 +1099,105 @@ def validate_cases(
 
     dice, hd, hd95 = [], [], []
     n_inf = 0
+    preprocess = preprocess_config(config)
     for case in cases:
+        if hasattr(case, "open"):  # a cached case: images already scaled, read one at a time
+            images = np.asarray(case.open("image"))
+            labels = np.asarray(case.open("labels"))
+            case_preprocess = dataclasses.replace(preprocess, scale=False)
+        else:
+            images, labels, case_preprocess = case.images, case.labels, preprocess
         _, pred = predict_volume(
             model,
-            case.images,
+            images,
             case.spacing,
-            preprocess=preprocess_config(config),
+            preprocess=case_preprocess,
             batch_size=config.batch_size,
             device=device,
         )
         per_class = [
-            surface_metrics(pred == c, case.labels == c, case.spacing)
+            surface_metrics(pred == c, labels == c, case.spacing)
             for c in range(1, config.num_classes)
         ]
         case_hd = [m["hd"] for m in per_class]
         if any(math.isinf(v) for v in case_hd):
             n_inf += 1
-        shape = case.labels.shape
+        shape = labels.shape
         dice.append(_nanmean([m["dice"] for m in per_class]))
         hd.append(_nanmean([replace_inf(v, shape, case.spacing) for v in case_hd]))
         hd95.append(_nanmean([replace_inf(m["hd95"], shape, case.spacing) for m in per_class]))
+        del images, labels, pred
+    return {
+        "val_dice": _nanmean(dice),
+        "val_hd": _nanmean(hd),
+        "val_hd95": _nanmean(hd95),
+        "val_hd_inf": n_inf,
+    }
+
+
+def build_model(hparams: Mapping[str, Any]) -> nn.Module:
+    """The :class:`~napari_boundary_seg.core.unet.UNet` of ``hparams`` (2D or 3D)."""
+    return UNet(**dict(hparams))
+
+
+def sliding_window_probs(
+    model: nn.Module,
+    image: np.ndarray | torch.Tensor,
+    patch_size: Sequence[int],
+    batch_size: int = 2,
+    overlap: float = 0.5,
+) -> torch.Tensor:
+    """Probabilities ``(C, *V)`` of ``image (M, *V)`` by Gaussian-weighted sliding windows.
+
+    :func:`napari_boundary_seg.core.predict.iter_sliding_window` (the inference of
+    ``predict``) run to its end; the model is used as it is (``eval()`` first).
+    """
+    from napari_boundary_seg.core.predict import iter_sliding_window
+    from napari_boundary_seg.core.progress import run_to_end
+
+    return run_to_end(
+        iter_sliding_window(model, image, patch_size, overlap=overlap, sw_batch_size=batch_size)
+    )
+
+
+def validate_volumes(
+    model: nn.Module,
+    entries: Sequence[Any],
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """3D validation: :func:`validate_cases`'s figures from cached volumes.
+
+    Each validation case is read from the volume cache (memory-mapped, one at
+    a time) and predicted by sliding windows of ``config.patch_size``.
+    """
+    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
+
+    dice, hd, hd95 = [], [], []
+    n_inf = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for entry in entries:
+            image = np.array(entry.open("image"), dtype=np.float32)
+            probs = sliding_window_probs(model, image, config.patch_size, config.batch_size)
+            pred = probs.argmax(0).cpu().numpy()
+            del image, probs
+            labels = np.asarray(entry.open("labels"))
+            per_class = [
+                surface_metrics(pred == c, labels == c, entry.spacing)
+                for c in range(1, config.num_classes)
+            ]
+            case_hd = [m["hd"] for m in per_class]
+            if any(math.isinf(v) for v in case_hd):
+                n_inf += 1
+            dice.append(_nanmean([m["dice"] for m in per_class]))
+            hd.append(_nanmean([replace_inf(v, labels.shape, entry.spacing) for v in case_hd]))
+            hd95.append(
+                _nanmean([replace_inf(m["hd95"], labels.shape, entry.spacing) for m in per_class])
+            )
+    finally:
+        model.train(was_training)
     return {
         "val_dice": _nanmean(dice),
         "val_hd": _nanmean(hd),
@@ -1067,11 +1320,10 @@ def _validate(
 ) -> dict[str, float]:
     """:func:`validate_cases`; with several processes each rank takes a share of
     the cases and the figures are all-reduced (every rank gets the same)."""
+    validate = validate_volumes if config.dims == 3 else validate_cases
     if not ctx.is_distributed:
-        return validate_cases(model, cases, config, device)
-    rows = [
-        validate_cases(model, [case], config, device) for case in cases[ctx.rank :: ctx.world_size]
-    ]
+        return validate(model, cases, config, device)
+    rows = [validate(model, [case], config, device) for case in cases[ctx.rank :: ctx.world_size]]
     return distributed.reduce_case_figures(
         rows, ctx, device, ("val_dice", "val_hd", "val_hd95"), ("val_hd_inf",)
     )
@@ -1124,11 +1376,26 @@ def train(
     elif config.init_checkpoint is not None:
         source = _load_source(config.init_checkpoint)
 
-    with distributed.main_process_first(ctx, device, enabled=config.cache_dir is not None):
-        data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    if config.dims == 3 and dataset is not None:
+        raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
+    # rank 0 prepares the cache first, the other ranks then read what it wrote
+    with distributed.main_process_first(ctx, device):
+        if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped
+            run_dir = None if config.out_dir is None else Path(config.out_dir)
+            data = yield from _iter_prepare_volumes(
+                config, cases, val_cases, run_dir, ctx.is_writer
+            )
+        else:  # a prebuilt in-memory slice data set (the study shares one between runs)
+            data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
     num_slices = len(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
+    train_set = data.dataset
+    if config.dims == 2 and config.augment_enabled:
+        from napari_boundary_seg.core.augment import AugmentConfig
+        from napari_boundary_seg.core.patches import AugmentedSlices
+
+        train_set = AugmentedSlices(data.dataset, AugmentConfig(), seed=config.seed)
 
     hparams = {
         "in_channels": data.in_channels,
@@ -1136,9 +1403,20 @@ def train(
         "depth": config.depth,
         "base_channels": config.base_channels,
     }
+    if config.dims == 3:  # nnU-Net's anisotropic pooling for the first training case's spacing
+        hparams["spatial_dims"] = 3
+        hparams["strides"] = [
+            list(s)
+            for s in pooling_strides(data.train_cases[0].spacing, config.patch_size, config.depth)
+        ]
     if source is not None:
         saved = dict(source["model"])
         source_path = config.resume_from or config.init_checkpoint
+        if int(saved.get("spatial_dims", 2)) != config.dims:
+            raise ValueError(
+                f"checkpoint {source_path} holds a {saved.get('spatial_dims', 2)}D model but "
+                f"the config asks for dims={config.dims}"
+            )
         for key in ("in_channels", "num_classes"):
             if saved[key] != hparams[key]:
                 raise ValueError(
@@ -1146,11 +1424,13 @@ def train(
                     f"need {key}={hparams[key]}"
                 )
         hparams = saved
-    # the network must fit the slices (and be buildable) before anything is allocated
-    check_unet_fits(int(hparams["depth"]), tuple(data.dataset[0][0].shape[-2:]))
+    # the network must fit the slices (and be buildable) before anything is allocated;
+    # 3D pooling strides are chosen to fit the patch (pooling_strides)
+    if config.dims == 2:
+        check_unet_fits(int(hparams["depth"]), tuple(data.dataset[0][0].shape[-2:]))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = UNet(**hparams)
+        model = build_model(hparams)
     if source is not None:
         model.load_state_dict(source["model_state"])
     model.to(device)
@@ -1266,14 +1546,33 @@ def train(
         if epoch != start_epoch:
             start_step = 0
             partial = {"loss": 0.0, "region": 0.0, "boundary": 0.0, "steps": 0, "seconds": 0.0}
-        batches = iter_batches(
-            data.dataset,
-            order,
-            config.batch_size,
-            start_step,
-            steps_per_epoch,
-            config.num_workers,
-        )
+        if train_set is data.dataset and config.dims == 2:  # as before: in-memory slices
+            batches = iter_batches(
+                data.dataset,
+                order,
+                config.batch_size,
+                start_step,
+                steps_per_epoch,
+                config.num_workers,
+            )
+        else:  # keyed items (epoch, index): 3D patches, augmented slices
+            from napari_boundary_seg.core.patches import epoch_batches, iter_keyed_batches
+
+            if config.dims == 2:  # the rank's shard of the slice order
+                keys = epoch_batches(
+                    epoch, config.batch_size, start_step, steps_per_epoch, order.tolist()
+                )
+            else:  # 3D: indices of the epoch interleaved over the ranks
+                keys = epoch_batches(
+                    epoch,
+                    config.batch_size,
+                    start_step,
+                    steps_per_epoch,
+                    None,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                )
+            batches = iter_keyed_batches(train_set, keys, config.num_workers, config.seed)
         for step in range(start_step, steps_per_epoch):
             while control.paused:
                 yield PauseEvent(epoch, step)
