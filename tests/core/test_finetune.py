@@ -417,3 +417,22 @@ def test_3d_checkpoint_needs_a_3d_volume(parent3d, tmp_path):
     images, labels = _corrected3d()
     with pytest.raises(ValueError, match="trained in 3D"):
         run_to_end(finetune(parent3d, images[:, :, :, 1], labels[:, :, 1], None, [0], out_dir="x"))
+
+
+def test_cli_finetune_of_a_3d_checkpoint(parent3d, tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import write_nifti
+
+    images, labels = _corrected3d()
+    affine = np.diag([*SPACING3D, 1.0])
+    write_nifti(tmp_path / "img_0000.nii.gz", images[0], affine=affine)
+    write_nifti(tmp_path / "seg.nii.gz", labels.astype(np.uint8), affine=affine)
+    argv = ["finetune", "--checkpoint", str(parent3d), "--image", str(tmp_path / "img_0000.nii.gz")]
+    argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--slices", "1", "10", "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert "3D patches" in out and "corrected" in out and "untouched" in out
+    lineage = read_lineage(tmp_path / "ft" / "lineage.json")
+    assert lineage["dims"] == 3 and lineage["slices"] == [1, 10]
+    assert lineage["metrics"]["corrected"]["n_slices"] == 2
+    assert read_checkpoint(tmp_path / "ft" / "last.pt")["dims"] == 3
