@@ -429,10 +429,23 @@ def test_cli_finetune_of_a_3d_checkpoint(parent3d, tmp_path, capsys):
     write_nifti(tmp_path / "seg.nii.gz", labels.astype(np.uint8), affine=affine)
     argv = ["finetune", "--checkpoint", str(parent3d), "--image", str(tmp_path / "img_0000.nii.gz")]
     argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    # the original training data as a folder: its cases go to the volume cache as files
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    for name, seed in (("orig", 0), ("other", 4)):
+        image, label = _volume3d(seed)
+        write_nifti(data / "imagesTr" / f"{name}_0000.nii.gz", image[0], affine=affine)
+        write_nifti(data / "labelsTr" / f"{name}.nii.gz", label.astype(np.uint8), affine=affine)
+    argv += ["--mix-data", str(data), "--mix-ratio", "0.5"]
     assert main([*argv, "--slices", "1", "10", "--out", str(tmp_path / "ft")]) == 0
     out = capsys.readouterr().out
     assert "3D patches" in out and "corrected" in out and "untouched" in out
     lineage = read_lineage(tmp_path / "ft" / "lineage.json")
     assert lineage["dims"] == 3 and lineage["slices"] == [1, 10]
+    # only the parent's training case ("orig") is mixed in
+    assert lineage["settings"]["mix_cases"] == ["orig"]
+    assert lineage["settings"]["patches"] == {"corrected": 8, "mix": 4}
     assert lineage["metrics"]["corrected"]["n_slices"] == 2
-    assert read_checkpoint(tmp_path / "ft" / "last.pt")["dims"] == 3
+    new = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert new["dims"] == 3 and new["train_cases"] == ["corrected", "orig"]
