@@ -392,6 +392,11 @@ class CorrectedPatches(Dataset):
             raise ValueError(
                 f"3D patches need a 3D volume and patch, got {corrected.shape} and {patch_size}"
             )
+        if any(n < p for n, p in zip(corrected.shape, patch_size, strict=True)):
+            raise ValueError(
+                f"the corrected volume {corrected.shape} is smaller than the checkpoint's "
+                f"patch {patch_size}: a 3D model is fine-tuned on volumes at least that large"
+            )
         axis = _check_axis(axis, 3)
         slices = _check_slices(list(slices), corrected.shape[axis], axis)
         plane = [k for k in range(3) if k != axis]
@@ -500,6 +505,11 @@ def finetune(
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
 
+    The checkpoint's training mode is followed: a 2D checkpoint trains on the
+    corrected slices; a 3D one (``dims=3``) on :class:`CorrectedPatches` of its
+    ``patch_size`` (each holding a corrected slice along ``axis``) of the
+    corrected volume, prepared in the volume cache (``<out_dir>/cache``).
+
     Parameters
     ----------
     checkpoint
@@ -524,6 +534,7 @@ def finetune(
     mix_ratio
         Original-set slices per corrected slice (``1.0``: as many as corrected
         slices; capped by what is available). Foreground slices are preferred.
+        3D: ordinary patches of the original cases per corrected patch.
     alpha_start, alpha_step, alpha_floor
         The restarted α schedule (:func:`finetune_schedule`); used by the
         ``gdl+bl`` loss, ignored by the others.
@@ -534,7 +545,7 @@ def finetune(
     distance
         Distance maps of the corrected slices: ``"2d"`` per slice (default, only
         the corrected slices are trusted) or ``"3d"`` (the whole corrected
-        volume with its spacing).
+        volume with its spacing). A 3D checkpoint always uses ``"3d"``.
     out_dir
         Folder of the new checkpoint; ``None``: ``finetune-<time>`` beside the parent.
     device
@@ -561,7 +572,8 @@ def finetune(
     ------
     ValueError, TypeError
         Shapes that do not match, slices out of range, labels beyond the
-        checkpoint's classes, bad settings.
+        checkpoint's classes, bad settings; a 3D checkpoint with a 2D image, a
+        volume smaller than its patch.
     """
     from napari_boundary_seg.core.checkpoint import read_checkpoint, training_mode
     from napari_boundary_seg.core.data import case_from_arrays

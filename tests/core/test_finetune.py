@@ -417,6 +417,10 @@ def test_3d_checkpoint_needs_a_3d_volume(parent3d, tmp_path):
     images, labels = _corrected3d()
     with pytest.raises(ValueError, match="trained in 3D"):
         run_to_end(finetune(parent3d, images[:, :, :, 1], labels[:, :, 1], None, [0], out_dir="x"))
+    with pytest.raises(ValueError, match=r"smaller than the checkpoint's patch \(8, 8, 8\)"):
+        run_to_end(
+            finetune(parent3d, images[..., :6], labels[..., :6], None, [1], out_dir=tmp_path / "s")
+        )
 
 
 def test_cli_finetune_of_a_3d_checkpoint(parent3d, tmp_path, capsys):
