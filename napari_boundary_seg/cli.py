@@ -1423,7 +1423,9 @@ def _add_finetune(sub: Any) -> None:
         "function as the napari widget): --image (one per modality, in the model's order) and "
         "--labels (the corrected labels). --slices names the corrected slices along the "
         "model's slicing axis; without it, the slices where the labels differ from the model's "
-        "prediction are used. Writes best.pt, last.pt, metrics.csv, config.json and "
+        "prediction are used. A checkpoint trained in 3D is fine-tuned on 3D patches of its "
+        "patch size that hold a corrected slice. Writes best.pt, last.pt, metrics.csv, "
+        "config.json and "
         "lineage.json (parent, slices, settings, metrics before/after) to --out, then prints "
         "DSC and HD95 of the old and the new model on the corrected and untouched slices.",
     )
@@ -1439,14 +1441,17 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's)")
     p.add_argument("--mix-data", type=Path, help="original training data folder to mix in")
     p.add_argument(
-        "--mix-ratio", type=float, default=0.0, help="original slices per corrected slice"
+        "--mix-ratio",
+        type=float,
+        default=0.0,
+        help="original slices per corrected slice (3D: patches per corrected patch)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
     _add_affine_option(p, "labels and images")
 
     def handler(args: argparse.Namespace) -> int:
-        from napari_boundary_seg.core.checkpoint import load_checkpoint
+        from napari_boundary_seg.core.checkpoint import load_checkpoint, training_mode
         from napari_boundary_seg.core.finetune import (
             LINEAGE_NAME,
             differing_slices,
@@ -1548,6 +1553,11 @@ def _add_finetune(sub: Any) -> None:
                 bar.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+        if result.dims == 3:
+            _out(
+                "finetune: a 3D checkpoint, trained on 3D patches of "
+                f"{tuple(training_mode(checkpoint)['patch_size'])} holding the corrected slices"
+            )
         _out(f"finetune: {result.reason}; lineage {result.lineage_path}")
         if control.stop_requested and result.stopped and "non-finite" not in result.reason:
             kept = f"{result.checkpoint} is kept" if result.checkpoint else "no checkpoint written"

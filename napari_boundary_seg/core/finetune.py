@@ -25,6 +25,17 @@ whether the user kept or discarded the new checkpoint (both stay on disk).
 Only the corrected slices are trusted: their distance maps are computed per
 slice by default (``distance="2d"``), so that the unverified neighbouring
 slices of the prediction do not shape them.
+
+A checkpoint trained in 3D (``dims=3``, see
+:func:`~napari_boundary_seg.core.checkpoint.training_mode`) is fine-tuned in
+3D, without being told: patches of its ``patch_size`` (:class:`CorrectedPatches`),
+each holding at least one corrected slice along ``axis``, cut from the
+corrected volume prepared in the volume cache of
+:mod:`napari_boundary_seg.core.patches` (φ of the whole volume with its
+spacing), mixed with ordinary patches of the original cases; the model keeps
+its hyper-parameters (depth, width, pooling strides). The slices next to a
+corrected slice inside a patch are trained on as they are (the prediction the
+user looked at).
 """
 
 from __future__ import annotations
@@ -43,14 +54,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.patches import PatchDataset, VolumeEntry, sample_rng
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LINEAGE_NAME",
+    "CorrectedPatches",
     "FinetuneResult",
     "SliceSubset",
     "compare_models",
@@ -100,6 +114,8 @@ class FinetuneResult:
         As in the trainer's ``DoneEvent``.
     history
         The trainer's per-epoch rows.
+    dims
+        2 (slices) or 3 (patches): the parent checkpoint's training mode.
     """
 
     checkpoint: str | None
@@ -113,6 +129,7 @@ class FinetuneResult:
     reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list, compare=False)
     model: Any = field(default=None, repr=False, compare=False)
+    dims: int = 2
 
 
 def _json_safe(value: Any) -> Any:
@@ -286,6 +303,136 @@ class SliceSubset:
         return self.images[index], self.labels[index].long(), self.dist[index]
 
 
+def _takes_share(index: int, share: float) -> bool:
+    """Whether item ``index`` is one of a share ``share`` of every run of indices."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
+
+
+class _SlicePatches(PatchDataset):
+    """Patches of one cached volume, each holding one of ``slices`` along ``axis``."""
+
+    def __init__(
+        self, entry: VolumeEntry, slices: Sequence[int], axis: int, patch_size: Sequence[int], **kw
+    ) -> None:
+        super().__init__([entry], patch_size, **kw)
+        self.slices = tuple(int(s) for s in slices)
+        self.axis = int(axis)
+        fg = np.asarray(entry.open("fg"), dtype=np.int64)
+        self.slice_fg = {s: fg[fg[:, self.axis] == s] for s in self.slices}
+
+    def locate(self, epoch: int, index: int) -> tuple[int, tuple[slice, ...], bool]:
+        rng = sample_rng(self.seed, epoch, index, stream=1)
+        shape = self.entries[0].shape
+        chosen = self.slices[int(rng.integers(len(self.slices)))]
+        fg = self.slice_fg[chosen]
+        foreground = _takes_share(index, self.oversample) and len(fg) > 0
+        if foreground:  # the centre lies on the slice, so the clipped patch still holds it
+            centre = fg[int(rng.integers(len(fg)))]
+            start = [
+                int(np.clip(c - p // 2, 0, n - p))
+                for c, p, n in zip(centre, self.patch_size, shape, strict=True)
+            ]
+        else:
+            start = [
+                int(rng.integers(0, n - p + 1)) for p, n in zip(self.patch_size, shape, strict=True)
+            ]
+            p, n = self.patch_size[self.axis], shape[self.axis]
+            start[self.axis] = int(rng.integers(max(0, chosen - p + 1), min(chosen, n - p) + 1))
+        patch = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size, strict=True))
+        return 0, patch, foreground
+
+
+class CorrectedPatches(Dataset):
+    """3D patches for the fine-tune of a 3D checkpoint, keyed by ``(epoch, index)``.
+
+    Parameters
+    ----------
+    corrected
+        The corrected volume's entry in the volume cache
+        (:func:`~napari_boundary_seg.core.patches.iter_cache_cases`: scaled
+        images, labels, φ of the whole volume).
+    slices, axis
+        The corrected slices (indices along ``axis``).
+    patch_size
+        The checkpoint's patch (voxels, numpy axis order).
+    mix
+        Cache entries of original training cases (may be empty).
+    mix_ratio
+        Ordinary patches of ``mix`` per corrected patch.
+    oversample, seed, augment
+        As :class:`~napari_boundary_seg.core.patches.PatchDataset`.
+
+    One epoch holds ``n_corrected`` patches of the corrected volume, one
+    in-plane tiling per corrected slice (``ceil(plane voxels / patch plane
+    voxels)`` each), and ``n_mix = round(mix_ratio · n_corrected)`` ordinary
+    patches of the ``mix`` cases (:class:`PatchDataset`'s sampling). Item ``i``
+    is a mix patch when ``floor((i + 1) q) > floor(i q)`` with ``q = n_mix /
+    len``. A corrected patch is placed for a corrected slice drawn uniformly:
+    along ``axis`` it starts where it still holds that slice; for a share
+    ``oversample`` of the items it is centred on a foreground voxel of that
+    slice (when it has any), else placed uniformly. Items are pure functions of
+    ``(seed, epoch, index)``, like the trainer's other keyed data sets.
+    """
+
+    def __init__(
+        self,
+        corrected: VolumeEntry,
+        slices: Sequence[int],
+        axis: int,
+        patch_size: Sequence[int],
+        *,
+        mix: Sequence[VolumeEntry] = (),
+        mix_ratio: float = 0.0,
+        oversample: float = 1 / 3,
+        seed: int = 0,
+        augment: Any = None,
+    ) -> None:
+        patch_size = tuple(int(p) for p in patch_size)
+        if len(corrected.shape) != 3 or len(patch_size) != 3:
+            raise ValueError(
+                f"3D patches need a 3D volume and patch, got {corrected.shape} and {patch_size}"
+            )
+        if any(n < p for n, p in zip(corrected.shape, patch_size, strict=True)):
+            raise ValueError(
+                f"the corrected volume {corrected.shape} is smaller than the checkpoint's "
+                f"patch {patch_size}: a 3D model is fine-tuned on volumes at least that large"
+            )
+        axis = _check_axis(axis, 3)
+        slices = _check_slices(list(slices), corrected.shape[axis], axis)
+        plane = [k for k in range(3) if k != axis]
+        per_slice = math.ceil(
+            math.prod(corrected.shape[k] for k in plane) / math.prod(patch_size[k] for k in plane)
+        )
+        kw = {"oversample": oversample, "seed": seed, "augment": augment}
+        self.corrected = _SlicePatches(corrected, slices, axis, patch_size, **kw)
+        self.n_corrected = max(1, per_slice * len(slices))
+        self.n_mix = int(round(float(mix_ratio) * self.n_corrected)) if mix else 0
+        self.mix = PatchDataset(list(mix), patch_size, **kw) if self.n_mix else None
+        self.patch_size = patch_size
+        self.slices, self.axis = slices, axis
+        self.num_classes = corrected.num_classes
+        self.length = self.n_corrected + self.n_mix
+        self._mix_share = self.n_mix / self.length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def is_mix(self, index: int) -> bool:
+        """Whether item ``index`` is an ordinary patch of an original case."""
+        return self.mix is not None and _takes_share(int(index), self._mix_share)
+
+    def locate(self, epoch: int, index: int) -> tuple[str, tuple[slice, ...]]:
+        """The case id and patch (slices, numpy axis order) of item ``(epoch, index)``."""
+        part = self.mix if self.is_mix(index) else self.corrected
+        case, patch, _ = part.locate(int(epoch), int(index))
+        return part.entries[case].case_id, patch
+
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        epoch, index = (0, key) if isinstance(key, int | np.integer) else key
+        part = self.mix if self.is_mix(int(index)) else self.corrected
+        return part[(int(epoch), int(index))]
+
+
 def finetune_schedule(
     alpha_start: float = 0.8, alpha_step: float = 0.1, alpha_floor: float = 0.01
 ) -> dict[str, Any]:
@@ -358,6 +505,11 @@ def finetune(
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
 
+    The checkpoint's training mode is followed: a 2D checkpoint trains on the
+    corrected slices; a 3D one (``dims=3``) on :class:`CorrectedPatches` of its
+    ``patch_size`` (each holding a corrected slice along ``axis``) of the
+    corrected volume, prepared in the volume cache (``<out_dir>/cache``).
+
     Parameters
     ----------
     checkpoint
@@ -382,6 +534,7 @@ def finetune(
     mix_ratio
         Original-set slices per corrected slice (``1.0``: as many as corrected
         slices; capped by what is available). Foreground slices are preferred.
+        3D: ordinary patches of the original cases per corrected patch.
     alpha_start, alpha_step, alpha_floor
         The restarted α schedule (:func:`finetune_schedule`); used by the
         ``gdl+bl`` loss, ignored by the others.
@@ -392,7 +545,7 @@ def finetune(
     distance
         Distance maps of the corrected slices: ``"2d"`` per slice (default, only
         the corrected slices are trusted) or ``"3d"`` (the whole corrected
-        volume with its spacing).
+        volume with its spacing). A 3D checkpoint always uses ``"3d"``.
     out_dir
         Folder of the new checkpoint; ``None``: ``finetune-<time>`` beside the parent.
     device
@@ -419,16 +572,12 @@ def finetune(
     ------
     ValueError, TypeError
         Shapes that do not match, slices out of range, labels beyond the
-        checkpoint's classes, bad settings.
+        checkpoint's classes, bad settings; a 3D checkpoint with a 2D image, a
+        volume smaller than its patch.
     """
-    from napari_boundary_seg.core.checkpoint import read_checkpoint
-    from napari_boundary_seg.core.data import (
-        case_from_arrays,
-        find_cases,
-        iter_build_dataset,
-        iter_load_cases,
-    )
-    from napari_boundary_seg.core.train import InfoEvent, TrainConfig, preprocess_config, train
+    from napari_boundary_seg.core.checkpoint import read_checkpoint, training_mode
+    from napari_boundary_seg.core.data import case_from_arrays
+    from napari_boundary_seg.core.train import TrainConfig, train
 
     parent = Path(checkpoint).expanduser().resolve()
     source = read_checkpoint(parent)
@@ -455,6 +604,12 @@ def finetune(
             f"{images.shape[0]} modality image(s) given but {parent.name} takes {in_channels}"
         )
     spatial = images.shape[1:]
+    dims = int(training_mode(source)["dims"])
+    if dims == 3 and len(spatial) != 3:
+        raise ValueError(
+            f"{parent.name} was trained in 3D (patches); fine-tuning it needs a 3D volume, "
+            f"got images {images.shape}"
+        )
     if len(spatial) == 3:
         axis = _check_axis(base.axis if axis is None else axis, 3)
         depth = spatial[axis]
@@ -474,36 +629,18 @@ def finetune(
             "the parent run stays as it is"
         )
 
-    prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
     case = case_from_arrays(list(images), labels.astype(np.int64), spacing, case_id="corrected")
-    yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
-    corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
-    parts: list[tuple[Any, Sequence[int]]] = [
-        (corrected, [i for i in range(len(corrected)) if int(corrected.slice_index[i]) in slices])
-    ]
-
-    n_mix = int(round(mix_ratio * len(slices)))
-    mix_list: list[Any] = []
-    if mix_cases is not None and n_mix > 0:
-        if isinstance(mix_cases, str | os.PathLike):
-            files = find_cases(mix_cases)
-            if not files:
-                raise ValueError(f"no cases found in {mix_cases}")
-            wanted = set(source.get("train_cases") or [])
-            chosen = [f for f in files if f.case_id in wanted] or files
-            mix_list = yield from iter_load_cases(chosen)
-        else:
-            mix_list = list(mix_cases)
-        mix_prep = preprocess_config(base)
-        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
-        mix_set = yield from iter_build_dataset(
-            mix_list, num_classes, mix_prep, distance=base.distance, cache_dir=base.cache_dir
+    if dims == 3:  # the checkpoint's mode: 3D patches holding the corrected slices
+        if distance == "2d":
+            logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the whole volume")
+        dataset, train_cases, mix_ids = yield from _iter_corrected_patches(
+            base, source, case, slices, axis, mix_cases, mix_ratio, out, seed
         )
-        parts.append((mix_set, _mix_indices(mix_set, n_mix, seed, source.get("train_cases"))))
-    elif mix_ratio > 0 and mix_cases is None:
-        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
-    subset = SliceSubset(parts)
-    mix_sources = tuple(subset.sources[len(parts[0][1]) :])
+        mix_sources: tuple[tuple[str, int], ...] = ()
+    else:
+        dataset, train_cases, mix_sources, mix_ids = yield from _iter_corrected_slices(
+            base, source, case, slices, axis, mix_cases, mix_ratio, distance, seed
+        )
 
     batch = base.batch_size if batch_size is None else batch_size
     config = base.replace(
@@ -511,7 +648,7 @@ def finetune(
         out_dir=str(out),
         epochs=epochs,
         lr=base.lr if lr is None else lr,
-        batch_size=max(1, min(int(batch), len(subset))),
+        batch_size=max(1, min(int(batch), len(dataset))),
         schedule=schedule,
         axis=axis if len(spatial) == 3 else base.axis,
         val_fraction=0.0,
@@ -523,7 +660,7 @@ def finetune(
         overwrite=overwrite,
     )
     parent_hash = _sha256(parent)
-    done = yield from train(config, [case, *mix_list], control, val_cases=[], dataset=subset)
+    done = yield from train(config, train_cases, control, val_cases=[], dataset=dataset)
 
     settings = {
         "alpha_start": alpha_start,
@@ -535,13 +672,17 @@ def finetune(
         "batch_size": config.batch_size,
         "loss": config.loss.value,
         "mix_ratio": mix_ratio,
-        "mix_cases": [str(getattr(c, "case_id", c)) for c in mix_list],
-        "distance": distance,
+        "mix_cases": mix_ids,
+        "distance": "3d" if dims == 3 else distance,
         "device": device,
         "seed": seed,
         "spacing": None if spacing is None else [float(s) for s in spacing],
         "shape": list(spatial),
+        "dims": dims,
     }
+    if dims == 3:
+        settings["patch_size"] = list(dataset.patch_size)
+        settings["patches"] = {"corrected": dataset.n_corrected, "mix": dataset.n_mix}
     lineage_path = out / LINEAGE_NAME
     new_checkpoint = done.last_checkpoint
     lineage = {
@@ -549,6 +690,7 @@ def finetune(
         "parent_sha256": parent_hash,
         "checkpoint": new_checkpoint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dims": dims,
         "slices": list(slices),
         "axis": axis,
         "mix_slices": [list(s) for s in mix_sources],
@@ -573,7 +715,146 @@ def finetune(
         reason=done.reason,
         history=list(done.history),
         model=done.model,
+        dims=dims,
     )
+
+
+def _iter_mix_sources(
+    mix_cases: Sequence[Any] | str | os.PathLike, source: Mapping[str, Any], load: bool
+) -> Generator[Any, None, list[Any]]:
+    """The original training cases to mix in: a list as given, or the folder's cases
+    (only the parent's training cases when the folder holds them), loaded if ``load``."""
+    from napari_boundary_seg.core.data import find_cases, iter_load_cases
+
+    if not isinstance(mix_cases, str | os.PathLike):
+        return list(mix_cases)
+    files = find_cases(mix_cases)
+    if not files:
+        raise ValueError(f"no cases found in {mix_cases}")
+    wanted = set(source.get("train_cases") or [])
+    chosen = [f for f in files if f.case_id in wanted] or files
+    if not load:
+        return chosen
+    return (yield from iter_load_cases(chosen))
+
+
+def _iter_corrected_slices(
+    base: Any,
+    source: Mapping[str, Any],
+    case: Any,
+    slices: tuple[int, ...],
+    axis: int,
+    mix_cases: Any,
+    mix_ratio: float,
+    distance: str,
+    seed: int,
+) -> Generator[Any, None, tuple[SliceSubset, list[Any], tuple[tuple[str, int], ...], list[str]]]:
+    """2D: the corrected slices (and mixed-in slices) as a :class:`SliceSubset`."""
+    from napari_boundary_seg.core.data import iter_build_dataset
+    from napari_boundary_seg.core.train import InfoEvent, preprocess_config
+
+    num_classes = int(source["model"].get("num_classes", base.num_classes))
+    prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
+    yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
+    corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
+    parts: list[tuple[Any, Sequence[int]]] = [
+        (corrected, [i for i in range(len(corrected)) if int(corrected.slice_index[i]) in slices])
+    ]
+    n_mix = int(round(mix_ratio * len(slices)))
+    mix_list: list[Any] = []
+    if mix_cases is not None and n_mix > 0:
+        mix_list = yield from _iter_mix_sources(mix_cases, source, load=True)
+        mix_prep = preprocess_config(base)
+        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
+        mix_set = yield from iter_build_dataset(
+            mix_list, num_classes, mix_prep, distance=base.distance, cache_dir=base.cache_dir
+        )
+        parts.append((mix_set, _mix_indices(mix_set, n_mix, seed, source.get("train_cases"))))
+    elif mix_ratio > 0 and mix_cases is None:
+        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
+    subset = SliceSubset(parts)
+    mix_sources = tuple(subset.sources[len(parts[0][1]) :])
+    mix_ids = [str(getattr(c, "case_id", c)) for c in mix_list]
+    return subset, [case, *mix_list], mix_sources, mix_ids
+
+
+@dataclass(frozen=True)
+class _CachedCase:
+    """A cached original case as the trainer's bookkeeping sees it (id, modalities,
+    spacing, channel count); its voxels are read from the cache by the patch data set,
+    so ``images`` and ``labels`` are empty arrays of the right rank."""
+
+    case_id: str
+    modalities: tuple[str, ...]
+    spacing: tuple[float, ...]
+    images: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, entry: VolumeEntry) -> _CachedCase:
+        return cls(
+            entry.case_id,
+            entry.modalities,
+            entry.spacing,
+            np.empty((len(entry.modalities), 0, 0, 0), np.float32),
+            np.empty((0, 0, 0), np.uint8),
+        )
+
+
+def _iter_corrected_patches(
+    base: Any,
+    source: Mapping[str, Any],
+    case: Any,
+    slices: tuple[int, ...],
+    axis: int,
+    mix_cases: Any,
+    mix_ratio: float,
+    out: Path,
+    seed: int,
+) -> Generator[Any, None, tuple[CorrectedPatches, list[Any], list[str]]]:
+    """3D: the corrected volume (and the original cases) in the volume cache, as
+    :class:`CorrectedPatches` of the checkpoint's patch size.
+
+    The corrected volume goes to ``<out>/cache``; the original cases to the
+    parent's ``cache_dir`` when it had one (entries already there are reused),
+    else to ``<out>/cache`` too.
+    """
+    from napari_boundary_seg.core.augment import AugmentConfig
+    from napari_boundary_seg.core.patches import iter_cache_cases
+    from napari_boundary_seg.core.train import InfoEvent
+
+    num_classes = int(source["model"].get("num_classes", base.num_classes))
+    scale, percentiles = base.scale, base.percentiles
+    own_cache = out / "cache"
+    yield InfoEvent(
+        f"preparing the corrected volume ({len(slices)} corrected slice(s) along axis {axis}) "
+        f"for 3D patches of {tuple(base.patch_size)} in {own_cache}"
+    )
+    (entry,) = yield from iter_cache_cases([case], own_cache, num_classes, scale, percentiles)
+    mix_entries: list[VolumeEntry] = []
+    if mix_cases is not None and mix_ratio > 0:
+        mix_list = yield from _iter_mix_sources(mix_cases, source, load=False)
+        mix_cache = Path(base.cache_dir) if base.cache_dir else own_cache
+        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
+        mix_entries = yield from iter_cache_cases(
+            mix_list, mix_cache, num_classes, scale, percentiles
+        )
+    elif mix_ratio > 0:
+        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
+    dataset = CorrectedPatches(
+        entry,
+        slices,
+        axis,
+        base.patch_size,
+        mix=mix_entries,
+        mix_ratio=mix_ratio,
+        oversample=base.oversample,
+        seed=seed,
+        augment=AugmentConfig() if base.augment_enabled else None,
+    )
+    mix_ids = [e.case_id for e in mix_entries] if dataset.n_mix else []
+    train_cases = [case, *(_CachedCase.of(e) for e in mix_entries)] if dataset.n_mix else [case]
+    return dataset, train_cases, mix_ids
 
 
 # ---------------------------------------------------------------------------

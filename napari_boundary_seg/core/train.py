@@ -1353,7 +1353,9 @@ def train(
         Validation cases given explicitly; ``cases`` are then all for training.
     dataset
         A prebuilt slice dataset of the training cases (items ``(image (M, H, W),
-        labels (H, W), dist (C, H, W))``), to share distance maps between runs.
+        labels (H, W), dist (C, H, W))``), to share distance maps between runs;
+        with ``dims=3``, a patch data set keyed by ``(epoch, index)`` with a
+        ``patch_size`` (the fine-tune of a 3D checkpoint restricts its patches).
 
     Yields
     ------
@@ -1376,8 +1378,11 @@ def train(
     elif config.init_checkpoint is not None:
         source = _load_source(config.init_checkpoint)
 
-    if config.dims == 3 and dataset is not None:
-        raise ValueError("train(dataset=...) is for 2D slice data sets; dims=3 builds its own")
+    if config.dims == 3 and dataset is not None and not hasattr(dataset, "patch_size"):
+        raise ValueError(
+            "train(dataset=...) with dims=3 needs a patch data set keyed by (epoch, index) "
+            "(with a patch_size, as core.patches.PatchDataset), not a 2D slice data set"
+        )
     # rank 0 prepares the cache first, the other ranks then read what it wrote
     with distributed.main_process_first(ctx, device):
         if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,196 @@ def test_finetune_2d_image(parent, tmp_path):
     assert out["new_pred"].shape == labels2d.shape
     assert out["comparison"]["corrected"]["n_slices"] == 1
     assert out["comparison"]["untouched"]["n_slices"] == 0
+
+
+# ---------------------------------------------------------------------------
+# a checkpoint trained in 3D is fine-tuned in 3D, without being told
+
+SHAPE3D = (16, 16, 12)  # axis 2 (the default slicing axis) has 12 slices
+SPACING3D = (1.0, 1.0, 2.0)
+TINY3D = {"dims": 3, "patch_size": (8, 8, 8), "depth": 2, "base_channels": 4, "batch_size": 2}
+
+
+def _volume3d(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(SHAPE3D, dtype=np.int64)
+    labels[4:9, 5:10, 3:9] = 1
+    image = (rng.normal(0.3, 0.05, SHAPE3D) + 0.5 * labels).astype(np.float32)
+    return image[None], labels
+
+
+@pytest.fixture(scope="module")
+def parent3d(tmp_path_factory) -> Path:
+    from napari_boundary_seg.core.train import TrainConfig, train
+
+    images, labels = _volume3d()
+    case = case_from_arrays(list(images), labels, SPACING3D, case_id="orig")
+    out = tmp_path_factory.mktemp("parent3d")
+    config = TrainConfig(
+        out_dir=str(out), epochs=1, max_steps_per_epoch=1, val_fraction=0.0, device="cpu", **TINY3D
+    )
+    return Path(run_to_end(train(config, [case])).last_checkpoint)
+
+
+def _corrected3d() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _volume3d()
+    labels = labels.copy()
+    labels[12:14, 12:14, 1] = 1  # a missed lesion painted on slice 1 (near the edge)
+    labels[:, :, 10] = 0  # slice 10 (beyond the last patch start) erased
+    labels[4:9, 5:10, 10] = 1
+    labels[6, 6, 10] = 0
+    return images, labels
+
+
+def _holds(patch: tuple[slice, ...], axis: int, slices: Sequence[int]) -> bool:
+    return any(patch[axis].start <= s < patch[axis].stop for s in slices)
+
+
+def test_corrected_patches_hold_a_corrected_slice_and_mix_exactly(parent3d, tmp_path):
+    from napari_boundary_seg.core.finetune import CorrectedPatches
+    from napari_boundary_seg.core.patches import iter_cache_cases
+
+    images, labels = _corrected3d()
+    corrected = case_from_arrays(list(images), labels, SPACING3D, case_id="corrected")
+    original = case_from_arrays(list(_volume3d(3)[0]), _volume3d(3)[1], SPACING3D, case_id="o")
+    entry, orig = run_to_end(iter_cache_cases([corrected, original], tmp_path, 2))
+    for oversample in (0.0, 1.0):
+        ds = CorrectedPatches(
+            entry, [10, 1], 2, (8, 8, 8), mix=[orig], mix_ratio=0.5, oversample=oversample, seed=3
+        )
+        # one in-plane tiling (16*16 / 8*8 = 4 patches) per corrected slice; half as many mixed
+        assert (ds.n_corrected, ds.n_mix, len(ds)) == (8, 4, 12)
+        assert sum(ds.is_mix(i) for i in range(len(ds))) == 4
+        seen = set()
+        for epoch in range(3):
+            for index in range(len(ds)):
+                case, patch = ds.locate(epoch, index)
+                assert case == ("o" if ds.is_mix(index) else "corrected")
+                assert all(p.stop - p.start == 8 for p in patch)
+                if case == "corrected":
+                    assert _holds(patch, 2, [1, 10]), patch
+                    seen.add(patch[2].start)
+                    if oversample == 1.0:  # centred on a foreground voxel of a corrected slice
+                        assert labels[patch][
+                            ...,
+                            [
+                                s - patch[2].start
+                                for s in (1, 10)
+                                if patch[2].start <= s < patch[2].stop
+                            ],
+                        ].any()
+        assert seen <= {0, 1, 3, 4} and len(seen) > 1
+        image, lab, dist = ds[(0, 0)]
+        assert image.shape == (1, 8, 8, 8) and lab.shape == (8, 8, 8) and dist.shape[0] == 2
+        assert torch.equal(ds[(1, 5)][2], ds[(1, 5)][2])  # a pure function of the key
+    with pytest.raises(ValueError, match="out of range"):
+        CorrectedPatches(entry, [12], 2, (8, 8, 8))
+
+
+def test_finetune_of_a_3d_checkpoint_trains_3d_patches_of_its_size(parent3d, tmp_path, monkeypatch):
+    from napari_boundary_seg.core import finetune as finetune_mod
+
+    images, labels = _corrected3d()
+    parent_bytes = parent3d.read_bytes()
+    keys: list = []
+    original_getitem = finetune_mod.CorrectedPatches.__getitem__
+
+    def spy(self, key):
+        keys.append((self, key))
+        return original_getitem(self, key)
+
+    monkeypatch.setattr(finetune_mod.CorrectedPatches, "__getitem__", spy)
+    original = case_from_arrays(list(_volume3d(3)[0]), _volume3d(3)[1], SPACING3D, case_id="o")
+    events: list = []
+    result = run_to_end(
+        finetune(
+            parent3d,
+            images,
+            labels,
+            SPACING3D,
+            [10, 1],
+            mix_cases=[original],
+            mix_ratio=0.5,
+            epochs=2,
+            alpha_start=0.5,
+            alpha_step=0.2,
+            out_dir=tmp_path / "ft",
+            device="cpu",
+        ),
+        events.append,
+    )
+    assert result.dims == 3 and result.slices == (1, 10) and result.axis == 2
+    assert not result.stopped and result.checkpoint == str(tmp_path / "ft" / "last.pt")
+    new, old = read_checkpoint(result.checkpoint), read_checkpoint(parent3d)
+    assert new["format_version"] == 2 and new["dims"] == 3
+    assert tuple(new["patch_size"]) == (8, 8, 8)
+    assert new["model"] == old["model"]  # depth, width, pooling strides kept
+    assert any(
+        not torch.equal(old["model_state"][k], new["model_state"][k]) for k in old["model_state"]
+    )
+    assert parent3d.read_bytes() == parent_bytes
+    info = [e for e in events if isinstance(e, InfoEvent) and e.num_train_slices]
+    assert info[-1].num_train_slices == 12  # 8 corrected + 4 mixed patches per epoch
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert sorted({round(e.w_region, 6) for e in steps}) == [0.3, 0.5]
+    # every patch trained on holds a corrected slice, or is a mixed patch of the original case
+    assert keys and {id(ds) for ds, _ in keys} == {id(keys[0][0])}
+    dataset = keys[0][0]
+    assert {e for e, _ in (k for _, k in keys)} == {0, 1} and len(keys) == 2 * 12
+    for _, (epoch, index) in keys:
+        case, patch = dataset.locate(epoch, index)
+        assert case == "o" if dataset.is_mix(index) else _holds(patch, 2, [1, 10])
+    assert sum(dataset.is_mix(i) for _, (_, i) in keys) == 8
+    lineage = read_lineage(result.lineage_path)
+    assert lineage["dims"] == 3 and lineage["slices"] == [1, 10] and lineage["axis"] == 2
+    assert lineage["settings"]["patch_size"] == [8, 8, 8]
+    assert lineage["settings"]["patches"] == {"corrected": 8, "mix": 4}
+    assert lineage["settings"]["mix_cases"] == ["o"] and lineage["mix_slices"] == []
+    assert (tmp_path / "ft" / "cache").is_dir()  # the corrected volume in the volume cache
+    # predict follows the checkpoint: the comparison on corrected vs untouched slices
+    out = run_to_end(evaluate_finetune(result, images, labels, SPACING3D, device="cpu"))
+    assert out["new_pred"].shape == labels.shape
+    assert out["comparison"]["corrected"]["n_slices"] == 2
+    assert read_lineage(result.lineage_path)["metrics"]["untouched"]["n_slices"] == 10
+
+
+def test_3d_checkpoint_needs_a_3d_volume(parent3d, tmp_path):
+    images, labels = _corrected3d()
+    with pytest.raises(ValueError, match="trained in 3D"):
+        run_to_end(finetune(parent3d, images[:, :, :, 1], labels[:, :, 1], None, [0], out_dir="x"))
+    with pytest.raises(ValueError, match=r"smaller than the checkpoint's patch \(8, 8, 8\)"):
+        run_to_end(
+            finetune(parent3d, images[..., :6], labels[..., :6], None, [1], out_dir=tmp_path / "s")
+        )
+
+
+def test_cli_finetune_of_a_3d_checkpoint(parent3d, tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import write_nifti
+
+    images, labels = _corrected3d()
+    affine = np.diag([*SPACING3D, 1.0])
+    write_nifti(tmp_path / "img_0000.nii.gz", images[0], affine=affine)
+    write_nifti(tmp_path / "seg.nii.gz", labels.astype(np.uint8), affine=affine)
+    argv = ["finetune", "--checkpoint", str(parent3d), "--image", str(tmp_path / "img_0000.nii.gz")]
+    argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    # the original training data as a folder: its cases go to the volume cache as files
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    for name, seed in (("orig", 0), ("other", 4)):
+        image, label = _volume3d(seed)
+        write_nifti(data / "imagesTr" / f"{name}_0000.nii.gz", image[0], affine=affine)
+        write_nifti(data / "labelsTr" / f"{name}.nii.gz", label.astype(np.uint8), affine=affine)
+    argv += ["--mix-data", str(data), "--mix-ratio", "0.5"]
+    assert main([*argv, "--slices", "1", "10", "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert "3D patches" in out and "corrected" in out and "untouched" in out
+    lineage = read_lineage(tmp_path / "ft" / "lineage.json")
+    assert lineage["dims"] == 3 and lineage["slices"] == [1, 10]
+    # only the parent's training case ("orig") is mixed in
+    assert lineage["settings"]["mix_cases"] == ["orig"]
+    assert lineage["settings"]["patches"] == {"corrected": 8, "mix": 4}
+    assert lineage["metrics"]["corrected"]["n_slices"] == 2
+    new = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert new["dims"] == 3 and new["train_cases"] == ["corrected", "orig"]
