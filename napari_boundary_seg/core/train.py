@@ -905,6 +905,22 @@ class _Data:
     keep_alive: Any = None  # a temporary cache folder, removed with this object
 
 
+def _split_train_val(
+    config: TrainConfig, cases: list[Any], val_cases: Sequence[Any] | None
+) -> tuple[list[Any], list[Any]]:
+    """The training and validation cases: ``cases`` and ``val_cases`` when those are
+    given, else ``config.val_fraction`` of ``cases`` split off with the run's split
+    seed (no validation cases when the fraction is 0 or there is a single case)."""
+    from napari_boundary_seg.core.data import split_cases
+
+    if val_cases is not None:
+        return cases, list(val_cases)
+    if config.val_fraction > 0 and len(cases) > 1:
+        train_cases, val_list = split_cases(cases, config.val_fraction, config.effective_split_seed)
+        return list(train_cases), list(val_list)
+    return cases, []
+
+
 def _iter_prepare_volumes(
     config: TrainConfig,
     cases: Sequence[Any] | None,
@@ -948,14 +964,7 @@ def _iter_prepare_volumes(
     unlabelled += [c.case_id for c in cases if getattr(c, "labels", 0) is None]
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
-    if val_cases is not None:
-        train_src, val_src = cases, list(val_cases)
-    elif config.val_fraction > 0 and len(cases) > 1:
-        train_src, val_src = data_mod.split_cases(
-            cases, config.val_fraction, config.effective_split_seed
-        )
-    else:
-        train_src, val_src = cases, []
+    train_src, val_src = _split_train_val(config, cases, val_cases)
     keep_alive = None
     if config.cache_dir is not None:
         cache_dir = Path(config.cache_dir)
@@ -1024,15 +1033,7 @@ def _iter_prepare_data(
     unlabelled = [c.case_id for c in cases if c.labels is None]
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
-    if val_cases is not None:
-        train_cases, val_list = cases, list(val_cases)
-    elif config.val_fraction > 0 and len(cases) > 1:
-        train_cases, val_list = data_mod.split_cases(
-            cases, config.val_fraction, config.effective_split_seed
-        )
-        train_cases, val_list = list(train_cases), list(val_list)
-    else:
-        train_cases, val_list = cases, []
+    train_cases, val_list = _split_train_val(config, cases, val_cases)
     channels = {c.images.shape[0] for c in [*train_cases, *val_list]}
     if len(channels) != 1:
         raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
