@@ -1081,6 +1081,36 @@ def _iter_build_dataset(config: TrainConfig, cases: Sequence[Any]) -> Generator[
 # validation
 
 
+def _case_scores(
+    pred: np.ndarray, labels: np.ndarray, spacing: Sequence[float], num_classes: int
+) -> tuple[float, float, float, bool]:
+    """One case's DSC, HD and HD95 (mm), each the mean over the foreground classes
+    (an infinite distance replaced by the image diagonal), and whether an HD was
+    infinite."""
+    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
+
+    per_class = [surface_metrics(pred == c, labels == c, spacing) for c in range(1, num_classes)]
+    case_hd = [m["hd"] for m in per_class]
+    shape = labels.shape
+    return (
+        _nanmean([m["dice"] for m in per_class]),
+        _nanmean([replace_inf(v, shape, spacing) for v in case_hd]),
+        _nanmean([replace_inf(m["hd95"], shape, spacing) for m in per_class]),
+        any(math.isinf(v) for v in case_hd),
+    )
+
+
+def _val_summary(scores: Sequence[tuple[float, float, float, bool]]) -> dict[str, float]:
+    """The validation figures: means of :func:`_case_scores` over the cases (NaN
+    without cases) and the number of cases whose HD was infinite."""
+    return {
+        "val_dice": _nanmean([s[0] for s in scores]),
+        "val_hd": _nanmean([s[1] for s in scores]),
+        "val_hd95": _nanmean([s[2] for s in scores]),
+        "val_hd_inf": sum(1 for s in scores if s[3]),
+    }
+
+
 def validate_cases(
     model: nn.Module,
     cases: Sequence[Any],
@@ -1095,11 +1125,9 @@ def validate_cases(
         ``val_dice``, ``val_hd``, ``val_hd95`` (NaN without cases) and
         ``val_hd_inf`` (cases whose HD was infinite and replaced by the diagonal).
     """
-    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
     from napari_boundary_seg.core.predict import predict_volume
 
-    dice, hd, hd95 = [], [], []
-    n_inf = 0
+    scores = []
     preprocess = preprocess_config(config)
     for case in cases:
         if hasattr(case, "open"):  # a cached case: images already scaled, read one at a time
@@ -1116,24 +1144,9 @@ def validate_cases(
             batch_size=config.batch_size,
             device=device,
         )
-        per_class = [
-            surface_metrics(pred == c, labels == c, case.spacing)
-            for c in range(1, config.num_classes)
-        ]
-        case_hd = [m["hd"] for m in per_class]
-        if any(math.isinf(v) for v in case_hd):
-            n_inf += 1
-        shape = labels.shape
-        dice.append(_nanmean([m["dice"] for m in per_class]))
-        hd.append(_nanmean([replace_inf(v, shape, case.spacing) for v in case_hd]))
-        hd95.append(_nanmean([replace_inf(m["hd95"], shape, case.spacing) for m in per_class]))
+        scores.append(_case_scores(pred, labels, case.spacing, config.num_classes))
         del images, labels, pred
-    return {
-        "val_dice": _nanmean(dice),
-        "val_hd": _nanmean(hd),
-        "val_hd95": _nanmean(hd95),
-        "val_hd_inf": n_inf,
-    }
+    return _val_summary(scores)
 
 
 def build_model(hparams: Mapping[str, Any]) -> nn.Module:
@@ -1172,10 +1185,7 @@ def validate_volumes(
     Each validation case is read from the volume cache (memory-mapped, one at
     a time) and predicted by sliding windows of ``config.patch_size``.
     """
-    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
-
-    dice, hd, hd95 = [], [], []
-    n_inf = 0
+    scores = []
     was_training = model.training
     model.eval()
     try:
@@ -1185,26 +1195,10 @@ def validate_volumes(
             pred = probs.argmax(0).cpu().numpy()
             del image, probs
             labels = np.asarray(entry.open("labels"))
-            per_class = [
-                surface_metrics(pred == c, labels == c, entry.spacing)
-                for c in range(1, config.num_classes)
-            ]
-            case_hd = [m["hd"] for m in per_class]
-            if any(math.isinf(v) for v in case_hd):
-                n_inf += 1
-            dice.append(_nanmean([m["dice"] for m in per_class]))
-            hd.append(_nanmean([replace_inf(v, labels.shape, entry.spacing) for v in case_hd]))
-            hd95.append(
-                _nanmean([replace_inf(m["hd95"], labels.shape, entry.spacing) for m in per_class])
-            )
+            scores.append(_case_scores(pred, labels, entry.spacing, config.num_classes))
     finally:
         model.train(was_training)
-    return {
-        "val_dice": _nanmean(dice),
-        "val_hd": _nanmean(hd),
-        "val_hd95": _nanmean(hd95),
-        "val_hd_inf": n_inf,
-    }
+    return _val_summary(scores)
 
 
 # ---------------------------------------------------------------------------
