@@ -671,9 +671,8 @@ def bench_data(
 
     import torch
 
-    from napari_boundary_seg.core.patches import (
-        iter_cache_cases,
-    )
+    from napari_boundary_seg.core.data import find_cases
+    from napari_boundary_seg.core.patches import iter_cache_cases
     from napari_boundary_seg.core.progress import run_to_end
     from napari_boundary_seg.core.synthetic import iter_write_benchmark
 
@@ -732,7 +731,7 @@ def bench_data(
         cases.append(memory)
 
         # 2. loader throughput with augmentation, per number of workers
-        entries = run_to_end(iter_cache_cases(_sorted_files(root / "data0"), root / "cache0", 2))
+        entries = run_to_end(iter_cache_cases(find_cases(root / "data0"), root / "cache0", 2))
         cases += _loader_cases(entries, patch_size, workers, loader_batches, seed)
 
     # 3. cost of recomputing φ per warped sample vs a training step
@@ -785,12 +784,6 @@ def _loader_cases(
             }
         )
     return out
-
-
-def _sorted_files(folder: Any) -> list:
-    from napari_boundary_seg.core.data import find_cases
-
-    return find_cases(folder)
 
 
 def _step_seconds(model: Any, batch: tuple, repeats: int = 2) -> float:

@@ -866,15 +866,18 @@ def _calibration_text(calibration: Mapping[str, Any]) -> str:
     if not calibration:
         return ""
     dice, recall = calibration["dice"], calibration["lesion_recall_small"]
+    dice_low, dice_high = CALIBRATION_BAR["dice"]
+    recall_high = CALIBRATION_BAR["lesion_recall_small"][1]
 
     def verdict(ok: bool) -> str:
         return "meets the bar" if ok else "MISSES the bar"
 
     return (
         f"Calibration (GDL, test cases, mean over {calibration['n_runs']} seed(s)): "
-        f"DSC {dice:.3f} (bar 0.60–0.82: {verdict(calibration['dice_meets_bar'])}); "
+        f"DSC {dice:.3f} (bar {dice_low:.2f}–{dice_high:.2f}: "
+        f"{verdict(calibration['dice_meets_bar'])}); "
         f"recall of lesions <= {calibration['small_voxels']:g} voxels {recall:.3f} "
-        f"(bar < 0.8: {verdict(calibration['lesion_recall_small_meets_bar'])}).\n"
+        f"(bar < {recall_high:g}: {verdict(calibration['lesion_recall_small_meets_bar'])}).\n"
     )
 
 

@@ -898,6 +898,18 @@ class DistanceCache:
         return maps
 
 
+def _check_training_labels(case: Case, num_classes: int) -> None:
+    """ValueError naming the case when it has no labels or label values outside
+    ``0..num_classes-1`` (a training data set needs both)."""
+    if case.labels is None:
+        raise ValueError(f"case {case.case_id} has no labels; a training data set needs them")
+    lo, hi = int(case.labels.min()), int(case.labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"case {case.case_id}: label values in [{lo}, {hi}] but num_classes={num_classes}"
+        )
+
+
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array, allow_pickle=False)
@@ -954,13 +966,7 @@ def _iter_build(
                 f"case {case.case_id} has {case.images.shape[0]} modalities, "
                 f"case {cases[0].case_id} has {n_mod}"
             )
-        if case.labels is None:
-            raise ValueError(f"case {case.case_id} has no labels; a training data set needs them")
-        lo, hi = int(case.labels.min()), int(case.labels.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"case {case.case_id}: label values in [{lo}, {hi}] but num_classes={num_classes}"
-            )
+        _check_training_labels(case, num_classes)
 
     total = len(cases)
     yield Progress(0, total, "preparing slices")

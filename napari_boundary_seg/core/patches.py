@@ -181,16 +181,6 @@ def volume_key(source: Any, settings: dict[str, Any]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _check_labels(case: Any, num_classes: int) -> None:
-    if case.labels is None:
-        raise ValueError(f"case {case.case_id} has no labels; a training data set needs them")
-    lo, hi = int(case.labels.min()), int(case.labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(
-            f"case {case.case_id}: label values in [{lo}, {hi}] but num_classes={num_classes}"
-        )
-
-
 def _publish(tmp: Path, final: Path) -> None:
     try:
         os.replace(tmp, final)
@@ -200,9 +190,9 @@ def _publish(tmp: Path, final: Path) -> None:
 
 
 def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percentiles: Any) -> None:
-    from napari_boundary_seg.core.data import scale_images
+    from napari_boundary_seg.core.data import _check_training_labels, scale_images
 
-    _check_labels(case, num_classes)
+    _check_training_labels(case, num_classes)
     images = np.ascontiguousarray(scale_images(case, scale, percentiles), dtype=np.float32)
     label_dtype = np.uint8 if num_classes <= 256 else np.int64
     labels = np.ascontiguousarray(case.labels, dtype=label_dtype)
@@ -324,9 +314,9 @@ _SLICE_FILES = ("images.npy", "labels.npy", "dist.npy", "meta.json")
 
 
 def _write_slices(case: Any, final: Path, num_classes: int, preprocess: Any, distance: str) -> None:
-    from napari_boundary_seg.core.data import preprocess_case
+    from napari_boundary_seg.core.data import _check_training_labels, preprocess_case
 
-    _check_labels(case, num_classes)
+    _check_training_labels(case, num_classes)
     prep = preprocess_case(case, preprocess)
     label_dtype = np.uint8 if num_classes <= 256 else np.int64
     maps = class_distance_maps(

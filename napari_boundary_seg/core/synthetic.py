@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_boundary_seg.core.data import Case
-from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.io import write_nifti, write_text_atomic
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -1163,6 +1163,46 @@ def _case_names(n_cases: int) -> list[str]:
     return [f"case_{i:0{width}d}" for i in range(n_cases)]
 
 
+def _prepare_out(out: Path, names: Sequence[str], overwrite: bool) -> Path:
+    """Refuse (FileExistsError, naming the first file) to replace any file of the
+    data set unless ``overwrite``, then make its folders; returns the
+    ``dataset.json`` path."""
+    targets = []
+    for name in names:
+        targets += [out / "imagesTr" / f"{name}_{m:04d}.nii.gz" for m in range(len(MODALITIES))]
+        targets.append(out / "labelsTr" / f"{name}.nii.gz")
+    meta_path = out / "dataset.json"
+    if not overwrite:
+        for path in [*targets, meta_path]:
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    return meta_path
+
+
+def _write_case(out: Path, name: str, case: Case, overwrite: bool) -> list[Path]:
+    """One case's modality images and labels in the generic layout; the written paths."""
+    written = [
+        write_nifti(
+            out / "imagesTr" / f"{name}_{m:04d}.nii.gz",
+            case.images[m],
+            affine=case.affine,
+            overwrite=overwrite,
+        )
+        for m in range(len(MODALITIES))
+    ]
+    written.append(
+        write_nifti(
+            out / "labelsTr" / f"{name}.nii.gz",
+            case.labels,
+            affine=case.affine,
+            overwrite=overwrite,
+        )
+    )
+    return written
+
+
 def iter_write_benchmark(
     out_dir: str | os.PathLike,
     n_cases: int = 20,
@@ -1190,9 +1230,6 @@ def iter_write_benchmark(
     site has its own grid); ``dataset.json`` then also records each case's
     ``site`` (in ``training`` and ``generator.sites_by_case``).
     """
-    # local import: io is only needed here
-    from napari_boundary_seg.core.io import write_nifti
-
     if not isinstance(n_cases, int) or n_cases < 1:
         raise ValueError(f"n_cases must be a positive integer, got {n_cases!r}")
     if preset not in PRESETS:
@@ -1206,40 +1243,14 @@ def iter_write_benchmark(
     shape, spacing = _check_grid(shape, spacing)
     out = Path(out_dir)
     names = _case_names(n_cases)
-    targets = []
-    for name in names:
-        targets += [out / "imagesTr" / f"{name}_{m:04d}.nii.gz" for m in range(len(MODALITIES))]
-        targets.append(out / "labelsTr" / f"{name}.nii.gz")
-    meta_path = out / "dataset.json"
-    if not overwrite:
-        for path in [*targets, meta_path]:
-            if path.exists():
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    meta_path = _prepare_out(out, names, overwrite)
     yield Progress(0, n_cases + 1, "building the anatomy")
     ref = load_anatomy(shape, spacing, anatomy)
     written: list[Path] = []
     fractions = []
     for i, name in enumerate(names):
         case = make_case((seed, i), anatomy=ref, lesions=lesions, case_id=name)
-        for m in range(len(MODALITIES)):
-            written.append(
-                write_nifti(
-                    out / "imagesTr" / f"{name}_{m:04d}.nii.gz",
-                    case.images[m],
-                    affine=case.affine,
-                    overwrite=overwrite,
-                )
-            )
-        written.append(
-            write_nifti(
-                out / "labelsTr" / f"{name}.nii.gz",
-                case.labels,
-                affine=case.affine,
-                overwrite=overwrite,
-            )
-        )
+        written += _write_case(out, name, case, overwrite)
         fractions.append(float(case.labels.mean()))
         yield Progress(i + 1, n_cases + 1, f"wrote {name}")
     meta = {
@@ -1272,9 +1283,7 @@ def iter_write_benchmark(
             "foreground_fraction": fractions,
         },
     }
-    with atomic_path(meta_path) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
-    written.append(meta_path)
+    written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
     yield Progress(n_cases + 1, n_cases + 1, "done")
     logger.info("wrote %d synthetic cases (%s anatomy) to %s", n_cases, ref.kind, out)
     return written
@@ -1304,20 +1313,8 @@ def _iter_write_wmh(
     out: Path, n_cases: int, seed: int, anatomy: str, overwrite: bool, config: WMHConfig
 ) -> Generator[Progress, None, list[Path]]:
     """The ``wmh`` preset on disk (see :func:`iter_write_benchmark`)."""
-    from napari_boundary_seg.core.io import write_nifti
-
     names = _case_names(n_cases)
-    targets = []
-    for name in names:
-        targets += [out / "imagesTr" / f"{name}_{m:04d}.nii.gz" for m in range(len(MODALITIES))]
-        targets.append(out / "labelsTr" / f"{name}.nii.gz")
-    meta_path = out / "dataset.json"
-    if not overwrite:
-        for path in [*targets, meta_path]:
-            if path.exists():
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    meta_path = _prepare_out(out, names, overwrite)
     anatomies: dict[str, Anatomy] = {}
     written: list[Path] = []
     fractions, loads, sites = [], [], []
@@ -1327,23 +1324,7 @@ def _iter_write_wmh(
             yield Progress(i, n_cases + 1, f"building the anatomy of site {site.name}")
             anatomies[site.name] = load_wmh_anatomy(site, config, anatomy)
         case = make_wmh_case((seed, i), site, config, anatomies[site.name], case_id=name)
-        for m in range(len(MODALITIES)):
-            written.append(
-                write_nifti(
-                    out / "imagesTr" / f"{name}_{m:04d}.nii.gz",
-                    case.images[m],
-                    affine=case.affine,
-                    overwrite=overwrite,
-                )
-            )
-        written.append(
-            write_nifti(
-                out / "labelsTr" / f"{name}.nii.gz",
-                case.labels,
-                affine=case.affine,
-                overwrite=overwrite,
-            )
-        )
+        written += _write_case(out, name, case, overwrite)
         fractions.append(float(case.labels.mean()))
         loads.append(float(case.labels.sum()) * float(np.prod(case.spacing)) / 1000.0)
         sites.append(site.name)
@@ -1377,9 +1358,7 @@ def _iter_write_wmh(
             "lesion_ml": loads,
         },
     }
-    with atomic_path(meta_path) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
-    written.append(meta_path)
+    written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
     yield Progress(n_cases + 1, n_cases + 1, "done")
     logger.info("wrote %d wmh-preset cases to %s", n_cases, out)
     return written

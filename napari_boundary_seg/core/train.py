@@ -905,6 +905,22 @@ class _Data:
     keep_alive: Any = None  # a temporary cache folder, removed with this object
 
 
+def _split_train_val(
+    config: TrainConfig, cases: list[Any], val_cases: Sequence[Any] | None
+) -> tuple[list[Any], list[Any]]:
+    """The training and validation cases: ``cases`` and ``val_cases`` when those are
+    given, else ``config.val_fraction`` of ``cases`` split off with the run's split
+    seed (no validation cases when the fraction is 0 or there is a single case)."""
+    from napari_boundary_seg.core.data import split_cases
+
+    if val_cases is not None:
+        return cases, list(val_cases)
+    if config.val_fraction > 0 and len(cases) > 1:
+        train_cases, val_list = split_cases(cases, config.val_fraction, config.effective_split_seed)
+        return list(train_cases), list(val_list)
+    return cases, []
+
+
 def _iter_prepare_volumes(
     config: TrainConfig,
     cases: Sequence[Any] | None,
@@ -948,14 +964,7 @@ def _iter_prepare_volumes(
     unlabelled += [c.case_id for c in cases if getattr(c, "labels", 0) is None]
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
-    if val_cases is not None:
-        train_src, val_src = cases, list(val_cases)
-    elif config.val_fraction > 0 and len(cases) > 1:
-        train_src, val_src = data_mod.split_cases(
-            cases, config.val_fraction, config.effective_split_seed
-        )
-    else:
-        train_src, val_src = cases, []
+    train_src, val_src = _split_train_val(config, cases, val_cases)
     keep_alive = None
     if config.cache_dir is not None:
         cache_dir = Path(config.cache_dir)
@@ -1024,15 +1033,7 @@ def _iter_prepare_data(
     unlabelled = [c.case_id for c in cases if c.labels is None]
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
-    if val_cases is not None:
-        train_cases, val_list = cases, list(val_cases)
-    elif config.val_fraction > 0 and len(cases) > 1:
-        train_cases, val_list = data_mod.split_cases(
-            cases, config.val_fraction, config.effective_split_seed
-        )
-        train_cases, val_list = list(train_cases), list(val_list)
-    else:
-        train_cases, val_list = cases, []
+    train_cases, val_list = _split_train_val(config, cases, val_cases)
     channels = {c.images.shape[0] for c in [*train_cases, *val_list]}
     if len(channels) != 1:
         raise ValueError(f"cases have different numbers of modalities: {sorted(channels)}")
@@ -1080,6 +1081,36 @@ def _iter_build_dataset(config: TrainConfig, cases: Sequence[Any]) -> Generator[
 # validation
 
 
+def _case_scores(
+    pred: np.ndarray, labels: np.ndarray, spacing: Sequence[float], num_classes: int
+) -> tuple[float, float, float, bool]:
+    """One case's DSC, HD and HD95 (mm), each the mean over the foreground classes
+    (an infinite distance replaced by the image diagonal), and whether an HD was
+    infinite."""
+    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
+
+    per_class = [surface_metrics(pred == c, labels == c, spacing) for c in range(1, num_classes)]
+    case_hd = [m["hd"] for m in per_class]
+    shape = labels.shape
+    return (
+        _nanmean([m["dice"] for m in per_class]),
+        _nanmean([replace_inf(v, shape, spacing) for v in case_hd]),
+        _nanmean([replace_inf(m["hd95"], shape, spacing) for m in per_class]),
+        any(math.isinf(v) for v in case_hd),
+    )
+
+
+def _val_summary(scores: Sequence[tuple[float, float, float, bool]]) -> dict[str, float]:
+    """The validation figures: means of :func:`_case_scores` over the cases (NaN
+    without cases) and the number of cases whose HD was infinite."""
+    return {
+        "val_dice": _nanmean([s[0] for s in scores]),
+        "val_hd": _nanmean([s[1] for s in scores]),
+        "val_hd95": _nanmean([s[2] for s in scores]),
+        "val_hd_inf": sum(1 for s in scores if s[3]),
+    }
+
+
 def validate_cases(
     model: nn.Module,
     cases: Sequence[Any],
@@ -1094,11 +1125,9 @@ def validate_cases(
         ``val_dice``, ``val_hd``, ``val_hd95`` (NaN without cases) and
         ``val_hd_inf`` (cases whose HD was infinite and replaced by the diagonal).
     """
-    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
     from napari_boundary_seg.core.predict import predict_volume
 
-    dice, hd, hd95 = [], [], []
-    n_inf = 0
+    scores = []
     preprocess = preprocess_config(config)
     for case in cases:
         if hasattr(case, "open"):  # a cached case: images already scaled, read one at a time
@@ -1115,24 +1144,9 @@ def validate_cases(
             batch_size=config.batch_size,
             device=device,
         )
-        per_class = [
-            surface_metrics(pred == c, labels == c, case.spacing)
-            for c in range(1, config.num_classes)
-        ]
-        case_hd = [m["hd"] for m in per_class]
-        if any(math.isinf(v) for v in case_hd):
-            n_inf += 1
-        shape = labels.shape
-        dice.append(_nanmean([m["dice"] for m in per_class]))
-        hd.append(_nanmean([replace_inf(v, shape, case.spacing) for v in case_hd]))
-        hd95.append(_nanmean([replace_inf(m["hd95"], shape, case.spacing) for m in per_class]))
+        scores.append(_case_scores(pred, labels, case.spacing, config.num_classes))
         del images, labels, pred
-    return {
-        "val_dice": _nanmean(dice),
-        "val_hd": _nanmean(hd),
-        "val_hd95": _nanmean(hd95),
-        "val_hd_inf": n_inf,
-    }
+    return _val_summary(scores)
 
 
 def build_model(hparams: Mapping[str, Any]) -> nn.Module:
@@ -1171,10 +1185,7 @@ def validate_volumes(
     Each validation case is read from the volume cache (memory-mapped, one at
     a time) and predicted by sliding windows of ``config.patch_size``.
     """
-    from napari_boundary_seg.core.metrics import replace_inf, surface_metrics
-
-    dice, hd, hd95 = [], [], []
-    n_inf = 0
+    scores = []
     was_training = model.training
     model.eval()
     try:
@@ -1184,26 +1195,10 @@ def validate_volumes(
             pred = probs.argmax(0).cpu().numpy()
             del image, probs
             labels = np.asarray(entry.open("labels"))
-            per_class = [
-                surface_metrics(pred == c, labels == c, entry.spacing)
-                for c in range(1, config.num_classes)
-            ]
-            case_hd = [m["hd"] for m in per_class]
-            if any(math.isinf(v) for v in case_hd):
-                n_inf += 1
-            dice.append(_nanmean([m["dice"] for m in per_class]))
-            hd.append(_nanmean([replace_inf(v, labels.shape, entry.spacing) for v in case_hd]))
-            hd95.append(
-                _nanmean([replace_inf(m["hd95"], labels.shape, entry.spacing) for m in per_class])
-            )
+            scores.append(_case_scores(pred, labels, entry.spacing, config.num_classes))
     finally:
         model.train(was_training)
-    return {
-        "val_dice": _nanmean(dice),
-        "val_hd": _nanmean(hd),
-        "val_hd95": _nanmean(hd95),
-        "val_hd_inf": n_inf,
-    }
+    return _val_summary(scores)
 
 
 # ---------------------------------------------------------------------------
