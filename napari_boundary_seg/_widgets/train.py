@@ -20,6 +20,18 @@ state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
 prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
 run stopped in its first epoch) into a layer of its own name.
 
+Mode (issue 11): "Train on" 2D slices (the paper, both presets) or 3D patches
+(``TrainConfig.dims``); the patch size in voxels per numpy axis (3D only; by
+default :data:`core.patches.DEFAULT_PATCH_SIZE` clipped to the labels layer,
+and at Start to the longest training part left beside the validation block,
+:func:`fit_patch`); augmentation default / on / off (``augment`` None / True /
+False: default on in 3D, off in 2D); under Advanced the foreground share of
+the 3D patches (``oversample``). The prediction after a run, the live preview
+and fine-tuning follow the checkpoint's mode: a 3D checkpoint predicts by
+sliding windows, its preview by the windows covering the slice on view
+(:class:`core.preview.SlicePreview`), and "Fine-tune from" sets the form to the
+checkpoint's mode and patch (:meth:`TrainWidget.follow_checkpoint`).
+
 Reusable pieces for the interactive fine-tuning loop: :class:`TrainRunner`
 (start / pause / resume / stop / shutdown of one run), :class:`TrainingCurves`,
 :func:`build_config` and :func:`cases_from_layers`.
@@ -63,6 +75,7 @@ from napari_boundary_seg._widgets._common import (
 )
 from napari_boundary_seg._widgets._progress import RunProgress
 from napari_boundary_seg._widgets.inference import (
+    check_checkpoint_channels,
     load_checked_checkpoint,
     predict_job,
 )
@@ -1051,7 +1064,7 @@ class TrainWidget(QWidget):
         )
 
         # -- mode: 2D slices or 3D patches ------------------------------------------
-        self.dims = mw.ComboBox(choices=DIMS_CHOICES, value=2, label="Mode")
+        self.dims = mw.ComboBox(choices=DIMS_CHOICES, value=2, label="Train on")
         self.dims.tooltip = (
             "2D: the paper's slices along the slice axis. 3D: patches of the volume at "
             "its own spacing, predicted by Gaussian-weighted sliding windows."
@@ -1060,8 +1073,6 @@ class TrainWidget(QWidget):
             mw.SpinBox(value=p, min=1, max=4096, label=f"axis {k}")
             for k, p in enumerate(default_patch(None))
         ]
-        for box in self.patch:
-            box.native.setMinimumWidth(48)
         self.patch_row = mw.Container(
             widgets=self.patch, layout="horizontal", labels=False, label="Patch (voxels)"
         )
@@ -1249,6 +1260,12 @@ class TrainWidget(QWidget):
             combo.setMinimumContentsLength(8)
         for edit in content.findChildren(QLineEdit):
             edit.setMinimumWidth(60)
+        from qtpy.QtWidgets import QAbstractSpinBox
+
+        for box in self.patch:  # three in a row: no +/- buttons, so they fit the dock
+            box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+            box.native.lineEdit().setMinimumWidth(24)
+            box.native.setStyleSheet("min-width: 36px;")  # napari's style asks for 90 px
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -1619,6 +1636,10 @@ class TrainWidget(QWidget):
         settings = {**self.settings(), **overrides}
         check_device(settings["device"])
         output = check_output_folder(settings["out_dir"])
+        loaded = None
+        if settings["init_checkpoint"]:
+            loaded = load_checked_checkpoint(settings["init_checkpoint"], None)
+            settings.update(self.follow_checkpoint(loaded[1]))
         make_cases = None
         n_channels = None
         self._stack = None
@@ -1665,10 +1686,22 @@ class TrainWidget(QWidget):
                     self._stack = None  # no prediction afterwards, training still runs
         if axis is not None:
             settings["axis"] = axis
-        if settings["init_checkpoint"]:
-            load_checked_checkpoint(settings["init_checkpoint"], n_channels)
+        if loaded is not None and n_channels is not None:
+            check_checkpoint_channels(loaded, n_channels, settings["init_checkpoint"])
         settings["out_dir"] = str(new_run_folder(output))
         return build_config(settings), make_cases
+
+    def follow_checkpoint(self, checkpoint: Any) -> dict[str, Any]:
+        """Fine-tuning follows the checkpoint's mode: its ``dims`` and 3D patch
+        size go into the form (shown) and are returned as settings."""
+        from napari_boundary_seg.core.checkpoint import training_mode
+
+        mode = training_mode(checkpoint)
+        self.dims.value = mode["dims"]
+        if mode["dims"] == 3:
+            for box, value in zip(self.patch, mode["patch_size"], strict=True):
+                box.value = int(value)
+        return {"dims": mode["dims"], "patch_size": mode["patch_size"]}
 
     # -- run state and status ----------------------------------------------------
     STATE_TEXT = {

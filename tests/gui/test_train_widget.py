@@ -236,6 +236,17 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
     assert layer is not None and layer.data.shape == SHAPE
     assert layer.metadata["napari_boundary_seg"]["checkpoint"] == done.best_checkpoint
     np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    # fine-tuning follows the checkpoint: a 2D form becomes 3D with its patch
+    w.dims.value = 2
+    for box in w.patch:
+        box.value = 4
+    w.finetune.value = done.best_checkpoint
+    w.epochs.value = 1
+    assert w.start(), errors
+    assert (w._config.dims, w._config.patch_size) == (3, (8, 8, 8))
+    assert w.dims.value == 3 and w.patch_size() == (8, 8, 8)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert errors == [] and not w.last_done.stopped
 
 
 def test_pickers_offer_only_what_fits(widget):
