@@ -296,8 +296,7 @@ def fit_patch(
     The patch is clipped to the volume's ``shape``; with a validation ``block``
     held out, its extent along ``axis`` is also clipped to the longest
     training part (before or after the block). A shorter part cannot hold a
-    patch and is left out of training (:func:`cases_from_layers` with
-    ``patch``).
+    patch: :meth:`TrainWidget.validate` leaves it out of training.
     """
     fitted = [min(int(p), int(n)) for p, n in zip(patch, shape, strict=True)]
     if block is not None:
@@ -1660,7 +1659,7 @@ class TrainWidget(QWidget):
                 if labels.ndim != 3:
                     raise ValueError(
                         f"3D patches need a 3D volume: labels '{labels_layer.name}' has shape "
-                        f"{tuple(labels.shape)}. Choose Mode: 2D slices."
+                        f"{tuple(labels.shape)}. Choose 'Train on: 2D slices'."
                     )
                 settings["patch_size"] = fit_patch(
                     settings["patch_size"], labels.shape, axis, block
