@@ -20,6 +20,18 @@ state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
 prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
 run stopped in its first epoch) into a layer of its own name.
 
+Mode (issue 11): "Train on" 2D slices (the paper, both presets) or 3D patches
+(``TrainConfig.dims``); the patch size in voxels per numpy axis (3D only; by
+default :data:`core.patches.DEFAULT_PATCH_SIZE` clipped to the labels layer,
+and at Start to the longest training part left beside the validation block,
+:func:`fit_patch`); augmentation default / on / off (``augment`` None / True /
+False: default on in 3D, off in 2D); under Advanced the foreground share of
+the 3D patches (``oversample``). The prediction after a run, the live preview
+and fine-tuning follow the checkpoint's mode: a 3D checkpoint predicts by
+sliding windows, its preview by the windows covering the slice on view
+(:class:`core.preview.SlicePreview`), and "Fine-tune from" sets the form to the
+checkpoint's mode and patch (:meth:`TrainWidget.follow_checkpoint`).
+
 Reusable pieces for the interactive fine-tuning loop: :class:`TrainRunner`
 (start / pause / resume / stop / shutdown of one run), :class:`TrainingCurves`,
 :func:`build_config` and :func:`cases_from_layers`.
@@ -63,6 +75,7 @@ from napari_boundary_seg._widgets._common import (
 )
 from napari_boundary_seg._widgets._progress import RunProgress
 from napari_boundary_seg._widgets.inference import (
+    check_checkpoint_channels,
     load_checked_checkpoint,
     predict_job,
 )
@@ -83,6 +96,7 @@ __all__ = [
     "TrainingCurves",
     "build_config",
     "cases_from_layers",
+    "fit_patch",
     "prediction_layer_job",
     "preset_values",
     "unique_layer_name",
@@ -274,6 +288,36 @@ def cases_from_layers(
     return make, block
 
 
+def fit_patch(
+    patch: Sequence[int], shape: Sequence[int], axis: int, block: slice | None
+) -> tuple[int, ...]:
+    """A 3D patch that fits the training parts of one volume split along ``axis``.
+
+    The patch is clipped to the volume's ``shape``; with a validation ``block``
+    held out, its extent along ``axis`` is also clipped to the longest
+    training part (before or after the block). A shorter part cannot hold a
+    patch: :meth:`TrainWidget.validate` leaves it out of training.
+    """
+    fitted = [min(int(p), int(n)) for p, n in zip(patch, shape, strict=True)]
+    if block is not None:
+        longest = max(block.start, int(shape[axis]) - block.stop)
+        fitted[axis] = max(1, min(fitted[axis], longest))
+    return tuple(fitted)
+
+
+def _fitting_cases(
+    make: Callable[[], tuple[list[Any], list[Any]]], patch: Sequence[int]
+) -> Callable[[], tuple[list[Any], list[Any]]]:
+    """``make`` keeping only the training cases that hold a ``patch``."""
+
+    def fitting() -> tuple[list[Any], list[Any]]:
+        train, val = make()
+        kept = [c for c in train if all(n >= p for n, p in zip(c.labels.shape, patch, strict=True))]
+        return kept, val
+
+    return fitting
+
+
 # ---------------------------------------------------------------------------
 # The worker: one training run
 # ---------------------------------------------------------------------------
@@ -434,12 +478,22 @@ class PreviewEvent:
 def _preview_event(
     previewer: Any, checkpoint: str, epoch: int, where: tuple[int, int]
 ) -> PreviewEvent:
-    """Load the epoch's weights (``last.pt``) and predict one slice (worker thread)."""
-    from napari_boundary_seg.core.checkpoint import model_from_checkpoint, read_checkpoint
+    """Load the epoch's weights (``last.pt``) and predict one slice (worker thread).
 
-    model = model_from_checkpoint(read_checkpoint(checkpoint), checkpoint)
+    The checkpoint says the mode: a 3D model predicts the slab of sliding
+    windows of its training patch size that covers the slice
+    (:meth:`core.preview.SlicePreview.predict`).
+    """
+    from napari_boundary_seg.core.checkpoint import (
+        inference_settings,
+        model_from_checkpoint,
+        read_checkpoint,
+    )
+
+    saved = read_checkpoint(checkpoint)
+    model = model_from_checkpoint(saved, checkpoint)
     axis, index = where
-    labels = previewer.predict(model, axis, index)
+    labels = previewer.predict(model, axis, index, inference_settings(saved).patch_size)
     return PreviewEvent(epoch, axis, index, labels)
 
 
@@ -886,31 +940,31 @@ def preset_values(preset: str) -> dict[str, Any]:
         "alpha_start": schedule.get("start", 1.0),
         "alpha_step": schedule.get("step", 0.01),
         "alpha_floor": schedule.get("floor", 0.01),
+        "dims": config.dims,
+        "augment": _AUGMENT_VALUE[config.augment],
+        "oversample": config.oversample,
     }
 
 
-def parse_extra(text: str) -> dict[str, Any]:
-    """The "Extra config" field: a JSON object of further ``TrainConfig`` fields
-    (e.g. ``{"dims": 3, "patch_size": [64, 64, 64], "augment": true}`` once the
-    trainer has them). Unknown fields raise ValueError naming them."""
-    import json
+#: The augmentation choice's values and ``TrainConfig.augment``.
+AUGMENT_CHOICES = [
+    ("default (on in 3D, off in 2D)", "default"),
+    ("on", "on"),
+    ("off", "off"),
+]
+_AUGMENT_CONFIG = {"default": None, "on": True, "off": False}
+_AUGMENT_VALUE = {v: k for k, v in _AUGMENT_CONFIG.items()}
+DIMS_CHOICES = [("2D slices (the paper)", 2), ("3D patches", 3)]
 
-    from napari_boundary_seg.core.train import TrainConfig
 
-    text = text.strip()
-    if not text:
-        return {}
-    try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"Extra config is not valid JSON ({exc.msg}): {text!r}") from exc
-    if not isinstance(extra, dict):
-        raise ValueError(f"Extra config must be a JSON object {{...}}, got {text!r}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(extra) - names)
-    if unknown:
-        raise ValueError(f"Extra config: unknown TrainConfig fields {unknown}")
-    return extra
+def default_patch(shape: Sequence[int] | None) -> tuple[int, int, int]:
+    """:data:`core.patches.DEFAULT_PATCH_SIZE` clipped to a volume's ``shape``
+    (None, or not 3 axes: the default itself)."""
+    from napari_boundary_seg.core.patches import DEFAULT_PATCH_SIZE
+
+    if shape is None or len(shape) != 3:
+        return tuple(DEFAULT_PATCH_SIZE)
+    return tuple(min(int(p), int(n)) for p, n in zip(DEFAULT_PATCH_SIZE, shape, strict=True))
 
 
 def _section(title: str) -> QLabel:
@@ -1008,6 +1062,34 @@ class TrainWidget(QWidget):
             labels=True,
         )
 
+        # -- mode: 2D slices or 3D patches ------------------------------------------
+        self.dims = mw.ComboBox(choices=DIMS_CHOICES, value=2, label="Train on")
+        self.dims.tooltip = (
+            "2D: the paper's slices along the slice axis. 3D: patches of the volume at "
+            "its own spacing, predicted by Gaussian-weighted sliding windows."
+        )
+        self.patch = [
+            mw.SpinBox(value=p, min=1, max=4096, label=f"axis {k}")
+            for k, p in enumerate(default_patch(None))
+        ]
+        self.patch_row = mw.Container(
+            widgets=self.patch, layout="horizontal", labels=False, label="Patch (voxels)"
+        )
+        self.patch_row.margins = (0, 0, 0, 0)
+        self.patch_row.tooltip = (
+            "3D patch per numpy axis (the layer's axes 0, 1, 2). Default: 96×96×32 "
+            "clipped to the volume; along the split axis also to the training block."
+        )
+        self._patch_auto = default_patch(None)
+        self.augment = mw.ComboBox(choices=AUGMENT_CHOICES, value="default", label="Augmentation")
+        self.augment.tooltip = (
+            "Flips, 90° rotations, intensity, scale/rotation/elastic; φ stays the exact "
+            "distance map of the augmented label. Default: on in 3D, off in 2D (the paper)."
+        )
+        self.mode_form = mw.Container(
+            widgets=[self.dims, self.patch_row, self.augment], labels=True
+        )
+
         # -- training ---------------------------------------------------------
         self.epochs = mw.SpinBox(value=20, min=1, max=100000, label="Epochs")
         self.lr = mw.FloatSpinBox(value=2e-3, min=1e-6, max=1.0, step=1e-4, label="Learning rate")
@@ -1073,15 +1155,19 @@ class TrainWidget(QWidget):
         )
         self.output.tooltip = "Each run writes a new run-YYYYmmdd-HHMMSS folder here"
         self.finetune = mw.FileEdit(mode="r", filter="*.pt *.pth", label="Fine-tune from")
-        self.extra = mw.LineEdit(value="", label="Extra config")
-        self.extra.tooltip = (
-            'Further TrainConfig fields as JSON, e.g. {"dims": 3, "patch_size": '
-            '[64, 64, 64], "augment": true} once the trainer has them'
+        self.oversample = mw.FloatSpinBox(
+            value=1 / 3, min=0.0, max=1.0, step=0.05, label="Foreground share"
+        )
+        self.oversample.native.setDecimals(3)
+        self.oversample.tooltip = (
+            "3D: share of the patches centred on a random lesion voxel (nnU-Net: 1/3); "
+            "0: uniform sampling"
         )
         self.advanced_form = mw.Container(
             widgets=[
                 self.batch_size,
                 self.slice_size,
+                self.oversample,
                 self.depth,
                 self.base_channels,
                 self.num_classes,
@@ -1093,7 +1179,6 @@ class TrainWidget(QWidget):
                 self.seed,
                 self.output,
                 self.finetune,
-                self.extra,
             ],
             labels=True,
         )
@@ -1144,6 +1229,8 @@ class TrainWidget(QWidget):
         column.addWidget(self.preset_help)
         column.addWidget(_section("Data"))
         column.addWidget(self.data_form.native)
+        column.addWidget(_section("Mode"))
+        column.addWidget(self.mode_form.native)
         column.addWidget(_section("Training"))
         column.addWidget(self.train_form.native)
         column.addWidget(self.alpha_plot)
@@ -1158,6 +1245,7 @@ class TrainWidget(QWidget):
         self.settings_widgets = (
             self.preset.native,
             self.data_form.native,
+            self.mode_form.native,
             self.train_form.native,
             self.advanced,
             self.output_form.native,
@@ -1171,6 +1259,12 @@ class TrainWidget(QWidget):
             combo.setMinimumContentsLength(8)
         for edit in content.findChildren(QLineEdit):
             edit.setMinimumWidth(60)
+        from qtpy.QtWidgets import QAbstractSpinBox
+
+        for box in self.patch:  # three in a row: no +/- buttons, so they fit the dock
+            box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
+            box.native.lineEdit().setMinimumWidth(24)
+            box.native.setStyleSheet("min-width: 36px;")  # napari's style asks for 90 px
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -1203,8 +1297,13 @@ class TrainWidget(QWidget):
             self.max_steps,
             self.lr_patience,
             self.val_fraction,
+            self.dims,
+            self.augment,
+            self.oversample,
+            *self.patch,
         ):
             box.changed.connect(self._to_custom)
+        self.dims.changed.connect(self._on_dims)
         self.schedule.changed.connect(self._on_schedule_kind)
         self.labels.changed.connect(self._on_labels)
         self.num_classes.changed.connect(self._update_schedule_view)
@@ -1226,6 +1325,7 @@ class TrainWidget(QWidget):
         self.images.value = [layer for _, layer in self._image_choices()]
         self._apply_preset("quick")
         self._on_source()
+        self._on_dims()
         self._set_running(False)
 
     # -- pickers ---------------------------------------------------------------
@@ -1326,6 +1426,9 @@ class TrainWidget(QWidget):
             self.alpha_start.value = values["alpha_start"]
             self.alpha_step.value = values["alpha_step"]
             self.alpha_floor.value = values["alpha_floor"]
+            self.dims.value = values["dims"]
+            self.augment.value = values["augment"]
+            self.oversample.value = values["oversample"]
         finally:
             self._applying_preset = False
         self.preset_help.setText(PRESET_HELP[preset])
@@ -1357,8 +1460,34 @@ class TrainWidget(QWidget):
                     self.num_classes.value = max(top + 1, 2)
                 except (TypeError, ValueError):
                     pass
+                self._fit_default_patch(layer.data.shape)
         self._update_preview_at()
         self._update_schedule_view()
+
+    def _fit_default_patch(self, shape: Sequence[int]) -> None:
+        """Set the patch to the default clipped to ``shape`` unless the user changed it."""
+        if self.patch_size() != self._patch_auto:
+            return
+        self._patch_auto = default_patch(shape)
+        applying, self._applying_preset = self._applying_preset, True
+        try:
+            for box, value in zip(self.patch, self._patch_auto, strict=True):
+                box.value = value
+        finally:
+            self._applying_preset = applying
+
+    def patch_size(self) -> tuple[int, int, int]:
+        """The patch fields (voxels, numpy axis order)."""
+        return tuple(int(box.value) for box in self.patch)
+
+    def _on_dims(self, *_: Any) -> None:
+        """Show the fields of the chosen mode: the patch and the foreground share
+        in 3D, the slice size and the empty-slice filter in 2D."""
+        three = self.dims.value == 3
+        self.patch_row.visible = three
+        self.oversample.visible = three
+        self.slice_size.visible = not three
+        self.skip_empty.visible = not three
 
     def _on_schedule_kind(self, *_: Any) -> None:
         kind = self.schedule.value
@@ -1488,8 +1617,11 @@ class TrainWidget(QWidget):
             "num_classes": self.num_classes.value,
             "out_dir": path_text(self.output),
             "init_checkpoint": finetune or None,
+            "dims": self.dims.value,
+            "patch_size": self.patch_size() if self.dims.value == 3 else None,
+            "oversample": self.oversample.value,
+            "augment": _AUGMENT_CONFIG[self.augment.value],
         }
-        settings.update(parse_extra(self.extra.value))
         return settings
 
     def validate(
@@ -1503,6 +1635,10 @@ class TrainWidget(QWidget):
         settings = {**self.settings(), **overrides}
         check_device(settings["device"])
         output = check_output_folder(settings["out_dir"])
+        loaded = None
+        if settings["init_checkpoint"]:
+            loaded = load_checked_checkpoint(settings["init_checkpoint"], None)
+            settings.update(self.follow_checkpoint(loaded[1]))
         make_cases = None
         n_channels = None
         self._stack = None
@@ -1519,6 +1655,16 @@ class TrainWidget(QWidget):
             if labels.ndim == 3 and axis >= 3:
                 raise ValueError(f"Slice axis {axis} does not exist in a 3D volume.")
             make_cases, block = cases_from_layers(stack, labels, axis, settings["val_fraction"])
+            if settings.get("dims") == 3:
+                if labels.ndim != 3:
+                    raise ValueError(
+                        f"3D patches need a 3D volume: labels '{labels_layer.name}' has shape "
+                        f"{tuple(labels.shape)}. Choose 'Train on: 2D slices'."
+                    )
+                settings["patch_size"] = fit_patch(
+                    settings["patch_size"], labels.shape, axis, block
+                )
+                make_cases = _fitting_cases(make_cases, settings["patch_size"])
             self._val_block = block
             n_channels = stack.images.shape[0]
             self._stack = stack
@@ -1539,10 +1685,22 @@ class TrainWidget(QWidget):
                     self._stack = None  # no prediction afterwards, training still runs
         if axis is not None:
             settings["axis"] = axis
-        if settings["init_checkpoint"]:
-            load_checked_checkpoint(settings["init_checkpoint"], n_channels)
+        if loaded is not None and n_channels is not None:
+            check_checkpoint_channels(loaded, n_channels, settings["init_checkpoint"])
         settings["out_dir"] = str(new_run_folder(output))
         return build_config(settings), make_cases
+
+    def follow_checkpoint(self, checkpoint: Any) -> dict[str, Any]:
+        """Fine-tuning follows the checkpoint's mode: its ``dims`` and 3D patch
+        size go into the form (shown) and are returned as settings."""
+        from napari_boundary_seg.core.checkpoint import training_mode
+
+        mode = training_mode(checkpoint)
+        self.dims.value = mode["dims"]
+        if mode["dims"] == 3:
+            for box, value in zip(self.patch, mode["patch_size"], strict=True):
+                box.value = int(value)
+        return {"dims": mode["dims"], "patch_size": mode["patch_size"]}
 
     # -- run state and status ----------------------------------------------------
     STATE_TEXT = {
@@ -1718,11 +1876,19 @@ class TrainWidget(QWidget):
             if self.state == "preparing":
                 self._set_state(
                     "running",
-                    f"on {self.device_used}: {event.num_train_slices} slices, "
+                    f"on {self.device_used}: {event.num_train_slices} {self._items_text()}, "
                     f"{event.steps_per_epoch} steps per epoch{val}",
                 )
         elif self.state == "preparing":
             self._set_state("preparing", f"{event.message} ({self.device_used})")
+
+    def _items_text(self) -> str:
+        """What an epoch's items are: slices, or 3D patches of their size."""
+        config = self._config
+        if config is None or config.dims != 3:
+            return "slices"
+        aug = "augmented " if config.augment_enabled else ""
+        return f"{aug}3D patches of {'×'.join(map(str, config.patch_size))}"
 
     def _on_step(self, event: Any) -> None:
         spe = event.steps_per_epoch

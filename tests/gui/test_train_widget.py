@@ -20,7 +20,7 @@ from napari_boundary_seg._widgets.train import (
     TrainWidget,
     build_config,
     check_output_folder,
-    parse_extra,
+    fit_patch,
     schedule_params,
 )
 
@@ -111,15 +111,11 @@ def test_check_output_folder(tmp_path):
         check_output_folder("  ")
 
 
-def test_parse_extra_config():
-    assert parse_extra("") == {}
-    assert parse_extra('{"epochs": 3, "seed": 2}') == {"epochs": 3, "seed": 2}
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
-        parse_extra('{"no_such_field": 1}')
-    with pytest.raises(ValueError, match="not valid JSON"):
-        parse_extra("{epochs: 3}")
-    with pytest.raises(ValueError, match="JSON object"):
-        parse_extra("[1, 2]")
+def test_fit_patch_to_the_training_parts():
+    assert fit_patch((96, 96, 32), (96, 112, 96), 0, None) == (96, 96, 32)
+    assert fit_patch((96, 96, 32), (40, 112, 20), 1, None) == (40, 96, 20)
+    # a 19-slice block at 30-49 on axis 0: the longest training part is 47 slices
+    assert fit_patch((96, 96, 32), (96, 112, 96), 0, slice(30, 49)) == (47, 96, 32)
 
 
 def test_configure_sets_fields_by_name(widget):
@@ -158,7 +154,99 @@ def test_quick_start_is_the_default_preset(widget):
     assert fresh.preset.value == "custom" and fresh.epochs.value == 7
     fresh.preset.value = "quick"
     assert fresh.epochs.value == quick.epochs
+    # both presets are 2D, augmentation by default (off in 2D)
+    for preset in ("paper", "quick"):
+        fresh.dims.value = 3
+        assert fresh.preset.value == "custom"
+        fresh.preset.value = preset
+        assert (fresh.dims.value, fresh.augment.value) == (2, "default")
+        assert fresh.oversample.value == pytest.approx(1 / 3, abs=1e-3)
     fresh.close()
+
+
+def _shown(widget) -> bool:
+    """Not hidden (the Advanced section may be collapsed around it)."""
+    return not widget.native.isHidden()
+
+
+def test_mode_controls_build_the_config(widget):
+    w = widget
+    # 2D by default: no patch, augmentation off (the paper), the 3D fields hidden
+    config, _ = w.validate()
+    assert (config.dims, config.patch_size, config.augment) == (2, None, None)
+    assert not config.augment_enabled and config.slice_size == 32
+    assert not _shown(w.patch_row) and not _shown(w.oversample) and _shown(w.slice_size)
+    # 3D: the default patch is clipped to the (8, 32, 32) volume; the 2-slice validation
+    # block at 1-3 along axis 0 leaves parts of 1 and 5 slices: the patch fits the 5
+    w.dims.value = 3
+    assert _shown(w.patch_row) and _shown(w.oversample) and not _shown(w.slice_size)
+    assert w.patch_size() == (8, 32, 32)
+    config, make_cases = w.validate()
+    assert (config.dims, config.patch_size, config.augment) == (3, (5, 32, 32), None)
+    assert config.augment_enabled and config.oversample == pytest.approx(1 / 3, abs=1e-3)
+    train, val = make_cases()
+    assert [c.labels.shape for c in train] == [(5, 32, 32)] and len(val) == 1
+    # the patch, augmentation and foreground share as set
+    for box, value in zip(w.patch, (4, 16, 8), strict=True):
+        box.value = value
+    w.augment.value = "off"
+    w.oversample.value = 0.5
+    config, _ = w.validate()
+    assert (config.patch_size, config.augment, config.oversample) == ((4, 16, 8), False, 0.5)
+    assert not config.augment_enabled
+    w.augment.value = "on"
+    w.dims.value = 2
+    config, _ = w.validate()
+    assert (config.dims, config.patch_size, config.augment) == (2, None, True)
+    # a user's patch is kept when the labels layer changes; the default one follows it
+    w.viewer.add_labels(np.ones((6, 20, 40), np.int32), name="other")
+    _choose(w, labels="other")
+    assert w.patch_size() == (4, 16, 8)
+    fresh = TrainWidget(w.viewer)
+    _choose(fresh, labels="other")
+    assert fresh.patch_size() == (6, 20, 32)
+    fresh.close()
+
+
+def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
+    from napari_boundary_seg.core.checkpoint import inference_settings, read_checkpoint
+
+    w = widget
+    w.dims.value = 3
+    w.axis.value = 2  # 32 slices: the validation block leaves two parts of at least 8
+    for box in w.patch:
+        box.value = 8
+    w.batch_size.value = 2
+    w.max_steps.value = 2
+    w.epochs.value = 2
+    assert w.start(), errors
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert errors == []
+    done = w.last_done
+    assert done is not None and not done.stopped and len(done.history) == 2
+    saved = inference_settings(read_checkpoint(done.best_checkpoint))
+    assert (saved.dims, saved.patch_size) == (3, (8, 8, 8))
+    assert w._items_text() == "augmented 3D patches of 8×8×8"  # the status's wording
+    # a preview per epoch: the shown slice along axis 2, predicted by sliding windows
+    previews = [e for e in w.events if type(e).__name__ == "PreviewEvent"]
+    assert [e.epoch for e in previews] == [0, 1]
+    assert {e.axis for e in previews} == {2} and previews[0].labels.shape == (8, 32)
+    # the prediction follows the checkpoint (3D sliding window) at the image's shape
+    layer = w.prediction_layer
+    assert layer is not None and layer.data.shape == SHAPE
+    assert layer.metadata["napari_boundary_seg"]["checkpoint"] == done.best_checkpoint
+    np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    # fine-tuning follows the checkpoint: a 2D form becomes 3D with its patch
+    w.dims.value = 2
+    for box in w.patch:
+        box.value = 4
+    w.finetune.value = done.best_checkpoint
+    w.epochs.value = 1
+    assert w.start(), errors
+    assert (w._config.dims, w._config.patch_size) == (3, (8, 8, 8))
+    assert w.dims.value == 3 and w.patch_size() == (8, 8, 8)
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    assert errors == [] and not w.last_done.stopped
 
 
 def test_pickers_offer_only_what_fits(widget):
@@ -597,7 +685,7 @@ PROBLEMS = [
     ("device", "not available"),
     ("checkpoint", "broken.pt"),
     ("folder", "Dataset folder not found"),
-    ("extra", "unknown TrainConfig fields"),
+    ("3D on a 2D image", "3D patches need a 3D volume"),
     ("no labels", "No labels layer"),  # last: removes the case's layers
 ]
 
@@ -632,8 +720,13 @@ def test_bad_inputs_notify_and_keep_viewer_usable(make_napari_viewer, errors, tm
         elif problem == "folder":
             w.source.value = "folder"
             w.folder.value = str(tmp_path / "nowhere")
-        elif problem == "extra":
-            w.extra.value = '{"dimz": 3}'
+        elif problem == "3D on a 2D image":
+            viewer.add_image(np.ones((32, 32), np.float32), name="flat")
+            flat = np.zeros((32, 32), np.int32)
+            flat[4:9, 4:9] = 1
+            viewer.add_labels(flat, name="flat lesions")
+            _choose(w, images=["flat"], labels="flat lesions")
+            w.dims.value = 3
         elif problem == "no labels":
             for name in [layer.name for layer in viewer.layers]:
                 viewer.layers.remove(name)
