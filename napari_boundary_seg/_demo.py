@@ -72,6 +72,16 @@ def axial_view(viewer: Any, labels_layer: Any) -> None:
 
 TRAIN_WIDGET = "Train (boundary loss)"
 
+TAB_TITLES = {
+    "Distance map": "Distance",
+    "Compare to ground truth": "Compare",
+    "Train (boundary loss)": "Train",
+    "Predict": "Predict",
+    "Finetune on corrections": "Finetune",
+}
+"""Short tab titles for the docked widgets: napari titles a dock "<name> (<plugin>)",
+which five tabs side by side cut to a few letters each."""
+
 
 def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
     """A napari viewer with the sample case (axial view) and, if ``dock``, every
@@ -86,6 +96,10 @@ def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
             viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
             for name in widget_names()
         ]
+        for name in widget_names():
+            dock = viewer.window.dock_widgets[f"{name} ({PLUGIN})"].parent()
+            dock.setWindowTitle(TAB_TITLES.get(name, name))  # the tab's text
+            dock.setToolTip(name)
         if docks:
             raise_dock(viewer, widget_names()[0])
     return viewer

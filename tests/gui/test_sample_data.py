@@ -52,6 +52,16 @@ def test_demo_viewer_docks_every_declared_widget(make_napari_viewer, plugin_cach
     assert {"Distance map", "Compare to ground truth"} <= set(names)
     docked = viewer.window.dock_widgets
     assert all(f"{n} (napari-boundary-seg)" in docked for n in names)
+    # readable tabs: short titles, the full name as a tooltip
+    from qtpy.QtWidgets import QTabBar
+
+    tabs = [
+        bar.tabText(i)
+        for bar in viewer.window._qt_window.findChildren(QTabBar)
+        for i in range(bar.count())
+    ]
+    assert sorted(tabs) == sorted(_demo.TAB_TITLES[n] for n in names)
+    assert all(len(t) <= 8 for t in tabs)
     # axial view at the slice with the most lesion voxels
     assert viewer.dims.not_displayed == (2,)
     busiest = int((viewer.layers["lesions"].data > 0).sum(axis=(0, 1)).argmax())
