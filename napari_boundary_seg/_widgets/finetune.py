@@ -85,6 +85,7 @@ from napari_boundary_seg._widgets._common import (
     int_spin,
     is_integer_labels,
     labels_array,
+    layer_steps,
     mark_output,
     notify_error,
     scroll_layout,
@@ -552,9 +553,9 @@ class FinetuneWidget(QWidget):
         labels: np.ndarray,
         axis: int,
     ) -> Any:
-        """Add the probability layer, then (next event-loop turn) the
-        corrections layer and its link; returns the correction layer when
-        both ran at once (``delivery`` idle), else None."""
+        """Add the probability layer, then the corrections layer and its link
+        (``_common.layer_steps``, one step per event-loop turn); returns the
+        correction layer when all ran at once, else None."""
         prefix = stack.names[0]
         geometry = dict(stack.geometry)
         metadata = geometry.pop("metadata", None)
@@ -562,23 +563,12 @@ class FinetuneWidget(QWidget):
         prob_name = unique_layer_name(self.viewer, f"{prefix} probability")
         added: list[Any] = []
 
-        def add_probability() -> None:
-            self.viewer.add_image(
-                foreground,
-                name=prob_name,
-                visible=False,
-                metadata=mark_output("probability", metadata),
-                **probability_layer_kwargs(),
-                **geometry,
-            )
-
-        def add_corrections() -> None:
+        def keep_previous() -> None:
             if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
                 previous = unique_layer_name(self.viewer, f"{name} (previous)")
                 self.viewer.layers[name].name = previous
-            layer = self.viewer.add_labels(
-                labels, name=name, metadata=mark_output("prediction", metadata), **geometry
-            )
+
+        def link(layer: Any) -> None:
             self._link(layer, stack.names, checkpoint, prob_name, axis, np.array(labels, copy=True))
             empty = f" ({NO_FOREGROUND}: paint the lesions in)" if not labels.any() else ""
             self.status.setText(
@@ -586,8 +576,30 @@ class FinetuneWidget(QWidget):
             )
             added.append(layer)
 
-        # one layer per event-loop turn: the window draws in between
-        self.delivery.run(add_probability, add_corrections)
+        # each layer added in three event-loop turns: the window draws in between
+        self.delivery.run(
+            *layer_steps(
+                self.viewer,
+                "image",
+                foreground,
+                activate=False,
+                name=prob_name,
+                visible=False,
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            ),
+            keep_previous,
+            *layer_steps(
+                self.viewer,
+                "labels",
+                labels,
+                done=link,
+                name=name,
+                metadata=mark_output("prediction", metadata),
+                **geometry,
+            ),
+        )
         return added[0] if added else None
 
     def use_layer(self, layer: Any) -> None:
@@ -845,25 +857,36 @@ class FinetuneWidget(QWidget):
         new_labels = evaluation.get("new_labels")
         if new_labels is None:
             new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
-        # a new prediction never replaces an earlier one
-        self.viewer.add_labels(
+        changes_name = f"{prefix} changes"
+        steps = layer_steps(  # a new prediction never replaces an earlier one
+            self.viewer,
+            "labels",
             new_labels,
+            activate=False,
             name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
             visible=False,
             metadata=mark_output("prediction", metadata),
             **geometry,
         )
-        changes_name = f"{prefix} changes"
         if changes_name in self.viewer.layers:  # updated in place, not removed and re-added
-            self.viewer.layers[changes_name].data = evaluation["changes"]
+
+            def update_changes() -> None:
+                if changes_name in self.viewer.layers:
+                    self.viewer.layers[changes_name].data = evaluation["changes"]
+
+            steps.append(update_changes)
         else:
-            self.viewer.add_labels(
+            steps += layer_steps(
+                self.viewer,
+                "labels",
                 evaluation["changes"],
                 name=changes_name,
                 colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
                 metadata=mark_output("changes", metadata),
                 **geometry,
             )
+        # one step per event-loop turn: the window draws in between
+        self.delivery.run(*steps)
         self.pending = (ft, evaluation)
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(True)
@@ -1044,8 +1067,7 @@ class FinetuneWidget(QWidget):
         for b in (self.predict_button, self.use_button, self.finetune_button):
             b.setEnabled(True)
         self.stop_button.setEnabled(False)
-        self._dirty = True
-        self._redraw()
+        # the curves' last state: drawn by the redraw timer, in a turn of its own
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         if self.control is not None:

@@ -37,7 +37,9 @@ from napari_boundary_seg._widgets._common import (
     ProgressPanel,
     check_device,
     compact_combo,
+    freeze_long_lived_objects,
     images_from_layers,
+    layer_steps,
     mark_output,
     notify_error,
     notify_info,
@@ -258,6 +260,7 @@ def add_prediction_layers(
     -------
     (probability layer or None, labels layer)
     """
+    freeze_long_lived_objects()  # no full GC scan of napari and torch while adding layers
     geometry = dict(stack.geometry)
     metadata = geometry.pop("metadata", None)
     foreground, labels = prediction_outputs(probs, labels)
@@ -406,24 +409,34 @@ class InferenceWidget(QWidget):
         suffix = name[len(f"{prefix} prediction") :]
         with_probability = self.probability.currentIndex() == 0
 
-        def add_probability() -> None:
-            self.viewer.add_image(
+        def labels_added(layer: Any) -> None:
+            self.prediction_layer = layer
+            self.status.setText(prediction_status(labels32, name))
+
+        # each layer added in three event-loop turns (the window draws in
+        # between); same layers as add_prediction_layers
+        steps = []
+        if with_probability:
+            steps += layer_steps(
+                self.viewer,
+                "image",
                 foreground,
+                activate=False,
                 name=unique_layer_name(self.viewer, f"{prefix} probability{suffix}"),
                 metadata=mark_output("probability", metadata),
                 **probability_layer_kwargs(),
                 **geometry,
             )
-
-        def add_labels() -> None:
-            self.prediction_layer = self.viewer.add_labels(
-                labels32, name=name, metadata=mark_output("prediction", metadata), **geometry
-            )
-            self.status.setText(prediction_status(labels32, name))
-
-        # one layer per event-loop turn (the window draws in between); same
-        # layers as add_prediction_layers
-        self.delivery.run(*([add_probability] if with_probability else []), add_labels)
+        steps += layer_steps(
+            self.viewer,
+            "labels",
+            labels32,
+            done=labels_added,
+            name=name,
+            metadata=mark_output("prediction", metadata),
+            **geometry,
+        )
+        self.delivery.run(*steps)
 
     def _on_error(self, exc: BaseException) -> None:
         self.progress.finish("failed")
