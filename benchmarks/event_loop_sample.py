@@ -131,10 +131,23 @@ def watch(
     timer.start()
     app.processEvents()
     t0 = time.perf_counter()
-    if start() is None:
+    profile = None
+    if stacks:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
+    started = start()
+    click = time.perf_counter() - t0
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        print("  the click, by cumulative time:")
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(18)
+    if started is None:
         timer.stop()
         raise RuntimeError("the run did not start")
-    click = time.perf_counter() - t0
     ticks.append(time.perf_counter() * 1e3)  # the gap containing the click ends here
     first = len(ticks) - 1
     while busy():

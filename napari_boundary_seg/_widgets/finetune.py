@@ -77,14 +77,17 @@ from napari_boundary_seg._widgets._common import (
     ProgressPanel,
     ProgressRelay,
     check_device,
+    check_same_shape,
     collapsible,
     controlled_worker_class,
     double_spin,
     format_number,
+    geometry_kwargs,
     images_from_layers,
     int_spin,
     is_integer_labels,
     labels_array,
+    layer_spacing,
     layer_steps,
     mark_output,
     notify_error,
@@ -95,6 +98,7 @@ from napari_boundary_seg._widgets.inference import (
     NO_FOREGROUND,
     check_checkpoint_path,
     load_checked_checkpoint,
+    modalities_of,
     predict_job,
     prediction_outputs,
     probability_layer_kwargs,
@@ -331,6 +335,16 @@ def finetune_job(
     return result, evaluation
 
 
+def finetune_layers_job(
+    layers: Sequence[Any], checkpoint: str, *args: Any, **kwargs: Any
+) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
+    """:func:`finetune_job` on the image ``layers`` stacked and checked here, in
+    the worker (``_common.images_from_layers``: a fresh copy), not in the
+    Start click."""
+    stack = images_from_layers(layers)
+    return (yield from finetune_job(checkpoint, stack.images, *args, **kwargs))
+
+
 # ---------------------------------------------------------------------------
 # the widget
 
@@ -498,10 +512,7 @@ class FinetuneWidget(QWidget):
 
     def _show_modalities(self, *_: Any) -> None:
         """Show the checkpoint's modality names under the image picker."""
-        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
-
-        path = Path(self.checkpoint.text()).expanduser()
-        names = checkpoint_modalities(path) if path.is_file() else []
+        names = modalities_of(self.checkpoint.text()) if self.checkpoint.text() else []
         self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")
 
     # -- state ------------------------------------------------------------------------
@@ -514,18 +525,18 @@ class FinetuneWidget(QWidget):
     def link(self) -> dict[str, Any]:
         return self.layer.metadata.get(META_KEY, {}) if self.layer is not None else {}
 
-    def _stack(self) -> ImageStack:
+    def _linked_layers(self) -> list[Any]:
         names = self.link.get("images") or []
         missing = [n for n in names if n not in self.viewer.layers]
         if missing:
             raise ValueError(f"The linked image layer(s) {missing} are gone; predict again.")
-        return images_from_layers([self.viewer.layers[n] for n in names])
+        if not names:
+            raise ValueError("No image layer linked: predict (or use a layer) first.")
+        return [self.viewer.layers[n] for n in names]
 
     # -- 1. predict / link ------------------------------------------------------------
     def predict(self) -> Any:
         """Predict with the checkpoint on the chosen images (in a worker)."""
-        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
-
         if self.busy:
             notify_error("a prediction or fine-tune is already running")
             return None
@@ -536,7 +547,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
-        stack = stack_for_checkpoint(stack, checkpoint_modalities(path))
+        stack = stack_for_checkpoint(stack, modalities_of(path))
 
         def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
             foreground, labels, axis = result
@@ -737,7 +748,8 @@ class FinetuneWidget(QWidget):
             if self.tracker.reset_reason:
                 raise ValueError(self.tracker.reset_reason)
             labels = np.array(labels_array(self.layer), copy=True)  # the worker's own copy
-            stack = self._stack()
+            layers = self._linked_layers()  # stacked and checked in the worker
+            check_same_shape(layers[0], self.layer)
             slices = self.slices_to_use(labels)
             if not slices:
                 raise ValueError(
@@ -760,12 +772,19 @@ class FinetuneWidget(QWidget):
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
         self.status.setText(f"Fine-tuning on {len(slices)} slice(s): {slices}…")
+        # names and geometry now; the images are stacked in the worker
+        stack = ImageStack(
+            np.empty((0,), np.float32),
+            layer_spacing(layers[0]),
+            geometry_kwargs(layers[0]),
+            [layer.name for layer in layers],
+        )
         self._stack_used = stack
         return self._run(
-            finetune_job,
+            finetune_layers_job,
             (
+                layers,
                 checkpoint,
-                stack.images,  # a fresh stack of the layers: the worker's own copy
                 labels,
                 stack.spacing,
                 slices,
