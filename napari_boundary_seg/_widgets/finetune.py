@@ -305,7 +305,8 @@ def finetune_job(
 ) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
     """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
 
-    ``images``, ``labels`` and ``truth`` are copies made in the GUI thread.
+    ``labels`` and ``truth`` are copies made in the GUI thread, ``images`` a stack
+    made in the worker (:func:`finetune_layers_job`).
     Returns ``(FinetuneResult, evaluation or None)``; the evaluation of
     :func:`core.finetune.evaluate_finetune` gains ``untouched_truth`` (the
     untouched row against ``truth``, None without one), ``foreground``
