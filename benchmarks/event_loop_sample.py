@@ -19,6 +19,12 @@ For each it prints the worst gap, from the click to the result shown (the
 delivery included), and the click itself. Bar (issue 14): no gap over
 100 ms when any widget delivers its result, and the Start click under 100 ms.
 Figures measured on a shared machine vary with its load; run it again on yours.
+
+``--only predict compare --checkpoint best.pt`` runs some widgets only;
+``--stacks`` prints, for each worst gap, what the GUI thread was doing
+(its Python stack sampled every 2 ms from another thread, and the garbage
+collections inside the gap) and profiles the click; with
+``EVENT_LOOP_STACKS=file.jsonl`` the samples are also written there.
 """
 
 from __future__ import annotations
