@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -46,6 +47,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     LayerCombo,
     check_same_shape,
     format_number,
@@ -54,6 +56,7 @@ from napari_boundary_seg._widgets._common import (
     is_integer_labels,
     labels_array,
     layer_spacing,
+    layer_steps,
     mark_output,
     move_to_slice,
     notify_errors,
@@ -61,7 +64,6 @@ from napari_boundary_seg._widgets._common import (
     scroll_layout,
     slicing_axis,
     start_progress_worker,
-    update_or_add_colored_labels,
 )
 from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
 from napari_boundary_seg.core.progress import Progress
@@ -140,6 +142,7 @@ class CompareWidget(QWidget):
         self.axis: int = 0
         self.columns: list[tuple[str, str]] = list(SURFACE_COLUMNS)
         self._gt_layer: Any = None
+        self.delivery = Delivery(self)
 
         self.pred_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
         self.gt_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
@@ -243,7 +246,8 @@ class CompareWidget(QWidget):
             return volume, rows, outcome, counts
 
         def on_returned(result: tuple[dict, list, np.ndarray, np.ndarray]) -> None:
-            self.show_results(inputs, *result)
+            # the table, then the layer in its own event-loop turns
+            self.delivery.run(*self._result_steps(inputs, *result))
 
         self.worker = start_progress_worker(
             steps, on_returned, "comparison", button=self.run_button
@@ -252,8 +256,8 @@ class CompareWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        """True while a comparison runs."""
-        return not self.run_button.isEnabled()
+        """True while a comparison runs or its results are being shown."""
+        return not self.run_button.isEnabled() or self.delivery.pending
 
     def show_results(
         self,
@@ -263,7 +267,20 @@ class CompareWidget(QWidget):
         outcome: np.ndarray | None = None,
         counts: np.ndarray | None = None,
     ) -> None:
-        """Add (or update in place) the TP/FP/FN layer and fill the table."""
+        """Add (or update in place) the TP/FP/FN layer and fill the table.
+        :meth:`compare` runs the same steps one per event-loop turn
+        (``_common.Delivery``)."""
+        for step in self._result_steps(inputs, volume, rows, outcome, counts):
+            step()
+
+    def _result_steps(
+        self,
+        inputs: dict[str, Any],
+        volume: dict[str, float],
+        rows: list[dict[str, float]],
+        outcome: np.ndarray | None = None,
+        counts: np.ndarray | None = None,
+    ) -> list[Any]:
         pred_layer, gt_layer = inputs["pred_layer"], inputs["gt_layer"]
         if outcome is None:
             outcome = outcome_map(inputs["p"], inputs["t"])
@@ -272,25 +289,49 @@ class CompareWidget(QWidget):
         name = overlay_name(pred_layer.name, gt_layer.name)
         geometry = geometry_kwargs(gt_layer)
         geometry["metadata"] = mark_output("outcome", geometry.get("metadata"))
-        update_or_add_colored_labels(self.viewer, name, outcome, OUTCOME_COLORS, **geometry)
-        self._gt_layer = gt_layer
-        self.axis = inputs["axis"]
-        self.volume_metrics = volume
-        self.slice_rows = rows
-        self.columns = list(SURFACE_COLUMNS) + [c for c in LESION_COLUMNS if c[0] in volume]
-        empty = ""
-        undefined = "the distances are undefined (—). "
-        if counts[TP] + counts[FP] == 0:
-            empty = f"{NO_FOREGROUND.capitalize()} in '{pred_layer.name}': {undefined}"
-        elif counts[TP] + counts[FN] == 0:
-            empty = f"No foreground in the ground truth '{gt_layer.name}': {undefined}"
-        self.summary.setText(
-            f"{empty}TP {counts[TP]}, FP {counts[FP]}, FN {counts[FN]} voxels. "
-            f"Rows: the volume, then the {len(rows)} slices with foreground along "
-            f"axis {self.axis} (click one to go there)."
+
+        def fill() -> None:
+            self._gt_layer = gt_layer
+            self.axis = inputs["axis"]
+            self.volume_metrics = volume
+            self.slice_rows = rows
+            self.columns = list(SURFACE_COLUMNS) + [c for c in LESION_COLUMNS if c[0] in volume]
+            empty = ""
+            undefined = "the distances are undefined (—). "
+            if counts[TP] + counts[FP] == 0:
+                empty = f"{NO_FOREGROUND.capitalize()} in '{pred_layer.name}': {undefined}"
+            elif counts[TP] + counts[FN] == 0:
+                empty = f"No foreground in the ground truth '{gt_layer.name}': {undefined}"
+            self.summary.setText(
+                f"{empty}TP {counts[TP]}, FP {counts[FP]}, FN {counts[FN]} voxels. "
+                f"Rows: the volume, then the {len(rows)} slices with foreground along "
+                f"axis {self.axis} (click one to go there)."
+            )
+            self._fill_table()
+            self.export_button.setEnabled(True)
+
+        if name in self.viewer.layers:  # updated in place (the user's display settings stay)
+
+            def update() -> None:
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].data = outcome
+
+            return [fill, update]
+        colormap = DirectLabelColormap(
+            color_dict={None: "transparent", 0: "transparent", **OUTCOME_COLORS}
         )
-        self._fill_table()
-        self.export_button.setEnabled(True)
+        return [
+            fill,
+            *layer_steps(
+                self.viewer,
+                "labels",
+                outcome,
+                name=name,
+                colormap=colormap,
+                opacity=1.0,
+                **geometry,
+            ),
+        ]
 
     def table_rows(self) -> list[dict[str, Any]]:
         """The table as dicts: ``scope`` ("volume"/"slice"), ``slice``, metric keys."""

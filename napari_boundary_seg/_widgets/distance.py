@@ -45,6 +45,7 @@ from napari_boundary_seg._widgets._common import (
     is_integer_labels,
     labels_array,
     layer_spacing,
+    layer_steps,
     mark_output,
     notify_errors,
     require_layer,
@@ -292,49 +293,79 @@ class DistanceMapWidget(QWidget):
         geometry = geometry_kwargs(source)
         metadata = geometry.pop("metadata", None)
 
-        def show_phi() -> None:
-            name = phi_layer_name(source.name, label)
-            if name in self.viewer.layers:
-                layer = self.viewer.layers[name]
-                layer.data = phi
-                layer.contrast_limits_range = limits
-                layer.contrast_limits = limits
-            else:
-                layer = self.viewer.add_image(
-                    phi,
-                    name=name,
-                    colormap=PHI_COLORMAP,
-                    contrast_limits=limits,
-                    blending="translucent",
-                    opacity=PHI_OPACITY,
-                    metadata=mark_output("phi", metadata),
-                    **geometry,
-                )
-                if hasattr(layer, "colorbar"):  # napari's layer colorbar overlay (0.6+)
-                    layer.colorbar.visible = True
+        name = phi_layer_name(source.name, label)
+        bname = boundary_layer_name(source.name, label)
+        steps: list[Any] = []
+
+        def phi_added(layer: Any) -> None:
             self.phi_layer = layer
 
-        def show_boundary() -> None:
-            bname = boundary_layer_name(source.name, label)
-            if bname in self.viewer.layers:
+        if name in self.viewer.layers:
+
+            def update_phi() -> None:
+                layer = self.viewer.layers[name]
+                # range and limits first: the new data is then drawn once
+                layer.contrast_limits_range = limits
+                layer.contrast_limits = limits
+                layer.data = phi
+                self.phi_layer = layer
+
+            steps.append(update_phi)
+        else:
+            steps += layer_steps(
+                self.viewer,
+                "image",
+                phi,
+                done=phi_added,
+                activate=False,
+                name=name,
+                colormap=PHI_COLORMAP,
+                contrast_limits=limits,
+                blending="translucent",
+                opacity=PHI_OPACITY,
+                metadata=mark_output("phi", metadata),
+                **geometry,
+            )
+
+            def show_colorbar() -> (
+                None
+            ):  # napari's layer colorbar overlay (0.6+), a turn of its own
+                layer = self.phi_layer
+                if layer is not None and hasattr(layer, "colorbar"):
+                    layer.colorbar.visible = True
+
+            steps.append(show_colorbar)
+
+        def boundary_added(layer: Any) -> None:
+            self.boundary_layer = layer
+
+        if bname in self.viewer.layers:
+
+            def update_boundary() -> None:
                 blayer = self.viewer.layers[bname]
                 blayer.data = boundary
-            else:
-                from napari.utils.colormaps import DirectLabelColormap
+                self.boundary_layer = blayer
 
-                in_3d = self.viewer.dims.ndisplay == 3
-                colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
-                blayer = self.viewer.add_labels(
-                    boundary,
-                    name=bname,
-                    colormap=DirectLabelColormap(
-                        color_dict={None: "transparent", 0: "transparent", **colors}
-                    ),
-                    opacity=1.0,
-                    metadata=mark_output("boundary", metadata),
-                    **geometry,
-                )
-            self.boundary_layer = blayer
+            steps.append(update_boundary)
+        else:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            in_3d = self.viewer.dims.ndisplay == 3
+            colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
+            steps += layer_steps(
+                self.viewer,
+                "labels",
+                boundary,
+                done=boundary_added,
+                activate=False,
+                name=bname,
+                colormap=DirectLabelColormap(
+                    color_dict={None: "transparent", 0: "transparent", **colors}
+                ),
+                opacity=1.0,
+                metadata=mark_output("boundary", metadata),
+                **geometry,
+            )
 
         def finish() -> None:
             if self.viewer.dims.ndisplay == 3:
@@ -348,7 +379,7 @@ class DistanceMapWidget(QWidget):
                 float(phi.max()),
             )
 
-        return [show_phi, show_boundary, finish]
+        return [*steps, finish]
 
     def _on_ndisplay(self, *_: Any) -> None:
         """3D view: ∂G as a surface, φ hidden; back in 2D: the outline, φ shown again."""

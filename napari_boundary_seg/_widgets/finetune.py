@@ -77,14 +77,18 @@ from napari_boundary_seg._widgets._common import (
     ProgressPanel,
     ProgressRelay,
     check_device,
+    check_same_shape,
     collapsible,
     controlled_worker_class,
     double_spin,
     format_number,
+    geometry_kwargs,
     images_from_layers,
     int_spin,
     is_integer_labels,
     labels_array,
+    layer_spacing,
+    layer_steps,
     mark_output,
     notify_error,
     scroll_layout,
@@ -94,6 +98,7 @@ from napari_boundary_seg._widgets.inference import (
     NO_FOREGROUND,
     check_checkpoint_path,
     load_checked_checkpoint,
+    modalities_of,
     predict_job,
     prediction_outputs,
     probability_layer_kwargs,
@@ -300,7 +305,8 @@ def finetune_job(
 ) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
     """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
 
-    ``images``, ``labels`` and ``truth`` are copies made in the GUI thread.
+    ``labels`` and ``truth`` are copies made in the GUI thread, ``images`` a stack
+    made in the worker (:func:`finetune_layers_job`).
     Returns ``(FinetuneResult, evaluation or None)``; the evaluation of
     :func:`core.finetune.evaluate_finetune` gains ``untouched_truth`` (the
     untouched row against ``truth``, None without one), ``foreground``
@@ -328,6 +334,16 @@ def finetune_job(
     }
     evaluation["new_labels"] = np.ascontiguousarray(new, dtype=np.int32)
     return result, evaluation
+
+
+def finetune_layers_job(
+    layers: Sequence[Any], checkpoint: str, *args: Any, **kwargs: Any
+) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
+    """:func:`finetune_job` on the image ``layers`` stacked and checked here, in
+    the worker (``_common.images_from_layers``: a fresh copy), not in the
+    Start click."""
+    stack = images_from_layers(layers)
+    return (yield from finetune_job(checkpoint, stack.images, *args, **kwargs))
 
 
 # ---------------------------------------------------------------------------
@@ -497,10 +513,7 @@ class FinetuneWidget(QWidget):
 
     def _show_modalities(self, *_: Any) -> None:
         """Show the checkpoint's modality names under the image picker."""
-        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
-
-        path = Path(self.checkpoint.text()).expanduser()
-        names = checkpoint_modalities(path) if path.is_file() else []
+        names = modalities_of(self.checkpoint.text()) if self.checkpoint.text() else []
         self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")
 
     # -- state ------------------------------------------------------------------------
@@ -513,18 +526,18 @@ class FinetuneWidget(QWidget):
     def link(self) -> dict[str, Any]:
         return self.layer.metadata.get(META_KEY, {}) if self.layer is not None else {}
 
-    def _stack(self) -> ImageStack:
+    def _linked_layers(self) -> list[Any]:
         names = self.link.get("images") or []
         missing = [n for n in names if n not in self.viewer.layers]
         if missing:
             raise ValueError(f"The linked image layer(s) {missing} are gone; predict again.")
-        return images_from_layers([self.viewer.layers[n] for n in names])
+        if not names:
+            raise ValueError("No image layer linked: predict (or use a layer) first.")
+        return [self.viewer.layers[n] for n in names]
 
     # -- 1. predict / link ------------------------------------------------------------
     def predict(self) -> Any:
         """Predict with the checkpoint on the chosen images (in a worker)."""
-        from napari_boundary_seg.core.checkpoint import checkpoint_modalities
-
         if self.busy:
             notify_error("a prediction or fine-tune is already running")
             return None
@@ -535,7 +548,7 @@ class FinetuneWidget(QWidget):
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
-        stack = stack_for_checkpoint(stack, checkpoint_modalities(path))
+        stack = stack_for_checkpoint(stack, modalities_of(path))
 
         def done(result: tuple[np.ndarray, np.ndarray, int]) -> None:
             foreground, labels, axis = result
@@ -552,9 +565,9 @@ class FinetuneWidget(QWidget):
         labels: np.ndarray,
         axis: int,
     ) -> Any:
-        """Add the probability layer, then (next event-loop turn) the
-        corrections layer and its link; returns the correction layer when
-        both ran at once (``delivery`` idle), else None."""
+        """Add the probability layer, then the corrections layer and its link
+        (``_common.layer_steps``, one step per event-loop turn); returns the
+        correction layer when all ran at once, else None."""
         prefix = stack.names[0]
         geometry = dict(stack.geometry)
         metadata = geometry.pop("metadata", None)
@@ -562,23 +575,12 @@ class FinetuneWidget(QWidget):
         prob_name = unique_layer_name(self.viewer, f"{prefix} probability")
         added: list[Any] = []
 
-        def add_probability() -> None:
-            self.viewer.add_image(
-                foreground,
-                name=prob_name,
-                visible=False,
-                metadata=mark_output("probability", metadata),
-                **probability_layer_kwargs(),
-                **geometry,
-            )
-
-        def add_corrections() -> None:
+        def keep_previous() -> None:
             if name in self.viewer.layers:  # never drop earlier corrections: keep them renamed
                 previous = unique_layer_name(self.viewer, f"{name} (previous)")
                 self.viewer.layers[name].name = previous
-            layer = self.viewer.add_labels(
-                labels, name=name, metadata=mark_output("prediction", metadata), **geometry
-            )
+
+        def link(layer: Any) -> None:
             self._link(layer, stack.names, checkpoint, prob_name, axis, np.array(labels, copy=True))
             empty = f" ({NO_FOREGROUND}: paint the lesions in)" if not labels.any() else ""
             self.status.setText(
@@ -586,8 +588,30 @@ class FinetuneWidget(QWidget):
             )
             added.append(layer)
 
-        # one layer per event-loop turn: the window draws in between
-        self.delivery.run(add_probability, add_corrections)
+        # each layer added in three event-loop turns: the window draws in between
+        self.delivery.run(
+            *layer_steps(
+                self.viewer,
+                "image",
+                foreground,
+                activate=False,
+                name=prob_name,
+                visible=False,
+                metadata=mark_output("probability", metadata),
+                **probability_layer_kwargs(),
+                **geometry,
+            ),
+            keep_previous,
+            *layer_steps(
+                self.viewer,
+                "labels",
+                labels,
+                done=link,
+                name=name,
+                metadata=mark_output("prediction", metadata),
+                **geometry,
+            ),
+        )
         return added[0] if added else None
 
     def use_layer(self, layer: Any) -> None:
@@ -725,7 +749,8 @@ class FinetuneWidget(QWidget):
             if self.tracker.reset_reason:
                 raise ValueError(self.tracker.reset_reason)
             labels = np.array(labels_array(self.layer), copy=True)  # the worker's own copy
-            stack = self._stack()
+            layers = self._linked_layers()  # stacked and checked in the worker
+            check_same_shape(layers[0], self.layer)
             slices = self.slices_to_use(labels)
             if not slices:
                 raise ValueError(
@@ -748,12 +773,19 @@ class FinetuneWidget(QWidget):
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
         self.status.setText(f"Fine-tuning on {len(slices)} slice(s): {slices}…")
+        # names and geometry now; the images are stacked in the worker
+        stack = ImageStack(
+            np.empty((0,), np.float32),
+            layer_spacing(layers[0]),
+            geometry_kwargs(layers[0]),
+            [layer.name for layer in layers],
+        )
         self._stack_used = stack
         return self._run(
-            finetune_job,
+            finetune_layers_job,
             (
+                layers,
                 checkpoint,
-                stack.images,  # a fresh stack of the layers: the worker's own copy
                 labels,
                 stack.spacing,
                 slices,
@@ -845,25 +877,36 @@ class FinetuneWidget(QWidget):
         new_labels = evaluation.get("new_labels")
         if new_labels is None:
             new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
-        # a new prediction never replaces an earlier one
-        self.viewer.add_labels(
+        changes_name = f"{prefix} changes"
+        steps = layer_steps(  # a new prediction never replaces an earlier one
+            self.viewer,
+            "labels",
             new_labels,
+            activate=False,
             name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
             visible=False,
             metadata=mark_output("prediction", metadata),
             **geometry,
         )
-        changes_name = f"{prefix} changes"
         if changes_name in self.viewer.layers:  # updated in place, not removed and re-added
-            self.viewer.layers[changes_name].data = evaluation["changes"]
+
+            def update_changes() -> None:
+                if changes_name in self.viewer.layers:
+                    self.viewer.layers[changes_name].data = evaluation["changes"]
+
+            steps.append(update_changes)
         else:
-            self.viewer.add_labels(
+            steps += layer_steps(
+                self.viewer,
+                "labels",
                 evaluation["changes"],
                 name=changes_name,
                 colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
                 metadata=mark_output("changes", metadata),
                 **geometry,
             )
+        # one step per event-loop turn: the window draws in between
+        self.delivery.run(*steps)
         self.pending = (ft, evaluation)
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(True)
@@ -1044,8 +1087,7 @@ class FinetuneWidget(QWidget):
         for b in (self.predict_button, self.use_button, self.finetune_button):
             b.setEnabled(True)
         self.stop_button.setEnabled(False)
-        self._dirty = True
-        self._redraw()
+        # the curves' last state: drawn by the redraw timer, in a turn of its own
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming
         if self.control is not None:

@@ -110,3 +110,65 @@ def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
         assert area.verticalScrollBar().maximum() > 0  # the rest is reachable
     assert widget.minimumSizeHint().width() <= 1366 // 3
     assert area.horizontalScrollBar().maximum() == 0  # nothing cut off sideways
+
+
+def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
+    """A delivered layer is inserted hidden and not activated (one turn), shown
+    (the next), then made active and handed to ``done`` (the last)."""
+    from napari_boundary_seg._widgets._common import Delivery, layer_steps
+
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((3, 4), np.float32), name="FLAIR")
+    done: list = []
+    delivery = Delivery()
+    delivery.run(*layer_steps(viewer, "labels", np.ones((3, 4), np.int32), done.append, name="p"))
+    assert delivery.pending and "p" in viewer.layers  # the first step ran at once
+    layer = viewer.layers["p"]
+    assert not layer.visible and viewer.layers.selection.active is first and not done
+    qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
+    assert layer.visible and viewer.layers.selection.active is layer and done == [layer]
+
+
+def test_delivery_stops_at_a_failing_step(qtbot, errors):
+    from napari_boundary_seg._widgets._common import Delivery
+
+    ran: list[int] = []
+    delivery = Delivery()
+    delivery.run(lambda: ran.append(1), lambda: 1 / 0, lambda: ran.append(3))
+    qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
+    assert ran == [1] and any("ZeroDivisionError" in e for e in errors)
+
+
+def test_progress_relay_makes_napari_bar_after_the_click(qtbot):
+    """napari's progress bar (it relays out the window) is made by the relay's
+    timer, not when the relay is made in the Start click."""
+    from napari_boundary_seg._widgets._common import ProgressRelay
+
+    relay = ProgressRelay("work", interval_ms=20)
+    assert relay.bar is None
+    relay.set(1, 4, "step")
+    qtbot.waitUntil(lambda: relay.bar is not None, timeout=5_000)
+    qtbot.waitUntil(lambda: relay.bar.n == 1, timeout=5_000)
+    assert relay.bar.total == 4
+    relay.close()
+    assert relay.bar is None
+
+
+def test_modalities_of_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch):
+    import os
+
+    from napari_boundary_seg._widgets import inference
+    from napari_boundary_seg.core import checkpoint
+
+    reads: list[str] = []
+    monkeypatch.setattr(
+        checkpoint, "checkpoint_modalities", lambda p: reads.append(str(p)) or ["FLAIR"]
+    )
+    inference._modalities_cached.cache_clear()
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"x")
+    assert inference.modalities_of(path) == ["FLAIR"] == inference.modalities_of(str(path))
+    assert len(reads) == 1
+    os.utime(path, ns=(1, 1))  # a new version of the file is read again
+    assert inference.modalities_of(path) == ["FLAIR"] and len(reads) == 2
+    assert inference.modalities_of(tmp_path / "missing.pt") == []
