@@ -259,20 +259,18 @@ def main() -> int:
         # 2. Train (start click, the run, its end and the prediction after it)
         train = TrainWidget(viewer)
         viewer.window.add_dock_widget(train, name="train")
-        train.images.select(["FLAIR", "T1"])
-        train.labels.set_layer("lesions")
-        train.slice_size.setValue(args.slice_size)
-        train.base_channels.setValue(args.base_channels)
-        train.epochs.setValue(args.epochs)
-        train.output.setText(str(scratch / "train"))
-        train.device.set_device("cpu")
-        settle(app)
-        results["Train"] = watch(
-            args.stacks,
-            app,
-            train.start,
-            lambda: train.runner.running or train.prediction_layer is None,
+        train.configure(
+            images=["FLAIR", "T1"],
+            labels="lesions",
+            preset="custom",
+            slice_size=args.slice_size,
+            base_channels=args.base_channels,
+            epochs=args.epochs,
+            output=str(scratch / "train"),
+            device="cpu",
         )
+        settle(app)
+        results["Train"] = watch(args.stacks, app, train.start, lambda: train.busy)
         report("Train", results["Train"])
         done = train.last_done
         checkpoint = done.best_checkpoint or done.last_checkpoint
