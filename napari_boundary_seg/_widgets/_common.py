@@ -629,31 +629,6 @@ def move_to_slice(viewer: Any, layer: Layer, axis: int, index: int) -> None:
     viewer.dims.set_point(world_axis, float(world[axis]))
 
 
-def replace_or_add_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
-    """Add a ``kind`` ("labels" or "image") layer called ``name``, replacing an
-    earlier one of that name."""
-    if name in viewer.layers:
-        viewer.layers.remove(name)
-    adder = viewer.add_labels if kind == "labels" else viewer.add_image
-    return adder(data, name=name, **kwargs)
-
-
-def update_or_add_colored_labels(
-    viewer: Any, name: str, data: np.ndarray, colors: dict[int, str], **geometry: Any
-) -> Any:
-    """Show ``data`` in the Labels layer ``name``: replace its data when it exists
-    (the user's display settings stay), else add it with ``colors`` per label
-    (others transparent) at full opacity."""
-    if name in viewer.layers:
-        layer = viewer.layers[name]
-        layer.data = data
-        return layer
-    from napari.utils.colormaps import DirectLabelColormap
-
-    colormap = DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colors})
-    return viewer.add_labels(data, name=name, colormap=colormap, opacity=1.0, **geometry)
-
-
 # ------------------------------------------------------------------ layout
 def _scroll_area_class() -> type:
     from qtpy.QtCore import QSize

@@ -72,6 +72,7 @@ from napari_boundary_seg._widgets._common import (
     require_layer,
     slicing_axis,
     start_progress_worker,
+    unique_layer_name,
 )
 from napari_boundary_seg._widgets._progress import RunProgress
 from napari_boundary_seg._widgets.inference import (
@@ -2077,18 +2078,6 @@ def path_text(edit: Any) -> str:
     """The text of a magicgui ``FileEdit`` as typed ("" when empty; its
     ``value`` would turn "" into the current folder)."""
     return str(edit.line_edit.value).strip()
-
-
-def unique_layer_name(viewer: Any, name: str) -> str:
-    """``name``, or ``name [2]``, ``name [3]``… when the viewer already has it:
-    a new prediction never replaces an earlier one."""
-    names = {layer.name for layer in viewer.layers}
-    if name not in names:
-        return name
-    k = 2
-    while f"{name} [{k}]" in names:
-        k += 1
-    return f"{name} [{k}]"
 
 
 def prediction_layer_job(
