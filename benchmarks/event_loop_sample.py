@@ -12,6 +12,8 @@ works and delivers its result into the viewer, one after the other:
    where napari builds its progress bar, is printed apart);
 3. Predict: the trained model on FLAIR + T1, probability and labels layers added;
 4. Compare: that prediction against the lesions, TP/FP/FN layer and table;
+   then the same comparison again ("Compare again"), its layer updated in
+   place (``layer.data = ...``, no layer added);
 5. Finetune: a prediction into a corrections layer, two slices corrected,
    one epoch of fine-tuning, the evaluation, the changed-voxel layer and table.
 
@@ -296,6 +298,11 @@ def main() -> int:
         settle(app)
         results["Compare"] = watch(args.stacks, app, compare.compare, lambda: compare.busy)
         report("Compare", results["Compare"])
+        # the same comparison again: its TP/FP/FN layer exists and is updated in
+        # place (layer.data = ...), no layer added: what an in-place update costs
+        settle(app)
+        results["Compare again"] = watch(args.stacks, app, compare.compare, lambda: compare.busy)
+        report("Compare again", results["Compare again"])
 
     if "finetune" in only:
         # 5. Finetune: predict into a corrections layer, correct two slices, fine-tune
