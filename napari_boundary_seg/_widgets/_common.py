@@ -694,8 +694,11 @@ def collapsible(title: str, content: QWidget, expanded: bool = False) -> QWidget
     return section
 
 
-def format_duration(seconds: float) -> str:
-    """``m:ss`` (or ``h:mm:ss``) of a duration in seconds."""
+def format_duration(seconds: float | None) -> str:
+    """``m:ss`` (or ``h:mm:ss``) of a duration in seconds; ``"–"`` when unknown
+    (None, NaN or infinite)."""
+    if seconds is None or not seconds < float("inf") or seconds != seconds:
+        return "–"
     seconds = max(int(round(seconds)), 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

@@ -12,17 +12,9 @@ import time
 
 from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QWidget
 
+from napari_boundary_seg._widgets._common import format_duration as format_seconds
+
 __all__ = ["RunProgress", "format_seconds"]
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``"1:05"`` (m:ss) or ``"1:02:03"``; ``"–"`` when unknown."""
-    if seconds is None or not seconds >= 0 or seconds == float("inf"):
-        return "–"
-    s = int(round(seconds))
-    h, rest = divmod(s, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 class RunProgress(QWidget):

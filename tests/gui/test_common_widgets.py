@@ -86,6 +86,8 @@ def test_progress_panel_shows_elapsed_and_remaining(qtbot, monkeypatch):
     panel.finish("done")
     assert panel.text() == "done in 0:40" and panel.bar.value() == panel.bar.maximum()
     assert format_duration(3725) == "1:02:05"
+    assert format_duration(None) == format_duration(float("inf")) == "–"
+    assert format_duration(float("nan")) == "–" and format_duration(-3) == "0:00"
 
 
 @pytest.mark.parametrize("name", MY_WIDGETS)
