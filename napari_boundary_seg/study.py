@@ -47,6 +47,7 @@ import numpy as np
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind
 from napari_boundary_seg.core.progress import Progress, run_to_end
+from napari_boundary_seg.core.synthetic import PRESETS
 from napari_boundary_seg.study_stats import compare_arms, comparisons_markdown
 
 logger = logging.getLogger(__name__)
@@ -274,8 +275,8 @@ class StudyConfig:
             )
         if not 0 < self.alpha_floor < 1:
             raise ValueError(f"alpha_floor must be in (0, 1), got {self.alpha_floor!r}")
-        if self.synth_preset not in ("easy", "wmh"):
-            raise ValueError(f"synth_preset must be 'easy' or 'wmh', got {self.synth_preset!r}")
+        if self.synth_preset not in PRESETS:
+            raise ValueError(f"synth_preset must be one of {PRESETS}, got {self.synth_preset!r}")
         if self.synth_preset == "wmh" and (
             self.synth_shape is not None or self.synth_spacing is not None
         ):
@@ -1169,7 +1170,7 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
     )
     p.add_argument(
         "--synth-preset",
-        choices=("easy", "wmh"),
+        choices=PRESETS,
         default="easy",
         help="generator preset of the benchmark --synth writes (default easy; wmh: the "
         "harder WMH-2017-like preset, grids from its sites)",

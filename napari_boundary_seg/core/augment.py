@@ -128,7 +128,17 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("flip", "permute", "rot90", "warp", "gamma", "contrast", "brightness"):
+        for name in (
+            "flip",
+            "permute",
+            "rot90",
+            "warp",
+            "gamma",
+            "contrast",
+            "brightness",
+            "noise",
+            "blur",
+        ):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be a probability, got {value!r}")

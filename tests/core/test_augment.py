@@ -166,3 +166,6 @@ def test_full_augmentation_2d_keeps_phi_exact():
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="flip"):
         A.AugmentConfig(flip=1.5)
+    for name in ("noise", "blur"):  # probabilities too, as the docstring says
+        with pytest.raises(ValueError, match=name):
+            A.AugmentConfig(**{name: 1.5})
