@@ -1769,6 +1769,10 @@ class TrainWidget(QWidget):
         return True
 
     def _open_progress(self) -> None:
+        # a run is what the user now watches: bring the buttons, the bars, the
+        # status and the start of the curves into view (the form is taller than
+        # most docks)
+        self.scroll.ensureWidgetVisible(self.curves, 0, 0)
         if self._pbar is None and self.runner.running and not self._closing:
             self._pbar = ProgressRelay("Training", parent=self)
             if self._steps_total:

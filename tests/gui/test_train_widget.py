@@ -290,6 +290,15 @@ def test_form_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, tmp_path):
     w.advanced.expand(animate=False)
     qtbot.wait(50)
     assert w.advanced.isExpanded() and bar.maximum() > 0
+    # Start scrolls the run into view: the progress bars and the curves' top
+    w.advanced.collapse(animate=False)
+    bar.setValue(0)
+    assert w.start()
+    qtbot.waitUntil(lambda: bar.value() > 0, timeout=10_000)
+    top = w.progress.mapTo(w.scroll.widget(), w.progress.rect().topLeft()).y()
+    assert bar.value() <= top < bar.value() + w.scroll.viewport().height()
+    w.stop()
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     w.shutdown()
 
 
