@@ -251,12 +251,11 @@ def _add_synth(sub: Any) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
-_SYNTH_NAME = "napari-boundary-seg synthetic lesions"
-
-
 def _is_synth_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a data set written by ``synth`` (its dataset.json says so)."""
     import json
+
+    from napari_boundary_seg.core.synthetic import DATASET_NAME
 
     try:
         meta = json.loads((folder / "dataset.json").read_text())
@@ -264,7 +263,7 @@ def _is_synth_folder(folder: Path) -> bool:
         return False
     return (
         isinstance(meta, dict)
-        and str(meta.get("name", "")).startswith(_SYNTH_NAME)  # easy and wmh presets
+        and str(meta.get("name", "")).startswith(DATASET_NAME)  # easy and wmh presets
         and "generator" in meta
     )
 

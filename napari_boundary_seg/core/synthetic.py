@@ -1253,20 +1253,15 @@ def iter_write_benchmark(
         written += _write_case(out, name, case, overwrite)
         fractions.append(float(case.labels.mean()))
         yield Progress(i + 1, n_cases + 1, f"wrote {name}")
-    meta = {
-        "name": "napari-boundary-seg synthetic lesions",
-        "description": "Brain-like volumes with small white-matter-hyperintensity-like lesions "
+    meta = _dataset_meta(
+        DATASET_NAME,
+        "Brain-like volumes with small white-matter-hyperintensity-like lesions "
         "(0.1-1 % of voxels), FLAIR-like and T1-like contrasts.",
-        "channel_names": {str(m): mod for m, mod in enumerate(MODALITIES)},
-        "modality": {str(m): mod for m, mod in enumerate(MODALITIES)},
-        "labels": {"background": 0, "lesion": 1},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-        "training": [
-            {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
-            for name in names
-        ],
-        "generator": {
+        [{} for _ in names],
+        names,
+    )
+    meta.update(
+        generator={
             "version": GENERATOR_VERSION,
             "seed": seed,
             "case_seeds": [[seed, i] for i in range(n_cases)],
@@ -1281,8 +1276,8 @@ def iter_write_benchmark(
                 "periventricular": lesions.periventricular,
             },
             "foreground_fraction": fractions,
-        },
-    }
+        }
+    )
     written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
     yield Progress(n_cases + 1, n_cases + 1, "done")
     logger.info("wrote %d synthetic cases (%s anatomy) to %s", n_cases, ref.kind, out)
@@ -1329,24 +1324,15 @@ def _iter_write_wmh(
         loads.append(float(case.labels.sum()) * float(np.prod(case.spacing)) / 1000.0)
         sites.append(site.name)
         yield Progress(i + 1, n_cases + 1, f"wrote {name} (site {site.name})")
-    meta = {
-        "name": "napari-boundary-seg synthetic lesions, wmh preset",
-        "description": "WMH-2017-like synthetic FLAIR/T1 volumes: several simulated sites, "
+    meta = _dataset_meta(
+        f"{DATASET_NAME}, wmh preset",
+        "WMH-2017-like synthetic FLAIR/T1 volumes: several simulated sites, "
         "partial volume, punctate and confluent periventricular lesions, hyperintense mimics.",
-        "channel_names": {str(m): mod for m, mod in enumerate(MODALITIES)},
-        "modality": {str(m): mod for m, mod in enumerate(MODALITIES)},
-        "labels": {"background": 0, "lesion": 1},
-        "numTraining": n_cases,
-        "file_ending": ".nii.gz",
-        "training": [
-            {
-                "image": f"./imagesTr/{name}.nii.gz",
-                "label": f"./labelsTr/{name}.nii.gz",
-                "site": site_name,
-            }
-            for name, site_name in zip(names, sites, strict=True)
-        ],
-        "generator": {
+        [{"site": site_name} for site_name in sites],
+        names,
+    )
+    meta.update(
+        generator={
             "preset": "wmh",
             "version": WMH_GENERATOR_VERSION,
             "seed": seed,
@@ -1356,12 +1342,37 @@ def _iter_write_wmh(
             "config": config.to_dict(),
             "foreground_fraction": fractions,
             "lesion_ml": loads,
-        },
-    }
+        }
+    )
     written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
     yield Progress(n_cases + 1, n_cases + 1, "done")
     logger.info("wrote %d wmh-preset cases to %s", n_cases, out)
     return written
+
+
+DATASET_NAME = "napari-boundary-seg synthetic lesions"
+"""Start of the ``name`` in every ``dataset.json`` this module writes (both presets);
+``synth`` writes into a non-empty folder only when its ``dataset.json`` says so."""
+
+
+def _dataset_meta(
+    name: str, description: str, extra: Sequence[dict[str, Any]], names: Sequence[str]
+) -> dict[str, Any]:
+    """The ``dataset.json`` fields both presets share (nnU-Net style), ``extra`` keys
+    added to each case's ``training`` entry; the caller adds ``generator``."""
+    return {
+        "name": name,
+        "description": description,
+        "channel_names": {str(m): mod for m, mod in enumerate(MODALITIES)},
+        "modality": {str(m): mod for m, mod in enumerate(MODALITIES)},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(names),
+        "file_ending": ".nii.gz",
+        "training": [
+            {"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz", **more}
+            for n, more in zip(names, extra, strict=True)
+        ],
+    }
 
 
 def read_sites(data_dir: str | os.PathLike) -> dict[str, str]:
