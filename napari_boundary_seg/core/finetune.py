@@ -57,7 +57,13 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core.io import atomic_path
-from napari_boundary_seg.core.patches import PatchDataset, VolumeEntry, sample_rng
+from napari_boundary_seg.core.patches import (
+    PatchDataset,
+    VolumeEntry,
+    patch_start,
+    sample_rng,
+    takes_share,
+)
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -303,11 +309,6 @@ class SliceSubset:
         return self.images[index], self.labels[index].long(), self.dist[index]
 
 
-def _takes_share(index: int, share: float) -> bool:
-    """Whether item ``index`` is one of a share ``share`` of every run of indices."""
-    return math.floor((index + 1) * share) > math.floor(index * share)
-
-
 class _SlicePatches(PatchDataset):
     """Patches of one cached volume, each holding one of ``slices`` along ``axis``."""
 
@@ -325,17 +326,11 @@ class _SlicePatches(PatchDataset):
         shape = self.entries[0].shape
         chosen = self.slices[int(rng.integers(len(self.slices)))]
         fg = self.slice_fg[chosen]
-        foreground = _takes_share(index, self.oversample) and len(fg) > 0
+        foreground = takes_share(index, self.oversample) and len(fg) > 0
         if foreground:  # the centre lies on the slice, so the clipped patch still holds it
-            centre = fg[int(rng.integers(len(fg)))]
-            start = [
-                int(np.clip(c - p // 2, 0, n - p))
-                for c, p, n in zip(centre, self.patch_size, shape, strict=True)
-            ]
+            start = patch_start(rng, shape, self.patch_size, fg[int(rng.integers(len(fg)))])
         else:
-            start = [
-                int(rng.integers(0, n - p + 1)) for p, n in zip(self.patch_size, shape, strict=True)
-            ]
+            start = patch_start(rng, shape, self.patch_size)
             p, n = self.patch_size[self.axis], shape[self.axis]
             start[self.axis] = int(rng.integers(max(0, chosen - p + 1), min(chosen, n - p) + 1))
         patch = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size, strict=True))
@@ -419,7 +414,7 @@ class CorrectedPatches(Dataset):
 
     def is_mix(self, index: int) -> bool:
         """Whether item ``index`` is an ordinary patch of an original case."""
-        return self.mix is not None and _takes_share(int(index), self._mix_share)
+        return self.mix is not None and takes_share(int(index), self._mix_share)
 
     def locate(self, epoch: int, index: int) -> tuple[str, tuple[slice, ...]]:
         """The case id and patch (slices, numpy axis order) of item ``(epoch, index)``."""

@@ -477,8 +477,26 @@ def epoch_samples(entries: Sequence[VolumeEntry], patch_size: Sequence[int]) -> 
     return int(sum(max(1, math.ceil(math.prod(e.shape) / per_patch)) for e in entries))
 
 
-def _is_foreground(index: int, share: float) -> bool:
+def takes_share(index: int, share: float) -> bool:
+    """Whether item ``index`` is one of a share ``share`` of every run of indices
+    (exactly ``share`` of them, evenly spread: the foreground oversampling rule)."""
     return math.floor((index + 1) * share) > math.floor(index * share)
+
+
+def patch_start(
+    rng: np.random.Generator,
+    shape: Sequence[int],
+    patch_size: Sequence[int],
+    centre: Sequence[int] | None = None,
+) -> list[int]:
+    """First voxel of a patch inside ``shape``: centred on ``centre`` (clipped to
+    the volume), or uniform (one draw of ``rng`` per axis) without one."""
+    if centre is not None:
+        return [
+            int(np.clip(int(c) - p // 2, 0, n - p))
+            for c, p, n in zip(centre, patch_size, shape, strict=True)
+        ]
+    return [int(rng.integers(0, n - p + 1)) for p, n in zip(patch_size, shape, strict=True)]
 
 
 class PatchDataset(Dataset):
@@ -565,18 +583,12 @@ class PatchDataset(Dataset):
         case = int(rng.integers(len(self.entries)))
         entry = self.entries[case]
         shape = entry.shape
-        foreground = _is_foreground(index, self.oversample) and entry.num_foreground > 0
+        foreground = takes_share(index, self.oversample) and entry.num_foreground > 0
+        centre = None
         if foreground:
             fg = self.arrays(case)["fg"]
             centre = np.asarray(fg[int(rng.integers(len(fg)))], dtype=np.int64)
-            start = [
-                int(np.clip(c - p // 2, 0, n - p))
-                for c, p, n in zip(centre, self.patch_size, shape, strict=True)
-            ]
-        else:
-            start = [
-                int(rng.integers(0, n - p + 1)) for p, n in zip(self.patch_size, shape, strict=True)
-            ]
+        start = patch_start(rng, shape, self.patch_size, centre)
         patch = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size, strict=True))
         return case, patch, foreground
 
