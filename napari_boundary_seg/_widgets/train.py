@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, QPoint, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
@@ -1771,8 +1771,14 @@ class TrainWidget(QWidget):
     def _open_progress(self) -> None:
         # a run is what the user now watches: bring the buttons, the bars, the
         # status and the start of the curves into view (the form is taller than
-        # most docks)
-        self.scroll.ensureWidgetVisible(self.curves, 0, 0)
+        # most docks): the Start row goes to the top of the dock. Not
+        # ensureWidgetVisible(curves): curves taller than the dock get centred,
+        # which scrolls the bars above them out of view.
+        content = self.scroll.widget()
+        content.layout().activate()  # the geometry of the state just set
+        top = self.start_button.mapTo(content, QPoint(0, 0)).y() - 4
+        bar = self.scroll.verticalScrollBar()
+        bar.setValue(max(0, min(top, bar.maximum())))
         if self._pbar is None and self.runner.running and not self._closing:
             self._pbar = ProgressRelay("Training", parent=self)
             if self._steps_total:
