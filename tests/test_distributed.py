@@ -275,7 +275,7 @@ def test_only_rank0_writes(two_process_run):
 def test_stop_on_one_rank_stops_all(two_process_run):
     folder, results = two_process_run
     for rank in range(2):
-        assert results[rank]["b"]["reason"] == "stopped by request at epoch 0, step 1"
+        assert results[rank]["b"]["reason"] == "stopped by request in epoch 1 after 1 step(s)"
     checkpoint = torch.load(folder / "rank0" / "b" / "last.pt", weights_only=False)
     assert checkpoint["position"] == {"epoch": 0, "step": 1}
 
@@ -284,7 +284,7 @@ def test_nan_on_one_rank_stops_all(two_process_run):
     _, results = two_process_run
     for rank in range(2):
         reason = results[rank]["c"]["reason"]
-        assert reason.startswith("non-finite loss (nan) at epoch 0, step 1"), reason
+        assert reason.startswith("non-finite loss (nan) at epoch 1, step 2"), reason
 
 
 @pytest.mark.parametrize("run", ["b", "k"])

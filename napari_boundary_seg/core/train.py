@@ -1245,8 +1245,8 @@ def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: st
         )
     if config.epochs < int(saved["position"]["epoch"]):
         raise ValueError(
-            f"cannot resume from {path}: it is at epoch {saved['position']['epoch']}, "
-            f"beyond epochs={config.epochs}"
+            f"cannot resume from {path}: it has done {saved['position']['epoch']} epochs, "
+            f"more than epochs={config.epochs}"
         )
 
 
@@ -1302,7 +1302,7 @@ def _resume_world(source: Mapping[str, Any], world: int, batch_size: int) -> tup
     return new_step, (
         f"; the checkpoint was written by {saved} process(es), this run has {world}: the "
         f"global batch is now {world * batch_size} (was {saved * batch_size})"
-        + (f", step {step} of the epoch becomes step {new_step}" if new_step != step else "")
+        + (f", the {step} step(s) done in the epoch count as {new_step}" if new_step != step else "")
     )
 
 
@@ -1469,7 +1469,9 @@ def train(
         partial.update(source.get("partial") or {})
         parent = source.get("parent")
         message = (
-            f"resuming from {config.resume_from} at epoch {start_epoch}, step {start_step}"
+            # counted from 1, for people: the epoch and the step it goes on with
+            f"resuming from {config.resume_from} at epoch {start_epoch + 1}, "
+            f"step {start_step + 1}"
             f"{world_note}"
         )
     elif config.init_checkpoint is not None:
@@ -1581,7 +1583,8 @@ def train(
                 if last_path is not None:
                     save_checkpoint(last_path, checkpoint(epoch, step, partial))
                     wrote_last = True
-                reason = f"stopped by request at epoch {epoch}, step {step}"
+                # counted from 1, for people (as the widgets and the CLI's log)
+                reason = f"stopped by request in epoch {epoch + 1} after {step} step(s)"
                 logger.info(reason)
                 event = done(True, reason)
                 yield event
@@ -1607,7 +1610,7 @@ def train(
             if not result.stepped:
                 kept = f"; {last_path} keeps the last good weights" if wrote_last else ""
                 reason = (
-                    f"non-finite loss ({result.loss}) at epoch {epoch}, step {step} "
+                    f"non-finite loss ({result.loss}) at epoch {epoch + 1}, step {step + 1} "
                     f"(region {result.region}, boundary {result.boundary}); "
                     f"stopped{kept}. Try a lower lr or check the data."
                 )
