@@ -303,7 +303,7 @@ def test_resume_with_one_process(two_process_run, monkeypatch, tmp_path, run):
     resumed = [m for m in summary["infos"] if m.startswith("resuming")][0]
     assert "written by 2 process(es), this run has 1" in resumed
     if run == "b":  # stopped after global step 0 of 2 processes: continue at step 2 of 1
-        assert "step 1 of the epoch becomes step 2" in resumed
+        assert "the 1 step(s) done in the epoch count as 2" in resumed
         assert summary["steps"][0][:2] == (0, 2)
     history = torch.load(tmp_path / "last.pt", weights_only=False)["history"]
     assert len(history) == 2
