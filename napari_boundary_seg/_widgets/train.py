@@ -67,8 +67,12 @@ from napari_boundary_seg._widgets._common import (
     check_device,
     controlled_worker_class,
     images_from_layers,
+    is_integer_labels,
+    is_scan_image,
     labels_array,
+    mark_output,
     notify_error,
+    output_kind,
     require_layer,
     slicing_axis,
     start_progress_worker,
@@ -902,21 +906,6 @@ PRESET_HELP = {
     "custom": "Your own settings.",
 }
 
-#: Names of the plugin's own output layers (φ, probabilities, previews): the
-#: image picker leaves them out unless "show all image layers" is ticked.
-_OUTPUT_MARKERS = ("phi (", "φ", "probability", "training preview")
-
-
-def is_plugin_output(layer: Any) -> bool:
-    """True for an Image layer the plugin made (φ, probabilities, previews)."""
-    meta = getattr(layer, "metadata", {}) or {}
-    if isinstance(meta.get("napari_boundary_seg"), dict) and meta["napari_boundary_seg"].get(
-        "output"
-    ):
-        return True
-    name = layer.name.lower()
-    return name.startswith(_OUTPUT_MARKERS[:2]) or any(m in name for m in _OUTPUT_MARKERS[2:])
-
 
 def preset_values(preset: str) -> dict[str, Any]:
     """The widget's field values of a preset (``"quick"`` or ``"paper"``)."""
@@ -1331,24 +1320,22 @@ class TrainWidget(QWidget):
 
     # -- pickers ---------------------------------------------------------------
     def _image_choices(self, _: Any = None) -> list[tuple[str, Any]]:
+        # the same layers as the other widgets' image pickers (is_scan_image)
         from napari.layers import Image
 
         show_all = self.show_all_images.value if hasattr(self, "show_all_images") else False
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Image) and (show_all or not is_plugin_output(layer))
+            if is_scan_image(layer) or (show_all and isinstance(layer, Image))
         ]
 
     def _labels_choices(self, _: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Labels
-
+        # integer Labels layers (is_integer_labels), not the live preview
         return [
             (layer.name, layer)
             for layer in self.viewer.layers
-            if isinstance(layer, Labels)
-            and np.issubdtype(np.dtype(layer.data.dtype), np.integer)
-            and layer.name != PREVIEW_NAME
+            if is_integer_labels(layer) and output_kind(layer) != "preview"
         ]
 
     def reset_choices(self, *_: Any) -> None:
@@ -1589,7 +1576,8 @@ class TrainWidget(QWidget):
         layer.refresh()
         found = int((event.labels > 0).sum())
         what = f"{found} foreground pixels" if found else "no foreground predicted"
-        layer.metadata["napari_boundary_seg"] = {"output": "preview", "epoch": event.epoch + 1}
+        layer.metadata.update(mark_output("preview"))
+        layer.metadata["napari_boundary_seg"] = {"epoch": event.epoch + 1}
         self._preview_text = f"Preview (epoch {event.epoch + 1}, slice {event.index}): {what}."
         self._show_status()
 
@@ -2059,7 +2047,7 @@ class TrainWidget(QWidget):
         ):
             self.preview_layer = None
             preview.data = layer.data
-            preview.metadata["napari_boundary_seg"] = layer.metadata["napari_boundary_seg"]
+            preview.metadata = dict(layer.metadata)
             preview.name = layer.name
             preview.opacity = layer.opacity
             preview.visible = True
@@ -2101,8 +2089,8 @@ def prediction_layer_job(
     labels = np.asarray(labels)
     data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
     layer = Labels(data, name=name, **stack.geometry)
+    layer.metadata.update(mark_output("prediction"))
     layer.metadata["napari_boundary_seg"] = {
-        "output": "prediction",
         "checkpoint": str(checkpoint),
         "foreground_voxels": int((data > 0).sum()),
     }

@@ -1302,7 +1302,11 @@ def _resume_world(source: Mapping[str, Any], world: int, batch_size: int) -> tup
     return new_step, (
         f"; the checkpoint was written by {saved} process(es), this run has {world}: the "
         f"global batch is now {world * batch_size} (was {saved * batch_size})"
-        + (f", the {step} step(s) done in the epoch count as {new_step}" if new_step != step else "")
+        + (
+            f", the {step} step(s) done in the epoch count as {new_step}"
+            if new_step != step
+            else ""
+        )
     )
 
 

@@ -224,7 +224,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(cases, tmp_path, monk
 
     monkeypatch.setattr(train_mod, "loss_for_kind", poisoned)
     done, events = run(TrainConfig(out_dir=str(tmp_path), epochs=3, **TINY), cases)
-    assert done.stopped and "non-finite loss" in done.reason and "at epoch 2, step 1 " in done.reason  # counted from 1
+    assert (
+        done.stopped and "non-finite loss" in done.reason and "at epoch 2, step 1 " in done.reason
+    )  # counted from 1
     assert len(done.history) == 1
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["position"] == {"epoch": 1, "step": 0}
