@@ -611,12 +611,12 @@ class AlphaPlot(_Canvas):
         )
 
     def set_weights(self, weights: Sequence[tuple[float, float]]) -> None:
-        epochs = np.arange(len(weights))
+        epochs = np.arange(1, len(weights) + 1)  # counted from 1, as the live curves
         w = np.asarray(weights, dtype=float).reshape(-1, 2)
         self.region_line.set_data(epochs, w[:, 0])
         self.boundary_line.set_data(epochs, w[:, 1])
         top = max(1.0, float(w.max()) if w.size else 1.0)
-        self.axes.set_xlim(0, max(len(weights) - 1, 1))
+        self.axes.set_xlim(1, max(len(weights), 2))
         self.axes.set_ylim(-0.03 * top, 1.05 * top)
         self.draw_now()
 

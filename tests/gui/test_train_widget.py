@@ -310,6 +310,7 @@ def test_alpha_plot_follows_fields_and_collapse_warning(widget):
     w.epochs.value = 50
     x, y = w.alpha_plot.region_line.get_data()
     assert len(x) == 50 and y[0] == 1.0 and y[10] == pytest.approx(0.9)
+    assert x[0] == 1 and x[-1] == 50  # epochs counted from 1, as the live curves
     w.alpha_step.value = 0.1
     _, y = w.alpha_plot.region_line.get_data()
     assert y[5] == pytest.approx(0.5) and y[20] == pytest.approx(0.01)  # floor
