@@ -174,7 +174,7 @@ def planned_weights(
 
 
 def boundary_only_from_start(loss: str, kind: str, params: dict[str, float]) -> bool:
-    """True when the boundary loss is the whole objective at epoch 0."""
+    """True when the boundary loss is the whole objective in the first epoch."""
     if loss == "bl":
         return True
     if loss != "gdl+bl":
