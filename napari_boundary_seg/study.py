@@ -211,6 +211,12 @@ class StudyConfig:
         set; ``None``: no site is held out.
     small_voxels
         Lesions of at most this many voxels are "small" (the small-lesion recall).
+    dims, patch_size
+        ``2`` (default, the paper): slices of ``slice_size``; ``3``: 3D patches of
+        ``patch_size`` voxels (``None``: the trainer's default) from the volumes
+        at their own spacing, prepared once into ``<runs_dir>/cache`` and shared
+        by the runs, with the trainer's 3D defaults (augmentation on,
+        foreground oversampling). The 2D-φ ablation is a 2D arm.
     """
 
     data: str
@@ -240,6 +246,8 @@ class StudyConfig:
     synth_preset: str = "easy"
     held_out_site: str | None = None
     small_voxels: float = 8.0
+    dims: int = 2
+    patch_size: tuple[int, int, int] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -285,6 +293,22 @@ class StudyConfig:
                 "grids come from its sites"
             )
         size_bins(self.small_voxels)
+        if self.dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {self.dims!r}")
+        if self.patch_size is not None:
+            patch = tuple(self.patch_size)
+            if self.dims != 3 or len(patch) != 3 or any(int(p) < 1 for p in patch):
+                raise ValueError(
+                    f"patch_size takes 3 positive sizes and dims=3, got {self.patch_size!r} "
+                    f"with dims={self.dims}"
+                )
+            set_(self, "patch_size", tuple(int(p) for p in patch))
+        flat = [a for a in arms if next(x for x in ARMS if x.key == a).distance == "2d"]
+        if self.dims == 3 and flat:
+            raise ValueError(
+                f"arms {flat} compute φ per 2D slice, which a 3D study cannot train; "
+                "leave them out with --dims 3"
+            )
         if self.synth_cases is not None and (
             isinstance(self.synth_cases, bool)
             or not isinstance(self.synth_cases, int)
@@ -448,6 +472,10 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
         depth=config.depth,
         base_channels=config.base_channels,
         max_steps_per_epoch=config.max_steps_per_epoch,
+        dims=config.dims,
+        patch_size=config.patch_size,
+        # 3D: the volumes are prepared once into a cache that every run reads
+        cache_dir=str(config.runs_path / "cache") if config.dims == 3 else None,
     )
 
 
@@ -634,7 +662,7 @@ def iter_study(
     run_seconds: dict[str, float] = {}
     if not report_only:
         for arm, seed in todo:
-            if arm.distance not in datasets:
+            if config.dims == 2 and arm.distance not in datasets:
                 yield Progress(0, 0, f"building slices and {arm.distance} distance maps")
                 datasets[arm.distance] = yield from data_mod.iter_build_dataset(
                     train_cases, 2, preprocess_config(base), distance=arm.distance
@@ -650,9 +678,8 @@ def iter_study(
                 train_config = train_config.replace(overwrite=True)
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
-            for event in train(
-                train_config, train_cases, val_cases=val_cases, dataset=datasets[arm.distance]
-            ):
+            dataset = datasets.get(arm.distance)  # None in 3D: the run reads the cache
+            for event in train(train_config, train_cases, val_cases=val_cases, dataset=dataset):
                 if isinstance(event, StepEvent):
                     done += 1
                     yield Progress(
@@ -1243,6 +1270,21 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
     p.add_argument(
         "--split-seed", type=int, default=defaults.split_seed, help="seed of the split (default 0)"
     )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=defaults.dims,
+        help="2: slices, the paper (default); 3: 3D patches of --patch-size (a GPU's job)",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("D0", "D1", "D2"),
+        help="3D patch in voxels, numpy axis order (default: the trainer's, 96 96 32)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--report-only",
@@ -1281,6 +1323,8 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
             synth_preset=args.synth_preset,
             held_out_site=args.held_out_site,
             small_voxels=args.small_voxels,
+            dims=args.dims,
+            patch_size=None if args.patch_size is None else tuple(args.patch_size),
         )
         command = " ".join(shlex.quote(a) for a in ["napari-boundary-seg", *sys.argv[1:]])
         result = drive(

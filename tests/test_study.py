@@ -92,6 +92,49 @@ def test_config_rejects_bad_values(tmp_path) -> None:
         StudyConfig(data=tmp_path, out=tmp_path, seeds=())
     with pytest.raises(ValueError, match="test_fraction \\+ val_fraction"):
         StudyConfig(data=tmp_path, out=tmp_path, test_fraction=0.6, val_fraction=0.4)
+    with pytest.raises(ValueError, match="dims must be 2 or 3"):
+        StudyConfig(data=tmp_path, out=tmp_path, dims=4)
+    with pytest.raises(ValueError, match="patch_size"):
+        StudyConfig(data=tmp_path, out=tmp_path, patch_size=(16, 16, 8))  # 2D study
+    with pytest.raises(ValueError, match="per 2D slice"):
+        StudyConfig(data=tmp_path, out=tmp_path, dims=3, arms=("gdl", "gdl-bl-paper-2d"))
+
+
+def test_smoke_study_3d_patches(tmp_path) -> None:
+    """--dims 3: the runs train 3D patches from one shared cache and are
+    evaluated by sliding window (the GPU row of the wmh study, at toy size)."""
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+
+    config = StudyConfig(
+        data=tmp_path / "data",
+        out=tmp_path / "results",
+        arms=("gdl", "gdl-bl-paper"),
+        seeds=(0,),
+        epochs=1,
+        max_steps_per_epoch=2,
+        batch_size=2,
+        depth=2,
+        base_channels=2,
+        test_fraction=0.25,
+        val_fraction=0.25,
+        device="cpu",
+        synth_cases=4,
+        synth_shape=(16, 20, 12),
+        synth_spacing=(10.0, 10.0, 10.0),
+        dims=3,
+        patch_size=(16, 16, 8),
+    )
+    result = run_study(config)
+    assert result.complete and [row["n_runs"] for row in result.summary] == [1, 1]
+    for arm in ("gdl", "gdl-bl-paper"):
+        saved = read_checkpoint(tmp_path / "results" / "runs" / f"{arm}-seed0" / "best.pt")
+        assert saved["model"]["spatial_dims"] == 3
+        assert tuple(saved["config"]["patch_size"]) == (16, 16, 8)
+    assert (tmp_path / "results" / "runs" / "cache").is_dir()  # shared by the runs
+    for row in result.per_case:
+        assert 0.0 <= row["dice"] <= 1.0
+    record = json.loads((tmp_path / "results" / "study.json").read_text())
+    assert record["config"]["dims"] == 3
 
 
 def test_missing_data_without_synth_names_the_folder(tmp_path) -> None:
