@@ -100,27 +100,37 @@ def test_config_rejects_bad_values(tmp_path) -> None:
         StudyConfig(data=tmp_path, out=tmp_path, dims=3, arms=("gdl", "gdl-bl-paper-2d"))
 
 
+def _toy_config(tmp_path, **changes) -> StudyConfig:
+    """A study of 4 tiny synthetic cases, one seed, one epoch of one step."""
+    settings = {
+        "data": tmp_path / "data",
+        "out": tmp_path / "results",
+        "seeds": (0,),
+        "epochs": 1,
+        "max_steps_per_epoch": 1,
+        "batch_size": 4,
+        "depth": 2,
+        "base_channels": 2,
+        "test_fraction": 0.25,
+        "val_fraction": 0.25,
+        "device": "cpu",
+        "synth_cases": 4,
+        "synth_shape": (16, 20, 12),
+        "synth_spacing": (10.0, 10.0, 10.0),
+    }
+    return StudyConfig(**{**settings, **changes})
+
+
 def test_smoke_study_3d_patches(tmp_path) -> None:
     """--dims 3: the runs train 3D patches from one shared cache and are
     evaluated by sliding window (the GPU row of the wmh study, at toy size)."""
     from napari_boundary_seg.core.checkpoint import read_checkpoint
 
-    config = StudyConfig(
-        data=tmp_path / "data",
-        out=tmp_path / "results",
+    config = _toy_config(
+        tmp_path,
         arms=("gdl", "gdl-bl-paper"),
-        seeds=(0,),
-        epochs=1,
         max_steps_per_epoch=2,
         batch_size=2,
-        depth=2,
-        base_channels=2,
-        test_fraction=0.25,
-        val_fraction=0.25,
-        device="cpu",
-        synth_cases=4,
-        synth_shape=(16, 20, 12),
-        synth_spacing=(10.0, 10.0, 10.0),
         dims=3,
         patch_size=(16, 16, 8),
     )
@@ -144,24 +154,7 @@ def test_missing_data_without_synth_names_the_folder(tmp_path) -> None:
 
 
 def test_smoke_study_every_arm_then_rerun_skips(tmp_path) -> None:
-    config = StudyConfig(
-        data=tmp_path / "data",
-        out=tmp_path / "results",
-        seeds=(0,),
-        epochs=1,
-        max_steps_per_epoch=1,
-        batch_size=4,
-        slice_size=16,
-        depth=2,
-        base_channels=2,
-        test_fraction=0.25,
-        val_fraction=0.25,
-        device="cpu",
-        synth_cases=4,
-        synth_shape=(16, 20, 12),
-        synth_spacing=(10.0, 10.0, 10.0),
-        eval_batch_size=16,
-    )
+    config = _toy_config(tmp_path, slice_size=16, eval_batch_size=16)
     result = run_study(config)
     assert result.complete
     assert [row["arm"] for row in result.summary] == list(MAIN_ARMS)
