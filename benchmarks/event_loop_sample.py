@@ -202,7 +202,7 @@ def napari_alone(stacks: bool, app: Any, viewer: Any, kind: str) -> dict[str, fl
 
     state = {"busy": True}
     source = viewer.layers["lesions" if kind == "labels" else "FLAIR"]
-    geometry = {"scale": source.scale, "translate": source.translate}
+    geometry = {"scale": source.scale, "translate": source.translate, "units": source.units}
 
     def add() -> None:
         data = np.array(source.data, copy=True)
