@@ -862,63 +862,19 @@ class Delivery(QObject):
             QTimer.singleShot(STEP_PAUSE_MS, self._next)
 
 
-#: A Labels layer's editing overlays (napari's polygon tool and brush outline).
-_EDITING_OVERLAYS = ("polygon", "brush_stroke")
-
-
-def _hide_editing_overlays(layer: Layer) -> Callable[[], None]:
-    """Hide ``layer``'s editing overlays until the returned callable shows them.
-
-    napari builds the vispy visuals of a layer's visible overlays when it
-    inserts the layer, and those of a hidden overlay only once it is shown. A
-    Labels layer's polygon and brush overlays (visible, switched on and off by
-    the mode) cost about a third of inserting it; hidden during the insert,
-    they are built in a later event-loop turn instead. Nothing for a layer
-    without them (or a napari that names them otherwise).
-    """
-    overlays = getattr(layer, "_overlays", None) or {}
-    hidden = [
-        overlay
-        for key, overlay in overlays.items()
-        if key in _EDITING_OVERLAYS and getattr(overlay, "visible", False) is True
-    ]
-    for overlay in hidden:
-        overlay.visible = False
-
-    def show() -> None:
-        for overlay in hidden:
-            overlay.visible = True
-
-    return show
-
-
-def _append_quietly(viewer: Any, layer: Layer) -> Callable[[], None]:
-    """Append ``layer`` without activating it nor building its editing
-    overlays; returns what builds the overlays (to run in a later turn)."""
+def insert_layer_quietly(viewer: Any, layer: Layer) -> Layer:
+    """Append ``layer`` to the viewer without making it the active layer
+    (napari's layer list activates what it inserts: the layer controls switch
+    and every selection listener runs in the same turn)."""
     layers = viewer.layers
-    show_overlays = _hide_editing_overlays(layer)
     activate = getattr(layers, "_activate_on_insert", None)
     if activate is not None:
         layers._activate_on_insert = False
     try:
         layers.append(layer)
-    except Exception:
-        show_overlays()
-        raise
     finally:
         if activate is not None:
             layers._activate_on_insert = activate
-    return show_overlays
-
-
-def insert_layer_quietly(viewer: Any, layer: Layer) -> Layer:
-    """Append ``layer`` to the viewer without making it the active layer
-    (napari's layer list activates what it inserts: the layer controls switch
-    and every selection listener runs in the same turn); a Labels layer's
-    editing overlays are built :data:`STEP_PAUSE_MS` × 2 later, in a turn of
-    their own (:func:`_hide_editing_overlays`)."""
-    show_overlays = _append_quietly(viewer, layer)
-    QTimer.singleShot(2 * STEP_PAUSE_MS, show_overlays)
     return layer
 
 
@@ -933,31 +889,23 @@ def layer_steps(
     """:class:`Delivery` steps that add a new ``kind`` ("image" or "labels")
     layer in three event-loop turns instead of one.
 
-    1. The layer is built hidden and inserted without being activated and
-       without its editing overlays (:func:`_append_quietly`): its vispy
-       visual and layer controls.
+    1. The layer is built hidden and inserted without being activated
+       (:func:`insert_layer_quietly`): its vispy visual and layer controls.
     2. It is shown as ``kwargs`` ask (``visible``, default True): napari
        slices it and the next paint draws it.
-    3. A Labels layer's editing overlays (polygon, brush) are built.
-    4. It becomes the active layer (``activate``), then ``done(layer)`` runs.
+    3. It becomes the active layer (``activate``), then ``done(layer)`` runs.
     """
     from napari.layers import Image
 
     visible = bool(kwargs.pop("visible", True))
     made: list[Layer] = []
-    show_overlays: list[Callable[[], None]] = []
 
     def insert() -> None:
         cls = Labels if kind == "labels" else Image
-        layer = cls(data, visible=False, **kwargs)
-        show_overlays.append(_append_quietly(viewer, layer))
-        made.append(layer)
+        made.append(insert_layer_quietly(viewer, cls(data, visible=False, **kwargs)))
 
     def show() -> None:
         made[0].visible = visible
-
-    def overlays() -> None:
-        show_overlays[0]()
 
     def finish() -> None:
         layer = made[0]
@@ -966,10 +914,7 @@ def layer_steps(
         if done is not None:
             done(layer)
 
-    steps = [insert, show, finish]
-    if kind == "labels":
-        steps.insert(2, overlays)
-    return steps
+    return [insert, show, finish]
 
 
 # ------------------------------------------------------------------ errors

@@ -62,13 +62,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._common import (
-    STEP_PAUSE_MS,
     ImageStack,
     ProgressRelay,
     check_device,
     controlled_worker_class,
     images_from_layers,
-    insert_layer_quietly,
     is_integer_labels,
     is_scan_image,
     labels_array,
@@ -1560,17 +1558,11 @@ class TrainWidget(QWidget):
         shape = self._stack.images.shape[1:]
         layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
-            from napari.layers import Labels
-
-            # not activated, editing overlays a turn later: a short freeze
-            layer = insert_layer_quietly(
-                self.viewer,
-                Labels(
-                    np.zeros(shape, dtype=np.uint8),
-                    name=PREVIEW_NAME,
-                    opacity=0.6,
-                    **self._stack.geometry,
-                ),
+            layer = self.viewer.add_labels(
+                np.zeros(shape, dtype=np.uint8),
+                name=PREVIEW_NAME,
+                opacity=0.6,
+                **self._stack.geometry,
             )
             self.preview_layer = layer
         data = layer.data
@@ -2060,14 +2052,7 @@ class TrainWidget(QWidget):
             preview.opacity = layer.opacity
             preview.visible = True
             return preview
-        insert_layer_quietly(self.viewer, layer)
-        viewer = self.viewer
-
-        def activate() -> None:  # a later turn: napari's layer controls switch then
-            if layer in viewer.layers:
-                viewer.layers.selection.active = layer
-
-        QTimer.singleShot(STEP_PAUSE_MS, activate)
+        self.viewer.add_layer(layer)
         return layer
 
     # -- closing ---------------------------------------------------------------------

@@ -115,9 +115,8 @@ def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
 
 
 def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
-    """A delivered layer is inserted hidden, not activated and without its
-    editing overlays (one turn), shown (the next), its overlays built (the
-    next), then made active and handed to ``done`` (the last)."""
+    """A delivered layer is inserted hidden and not activated (one turn), shown
+    (the next), then made active and handed to ``done`` (the last)."""
     from napari_boundary_seg._widgets._common import Delivery, layer_steps
 
     viewer = make_napari_viewer()
@@ -128,27 +127,8 @@ def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
     assert delivery.pending and "p" in viewer.layers  # the first step ran at once
     layer = viewer.layers["p"]
     assert not layer.visible and viewer.layers.selection.active is first and not done
-    editing = [layer._overlays[k] for k in ("polygon", "brush_stroke")]
-    assert not any(o.visible for o in editing)  # napari builds no visuals for them yet
     qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
     assert layer.visible and viewer.layers.selection.active is layer and done == [layer]
-    assert all(o.visible for o in editing)
-    layer.mode = "paint"  # the brush outline works as on any Labels layer
-    assert layer._overlays["brush_stroke"].enabled
-
-
-def test_insert_layer_quietly_builds_editing_overlays_later(make_napari_viewer, qtbot):
-    from napari.layers import Labels
-
-    from napari_boundary_seg._widgets._common import insert_layer_quietly
-
-    viewer = make_napari_viewer()
-    first = viewer.add_image(np.zeros((3, 4), np.float32), name="FLAIR")
-    layer = insert_layer_quietly(viewer, Labels(np.ones((3, 4), np.int32), name="p"))
-    assert layer in viewer.layers and viewer.layers.selection.active is first
-    assert not layer._overlays["polygon"].visible
-    qtbot.waitUntil(lambda: layer._overlays["polygon"].visible, timeout=5_000)
-    assert layer._overlays["brush_stroke"].visible
 
 
 def test_delivery_stops_at_a_failing_step(qtbot, errors):
