@@ -1435,7 +1435,9 @@ def _add_finetune(sub: Any) -> None:
     p.add_argument("--axis", type=int, help="slicing axis (default: the checkpoint's)")
     p.add_argument("--out", required=True, type=Path, help="folder of the new checkpoint")
     p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument("--alpha-start", type=float, default=0.8, help="α in the first epoch (default 0.8)")
+    p.add_argument(
+        "--alpha-start", type=float, default=0.8, help="α in the first epoch (default 0.8)"
+    )
     p.add_argument("--alpha-step", type=float, default=0.1, help="α drop per epoch (default 0.1)")
     p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's)")
     p.add_argument("--mix-data", type=Path, help="original training data folder to mix in")

@@ -113,15 +113,26 @@ def is_integer_labels(layer: Layer) -> bool:
     )
 
 
+#: How this plugin names its maps and probabilities ("phi (blue in, red out)",
+#: "FLAIR probability [2]"): a map saved and opened again keeps its name, not
+#: its metadata.
+_DERIVED_NAME_STARTS = ("phi (", "φ")
+_DERIVED_NAME_PARTS = (" probability",)
+
+
 def is_scan_image(layer: Layer) -> bool:
     """True for a greyscale Image layer that is not a map or probability of this
-    plugin (:data:`DERIVED_IMAGE_KINDS`): what an image picker offers."""
+    plugin (:data:`DERIVED_IMAGE_KINDS`, or named as the plugin names them):
+    what an image picker offers."""
     from napari.layers import Image
 
-    return (
-        isinstance(layer, Image)
-        and not getattr(layer, "rgb", False)
-        and output_kind(layer) not in DERIVED_IMAGE_KINDS
+    if not isinstance(layer, Image) or getattr(layer, "rgb", False):
+        return False
+    if output_kind(layer) in DERIVED_IMAGE_KINDS:
+        return False
+    name = str(layer.name)
+    return not (
+        name.startswith(_DERIVED_NAME_STARTS) or any(p in name for p in _DERIVED_NAME_PARTS)
     )
 
 
