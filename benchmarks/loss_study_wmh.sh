@@ -12,13 +12,11 @@
 # paired statistics (Wilcoxon, bootstrap CI), the calibration figures of GDL,
 # validation_curves.png and test_slice.png to benchmarks/results/loss_study_wmh/.
 #
-# Runtime: an ESTIMATE, not a measurement: about 90 min on an idle 2-core CPU
-# (18 runs of 1200 steps at about 270 s each, from the idle run times of the
-# easy study with the same network, slice size and batch, plus data and
-# evaluation); one GDL run measured 6 min of CPU under load, which would make
-# it about 114 min if an idle core needed as much. See README "Loss study on
-# the wmh preset".
-# Extra arguments are appended (e.g. --report-only, --device cuda).
+# Runtime, measured: 68 min wall (4084 s) on the 2-core CPU, 2026-11-30
+# (28 cases written in 1.5 min, 18 runs of 193-236 s, evaluation 70 s);
+# benchmarks/results/loss_study_wmh/study.log.
+# Extra arguments are appended and replace the ones above (e.g. --report-only,
+# --device cuda, or the 3D GPU row of the README: --dims 3 --patch-size ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
