@@ -10,8 +10,9 @@ in a napari generator ``thread_worker`` (:class:`TrainRunner`). It only listens
 to the events the trainer yields: epoch and step bars with elapsed and
 remaining time (:class:`~napari_boundary_seg._widgets._progress.RunProgress`)
 and napari's progress bar, live curves of the loss terms, alpha and the
-validation DSC / HD (:class:`TrainingCurves`, redrawn at most every
-:data:`REDRAW_INTERVAL_MS`), and after each epoch a live preview of the slice
+validation DSC / HD (:class:`~napari_boundary_seg._widgets._charts.TrainingCurves`,
+redrawn at most every :data:`REDRAW_INTERVAL_MS`; the charts live in
+``_charts``), and after each epoch a live preview of the slice
 on view, predicted in the worker (:class:`PreviewEvent`) and written into one
 ``training preview`` Labels layer in place. Building the cases (and so the
 distance maps of a whole volume), the preview and the prediction's layer
@@ -56,11 +57,11 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_boundary_seg._widgets._charts import REDRAW_INTERVAL_MS, AlphaPlot, TrainingCurves
 from napari_boundary_seg._widgets._common import (
     ImageStack,
     ProgressRelay,
@@ -108,10 +109,6 @@ __all__ = [
     "validation_block",
 ]
 
-#: The live curves redraw at most this often (ms); events in between only
-#: append data. Keeps the Qt event loop free while a model trains.
-REDRAW_INTERVAL_MS = 400
-
 LOSS_CHOICES = [
     ("GDL + BL (α schedule)", "gdl+bl"),
     ("GDL", "gdl"),
@@ -130,9 +127,6 @@ BL_ALONE_WARNING = (
     "foreground in binary problems (Kervadec et al. 2019). Use GDL + BL with an "
     "α schedule."
 )
-
-_DARK = "#262930"
-_FG = "#dddddd"
 
 
 # ---------------------------------------------------------------------------
@@ -556,331 +550,6 @@ def _training_job(
                     logger.warning("live preview failed", exc_info=True)
     finally:
         ended.set()
-
-
-# ---------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------
-
-
-def _style_axes(ax: Any, title: str) -> None:
-    ax.set_facecolor(_DARK)
-    for spine in ax.spines.values():
-        spine.set_color("#888888")
-    ax.tick_params(colors=_FG, labelsize=6, length=2, pad=1)
-    ax.set_title(title, fontsize=7, color=_FG, pad=2)
-
-
-class _Canvas(QWidget):
-    """A fixed-height matplotlib canvas with napari's dark background."""
-
-    def __init__(self, height_px: int, n_axes: tuple[int, int] = (1, 1)) -> None:
-        super().__init__()
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(3.4, height_px / 100), dpi=100)
-        self.figure.patch.set_facecolor(_DARK)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.canvas.setFixedHeight(height_px)
-        self.canvas.setMinimumWidth(120)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-
-    def draw_now(self) -> None:
-        self.canvas.draw_idle()
-
-
-class AlphaPlot(_Canvas):
-    """α (regional weight) and the boundary weight over the planned epochs."""
-
-    def __init__(self) -> None:
-        super().__init__(105)
-        from matplotlib.ticker import MaxNLocator
-
-        self.axes = self.figure.add_subplot(111)
-        self.axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.87)
-        _style_axes(self.axes, "planned weights per epoch")
-        (self.region_line,) = self.axes.plot([], [], color="#4fc3f7", lw=1.2, label="α (GDL)")
-        (self.boundary_line,) = self.axes.plot([], [], color="#ff8a65", lw=1.2, label="1−α (BL)")
-        self.axes.legend(
-            fontsize=6, loc="center right", facecolor=_DARK, labelcolor=_FG, frameon=False
-        )
-
-    def set_weights(self, weights: Sequence[tuple[float, float]]) -> None:
-        epochs = np.arange(1, len(weights) + 1)  # counted from 1, as the live curves
-        w = np.asarray(weights, dtype=float).reshape(-1, 2)
-        self.region_line.set_data(epochs, w[:, 0])
-        self.boundary_line.set_data(epochs, w[:, 1])
-        top = max(1.0, float(w.max()) if w.size else 1.0)
-        self.axes.set_xlim(1, max(len(weights), 2))
-        self.axes.set_ylim(-0.03 * top, 1.05 * top)
-        self.draw_now()
-
-
-class LineChart(QWidget):
-    """A small line chart painted with QPainter (a few hundred µs per paint).
-
-    Used for the live curves instead of matplotlib: a matplotlib redraw costs
-    about 90 ms of Python here, and several times that while the training
-    thread competes for the GIL, which would stall napari's event loop.
-
-    Parameters
-    ----------
-    title
-        Shown in the top-left corner.
-    y_range
-        Fixed ``(low, high)``; None: follow the data.
-    """
-
-    MAX_POINTS = 300
-
-    def __init__(self, title: str, y_range: tuple[float, float] | None = None) -> None:
-        super().__init__()
-        self.title = title
-        self.y_range = y_range
-        #: values labelled on the y axis; None: the limits
-        self.y_ticks: tuple[float, float] | None = None
-        self.x_range: tuple[float, float] = (0.0, 1.0)
-        self.series: list[tuple[np.ndarray, np.ndarray, str]] = []
-        self.setMinimumSize(110, 70)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setFixedHeight(82)
-        self.paint_count = 0
-        #: a remark drawn under the title (e.g. "no foreground predicted")
-        self.note = ""
-
-    def set_series(
-        self, series: Sequence[tuple[Sequence[float], Sequence[float], str]], x_max: float
-    ) -> None:
-        """Lines ``(x, y, colour)``; the x axis runs from 0 to ``x_max``.
-
-        Lines longer than :attr:`MAX_POINTS` are shown as means of equal bins.
-        """
-        self.series = [
-            (_bin_means(x, self.MAX_POINTS), _bin_means(y, self.MAX_POINTS), colour)
-            for x, y, colour in series
-        ]
-        self.x_range = (0.0, max(float(x_max), 1e-9))
-        self.update()
-
-    def _y_limits(self) -> tuple[float, float]:
-        if self.y_range is not None:
-            return self.y_range
-        values = [y[np.isfinite(y)] for _, y, _ in self.series]
-        values = [v for v in values if v.size]
-        if not values:
-            return (0.0, 1.0)
-        low = min(float(v.min()) for v in values)
-        high = max(float(v.max()) for v in values)
-        if high - low < 1e-12:
-            low, high = low - 0.5, high + 0.5
-        pad = 0.05 * (high - low)
-        return (low - pad, high + pad)
-
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
-        from qtpy.QtCore import QPointF, QRectF
-        from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
-
-        self.paint_count += 1
-        painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
-        painter.fillRect(self.rect(), QColor(_DARK))
-        font = QFont(self.font())
-        font.setPointSizeF(7.0)
-        painter.setFont(font)
-        metrics = painter.fontMetrics()
-        low, high = self._y_limits()
-        tick_high, tick_low = self.y_ticks or (high, low)
-        labels = [_tick(tick_high), _tick(tick_low)]
-        left = max(metrics.horizontalAdvance(t) for t in labels) + 6
-        top, bottom, right = metrics.height() + 2, metrics.height() + 2, 6
-        plot = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
-        painter.setPen(QColor(_FG))
-        painter.drawText(QPointF(left, metrics.ascent()), self.title)
-        if self.note:
-            painter.setPen(QColor("#ffb74d"))
-            painter.drawText(QPointF(left + 4, top + metrics.ascent() + 1), self.note)
-            painter.setPen(QColor(_FG))
-        for value, label in zip((tick_high, tick_low), labels, strict=True):
-            y = plot.bottom() - (value - low) / (high - low) * plot.height()
-            painter.drawText(QPointF(2, y + metrics.ascent() / 2), label)
-        x0, x1 = self.x_range
-        baseline = self.height() - 2
-        painter.drawText(QPointF(plot.left(), baseline), _tick(x0))
-        x_label = _tick(x1)
-        painter.drawText(
-            QPointF(plot.right() - metrics.horizontalAdvance(x_label), baseline), x_label
-        )
-        painter.setPen(QPen(QColor("#777777"), 1))
-        painter.drawRect(plot)
-        if low < 0 < high:  # the zero line (the boundary loss is negative)
-            y_zero = plot.bottom() - (0 - low) / (high - low) * plot.height()
-            painter.setPen(QPen(QColor("#555555"), 1, Qt.PenStyle.DashLine))
-            painter.drawLine(QPointF(plot.left(), y_zero), QPointF(plot.right(), y_zero))
-        sx = plot.width() / (x1 - x0)
-        sy = plot.height() / (high - low)
-        painter.setClipRect(plot)
-        for xs, ys, colour in self.series:
-            markers = len(xs) < 40
-            path = QPainterPath()
-            pen_down = False
-            for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
-                if not (math.isfinite(x) and math.isfinite(y)):
-                    pen_down = False
-                    continue
-                point = QPointF(plot.left() + (x - x0) * sx, plot.bottom() - (y - low) * sy)
-                if pen_down:
-                    path.lineTo(point)
-                else:
-                    path.moveTo(point)
-                    pen_down = True
-                if markers:
-                    path.addEllipse(point, 1.2, 1.2)
-                    path.moveTo(point)
-            painter.setPen(QPen(QColor(colour), 1.3))
-            painter.drawPath(path)
-        painter.end()
-
-
-def _bin_means(values: Sequence[float], max_points: int) -> np.ndarray:
-    """``values`` as floats; longer than ``max_points``: means of equal bins."""
-    array = np.asarray(values, dtype=float)
-    if array.size <= max_points:
-        return array
-    factor = -(-array.size // max_points)
-    usable = array.size // factor * factor
-    binned = array[:usable].reshape(-1, factor).mean(axis=1)
-    if usable < array.size:
-        binned = np.append(binned, array[usable:].mean())
-    return binned
-
-
-def _tick(value: float) -> str:
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:.0f}"
-    if magnitude >= 1:
-        return f"{value:.3g}"
-    return f"{value:.2g}"
-
-
-class TrainingCurves(QWidget):
-    """Live curves of one run: the loss and its regional and boundary terms per
-    step (the boundary term is in mm, hence its own chart), α, validation DSC
-    and HD (mm) per epoch.
-
-    ``add_step`` / ``add_epoch`` only store data; a timer repaints at most
-    every :data:`REDRAW_INTERVAL_MS` when something changed.
-    """
-
-    COLOURS = {"total": "#eeeeee", "region": "#4fc3f7", "boundary": "#ff8a65"}
-
-    @property
-    def charts(self) -> tuple[LineChart, ...]:
-        return (
-            self.loss_chart,
-            self.alpha_chart,
-            self.region_chart,
-            self.boundary_chart,
-            self.dsc_chart,
-            self.hd_chart,
-        )
-
-    def __init__(self) -> None:
-        super().__init__()
-        from qtpy.QtWidgets import QGridLayout
-
-        self.loss_chart = LineChart("training loss (total)")
-        self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
-        self.region_chart = LineChart("regional term")
-        self.boundary_chart = LineChart("boundary term (mm)")
-        self.dsc_chart = LineChart("validation DSC", y_range=(-0.03, 1.03))
-        self.alpha_chart.y_ticks = self.dsc_chart.y_ticks = (1.0, 0.0)
-        self.hd_chart = LineChart("validation HD (mm)")
-        self.hd_chart.setToolTip(
-            "Hausdorff distance of the validation prediction (mm). When the model "
-            "predicts no foreground it is infinite: that epoch is left out (a gap), "
-            "not drawn as the image diagonal."
-        )
-        grid = QGridLayout(self)
-        grid.setContentsMargins(0, 0, 0, 0)
-        grid.setSpacing(3)
-        for k, chart in enumerate(self.charts):
-            grid.addWidget(chart, k // 2, k % 2)
-        self.planned_epochs = 1
-        self._timer = QTimer(self)
-        self._timer.setInterval(REDRAW_INTERVAL_MS)
-        self._timer.timeout.connect(self._redraw_if_dirty)
-        self.reset()
-        self._timer.start()
-
-    def reset(self, planned_epochs: int | None = None) -> None:
-        """Forget the data (a new run of ``planned_epochs`` epochs)."""
-        if planned_epochs is not None:
-            self.planned_epochs = max(int(planned_epochs), 1)
-        self.steps: list[float] = []
-        self.loss: dict[str, list[float]] = {"total": [], "region": [], "boundary": []}
-        self.epochs: list[int] = []
-        self.alpha: list[float] = []
-        self.dsc: list[float] = []
-        self.hd: list[float] = []
-        for chart in self.charts:
-            chart.note = ""
-        self._dirty = True
-        self._redraw_if_dirty()
-
-    def add_step(self, position: float, total: float, region: float, boundary: float) -> None:
-        """One step; ``position`` in epochs (e.g. 1.5: half way through epoch 2)."""
-        self.steps.append(position)
-        for key, value in (("total", total), ("region", region), ("boundary", boundary)):
-            self.loss[key].append(value)
-        self._dirty = True
-
-    def add_epoch(
-        self, epoch: int, alpha: float, dsc: float, hd: float, empty: bool = False
-    ) -> None:
-        """One epoch (0-based, drawn 1-based). ``empty``: the model predicted no
-        foreground on the validation data; its HD is infinite and is not drawn
-        (a gap, and a note on both validation charts), never the image diagonal."""
-        self.epochs.append(epoch)
-        self.alpha.append(alpha)
-        self.dsc.append(dsc)
-        self.hd.append(math.nan if empty else hd)
-        note = f"epoch {epoch + 1}: no foreground predicted" if empty else ""
-        self.dsc_chart.note = self.hd_chart.note = note
-        self._dirty = True
-
-    def _redraw_if_dirty(self) -> None:
-        if not self._dirty:
-            return
-        self._dirty = False
-        n = self.planned_epochs
-        for chart, key in (
-            (self.loss_chart, "total"),
-            (self.region_chart, "region"),
-            (self.boundary_chart, "boundary"),
-        ):
-            chart.set_series([(self.steps, self.loss[key], self.COLOURS[key])], n)
-        x_epochs = [e + 1 for e in self.epochs]
-        self.alpha_chart.set_series([(x_epochs, self.alpha, "#4fc3f7")], n)
-        self.dsc_chart.set_series([(x_epochs, self.dsc, "#81c784")], n)
-        self.hd_chart.set_series([(x_epochs, self.hd, "#ffb74d")], n)
-
-    def start_timer(self) -> None:
-        if not self._timer.isActive():
-            self._timer.start()
-
-    def stop_timer(self) -> None:
-        try:
-            self._timer.stop()
-        except RuntimeError:  # already deleted with the widget
-            pass
 
 
 # ---------------------------------------------------------------------------
