@@ -126,7 +126,7 @@ class VolumeEntry:
 
     def open(self, name: str) -> np.ndarray:
         """``image``, ``labels``, ``dist`` or ``fg``, memory-mapped read-only."""
-        return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        return _open_array(self.path, name)
 
     @classmethod
     def read(cls, path: Path) -> VolumeEntry:
@@ -189,6 +189,26 @@ def _publish(tmp: Path, final: Path) -> None:
             raise
 
 
+def _write_cache_dir(final: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write one cache entry whole or not at all: ``<name>.npy`` of each array
+    and ``meta.json`` into a temporary folder beside ``final``, then renamed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        _publish(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_array(folder: Path, name: str) -> np.ndarray:
+    """``<folder>/<name>.npy`` of a cache entry, memory-mapped read-only."""
+    return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+
 def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percentiles: Any) -> None:
     from napari_boundary_seg.core.data import _check_training_labels, scale_images
 
@@ -201,25 +221,16 @@ def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percenti
         class_distance_maps(case.labels, num_classes, spacing=spacing), dtype=np.float32
     )
     fg = np.argwhere(case.labels > 0).astype(np.int32)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        for name, array in (("image", images), ("labels", labels), ("dist", dist), ("fg", fg)):
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-        meta = {
-            "case_id": str(case.case_id),
-            "shape": list(labels.shape),
-            "spacing": list(spacing),
-            "modalities": [str(m) for m in case.modalities],
-            "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
-            "num_classes": int(num_classes),
-            "num_foreground": int(len(fg)),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        _publish(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    meta = {
+        "case_id": str(case.case_id),
+        "shape": list(labels.shape),
+        "spacing": list(spacing),
+        "modalities": [str(m) for m in case.modalities],
+        "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
+        "num_classes": int(num_classes),
+        "num_foreground": int(len(fg)),
+    }
+    _write_cache_dir(final, {"image": images, "labels": labels, "dist": dist, "fg": fg}, meta)
 
 
 def iter_cache_cases(
@@ -294,7 +305,7 @@ class SliceEntry:
 
     def open(self, name: str) -> np.ndarray:
         """``images``, ``labels`` or ``dist``, memory-mapped read-only."""
-        return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        return _open_array(self.path, name)
 
     @classmethod
     def read(cls, path: Path) -> SliceEntry:
@@ -324,25 +335,20 @@ def _write_slices(case: Any, final: Path, num_classes: int, preprocess: Any, dis
     )
     dist = np.ascontiguousarray(np.swapaxes(np.asarray(maps, dtype=np.float32), 0, 1))
     del maps
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        np.save(tmp / "images.npy", np.ascontiguousarray(prep.images, dtype=np.float32))
-        np.save(tmp / "labels.npy", np.ascontiguousarray(prep.labels, dtype=label_dtype))
-        np.save(tmp / "dist.npy", dist)
-        meta = {
-            "case_id": str(case.case_id),
-            "spacing": [float(v) for v in prep.spacing],
-            "slice_index": [int(i) for i in prep.slice_index],
-            "nonempty": prep.labels.reshape(len(prep.labels), -1).any(axis=1).tolist(),
-            "modalities": [str(m) for m in case.modalities],
-            "num_classes": int(num_classes),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        _publish(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    arrays = {
+        "images": np.ascontiguousarray(prep.images, dtype=np.float32),
+        "labels": np.ascontiguousarray(prep.labels, dtype=label_dtype),
+        "dist": dist,
+    }
+    meta = {
+        "case_id": str(case.case_id),
+        "spacing": [float(v) for v in prep.spacing],
+        "slice_index": [int(i) for i in prep.slice_index],
+        "nonempty": prep.labels.reshape(len(prep.labels), -1).any(axis=1).tolist(),
+        "modalities": [str(m) for m in case.modalities],
+        "num_classes": int(num_classes),
+    }
+    _write_cache_dir(final, arrays, meta)
 
 
 def iter_cache_slices(
