@@ -942,7 +942,6 @@ def _iter_prepare_volumes(
     """
     import tempfile
 
-    from napari_boundary_seg.core import data as data_mod
     from napari_boundary_seg.core.augment import AugmentConfig
     from napari_boundary_seg.core.patches import (
         DiskSliceDataset,
@@ -952,11 +951,7 @@ def _iter_prepare_volumes(
     )
 
     if cases is None:
-        if config.data is None:
-            raise ValueError("TrainConfig.data is not set and no cases were given to train()")
-        cases = data_mod.find_cases(config.data)
-        if not cases:
-            raise ValueError(f"no cases found in {config.data}")
+        cases = _config_case_files(config)
     cases = list(cases)
     if not cases:
         raise ValueError("no training cases given")
@@ -1021,12 +1016,7 @@ def _iter_prepare_data(
     from napari_boundary_seg.core import data as data_mod
 
     if cases is None:
-        if config.data is None:
-            raise ValueError("TrainConfig.data is not set and no cases were given to train()")
-        files = data_mod.find_cases(config.data)
-        if not files:
-            raise ValueError(f"no cases found in {config.data}")
-        cases = yield from data_mod.iter_load_cases(files)
+        cases = yield from data_mod.iter_load_cases(_config_case_files(config))
     cases = list(cases)
     if not cases:
         raise ValueError("no training cases given")
@@ -1147,6 +1137,19 @@ def validate_cases(
         scores.append(_case_scores(pred, labels, case.spacing, config.num_classes))
         del images, labels, pred
     return _val_summary(scores)
+
+
+def _config_case_files(config: TrainConfig) -> list[Any]:
+    """The cases of ``config.data`` (files, not loaded); an error naming the
+    folder when it is unset or holds none."""
+    from napari_boundary_seg.core import data as data_mod
+
+    if config.data is None:
+        raise ValueError("TrainConfig.data is not set and no cases were given to train()")
+    files = data_mod.find_cases(config.data)
+    if not files:
+        raise ValueError(f"no cases found in {config.data}")
+    return files
 
 
 def build_model(hparams: Mapping[str, Any]) -> nn.Module:
