@@ -136,6 +136,14 @@ def is_scan_image(layer: Layer) -> bool:
     )
 
 
+def offered_image(layer: Layer, show_all: bool = False) -> bool:
+    """What an image picker lists: scans (:func:`is_scan_image`), or every Image
+    layer when "show all" is ticked."""
+    from napari.layers import Image
+
+    return is_scan_image(layer) or (show_all and isinstance(layer, Image))
+
+
 def unique_layer_name(viewer: Any, name: str) -> str:
     """``name``, or ``"name [2]"``, ``"name [3]"``... : the first not in the viewer."""
     if name not in viewer.layers:
@@ -301,11 +309,9 @@ class LayerList(_MagicWrapper):
         self.refresh()
 
     def _offered(self, layer: Layer) -> bool:
-        if not isinstance(layer, self._layer_type):
-            return False
-        if self._filtered and not self.show_all.isChecked():
-            return is_scan_image(layer)
-        return True
+        if self._filtered:
+            return offered_image(layer, self.show_all.isChecked())
+        return isinstance(layer, self._layer_type)
 
     def _choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in self._viewer.layers if self._offered(layer)]

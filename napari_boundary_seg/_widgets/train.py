@@ -69,10 +69,10 @@ from napari_boundary_seg._widgets._common import (
     controlled_worker_class,
     images_from_layers,
     is_integer_labels,
-    is_scan_image,
     labels_array,
     mark_output,
     notify_error,
+    offered_image,
     output_kind,
     require_layer,
     slicing_axis,
@@ -989,14 +989,10 @@ class TrainWidget(QWidget):
 
     # -- pickers ---------------------------------------------------------------
     def _image_choices(self, _: Any = None) -> list[tuple[str, Any]]:
-        # the same layers as the other widgets' image pickers (is_scan_image)
-        from napari.layers import Image
-
+        # the same layers as the other widgets' image pickers
         show_all = self.show_all_images.value if hasattr(self, "show_all_images") else False
         return [
-            (layer.name, layer)
-            for layer in self.viewer.layers
-            if is_scan_image(layer) or (show_all and isinstance(layer, Image))
+            (layer.name, layer) for layer in self.viewer.layers if offered_image(layer, show_all)
         ]
 
     def _labels_choices(self, _: Any = None) -> list[tuple[str, Any]]:
