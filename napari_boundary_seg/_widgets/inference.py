@@ -4,9 +4,9 @@ The widget is thin: it checks the chosen layers and the checkpoint, runs
 :func:`napari_boundary_seg.core.predict.iter_predict_volume` in a napari
 ``thread_worker`` (progress in a napari progress bar) and adds the results as
 layers with the input's ``scale`` and ``translate``. The helpers
-:func:`load_checked_checkpoint`, :func:`predict_job` and
-:func:`add_prediction_layers` are also used by the training widget (prediction
-after training) and by the fine-tuning loop; the layer and Qt helpers they
+:func:`load_checked_checkpoint` and :func:`predict_job` are also used by the
+training widget (prediction after training) and by the fine-tuning loop, and
+:func:`add_prediction_layers` adds a prediction's layers from a script; the layer and Qt helpers they
 share (image stacks, layer lists, device choice, progress, errors) live in
 ``_common``.
 """
@@ -252,6 +252,27 @@ def predict_job(
     return result
 
 
+def prediction_layer_kwargs(
+    viewer: Any, stack: ImageStack, prefix: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the probability Image and the prediction Labels
+    layers of a new prediction: names that overwrite no earlier prediction
+    (``"<prefix> prediction [2]"`` and ``"<prefix> probability [2]"`` when the
+    first exist), the input's geometry, and this plugin's output marks."""
+    geometry = dict(stack.geometry)
+    metadata = geometry.pop("metadata", None)
+    name = unique_layer_name(viewer, f"{prefix} prediction")
+    suffix = name[len(f"{prefix} prediction") :]
+    probability = {
+        "name": unique_layer_name(viewer, f"{prefix} probability{suffix}"),
+        "metadata": mark_output("probability", metadata),
+        **probability_layer_kwargs(),
+        **geometry,
+    }
+    prediction = {"name": name, "metadata": mark_output("prediction", metadata), **geometry}
+    return probability, prediction
+
+
 def add_prediction_layers(
     viewer: napari.Viewer,
     probs: np.ndarray,
@@ -287,30 +308,15 @@ def add_prediction_layers(
     (probability layer or None, labels layer)
     """
     freeze_long_lived_objects()  # no full GC scan of napari and torch while adding layers
-    geometry = dict(stack.geometry)
-    metadata = geometry.pop("metadata", None)
     foreground, labels = prediction_outputs(probs, labels)
-    name = unique_layer_name(viewer, f"{prefix} prediction")
-    suffix = name[len(f"{prefix} prediction") :]
+    probability, prediction = prediction_layer_kwargs(viewer, stack, prefix)
     from napari.layers import Image, Labels
     from qtpy.QtCore import QTimer
 
     prob_layer = None
     if with_probability:
-        prob_layer = insert_layer_quietly(
-            viewer,
-            Image(
-                foreground,
-                name=unique_layer_name(viewer, f"{prefix} probability{suffix}"),
-                metadata=mark_output("probability", metadata),
-                **probability_layer_kwargs(),
-                **geometry,
-            ),
-        )
-    label_layer = insert_layer_quietly(
-        viewer,
-        Labels(labels, name=name, metadata=mark_output("prediction", metadata), **geometry),
-    )
+        prob_layer = insert_layer_quietly(viewer, Image(foreground, **probability))
+    label_layer = insert_layer_quietly(viewer, Labels(labels, **prediction))
 
     def activate() -> None:  # a later event-loop turn: napari's controls switch then
         if label_layer in viewer.layers:
@@ -436,11 +442,10 @@ class InferenceWidget(QWidget):
     def _on_returned(self, result: tuple[np.ndarray, ...]) -> None:
         probs, labels, foreground, labels32 = result
         self.last_result = (probs, labels)
-        stack, prefix = self._stack, self._stack.names[0]
-        geometry = dict(stack.geometry)
-        metadata = geometry.pop("metadata", None)
-        name = unique_layer_name(self.viewer, f"{prefix} prediction")
-        suffix = name[len(f"{prefix} prediction") :]
+        probability, prediction = prediction_layer_kwargs(
+            self.viewer, self._stack, self._stack.names[0]
+        )
+        name = prediction["name"]
         with_probability = self.probability.currentIndex() == 0
 
         def labels_added(layer: Any) -> None:
@@ -448,28 +453,11 @@ class InferenceWidget(QWidget):
             self.status.setText(prediction_status(labels32, name))
 
         # each layer added in three event-loop turns (the window draws in
-        # between); same layers as add_prediction_layers
+        # between); the layers of add_prediction_layers (prediction_layer_kwargs)
         steps = []
         if with_probability:
-            steps += layer_steps(
-                self.viewer,
-                "image",
-                foreground,
-                activate=False,
-                name=unique_layer_name(self.viewer, f"{prefix} probability{suffix}"),
-                metadata=mark_output("probability", metadata),
-                **probability_layer_kwargs(),
-                **geometry,
-            )
-        steps += layer_steps(
-            self.viewer,
-            "labels",
-            labels32,
-            done=labels_added,
-            name=name,
-            metadata=mark_output("prediction", metadata),
-            **geometry,
-        )
+            steps += layer_steps(self.viewer, "image", foreground, activate=False, **probability)
+        steps += layer_steps(self.viewer, "labels", labels32, done=labels_added, **prediction)
         self.delivery.run(*steps)
 
     def _on_error(self, exc: BaseException) -> None:
