@@ -68,13 +68,16 @@ from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    checkpoint_config,
     read_checkpoint,
     save_checkpoint,
     training_mode,
 )
+from napari_boundary_seg.core.data import NORMALIZE_MODES, check_slice_spacing
 from napari_boundary_seg.core.device import check_device_name, resolve_device
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
+from napari_boundary_seg.core.orientation import check_plane
 from napari_boundary_seg.core.precision import (
     autocast,
     check_precision,
@@ -303,10 +306,13 @@ class TrainConfig:
     batch_size: int = 8
     lr_patience: int = 20
     lr_factor: float = 0.5
-    slice_size: int | None = 256
-    axis: int = 2
+    slice_size: int | None = None
+    axis: int | str = "auto"
     scale: bool = True
     percentiles: tuple[float, float] | None = None
+    normalize: str = "zscore"
+    canonical: bool = True
+    slice_spacing: str | tuple[float, float] | None = "auto"
     skip_empty_slices: bool = False
     distance: str = "3d"
     val_fraction: float = 0.2
@@ -358,8 +364,20 @@ class TrainConfig:
             _positive_int(self.slice_size, "slice_size")
         if self.max_steps_per_epoch is not None:
             _positive_int(self.max_steps_per_epoch, "max_steps_per_epoch")
-        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
-            raise ValueError(f"TrainConfig.axis must be an integer, got {self.axis!r}")
+        set_(self, "axis", check_plane(self.axis, "TrainConfig.axis"))
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(
+                f"TrainConfig.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
+                f"got {self.normalize!r}"
+            )
+        if not isinstance(self.canonical, bool):
+            raise ValueError(f"TrainConfig.canonical must be True or False, got {self.canonical!r}")
+        if self.slice_spacing is not None and self.slice_spacing != "auto":
+            set_(
+                self,
+                "slice_spacing",
+                check_slice_spacing(self.slice_spacing, "TrainConfig.slice_spacing"),
+            )
         if self.seed is None or isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
         if self.split_seed is not None and (
@@ -464,8 +482,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
         values = dict(d)
-        for key in ("percentiles", "patch_size"):
-            if values.get(key) is not None:
+        for key in ("percentiles", "patch_size", "slice_spacing"):
+            if values.get(key) is not None and not isinstance(values[key], str):
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -903,6 +921,7 @@ class _Data:
     in_channels: int
     modalities: list[str]
     keep_alive: Any = None  # a temporary cache folder, removed with this object
+    slice_spacing: tuple[float, float] | None = None  # "auto" resolved on the training cases
 
 
 def _split_train_val(
@@ -960,6 +979,33 @@ def _iter_prepare_volumes(
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
     train_src, val_src = _split_train_val(config, cases, val_cases)
+    from napari_boundary_seg.core.data import iter_check_cases
+
+    # every case is read and checked before the first cache entry is written
+    shapes = yield from iter_check_cases(
+        [*train_src, *val_src], config.num_classes, config.canonical
+    )
+    if config.dims == 3:
+        for source, shape in zip([*train_src, *val_src], shapes, strict=True):
+            if len(shape) == 3 and any(
+                s < p for s, p in zip(shape, config.patch_size, strict=True)
+            ):
+                raise ValueError(
+                    f"case {source.case_id} of shape {shape} is smaller than the patch "
+                    f"{tuple(config.patch_size)}; choose a patch_size no larger than every volume"
+                )
+    resolved_spacing = None
+    if config.dims == 2 and config.slice_size is None and config.slice_spacing == "auto":
+        from napari_boundary_seg.core.data import median_slice_spacing
+
+        resolved_spacing = median_slice_spacing(train_src, preprocess_config(config))
+        if resolved_spacing is not None:
+            config = dataclasses.replace(config, slice_spacing=resolved_spacing)
+            yield InfoEvent(
+                "slices resampled to {:.3g} x {:.3g} mm (the training cases' median)".format(
+                    *resolved_spacing
+                )
+            )
     keep_alive = None
     if config.cache_dir is not None:
         cache_dir = Path(config.cache_dir)
@@ -969,7 +1015,14 @@ def _iter_prepare_volumes(
         keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
         cache_dir = Path(keep_alive.name)
     yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
-    args = (cache_dir, config.num_classes, config.scale, config.percentiles)
+    args = (
+        cache_dir,
+        config.num_classes,
+        config.scale,
+        config.percentiles,
+        config.normalize,
+        config.canonical,
+    )
     if config.dims == 3:
         train_entries = yield from iter_cache_cases(list(train_src), *args)
     else:
@@ -1004,6 +1057,7 @@ def _iter_prepare_volumes(
         channels.pop(),
         list(train_entries[0].modalities),
         keep_alive,
+        resolved_spacing,
     )
 
 
@@ -1044,12 +1098,16 @@ def preprocess_config(config: TrainConfig) -> Any:
     """The :class:`~napari_boundary_seg.core.data.PreprocessConfig` of a training config."""
     from napari_boundary_seg.core.data import PreprocessConfig
 
+    spacing = config.slice_spacing
     return PreprocessConfig(
         scale=config.scale,
         percentiles=config.percentiles,
         slice_size=config.slice_size,
         axis=config.axis,
         skip_empty_slices=config.skip_empty_slices,
+        normalize=config.normalize,
+        canonical=config.canonical,
+        slice_spacing=None if spacing in (None, "auto") else spacing,
     )
 
 
@@ -1133,6 +1191,7 @@ def validate_cases(
             preprocess=case_preprocess,
             batch_size=config.batch_size,
             device=device,
+            affine=np.asarray(case.affine, dtype=float),
         )
         scores.append(_case_scores(pred, labels, case.spacing, config.num_classes))
         del images, labels, pred
@@ -1234,7 +1293,7 @@ def _load_source(path: str) -> dict[str, Any]:
 
 
 def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: str) -> None:
-    saved_config = TrainConfig.from_dict(saved["config"]).to_dict()
+    saved_config = TrainConfig.from_dict(checkpoint_config(saved)).to_dict()
     ours = config.to_dict()
     diffs = [
         f"{k}: {saved_config[k]!r} in the checkpoint, {ours[k]!r} now"
@@ -1394,6 +1453,8 @@ def train(
             )
         else:  # a prebuilt in-memory slice data set (the study shares one between runs)
             data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    if data.slice_spacing is not None:  # "auto" resolved: the checkpoint keeps the value
+        config = dataclasses.replace(config, slice_spacing=data.slice_spacing)
     num_slices = len(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
