@@ -32,6 +32,7 @@ The samples
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -52,6 +53,7 @@ from torch.utils.data import Dataset, Sampler
 
 from napari_boundary_seg.core import augment as _augment
 from napari_boundary_seg.core.distance import class_distance_maps
+from napari_boundary_seg.core.io import OutputError, _is_out_of_space
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -196,7 +198,13 @@ def _write_cache_dir(final: Path, arrays: dict[str, np.ndarray], meta: dict[str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            target = tmp / f"{name}.npy"
+            try:
+                np.save(target, array, allow_pickle=False)
+            except OSError as err:  # numpy's own words on a full disk name bytes, not the cause
+                if _is_out_of_space(final.parent):
+                    raise OutputError(errno.ENOSPC, final) from err
+                raise
         (tmp / "meta.json").write_text(json.dumps(meta))
         _publish(tmp, final)
     finally:
