@@ -56,6 +56,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16, help="UNet width (default 16)")
     p.add_argument("--max-minutes", type=float, default=55.0, help="start no fold after this")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--slice-oversample", type=float, default=1 / 3, help="foreground slice share (1/3)"
+    )
+    p.add_argument("--augment", action="store_true", help="flips and intensity augmentation")
+    p.add_argument("--only", help="comma-separated test patients (default: every one)")
     return p.parse_args(argv)
 
 
@@ -71,6 +76,8 @@ def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Tra
         out_dir=str(out),
         overwrite=True,
         cache_dir=str(args.out / "cache"),
+        slice_oversample=args.slice_oversample,
+        augment=True if args.augment else None,
     )
     values.update(ARMS[arm])
     return TrainConfig(**values)
@@ -117,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm in args.arms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for test in files:
+                if args.only and test.case_id not in args.only.split(","):
+                    continue
                 done = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}" / "metrics.json"
                 if not done.is_file() and (time.perf_counter() - t_start) / 60 > args.max_minutes:
                     pending += 1

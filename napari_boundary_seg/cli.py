@@ -26,7 +26,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -547,6 +547,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         help="share of 3D patches centred on foreground, 0 = uniform (default 1/3)",
     )
     p.add_argument(
+        "--slice-oversample",
+        type=float,
+        help="2D: share of each epoch's slices drawn from slices with foreground "
+        "(default 0: every slice once)",
+    )
+    p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -615,6 +621,7 @@ _OPTION_FIELDS = {
     "overwrite": "overwrite",
     "dims": "dims",
     "oversample": "oversample",
+    "slice_oversample": "slice_oversample",
     "augment": "augment",
 }
 
@@ -1156,6 +1163,14 @@ def _add_predict(sub: Any) -> None:
         action="store_true",
         help="also write <case>_probs.nii.gz (float, one channel per class on the last axis)",
     )
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        metavar="NAME",
+        help="names of each case's modality files in file order (_0000 first); the model's "
+        "modalities are then picked by name (default: the folder's dataset.json, else by "
+        "position)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -1196,6 +1211,60 @@ def _read_case(
     return volumes
 
 
+def _input_channel_names(inputs: Sequence[Path], count: int) -> list[str] | None:
+    """The modality names of a data folder's ``dataset.json`` (nnU-Net's
+    ``channel_names``), when the inputs are one folder that has one."""
+    from napari_boundary_seg.core.data import _generic_modality_names
+
+    if len(inputs) != 1 or not inputs[0].is_dir():
+        return None
+    for folder in (inputs[0], inputs[0].parent):
+        if (folder / "dataset.json").is_file():
+            names = list(_generic_modality_names(folder, count))
+            return None if names == [f"{i:04d}" for i in range(count)] else names
+    return None
+
+
+def _match_modalities(
+    cases: list[tuple[str, list[Path]]],
+    checkpoint: Mapping[str, Any],
+    given: Sequence[str] | None,
+    inputs: Sequence[Path],
+) -> list[tuple[str, list[Path]]]:
+    """Each case's modality files in the order the model takes them, matched by
+    name (``--modalities`` or the folder's dataset.json) when names are known."""
+    from napari_boundary_seg.core.predict import select_modalities
+
+    trained = [str(m) for m in checkpoint.get("modalities") or []]
+    if not cases:
+        return cases
+    count = len(cases[0][1])
+    names = list(given) if given else _input_channel_names(inputs, count)
+    if not names or not trained:
+        return cases
+    if all(name.isdigit() for name in trained):  # a model that never knew its names
+        return cases
+    order = select_modalities(trained, names)
+    if order is None:
+        raise CommandError(
+            f"the model takes the modalities {', '.join(trained)}; the inputs are "
+            f"{', '.join(names)} (give their names in file order with --modalities)"
+        )
+    out = []
+    for case, paths in cases:
+        if len(paths) != len(names):
+            raise CommandError(
+                f"case {case}: {len(paths)} modality file(s) but {len(names)} names "
+                f"({', '.join(names)})"
+            )
+        out.append((case, [paths[i] for i in order]))
+    if order != list(range(len(names))):
+        _out(
+            "modalities matched by name: " + ", ".join(f"{names[i]} (file _{i:04d})" for i in order)
+        )
+    return out
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_boundary_seg.core.checkpoint import load_checkpoint
     from napari_boundary_seg.core.io import (
@@ -1208,7 +1277,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     _check(args.batch_size, "--batch-size", 1)
     model, checkpoint = load_checkpoint(args.checkpoint)
-    cases = _group_inputs(args.inputs)
+    cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} is a file, not a folder")
     folder = args.out if args.out.is_dir() else None

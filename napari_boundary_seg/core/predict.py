@@ -57,11 +57,26 @@ from napari_boundary_seg.core.progress import Progress, run_to_end
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "select_modalities",
     "iter_predict_volume",
     "iter_sliding_window",
     "modality_order",
     "predict_volume",
 ]
+
+
+def select_modalities(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:
+    """Indices into ``given`` of each ``trained`` modality, matched by name
+    (case-insensitive): reorders, and picks a subset when more are given (a
+    FLAIR-only model given FLAIR and T1 takes the FLAIR). None when a trained
+    name is not among the given ones, or names repeat."""
+    trained = [str(n).strip().lower() for n in trained]
+    given = [str(n).strip().lower() for n in given]
+    if not trained or len(set(trained)) != len(trained) or len(set(given)) != len(given):
+        return None
+    if any(name not in given for name in trained):
+        return None
+    return [given.index(name) for name in trained]
 
 
 def modality_order(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:

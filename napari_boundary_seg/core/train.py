@@ -290,6 +290,11 @@ class TrainConfig:
     oversample
         Share of the 3D patches centred on a random foreground voxel (nnU-Net's
         one third); 0 samples uniformly. Ignored in 2D (every slice once).
+    slice_oversample
+        2D: share of each epoch's slice order replaced by slices that hold
+        foreground, drawn at random (0: every slice once, the paper). Lesions
+        on a few slices of a few patients are seen more often; the epoch keeps
+        its length.
     augment
         Augmentation that keeps φ exact (:mod:`napari_boundary_seg.core.augment`);
         ``None``: on in 3D, off in 2D (the paper trains without). See
@@ -334,6 +339,7 @@ class TrainConfig:
     dims: int = 2
     patch_size: tuple[int, ...] | None = None
     oversample: float = 1 / 3
+    slice_oversample: float = 0.0
     augment: bool | None = None
 
     def __post_init__(self) -> None:
@@ -435,6 +441,14 @@ class TrainConfig:
             or not 0 <= self.oversample <= 1
         ):
             raise ValueError(f"TrainConfig.oversample must be in [0, 1], got {self.oversample!r}")
+        if (
+            isinstance(self.slice_oversample, bool)
+            or not isinstance(self.slice_oversample, int | float)
+            or not 0 <= self.slice_oversample < 1
+        ):
+            raise ValueError(
+                f"TrainConfig.slice_oversample must be in [0, 1), got {self.slice_oversample!r}"
+            )
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(
                 f"TrainConfig.augment must be True, False or None, got {self.augment!r}"
@@ -816,11 +830,44 @@ class _Plateau:
         self.mode = str(state["mode"])
 
 
-def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
-    """The slice order of an epoch: a permutation seeded by ``(seed, epoch)``."""
+def epoch_order(
+    num_items: int,
+    seed: int,
+    epoch: int,
+    foreground: np.ndarray | None = None,
+    share: float = 0.0,
+) -> torch.Tensor:
+    """The slice order of an epoch: a permutation seeded by ``(seed, epoch)``.
+
+    With ``share > 0`` and the indices of the ``foreground`` items, that share
+    of the positions (evenly spread) holds a foreground item drawn at random
+    instead (same generator: a pure function of ``(seed, epoch)``).
+    """
+    from napari_boundary_seg.core.patches import takes_share
+
     generator = torch.Generator()
     generator.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
-    return torch.randperm(num_items, generator=generator)
+    order = torch.randperm(num_items, generator=generator)
+    if share > 0 and foreground is not None and len(foreground) > 0:
+        draws = torch.randint(len(foreground), (num_items,), generator=generator)
+        for position in range(num_items):
+            if takes_share(position, share):
+                order[position] = int(foreground[int(draws[position])])
+    return order
+
+
+def foreground_items(dataset: Any) -> np.ndarray:
+    """Indices of a 2D slice data set's items whose labels hold foreground."""
+    if hasattr(dataset, "entries") and hasattr(dataset, "_position"):  # DiskSliceDataset
+        flags = [
+            dataset.entries[int(c)].nonempty[int(k)]
+            for c, k in zip(dataset.case_index, dataset._position, strict=True)
+        ]
+    elif hasattr(dataset, "labels"):  # in-memory SliceDataset
+        flags = dataset.labels.reshape(len(dataset.labels), -1).any(dim=1).tolist()
+    else:
+        flags = [bool(dataset[i][1].any()) for i in range(len(dataset))]
+    return np.flatnonzero(np.asarray(flags, dtype=bool))
 
 
 def collate(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
@@ -1456,6 +1503,9 @@ def train(
     if data.slice_spacing is not None:  # "auto" resolved: the checkpoint keeps the value
         config = dataclasses.replace(config, slice_spacing=data.slice_spacing)
     num_slices = len(data.dataset)
+    fg_items = None
+    if config.dims == 2 and config.slice_oversample > 0:
+        fg_items = foreground_items(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
     train_set = data.dataset
@@ -1611,7 +1661,9 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         w_region, w_boundary = effective_weights(config.loss, schedule(epoch))
         order = distributed.shard_indices(
-            epoch_order(num_slices, config.seed, epoch), ctx.rank, ctx.world_size
+            epoch_order(num_slices, config.seed, epoch, fg_items, config.slice_oversample),
+            ctx.rank,
+            ctx.world_size,
         )
         if epoch != start_epoch:
             start_step = 0
