@@ -28,6 +28,7 @@ builds, and on disk in ``cache_dir`` (``.npy`` files written atomically).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -88,6 +89,7 @@ __all__ = [
     "scale_images",
     "iter_check_cases",
     "median_slice_spacing",
+    "normalize_case",
     "slice_plane_spacing",
     "split_cases",
 ]
@@ -161,6 +163,9 @@ class Case:
         ``(4, 4)`` voxel-to-world matrix (mm) of the spatial axes.
     modalities
         ``M`` modality names.
+    normalized
+        The images are already normalised (a part of a volume normalised as a
+        whole, :func:`normalize_case`): preprocessing leaves them as they are.
     """
 
     case_id: str
@@ -169,6 +174,7 @@ class Case:
     spacing: tuple[float, ...]
     affine: np.ndarray
     modalities: tuple[str, ...]
+    normalized: bool = False
 
     def __post_init__(self) -> None:
         images = self.images
@@ -861,7 +867,7 @@ def scale_images(
     for m, name in enumerate(case.modalities):
         if not np.all(np.isfinite(images[m])):
             raise ValueError(f"case {case.case_id}: modality {name} contains NaN or inf values")
-    if not scale:
+    if not scale or getattr(case, "normalized", False):
         return images
     return np.stack(
         [normalize_volume(images[m], normalize, percentiles) for m in range(len(images))]
@@ -889,7 +895,21 @@ def canonical_case(case: Case) -> Case:
         spacing=orientation.spacing(case.spacing),
         affine=orientation.affine(case.affine, case.spatial_shape),
         modalities=case.modalities,
+        normalized=case.normalized,
     )
+
+
+def normalize_case(case: Case, preprocess: PreprocessConfig) -> Case:
+    """``case`` with its images normalised by ``preprocess`` and marked so.
+
+    For a volume that is split into parts (the training slices and a held-out
+    block of one scan): normalised as a whole first, every part keeps the
+    intensities the whole scan gives, as at prediction.
+    """
+    if case.normalized or not preprocess.scale:
+        return case
+    images = scale_images(case, True, preprocess.percentiles, preprocess.normalize)
+    return dataclasses.replace(case, images=np.asarray(images, dtype=np.float32), normalized=True)
 
 
 @dataclass(frozen=True, eq=False)

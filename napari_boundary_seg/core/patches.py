@@ -177,6 +177,8 @@ def volume_key(source: Any, settings: dict[str, Any]) -> str:
             "affine": np.round(np.asarray(source.affine, dtype=np.float64), 6).tolist(),
             "modalities": list(source.modalities),
         }
+        if getattr(source, "normalized", False):  # keys of earlier entries stay valid
+            meta["normalized"] = True
         digest.update(json.dumps(meta).encode())
         digest.update(np.ascontiguousarray(source.images).tobytes())
         digest.update(np.ascontiguousarray(source.labels, dtype=np.int64).tobytes())

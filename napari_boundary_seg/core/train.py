@@ -1231,6 +1231,8 @@ def validate_cases(
             case_preprocess = dataclasses.replace(preprocess, scale=False)
         else:
             images, labels, case_preprocess = case.images, case.labels, preprocess
+            if getattr(case, "normalized", False):  # a part of a volume normalised as a whole
+                case_preprocess = dataclasses.replace(preprocess, scale=False)
         _, pred = predict_volume(
             model,
             images,
