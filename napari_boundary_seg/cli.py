@@ -498,6 +498,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "(default on; --no-canonical: stored voxel order)",
     )
     p.add_argument(
+        "--crop-to-head",
+        action=argparse.BooleanOptionalAction,
+        help="2D: crop each scan to the head (plus 4 voxels) before slicing: no slices or "
+        "borders of air (default on)",
+    )
+    p.add_argument(
         "--percentiles",
         type=float,
         nargs=2,
@@ -604,6 +610,7 @@ _OPTION_FIELDS = {
     "axis": "axis",
     "normalize": "normalize",
     "canonical": "canonical",
+    "crop_to_head": "crop_to_head",
     "distance": "distance",
     "val_fraction": "val_fraction",
     "seed": "seed",

@@ -216,7 +216,12 @@ def training_mode(source: Mapping[str, Any]) -> dict[str, Any]:
     return _check_mode(dims, patch_size, "checkpoint" if "config" in source else "config")
 
 
-LEGACY_CONFIG = {"normalize": "minmax", "canonical": False, "slice_spacing": None}
+LEGACY_CONFIG = {
+    "normalize": "minmax",
+    "canonical": False,
+    "slice_spacing": None,
+    "crop_to_head": False,
+}
 """What a checkpoint written before these settings existed was trained with: min–max
 scaling, slices in stored voxel order, no resampling."""
 
@@ -244,6 +249,7 @@ def preprocess_from_checkpoint(checkpoint: Mapping[str, Any]) -> PreprocessConfi
         normalize=str(config["normalize"]),
         canonical=bool(config["canonical"]),
         slice_spacing=None if spacing in (None, "auto") else tuple(spacing),
+        crop=bool(config["crop_to_head"]),
     )
 
 

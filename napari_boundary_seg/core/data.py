@@ -698,6 +698,9 @@ NORMALIZE_MODES = ("zscore", "minmax")
 """Intensity rules: ``zscore`` (per modality, within the head, robustly clipped:
 nnU-Net's MRI rule) and ``minmax`` (the paper's scaling to [0, 1])."""
 
+CROP_MARGIN = 4
+"""Voxels kept around the head when volumes are cropped to it."""
+
 ZSCORE_PERCENTILES = (0.5, 99.5)
 """Percentiles of the head's intensities that ``zscore`` clips at."""
 
@@ -737,6 +740,11 @@ class PreprocessConfig:
         ``(row, column)`` spacing in mm that slices are resampled to (images
         bilinear, labels nearest); ``None`` keeps the native spacing. Ignored
         when ``slice_size`` is set.
+    crop
+        Crop 3D volumes to the head (the union of the modalities' head masks
+        and the labels, plus a margin of :data:`CROP_MARGIN` voxels) before
+        slicing: no slice of air, no border of air (nnU-Net's crop to the
+        nonzero region). Predictions are pasted back as background outside.
     """
 
     scale: bool = True
@@ -747,6 +755,7 @@ class PreprocessConfig:
     normalize: str = "minmax"
     canonical: bool = False
     slice_spacing: tuple[float, float] | None = None
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if self.percentiles is not None:
@@ -923,6 +932,42 @@ class _Prepared:
     orientation: Orientation | None = None
     axis: int | None = None
     native_hw: tuple[int, int] | None = None
+    # the crop to the head: (start, stop) per axis of the (D, H, W) stack, and its full shape
+    crop: tuple[tuple[int, int], ...] | None = None
+    full_shape: tuple[int, int, int] | None = None
+
+    def paste(self, probs: np.ndarray) -> np.ndarray:
+        """``(C, D', H', W')`` probabilities of the cropped stack in the full
+        ``(C, D, H, W)``, background (class 0) outside the crop."""
+        if self.crop is None:
+            return probs
+        out = np.zeros((probs.shape[0], *self.full_shape), dtype=probs.dtype)
+        out[0] = 1.0
+        box = tuple(slice(a, b) for a, b in self.crop)
+        out[(slice(None), *box)] = probs
+        return out
+
+
+def head_box(
+    images: np.ndarray, labels: np.ndarray | None, margin: int = CROP_MARGIN
+) -> tuple[tuple[int, int], ...]:
+    """The bounding box ``((start, stop), ...)`` of the head in ``images (M, *spatial)``
+    (any modality's :func:`head_mask`) and of the labels, grown by ``margin``."""
+    mask = np.zeros(images.shape[1:], dtype=bool)
+    for channel in images:
+        mask |= head_mask(channel)
+    if labels is not None:
+        mask |= labels > 0
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(k for k in range(mask.ndim) if k != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        n = mask.shape[axis]
+        if hit.size == 0:
+            box.append((0, n))
+        else:
+            box.append((max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
+    return tuple(box)
 
 
 def _resize(stack: np.ndarray, size: int | Sequence[int], mode: str) -> np.ndarray:
@@ -1026,6 +1071,16 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
         labels = None if labels is None else np.moveaxis(labels, axis, 0)
         spacing = (spacing[axis], *(s for k, s in enumerate(spacing) if k != axis))
     images = np.ascontiguousarray(np.swapaxes(images, 0, 1), dtype=np.float32)  # (D, M, H, W)
+    crop = full_shape = None
+    slice_index = np.arange(images.shape[0])
+    if preprocess.crop and axis is not None:
+        full_shape = (images.shape[0], *images.shape[2:])
+        crop = head_box(np.swapaxes(images, 0, 1), labels)
+        (d0, d1), (h0, h1), (w0, w1) = crop
+        images = np.ascontiguousarray(images[d0:d1, :, h0:h1, w0:w1])
+        if labels is not None:
+            labels = labels[d0:d1, h0:h1, w0:w1]
+        slice_index = np.arange(d0, d1)
     depth, _, height, width = images.shape
     size: tuple[int, int] | None = None
     if preprocess.slice_size is not None:
@@ -1047,7 +1102,9 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
         spacing = (spacing[0], spacing[1] * height / size[0], spacing[2] * width / size[1])
     elif labels is not None:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
-    return _Prepared(images, labels, spacing, np.arange(depth), orientation, axis, (height, width))
+    return _Prepared(
+        images, labels, spacing, slice_index, orientation, axis, (height, width), crop, full_shape
+    )
 
 
 # ----------------------------------------------------------------------------

@@ -410,6 +410,8 @@ def iter_cache_slices(
         "distance": distance,
         "num_classes": int(num_classes),
     }
+    if getattr(preprocess, "crop", False):
+        settings["crop"] = True
     if preprocess.normalize != "minmax" or preprocess.canonical or preprocess.slice_spacing:
         settings.update(  # keys of earlier entries stay valid
             normalize=preprocess.normalize,

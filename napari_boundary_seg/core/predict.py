@@ -320,7 +320,12 @@ def _iter_predict_3d(
     orientation = canonical_orientation(affine if settings.preprocess.canonical else None)
     images = np.ascontiguousarray(orientation.to_canonical(images, lead=1))
     prep = dataclasses.replace(
-        settings.preprocess, slice_size=None, slice_spacing=None, axis=0, canonical=False
+        settings.preprocess,
+        slice_size=None,
+        slice_spacing=None,
+        axis=0,
+        canonical=False,
+        crop=False,
     )
     case = case_from_arrays(list(images), None, orientation.spacing(spacing), case_id="predict")
     scaled = np.swapaxes(preprocess_case(case, prep).images, 0, 1)  # (M, *spatial)
@@ -415,7 +420,7 @@ def iter_predict_volume(
     if prepared.axis is None:
         probs_vol = probs_vol[:, 0]
     else:
-        probs_vol = np.moveaxis(probs_vol, 1, 1 + prepared.axis)
+        probs_vol = np.moveaxis(prepared.paste(probs_vol), 1, 1 + prepared.axis)
         if prepared.orientation is not None:
             probs_vol = prepared.orientation.from_canonical(probs_vol, lead=1)
     probs_vol = np.ascontiguousarray(probs_vol, dtype=np.float32)

@@ -227,12 +227,28 @@ class TrainConfig:
         improvement of the validation DSC (the paper: 20, 0.5).
     slice_size
         Slices are resized to ``slice_size × slice_size`` (the paper: 256);
-        ``None`` keeps their size.
+        ``None`` keeps their shape (resampled to ``slice_spacing``).
     axis
-        Slicing axis of the 3D volumes (numpy axis order of the spatial axes).
+        Slicing plane: ``auto`` (axial, or the thick-slice axis when one
+        spacing is > 3× the others), ``axial``, ``coronal``, ``sagittal``, or
+        an axis 0–2 of the canonical order (of the stored order when
+        ``canonical`` is False).
     scale, percentiles
-        Intensity scaling to [0, 1] per volume; ``percentiles=(lo, hi)`` clips
-        at those percentiles first (robust scaling), ``None`` uses min and max.
+        Normalise each modality (``scale=False``: raw intensities);
+        ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
+    normalize
+        ``zscore`` (within the head: Otsu mask, clipped at its 0.5/99.5 %
+        percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
+        scans alike) or ``minmax`` (the paper's [0, 1]).
+    canonical
+        Reorient every scan to the closest canonical (RAS) voxel order first,
+        so that the stored order of a file changes nothing.
+    slice_spacing
+        In-plane spacing (mm) slices are resampled to: ``"auto"`` (the
+        training cases' median, recorded in the checkpoint), one or two
+        numbers, or ``None`` (no resampling). Ignored when ``slice_size`` is set.
+    crop_to_head
+        2D: crop every scan to its head (plus a margin) before slicing.
     skip_empty_slices
         Train on slices with foreground only (the paper keeps all).
     distance
@@ -318,6 +334,7 @@ class TrainConfig:
     normalize: str = "zscore"
     canonical: bool = True
     slice_spacing: str | tuple[float, float] | None = "auto"
+    crop_to_head: bool = True
     skip_empty_slices: bool = False
     distance: str = "3d"
     val_fraction: float = 0.2
@@ -375,6 +392,10 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
                 f"got {self.normalize!r}"
+            )
+        if not isinstance(self.crop_to_head, bool):
+            raise ValueError(
+                f"TrainConfig.crop_to_head must be True or False, got {self.crop_to_head!r}"
             )
         if not isinstance(self.canonical, bool):
             raise ValueError(f"TrainConfig.canonical must be True or False, got {self.canonical!r}")
@@ -1155,6 +1176,7 @@ def preprocess_config(config: TrainConfig) -> Any:
         normalize=config.normalize,
         canonical=config.canonical,
         slice_spacing=None if spacing in (None, "auto") else spacing,
+        crop=config.crop_to_head,
     )
 
 

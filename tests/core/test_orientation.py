@@ -197,3 +197,33 @@ def test_old_checkpoints_keep_min_max_and_the_stored_order(tmp_path):
         None,
         2,
     )
+
+
+def test_crop_to_the_head_drops_air_and_pastes_background_back(tmp_path):
+    rng = np.random.default_rng(3)
+    shape = (40, 36, 30)
+    image = rng.normal(0, 2, shape).astype(np.float32)
+    image[12:28, 10:26, 8:22] += 100.0  # the head, with air around it
+    labels = np.zeros(shape, np.int64)
+    labels[18:21, 15:18, 12:14] = 1
+    case = case_from_arrays(image, labels, (1.0, 1.0, 1.0))
+    config = PreprocessConfig(slice_size=None, axis="axial", canonical=True, normalize="zscore")
+    full = preprocess_case(case, config)
+    cropped = preprocess_case(case, cropped_config(config))
+    assert full.images.shape == (30, 1, 40, 36)
+    # the head plus 4 voxels: slices 4..25, rows 8..31, columns 6..29
+    assert cropped.images.shape == (22, 1, 24, 24)
+    assert list(cropped.slice_index) == list(range(4, 26))
+    assert cropped.labels.sum() == labels.sum()
+    np.testing.assert_array_equal(cropped.images, full.images[4:26, :, 8:32, 6:30])
+    # prediction: the full grid back, background outside the crop
+    torch.manual_seed(0)
+    model = UNet(1, 2, depth=2, base_channels=4)
+    probs, pred = predict_volume(model, image, (1.0, 1.0, 1.0), preprocess=cropped_config(config))
+    assert probs.shape == (2, *shape)
+    assert np.all(probs[0, :8] == 1) and np.all(pred[:, :, :4] == 0)
+
+
+def cropped_config(config):
+    """``config`` with the crop to the head."""
+    return PreprocessConfig(**{**config.__dict__, "crop": True})
