@@ -70,12 +70,14 @@ from napari_boundary_seg._widgets._common import (
     images_from_layers,
     is_integer_labels,
     labels_array,
+    layer_affine,
     mark_output,
+    native_slice_axis,
     notify_error,
     offered_image,
     output_kind,
     require_layer,
-    slicing_axis,
+    show_slicing_axis,
     start_progress_worker,
     unique_layer_name,
 )
@@ -85,6 +87,7 @@ from napari_boundary_seg._widgets.inference import (
     load_checked_checkpoint,
     predict_job,
 )
+from napari_boundary_seg.core.orientation import PLANES, SLICE_PLANES
 from napari_boundary_seg.core.presets import split_slices, validation_block
 from napari_boundary_seg.core.progress import Progress
 
@@ -263,13 +266,15 @@ def cases_from_layers(
     axis: int,
     val_fraction: float,
     case_id: str = "viewer",
+    affine: np.ndarray | None = None,
 ) -> tuple[Callable[[], tuple[list[Any], list[Any]]], slice | None]:
     """A function building the ``core.data.Case`` objects of the viewer's layers.
 
-    The volume is split along ``axis`` into training cases and one validation
-    case (:func:`core.presets.validation_block`, :func:`core.presets.split_slices`).
-    The returned function is called inside the worker; it returns
-    ``(train_cases, val_cases)``.
+    The volume is split along ``axis`` (stored numpy order) into training cases
+    and one validation case (:func:`core.presets.validation_block`,
+    :func:`core.presets.split_slices`); the cases carry the layer's ``affine``
+    so that the trainer finds the same anatomy in each. The returned function
+    is called inside the worker; it returns ``(train_cases, val_cases)``.
     """
     block = validation_block(labels, axis, val_fraction)
 
@@ -282,9 +287,36 @@ def cases_from_layers(
             val_fraction,
             case_id=case_id,
             modalities=stack.names,
+            affine=affine,
         )
 
     return make, block
+
+
+def _core_takes_planes() -> bool:
+    """True when ``TrainConfig.axis`` accepts a plane name (``"auto"``, ``"axial"``...)."""
+    from napari_boundary_seg.core.train import TrainConfig
+
+    try:
+        TrainConfig(axis="auto")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def config_axis(plane: str, native: int | None) -> str | int:
+    """``TrainConfig.axis`` of a run on slices of ``plane``.
+
+    The plane itself, resolved by the trainer from each case's affine, the
+    same rule as the command line; where the trainer takes only an axis
+    index: the stored axis ``native`` the widget found from the layer's
+    affine (layers), or the plane's axis in RAS order (folders).
+    """
+    if _core_takes_planes():
+        return plane
+    if native is not None:
+        return int(native)
+    return PLANES.get(plane, PLANES["axial"])
 
 
 def fit_patch(
@@ -669,6 +701,10 @@ class TrainWidget(QWidget):
         self._stack: ImageStack | None = None
         self._closing = False
         self._val_block: slice | None = None
+        #: the stored (numpy) axis the run slices along (layers source)
+        self._native_axis: int | None = None
+        #: "the view now shows ..." after Start, or ""
+        self._view_note = ""
         self._config: Any = None
         self._last_position: tuple[int, int] | None = None  # (epoch, step), 0-based
         self._preview_at: tuple[int, int] | None = None
@@ -793,11 +829,12 @@ class TrainWidget(QWidget):
         self.num_classes = mw.SpinBox(value=2, min=2, max=255, label="Classes")
         self.num_classes.tooltip = "Classes, background included (from the labels layer)"
         self.axis = mw.ComboBox(
-            choices=[("auto", -1), ("0", 0), ("1", 1), ("2", 2)], value=-1, label="Slice axis"
+            choices=[(p, p) for p in SLICE_PLANES], value="auto", label="Slice plane"
         )
         self.axis.tooltip = (
-            "Axis the 2D training slices are taken along. auto: the axis the viewer "
-            "slices through (layers), axis 2 (folders: axial in RAS order)."
+            "Plane of the 2D training slices, from the scan's orientation (its affine), "
+            "never from the view. auto: axial, or the thick-slice axis when one spacing "
+            "is more than 3× the others."
         )
         self.skip_empty = mw.CheckBox(value=False, text="train on slices with foreground only")
         self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch (0: all)")
@@ -1200,7 +1237,9 @@ class TrainWidget(QWidget):
         if layer is None:
             self._preview_at = None
             return
-        axis = self._config.axis if self._config is not None else 2
+        axis = self._native_axis
+        if axis is None:
+            axis = native_slice_axis(layer, self.axis.value)
         if layer.ndim == 2:
             self._preview_at = (0, 0)
             return
@@ -1211,6 +1250,16 @@ class TrainWidget(QWidget):
             return
         n = layer.data.shape[axis]
         self._preview_at = (axis, int(np.clip(round(float(point[axis])), 0, n - 1)))
+
+    def _follow_training_plane(self) -> None:
+        """After Start, a 2D view shows the plane the run trains on (the view
+        follows the training; the training never follows the view)."""
+        layer = self.labels.value if self.source.value == "layers" else None
+        axis = self._native_axis
+        if layer is None or axis is None or layer.ndim != 3:
+            return
+        if show_slicing_axis(self.viewer, layer, axis):
+            logger.info("the view now slices along axis %d, the training plane", axis)
 
     def _preview_where(self) -> tuple[int, int] | None:
         """The slice to preview now (read by the worker thread)."""
@@ -1296,7 +1345,9 @@ class TrainWidget(QWidget):
         make_cases = None
         n_channels = None
         self._stack = None
-        axis = self.axis.value if self.axis.value >= 0 else None
+        plane = self.axis.value
+        axis = None
+        self._native_axis = None
         if self.source.value == "layers":
             labels_layer = require_layer(self.labels.value, "labels")
             stack = images_from_layers(self.image_layers())
@@ -1304,11 +1355,16 @@ class TrainWidget(QWidget):
             settings["num_classes"] = check_labels(
                 labels, labels_layer.name, stack.images.shape[1:]
             )
-            if axis is None:
-                axis = slicing_axis(self.viewer, labels_layer) if labels.ndim == 3 else 0
-            if labels.ndim == 3 and axis >= 3:
-                raise ValueError(f"Slice axis {axis} does not exist in a 3D volume.")
-            make_cases, block = cases_from_layers(stack, labels, axis, settings["val_fraction"])
+            # the data says the axis (its affine), never the viewer
+            axis = native_slice_axis(labels_layer, plane)
+            self._native_axis = axis
+            make_cases, block = cases_from_layers(
+                stack,
+                labels,
+                axis,
+                settings["val_fraction"],
+                affine=layer_affine(labels_layer),
+            )
             if settings.get("dims") == 3:
                 if labels.ndim != 3:
                     raise ValueError(
@@ -1337,8 +1393,7 @@ class TrainWidget(QWidget):
                     self._stack = images_from_layers(self.image_layers())
                 except (TypeError, ValueError):
                     self._stack = None  # no prediction afterwards, training still runs
-        if axis is not None:
-            settings["axis"] = axis
+        settings["axis"] = config_axis(plane, axis)
         if loaded is not None and n_channels is not None:
             check_checkpoint_channels(loaded, n_channels, settings["init_checkpoint"])
         settings["out_dir"] = str(new_run_folder(output))
@@ -1404,6 +1459,7 @@ class TrainWidget(QWidget):
         self._last_position = None
         self._preview_text = ""
         self._config = config
+        self._follow_training_plane()
         self._update_preview_at()
         self.curves.reset(config.epochs)
         self.curves.start_timer()

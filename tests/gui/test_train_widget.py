@@ -39,7 +39,8 @@ def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _add_case(viewer) -> None:
     flair, t1, labels = _case(np.random.default_rng(0))
-    geometry = {"scale": (3.0, 1.0, 1.0), "translate": (6.0, 0.0, 0.0)}
+    # 4 mm slices along axis 0: the thick-slice axis, which "auto" slices along
+    geometry = {"scale": (4.0, 1.0, 1.0), "translate": (6.0, 0.0, 0.0)}
     viewer.add_image(flair, name="FLAIR", **geometry)
     viewer.add_image(t1, name="T1", **geometry)
     viewer.add_labels(labels, name="lesions", **geometry)
@@ -213,7 +214,7 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
 
     w = widget
     w.dims.value = 3
-    w.axis.value = 2  # 32 slices: the validation block leaves two parts of at least 8
+    w.axis.value = "axial"  # axis 2, 32 slices: the validation block leaves two parts of at least 8
     for box in w.patch:
         box.value = 8
     w.batch_size.value = 2
@@ -235,7 +236,7 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
     layer = w.prediction_layer
     assert layer is not None and layer.data.shape == SHAPE
     assert layer.metadata["napari_boundary_seg"]["checkpoint"] == done.best_checkpoint
-    np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    np.testing.assert_allclose(layer.scale, (4.0, 1.0, 1.0))
     # fine-tuning follows the checkpoint: a 2D form becomes 3D with its patch
     w.dims.value = 2
     for box in w.patch:
@@ -463,7 +464,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert layer is not None and re.fullmatch(r"prediction best \d{6}(-\d+)?", layer.name)
     assert layer._type_string == "labels"
     assert layer.data.shape == SHAPE
-    np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    np.testing.assert_allclose(layer.scale, (4.0, 1.0, 1.0))
     np.testing.assert_allclose(layer.translate, (6.0, 0.0, 0.0))
     assert set(np.unique(layer.data)) <= {0, 1}
     assert "best.pt" in w.status.text() and layer.name in w.status.text()
@@ -480,7 +481,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # 2-class model on 3-class labels
     three = w.viewer.layers["lesions"].data.copy()
     three[4, 12, 14] = 2
-    w.viewer.add_labels(three, name="three classes", scale=(3.0, 1.0, 1.0))
+    w.viewer.add_labels(three, name="three classes", scale=(4.0, 1.0, 1.0))
     _choose(w, labels="three classes")
     w.finetune.value = done.best_checkpoint
     assert w.start()
@@ -763,7 +764,7 @@ def test_train_from_dataset_folder(widget, qtbot, errors, tmp_path):
     w.source.value = "folder"
     w.folder.value = str(tmp_path / "data")
     w.val_fraction.value = 0.5
-    w.axis.value = 0
+    w.axis.value = "sagittal"  # axis 0 of files with an identity affine
     w.epochs.value = 1
     assert w.start(), errors
     qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
