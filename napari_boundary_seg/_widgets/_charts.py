@@ -317,6 +317,14 @@ class TrainingCurves(QWidget):
         self.dsc_chart.note = self.hd_chart.note = note
         self._dirty = True
 
+    def set_verdict(self, text: str) -> None:
+        """A note on the loss and validation charts: the run ended badly."""
+        self.loss_chart.note = self.dsc_chart.note = text
+        self._dirty = True
+        self._redraw_if_dirty()
+        for chart in (self.loss_chart, self.dsc_chart):
+            chart.update()
+
     def _redraw_if_dirty(self) -> None:
         if not self._dirty:
             return

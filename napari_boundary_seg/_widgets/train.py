@@ -908,6 +908,11 @@ class TrainWidget(QWidget):
             "empty prediction is infinite, so it is not shown as a number (nor as the "
             "image diagonal the averages use)."
         )
+        self.verdict: Any = None
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setStyleSheet("color: #ff8a65; font-weight: bold;")
+        self.verdict_label.setVisible(False)
         self.curves = TrainingCurves()
         curves_box = QGroupBox("Live curves")
         curves_layout = QVBoxLayout(curves_box)
@@ -936,6 +941,7 @@ class TrainWidget(QWidget):
         column.addLayout(buttons)
         column.addWidget(self.progress)
         column.addWidget(self.status)
+        column.addWidget(self.verdict_label)
         column.addWidget(curves_box)
         column.addStretch(1)
         self.settings_widgets = (
@@ -1458,6 +1464,8 @@ class TrainWidget(QWidget):
         self._closing = False
         self._last_position = None
         self._preview_text = ""
+        self.verdict = None
+        self.verdict_label.setVisible(False)
         self._config = config
         self._follow_training_plane()
         self._update_preview_at()
@@ -1661,9 +1669,49 @@ class TrainWidget(QWidget):
         )
         return bool(cases) and event.val_hd_inf >= cases and event.val_dice == 0
 
+    def judge(self, predicted_voxels: int | None = None) -> Any:
+        """The :func:`core.verdict.judge_run` of the last run: its best
+        validation DSC and, when given, its final prediction's foreground
+        against the labels layer's."""
+        from napari_boundary_seg.core.verdict import judge_run
+
+        done = self.last_done
+        scores = [
+            float(row.get("val_dice", math.nan)) for row in (done.history if done else [])
+        ]
+        scores = [d for d in scores if math.isfinite(d)]
+        best = max(scores) if scores else None
+        reference = total = None
+        layer = self.labels.value if self.source.value == "layers" else None
+        if predicted_voxels is not None and layer is not None:
+            try:
+                data = np.asarray(layer.data)
+                reference, total = int((data > 0).sum()), int(data.size)
+            except (TypeError, ValueError):
+                pass
+        elif predicted_voxels is not None and self._stack is not None:
+            total = int(np.prod(self._stack.images.shape[1:]))
+        return judge_run(best, predicted_voxels, reference, total)
+
+    def _show_verdict(self, verdict: Any) -> None:
+        """A run that ended badly says so: a warning line under the status, a
+        note on the validation chart and a napari warning."""
+        self.verdict = verdict
+        text = verdict.text()
+        self.verdict_label.setText(f"⚠ {text}" if text else "")
+        self.verdict_label.setVisible(bool(text))
+        if text:
+            self.curves.set_verdict(f"ended badly: {verdict.short()}")
+            from napari.utils.notifications import show_warning
+
+            logger.warning("%s", text)
+            show_warning(text)
+
     def _on_done(self, done: Any) -> None:
         self.last_done = done
         epochs_done = len(done.history)
+        if not (self.predict_after.value and self._stack is not None):
+            self._show_verdict(self.judge())  # judged now: no prediction follows
         if not done.stopped:
             self.progress.finish("done")
             self._set_state("done", f"{epochs_done} epoch(s) trained")
@@ -1731,13 +1779,15 @@ class TrainWidget(QWidget):
             self._set_state(
                 "done", f"{detail}. Prediction with {why} added as '{layer.name}': {what}."
             )
+            self._show_verdict(self.judge(found))
 
         def finished() -> None:
             if self._closing:  # the widget may be gone
                 return
             self._predict_worker = None
-            if self.state == "predicting":
+            if self.state == "predicting":  # no prediction came back
                 self._set_state("done", detail)
+                self._show_verdict(self.judge())
 
         device = self.device_used or "auto"
         worker = start_progress_worker(

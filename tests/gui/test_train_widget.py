@@ -549,6 +549,41 @@ def test_empty_prediction_wording(widget, qtbot, errors):
     returned = _capture_returned(w, empty)
     returned(empty)
     assert "no foreground predicted" in w.status.text() and w.prediction_layer is empty
+    # ... and the run ended badly: said under the status, on the charts, suggesting a change
+    assert w.verdict.bad and w.verdict_label.isVisibleTo(w)
+    assert "ended badly" in w.verdict_label.text() and "empty" in w.verdict_label.text()
+    assert "Try:" in w.verdict_label.text() and "α" in w.verdict_label.text()
+    assert "empty prediction" in w.curves.dsc_chart.note
+
+
+def test_a_run_that_ends_badly_says_so(widget, monkeypatch):
+    from napari.layers import Labels
+
+    from napari_boundary_seg.core.train import DoneEvent
+
+    warnings: list[str] = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_warning", warnings.append)
+    w = widget
+    lesions = int((w.viewer.layers["lesions"].data > 0).sum())
+    w.last_done = DoneEvent("b.pt", "l.pt", [{"val_dice": 0.05}, {"val_dice": 0.13}], False, "")
+    full = Labels(np.ones(SHAPE, np.uint8), name="prediction x")
+    full.metadata["napari_boundary_seg"] = {"foreground_voxels": full.data.size}
+    w._detail = "2 epoch(s) trained"
+    w.state = "predicting"
+    _capture_returned(w, full)(full)
+    text = w.verdict_label.text()
+    assert "best validation DSC is 0.130, below 0.3" in text
+    assert f"{SHAPE[0] * SHAPE[1] * SHAPE[2]:,} foreground voxels" in text
+    assert f"the {lesions:,} labelled ones" in text and "lower the learning rate" in text
+    assert warnings == [text.removeprefix("⚠ ")]
+    assert "best DSC 0.13 < 0.3" in w.curves.dsc_chart.note
+    assert "ended badly" in w.curves.loss_chart.note
+    # a good run says nothing
+    w.last_done = DoneEvent("b.pt", "l.pt", [{"val_dice": 0.8}], False, "")
+    w._show_verdict(w.judge(lesions))
+    assert not w.verdict.bad and not w.verdict_label.isVisibleTo(w)
 
 
 def _capture_returned(w, layer):
