@@ -31,7 +31,8 @@ def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def checkpoint(tmp_path_factory, train_tiny) -> str:
     flair, t1, labels = _volumes()
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    return train_tiny(out, [flair, t1], labels, SPACING, 2).last_checkpoint
+    done = train_tiny(out, [flair, t1], labels, SPACING, 2, modalities=["FLAIR", "T1"])
+    return done.last_checkpoint
 
 
 def _viewer_with_images(make_napari_viewer):
@@ -125,6 +126,11 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
 
     widget.decide(True)
     assert widget.checkpoint.text() == widget.last_result.checkpoint
+    # the kept model takes the same named inputs as its parent (not "0, 1")
+    from napari_boundary_seg.core.checkpoint import checkpoint_modalities
+
+    assert checkpoint_modalities(widget.checkpoint.text()) == ["FLAIR", "T1"]
+    assert widget.images.hint.text() == "model trained on: FLAIR, T1"
     assert json.loads((tmp_path / "ft" / "lineage.json").read_text())["decision"] == "kept"
     assert Path(checkpoint).exists()
 
