@@ -927,18 +927,20 @@ class Delivery(QObject):
 
 
 def insert_layer_quietly(viewer: Any, layer: Layer) -> Layer:
-    """Append ``layer`` to the viewer without making it the active layer
-    (napari's layer list activates what it inserts: the layer controls switch
-    and every selection listener runs in the same turn)."""
+    """Append ``layer`` to the viewer and keep the active layer and selection as
+    they were (napari's layer list activates what it inserts, which would
+    switch the layer controls away from what the user works on). Public API
+    only: the selection is put back after the insert."""
     layers = viewer.layers
-    activate = getattr(layers, "_activate_on_insert", None)
-    if activate is not None:
-        layers._activate_on_insert = False
-    try:
-        layers.append(layer)
-    finally:
-        if activate is not None:
-            layers._activate_on_insert = activate
+    selection = layers.selection
+    active = selection.active
+    selected = [item for item in selection if item is not active]
+    layers.append(layer)
+    if active is not None and active in layers:
+        selection.active = active
+        selection.update([item for item in selected if item in layers])
+    else:
+        selection.clear()
     return layer
 
 
