@@ -116,6 +116,26 @@ def is_integer_labels(layer: Layer) -> bool:
     )
 
 
+#: Output kinds of Labels layers that are not segmentations (a ∂G outline, a
+#: TP/FP/FN map, a map of changed voxels, the live training preview): never
+#: offered as ground truth, training target or a model's prediction.
+NON_SEGMENTATION_KINDS = frozenset({"boundary", "outcome", "changes", "preview"})
+#: How this plugin names those layers (a layer saved and opened again keeps its
+#: name, not its metadata).
+_NON_SEGMENTATION_STARTS = ("∂G", "TP/FP/FN ", "training preview")
+_NON_SEGMENTATION_ENDS = (" changes",)
+
+
+def is_segmentation_labels(layer: Layer) -> bool:
+    """An integer Labels layer that holds a segmentation (:func:`is_integer_labels`,
+    not one of this plugin's outlines, outcome maps, change maps or previews):
+    what a Labels picker offers."""
+    if not is_integer_labels(layer) or output_kind(layer) in NON_SEGMENTATION_KINDS:
+        return False
+    name = str(layer.name)
+    return not (name.startswith(_NON_SEGMENTATION_STARTS) or name.endswith(_NON_SEGMENTATION_ENDS))
+
+
 #: How this plugin names its maps and probabilities ("phi (blue in, red out)",
 #: "FLAIR probability [2]"): a map saved and opened again keeps its name, not
 #: its metadata.

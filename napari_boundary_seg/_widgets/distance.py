@@ -42,7 +42,7 @@ from napari_boundary_seg._widgets._common import (
     compact_combo,
     geometry_kwargs,
     int_spin,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_spacing,
     layer_steps,
@@ -162,7 +162,7 @@ class DistanceMapWidget(QWidget):
         self.boundary_layer: Any = None
         self._hidden_in_3d: Any = None
         self.delivery = Delivery(self)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
         self.labels_combo.setToolTip("Labels layers of integer labels")
         self.class_spin = int_spin(1, 0, 65535)
         self.mode_choice = ComboBox(choices=[(m.value, m) for m in Mode], value=Mode.VOLUME)

@@ -85,7 +85,7 @@ from napari_boundary_seg._widgets._common import (
     geometry_kwargs,
     images_from_layers,
     int_spin,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_spacing,
     layer_steps,
@@ -386,7 +386,7 @@ class FinetuneWidget(QWidget):
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
         self.predict_button.clicked.connect(self.predict)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
         self.use_button = QPushButton("Use layer")
         self.use_button.setToolTip("Correct an existing prediction (e.g. the Predict widget's)")
         self.use_button.clicked.connect(lambda: self.use_layer(self.labels_combo.layer()))
@@ -482,7 +482,7 @@ class FinetuneWidget(QWidget):
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
         self.truth_combo = LayerCombo(
-            napari_viewer, (Labels,), allow_none=True, accept=is_integer_labels
+            napari_viewer, (Labels,), allow_none=True, accept=is_segmentation_labels
         )
         self.truth_combo.setToolTip(
             "Reference labels for the untouched slices (without one their row is n/a: "

@@ -68,14 +68,13 @@ from napari_boundary_seg._widgets._common import (
     check_device,
     controlled_worker_class,
     images_from_layers,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_affine,
     mark_output,
     native_slice_axis,
     notify_error,
     offered_image,
-    output_kind,
     require_layer,
     show_slicing_axis,
     start_progress_worker,
@@ -1039,11 +1038,9 @@ class TrainWidget(QWidget):
         ]
 
     def _labels_choices(self, _: Any = None) -> list[tuple[str, Any]]:
-        # integer Labels layers (is_integer_labels), not the live preview
+        # segmentations only: no outline, outcome map or live preview
         return [
-            (layer.name, layer)
-            for layer in self.viewer.layers
-            if is_integer_labels(layer) and output_kind(layer) != "preview"
+            (layer.name, layer) for layer in self.viewer.layers if is_segmentation_labels(layer)
         ]
 
     def reset_choices(self, *_: Any) -> None:
@@ -1676,9 +1673,7 @@ class TrainWidget(QWidget):
         from napari_boundary_seg.core.verdict import judge_run
 
         done = self.last_done
-        scores = [
-            float(row.get("val_dice", math.nan)) for row in (done.history if done else [])
-        ]
+        scores = [float(row.get("val_dice", math.nan)) for row in (done.history if done else [])]
         scores = [d for d in scores if math.isfinite(d)]
         best = max(scores) if scores else None
         reference = total = None

@@ -106,9 +106,7 @@ def judge_run(
     tags: list[str] = []
     if best_val_dice is not None and math.isfinite(best_val_dice):
         if best_val_dice < USEFUL_DSC:
-            problems.append(
-                f"the best validation DSC is {best_val_dice:.3f}, below {USEFUL_DSC:g}"
-            )
+            problems.append(f"the best validation DSC is {best_val_dice:.3f}, below {USEFUL_DSC:g}")
             advice.append(_ADVICE_LOW)
             tags.append(f"best DSC {best_val_dice:.2f} < {USEFUL_DSC:g}")
     if predicted_voxels is not None:
@@ -125,8 +123,10 @@ def judge_run(
             )
             advice.append(_ADVICE_FULL)
             tags.append(f"prediction {ratio:.0f}× the labels")
-        elif not reference_voxels and total_voxels and (
-            predicted > MAX_FOREGROUND_SHARE * int(total_voxels)
+        elif (
+            not reference_voxels
+            and total_voxels
+            and (predicted > MAX_FOREGROUND_SHARE * int(total_voxels))
         ):
             share = 100.0 * predicted / int(total_voxels)
             problems.append(

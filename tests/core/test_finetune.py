@@ -473,6 +473,4 @@ def test_finetune_keeps_the_parents_modality_names(tmp_path, train_tiny):
     )  # fmt: skip
     assert read_checkpoint(result.checkpoint)["modalities"] == ["T2"]
     with pytest.raises(ValueError, match="modality name"):
-        run_to_end(
-            finetune(named, images, labels, None, [2], modalities=["a", "b"], **kwargs)
-        )
+        run_to_end(finetune(named, images, labels, None, [2], modalities=["a", "b"], **kwargs))
