@@ -726,7 +726,7 @@ class TrainWidget(QWidget):
         self.source = mw.RadioButtons(
             choices=[("Layers", "layers"), ("Dataset folder", "folder")],
             value="layers",
-            orientation="horizontal",
+            orientation="vertical",
             label="Source",
         )
         self.show_all_images = mw.CheckBox(value=False, text="list φ / probability layers too")
@@ -770,6 +770,7 @@ class TrainWidget(QWidget):
             widgets=self.patch, layout="horizontal", labels=False, label="Patch (voxels)"
         )
         self.patch_row.margins = (0, 0, 0, 0)
+        self.patch_row.native.layout().setSpacing(2)
         self.patch_row.tooltip = (
             "3D patch per numpy axis (the layer's axes 0, 1, 2). Default: 96×96×32 "
             "clipped to the volume; along the split axis also to the training block."
@@ -822,7 +823,7 @@ class TrainWidget(QWidget):
         self.slice_size = mw.SpinBox(
             value=16, min=0, max=2048, step=16, label="Slice size (0: native)"
         )
-        self.slice_size.tooltip = "Slices are resized to N×N; 'native' keeps their size"
+        self.slice_size.tooltip = "Slices are resized to N×N; 0 (native) keeps their size"
         self.depth = mw.SpinBox(value=4, min=1, max=6, label="UNet depth")
         self.base_channels = mw.SpinBox(value=16, min=2, max=256, step=8, label="UNet width")
         self.num_classes = mw.SpinBox(value=2, min=2, max=255, label="Classes")
@@ -835,9 +836,10 @@ class TrainWidget(QWidget):
             "never from the view. auto: axial, or the thick-slice axis when one spacing "
             "is more than 3× the others."
         )
-        self.skip_empty = mw.CheckBox(value=False, text="train on slices with foreground only")
-        self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch (0: all)")
-        self.max_steps.tooltip = "Cap on the steps of an epoch; 0: every slice once"
+        self.skip_empty = mw.CheckBox(value=False, text="foreground slices only")
+        self.skip_empty.tooltip = "Train only on the slices that hold some foreground"
+        self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch")
+        self.max_steps.tooltip = "Cap on the steps of an epoch; 0: all (every slice once)"
         self.lr_patience = mw.SpinBox(value=10, min=1, max=10000, label="lr patience")
         self.lr_patience.tooltip = "Halve the lr after this many epochs without a better DSC"
         auto = f"auto ({resolve_device('auto')})"
@@ -879,6 +881,8 @@ class TrainWidget(QWidget):
         )
         self.advanced = QCollapsible("Advanced settings")
         self.advanced.addWidget(self.advanced_form.native)
+        self.advanced.setContentsMargins(0, 0, 0, 0)
+        self.advanced.content().layout().setContentsMargins(0, 0, 0, 0)
 
         self.predict_after = mw.CheckBox(value=True, text="add the best model's prediction")
         self.live_preview = mw.CheckBox(value=True, text="live preview of the shown slice")
@@ -920,6 +924,7 @@ class TrainWidget(QWidget):
 
         title = QLabel("Train a UNet with the boundary loss")
         title.setStyleSheet("font-size: 14px; font-weight: bold;")
+        title.setWordWrap(True)
         content = QWidget()
         column = QVBoxLayout(content)
         column.setContentsMargins(4, 4, 4, 4)
@@ -960,12 +965,21 @@ class TrainWidget(QWidget):
             combo.setMinimumContentsLength(8)
         for edit in content.findChildren(QLineEdit):
             edit.setMinimumWidth(60)
+        for picker in (self.folder, self.output, self.finetune):  # "…", not "Choose directory"
+            button = picker.choose_btn.native
+            button.setToolTip(button.text())
+            button.setText("…")
+            button.setFixedWidth(28)
+        from qtpy.QtWidgets import QAbstractItemView
+
+        for view in content.findChildren(QAbstractItemView):
+            view.setMinimumWidth(60)
         from qtpy.QtWidgets import QAbstractSpinBox
 
         for box in self.patch:  # three in a row: no +/- buttons, so they fit the dock
             box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
             box.native.lineEdit().setMinimumWidth(24)
-            box.native.setStyleSheet("min-width: 36px;")  # napari's style asks for 90 px
+            box.native.setStyleSheet("min-width: 22px;")  # napari's style asks for 90 px
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -973,6 +987,10 @@ class TrainWidget(QWidget):
         # a scroll bar that comes and goes would resize the plots (a matplotlib redraw)
         self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.scroll.setWidget(content)
+        # the form fits the dock's width (down to 300 px); Qt may still scroll a
+        # focused field into view sideways (at the end of a run): never
+        horizontal = self.scroll.horizontalScrollBar()
+        horizontal.valueChanged.connect(lambda value: value and horizontal.setValue(0))
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll)

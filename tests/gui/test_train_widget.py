@@ -303,6 +303,54 @@ def test_form_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, tmp_path):
     w.shutdown()
 
 
+def _clipped(w) -> list[str]:
+    """The visible controls of the form that reach past the scroll area's viewport."""
+    from qtpy.QtWidgets import QWidget
+
+    content, width = w.scroll.widget(), w.scroll.viewport().width()
+    out = []
+    for child in content.findChildren(QWidget):
+        if child.isVisibleTo(content) and child.width() > 0:
+            right = child.mapTo(content, child.rect().topRight()).x()
+            if right > width:
+                text = child.text() if hasattr(child, "text") and callable(child.text) else ""
+                out.append(f"{type(child).__name__} {text!r} ends at {right} > {width}")
+    return out
+
+
+def test_dock_300px_wide_clips_nothing_and_never_scrolls_sideways(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)  # napari's style sheet: its minimum widths
+    _add_case(viewer)
+    w = _tiny_widget(viewer, tmp_path / "runs")
+    w.epochs.value = 1
+    dock = viewer.window.add_dock_widget(w, name="train")
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    window.resizeDocks([dock], [300], Qt.Orientation.Horizontal)
+    qtbot.wait(100)
+    assert w.width() <= 300
+    assert _clipped(w) == []
+    w.advanced.expand(animate=False)
+    w.dims.value = 3  # the patch row
+    qtbot.wait(50)
+    assert _clipped(w) == []
+    w.dims.value = 2
+    assert w.start(), errors
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    qtbot.wait(50)
+    bar = w.scroll.horizontalScrollBar()
+    assert bar.value() == 0 and _clipped(w) == []
+    # the run is over: no time "left" is shown
+    assert "left" not in w.progress.epoch_time.text() + w.progress.step_time.text()
+    assert "elapsed" in w.progress.epoch_time.text()
+    bar.setValue(40)  # what Qt does to show a focused field: undone
+    assert bar.value() == 0
+
+
 def test_alpha_plot_follows_fields_and_collapse_warning(widget):
     w = widget
     w.schedule.value = "paper"
@@ -447,7 +495,8 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # progress bars in the widget: 1-based epochs, all steps of the last epoch
     assert w.progress.epoch_bar.value() == 6 and w.progress.epoch_bar.format() == "6/6"
     assert w.progress.step_bar.format() == "done"
-    assert "elapsed" in w.progress.epoch_time.text() and "left" in w.progress.step_time.text()
+    # after the run: the elapsed time, nothing "left"
+    assert "elapsed" in w.progress.epoch_time.text() and "left" not in w.progress.step_time.text()
     # the live preview: one per epoch, of the shown slice, into one layer updated in place
     previews = [e for e in w.events if type(e).__name__ == "PreviewEvent"]
     assert [e.epoch for e in previews] == list(range(6))
