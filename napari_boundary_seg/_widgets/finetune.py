@@ -66,6 +66,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_boundary_seg._widgets._charts import FinetuneCurves
 from napari_boundary_seg._widgets._common import (
     Delivery,
     DeviceCombo,
@@ -73,7 +74,6 @@ from napari_boundary_seg._widgets._common import (
     LayerCombo,
     LayerList,
     PathEdit,
-    PlotCanvas,
     ProgressPanel,
     ProgressRelay,
     check_device,
@@ -434,7 +434,7 @@ class FinetuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
-        self.curves = PlotCanvas(height=1.8, width=3.4)
+        self.curves = FinetuneCurves()
         box3 = QGroupBox("3. Fine-tune")
         form3 = QFormLayout(box3)
         form3.addRow("Epochs", self.epochs)
@@ -833,6 +833,7 @@ class FinetuneWidget(QWidget):
             self._steps.append(event.epoch + (event.step + 1) / total)
             self._loss["total"].append(event.loss)
             self._loss["region"].append(event.region)
+            self._loss["boundary"].append(event.boundary)
             self._loss["α"].append(event.w_region)
             self._dirty = True
             done = event.epoch * total + event.step + 1
@@ -846,14 +847,14 @@ class FinetuneWidget(QWidget):
 
     def _reset_curves(self) -> None:
         self._steps = []
-        self._loss = {"total": [], "region": [], "α": []}
+        self._loss = {"total": [], "region": [], "boundary": [], "α": []}
         self._dirty = True  # the redraw timer draws it, not the click
 
     def _redraw(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
-        self.curves.plot(self._steps, self._loss, "fine-tuning", "epoch", "loss / α")
+        self.curves.set_data(self._steps, self._loss, max(float(self.epochs.value()), 1.0))
 
     def _on_finetuned(self, result: tuple[Any, dict[str, Any] | None]) -> None:
         ft, evaluation = result

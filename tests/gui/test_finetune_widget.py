@@ -121,6 +121,13 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert changes.visible and not new_pred.visible
     np.testing.assert_allclose(changes.colormap.color_dict[1], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
     assert widget._loss["total"], "no live curve points"
+    # loss, the boundary term (a distance) and α each on an axis of their own
+    widget._dirty = True
+    widget._redraw()
+    curves = widget.curves
+    assert "mm" in curves.boundary_chart.title and curves.alpha_chart.y_range == (-0.03, 1.03)
+    assert all(len(chart.series[0][1]) == len(widget._steps) for chart in curves.charts)
+    assert set(curves.alpha_chart.series[0][1]) <= {0.6}  # α of the one epoch
     # nothing the user painted was touched
     np.testing.assert_array_equal(layer.data, painted)
 
