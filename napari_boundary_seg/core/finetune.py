@@ -499,6 +499,7 @@ def finetune(
     overwrite: bool = False,
     control: Any = None,
     affine: np.ndarray | None = None,
+    modalities: Sequence[str] | None = None,
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
 
@@ -558,6 +559,9 @@ def finetune(
         Allow an ``out_dir`` that already holds a run.
     control
         A :class:`~napari_boundary_seg.core.train.TrainControl` (stop / pause).
+    modalities
+        Names of the image channels, kept in the new checkpoint; ``None``: the
+        parent checkpoint's names (a fine-tuned model takes the same inputs).
 
     Yields
     ------
@@ -652,7 +656,10 @@ def finetune(
             "the parent run stays as it is"
         )
 
-    case = case_from_arrays(list(images), labels.astype(np.int64), spacing, case_id="corrected")
+    names = _channel_names(modalities, source.get("modalities"), images.shape[0])
+    case = case_from_arrays(
+        list(images), labels.astype(np.int64), spacing, case_id="corrected", modalities=names
+    )
     if dims == 3:  # the checkpoint's mode: 3D patches holding the corrected slices
         if distance == "2d":
             logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the whole volume")
@@ -740,6 +747,21 @@ def finetune(
         model=done.model,
         dims=dims,
     )
+
+
+def _channel_names(
+    given: Sequence[str] | None, parent: Any, channels: int
+) -> tuple[str, ...] | None:
+    """The modality names of a fine-tuning case: ``given``, else the parent
+    checkpoint's when it names ``channels`` of them, else None (numbered)."""
+    if given is not None:
+        names = tuple(str(n) for n in given)
+        if len(names) != channels:
+            raise ValueError(f"{len(names)} modality name(s) {list(names)} for {channels} image(s)")
+        return names
+    if isinstance(parent, list | tuple) and len(parent) == channels:
+        return tuple(str(n) for n in parent)
+    return None
 
 
 def _iter_mix_sources(
