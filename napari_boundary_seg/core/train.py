@@ -237,7 +237,7 @@ class TrainConfig:
         Normalise each modality (``scale=False``: raw intensities);
         ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
     normalize
-        ``zscore`` (within the head: Otsu mask, clipped at its 0.5/99.5 %
+        ``zscore`` (within the head mask, clipped at its 0.5/99.5 %
         percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
         scans alike) or ``minmax`` (the paper's [0, 1]).
     canonical
