@@ -1224,15 +1224,20 @@ def _check_training_labels(case: Case, num_classes: int) -> None:
 
 
 def iter_check_cases(
-    sources: Sequence[Any], num_classes: int, canonical: bool = False
+    sources: Sequence[Any],
+    num_classes: int,
+    canonical: bool = False,
+    in_channels: tuple[int, str] | None = None,
 ) -> Generator[Progress, None, list[tuple[int, ...]]]:
     """Read and check every case before any work is written.
 
     Files (:class:`CaseFiles`) are read one at a time (shapes, affines, finite
     values, integer labels: :func:`load_case`), label values are checked
     against ``num_classes`` and the modality counts against each other, so a
-    bad case is refused before the first cache entry is written. Returns the
-    spatial shape of each case (canonical when ``canonical``).
+    bad case is refused before the first cache entry is written; with
+    ``in_channels=(n, checkpoint)``, so is a case whose modality count is not
+    the checkpoint's. Returns the spatial shape of each case (canonical when
+    ``canonical``).
     """
     shapes: list[tuple[int, ...]] = []
     channels: dict[int, str] = {}
@@ -1242,6 +1247,11 @@ def iter_check_cases(
         case = load_case(source) if hasattr(source, "image_paths") else source
         _check_training_labels(case, num_classes)
         channels.setdefault(int(case.images.shape[0]), str(case.case_id))
+        if in_channels is not None and int(case.images.shape[0]) != in_channels[0]:
+            raise ValueError(
+                f"case {case.case_id} has {case.images.shape[0]} modalities but "
+                f"{in_channels[1]} takes {in_channels[0]} (in_channels)"
+            )
         if len(channels) > 1:
             detail = ", ".join(f"{name}: {n}" for n, name in channels.items())
             raise ValueError(f"cases have different numbers of modalities ({detail})")

@@ -1050,8 +1050,14 @@ def _iter_prepare_volumes(
     from napari_boundary_seg.core.data import iter_check_cases
 
     # every case is read and checked before the first cache entry is written
+    expected = None
+    source_path = config.resume_from or config.init_checkpoint
+    if source_path is not None:
+        saved = read_checkpoint(source_path).get("model") or {}
+        if "in_channels" in saved:
+            expected = (int(saved["in_channels"]), str(source_path))
     shapes = yield from iter_check_cases(
-        [*train_src, *val_src], config.num_classes, config.canonical
+        [*train_src, *val_src], config.num_classes, config.canonical, expected
     )
     if config.dims == 3:
         for source, shape in zip([*train_src, *val_src], shapes, strict=True):
