@@ -118,7 +118,7 @@ def test_checkpoints_and_metrics_csv(cases, tmp_path):
     with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == METRICS_COLUMNS
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # counted from 1, as messages count
     assert float(rows[1]["train_loss"]) == pytest.approx(done.history[1]["train_loss"])
     assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
     # a second run into the same folder is refused
