@@ -225,7 +225,9 @@ def test_cache_info_and_clear(tmp_path, capsys, monkeypatch):
     keep = default_cache_dir() / "notes.txt"
     keep.write_text("not an entry")
     assert main(["cache"]) == 0
-    assert capsys.readouterr().out.strip() == f"cache: {default_cache_dir()}: 1 prepared case(s), 2 kB"
+    assert (
+        capsys.readouterr().out.strip() == f"cache: {default_cache_dir()}: 1 prepared case(s), 2 kB"
+    )
     assert main(["cache", "--clear"]) == 0
     assert "removed 1 prepared case(s), 2 kB" in capsys.readouterr().out
     assert not entry.exists() and keep.exists()  # only cache entries are removed
