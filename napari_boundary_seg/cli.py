@@ -1045,7 +1045,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from napari_boundary_seg.core.cache import default_cache_dir
+    from napari_boundary_seg.core.cache import default_cache_dir, is_user_cache_dir
     from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir
     from napari_boundary_seg.core.presets import preset_config
     from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
@@ -1091,8 +1091,8 @@ def _train(args: argparse.Namespace) -> int:
             check_unet_fits(config.depth, config.slice_size, "--depth")
     _check_device(config.device)  # before any folder is made
     _set_threads(args, "train")
-    if config.cache_dir is None:
-        config = config.replace(cache_dir=str(default_cache_dir()))
+    if args.cache_dir is None and (config.cache_dir is None or is_user_cache_dir(config.cache_dir)):
+        config = config.replace(cache_dir=str(default_cache_dir()))  # this user's, this machine's
     out = Path(config.out_dir)
     inputs = [Path(p) for p in (config.init_checkpoint, args.config) if p is not None]
     check_not_input([out / name for name in _RUN_FILES], inputs, "--out")

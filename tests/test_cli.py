@@ -236,6 +236,15 @@ def test_cache_info_and_clear(tmp_path, capsys, monkeypatch):
     assert main(["cache", "--info", "--cache-dir", str(tmp_path / "none")]) == 2
 
 
+def test_a_config_from_another_machine_uses_this_users_cache(tmp_path, monkeypatch):
+    from napari_boundary_seg.core.cache import is_user_cache_dir
+
+    monkeypatch.setenv("NAPARI_BOUNDARY_SEG_CACHE", str(tmp_path / "mine"))
+    assert is_user_cache_dir(default_cache_dir())
+    assert is_user_cache_dir("/home/alice/.cache/napari-boundary-seg/cases")
+    assert not is_user_cache_dir(tmp_path / "elsewhere")
+
+
 def test_evaluate_names_every_missing_case_and_scores_a_subset(tmp_path, capsys):
     pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
     pred_dir.mkdir(), ref_dir.mkdir()

@@ -28,6 +28,7 @@ __all__ = [
     "default_cache_dir",
     "format_size",
     "is_cache_entry",
+    "is_user_cache_dir",
 ]
 
 CACHE_ENV = "NAPARI_BOUNDARY_SEG_CACHE"
@@ -49,6 +50,17 @@ def user_cache_root() -> Path:
 def default_cache_dir() -> Path:
     """The per-user cache of prepared cases (``<user cache>/cases``)."""
     return user_cache_root() / "cases"
+
+
+def is_user_cache_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a per-user cache of prepared cases, this user's or the one
+    recorded in the ``config.json`` of a run made elsewhere (a folder ``cases`` under a
+    ``napari-boundary-seg`` folder): a run started from that config uses this
+    machine's per-user cache instead of another user's path."""
+    folder = Path(path)
+    if folder == default_cache_dir():
+        return True
+    return folder.name == "cases" and "napari-boundary-seg" in folder.parts[:-1]
 
 
 def is_cache_entry(path: Path) -> bool:
