@@ -375,9 +375,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             f"--out {out} is not empty and holds no data set written by synth (its "
             "dataset.json); choose an empty folder, or pass --force to write into it"
         )
-    for folder in (out, out / "imagesTr", out / "labelsTr"):
-        ensure_writable_dir(folder)
-    written = _drive(
+    with _NewFolders(out / "imagesTr", out / "labelsTr"):
+        for folder in (out, out / "imagesTr", out / "labelsTr"):
+            ensure_writable_dir(folder)
+        written = _write_synth(args, shape, spacing)
+    _out(f"wrote {args.cases} cases ({len(written)} files) to {args.out}")
+    return 0
+
+
+def _write_synth(args: argparse.Namespace, shape: tuple, spacing: tuple) -> list:
+    from napari_boundary_seg.core import synthetic
+
+    return _drive(
         synthetic.iter_write_benchmark(
             args.out,
             n_cases=args.cases,
@@ -392,8 +401,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         "case",
         skip=1,  # the anatomy is built first: one step that is not a case
     )
-    _out(f"wrote {args.cases} cases ({len(written)} files) to {args.out}")
-    return 0
 
 
 # ---------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_first_block_is_the_main_job_and_the_venv_is_active():
 
 def test_install_lines_for_cpu_and_cuda():
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in README
-    assert re.search(r"^pip install torch==2\.13\.0 +# CUDA", README, flags=re.M)
+    assert re.search(r"^pip install torch==2\.13\.0 +# CUDA build", README, flags=re.M)
 
 
 def test_cpu_example_is_marked_with_the_gpu_example_beside_it():
