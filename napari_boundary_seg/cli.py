@@ -1028,20 +1028,28 @@ def _preset_line(args: argparse.Namespace) -> tuple[str, str]:
     return name, f"train: preset {name} ({why}): {PRESETS[name].split(': ', 1)[1]}"
 
 
-_FLAG_WORDS = re.compile(
-    r"\b(out_dir|patch_size|slice_size|batch_size|base_channels|"
-    r"init_checkpoint|resume_from|cache_dir|num_workers|"
-    r"max_steps_per_epoch|val_fraction|num_classes|lr_patience)\b"
-)
+_FLAG_WORDS = (
+    "out_dir", "patch_size", "slice_size", "batch_size", "base_channels", "init_checkpoint",
+    "resume_from", "cache_dir", "num_workers", "max_steps_per_epoch", "val_fraction",
+    "num_classes", "lr_patience",
+)  # fmt: skip
+"""TrainConfig fields that ``train``'s messages name, rewritten as their flags."""
+_FINETUNE_FLAGS = {"out_dir": "--out", "mix_ratio": "--mix-ratio", "mix_cases": "--mix-data"}
 
 
-def _as_typed(message: str) -> str:
-    """A library message with TrainConfig's field names as the flags the user types
-    (``patch_size`` -> ``--patch-size``)."""
+def _as_typed(message: str, flags: dict[str, str] | None = None) -> str:
+    """A library message with the names of its arguments as the flags the user types
+    (``patch_size`` -> ``--patch-size``); ``flags``: the names and flags of the
+    command (default: ``train``'s)."""
     message = _error_message(ValueError(message))
     message = message.replace("allow overwrite", "pass --overwrite")
     message = message.replace("TrainConfig.", "")
-    return _FLAG_WORDS.sub(lambda m: _FIELD_FLAGS.get(m.group(1), m.group(1)), message)
+    if flags is None:
+        flags = {m: _FIELD_FLAGS[m] for m in _FLAG_WORDS if m in _FIELD_FLAGS}
+    if not flags:
+        return message
+    words = re.compile(r"\b(" + "|".join(map(re.escape, flags)) + r")\b")
+    return words.sub(lambda m: flags[m.group(1)], message)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -1743,6 +1751,12 @@ def _add_finetune(sub: Any) -> None:
     _add_affine_option(p, "labels and images")
 
     def handler(args: argparse.Namespace) -> int:
+        try:
+            return _finetune(args)
+        except (ValueError, TypeError) as err:  # named as the flags typed
+            raise CommandError(_as_typed(str(err), _FINETUNE_FLAGS)) from err
+
+    def _finetune(args: argparse.Namespace) -> int:
         from napari_boundary_seg.core.checkpoint import load_checkpoint
         from napari_boundary_seg.core.finetune import (
             LINEAGE_NAME,
