@@ -196,7 +196,7 @@ def test_resume_equals_uninterrupted(cases, tmp_path, stop_at):
     for a, b in zip(reference.history, resumed.history, strict=True):
         assert a["train_loss"] == b["train_loss"] and a["val_dice"] == b["val_dice"]
     with open(tmp_path / "b" / "metrics.csv") as handle:
-        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [0, 1]
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]  # counted from 1
 
 
 def test_resume_with_a_different_config_names_the_field(cases, tmp_path):
