@@ -52,9 +52,10 @@ def test_synth_train_predict_evaluate(bench_dir, capsys):
     assert info.entries >= 3 and not (run / "cache").exists()
     assert f"cache: {default_cache_dir()}:" in out
 
-    # resume: continue the finished run for one more epoch
+    # resume: continue the finished run for one more epoch (from the same cache entries)
     assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "3"]) == 0
     assert capsys.readouterr().out.startswith("train: resuming ")
+    assert cache_info(default_cache_dir()) == info  # shared, nothing prepared again
     with open(run / "metrics.csv") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
     assert [int(r["epoch"]) for r in read_metrics_csv(run / "metrics.csv")] == [1, 2, 3]
