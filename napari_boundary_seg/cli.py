@@ -876,6 +876,8 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
         help="train a UNet with GDL + boundary loss (--preset quick on a CPU, paper on a GPU)",
+        usage="%(prog)s (--data DIR --out DIR | --resume RUN/last.pt | --config FILE) "
+        "[--preset {quick,paper}] [options]",
         description="Train on a data set folder. Starts from a preset (quick: the CPU-sized "
         "Quick start; paper: the paper's GPU-sized setup; the first line of output says "
         "which) that the other options change. Writes best.pt (best validation DSC), "

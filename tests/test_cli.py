@@ -281,6 +281,7 @@ def test_help_texts_say_what_is_required_and_what_runs(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "required (unless --resume or --config gives them)" in text
+    assert text.startswith("usage: napari-boundary-seg train (--data DIR --out DIR | --resume")
     assert "--data DIR" in text and "--preset {paper,quick}" in text and "--threads" in text
     assert "15 with --preset quick, 100 with paper" in " ".join(text.split())
     with pytest.raises(SystemExit):
