@@ -237,7 +237,9 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
             f"   trained in {time.perf_counter() - t_train:.0f} s; predicting with "
             f"{Path(checkpoint).name if checkpoint else 'the final weights'}."
         )
-        _, pred = predict_volume(checkpoint or done.model, case.images, case.spacing)
+        _, pred = predict_volume(
+            checkpoint or done.model, case.images, case.spacing, affine=case.affine
+        )
     held_out = (slice(None),) * config.axis + (block,)
     dsc = float(case_metrics(pred[held_out], labels[held_out], spacing=case.spacing)["dice"])
     fraction_pred = float((pred > 0).mean())

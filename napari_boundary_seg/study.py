@@ -506,6 +506,7 @@ def _evaluate_run(
             case.spacing,
             batch_size=eval_batch_size,
             device=device,
+            affine=case.affine,
         )
         figures = case_metrics(pred, case.labels, case.spacing, size_bins=bins, unit="voxels")
         rows.append({"case": str(case.case_id), **figures})
@@ -973,6 +974,7 @@ def _plot_test_slice(
                     case.spacing,
                     batch_size=config.eval_batch_size,
                     device=config.device,
+                    affine=case.affine,
                 )
                 preds[key] = take(pred)
                 break

@@ -14,7 +14,20 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
-__all__ = ["REDRAW_INTERVAL_MS", "AlphaPlot", "LineChart", "TrainingCurves"]
+__all__ = ["REDRAW_INTERVAL_MS", "AlphaPlot", "FinetuneCurves", "LineChart", "TrainingCurves"]
+
+#: Why the total loss may rise while the model improves (the charts' tooltip).
+TOTAL_LOSS_HELP = (
+    "total = α·regional + (1 − α)·boundary. As α moves weight to the boundary "
+    "term, a distance in mm (mean of s·φ, negative at a good solution), the total "
+    "changes scale: it can rise while the model improves. Judge the model by the "
+    "validation DSC, each term on its own chart."
+)
+BOUNDARY_HELP = (
+    "Boundary term L_B: the mean of the softmax s times the signed distance φ, "
+    "in mm. It falls (more negative) as the predicted foreground moves inside "
+    "the lesions."
+)
 
 #: The live curves redraw at most this often (ms); events in between only
 #: append data. Keeps the Qt event loop free while a model trains.
@@ -257,10 +270,12 @@ class TrainingCurves(QWidget):
         super().__init__()
         from qtpy.QtWidgets import QGridLayout
 
-        self.loss_chart = LineChart("training loss (total)")
+        self.loss_chart = LineChart("total: α·regional + (1−α)·boundary")
+        self.loss_chart.setToolTip(TOTAL_LOSS_HELP)
         self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
-        self.region_chart = LineChart("regional term")
-        self.boundary_chart = LineChart("boundary term (mm)")
+        self.region_chart = LineChart("regional term (GDL)")
+        self.boundary_chart = LineChart("boundary term: distance (mm)")
+        self.boundary_chart.setToolTip(BOUNDARY_HELP)
         self.dsc_chart = LineChart("validation DSC", y_range=(-0.03, 1.03))
         self.alpha_chart.y_ticks = self.dsc_chart.y_ticks = (1.0, 0.0)
         self.hd_chart = LineChart("validation HD (mm)")
@@ -317,6 +332,14 @@ class TrainingCurves(QWidget):
         self.dsc_chart.note = self.hd_chart.note = note
         self._dirty = True
 
+    def set_verdict(self, text: str) -> None:
+        """A note on the loss and validation charts: the run ended badly."""
+        self.loss_chart.note = self.dsc_chart.note = text
+        self._dirty = True
+        self._redraw_if_dirty()
+        for chart in (self.loss_chart, self.dsc_chart):
+            chart.update()
+
     def _redraw_if_dirty(self) -> None:
         if not self._dirty:
             return
@@ -342,3 +365,40 @@ class TrainingCurves(QWidget):
             self._timer.stop()
         except RuntimeError:  # already deleted with the widget
             pass
+
+
+class FinetuneCurves(QWidget):
+    """Live curves of a fine-tune, each on its own axis: the total loss, the
+    boundary term (a distance, mm) and α (the regional weight, 0-1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from qtpy.QtWidgets import QGridLayout
+
+        self.loss_chart = LineChart("total loss")
+        self.loss_chart.setToolTip(TOTAL_LOSS_HELP)
+        self.boundary_chart = LineChart("boundary term: distance (mm)")
+        self.boundary_chart.setToolTip(BOUNDARY_HELP)
+        self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
+        self.alpha_chart.y_ticks = (1.0, 0.0)
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setSpacing(3)
+        grid.addWidget(self.loss_chart, 0, 0)
+        grid.addWidget(self.boundary_chart, 0, 1)
+        grid.addWidget(self.alpha_chart, 1, 0)
+
+    @property
+    def charts(self) -> tuple[LineChart, ...]:
+        return (self.loss_chart, self.boundary_chart, self.alpha_chart)
+
+    def set_data(
+        self, steps: Sequence[float], series: dict[str, Sequence[float]], epochs: float
+    ) -> None:
+        """``series`` holds ``"total"``, ``"boundary"`` and ``"α"`` per step."""
+        colours = TrainingCurves.COLOURS
+        self.loss_chart.set_series([(steps, series.get("total", []), colours["total"])], epochs)
+        self.boundary_chart.set_series(
+            [(steps, series.get("boundary", []), colours["boundary"])], epochs
+        )
+        self.alpha_chart.set_series([(steps, series.get("α", []), "#4fc3f7")], epochs)

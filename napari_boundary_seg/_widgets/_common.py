@@ -16,7 +16,10 @@ Everything here is thin glue between napari layers and ``core`` arrays:
   :func:`double_spin`, :func:`int_spin`: magicgui spin boxes in one call;
   :func:`format_number`: a metric as a table cell.
 - :func:`layer_spacing`, :func:`geometry_kwargs`: voxel spacing and the layer's
-  data-to-world transform, to give new layers the same geometry.
+  data-to-world transform, to give new layers the same geometry;
+  :func:`layer_affine`, :func:`native_slice_axis`: a layer's voxel-to-world
+  affine and the stored axis of an anatomical slicing plane (from the data,
+  never from the view); :func:`show_slicing_axis`: the view follows it.
 - :func:`slicing_axis`, :func:`move_to_slice`: the viewer's slicing axis in a
   layer's data axes, and the inverse (show a slice).
 - :func:`notify_error`: show an error as a napari error notification;
@@ -111,6 +114,26 @@ def is_integer_labels(layer: Layer) -> bool:
     return dtype is not None and (
         np.issubdtype(dtype, np.bool_) or np.issubdtype(dtype, np.integer)
     )
+
+
+#: Output kinds of Labels layers that are not segmentations (a ∂G outline, a
+#: TP/FP/FN map, a map of changed voxels, the live training preview): never
+#: offered as ground truth, training target or a model's prediction.
+NON_SEGMENTATION_KINDS = frozenset({"boundary", "outcome", "changes", "preview"})
+#: How this plugin names those layers (a layer saved and opened again keeps its
+#: name, not its metadata).
+_NON_SEGMENTATION_STARTS = ("∂G", "TP/FP/FN ", "training preview")
+_NON_SEGMENTATION_ENDS = (" changes",)
+
+
+def is_segmentation_labels(layer: Layer) -> bool:
+    """An integer Labels layer that holds a segmentation (:func:`is_integer_labels`,
+    not one of this plugin's outlines, outcome maps, change maps or previews):
+    what a Labels picker offers."""
+    if not is_integer_labels(layer) or output_kind(layer) in NON_SEGMENTATION_KINDS:
+        return False
+    name = str(layer.name)
+    return not (name.startswith(_NON_SEGMENTATION_STARTS) or name.endswith(_NON_SEGMENTATION_ENDS))
 
 
 #: How this plugin names its maps and probabilities ("phi (blue in, red out)",
@@ -416,6 +439,50 @@ def image_array(layer: Layer) -> np.ndarray:
 def layer_spacing(layer: Layer) -> tuple[float, ...]:
     """Voxel spacing in numpy axis order (mm), from ``layer.scale``."""
     return tuple(float(abs(s)) for s in layer.scale)
+
+
+def layer_affine(layer: Layer) -> np.ndarray:
+    """The ``(4, 4)`` voxel-to-world affine of a layer's stored (numpy) axes.
+
+    The NIfTI affine the plugin's reader and sample keep in
+    ``metadata["affine"]``; otherwise one built from the layer's scale and
+    translate (``core.io.default_affine`` plus the translation).
+    """
+    from napari_boundary_seg.core.io import default_affine
+
+    saved = getattr(layer, "metadata", {}).get("affine")
+    if saved is not None and np.shape(saved) == (4, 4):
+        return np.asarray(saved, dtype=float)
+    k = min(int(layer.ndim), 3)
+    affine = default_affine([float(s) for s in layer.scale[-k:]])
+    affine[:k, 3] = [float(t) for t in layer.translate[-k:]]
+    return affine
+
+
+def native_slice_axis(layer: Layer, plane: str | int = "auto") -> int:
+    """The stored axis of a 3D ``layer`` that 2D slices of ``plane`` are taken
+    along (``core.orientation.native_slice_axis`` on :func:`layer_affine`);
+    0 for a 2D layer. It does not depend on the viewer."""
+    from napari_boundary_seg.core.orientation import native_slice_axis as from_affine
+
+    if layer.ndim != 3:
+        return 0
+    return from_affine(layer_affine(layer), layer_spacing(layer), plane)
+
+
+def show_slicing_axis(viewer: Any, layer: Layer, axis: int) -> bool:
+    """Make a 2D view slice through data ``axis`` of ``layer`` (the view follows
+    the training). Returns True when the view changed."""
+    if viewer.dims.ndisplay != 2 or layer.ndim < 3:
+        return False
+    world = viewer.dims.ndim - layer.ndim + int(axis)
+    order = list(viewer.dims.order)
+    others = [a for a in order if a != world]
+    new = (*others[:-2], world, *others[-2:])
+    if tuple(new) == tuple(order):
+        return False
+    viewer.dims.order = new
+    return True
 
 
 def geometry_kwargs(layer: Layer) -> dict[str, Any]:
@@ -880,18 +947,20 @@ class Delivery(QObject):
 
 
 def insert_layer_quietly(viewer: Any, layer: Layer) -> Layer:
-    """Append ``layer`` to the viewer without making it the active layer
-    (napari's layer list activates what it inserts: the layer controls switch
-    and every selection listener runs in the same turn)."""
+    """Append ``layer`` to the viewer and keep the active layer and selection as
+    they were (napari's layer list activates what it inserts, which would
+    switch the layer controls away from what the user works on). Public API
+    only: the selection is put back after the insert."""
     layers = viewer.layers
-    activate = getattr(layers, "_activate_on_insert", None)
-    if activate is not None:
-        layers._activate_on_insert = False
-    try:
-        layers.append(layer)
-    finally:
-        if activate is not None:
-            layers._activate_on_insert = activate
+    selection = layers.selection
+    active = selection.active
+    selected = [item for item in selection if item is not active]
+    layers.append(layer)
+    if active is not None and active in layers:
+        selection.active = active
+        selection.update([item for item in selected if item in layers])
+    else:
+        selection.clear()
     return layer
 
 

@@ -38,6 +38,7 @@ class RunProgress(QWidget):
             bar.setTextVisible(True)
             bar.setMaximumHeight(16)
             times.setStyleSheet("font-size: 10px;")
+            times.setWordWrap(True)  # wraps in a narrow dock instead of widening it
             layout.addWidget(QLabel(name), row, 0)
             layout.addWidget(bar, row, 1)
             layout.addWidget(times, row, 2)
@@ -108,7 +109,13 @@ class RunProgress(QWidget):
         self.epoch_bar.setFormat(f"{epoch + 1}/{self._epochs}")
 
     def finish(self, text: str) -> None:
-        """The run ended: fill the step bar's text with ``text``."""
+        """The run ended: fill the step bar's text with ``text``; the times keep
+        the elapsed time only (nothing is left)."""
+        if self._t0 is not None:
+            self.epoch_time.setText(f"{format_seconds(time.perf_counter() - self._t0)} elapsed")
+        else:
+            self.epoch_time.setText("")
+        self.step_time.setText("")
         self.step_bar.setRange(0, 1)
         self.step_bar.setValue(1 if text == "done" else 0)
         self.step_bar.setFormat(text)

@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QWidget,
@@ -52,14 +53,14 @@ from napari_boundary_seg._widgets._common import (
     check_same_shape,
     format_number,
     geometry_kwargs,
-    int_spin,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_spacing,
     layer_steps,
     mark_output,
     move_to_slice,
     notify_errors,
+    output_kind,
     require_layer,
     scroll_layout,
     slicing_axis,
@@ -110,6 +111,11 @@ def outcome_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return out
 
 
+def _is_prediction(layer: Any) -> bool:
+    """A model's prediction: marked so by this plugin, or named so."""
+    return output_kind(layer) == "prediction" or "prediction" in str(layer.name).lower()
+
+
 def overlay_name(pred_name: str, gt_name: str) -> str:
     """Name of the TP/FP/FN layer."""
     return f"TP/FP/FN {pred_name} vs {gt_name}"
@@ -144,10 +150,17 @@ class CompareWidget(QWidget):
         self._gt_layer: Any = None
         self.delivery = Delivery(self)
 
-        self.pred_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
-        self.gt_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
-        self.class_spin = int_spin(0, 0, 65535)
-        self.class_spin.setSpecialValueText("any foreground (> 0)")
+        self.pred_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
+        self.gt_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
+        # a plain QSpinBox: magicgui's shows "0" instead of the special text,
+        # which reads as the background class
+        self.class_spin = QSpinBox()
+        self.class_spin.setRange(0, 65535)
+        self.class_spin.setSpecialValueText("any label (> 0)")
+        self.class_spin.setToolTip(
+            "Which voxels count as foreground: any label (every value above 0, the "
+            "default), or only the label value chosen here. Background is never compared."
+        )
         self.run_button = QPushButton("Compare")
         self.run_button.clicked.connect(self.compare)
         self.export_button = QPushButton("Export CSV...")
@@ -166,7 +179,7 @@ class CompareWidget(QWidget):
         form = QFormLayout()
         form.addRow("Prediction", self.pred_combo)
         form.addRow("Ground truth", self.gt_combo)
-        form.addRow("Class", self.class_spin)
+        form.addRow("Foreground", self.class_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.export_button)
@@ -176,6 +189,39 @@ class CompareWidget(QWidget):
         layout.addLayout(self._legend())
         layout.addWidget(self.summary)
         layout.addWidget(self.table, stretch=1)
+        self.choose_defaults()
+        napari_viewer.layers.events.inserted.connect(self._on_inserted)
+        napari_viewer.layers.events.removed.connect(self.choose_defaults)
+
+    # ---------------------------------------------------------------- defaults
+    def choose_defaults(self, *_: Any) -> None:
+        """Never the same layer in both pickers when there is a choice: the
+        ground truth is a segmentation that is not a prediction (the first
+        one), the prediction the newest prediction (else another layer)."""
+        offered = [layer for layer in self.viewer.layers if is_segmentation_labels(layer)]
+        predictions = [layer for layer in offered if _is_prediction(layer)]
+        truths = [layer for layer in offered if layer not in predictions]
+        gt = self.gt_combo.layer()
+        if truths and (gt is None or gt in predictions):
+            self.gt_combo.set_layer(truths[0])
+            gt = truths[0]
+        pred = self.pred_combo.layer()
+        if pred is None or pred is gt:
+            others = [layer for layer in reversed(predictions) if layer is not gt] or [
+                layer for layer in offered if layer is not gt
+            ]
+            if others:
+                self.pred_combo.set_layer(others[0])
+
+    def _on_inserted(self, event: Any) -> None:
+        """A new segmentation layer: a prediction becomes the prediction to
+        compare; the defaults are chosen again."""
+        layer = getattr(event, "value", None)
+        if layer is None or not is_segmentation_labels(layer):
+            return  # other layers change no choice
+        if _is_prediction(layer):
+            self.pred_combo.set_layer(layer)
+        self.choose_defaults()
 
     @staticmethod
     def _legend() -> QGridLayout:

@@ -5,7 +5,7 @@ Core call: :func:`core.distance.iter_signed_distance_map` on the class mask,
 in a ``thread_worker`` with a napari progress bar; spacing from ``layer.scale``.
 Layers out:
 
-- ``"φ<c> <name> (mm)"``: an Image layer, diverging colormap centred on 0
+- ``"φ<c> <name> 3D (mm)"`` (or ``2D``: per slice, or a 2D image): an Image layer, diverging colormap centred on 0
   (blue inside G = negative, white on ∂G, red outside), symmetric contrast
   limits, drawn translucent (opacity :data:`PHI_OPACITY`) so the scan under it
   stays readable, with napari's colorbar overlay (ticks in mm); napari's status
@@ -42,12 +42,13 @@ from napari_boundary_seg._widgets._common import (
     compact_combo,
     geometry_kwargs,
     int_spin,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_spacing,
     layer_steps,
     mark_output,
     notify_errors,
+    output_kind,
     require_layer,
     scroll_layout,
     slicing_axis,
@@ -58,29 +59,43 @@ from napari_boundary_seg.core.distance import iter_signed_distance_map
 logger = logging.getLogger(__name__)
 
 #: ColorBrewer RdBu: dark blue (deep inside, negative) - white (0, the boundary) -
-#: dark red (far outside), with the light tints squeezed near 0 so that voxels a
-#: millimetre from the boundary are already clearly blue or red.
+#: dark red (far outside), with the light tints squeezed within 3 % of the range
+#: around 0 and saturated ones beyond, so that the inside of a small lesion
+#: (φ ≈ −2 mm against limits of ±25 mm) reads blue, also over orange labels.
 PHI_COLORMAP = Colormap(
     colors=[
         [0.020, 0.188, 0.380, 1.0],
         [0.129, 0.400, 0.675, 1.0],
-        [0.573, 0.773, 0.871, 1.0],
+        [0.100, 0.400, 0.850, 1.0],
         [1.000, 1.000, 1.000, 1.0],
-        [0.957, 0.647, 0.510, 1.0],
+        [0.957, 0.520, 0.380, 1.0],
         [0.698, 0.094, 0.169, 1.0],
         [0.404, 0.000, 0.122, 1.0],
     ],
-    controls=[0.0, 0.3, 0.46, 0.5, 0.54, 0.7, 1.0],
+    controls=[0.0, 0.25, 0.47, 0.5, 0.53, 0.75, 1.0],
     name="phi (blue in, red out)",
 )
 BOUNDARY_COLOR = "black"
-#: Opacity of the φ layer over the anatomy.
-PHI_OPACITY = 0.55
+#: The colorbar's unit, shown by the viewer's text overlay beside it.
+PHI_UNIT_TEXT = "φ (mm): − inside, + outside"
+#: Opacity of the φ layer over the anatomy (and over the labels, whose colour
+#: would turn a lighter φ grey).
+PHI_OPACITY = 0.7
 #: Values of the ∂G layer: ∂G itself (φ = 0) and the outline just outside G.
 ZERO_LEVEL, OUTLINE = 1, 2
 #: ∂G layer colours in 2D views (outline only) and in 3D views (∂G as a surface).
 BOUNDARY_COLORS_2D = {ZERO_LEVEL: "transparent", OUTLINE: BOUNDARY_COLOR}
 BOUNDARY_COLORS_3D = {ZERO_LEVEL: "#ffd54f", OUTLINE: "transparent"}
+
+
+def text_overlay(viewer: Any) -> Any:
+    """The viewer's canvas text overlay (``viewer.canvas.overlays.text`` since
+    napari 0.9, ``viewer.text_overlay`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None and "text" in overlays:
+        return overlays["text"]
+    return viewer.text_overlay
 
 
 class Mode(Enum):
@@ -90,9 +105,11 @@ class Mode(Enum):
     SLICES = "2D per slice (viewer's slicing axis)"
 
 
-def phi_layer_name(labels_name: str, label: int) -> str:
-    """Name of the distance-map layer of class ``label`` of ``labels_name``."""
-    return f"φ{label} {labels_name} (mm)"
+def phi_layer_name(labels_name: str, label: int, dims: str = "3D") -> str:
+    """Name of the distance-map layer of class ``label`` of ``labels_name``:
+    ``dims`` says how φ was computed, "3D" (the whole volume) or "2D" (per
+    slice, or a 2D image)."""
+    return f"φ{label} {labels_name} {dims} (mm)"
 
 
 def boundary_layer_name(labels_name: str, label: int) -> str:
@@ -116,12 +133,16 @@ def symmetric_limits(phi: np.ndarray) -> tuple[float, float]:
 
 def boundary_labels(phi: np.ndarray, mask: np.ndarray, axis: int | None) -> np.ndarray:
     """``(*spatial)`` uint8: :data:`ZERO_LEVEL` on ∂G (φ = 0 inside G),
-    :data:`OUTLINE` on the voxels outside G with a face neighbour in G in the
-    plane across ``axis`` (the viewer's slicing axis; None: every axis, 2D)."""
+    :data:`OUTLINE` on the voxels outside G with a neighbour in G (edges and
+    corners) in the plane across ``axis`` (the viewer's slicing axis; None:
+    a 2D image, or face neighbours along every axis of a volume)."""
     from scipy import ndimage
 
     inside = mask > 0
-    structure = ndimage.generate_binary_structure(inside.ndim, 1)
+    # in-plane 8-neighbours: a continuous contour (face neighbours alone leave
+    # a dotted staircase along diagonal edges)
+    full = inside.ndim if (axis is not None or inside.ndim == 2) else 1
+    structure = ndimage.generate_binary_structure(inside.ndim, full)
     if axis is not None and inside.ndim >= 3:
         flat = np.zeros_like(structure)
         index = [slice(None)] * inside.ndim
@@ -161,8 +182,9 @@ class DistanceMapWidget(QWidget):
         self.phi_layer: Any = None
         self.boundary_layer: Any = None
         self._hidden_in_3d: Any = None
+        self._unit_followed = False
         self.delivery = Delivery(self)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
         self.labels_combo.setToolTip("Labels layers of integer labels")
         self.class_spin = int_spin(1, 0, 65535)
         self.mode_choice = ComboBox(choices=[(m.value, m) for m in Mode], value=Mode.VOLUME)
@@ -238,9 +260,13 @@ class DistanceMapWidget(QWidget):
             )
             return map_layers_data(phi, inputs["mask"], inputs["view_axis"])
 
+        dims = "3D" if inputs["mask"].ndim == 3 and inputs["axis"] is None else "2D"
+
         def on_returned(result: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> None:
             # one layer per event-loop turn: the window draws in between
-            self.delivery.run(*self._map_steps(inputs["layer"], inputs["label"], *result))
+            self.delivery.run(
+                *self._map_steps(inputs["layer"], inputs["label"], *result, dims=dims)
+            )
 
         where = "3D" if inputs["axis"] is None else f"2D slices along axis {inputs['axis']}"
         self.worker = start_progress_worker(
@@ -263,6 +289,7 @@ class DistanceMapWidget(QWidget):
         phi: np.ndarray,
         boundary: np.ndarray,
         limits: tuple[float, float] | None = None,
+        dims: str | None = None,
     ) -> Image:
         """Show φ and ∂G: update the layers' data in place when they exist, else
         add them (once). :meth:`compute` runs the same steps one per event-loop
@@ -276,8 +303,10 @@ class DistanceMapWidget(QWidget):
             ``(*spatial)`` :func:`boundary_labels`.
         limits
             Contrast limits (default :func:`symmetric_limits`).
+        dims
+            "3D" or "2D" in the layer's name (default: the map's dimensions).
         """
-        for step in self._map_steps(source, label, phi, boundary, limits):
+        for step in self._map_steps(source, label, phi, boundary, limits, dims=dims):
             step()
         return self.phi_layer
 
@@ -288,12 +317,13 @@ class DistanceMapWidget(QWidget):
         phi: np.ndarray,
         boundary: np.ndarray,
         limits: tuple[float, float] | None,
+        dims: str | None = None,
     ) -> list[Any]:
         limits = limits or symmetric_limits(phi)
         geometry = geometry_kwargs(source)
         metadata = geometry.pop("metadata", None)
 
-        name = phi_layer_name(source.name, label)
+        name = phi_layer_name(source.name, label, dims or f"{phi.ndim}D")
         bname = boundary_layer_name(source.name, label)
         steps: list[Any] = []
 
@@ -333,6 +363,7 @@ class DistanceMapWidget(QWidget):
                 layer = self.phi_layer
                 if layer is not None and hasattr(layer, "colorbar"):
                     layer.colorbar.visible = True
+                    self._show_unit(layer)
 
             steps.append(show_colorbar)
 
@@ -380,6 +411,29 @@ class DistanceMapWidget(QWidget):
             )
 
         return [*steps, finish]
+
+    def _show_unit(self, layer: Any) -> None:
+        """The colorbar's unit: napari's colorbar has no title, so the viewer's
+        text overlay says "φ (mm)" in the colorbar's corner (napari stacks the
+        two) while this φ layer is visible. A text overlay in use for something
+        else is left alone."""
+        overlay = text_overlay(self.viewer)
+        if overlay.visible and overlay.text != PHI_UNIT_TEXT:
+            return
+        overlay.text = PHI_UNIT_TEXT
+        overlay.position = layer.colorbar.position
+        overlay.font_size = layer.colorbar.font_size
+        overlay.visible = layer.visible
+
+        def follow(*_: Any) -> None:
+            if overlay.text == PHI_UNIT_TEXT:
+                shown = [x for x in self.viewer.layers if output_kind(x) == "phi" and x.visible]
+                overlay.visible = bool(shown)
+
+        layer.events.visible.connect(follow)
+        if not self._unit_followed:
+            self._unit_followed = True
+            self.viewer.layers.events.removed.connect(follow)
 
     def _on_ndisplay(self, *_: Any) -> None:
         """3D view: ∂G as a surface, φ hidden; back in 2D: the outline, φ shown again."""

@@ -66,6 +66,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_boundary_seg._widgets._charts import FinetuneCurves
 from napari_boundary_seg._widgets._common import (
     Delivery,
     DeviceCombo,
@@ -73,7 +74,6 @@ from napari_boundary_seg._widgets._common import (
     LayerCombo,
     LayerList,
     PathEdit,
-    PlotCanvas,
     ProgressPanel,
     ProgressRelay,
     check_device,
@@ -85,7 +85,7 @@ from napari_boundary_seg._widgets._common import (
     geometry_kwargs,
     images_from_layers,
     int_spin,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
     layer_spacing,
     layer_steps,
@@ -386,7 +386,7 @@ class FinetuneWidget(QWidget):
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
         self.predict_button.clicked.connect(self.predict)
-        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_integer_labels)
+        self.labels_combo = LayerCombo(napari_viewer, (Labels,), accept=is_segmentation_labels)
         self.use_button = QPushButton("Use layer")
         self.use_button.setToolTip("Correct an existing prediction (e.g. the Predict widget's)")
         self.use_button.clicked.connect(lambda: self.use_layer(self.labels_combo.layer()))
@@ -434,7 +434,7 @@ class FinetuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
-        self.curves = PlotCanvas(height=1.8, width=3.4)
+        self.curves = FinetuneCurves()
         box3 = QGroupBox("3. Fine-tune")
         form3 = QFormLayout(box3)
         form3.addRow("Epochs", self.epochs)
@@ -482,7 +482,7 @@ class FinetuneWidget(QWidget):
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
         self.truth_combo = LayerCombo(
-            napari_viewer, (Labels,), allow_none=True, accept=is_integer_labels
+            napari_viewer, (Labels,), allow_none=True, accept=is_segmentation_labels
         )
         self.truth_combo.setToolTip(
             "Reference labels for the untouched slices (without one their row is n/a: "
@@ -833,6 +833,7 @@ class FinetuneWidget(QWidget):
             self._steps.append(event.epoch + (event.step + 1) / total)
             self._loss["total"].append(event.loss)
             self._loss["region"].append(event.region)
+            self._loss["boundary"].append(event.boundary)
             self._loss["α"].append(event.w_region)
             self._dirty = True
             done = event.epoch * total + event.step + 1
@@ -846,14 +847,14 @@ class FinetuneWidget(QWidget):
 
     def _reset_curves(self) -> None:
         self._steps = []
-        self._loss = {"total": [], "region": [], "α": []}
+        self._loss = {"total": [], "region": [], "boundary": [], "α": []}
         self._dirty = True  # the redraw timer draws it, not the click
 
     def _redraw(self) -> None:
         if not self._dirty:
             return
         self._dirty = False
-        self.curves.plot(self._steps, self._loss, "fine-tuning", "epoch", "loss / α")
+        self.curves.set_data(self._steps, self._loss, max(float(self.epochs.value()), 1.0))
 
     def _on_finetuned(self, result: tuple[Any, dict[str, Any] | None]) -> None:
         ft, evaluation = result

@@ -68,14 +68,15 @@ from napari_boundary_seg._widgets._common import (
     check_device,
     controlled_worker_class,
     images_from_layers,
-    is_integer_labels,
+    is_segmentation_labels,
     labels_array,
+    layer_affine,
     mark_output,
+    native_slice_axis,
     notify_error,
     offered_image,
-    output_kind,
     require_layer,
-    slicing_axis,
+    show_slicing_axis,
     start_progress_worker,
     unique_layer_name,
 )
@@ -85,6 +86,7 @@ from napari_boundary_seg._widgets.inference import (
     load_checked_checkpoint,
     predict_job,
 )
+from napari_boundary_seg.core.orientation import PLANES, SLICE_PLANES
 from napari_boundary_seg.core.presets import split_slices, validation_block
 from napari_boundary_seg.core.progress import Progress
 
@@ -263,13 +265,15 @@ def cases_from_layers(
     axis: int,
     val_fraction: float,
     case_id: str = "viewer",
+    affine: np.ndarray | None = None,
 ) -> tuple[Callable[[], tuple[list[Any], list[Any]]], slice | None]:
     """A function building the ``core.data.Case`` objects of the viewer's layers.
 
-    The volume is split along ``axis`` into training cases and one validation
-    case (:func:`core.presets.validation_block`, :func:`core.presets.split_slices`).
-    The returned function is called inside the worker; it returns
-    ``(train_cases, val_cases)``.
+    The volume is split along ``axis`` (stored numpy order) into training cases
+    and one validation case (:func:`core.presets.validation_block`,
+    :func:`core.presets.split_slices`); the cases carry the layer's ``affine``
+    so that the trainer finds the same anatomy in each. The returned function
+    is called inside the worker; it returns ``(train_cases, val_cases)``.
     """
     block = validation_block(labels, axis, val_fraction)
 
@@ -282,9 +286,36 @@ def cases_from_layers(
             val_fraction,
             case_id=case_id,
             modalities=stack.names,
+            affine=affine,
         )
 
     return make, block
+
+
+def _core_takes_planes() -> bool:
+    """True when ``TrainConfig.axis`` accepts a plane name (``"auto"``, ``"axial"``...)."""
+    from napari_boundary_seg.core.train import TrainConfig
+
+    try:
+        TrainConfig(axis="auto")
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def config_axis(plane: str, native: int | None) -> str | int:
+    """``TrainConfig.axis`` of a run on slices of ``plane``.
+
+    The plane itself, resolved by the trainer from each case's affine, the
+    same rule as the command line; where the trainer takes only an axis
+    index: the stored axis ``native`` the widget found from the layer's
+    affine (layers), or the plane's axis in RAS order (folders).
+    """
+    if _core_takes_planes():
+        return plane
+    if native is not None:
+        return int(native)
+    return PLANES.get(plane, PLANES["axial"])
 
 
 def fit_patch(
@@ -669,6 +700,10 @@ class TrainWidget(QWidget):
         self._stack: ImageStack | None = None
         self._closing = False
         self._val_block: slice | None = None
+        #: the stored (numpy) axis the run slices along (layers source)
+        self._native_axis: int | None = None
+        #: "the view now shows ..." after Start, or ""
+        self._view_note = ""
         self._config: Any = None
         self._last_position: tuple[int, int] | None = None  # (epoch, step), 0-based
         self._preview_at: tuple[int, int] | None = None
@@ -691,7 +726,7 @@ class TrainWidget(QWidget):
         self.source = mw.RadioButtons(
             choices=[("Layers", "layers"), ("Dataset folder", "folder")],
             value="layers",
-            orientation="horizontal",
+            orientation="vertical",
             label="Source",
         )
         self.show_all_images = mw.CheckBox(value=False, text="list φ / probability layers too")
@@ -735,6 +770,7 @@ class TrainWidget(QWidget):
             widgets=self.patch, layout="horizontal", labels=False, label="Patch (voxels)"
         )
         self.patch_row.margins = (0, 0, 0, 0)
+        self.patch_row.native.layout().setSpacing(2)
         self.patch_row.tooltip = (
             "3D patch per numpy axis (the layer's axes 0, 1, 2). Default: 96×96×32 "
             "clipped to the volume; along the split axis also to the training block."
@@ -787,21 +823,23 @@ class TrainWidget(QWidget):
         self.slice_size = mw.SpinBox(
             value=16, min=0, max=2048, step=16, label="Slice size (0: native)"
         )
-        self.slice_size.tooltip = "Slices are resized to N×N; 'native' keeps their size"
+        self.slice_size.tooltip = "Slices are resized to N×N; 0 (native) keeps their size"
         self.depth = mw.SpinBox(value=4, min=1, max=6, label="UNet depth")
         self.base_channels = mw.SpinBox(value=16, min=2, max=256, step=8, label="UNet width")
         self.num_classes = mw.SpinBox(value=2, min=2, max=255, label="Classes")
         self.num_classes.tooltip = "Classes, background included (from the labels layer)"
         self.axis = mw.ComboBox(
-            choices=[("auto", -1), ("0", 0), ("1", 1), ("2", 2)], value=-1, label="Slice axis"
+            choices=[(p, p) for p in SLICE_PLANES], value="auto", label="Slice plane"
         )
         self.axis.tooltip = (
-            "Axis the 2D training slices are taken along. auto: the axis the viewer "
-            "slices through (layers), axis 2 (folders: axial in RAS order)."
+            "Plane of the 2D training slices, from the scan's orientation (its affine), "
+            "never from the view. auto: axial, or the thick-slice axis when one spacing "
+            "is more than 3× the others."
         )
-        self.skip_empty = mw.CheckBox(value=False, text="train on slices with foreground only")
-        self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch (0: all)")
-        self.max_steps.tooltip = "Cap on the steps of an epoch; 0: every slice once"
+        self.skip_empty = mw.CheckBox(value=False, text="foreground slices only")
+        self.skip_empty.tooltip = "Train only on the slices that hold some foreground"
+        self.max_steps = mw.SpinBox(value=1, min=0, max=1_000_000, label="Steps / epoch")
+        self.max_steps.tooltip = "Cap on the steps of an epoch; 0: all (every slice once)"
         self.lr_patience = mw.SpinBox(value=10, min=1, max=10000, label="lr patience")
         self.lr_patience.tooltip = "Halve the lr after this many epochs without a better DSC"
         auto = f"auto ({resolve_device('auto')})"
@@ -843,6 +881,8 @@ class TrainWidget(QWidget):
         )
         self.advanced = QCollapsible("Advanced settings")
         self.advanced.addWidget(self.advanced_form.native)
+        self.advanced.setContentsMargins(0, 0, 0, 0)
+        self.advanced.content().layout().setContentsMargins(0, 0, 0, 0)
 
         self.predict_after = mw.CheckBox(value=True, text="add the best model's prediction")
         self.live_preview = mw.CheckBox(value=True, text="live preview of the shown slice")
@@ -871,6 +911,11 @@ class TrainWidget(QWidget):
             "empty prediction is infinite, so it is not shown as a number (nor as the "
             "image diagonal the averages use)."
         )
+        self.verdict: Any = None
+        self.verdict_label = QLabel("")
+        self.verdict_label.setWordWrap(True)
+        self.verdict_label.setStyleSheet("color: #ff8a65; font-weight: bold;")
+        self.verdict_label.setVisible(False)
         self.curves = TrainingCurves()
         curves_box = QGroupBox("Live curves")
         curves_layout = QVBoxLayout(curves_box)
@@ -879,6 +924,7 @@ class TrainWidget(QWidget):
 
         title = QLabel("Train a UNet with the boundary loss")
         title.setStyleSheet("font-size: 14px; font-weight: bold;")
+        title.setWordWrap(True)
         content = QWidget()
         column = QVBoxLayout(content)
         column.setContentsMargins(4, 4, 4, 4)
@@ -899,6 +945,7 @@ class TrainWidget(QWidget):
         column.addLayout(buttons)
         column.addWidget(self.progress)
         column.addWidget(self.status)
+        column.addWidget(self.verdict_label)
         column.addWidget(curves_box)
         column.addStretch(1)
         self.settings_widgets = (
@@ -918,12 +965,21 @@ class TrainWidget(QWidget):
             combo.setMinimumContentsLength(8)
         for edit in content.findChildren(QLineEdit):
             edit.setMinimumWidth(60)
+        for picker in (self.folder, self.output, self.finetune):  # "…", not "Choose directory"
+            button = picker.choose_btn.native
+            button.setToolTip(button.text())
+            button.setText("…")
+            button.setFixedWidth(28)
+        from qtpy.QtWidgets import QAbstractItemView
+
+        for view in content.findChildren(QAbstractItemView):
+            view.setMinimumWidth(60)
         from qtpy.QtWidgets import QAbstractSpinBox
 
         for box in self.patch:  # three in a row: no +/- buttons, so they fit the dock
             box.native.setButtonSymbols(QAbstractSpinBox.ButtonSymbols.NoButtons)
             box.native.lineEdit().setMinimumWidth(24)
-            box.native.setStyleSheet("min-width: 36px;")  # napari's style asks for 90 px
+            box.native.setStyleSheet("min-width: 22px;")  # napari's style asks for 90 px
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -931,6 +987,10 @@ class TrainWidget(QWidget):
         # a scroll bar that comes and goes would resize the plots (a matplotlib redraw)
         self.scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
         self.scroll.setWidget(content)
+        # the form fits the dock's width (down to 300 px); Qt may still scroll a
+        # focused field into view sideways (at the end of a run): never
+        horizontal = self.scroll.horizontalScrollBar()
+        horizontal.valueChanged.connect(lambda value: value and horizontal.setValue(0))
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll)
@@ -996,11 +1056,9 @@ class TrainWidget(QWidget):
         ]
 
     def _labels_choices(self, _: Any = None) -> list[tuple[str, Any]]:
-        # integer Labels layers (is_integer_labels), not the live preview
+        # segmentations only: no outline, outcome map or live preview
         return [
-            (layer.name, layer)
-            for layer in self.viewer.layers
-            if is_integer_labels(layer) and output_kind(layer) != "preview"
+            (layer.name, layer) for layer in self.viewer.layers if is_segmentation_labels(layer)
         ]
 
     def reset_choices(self, *_: Any) -> None:
@@ -1200,7 +1258,9 @@ class TrainWidget(QWidget):
         if layer is None:
             self._preview_at = None
             return
-        axis = self._config.axis if self._config is not None else 2
+        axis = self._native_axis
+        if axis is None:
+            axis = native_slice_axis(layer, self.axis.value)
         if layer.ndim == 2:
             self._preview_at = (0, 0)
             return
@@ -1211,6 +1271,16 @@ class TrainWidget(QWidget):
             return
         n = layer.data.shape[axis]
         self._preview_at = (axis, int(np.clip(round(float(point[axis])), 0, n - 1)))
+
+    def _follow_training_plane(self) -> None:
+        """After Start, a 2D view shows the plane the run trains on (the view
+        follows the training; the training never follows the view)."""
+        layer = self.labels.value if self.source.value == "layers" else None
+        axis = self._native_axis
+        if layer is None or axis is None or layer.ndim != 3:
+            return
+        if show_slicing_axis(self.viewer, layer, axis):
+            logger.info("the view now slices along axis %d, the training plane", axis)
 
     def _preview_where(self) -> tuple[int, int] | None:
         """The slice to preview now (read by the worker thread)."""
@@ -1296,7 +1366,9 @@ class TrainWidget(QWidget):
         make_cases = None
         n_channels = None
         self._stack = None
-        axis = self.axis.value if self.axis.value >= 0 else None
+        plane = self.axis.value
+        axis = None
+        self._native_axis = None
         if self.source.value == "layers":
             labels_layer = require_layer(self.labels.value, "labels")
             stack = images_from_layers(self.image_layers())
@@ -1304,11 +1376,16 @@ class TrainWidget(QWidget):
             settings["num_classes"] = check_labels(
                 labels, labels_layer.name, stack.images.shape[1:]
             )
-            if axis is None:
-                axis = slicing_axis(self.viewer, labels_layer) if labels.ndim == 3 else 0
-            if labels.ndim == 3 and axis >= 3:
-                raise ValueError(f"Slice axis {axis} does not exist in a 3D volume.")
-            make_cases, block = cases_from_layers(stack, labels, axis, settings["val_fraction"])
+            # the data says the axis (its affine), never the viewer
+            axis = native_slice_axis(labels_layer, plane)
+            self._native_axis = axis
+            make_cases, block = cases_from_layers(
+                stack,
+                labels,
+                axis,
+                settings["val_fraction"],
+                affine=layer_affine(labels_layer),
+            )
             if settings.get("dims") == 3:
                 if labels.ndim != 3:
                     raise ValueError(
@@ -1337,8 +1414,7 @@ class TrainWidget(QWidget):
                     self._stack = images_from_layers(self.image_layers())
                 except (TypeError, ValueError):
                     self._stack = None  # no prediction afterwards, training still runs
-        if axis is not None:
-            settings["axis"] = axis
+        settings["axis"] = config_axis(plane, axis)
         if loaded is not None and n_channels is not None:
             check_checkpoint_channels(loaded, n_channels, settings["init_checkpoint"])
         settings["out_dir"] = str(new_run_folder(output))
@@ -1403,7 +1479,10 @@ class TrainWidget(QWidget):
         self._closing = False
         self._last_position = None
         self._preview_text = ""
+        self.verdict = None
+        self.verdict_label.setVisible(False)
         self._config = config
+        self._follow_training_plane()
         self._update_preview_at()
         self.curves.reset(config.epochs)
         self.curves.start_timer()
@@ -1605,9 +1684,47 @@ class TrainWidget(QWidget):
         )
         return bool(cases) and event.val_hd_inf >= cases and event.val_dice == 0
 
+    def judge(self, predicted_voxels: int | None = None) -> Any:
+        """The :func:`core.verdict.judge_run` of the last run: its best
+        validation DSC and, when given, its final prediction's foreground
+        against the labels layer's."""
+        from napari_boundary_seg.core.verdict import judge_run
+
+        done = self.last_done
+        scores = [float(row.get("val_dice", math.nan)) for row in (done.history if done else [])]
+        scores = [d for d in scores if math.isfinite(d)]
+        best = max(scores) if scores else None
+        reference = total = None
+        layer = self.labels.value if self.source.value == "layers" else None
+        if predicted_voxels is not None and layer is not None:
+            try:
+                data = np.asarray(layer.data)
+                reference, total = int((data > 0).sum()), int(data.size)
+            except (TypeError, ValueError):
+                pass
+        elif predicted_voxels is not None and self._stack is not None:
+            total = int(np.prod(self._stack.images.shape[1:]))
+        return judge_run(best, predicted_voxels, reference, total)
+
+    def _show_verdict(self, verdict: Any) -> None:
+        """A run that ended badly says so: a warning line under the status, a
+        note on the validation chart and a napari warning."""
+        self.verdict = verdict
+        text = verdict.text()
+        self.verdict_label.setText(f"⚠ {text}" if text else "")
+        self.verdict_label.setVisible(bool(text))
+        if text:
+            self.curves.set_verdict(f"ended badly: {verdict.short()}")
+            from napari.utils.notifications import show_warning
+
+            logger.warning("%s", text)
+            show_warning(text)
+
     def _on_done(self, done: Any) -> None:
         self.last_done = done
         epochs_done = len(done.history)
+        if not (self.predict_after.value and self._stack is not None):
+            self._show_verdict(self.judge())  # judged now: no prediction follows
         if not done.stopped:
             self.progress.finish("done")
             self._set_state("done", f"{epochs_done} epoch(s) trained")
@@ -1675,13 +1792,15 @@ class TrainWidget(QWidget):
             self._set_state(
                 "done", f"{detail}. Prediction with {why} added as '{layer.name}': {what}."
             )
+            self._show_verdict(self.judge(found))
 
         def finished() -> None:
             if self._closing:  # the widget may be gone
                 return
             self._predict_worker = None
-            if self.state == "predicting":
+            if self.state == "predicting":  # no prediction came back
                 self._set_state("done", detail)
+                self._show_verdict(self.judge())
 
         device = self.device_used or "auto"
         worker = start_progress_worker(

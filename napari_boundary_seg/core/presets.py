@@ -134,6 +134,7 @@ def split_slices(
     val_fraction: float,
     case_id: str = "viewer",
     modalities: Sequence[str] | None = None,
+    affine: np.ndarray | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Training and validation cases of one labelled volume, split along ``axis``.
 
@@ -151,6 +152,9 @@ def split_slices(
         Size of the held-out block (:func:`validation_block`).
     case_id, modalities
         Names of the cases and channels.
+    affine
+        ``(4, 4)`` voxel-to-world affine of the volume (default: from
+        ``spacing``); each part gets it with its origin moved to its first slice.
 
     Returns
     -------
@@ -165,10 +169,16 @@ def split_slices(
 
     def case(index: slice | None, name: str) -> Any:
         sub = (slice(None),) * axis + (index,) if index is not None else ()
+        part_affine = None
+        if affine is not None:
+            part_affine = np.array(affine, dtype=np.float64)
+            if index is not None and axis < 3:
+                part_affine[:3, 3] += part_affine[:3, axis] * index.start
         return case_from_arrays(
             list(stack[(slice(None), *sub)]),
             labels[sub],
             spacing,
+            affine=part_affine,
             case_id=name,
             modalities=None if modalities is None else tuple(modalities),
         )

@@ -453,3 +453,24 @@ def test_cli_finetune_of_a_3d_checkpoint(parent3d, tmp_path, capsys):
     assert lineage["metrics"]["corrected"]["n_slices"] == 2
     new = read_checkpoint(tmp_path / "ft" / "last.pt")
     assert new["dims"] == 3 and new["train_cases"] == ["corrected", "orig"]
+
+
+def test_finetune_keeps_the_parents_modality_names(tmp_path, train_tiny):
+    images, labels = _volume()
+    done = train_tiny(tmp_path / "named", images, labels, (2.0, 1.0, 1.0), 0, modalities=["FLAIR"])
+    named = Path(done.last_checkpoint)
+    assert read_checkpoint(named)["modalities"] == ["FLAIR"]
+    kwargs = {"epochs": 1, "device": "cpu"}
+    result = run_to_end(
+        finetune(named, images, labels, (2.0, 1.0, 1.0), [2], out_dir=tmp_path / "a", **kwargs)
+    )
+    assert read_checkpoint(result.checkpoint)["modalities"] == ["FLAIR"]  # not ["0"]
+    result = run_to_end(
+        finetune(
+            named, images, labels, (2.0, 1.0, 1.0), [2], out_dir=tmp_path / "b",
+            modalities=["T2"], **kwargs,
+        )
+    )  # fmt: skip
+    assert read_checkpoint(result.checkpoint)["modalities"] == ["T2"]
+    with pytest.raises(ValueError, match="modality name"):
+        run_to_end(finetune(named, images, labels, None, [2], modalities=["a", "b"], **kwargs))

@@ -174,3 +174,39 @@ def test_modalities_of_reads_a_checkpoint_once_per_version(tmp_path, monkeypatch
     os.utime(path, ns=(1, 1))  # a new version of the file is read again
     assert inference.modalities_of(path) == ["FLAIR"] and len(reads) == 2
     assert inference.modalities_of(tmp_path / "missing.pt") == []
+
+
+def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_viewer, qtbot, errors):
+    """Docked through napari's plugin mechanism, the widgets get a viewer proxy that
+    warns (FutureWarning) on private attribute use; with those warnings turned
+    into errors, the docks open and every way the plugin adds a layer works."""
+    import warnings
+
+    from napari_boundary_seg._widgets._common import Delivery, insert_layer_quietly, layer_steps
+    from napari_boundary_seg._widgets.train import PREVIEW_NAME, PreviewEvent
+
+    viewer = make_napari_viewer()
+    scan = viewer.add_image(np.zeros((4, 6, 5), np.float32), name="FLAIR")
+    viewer.add_labels(np.zeros((4, 6, 5), np.int32), name="lesions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        docked = {}
+        for name in ("Distance map", "Compare to ground truth", "Train (boundary loss)",
+                     "Predict", "Finetune on corrections"):  # fmt: skip
+            _, docked[name] = viewer.window.add_plugin_dock_widget("napari-boundary-seg", name)
+        train = docked["Train (boundary loss)"]
+        proxy = train.viewer
+        assert type(proxy).__name__ == "PublicOnlyProxy"
+        viewer.layers.selection.active = scan
+        quiet = insert_layer_quietly(proxy, Labels(np.zeros((4, 6, 5), np.int32), name="q"))
+        assert viewer.layers.selection.active is scan and quiet in viewer.layers
+        delivery = Delivery()
+        delivery.run(*layer_steps(proxy, "labels", np.ones((4, 6, 5), np.int32), name="steps"))
+        qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
+        assert viewer.layers.selection.active is viewer.layers["steps"]
+        from napari_boundary_seg._widgets._common import images_from_layers
+
+        train._stack = images_from_layers([scan])
+        train._on_preview(PreviewEvent(0, 2, 1, np.ones((4, 6), np.uint8)))
+        assert PREVIEW_NAME in viewer.layers
+    assert errors == []

@@ -179,3 +179,52 @@ def test_format_number_cells():
     assert format_number(12.345, 1, nan="–", none="–") == "12.3"  # the fine-tuning table
     assert format_number(float("nan"), 1, nan="–", none="–") == "–"
     assert format_number(None, 1, nan="–", none="–") == "–"
+
+
+def test_defaults_never_compare_a_layer_with_itself(make_napari_viewer):
+    from napari_boundary_seg._widgets._common import mark_output
+
+    viewer = make_napari_viewer()
+    pred, gt = _cubes()
+    viewer.add_labels(gt, name="lesions")
+    widget = CompareWidget(viewer)
+    assert widget.gt_combo.layer() is viewer.layers["lesions"]
+    viewer.add_labels(gt, name="other labels")
+    # two labels layers: not the same one in both pickers
+    assert widget.pred_combo.layer() is not widget.gt_combo.layer()
+    assert widget.gt_combo.layer() is viewer.layers["lesions"]
+    # a new prediction becomes the prediction; the ground truth stays
+    viewer.add_labels(pred, name="prediction best x", metadata=mark_output("prediction"))
+    assert widget.pred_combo.layer() is viewer.layers["prediction best x"]
+    assert widget.gt_combo.layer() is viewer.layers["lesions"]
+    # the wording: 0 means any foreground label, not the background class
+    assert widget.class_spin.specialValueText() == "any label (> 0)"
+    assert widget.class_spin.text() == "any label (> 0)"
+
+
+def test_labels_pickers_offer_segmentations_only(make_napari_viewer):
+    from napari_boundary_seg._widgets._common import mark_output
+    from napari_boundary_seg._widgets.distance import DistanceMapWidget
+    from napari_boundary_seg._widgets.finetune import FinetuneWidget
+    from napari_boundary_seg._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    _, gt = _cubes()
+    viewer.add_labels(gt, name="lesions")
+    viewer.add_labels(gt, name="∂G1 lesions", metadata=mark_output("boundary"))
+    viewer.add_labels(gt, name="TP/FP/FN a vs b", metadata=mark_output("outcome"))
+    viewer.add_labels(gt, name="training preview", metadata=mark_output("preview"))
+    viewer.add_labels(gt, name="FLAIR changes", metadata=mark_output("changes"))
+    viewer.add_labels(gt, name="∂G1 reopened")  # saved and opened again: no mark
+    viewer.add_labels(gt, name="prediction", metadata=mark_output("prediction"))
+    compare_w = CompareWidget(viewer)
+    distance_w = DistanceMapWidget(viewer)
+    finetune_w = FinetuneWidget(viewer)
+    train_w = TrainWidget(viewer)
+    offered = ["lesions", "prediction"]
+    for combo in (compare_w.pred_combo, compare_w.gt_combo, distance_w.labels_combo,
+                  finetune_w.labels_combo):  # fmt: skip
+        assert combo.names() == offered
+    assert finetune_w.truth_combo.names()[1:] == offered  # after "(none)"
+    assert [name for name, _ in train_w._labels_choices()] == offered
+    train_w.shutdown()

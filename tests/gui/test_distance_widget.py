@@ -30,7 +30,7 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     data[2:5, 2:5] = 1  # a 3x3 square: ∂G is its ring, the centre is 1 voxel inside
     viewer.add_labels(data, name="sq", scale=(2.0, 1.0))
     widget = DistanceMapWidget(viewer)
-    phi = _run(widget, qtbot, phi_layer_name("sq", 1))
+    phi = _run(widget, qtbot, phi_layer_name("sq", 1, "2D"))
     assert phi.data.dtype == np.float32
     assert phi.data[3, 3] == pytest.approx(-1.0)  # centre: 1 mm to the ring along axis 1
     assert phi.data[2, 3] == 0.0 and phi.data[4, 2] == 0.0  # ring
@@ -44,7 +44,8 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     ring_layer = viewer.layers[boundary_layer_name("sq", 1)]
     ring = ring_layer.data
     assert (ring == ZERO_LEVEL).sum() == 8 and ring[3, 3] == 0 and ring[2, 2] == ZERO_LEVEL
-    assert (ring == OUTLINE).sum() == 12 and ring[1, 3] == OUTLINE and ring[1, 1] == 0
+    # the outline takes the corners too: a continuous contour, not a dotted one
+    assert (ring == OUTLINE).sum() == 16 and ring[1, 3] == OUTLINE and ring[1, 1] == OUTLINE
     assert ring_layer.opacity == 1.0
     # in 2D the black outline does not hide φ = 0: ∂G itself is transparent
     colors = ring_layer.colormap.color_dict
@@ -60,7 +61,19 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     viewer.cursor.position = phi.data_to_world((3, 3))
     viewer.update_status_from_cursor()
     status = viewer.status
-    assert "φ1 sq (mm)" in str(status) and "-1" in str(status)
+    assert "φ1 sq 2D (mm)" in str(status) and "-1" in str(status)
+    # the colorbar's unit, beside it, while φ is shown
+    from napari_boundary_seg._widgets.distance import text_overlay
+
+    overlay = text_overlay(viewer)
+    assert overlay.visible and "mm" in overlay.text
+    assert overlay.position == phi.colorbar.position
+    phi.visible = False
+    assert not overlay.visible
+    phi.visible = True
+    assert overlay.visible
+    viewer.layers.remove(phi)
+    assert not overlay.visible
     assert errors == []
 
 
@@ -75,7 +88,8 @@ def test_3d_matches_core_and_recompute_replaces(make_napari_viewer, qtbot, error
     widget.class_spin.setValue(2)
     widget.set_mode(mode)
     viewer.dims.order = (2, 0, 1)  # slicing along data axis 2
-    phi = _run(widget, qtbot, phi_layer_name("les", 2))
+    dims = "3D" if mode is Mode.VOLUME else "2D"  # the name says how φ was computed
+    phi = _run(widget, qtbot, phi_layer_name("les", 2, dims))
     axis = None if mode is Mode.VOLUME else 2
     expected = signed_distance_map(data == 2, spacing=(3.0, 1.0, 0.5), axis=axis)
     np.testing.assert_allclose(phi.data, expected, atol=1e-6)
@@ -84,10 +98,10 @@ def test_3d_matches_core_and_recompute_replaces(make_napari_viewer, qtbot, error
 
     lab.data = np.where(data == 2, 0, data).astype(np.int32)
     lab.data[2, 3, 4] = 2
-    _run(widget, qtbot, phi_layer_name("les", 2))
+    _run(widget, qtbot, phi_layer_name("les", 2, dims))
     assert len(viewer.layers) == n_layers  # replaced, not stacked
-    assert viewer.layers[phi_layer_name("les", 2)].data[2, 3, 4] == 0.0
-    assert viewer.layers[phi_layer_name("les", 2)].data[2, 4, 4] == pytest.approx(1.0)
+    assert viewer.layers[phi_layer_name("les", 2, dims)].data[2, 3, 4] == 0.0
+    assert viewer.layers[phi_layer_name("les", 2, dims)].data[2, 4, 4] == pytest.approx(1.0)
     assert errors == []
 
 
@@ -195,7 +209,7 @@ def test_3d_view_draws_the_zero_level_surface_not_a_projection(make_napari_viewe
     data[2:5, 2:5, 3:6] = 1
     viewer.add_labels(data, name="les")
     widget = DistanceMapWidget(viewer)
-    phi = _run(widget, qtbot, phi_layer_name("les", 1))
+    phi = _run(widget, qtbot, phi_layer_name("les", 1, "3D"))
     ring = viewer.layers[boundary_layer_name("les", 1)]
     np.testing.assert_array_equal(ring.data == ZERO_LEVEL, (phi.data == 0) & (data > 0))
     viewer.dims.ndisplay = 3
@@ -204,3 +218,17 @@ def test_3d_view_draws_the_zero_level_surface_not_a_projection(make_napari_viewe
     assert ring.colormap.color_dict[OUTLINE][3] == 0.0
     viewer.dims.ndisplay = 2
     assert phi.visible and ring.colormap.color_dict[ZERO_LEVEL][3] == 0.0
+
+
+def test_small_lesion_interiors_read_blue_over_orange_labels():
+    """φ = -2 mm against limits of ±25 mm, drawn at the layer's opacity over
+    napari's orange label colour: clearly blue, not grey."""
+    from napari_boundary_seg._widgets.distance import PHI_COLORMAP, PHI_OPACITY
+
+    lo, hi = -25.0, 25.0
+    rgba = PHI_COLORMAP.map(np.array([(-2.0 - lo) / (hi - lo)]))[0]
+    orange = np.array([1.0, 0.6, 0.2])
+    seen = PHI_OPACITY * rgba[:3] + (1 - PHI_OPACITY) * orange
+    assert seen[2] - seen[0] > 0.25 and seen[2] > seen[1]
+    far = PHI_COLORMAP.map(np.array([0.05]))[0]  # deep inside: dark blue
+    assert far[2] > far[0] + 0.2

@@ -31,7 +31,8 @@ def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def checkpoint(tmp_path_factory, train_tiny) -> str:
     flair, t1, labels = _volumes()
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    return train_tiny(out, [flair, t1], labels, SPACING, 2).last_checkpoint
+    done = train_tiny(out, [flair, t1], labels, SPACING, 2, modalities=["FLAIR", "T1"])
+    return done.last_checkpoint
 
 
 def _viewer_with_images(make_napari_viewer):
@@ -120,11 +121,23 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert changes.visible and not new_pred.visible
     np.testing.assert_allclose(changes.colormap.color_dict[1], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
     assert widget._loss["total"], "no live curve points"
+    # loss, the boundary term (a distance) and α each on an axis of their own
+    widget._dirty = True
+    widget._redraw()
+    curves = widget.curves
+    assert "mm" in curves.boundary_chart.title and curves.alpha_chart.y_range == (-0.03, 1.03)
+    assert all(len(chart.series[0][1]) == len(widget._steps) for chart in curves.charts)
+    assert set(curves.alpha_chart.series[0][1]) <= {0.6}  # α of the one epoch
     # nothing the user painted was touched
     np.testing.assert_array_equal(layer.data, painted)
 
     widget.decide(True)
     assert widget.checkpoint.text() == widget.last_result.checkpoint
+    # the kept model takes the same named inputs as its parent (not "0, 1")
+    from napari_boundary_seg.core.checkpoint import checkpoint_modalities
+
+    assert checkpoint_modalities(widget.checkpoint.text()) == ["FLAIR", "T1"]
+    assert widget.images.hint.text() == "model trained on: FLAIR, T1"
     assert json.loads((tmp_path / "ft" / "lineage.json").read_text())["decision"] == "kept"
     assert Path(checkpoint).exists()
 

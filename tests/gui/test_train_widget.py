@@ -39,7 +39,8 @@ def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _add_case(viewer) -> None:
     flair, t1, labels = _case(np.random.default_rng(0))
-    geometry = {"scale": (3.0, 1.0, 1.0), "translate": (6.0, 0.0, 0.0)}
+    # 4 mm slices along axis 0: the thick-slice axis, which "auto" slices along
+    geometry = {"scale": (4.0, 1.0, 1.0), "translate": (6.0, 0.0, 0.0)}
     viewer.add_image(flair, name="FLAIR", **geometry)
     viewer.add_image(t1, name="T1", **geometry)
     viewer.add_labels(labels, name="lesions", **geometry)
@@ -213,7 +214,7 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
 
     w = widget
     w.dims.value = 3
-    w.axis.value = 2  # 32 slices: the validation block leaves two parts of at least 8
+    w.axis.value = "axial"  # axis 2, 32 slices: the validation block leaves two parts of at least 8
     for box in w.patch:
         box.value = 8
     w.batch_size.value = 2
@@ -235,7 +236,7 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
     layer = w.prediction_layer
     assert layer is not None and layer.data.shape == SHAPE
     assert layer.metadata["napari_boundary_seg"]["checkpoint"] == done.best_checkpoint
-    np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    np.testing.assert_allclose(layer.scale, (4.0, 1.0, 1.0))
     # fine-tuning follows the checkpoint: a 2D form becomes 3D with its patch
     w.dims.value = 2
     for box in w.patch:
@@ -300,6 +301,54 @@ def test_form_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, tmp_path):
     w.stop()
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     w.shutdown()
+
+
+def _clipped(w) -> list[str]:
+    """The visible controls of the form that reach past the scroll area's viewport."""
+    from qtpy.QtWidgets import QWidget
+
+    content, width = w.scroll.widget(), w.scroll.viewport().width()
+    out = []
+    for child in content.findChildren(QWidget):
+        if child.isVisibleTo(content) and child.width() > 0:
+            right = child.mapTo(content, child.rect().topRight()).x()
+            if right > width:
+                text = child.text() if hasattr(child, "text") and callable(child.text) else ""
+                out.append(f"{type(child).__name__} {text!r} ends at {right} > {width}")
+    return out
+
+
+def test_dock_300px_wide_clips_nothing_and_never_scrolls_sideways(
+    make_napari_viewer, qtbot, tmp_path, errors
+):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)  # napari's style sheet: its minimum widths
+    _add_case(viewer)
+    w = _tiny_widget(viewer, tmp_path / "runs")
+    w.epochs.value = 1
+    dock = viewer.window.add_dock_widget(w, name="train")
+    window = viewer.window._qt_window
+    window.resize(1366, 768)
+    window.resizeDocks([dock], [300], Qt.Orientation.Horizontal)
+    qtbot.wait(100)
+    assert w.width() <= 300
+    assert _clipped(w) == []
+    w.advanced.expand(animate=False)
+    w.dims.value = 3  # the patch row
+    qtbot.wait(50)
+    assert _clipped(w) == []
+    w.dims.value = 2
+    assert w.start(), errors
+    qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
+    qtbot.wait(50)
+    bar = w.scroll.horizontalScrollBar()
+    assert bar.value() == 0 and _clipped(w) == []
+    # the run is over: no time "left" is shown
+    assert "left" not in w.progress.epoch_time.text() + w.progress.step_time.text()
+    assert "elapsed" in w.progress.epoch_time.text()
+    bar.setValue(40)  # what Qt does to show a focused field: undone
+    assert bar.value() == 0
 
 
 def test_alpha_plot_follows_fields_and_collapse_warning(widget):
@@ -446,7 +495,8 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # progress bars in the widget: 1-based epochs, all steps of the last epoch
     assert w.progress.epoch_bar.value() == 6 and w.progress.epoch_bar.format() == "6/6"
     assert w.progress.step_bar.format() == "done"
-    assert "elapsed" in w.progress.epoch_time.text() and "left" in w.progress.step_time.text()
+    # after the run: the elapsed time, nothing "left"
+    assert "elapsed" in w.progress.epoch_time.text() and "left" not in w.progress.step_time.text()
     # the live preview: one per epoch, of the shown slice, into one layer updated in place
     previews = [e for e in w.events if type(e).__name__ == "PreviewEvent"]
     assert [e.epoch for e in previews] == list(range(6))
@@ -463,7 +513,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert layer is not None and re.fullmatch(r"prediction best \d{6}(-\d+)?", layer.name)
     assert layer._type_string == "labels"
     assert layer.data.shape == SHAPE
-    np.testing.assert_allclose(layer.scale, (3.0, 1.0, 1.0))
+    np.testing.assert_allclose(layer.scale, (4.0, 1.0, 1.0))
     np.testing.assert_allclose(layer.translate, (6.0, 0.0, 0.0))
     assert set(np.unique(layer.data)) <= {0, 1}
     assert "best.pt" in w.status.text() and layer.name in w.status.text()
@@ -480,13 +530,21 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # 2-class model on 3-class labels
     three = w.viewer.layers["lesions"].data.copy()
     three[4, 12, 14] = 2
-    w.viewer.add_labels(three, name="three classes", scale=(3.0, 1.0, 1.0))
+    w.viewer.add_labels(three, name="three classes", scale=(4.0, 1.0, 1.0))
     _choose(w, labels="three classes")
     w.finetune.value = done.best_checkpoint
     assert w.start()
     qtbot.waitUntil(lambda: not w.busy, timeout=30_000)
     assert len(errors) == 1 and "num_classes=2" in errors[0], errors
     assert w.start_button.isEnabled() and "failed" in w.status.text()
+
+
+def test_curves_name_the_terms_and_say_why_the_total_can_rise(qtbot):
+    curves = TrainingCurves()
+    assert "mm" in curves.boundary_chart.title and "distance" in curves.boundary_chart.title
+    assert "α" in curves.loss_chart.title and "boundary" in curves.loss_chart.title
+    assert "rise while the model improves" in curves.loss_chart.toolTip()
+    assert curves.alpha_chart.y_range == (-0.03, 1.03)  # α on its own axis
 
 
 def test_live_curves_paint_with_gaps(qtbot):
@@ -548,6 +606,41 @@ def test_empty_prediction_wording(widget, qtbot, errors):
     returned = _capture_returned(w, empty)
     returned(empty)
     assert "no foreground predicted" in w.status.text() and w.prediction_layer is empty
+    # ... and the run ended badly: said under the status, on the charts, suggesting a change
+    assert w.verdict.bad and w.verdict_label.isVisibleTo(w)
+    assert "ended badly" in w.verdict_label.text() and "empty" in w.verdict_label.text()
+    assert "Try:" in w.verdict_label.text() and "α" in w.verdict_label.text()
+    assert "empty prediction" in w.curves.dsc_chart.note
+
+
+def test_a_run_that_ends_badly_says_so(widget, monkeypatch):
+    from napari.layers import Labels
+
+    from napari_boundary_seg.core.train import DoneEvent
+
+    warnings: list[str] = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_warning", warnings.append)
+    w = widget
+    lesions = int((w.viewer.layers["lesions"].data > 0).sum())
+    w.last_done = DoneEvent("b.pt", "l.pt", [{"val_dice": 0.05}, {"val_dice": 0.13}], False, "")
+    full = Labels(np.ones(SHAPE, np.uint8), name="prediction x")
+    full.metadata["napari_boundary_seg"] = {"foreground_voxels": full.data.size}
+    w._detail = "2 epoch(s) trained"
+    w.state = "predicting"
+    _capture_returned(w, full)(full)
+    text = w.verdict_label.text()
+    assert "best validation DSC is 0.130, below 0.3" in text
+    assert f"{SHAPE[0] * SHAPE[1] * SHAPE[2]:,} foreground voxels" in text
+    assert f"the {lesions:,} labelled ones" in text and "lower the learning rate" in text
+    assert warnings == [text.removeprefix("⚠ ")]
+    assert "best DSC 0.13 < 0.3" in w.curves.dsc_chart.note
+    assert "ended badly" in w.curves.loss_chart.note
+    # a good run says nothing
+    w.last_done = DoneEvent("b.pt", "l.pt", [{"val_dice": 0.8}], False, "")
+    w._show_verdict(w.judge(lesions))
+    assert not w.verdict.bad and not w.verdict_label.isVisibleTo(w)
 
 
 def _capture_returned(w, layer):
@@ -763,7 +856,7 @@ def test_train_from_dataset_folder(widget, qtbot, errors, tmp_path):
     w.source.value = "folder"
     w.folder.value = str(tmp_path / "data")
     w.val_fraction.value = 0.5
-    w.axis.value = 0
+    w.axis.value = "sagittal"  # axis 0 of files with an identity affine
     w.epochs.value = 1
     assert w.start(), errors
     qtbot.waitUntil(lambda: not w.busy, timeout=30_000)

@@ -1,0 +1,137 @@
+"""Whether a training run ended badly, and what to change: one rule for the
+widgets and the command line.
+
+A run *ended badly* when any of these holds:
+
+* its best validation DSC is below :data:`USEFUL_DSC` (0.3): the model found
+  almost none of the held-out lesions;
+* its final prediction is empty: the model predicts nothing;
+* its final prediction holds more than :data:`OVER_FACTOR` (5) times the
+  reference's foreground voxels, or more than :data:`MAX_FOREGROUND_SHARE`
+  (10 %) of the volume when there is no reference: it predicts nearly
+  everything (lesions fill 0.1-1 % of a scan).
+
+Pure functions of numbers; no torch, no Qt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_FOREGROUND_SHARE",
+    "OVER_FACTOR",
+    "USEFUL_DSC",
+    "RunVerdict",
+    "judge_run",
+]
+
+USEFUL_DSC = 0.3
+"""A best validation DSC below this is not a useful model."""
+
+OVER_FACTOR = 5.0
+"""A prediction with more than this many times the reference's foreground voxels
+predicts nearly everything."""
+
+MAX_FOREGROUND_SHARE = 0.10
+"""Without a reference: a prediction covering more than this share of the volume."""
+
+_ADVICE_LOW = (
+    "train for more epochs, keep α at 1 longer (a smaller α step, a higher α floor), "
+    "lower the learning rate, and check that the labels match the images"
+)
+_ADVICE_EMPTY = (
+    "keep α at 1 longer (a smaller α step or a higher α floor: the boundary term "
+    "alone collapses to an empty prediction), train for more epochs, or train on "
+    "slices with foreground only"
+)
+_ADVICE_FULL = (
+    "lower the learning rate, train for more epochs, and check the slice plane and "
+    "that the labels match the images"
+)
+
+
+@dataclass(frozen=True)
+class RunVerdict:
+    """The judgement of one run: ``problems`` (empty: it did not end badly)
+    and one ``advice`` per problem, in the same order."""
+
+    problems: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
+    #: a few words per problem, for a chart's note
+    tags: tuple[str, ...] = ()
+
+    @property
+    def bad(self) -> bool:
+        """True when the run ended badly."""
+        return bool(self.problems)
+
+    def text(self) -> str:
+        """One plain sentence or two: what went wrong and what to change."""
+        if not self.problems:
+            return ""
+        seen: list[str] = []
+        for item in self.advice:
+            if item not in seen:
+                seen.append(item)
+        return f"This run ended badly: {'; '.join(self.problems)}. Try: {'; or '.join(seen)}."
+
+    def short(self) -> str:
+        """The problems in a few words, for a chart's note."""
+        return ", ".join(self.tags)
+
+
+def judge_run(
+    best_val_dice: float | None = None,
+    predicted_voxels: int | None = None,
+    reference_voxels: int | None = None,
+    total_voxels: int | None = None,
+) -> RunVerdict:
+    """Judge a run by the module's rule.
+
+    Parameters
+    ----------
+    best_val_dice
+        The best validation DSC of the run (None or NaN: no validation, not judged).
+    predicted_voxels
+        Foreground voxels of the final prediction (None: no prediction, not judged).
+    reference_voxels
+        Foreground voxels of the ground truth of the predicted volume, if known.
+    total_voxels
+        Voxels of the predicted volume, if known.
+    """
+    problems: list[str] = []
+    advice: list[str] = []
+    tags: list[str] = []
+    if best_val_dice is not None and math.isfinite(best_val_dice):
+        if best_val_dice < USEFUL_DSC:
+            problems.append(f"the best validation DSC is {best_val_dice:.3f}, below {USEFUL_DSC:g}")
+            advice.append(_ADVICE_LOW)
+            tags.append(f"best DSC {best_val_dice:.2f} < {USEFUL_DSC:g}")
+    if predicted_voxels is not None:
+        predicted = int(predicted_voxels)
+        if predicted == 0:
+            problems.append("the final prediction is empty (nothing predicted)")
+            advice.append(_ADVICE_EMPTY)
+            tags.append("empty prediction")
+        elif reference_voxels and predicted > OVER_FACTOR * int(reference_voxels):
+            ratio = predicted / int(reference_voxels)
+            problems.append(
+                f"the final prediction has {predicted:,} foreground voxels, "
+                f"{ratio:.0f}× the {int(reference_voxels):,} labelled ones"
+            )
+            advice.append(_ADVICE_FULL)
+            tags.append(f"prediction {ratio:.0f}× the labels")
+        elif (
+            not reference_voxels
+            and total_voxels
+            and (predicted > MAX_FOREGROUND_SHARE * int(total_voxels))
+        ):
+            share = 100.0 * predicted / int(total_voxels)
+            problems.append(
+                f"the final prediction covers {share:.0f} % of the volume ({predicted:,} voxels)"
+            )
+            advice.append(_ADVICE_FULL)
+            tags.append(f"prediction {share:.0f} % of the volume")
+    return RunVerdict(tuple(problems), tuple(advice), tuple(tags))
