@@ -37,7 +37,7 @@ from napari_boundary_seg.core.train import TrainConfig, train
 
 ARMS = {
     "gdl": {"loss": "gdl"},
-    "gdl_bl": {"loss": "gdl_bl", "schedule": QUICK_START["schedule"]},
+    "gdl_bl": {"loss": "gdl+bl", "schedule": QUICK_START["schedule"]},
 }
 COLUMNS = [
     "arm", "seed", "test", "dice", "hd95", "lesion_recall", "lesion_f1",

@@ -456,6 +456,12 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
         lr_patience=config.lr_patience,
         slice_size=config.slice_size,
         axis=config.axis,
+        # the study keeps the paper's recipe on its generated cases (stored order,
+        # min-max, no resampling or cropping), as its committed results were run
+        normalize="minmax",
+        canonical=False,
+        slice_spacing=None,
+        crop_to_head=False,
         distance=arm.distance,
         val_fraction=config.val_fraction,
         seed=seed,
