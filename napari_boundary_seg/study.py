@@ -432,17 +432,9 @@ def _read_history(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                if value in ("True", "False"):
-                    parsed[key] = float(value == "True")
-                elif value:
-                    parsed[key] = float(value)
-            rows.append(parsed)
-    return rows
+    from napari_boundary_seg.core.train import read_metrics_csv
+
+    return read_metrics_csv(path)  # epoch counted from 1
 
 
 # ---------------------------------------------------------------------------
@@ -750,7 +742,7 @@ def iter_study(
         common = {
             "arm": arm.key,
             "seed": seed,
-            "best_epoch": int(best.get("epoch", -1)) + 1,
+            "best_epoch": int(best.get("epoch", 0)),  # counted from 1 (metrics.csv)
             "best_val_dice": best.get("val_dice", math.nan),
             "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
         }
@@ -1049,7 +1041,7 @@ def _plot_curves(
             curves = np.full((len(runs), epochs), np.nan)
             for i, history in enumerate(runs.values()):
                 for row in history:
-                    e = int(row["epoch"])
+                    e = int(row["epoch"]) - 1  # metrics.csv counts epochs from 1
                     if 0 <= e < epochs:
                         curves[i, e] = row.get(key, math.nan)
             x = np.arange(1, epochs + 1)
