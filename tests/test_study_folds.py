@@ -147,3 +147,38 @@ def test_leave_one_out_study_tests_everyone_once_writes_predictions_and_resumes(
     assert again["train_seconds_this_invocation"] == {}
     with open(out / "per_case.csv", newline="") as handle:
         assert list(csv.DictReader(handle)) == rows
+
+
+def test_two_fold_study_validates_on_the_other_patients_and_tests_best(tmp_path) -> None:
+    from napari_boundary_seg.study import run_study
+
+    config = StudyConfig(
+        data=tmp_path / "data",
+        out=tmp_path / "results",
+        arms=("gdl",),
+        seeds=(0,),
+        epochs=1,
+        max_steps_per_epoch=1,
+        batch_size=4,
+        slice_size=16,
+        depth=2,
+        base_channels=2,
+        val_fraction=0.5,
+        device="cpu",
+        synth_cases=4,
+        synth_shape=(16, 20, 12),
+        synth_spacing=(10.0, 10.0, 10.0),
+        folds=2,
+    )
+    result = run_study(config)
+    assert result.complete and result.summary[0]["n_runs"] == 1
+    assert sorted(r["case"] for r in result.per_case) == [f"case_{i:03d}" for i in range(4)]
+    record = json.loads((tmp_path / "results" / "study.json").read_text())
+    assert record["tested_checkpoint"] == "best.pt"
+    for fold in record["split"]["folds"]:
+        assert len(fold["test"]) == 2 and len(fold["validation"]) == 1
+        assert len(fold["train"]) == 1
+        run = tmp_path / "results" / "runs" / f"fold_{fold['fold']}" / "gdl-seed0"
+        assert (run / "best.pt").is_file()
+        for case in fold["test"]:
+            assert (run / "test" / f"{case}.nii.gz").is_file()
