@@ -388,7 +388,7 @@ class StudyResult:
         One row per (arm, seed, test case) with every ``case_metrics`` figure.
     files
         Written paths by role (``table_md``, ``table_csv``, ``per_case_csv``,
-        ``per_run_csv``, ``figure``, ``config_json``).
+        ``per_run_csv``, ``figure``, ``config_json``; with folds ``per_fold_csv``).
     complete
         False when some runs had not finished (the table then says PARTIAL).
     summary_held
@@ -786,7 +786,8 @@ def iter_study(
     }
     order = [(fold, arm, seed) for seed in config.seeds for fold in folds for arm in arms]
     todo = [(f, a, s) for f, a, s in order if done_epochs[(f.index, a.key, s)] < config.epochs]
-    # the slices and distance maps, built once per fold and distance mode, shared by the runs
+    # the slices and distance maps, built per fold and distance mode and shared by the runs
+    # (with several folds, again for each seed: the order is seed-major)
     datasets: dict[str, Any] = {}
     built_for: _Fold | None = None
     base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")

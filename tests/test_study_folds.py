@@ -126,6 +126,7 @@ def test_leave_one_out_study_tests_everyone_once_writes_predictions_and_resumes(
         assert len(list(csv.DictReader(handle))) == 3 * 2
     table = (out / "results.md").read_text()
     assert "PARTIAL" not in table and "GDL+BL (paper α) − GDL" in table  # pooled statistics
+    assert (out / "test_slice.png").is_file()  # drawn by the fold that tested its case
     src = nib.load(data / "labelsTr" / "p1.nii.gz")
     for k, patient in enumerate(PATIENTS, start=1):
         for arm in ("gdl", "gdl-bl-paper"):
