@@ -619,9 +619,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--normalize",
-        choices=("zscore", "minmax"),
-        help="intensities per modality: zscore (within the head, clipped at its 0.5/99.5 "
-        "percentiles; for real scans) or minmax (the paper's [0, 1]) (default zscore)",
+        choices=("robust", "zscore", "minmax"),
+        help="intensities per modality: robust (the head's 0.5/99.5 %% percentiles mapped to "
+        "[0, 1]; for real scans), zscore (within the head, nnU-Net's MRI rule) or minmax "
+        "(the volume's minimum and maximum, the paper's) (default robust)",
     )
     p.add_argument(
         "--canonical",

@@ -266,7 +266,7 @@ def cases_from_layers(
     val_fraction: float,
     case_id: str = "viewer",
     affine: np.ndarray | None = None,
-    normalize: str | None = "zscore",
+    normalize: str | None = "robust",
 ) -> tuple[Callable[[], tuple[list[Any], list[Any]]], slice | None]:
     """A function building the ``core.data.Case`` objects of the viewer's layers.
 

@@ -163,7 +163,7 @@ def split_slices(
         ``(4, 4)`` voxel-to-world affine of the volume (default: from
         ``spacing``); each part gets it with its origin moved to its first slice.
     normalize
-        Intensity rule (``"zscore"``, ``"minmax"``) applied to the whole volume
+        Intensity rule (``"robust"``, ``"zscore"``, ``"minmax"``) applied to the whole volume
         before it is split, so that every part keeps the intensities the whole
         scan has at prediction (the parts are marked ``normalized``); ``None``
         leaves the parts raw (each is then normalised on its own).

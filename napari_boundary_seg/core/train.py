@@ -238,7 +238,8 @@ class TrainConfig:
         Normalise each modality (``scale=False``: raw intensities);
         ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
     normalize
-        ``zscore`` (within the head mask, clipped at its 0.5/99.5 %
+        ``robust`` (the head's 0.5/99.5 % percentiles mapped to [0, 1],
+        clipped: skull-on and skull-stripped scans alike), ``zscore`` (within the head mask, clipped at its 0.5/99.5 %
         percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
         scans alike) or ``minmax`` (the paper's [0, 1]).
     canonical
@@ -332,7 +333,7 @@ class TrainConfig:
     axis: int | str = "auto"
     scale: bool = True
     percentiles: tuple[float, float] | None = None
-    normalize: str = "zscore"
+    normalize: str = "robust"
     canonical: bool = True
     slice_spacing: str | tuple[float, float] | None = "auto"
     crop_to_head: bool = True

@@ -207,7 +207,7 @@ def test_crop_to_the_head_drops_air_and_pastes_background_back(tmp_path):
     labels = np.zeros(shape, np.int64)
     labels[18:21, 15:18, 12:14] = 1
     case = case_from_arrays(image, labels, (1.0, 1.0, 1.0))
-    config = PreprocessConfig(slice_size=None, axis="axial", canonical=True, normalize="zscore")
+    config = PreprocessConfig(slice_size=None, axis="axial", canonical=True, normalize="robust")
     full = preprocess_case(case, config)
     cropped = preprocess_case(case, cropped_config(config))
     assert full.images.shape == (30, 1, 40, 36)

@@ -295,7 +295,7 @@ def test_config_round_trip_and_validation():
     # real scans: no square resizing, resampled to the training spacing, canonical
     # orientation, z-scored within the head, the plane from the scan
     assert (default.slice_size, default.slice_spacing, default.canonical) == (None, "auto", True)
-    assert (default.normalize, default.axis) == ("zscore", "auto")
+    assert (default.normalize, default.axis) == ("robust", "auto")
     assert default.loss is LossKind.GDL_BL and default.schedule["kind"] == "paper"
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({"epochs": 1, "epoch": 2})
