@@ -91,6 +91,7 @@ from napari_boundary_seg._widgets._common import (
     layer_steps,
     mark_output,
     notify_error,
+    output_label_colormap,
     scroll_layout,
     unique_layer_name,
 )
@@ -609,6 +610,7 @@ class FinetuneWidget(QWidget):
                 done=link,
                 name=name,
                 metadata=mark_output("prediction", metadata),
+                colormap=output_label_colormap("prediction"),
                 **geometry,
             ),
         )
@@ -887,6 +889,7 @@ class FinetuneWidget(QWidget):
             name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
             visible=False,
             metadata=mark_output("prediction", metadata),
+            colormap=output_label_colormap("prediction"),
             **geometry,
         )
         if changes_name in self.viewer.layers:  # updated in place, not removed and re-added

@@ -63,6 +63,7 @@ from qtpy.QtWidgets import (
 
 from napari_boundary_seg._widgets._charts import REDRAW_INTERVAL_MS, AlphaPlot, TrainingCurves
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     ImageStack,
     ProgressRelay,
     check_device,
@@ -71,10 +72,12 @@ from napari_boundary_seg._widgets._common import (
     is_segmentation_labels,
     labels_array,
     layer_affine,
+    layer_steps,
     mark_output,
     native_slice_axis,
     notify_error,
     offered_image,
+    output_label_colormap,
     require_layer,
     show_slicing_axis,
     start_progress_worker,
@@ -688,6 +691,8 @@ class TrainWidget(QWidget):
 
         self.viewer = napari_viewer
         self.runner = TrainRunner(self)
+        self._preview_delivery = Delivery(self)
+        self._waiting_preview: PreviewEvent | None = None
         self.events: list[Any] = []
         self.last_done: Any = None
         self.device_used = ""
@@ -1287,22 +1292,51 @@ class TrainWidget(QWidget):
         return self._preview_at if self.live_preview.value else None
 
     def _on_preview(self, event: PreviewEvent) -> None:
-        """Show the preview slice in the preview layer, updating its data in place."""
+        """Show the preview slice in the preview layer, updating its data in place.
+
+        The first preview makes the layer in steps, one per event-loop turn
+        (``_common.layer_steps``: inserted hidden, shown, then filled), as
+        every other result is delivered; a preview that comes meanwhile waits
+        for the layer (only the newest is kept)."""
         if self._stack is None:
             return
         shape = self._stack.images.shape[1:]
         layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
-            layer = self.viewer.add_labels(
-                np.zeros(shape, dtype=np.uint8),
-                name=PREVIEW_NAME,
-                opacity=0.6,
-                **self._stack.geometry,
-            )
-            self.preview_layer = layer
+            pending = self._preview_delivery.pending
+            self._waiting_preview = event
+            if not pending:
+                self.preview_layer = None
+                geometry = dict(self._stack.geometry)
+                metadata = mark_output("preview", geometry.pop("metadata", None))
+                self._preview_delivery.run(
+                    *layer_steps(
+                        self.viewer,
+                        "labels",
+                        np.zeros(shape, dtype=np.uint8),
+                        done=self._preview_made,
+                        activate=False,
+                        name=PREVIEW_NAME,
+                        opacity=0.6,
+                        colormap=output_label_colormap("preview"),
+                        metadata=metadata,
+                        **geometry,
+                    )
+                )
+            return
+        self._write_preview(layer, event)
+
+    def _preview_made(self, layer: Any) -> None:
+        """The preview layer is in the viewer: show the newest preview in it."""
+        self.preview_layer = layer
+        event, self._waiting_preview = self._waiting_preview, None
+        if event is not None:
+            self._write_preview(layer, event)
+
+    def _write_preview(self, layer: Any, event: PreviewEvent) -> None:
         data = layer.data
         data[...] = 0
-        if len(shape) == 2:
+        if data.ndim == 2:
             data[...] = event.labels
         else:
             index = [slice(None)] * 3
@@ -1834,6 +1868,7 @@ class TrainWidget(QWidget):
             preview.metadata = dict(layer.metadata)
             preview.name = layer.name
             preview.opacity = layer.opacity
+            preview.colormap = layer.colormap
             preview.visible = True
             return preview
         self.viewer.add_layer(layer)
@@ -1872,7 +1907,7 @@ def prediction_layer_job(
     _, labels = yield from predict_job(checkpoint, stack.images, stack.spacing, device)
     labels = np.asarray(labels)
     data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
-    layer = Labels(data, name=name, **stack.geometry)
+    layer = Labels(data, name=name, colormap=output_label_colormap("prediction"), **stack.geometry)
     layer.metadata.update(mark_output("prediction"))
     layer.metadata["napari_boundary_seg"] = {
         "checkpoint": str(checkpoint),
