@@ -122,9 +122,9 @@ LOSS_CHOICES = [
     ("Dice", "dice"),
 ]
 SCHEDULE_CHOICES = [
-    ("paper: α from start, −step per epoch, ≥ floor", "paper"),
+    ("paper (α − step per epoch)", "paper"),
     ("constant α", "constant"),
-    ("reference code (BL weight grows)", "reference-code"),
+    ("reference code", "reference-code"),
 ]
 
 BL_ALONE_WARNING = (
@@ -797,6 +797,11 @@ class TrainWidget(QWidget):
         self.loss = mw.ComboBox(choices=[(t, v) for t, v in LOSS_CHOICES], label="Loss")
         self.schedule = mw.ComboBox(
             choices=[(t, v) for t, v in SCHEDULE_CHOICES], label="α schedule"
+        )
+        self.schedule.tooltip = (
+            "paper: α from its start, minus the step after each epoch, never below the "
+            "floor (the default). constant: one α. reference code: the boundary weight "
+            "grows from its start by the step (no cap), the GDL weight floored."
         )
         self.alpha_start = mw.FloatSpinBox(value=1.0, min=0.0, max=1.0, step=0.05, label="α start")
         self.alpha_step = mw.FloatSpinBox(
