@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data", help="a data folder: run on one of its cases instead of the sample (a real scan)"
+    )
+    parser.add_argument("--case", help="the case of --data (default: its first)")
+    parser.add_argument(
+        "--modalities", help="comma-separated modality indices of --data to load (default: all)"
+    )
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -52,29 +59,51 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from napari_boundary_seg._sample_data import sample_case_files
-    from napari_boundary_seg.core.data import CaseFiles, load_case
+    from napari_boundary_seg.core.data import CaseFiles, find_cases, load_case
+    from napari_boundary_seg.core.orientation import native_slice_axis
     from napari_boundary_seg.core.presets import quick_start_config, split_slices
     from napari_boundary_seg.core.train import EpochEvent, InfoEvent, train
 
     config = quick_start_config(device="cpu", seed=args.seed, **parse_sets(args.set))
+    what = "the sample case" if not args.data else f"{args.data} {args.case or ''}"
     print(
-        f"# quick start on the sample case; {platform.node()} {os.cpu_count()} CPUs, "
+        f"# quick start on {what}; {platform.node()} {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}, torch {torch.__version__} "
         f"threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     )
     print(f"# config: {json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}")
-    files = sample_case_files()
-    case = load_case(
-        CaseFiles("sample", (files["FLAIR"], files["T1"]), files["lesions"], ("FLAIR", "T1"))
-    )
+    if args.data:  # a real scan, as File > Open gives its layers (stored order, its affine)
+        found = find_cases(args.data)
+        chosen = next((f for f in found if f.case_id == args.case), None) if args.case else found[0]
+        if chosen is None:
+            raise SystemExit(f"no case {args.case} in {args.data}")
+        if args.modalities:
+            keep = [int(i) for i in args.modalities.split(",")]
+            chosen = CaseFiles(
+                chosen.case_id,
+                tuple(chosen.image_paths[i] for i in keep),
+                chosen.label_path,
+                tuple(chosen.modalities[i] for i in keep),
+            )
+        case = load_case(chosen)
+    else:
+        files = sample_case_files()
+        case = load_case(
+            CaseFiles("sample", (files["FLAIR"], files["T1"]), files["lesions"], ("FLAIR", "T1"))
+        )
+    # what the Train widget does: the plane from the affine, never from the view; the
+    # whole volume normalised before the held-out block is cut out of it
+    axis = native_slice_axis(case.affine, case.spacing, config.axis)
     train_cases, val_cases = split_slices(
         case.images,
         case.labels,
         case.spacing,
-        config.axis,
+        axis,
         config.val_fraction,
-        case_id="sample",
+        case_id=case.case_id,
         modalities=case.modalities,
+        affine=case.affine,
+        normalize=config.normalize,
     )
     print(
         f"# train {[c.case_id for c in train_cases]}, validation {[c.case_id for c in val_cases]}"

@@ -192,6 +192,7 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
     import tempfile
 
     from napari_boundary_seg.core.metrics import case_metrics
+    from napari_boundary_seg.core.orientation import native_slice_axis
     from napari_boundary_seg.core.predict import predict_volume
     from napari_boundary_seg.core.presets import (
         quick_start_config,
@@ -203,23 +204,28 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
 
     with tempfile.TemporaryDirectory(prefix="nbs-demo-") as out_dir:
         config = quick_start_config(out_dir=out_dir, device="cpu")
+        # the plane from the scan's affine (as the Train widget), the whole volume
+        # normalised before the held-out block is cut out of it
+        axis = native_slice_axis(case.affine, case.spacing, config.axis)
         train_cases, val_cases = split_slices(
             case.images,
             labels,
             case.spacing,
-            config.axis,
+            axis,
             config.val_fraction,
             case_id="sample",
             modalities=case.modalities,
+            affine=case.affine,
+            normalize=config.normalize,
         )
-        block = validation_block(labels, config.axis, config.val_fraction)
+        block = validation_block(labels, axis, config.val_fraction)
         if block is None:  # the sample always has one; guard against a changed generator
             raise RuntimeError("the sample case has no block of slices to validate on")
         echo(
             f"3. Quick start: a UNet (depth {config.depth}, width {config.base_channels}) "
             f"for {config.epochs} epochs with GDL + BL (α from 1 down to "
             f"{config.schedule['floor']:g}), trained on the slices outside the block "
-            f"{block.start}–{block.stop - 1} of axis {config.axis}, validated on that block."
+            f"{block.start}–{block.stop - 1} of axis {axis}, validated on that block."
         )
         t_train = time.perf_counter()
 
@@ -237,8 +243,10 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
             f"   trained in {time.perf_counter() - t_train:.0f} s; predicting with "
             f"{Path(checkpoint).name if checkpoint else 'the final weights'}."
         )
-        _, pred = predict_volume(checkpoint or done.model, case.images, case.spacing)
-    held_out = (slice(None),) * config.axis + (block,)
+        _, pred = predict_volume(
+            checkpoint or done.model, case.images, case.spacing, affine=case.affine
+        )
+    held_out = (slice(None),) * axis + (block,)
     dsc = float(case_metrics(pred[held_out], labels[held_out], spacing=case.spacing)["dice"])
     fraction_pred = float((pred > 0).mean())
     wall = time.perf_counter() - t_demo

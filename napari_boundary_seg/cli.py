@@ -26,7 +26,7 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -471,7 +471,38 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help=f"resize slices to this size, 0 keeps their size (default {d.slice_size})",
     )
-    p.add_argument("--axis", type=int, help=f"slicing axis, numpy order (default {d.axis})")
+    p.add_argument(
+        "--axis",
+        type=_plane_or_axis,
+        help="slicing plane: auto (axial, or the thick-slice axis of anisotropic scans), "
+        "axial, coronal, sagittal, or an axis 0-2 of the canonical order "
+        f"(default {d.axis})",
+    )
+    p.add_argument(
+        "--slice-spacing",
+        nargs="+",
+        metavar="MM",
+        help="resample slices to this in-plane spacing: auto (the training cases' median), "
+        "native (no resampling), or one or two numbers in mm (default auto)",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=("zscore", "minmax"),
+        help="intensities per modality: zscore (within the head, clipped at its 0.5/99.5 "
+        "percentiles; for real scans) or minmax (the paper's [0, 1]) (default zscore)",
+    )
+    p.add_argument(
+        "--canonical",
+        action=argparse.BooleanOptionalAction,
+        help="reorient scans to the closest canonical (RAS) order before slicing "
+        "(default on; --no-canonical: stored voxel order)",
+    )
+    p.add_argument(
+        "--crop-to-head",
+        action=argparse.BooleanOptionalAction,
+        help="2D: crop each scan to the head (plus 4 voxels) before slicing: no slices or "
+        "borders of air (default on)",
+    )
     p.add_argument(
         "--percentiles",
         type=float,
@@ -520,6 +551,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
         "--oversample",
         type=float,
         help="share of 3D patches centred on foreground, 0 = uniform (default 1/3)",
+    )
+    p.add_argument(
+        "--slice-oversample",
+        type=float,
+        help="2D: share of each epoch's slices drawn from slices with foreground "
+        "(default 0: every slice once)",
     )
     p.add_argument(
         "--augment",
@@ -571,6 +608,9 @@ _OPTION_FIELDS = {
     "batch_size": "batch_size",
     "lr_patience": "lr_patience",
     "axis": "axis",
+    "normalize": "normalize",
+    "canonical": "canonical",
+    "crop_to_head": "crop_to_head",
     "distance": "distance",
     "val_fraction": "val_fraction",
     "seed": "seed",
@@ -588,6 +628,7 @@ _OPTION_FIELDS = {
     "overwrite": "overwrite",
     "dims": "dims",
     "oversample": "oversample",
+    "slice_oversample": "slice_oversample",
     "augment": "augment",
 }
 
@@ -595,6 +636,7 @@ _OPTION_FIELDS = {
 _FIELD_FLAGS = {
     **{field: "--" + option.replace("_", "-") for option, field in _OPTION_FIELDS.items()},
     "slice_size": "--slice-size",
+    "slice_spacing": "--slice-spacing",
     "percentiles": "--percentiles",
     "schedule": "--schedule/--schedule-param",
     "init_checkpoint": "--init-checkpoint",
@@ -696,6 +738,9 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None, base_so
     if getattr(args, "slice_size", None) is not None:
         values["slice_size"] = args.slice_size or None
         sources["slice_size"] = "flag"
+    if getattr(args, "slice_spacing", None) is not None:
+        values["slice_spacing"] = _slice_spacing_value(args.slice_spacing)
+        sources["slice_spacing"] = "flag"
     if getattr(args, "percentiles", None) is not None:
         values["percentiles"] = tuple(args.percentiles)
         sources["percentiles"] = "flag"
@@ -721,12 +766,36 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None, base_so
         raise CommandError(
             f"{_field_name('epochs', sources)} must be an integer >= 1, got {config.epochs}"
         )
-    spatial_axes = 3
-    if not -spatial_axes <= config.axis < spatial_axes:
-        raise CommandError(
-            f"{_field_name('axis', sources)} must be an integer in -3..2, got {config.axis}"
-        )
     return config
+
+
+def _slice_spacing_value(words: list[str]) -> Any:
+    """``--slice-spacing``: ``auto``, ``native`` (None), or one or two numbers (mm)."""
+    if len(words) == 1 and words[0] in ("auto", "native"):
+        return "auto" if words[0] == "auto" else None
+    try:
+        numbers = [float(w) for w in words]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise CommandError(
+            f"--slice-spacing takes auto, native, or one or two numbers in mm, got {' '.join(words)}"
+        )
+    return numbers * 2 if len(numbers) == 1 else numbers
+
+
+def _plane_or_axis(text: str) -> str | int:
+    """``--axis``: a plane name or an axis number."""
+    from napari_boundary_seg.core.orientation import SLICE_PLANES
+
+    if text in SLICE_PLANES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not one of {', '.join(SLICE_PLANES)} or an axis 0, 1, 2"
+        ) from None
 
 
 def _config_fields() -> list[str]:
@@ -757,7 +826,30 @@ def _add_train(sub: Any) -> None:
         type=Path,
         help="fine-tune: start from this checkpoint's weights with the new data and schedule",
     )
+    p.add_argument(
+        "--folds",
+        type=_folds_value,
+        metavar="K",
+        help="cross-validation by patient: K folds, or loo (leave one patient out); each "
+        "fold trains in OUT/fold_N, writes its test patients' predictions to "
+        "OUT/fold_N/test/ and their figures to OUT/folds.csv; a finished fold is skipped "
+        "when the command is run again",
+    )
     p.set_defaults(func=_cmd_train)
+
+
+def _folds_value(text: str) -> int | str:
+    from napari_boundary_seg.core.folds import LEAVE_ONE_OUT
+
+    if text == LEAVE_ONE_OUT:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 2 or {LEAVE_ONE_OUT}")
+    return value
 
 
 def run_training(config, cases=None, desc: str = "train", quiet: bool = False, **kwargs) -> int:
@@ -863,9 +955,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     base, base_source = None, ""
     if args.resume is not None:
-        from napari_boundary_seg.core.checkpoint import read_checkpoint
+        from napari_boundary_seg.core.checkpoint import checkpoint_config, read_checkpoint
 
-        base = dict(read_checkpoint(args.resume)["config"])
+        base = checkpoint_config(read_checkpoint(args.resume))
         base["resume_from"] = str(args.resume)
         base["init_checkpoint"] = None
         base_source = f"--resume {args.resume}"
@@ -878,6 +970,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = config.replace(init_checkpoint=str(args.init_checkpoint))
     if config.data is None:
         raise CommandError("train needs --data DIR (or --resume of a run that has one)")
+    folds = getattr(args, "folds", None)
+    if folds is not None and (args.resume is not None or args.init_checkpoint is not None):
+        raise CommandError("--folds trains from scratch: it takes no --resume or --init-checkpoint")
     if config.out_dir is None:
         raise CommandError("train needs --out DIR for its checkpoints")
     if not Path(config.data).is_dir():
@@ -894,12 +989,114 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(config.out_dir)
     inputs = [Path(p) for p in (config.init_checkpoint, args.config) if p is not None]
     check_not_input([out / name for name in _RUN_FILES], inputs, "--out")
+    if folds is not None:
+        return _train_folds(config, folds)
     ensure_writable_dir(out)
     from napari_boundary_seg.core import distributed
 
     # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
     with distributed.init_from_env(config.device) as context:
         return run_training(config, quiet=not context.is_writer)
+
+
+FOLD_COLUMNS = ("fold", "case", "dice", "hd95", "lesion_recall", "lesion_f1", "checkpoint")
+
+
+def _train_folds(config: Any, folds: int | str) -> int:
+    """``train --folds``: one run per fold, its test patients predicted and scored."""
+    import csv
+    import math
+
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.data import find_cases, iter_check_cases, load_case
+    from napari_boundary_seg.core.folds import fold_splits
+    from napari_boundary_seg.core.io import (
+        atomic_path,
+        ensure_writable_dir,
+        write_nifti,
+        write_text_atomic,
+    )
+    from napari_boundary_seg.core.metrics import case_metrics
+    from napari_boundary_seg.core.predict import iter_predict_volume
+
+    files = find_cases(config.data)
+    if not files:
+        raise CommandError(f"no cases found in {config.data}")
+    splits = fold_splits(files, folds, seed=config.effective_split_seed)  # refuses too few
+    # every case is checked before the first fold writes anything
+    _drive(iter_check_cases(files, config.num_classes, config.canonical), "check", "case")
+    out = Path(config.out_dir)
+    ensure_writable_dir(out)
+    cache = config.cache_dir or str(out / "cache")  # the folds share one cache
+    rows: list[dict[str, Any]] = []
+    for index, (train_files, test_files) in enumerate(splits, start=1):
+        fold_dir = out / f"fold_{index}"
+        test_dir = fold_dir / "test"
+        done_file = fold_dir / "test_metrics.csv"
+        desc = f"fold {index}/{len(splits)}"
+        if done_file.is_file():
+            with open(done_file, newline="") as f:
+                rows.extend(csv.DictReader(f))
+            _out(f"{desc}: done before, kept ({done_file})")
+            continue
+        names = ", ".join(c.case_id for c in test_files)
+        _out(f"{desc}: training on {len(train_files)} patient(s), testing on {names}")
+        fold_config = config.replace(out_dir=str(fold_dir), cache_dir=cache, overwrite=True)
+        code = run_training(fold_config, train_files, desc=desc)
+        if code != 0:
+            return code
+        best, last = fold_dir / "best.pt", fold_dir / "last.pt"
+        chosen = best if best.is_file() and config.val_fraction > 0 else last
+        model_and_checkpoint = load_checkpoint(chosen)
+        ensure_writable_dir(test_dir)
+        fold_rows = []
+        for files_ in test_files:
+            case = load_case(files_)
+            _, pred = _drive(
+                iter_predict_volume(
+                    model_and_checkpoint, case.images, case.spacing, affine=case.affine
+                ),
+                f"{desc} predict {case.case_id}",
+                "batch",
+            )
+            write_nifti(
+                test_dir / f"{case.case_id}.nii.gz",
+                pred.astype(np.uint8 if pred.max() < 256 else np.int64),
+                affine=case.affine,
+                overwrite=True,
+            )
+            m = case_metrics(pred, case.labels, case.spacing)
+            fold_rows.append(
+                {
+                    "fold": index,
+                    "case": case.case_id,
+                    **{k: m[k] for k in ("dice", "hd95", "lesion_recall", "lesion_f1")},
+                    "checkpoint": chosen.name,
+                }
+            )
+            _out(
+                f"{desc}: {case.case_id}: DSC {m['dice']:.3f}, HD95 {m['hd95']:.1f} mm, "
+                f"lesion recall {m['lesion_recall']:.2f}, F1 {m['lesion_f1']:.2f}"
+            )
+        with atomic_path(done_file) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, FOLD_COLUMNS)
+            writer.writeheader()
+            writer.writerows(fold_rows)
+        rows.extend(fold_rows)
+    lines = [",".join(FOLD_COLUMNS)]
+    lines += [",".join(str(r[c]) for c in FOLD_COLUMNS) for r in rows]
+    write_text_atomic(out / "folds.csv", "\n".join(lines) + "\n")
+
+    def mean(key: str) -> float:
+        values = [float(r[key]) for r in rows if not math.isnan(float(r[key]))]
+        return float(np.mean(values)) if values else float("nan")
+
+    _out(
+        f"{len(rows)} test case(s) over {len(splits)} folds: mean DSC {mean('dice'):.3f}, "
+        f"HD95 {mean('hd95'):.1f} mm, lesion recall {mean('lesion_recall'):.2f}, "
+        f"F1 {mean('lesion_f1'):.2f} ({out / 'folds.csv'})"
+    )
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -973,6 +1170,14 @@ def _add_predict(sub: Any) -> None:
         action="store_true",
         help="also write <case>_probs.nii.gz (float, one channel per class on the last axis)",
     )
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        metavar="NAME",
+        help="names of each case's modality files in file order (_0000 first); the model's "
+        "modalities are then picked by name (default: the folder's dataset.json, else by "
+        "position)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -1013,6 +1218,60 @@ def _read_case(
     return volumes
 
 
+def _input_channel_names(inputs: Sequence[Path], count: int) -> list[str] | None:
+    """The modality names of a data folder's ``dataset.json`` (nnU-Net's
+    ``channel_names``), when the inputs are one folder that has one."""
+    from napari_boundary_seg.core.data import _generic_modality_names
+
+    if len(inputs) != 1 or not inputs[0].is_dir():
+        return None
+    for folder in (inputs[0], inputs[0].parent):
+        if (folder / "dataset.json").is_file():
+            names = list(_generic_modality_names(folder, count))
+            return None if names == [f"{i:04d}" for i in range(count)] else names
+    return None
+
+
+def _match_modalities(
+    cases: list[tuple[str, list[Path]]],
+    checkpoint: Mapping[str, Any],
+    given: Sequence[str] | None,
+    inputs: Sequence[Path],
+) -> list[tuple[str, list[Path]]]:
+    """Each case's modality files in the order the model takes them, matched by
+    name (``--modalities`` or the folder's dataset.json) when names are known."""
+    from napari_boundary_seg.core.predict import select_modalities
+
+    trained = [str(m) for m in checkpoint.get("modalities") or []]
+    if not cases:
+        return cases
+    count = len(cases[0][1])
+    names = list(given) if given else _input_channel_names(inputs, count)
+    if not names or not trained:
+        return cases
+    if all(name.isdigit() for name in trained):  # a model that never knew its names
+        return cases
+    order = select_modalities(trained, names)
+    if order is None:
+        raise CommandError(
+            f"the model takes the modalities {', '.join(trained)}; the inputs are "
+            f"{', '.join(names)} (give their names in file order with --modalities)"
+        )
+    out = []
+    for case, paths in cases:
+        if len(paths) != len(names):
+            raise CommandError(
+                f"case {case}: {len(paths)} modality file(s) but {len(names)} names "
+                f"({', '.join(names)})"
+            )
+        out.append((case, [paths[i] for i in order]))
+    if order != list(range(len(names))):
+        _out(
+            "modalities matched by name: " + ", ".join(f"{names[i]} (file _{i:04d})" for i in order)
+        )
+    return out
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_boundary_seg.core.checkpoint import load_checkpoint
     from napari_boundary_seg.core.io import (
@@ -1025,7 +1284,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     _check(args.batch_size, "--batch-size", 1)
     model, checkpoint = load_checkpoint(args.checkpoint)
-    cases = _group_inputs(args.inputs)
+    cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} is a file, not a folder")
     folder = args.out if args.out.is_dir() else None
@@ -1061,6 +1320,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 ref.spacing[: ref.data.ndim],
                 batch_size=args.batch_size,
                 device=args.device,
+                affine=ref.affine,
             ),
             f"predict {case}",
             "batch",
@@ -1494,7 +1754,17 @@ def _add_finetune(sub: Any) -> None:
         spacing = volumes[0].spacing[: images.ndim - 1]
         _check_axis(args.axis, "--axis", images.ndim - 1)
         model, checkpoint = load_checkpoint(args.checkpoint)
-        axis = args.axis if args.axis is not None else int(checkpoint["config"].get("axis", 2))
+        affine = volumes[0].affine
+        if args.axis is not None:
+            axis = args.axis
+        elif images.ndim == 4:  # the plane the model was trained on, found through the affine
+            from napari_boundary_seg.core.checkpoint import preprocess_from_checkpoint
+            from napari_boundary_seg.core.orientation import native_slice_axis
+
+            prep = preprocess_from_checkpoint(checkpoint)
+            axis = native_slice_axis(affine if prep.canonical else None, spacing, prep.axis)
+        else:
+            axis = 0
         axis = axis % (images.ndim - 1)
         ensure_writable_dir(args.out)
         old_pred = None
@@ -1502,7 +1772,12 @@ def _add_finetune(sub: Any) -> None:
         if not slices:
             _, old_pred = _drive(
                 iter_predict_volume(
-                    (model, checkpoint), images, spacing, axis=axis, device=args.device
+                    (model, checkpoint),
+                    images,
+                    spacing,
+                    axis=axis,
+                    device=args.device,
+                    affine=affine,
                 ),
                 "predict",
                 "batch",
@@ -1521,6 +1796,7 @@ def _add_finetune(sub: Any) -> None:
             spacing,
             slices,
             axis=axis,
+            affine=affine,
             mix_cases=args.mix_data,
             mix_ratio=args.mix_ratio,
             alpha_start=args.alpha_start,
@@ -1573,7 +1849,13 @@ def _add_finetune(sub: Any) -> None:
             return 1
         evaluation = _drive(
             evaluate_finetune(
-                result, images, labels.data, spacing, old_pred=old_pred, device=args.device
+                result,
+                images,
+                labels.data,
+                spacing,
+                old_pred=old_pred,
+                device=args.device,
+                affine=affine,
             ),
             "compare",
             "batch",

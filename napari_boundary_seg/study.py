@@ -464,6 +464,12 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
         lr_patience=config.lr_patience,
         slice_size=config.slice_size,
         axis=config.axis,
+        # the study keeps the paper's recipe on its generated cases (stored order,
+        # min-max, no resampling or cropping), as its committed results were run
+        normalize="minmax",
+        canonical=False,
+        slice_spacing=None,
+        crop_to_head=False,
         distance=arm.distance,
         val_fraction=config.val_fraction,
         seed=seed,
@@ -514,6 +520,7 @@ def _evaluate_run(
             case.spacing,
             batch_size=eval_batch_size,
             device=device,
+            affine=case.affine,
         )
         figures = case_metrics(pred, case.labels, case.spacing, size_bins=bins, unit="voxels")
         rows.append({"case": str(case.case_id), **figures})
@@ -981,6 +988,7 @@ def _plot_test_slice(
                     case.spacing,
                     batch_size=config.eval_batch_size,
                     device=config.device,
+                    affine=case.affine,
                 )
                 preds[key] = take(pred)
                 break

@@ -810,3 +810,71 @@ def test_full_disk_during_checkpoint_keeps_the_last_good_one(world):
     assert torch.load(last, weights_only=True)["position"]["epoch"] == 1
     assert temp_files(run) == []
     assert json.loads((run / "config.json").read_text())  # whole, or kept as it was
+
+
+# ---------------------------------------------------------------------------
+# real-scan data sets: every case checked first, any file name, a full cache disk
+
+
+def _data_set(root: Path, names: list[str], rng) -> Path:
+    data = root / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    (data / "labelsTr").mkdir()
+    for name in names:
+        write_nifti(data / "imagesTr" / f"{name}_0000.nii.gz", _image(rng), spacing=SPACING)
+        write_nifti(data / "labelsTr" / f"{name}.nii.gz", _labels(), spacing=SPACING)
+    return data
+
+
+@pytest.mark.parametrize("fault", ["nan_image", "labels_3", "shape", "truncated"])
+def test_train_checks_every_case_before_writing_anything(tmp_path, fault):
+    rng = np.random.default_rng(1)
+    data = _data_set(tmp_path, ["a1", "a2", "z9"], rng)  # the bad case comes last
+    image = data / "imagesTr" / "z9_0000.nii.gz"
+    label = data / "labelsTr" / "z9.nii.gz"
+    if fault == "nan_image":
+        bad = _image(rng)
+        bad[1, 1, 1] = np.nan
+        write_nifti(image, bad, spacing=SPACING, overwrite=True)
+    elif fault == "labels_3":
+        bad = _labels().astype(np.uint8)
+        bad[0, 0, 0] = 3
+        write_nifti(label, bad, spacing=SPACING, overwrite=True)
+    elif fault == "shape":
+        write_nifti(image, _image(rng)[:-1], spacing=SPACING, overwrite=True)
+    else:
+        raw = image.read_bytes()
+        image.write_bytes(raw[: len(raw) // 2])
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    result = run_cli("train", "--data", data, "--out", out, "--cache-dir", cache, "--epochs", "1",
+                     *TINY)  # fmt: skip
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = error_line(result)
+    assert "z9" in line, line
+    assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+    assert not cache.exists() or not any(cache.iterdir()), sorted(cache.iterdir())
+
+
+def test_a_non_utf8_file_name_is_read_like_any_other(tmp_path):
+    name = os.fsdecode(b"caf\xe9")
+    data = _data_set(tmp_path, [name, "b1"], np.random.default_rng(2))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    preds = tmp_path / "preds"
+    assert main(["predict", str(data / "imagesTr"), "--checkpoint", str(run / "last.pt"),
+                 "--out", str(preds), "--device", "cpu"]) == 0  # fmt: skip
+    assert (preds / f"{name}.nii.gz").is_file()
+
+
+def test_full_disk_while_caching_names_the_path_and_the_cause(world):
+    reason = _can_mount()
+    if reason:
+        pytest.skip(reason)
+    full = _mount_full(world, "full_cache", free_kib=4)
+    out = world.root / "run_full_cache"
+    result = run_cli("train", "--data", world.data, "--out", out, "--cache-dir", full,
+                     "--epochs", "1", *TINY)  # fmt: skip
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    line = error_line(result)
+    assert "no space left on device" in line and str(full) in line, line
+    assert "requested" not in line, line

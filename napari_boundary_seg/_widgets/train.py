@@ -269,14 +269,17 @@ def cases_from_layers(
     val_fraction: float,
     case_id: str = "viewer",
     affine: np.ndarray | None = None,
+    normalize: str | None = "zscore",
 ) -> tuple[Callable[[], tuple[list[Any], list[Any]]], slice | None]:
     """A function building the ``core.data.Case`` objects of the viewer's layers.
 
     The volume is split along ``axis`` (stored numpy order) into training cases
     and one validation case (:func:`core.presets.validation_block`,
     :func:`core.presets.split_slices`); the cases carry the layer's ``affine``
-    so that the trainer finds the same anatomy in each. The returned function
-    is called inside the worker; it returns ``(train_cases, val_cases)``.
+    so that the trainer finds the same anatomy in each, and the intensities
+    the whole volume has under ``normalize`` (the training config's rule).
+    The returned function is called inside the worker; it returns
+    ``(train_cases, val_cases)``.
     """
     block = validation_block(labels, axis, val_fraction)
 
@@ -290,6 +293,7 @@ def cases_from_layers(
             case_id=case_id,
             modalities=stack.names,
             affine=affine,
+            normalize=normalize,
         )
 
     return make, block

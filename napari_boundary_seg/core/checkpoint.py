@@ -216,15 +216,40 @@ def training_mode(source: Mapping[str, Any]) -> dict[str, Any]:
     return _check_mode(dims, patch_size, "checkpoint" if "config" in source else "config")
 
 
+LEGACY_CONFIG = {
+    "normalize": "minmax",
+    "canonical": False,
+    "slice_spacing": None,
+    "crop_to_head": False,
+}
+"""What a checkpoint written before these settings existed was trained with: min–max
+scaling, slices in stored voxel order, no resampling."""
+
+
+def checkpoint_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's training config as a dict, with :data:`LEGACY_CONFIG` for
+    the settings its version did not record (so it predicts as it was trained)."""
+    config = dict(checkpoint.get("config") or {})
+    for key, value in LEGACY_CONFIG.items():
+        config.setdefault(key, value)
+    return config
+
+
 def preprocess_from_checkpoint(checkpoint: Mapping[str, Any]) -> PreprocessConfig:
     """The preprocessing a checkpoint's model was trained with."""
-    config = checkpoint.get("config") or {}
+    config = checkpoint_config(checkpoint)
     percentiles = config.get("percentiles")
+    spacing = config.get("slice_spacing")
+    axis = config.get("axis", 2)
     return PreprocessConfig(
         scale=bool(config.get("scale", True)),
         percentiles=None if percentiles is None else tuple(percentiles),
         slice_size=config.get("slice_size", 256),
-        axis=int(config.get("axis", 2)),
+        axis=axis if isinstance(axis, str) else int(axis),
+        normalize=str(config["normalize"]),
+        canonical=bool(config["canonical"]),
+        slice_spacing=None if spacing in (None, "auto") else tuple(spacing),
+        crop=bool(config["crop_to_head"]),
     )
 
 

@@ -28,6 +28,7 @@ builds, and on disk in ``cache_dir`` (``.npy`` files written atomically).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -53,6 +54,13 @@ from napari_boundary_seg.core.io import (
     nifti_stem,
     read_nifti,
 )
+from napari_boundary_seg.core.orientation import (
+    Orientation,
+    canonical_orientation,
+    check_plane,
+    native_slice_axis,
+    slice_axis,
+)
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
@@ -72,8 +80,17 @@ __all__ = [
     "iter_load_cases",
     "load_case",
     "load_cases",
+    "canonical_case",
+    "check_slice_spacing",
+    "head_mask",
+    "normalize_volume",
     "preprocess_case",
+    "resampled_size",
     "scale_images",
+    "iter_check_cases",
+    "median_slice_spacing",
+    "normalize_case",
+    "slice_plane_spacing",
     "split_cases",
 ]
 
@@ -146,6 +163,9 @@ class Case:
         ``(4, 4)`` voxel-to-world matrix (mm) of the spatial axes.
     modalities
         ``M`` modality names.
+    normalized
+        The images are already normalised (a part of a volume normalised as a
+        whole, :func:`normalize_case`): preprocessing leaves them as they are.
     """
 
     case_id: str
@@ -154,6 +174,7 @@ class Case:
     spacing: tuple[float, ...]
     affine: np.ndarray
     modalities: tuple[str, ...]
+    normalized: bool = False
 
     def __post_init__(self) -> None:
         images = self.images
@@ -673,34 +694,68 @@ def split_cases(
 # ----------------------------------------------------------------------------
 
 
+NORMALIZE_MODES = ("zscore", "minmax")
+"""Intensity rules: ``zscore`` (per modality, within the head, robustly clipped:
+nnU-Net's MRI rule) and ``minmax`` (the paper's scaling to [0, 1])."""
+
+CROP_MARGIN = 4
+"""Voxels kept around the head when volumes are cropped to it."""
+
+ZSCORE_PERCENTILES = (0.5, 99.5)
+"""Percentiles of the head's intensities that ``zscore`` clips at."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """The paper's preprocessing, each step switchable.
+    """How a case becomes network input; each step switchable.
+
+    The defaults are the paper's (and this package's first versions'): min–max
+    scaling, slices along stored axis 2 resized to 256². The training config
+    (:class:`~napari_boundary_seg.core.train.TrainConfig`) chooses the recipe
+    for real scans (canonical orientation, ``zscore``, resampling to a spacing).
 
     Attributes
     ----------
     scale
-        Scale each modality of each volume to [0, 1] (values clipped).
+        Normalise each modality (``False``: raw intensities).
     percentiles
-        ``(low, high)`` percentiles mapped to 0 and 1 (robust scaling, e.g.
-        ``(0.5, 99.5)``); ``None``: the minimum and maximum.
+        ``minmax`` only: ``(low, high)`` percentiles mapped to 0 and 1 (robust
+        scaling, e.g. ``(0.5, 99.5)``); ``None``: the minimum and maximum.
     slice_size
         Resize every 2D slice to ``slice_size x slice_size`` (images bilinear,
         labels nearest; the aspect ratio is not kept, as in the paper). ``None``
-        keeps the native size (all cases must then share it).
+        keeps the native size (or resamples to ``slice_spacing``).
     axis
-        Spatial axis (numpy order) the 2D slices are taken along. Default 2: the
-        axial slices of volumes stored in RAS/LAS-like order (WMH, ISLES, MNI, the
-        built-in benchmark). Ignored for 2D cases.
+        The slicing plane: ``auto`` (axial, or the thick-slice axis), ``axial``,
+        ``coronal``, ``sagittal``, or an axis index 0–2 (of the canonical order
+        when ``canonical``, else of the stored order). Ignored for 2D cases.
     skip_empty_slices
         Drop slices without foreground (the paper keeps all).
+    normalize
+        ``zscore`` or ``minmax`` (:data:`NORMALIZE_MODES`).
+    canonical
+        Reorient 3D volumes to the closest canonical (RAS) order first
+        (:mod:`~napari_boundary_seg.core.orientation`).
+    slice_spacing
+        ``(row, column)`` spacing in mm that slices are resampled to (images
+        bilinear, labels nearest); ``None`` keeps the native spacing. Ignored
+        when ``slice_size`` is set.
+    crop
+        Crop 3D volumes to the head (the union of the modalities' head masks
+        and the labels, plus a margin of :data:`CROP_MARGIN` voxels) before
+        slicing: no slice of air, no border of air (nnU-Net's crop to the
+        nonzero region). Predictions are pasted back as background outside.
     """
 
     scale: bool = True
     percentiles: tuple[float, float] | None = None
     slice_size: int | None = 256
-    axis: int = 2
+    axis: int | str = 2
     skip_empty_slices: bool = False
+    normalize: str = "minmax"
+    canonical: bool = False
+    slice_spacing: tuple[float, float] | None = None
+    crop: bool = False
 
     def __post_init__(self) -> None:
         if self.percentiles is not None:
@@ -715,8 +770,26 @@ class PreprocessConfig:
             raise ValueError(
                 f"slice_size must be a positive integer or None, got {self.slice_size!r}"
             )
-        if not isinstance(self.axis, int) or not -3 <= self.axis < 3:
-            raise ValueError(f"axis must be an integer in [-3, 3), got {self.axis!r}")
+        object.__setattr__(self, "axis", check_plane(self.axis, "axis"))
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(
+                f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {self.normalize!r}"
+            )
+        if self.slice_spacing is not None:
+            object.__setattr__(
+                self, "slice_spacing", check_slice_spacing(self.slice_spacing, "slice_spacing")
+            )
+
+
+def check_slice_spacing(value: Any, what: str = "slice_spacing") -> tuple[float, float]:
+    """``value`` as a ``(row, column)`` spacing in mm (one number: both), else ValueError."""
+    try:
+        values = [float(value)] * 2 if np.isscalar(value) else [float(v) for v in value]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{what} must be one or two positive numbers (mm), got {value!r}")
+    return (values[0], values[1])
 
 
 def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> np.ndarray:
@@ -730,10 +803,71 @@ def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> 
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def scale_images(
-    case: Case, scale: bool = True, percentiles: tuple[float, float] | None = None
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (a histogram between their 0.1 and 99.9
+    percentiles, so that a few hot voxels do not squeeze it)."""
+    lo, hi = (float(v) for v in np.percentile(values, (0.1, 99.9)))
+    if hi <= lo:
+        return lo
+    hist, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
+    hist = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = m0 / np.maximum(w0, 1e-12)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def head_mask(volume: np.ndarray) -> np.ndarray:
+    """The head (or brain) of one modality: voxels above Otsu's threshold.
+
+    On a scan with the skull, air falls below the threshold; on a
+    skull-stripped scan, the zero background does. An image with no contrast
+    gives a full mask.
+    """
+    threshold = otsu_threshold(volume)
+    mask = volume > threshold
+    if mask.sum() < max(16, 0.001 * mask.size):
+        return np.ones(volume.shape, dtype=bool)
+    return mask
+
+
+def _zscore(volume: np.ndarray) -> np.ndarray:
+    """nnU-Net's MRI rule within the head mask: clip at its 0.5/99.5 percentiles,
+    subtract its mean, divide by its standard deviation."""
+    volume = np.asarray(volume, dtype=np.float32)
+    mask = head_mask(volume)
+    inside = volume[mask]
+    lo, hi = (float(v) for v in np.percentile(inside, ZSCORE_PERCENTILES))
+    out = np.clip(volume, lo, hi)
+    inside = np.clip(inside, lo, hi)
+    mean, std = float(inside.mean()), float(inside.std())
+    out -= mean
+    out /= max(std, 1e-6)
+    return out.astype(np.float32, copy=False)
+
+
+def normalize_volume(
+    volume: np.ndarray, normalize: str = "zscore", percentiles: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """The case's ``images (M, *spatial)`` scaled to [0, 1] per modality (step 1).
+    """One modality's volume normalised by ``normalize`` (:data:`NORMALIZE_MODES`)."""
+    if normalize == "zscore":
+        return _zscore(volume)
+    if normalize == "minmax":
+        return _scale_unit(volume, percentiles)
+    raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
+
+
+def scale_images(
+    case: Case,
+    scale: bool = True,
+    percentiles: tuple[float, float] | None = None,
+    normalize: str = "minmax",
+) -> np.ndarray:
+    """The case's ``images (M, *spatial)`` normalised per modality (step 1).
 
     ``scale=False`` returns them unchanged. NaN or inf values raise ValueError
     naming the case and modality.
@@ -742,9 +876,49 @@ def scale_images(
     for m, name in enumerate(case.modalities):
         if not np.all(np.isfinite(images[m])):
             raise ValueError(f"case {case.case_id}: modality {name} contains NaN or inf values")
-    if not scale:
+    if not scale or getattr(case, "normalized", False):
         return images
-    return np.stack([_scale_unit(images[m], percentiles) for m in range(len(images))])
+    return np.stack(
+        [normalize_volume(images[m], normalize, percentiles) for m in range(len(images))]
+    )
+
+
+def canonical_case(case: Case) -> Case:
+    """``case`` with its 3D arrays in the closest canonical (RAS) order.
+
+    Spacing and affine follow, so every voxel keeps its place in the world; a
+    2D case or one already canonical is returned as it is.
+    """
+    if case.images.ndim != 4:
+        return case
+    orientation = canonical_orientation(case.affine)
+    if orientation.is_identity:
+        return case
+    labels = None
+    if case.labels is not None:
+        labels = np.ascontiguousarray(orientation.to_canonical(case.labels))
+    return Case(
+        case_id=case.case_id,
+        images=np.ascontiguousarray(orientation.to_canonical(case.images, lead=1)),
+        labels=labels,
+        spacing=orientation.spacing(case.spacing),
+        affine=orientation.affine(case.affine, case.spatial_shape),
+        modalities=case.modalities,
+        normalized=case.normalized,
+    )
+
+
+def normalize_case(case: Case, preprocess: PreprocessConfig) -> Case:
+    """``case`` with its images normalised by ``preprocess`` and marked so.
+
+    For a volume that is split into parts (the training slices and a held-out
+    block of one scan): normalised as a whole first, every part keeps the
+    intensities the whole scan gives, as at prediction.
+    """
+    if case.normalized or not preprocess.scale:
+        return case
+    images = scale_images(case, True, preprocess.percentiles, preprocess.normalize)
+    return dataclasses.replace(case, images=np.asarray(images, dtype=np.float32), normalized=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -753,53 +927,184 @@ class _Prepared:
     labels: np.ndarray | None  # (D, H, W) int64
     spacing: tuple[float, float, float]  # (slicing axis, H, W) after resizing
     slice_index: np.ndarray  # (D,) index along the slicing axis
+    # how to go back: the orientation applied, the slicing axis in that order,
+    # and the (H, W) of the slices before resizing or resampling
+    orientation: Orientation | None = None
+    axis: int | None = None
+    native_hw: tuple[int, int] | None = None
+    # the crop to the head: (start, stop) per axis of the (D, H, W) stack, and its full shape
+    crop: tuple[tuple[int, int], ...] | None = None
+    full_shape: tuple[int, int, int] | None = None
+
+    def paste(self, probs: np.ndarray) -> np.ndarray:
+        """``(C, D', H', W')`` probabilities of the cropped stack in the full
+        ``(C, D, H, W)``, background (class 0) outside the crop."""
+        if self.crop is None:
+            return probs
+        out = np.zeros((probs.shape[0], *self.full_shape), dtype=probs.dtype)
+        out[0] = 1.0
+        box = tuple(slice(a, b) for a, b in self.crop)
+        out[(slice(None), *box)] = probs
+        return out
 
 
-def _resize(stack: np.ndarray, size: int, mode: str) -> np.ndarray:
-    """Resize ``(D, K, H, W)`` to ``(D, K, size, size)`` (float32)."""
+def head_box(
+    images: np.ndarray, labels: np.ndarray | None, margin: int = CROP_MARGIN
+) -> tuple[tuple[int, int], ...]:
+    """The bounding box ``((start, stop), ...)`` of the head in ``images (M, *spatial)``
+    (any modality's :func:`head_mask`) and of the labels, grown by ``margin``."""
+    mask = np.zeros(images.shape[1:], dtype=bool)
+    for channel in images:
+        mask |= head_mask(channel)
+    if labels is not None:
+        mask |= labels > 0
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(k for k in range(mask.ndim) if k != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        n = mask.shape[axis]
+        if hit.size == 0:
+            box.append((0, n))
+        else:
+            box.append((max(0, int(hit[0]) - margin), min(n, int(hit[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def _resize(stack: np.ndarray, size: int | Sequence[int], mode: str) -> np.ndarray:
+    """Resize ``(D, K, H, W)`` to ``(D, K, *size)`` (float32); one int: a square."""
+    size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     if mode == "nearest":
-        out = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
+        out = F.interpolate(tensor, size=size, mode="nearest-exact")
     else:
-        out = F.interpolate(
-            tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
+        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
     return out.numpy()
 
 
-def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig()) -> _Prepared:  # noqa: B008
-    """Scale, slice and resize one case (the data set's per-case step).
+def resampled_size(
+    hw: Sequence[int], spacing: Sequence[float], target: Sequence[float]
+) -> tuple[int, int]:
+    """The (H, W) of slices of size ``hw`` at ``spacing`` resampled to ``target`` mm."""
+    return tuple(  # type: ignore[return-value]
+        max(1, int(round(n * s / t))) for n, s, t in zip(hw, spacing, target, strict=True)
+    )
 
-    Returns an object with ``images (D, M, S, S)`` float32, ``labels (D, S, S)``
+
+def resolve_slice_axis(spacing: Sequence[float], affine: Any, preprocess: PreprocessConfig) -> int:
+    """The axis that ``preprocess.axis`` slices along, in the order the arrays are
+    in when sliced (canonical when ``preprocess.canonical``, then ``spacing`` is
+    the canonical one; else stored, and a plane is found through ``affine``)."""
+    if isinstance(preprocess.axis, int):
+        return preprocess.axis % 3
+    if preprocess.canonical:
+        return slice_axis(spacing, preprocess.axis)
+    return native_slice_axis(affine, spacing, preprocess.axis)
+
+
+def slice_plane_spacing(case: Case, preprocess: PreprocessConfig) -> tuple[float, float]:
+    """The in-plane ``(row, column)`` spacing (mm) of ``case``'s slices under
+    ``preprocess``, before any resizing."""
+    spacing = tuple(float(s) for s in case.spacing)
+    if len(spacing) == 2:
+        return (spacing[0], spacing[1])
+    if preprocess.canonical:
+        spacing = canonical_orientation(case.affine).spacing(spacing)
+    axis = resolve_slice_axis(spacing, case.affine, preprocess)
+    rest = [s for k, s in enumerate(spacing) if k != axis]
+    return (rest[0], rest[1])
+
+
+def _source_geometry(source: Any) -> tuple[tuple[float, ...], np.ndarray] | None:
+    """Spacing and affine of a :class:`Case` or of a :class:`CaseFiles` (its first
+    image's header; no voxel is read)."""
+    if hasattr(source, "image_paths"):
+        import nibabel as nib
+
+        img = nib.load(str(source.image_paths[0]))
+        ndim = min(3, len(img.shape))
+        return tuple(float(z) for z in img.header.get_zooms()[:ndim]), np.asarray(img.affine)
+    return tuple(source.spacing), np.asarray(source.affine)
+
+
+def median_slice_spacing(
+    sources: Sequence[Any], preprocess: PreprocessConfig
+) -> tuple[float, float] | None:
+    """The median in-plane spacing (mm) of the slices of ``sources`` under
+    ``preprocess`` (nnU-Net's target spacing rule, in the plane); ``None`` when
+    there is no 3D case."""
+    planes = []
+    for source in sources:
+        spacing, affine = _source_geometry(source)
+        if len(spacing) != 3:
+            continue
+        stub = Case("geometry", np.zeros((1, 1, 1, 1), np.float32), None, spacing, affine, ("",))
+        planes.append(slice_plane_spacing(stub, preprocess))
+    if not planes:
+        return None
+    median = np.median(np.asarray(planes, dtype=float), axis=0)
+    return (float(median[0]), float(median[1]))
+
+
+def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig()) -> _Prepared:  # noqa: B008
+    """Orient, normalise, slice and resize (or resample) one case.
+
+    Returns an object with ``images (D, M, H, W)`` float32, ``labels (D, H, W)``
     int64 or ``None``, ``spacing`` (slicing axis, row, column) in mm after
-    resizing and ``slice_index (D,)``. Empty slices are *not* dropped here.
+    resizing and ``slice_index (D,)``; and what it takes to go back
+    (``orientation``, ``axis``, ``native_hw``). Empty slices are *not* dropped here.
     """
-    images = scale_images(case, preprocess.scale, preprocess.percentiles)
+    orientation = None
+    if preprocess.canonical and case.images.ndim == 4:
+        orientation = canonical_orientation(case.affine)
+        case = canonical_case(case)
+    images = scale_images(case, preprocess.scale, preprocess.percentiles, preprocess.normalize)
     labels = case.labels
     spacing = tuple(float(s) for s in case.spacing)
     if images.ndim == 3:  # a 2D case: one slice
         images = images[:, None]
         labels = None if labels is None else labels[None]
         spacing = (1.0, *spacing)
+        axis = None
     else:
-        axis = preprocess.axis % 3
+        axis = resolve_slice_axis(case.spacing, case.affine, preprocess)
         images = np.moveaxis(images, 1 + axis, 1)
         labels = None if labels is None else np.moveaxis(labels, axis, 0)
         spacing = (spacing[axis], *(s for k, s in enumerate(spacing) if k != axis))
     images = np.ascontiguousarray(np.swapaxes(images, 0, 1), dtype=np.float32)  # (D, M, H, W)
+    crop = full_shape = None
+    slice_index = np.arange(images.shape[0])
+    if preprocess.crop and axis is not None:
+        full_shape = (images.shape[0], *images.shape[2:])
+        crop = head_box(np.swapaxes(images, 0, 1), labels)
+        (d0, d1), (h0, h1), (w0, w1) = crop
+        images = np.ascontiguousarray(images[d0:d1, :, h0:h1, w0:w1])
+        if labels is not None:
+            labels = labels[d0:d1, h0:h1, w0:w1]
+        slice_index = np.arange(d0, d1)
     depth, _, height, width = images.shape
-    if preprocess.slice_size is not None and (height, width) != (preprocess.slice_size,) * 2:
-        size = preprocess.slice_size
+    size: tuple[int, int] | None = None
+    if preprocess.slice_size is not None:
+        size = (preprocess.slice_size, preprocess.slice_size)
+    elif preprocess.slice_spacing is not None:
+        size = resampled_size((height, width), spacing[1:], preprocess.slice_spacing)
+    if size is not None and (height, width) != size:
+        bounds = None
+        if preprocess.scale:  # antialiasing may overshoot the normalised range
+            bounds = (
+                (0.0, 1.0) if preprocess.normalize == "minmax" else (images.min(), images.max())
+            )
         images = _resize(images, size, "bilinear")
-        if preprocess.scale:
-            np.clip(images, 0.0, 1.0, out=images)
+        if bounds is not None:
+            np.clip(images, *bounds, out=images)
         if labels is not None:
             labels = _resize(labels[:, None], size, "nearest")[:, 0]
             labels = np.rint(labels).astype(np.int64)
-        spacing = (spacing[0], spacing[1] * height / size, spacing[2] * width / size)
+        spacing = (spacing[0], spacing[1] * height / size[0], spacing[2] * width / size[1])
     elif labels is not None:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
-    return _Prepared(images, labels, spacing, np.arange(depth))
+    return _Prepared(
+        images, labels, spacing, slice_index, orientation, axis, (height, width), crop, full_shape
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -908,6 +1213,37 @@ def _check_training_labels(case: Case, num_classes: int) -> None:
         raise ValueError(
             f"case {case.case_id}: label values in [{lo}, {hi}] but num_classes={num_classes}"
         )
+
+
+def iter_check_cases(
+    sources: Sequence[Any], num_classes: int, canonical: bool = False
+) -> Generator[Progress, None, list[tuple[int, ...]]]:
+    """Read and check every case before any work is written.
+
+    Files (:class:`CaseFiles`) are read one at a time (shapes, affines, finite
+    values, integer labels: :func:`load_case`), label values are checked
+    against ``num_classes`` and the modality counts against each other, so a
+    bad case is refused before the first cache entry is written. Returns the
+    spatial shape of each case (canonical when ``canonical``).
+    """
+    shapes: list[tuple[int, ...]] = []
+    channels: dict[int, str] = {}
+    total = len(sources)
+    yield Progress(0, total, "checking cases")
+    for i, source in enumerate(sources):
+        case = load_case(source) if hasattr(source, "image_paths") else source
+        _check_training_labels(case, num_classes)
+        channels.setdefault(int(case.images.shape[0]), str(case.case_id))
+        if len(channels) > 1:
+            detail = ", ".join(f"{name}: {n}" for n, name in channels.items())
+            raise ValueError(f"cases have different numbers of modalities ({detail})")
+        shape = tuple(int(n) for n in case.images.shape[1:])
+        if canonical and len(shape) == 3:
+            shape = canonical_orientation(case.affine).shape(shape)
+        shapes.append(shape)
+        del case
+        yield Progress(i + 1, total, f"checked {source.case_id}")
+    return shapes
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:

@@ -57,6 +57,7 @@ import torch
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.orientation import canonical_orientation, native_slice_axis
 from napari_boundary_seg.core.patches import (
     PatchDataset,
     VolumeEntry,
@@ -497,6 +498,7 @@ def finetune(
     seed: int = 0,
     overwrite: bool = False,
     control: Any = None,
+    affine: np.ndarray | None = None,
     modalities: Sequence[str] | None = None,
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
@@ -521,7 +523,12 @@ def finetune(
         The corrected slices (indices along ``axis``); a 2D image has the one
         slice ``0``.
     axis
-        Slicing axis; ``None``: the one the checkpoint was trained with.
+        Slicing axis (of the stored arrays); ``None``: the plane the checkpoint
+        was trained on.
+    affine
+        ``(4, 4)`` voxel-to-world matrix of the arrays: a checkpoint trained in
+        the canonical orientation fine-tunes on the slices reoriented the same
+        way (``None``: the stored order is taken as canonical).
     mix_cases
         Cases of the original training set (a list of
         :class:`~napari_boundary_seg.core.data.Case`, or a data set folder), to
@@ -574,13 +581,17 @@ def finetune(
         checkpoint's classes, bad settings; a 3D checkpoint with a 2D image, a
         volume smaller than its patch.
     """
-    from napari_boundary_seg.core.checkpoint import read_checkpoint, training_mode
+    from napari_boundary_seg.core.checkpoint import (
+        checkpoint_config,
+        read_checkpoint,
+        training_mode,
+    )
     from napari_boundary_seg.core.data import case_from_arrays
     from napari_boundary_seg.core.train import TrainConfig, train
 
     parent = Path(checkpoint).expanduser().resolve()
     source = read_checkpoint(parent)
-    base = TrainConfig.from_dict(source["config"])
+    base = TrainConfig.from_dict(checkpoint_config(source))
     images = np.asarray(images, dtype=np.float32)
     labels = np.asarray(labels)
     if images.ndim not in (3, 4):
@@ -610,12 +621,29 @@ def finetune(
             f"got images {images.shape}"
         )
     if len(spatial) == 3:
-        axis = _check_axis(base.axis if axis is None else axis, 3)
+        if axis is None:
+            axis = native_slice_axis(
+                affine if base.canonical else None, spacing or (1.0,) * 3, base.axis
+            )
+        axis = _check_axis(axis, 3)
         depth = spatial[axis]
     else:
         axis = 0 if axis is None else _check_axis(axis, 2)
         depth = 1
     slices = _check_slices(slices, depth, axis)
+    # the work runs in the order the checkpoint was trained in; the lineage keeps
+    # the axis and slices as given
+    native_axis, native_slices = axis, slices
+    orientation = canonical_orientation(affine if base.canonical else None, len(spatial))
+    if not orientation.is_identity:
+        axis = orientation.perm.index(native_axis)
+        slices = tuple(
+            sorted(depth - 1 - s if orientation.flip[axis] else s for s in native_slices)
+        )
+        images = np.ascontiguousarray(orientation.to_canonical(images, lead=1))
+        labels = np.ascontiguousarray(orientation.to_canonical(labels))
+        spacing = None if spacing is None else orientation.spacing(spacing)
+        spatial = images.shape[1:]
     if not isinstance(mix_ratio, int | float) or not math.isfinite(mix_ratio) or mix_ratio < 0:
         raise ValueError(f"mix_ratio must be a number >= 0, got {mix_ratio!r}")
     if distance not in ("2d", "3d"):
@@ -693,8 +721,8 @@ def finetune(
         "checkpoint": new_checkpoint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dims": dims,
-        "slices": list(slices),
-        "axis": axis,
+        "slices": list(native_slices),
+        "axis": native_axis,
         "mix_slices": [list(s) for s in mix_sources],
         "settings": settings,
         "stopped": done.stopped,
@@ -710,8 +738,8 @@ def finetune(
         parent=str(parent),
         out_dir=str(out),
         lineage_path=str(lineage_path),
-        slices=slices,
-        axis=axis,
+        slices=native_slices,
+        axis=native_axis,
         mix_slices=mix_sources,
         stopped=done.stopped,
         reason=done.reason,
@@ -1000,8 +1028,10 @@ def evaluate_finetune(
     old_pred: np.ndarray | None = None,
     device: str | None = None,
     batch_size: int = 8,
+    affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
-    """Predict with the parent and the fine-tuned model and compare them.
+    """Predict with the parent and the fine-tuned model and compare them
+    (``affine``: the arrays' voxel-to-world matrix, as given to :func:`finetune`).
 
     Writes the comparison into the lineage as ``metrics``.
 
@@ -1041,6 +1071,7 @@ def evaluate_finetune(
             axis=axis if images.ndim == 4 else None,
             batch_size=batch_size,
             device=device,
+            affine=affine,
         )
 
     if old_pred is None:

@@ -106,19 +106,21 @@ def fit_name(stem: str, suffix: str = "", folder: str | os.PathLike | None = Non
     limit = _name_max(folder) if folder is not None and Path(folder).is_dir() else None
     limit = limit or _DEFAULT_NAME_MAX
     name = stem + suffix
-    if len(name.encode()) <= limit:
+    # names as the file system stores them: a non-UTF-8 name (surrogate-escaped by
+    # Python) is measured and hashed by its bytes like any other
+    if len(os.fsencode(name)) <= limit:
         return name
-    digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
-    room = limit - len(suffix.encode()) - len(digest) - 1
-    short = stem.encode()[: max(room, 1)].decode(errors="ignore")
+    digest = hashlib.sha1(os.fsencode(stem)).hexdigest()[:12]
+    room = limit - len(os.fsencode(suffix)) - len(digest) - 1
+    short = os.fsencode(stem)[: max(room, 1)].decode(errors="ignore")
     return f"{short}-{digest}{suffix}"
 
 
 def _temp_name(path: Path, suffix: str) -> Path:
     tail = f".{os.getpid()}-{secrets.token_hex(4)}{suffix}"
     name = f".{path.name}"
-    if len((name + tail).encode()) > _name_max(path.parent):  # a long name: hash it
-        name = "." + hashlib.sha1(path.name.encode()).hexdigest()[:16]
+    if len(os.fsencode(name + tail)) > _name_max(path.parent):  # a long name: hash it
+        name = "." + hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]
     return path.parent / (name + tail)
 
 

@@ -32,6 +32,7 @@ The samples
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -52,6 +53,7 @@ from torch.utils.data import Dataset, Sampler
 
 from napari_boundary_seg.core import augment as _augment
 from napari_boundary_seg.core.distance import class_distance_maps
+from napari_boundary_seg.core.io import OutputError, _is_out_of_space
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -175,6 +177,8 @@ def volume_key(source: Any, settings: dict[str, Any]) -> str:
             "affine": np.round(np.asarray(source.affine, dtype=np.float64), 6).tolist(),
             "modalities": list(source.modalities),
         }
+        if getattr(source, "normalized", False):  # keys of earlier entries stay valid
+            meta["normalized"] = True
         digest.update(json.dumps(meta).encode())
         digest.update(np.ascontiguousarray(source.images).tobytes())
         digest.update(np.ascontiguousarray(source.labels, dtype=np.int64).tobytes())
@@ -196,7 +200,13 @@ def _write_cache_dir(final: Path, arrays: dict[str, np.ndarray], meta: dict[str,
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            target = tmp / f"{name}.npy"
+            try:
+                np.save(target, array, allow_pickle=False)
+            except OSError as err:  # numpy's own words on a full disk name bytes, not the cause
+                if _is_out_of_space(final.parent):
+                    raise OutputError(errno.ENOSPC, final) from err
+                raise
         (tmp / "meta.json").write_text(json.dumps(meta))
         _publish(tmp, final)
     finally:
@@ -209,11 +219,23 @@ def _open_array(folder: Path, name: str) -> np.ndarray:
     return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
 
 
-def _write_entry(case: Any, final: Path, num_classes: int, scale: bool, percentiles: Any) -> None:
-    from napari_boundary_seg.core.data import _check_training_labels, scale_images
+def _write_entry(
+    case: Any,
+    final: Path,
+    num_classes: int,
+    scale: bool,
+    percentiles: Any,
+    normalize: str = "minmax",
+    canonical: bool = False,
+) -> None:
+    from napari_boundary_seg.core.data import _check_training_labels, canonical_case, scale_images
 
     _check_training_labels(case, num_classes)
-    images = np.ascontiguousarray(scale_images(case, scale, percentiles), dtype=np.float32)
+    if canonical:
+        case = canonical_case(case)
+    images = np.ascontiguousarray(
+        scale_images(case, scale, percentiles, normalize), dtype=np.float32
+    )
     label_dtype = np.uint8 if num_classes <= 256 else np.int64
     labels = np.ascontiguousarray(case.labels, dtype=label_dtype)
     spacing = tuple(float(s) for s in case.spacing)
@@ -239,6 +261,8 @@ def iter_cache_cases(
     num_classes: int,
     scale: bool = True,
     percentiles: tuple[float, float] | None = None,
+    normalize: str = "minmax",
+    canonical: bool = False,
 ) -> Generator[Progress, None, list[VolumeEntry]]:
     """Prepare cases into the volume cache, one at a time; returns their entries.
 
@@ -251,8 +275,10 @@ def iter_cache_cases(
         The cache folder (created if missing).
     num_classes
         ``C``; label values must lie in ``[0, C)``.
-    scale, percentiles
+    scale, percentiles, normalize
         Intensity scaling (:class:`~napari_boundary_seg.core.data.PreprocessConfig`).
+    canonical
+        Reorient each case to the canonical (RAS) order first.
 
     Yields
     ------
@@ -268,6 +294,8 @@ def iter_cache_cases(
         "percentiles": None if percentiles is None else [float(p) for p in percentiles],
         "num_classes": int(num_classes),
     }
+    if normalize != "minmax" or canonical:  # keys of earlier entries stay valid
+        settings.update(normalize=str(normalize), canonical=bool(canonical))
     entries: list[VolumeEntry] = []
     total = len(sources)
     hits = 0
@@ -279,7 +307,7 @@ def iter_cache_cases(
             hits += 1
         else:
             case = load_case(source) if hasattr(source, "image_paths") else source
-            _write_entry(case, final, num_classes, scale, percentiles)
+            _write_entry(case, final, num_classes, scale, percentiles, normalize, canonical)
             del case
         entries.append(VolumeEntry.read(final))
         yield Progress(i + 1, total, f"cached {source.case_id}")
@@ -378,10 +406,20 @@ def iter_cache_slices(
         if preprocess.percentiles is None
         else [float(p) for p in preprocess.percentiles],
         "slice_size": preprocess.slice_size,
-        "axis": int(preprocess.axis),
+        "axis": preprocess.axis,
         "distance": distance,
         "num_classes": int(num_classes),
     }
+    if getattr(preprocess, "crop", False):
+        settings["crop"] = True
+    if preprocess.normalize != "minmax" or preprocess.canonical or preprocess.slice_spacing:
+        settings.update(  # keys of earlier entries stay valid
+            normalize=preprocess.normalize,
+            canonical=bool(preprocess.canonical),
+            slice_spacing=None
+            if preprocess.slice_spacing is None
+            else [float(v) for v in preprocess.slice_spacing],
+        )
     entries: list[SliceEntry] = []
     total = len(sources)
     yield Progress(0, total, "preparing slices")
@@ -411,9 +449,12 @@ class DiskSliceDataset(Dataset):
         self.entries = list(entries)
         if not self.entries:
             raise ValueError("no cases to build a data set from")
-        sizes = {tuple(e.open("labels").shape[1:]) for e in self.entries}
-        if len(sizes) != 1:
-            raise ValueError(f"slices differ in size ({sorted(sizes)}); set a slice_size")
+        sizes = [tuple(e.open("labels").shape[1:]) for e in self.entries]
+        # slices of other sizes (scans of other fields of view resampled to one
+        # spacing) are padded at the end of each axis to the largest: images
+        # with their case's lowest value, labels with background, φ with 0 (no
+        # boundary term there; the regional loss supervises the padding)
+        self.canvas = tuple(int(max(s[k] for s in sizes)) for k in range(2))
         case_index, position = [], []
         for c, entry in enumerate(self.entries):
             keep = entry.nonempty if skip_empty_slices else (True,) * len(entry.nonempty)
@@ -435,10 +476,12 @@ class DiskSliceDataset(Dataset):
         self.num_classes = self.entries[0].num_classes
         self.distance = distance
         self._open = _OpenArrays()
+        self._low: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_open"] = _OpenArrays()
+        state["_low"] = {}
         return state
 
     def __len__(self) -> int:
@@ -459,13 +502,27 @@ class DiskSliceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (M, H, W) float32, labels (H, W) int64, dist (C, H, W) float32)``."""
         index = int(index)
-        arrays = self.arrays(int(self.case_index[index]))
+        case = int(self.case_index[index])
+        arrays = self.arrays(case)
         k = int(self._position[index])
-        return (
-            torch.from_numpy(np.array(arrays["images"][k], dtype=np.float32)),
-            torch.from_numpy(np.array(arrays["labels"][k], dtype=np.int64)),
-            torch.from_numpy(np.array(arrays["dist"][k], dtype=np.float32)),
-        )
+        image = np.array(arrays["images"][k], dtype=np.float32)
+        labels = np.array(arrays["labels"][k], dtype=np.int64)
+        dist = np.array(arrays["dist"][k], dtype=np.float32)
+        pad = [c - n for c, n in zip(self.canvas, labels.shape, strict=True)]
+        if any(pad):
+            widths = [(0, pad[0]), (0, pad[1])]
+            low = self._low.get(case)
+            if low is None:
+                low = self._low[case] = np.asarray(arrays["images"]).min(axis=(0, 2, 3))
+            image = np.stack(
+                [
+                    np.pad(ch, widths, constant_values=float(v))
+                    for ch, v in zip(image, low, strict=True)
+                ]
+            )
+            labels = np.pad(labels, widths)
+            dist = np.pad(dist, [(0, 0), *widths])
+        return (torch.from_numpy(image), torch.from_numpy(labels), torch.from_numpy(dist))
 
 
 # ---------------------------------------------------------------------------

@@ -51,16 +51,32 @@ from napari_boundary_seg.core.checkpoint import (
 )
 from napari_boundary_seg.core.data import PreprocessConfig, case_from_arrays, preprocess_case
 from napari_boundary_seg.core.device import resolve_device
+from napari_boundary_seg.core.orientation import canonical_orientation
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "select_modalities",
     "iter_predict_volume",
     "iter_sliding_window",
     "modality_order",
     "predict_volume",
 ]
+
+
+def select_modalities(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:
+    """Indices into ``given`` of each ``trained`` modality, matched by name
+    (case-insensitive): reorders, and picks a subset when more are given (a
+    FLAIR-only model given FLAIR and T1 takes the FLAIR). None when a trained
+    name is not among the given ones, or names repeat."""
+    trained = [str(n).strip().lower() for n in trained]
+    given = [str(n).strip().lower() for n in given]
+    if not trained or len(set(trained)) != len(trained) or len(set(given)) != len(given):
+        return None
+    if any(name not in given for name in trained):
+        return None
+    return [given.index(name) for name in trained]
 
 
 def modality_order(trained: Sequence[str], given: Sequence[str]) -> list[int] | None:
@@ -288,8 +304,10 @@ def _iter_predict_3d(
     device: str | torch.device | None,
     overlap: float,
     sw_batch_size: int,
+    affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
-    """The 3D path: intensity preprocessing as in training, then :func:`iter_sliding_window`."""
+    """The 3D path: orientation and intensity preprocessing as in training, then
+    :func:`iter_sliding_window`, then back to the stored order."""
     in_channels = int(getattr(model, "in_channels", 1))
     images = _as_channels(volume, in_channels, spacing, dims=3)
     if images.ndim != 4:
@@ -298,9 +316,18 @@ def _iter_predict_3d(
         )
     if spacing is None:
         spacing = (1.0,) * 3
-    # the training code's scaling (per modality, to [0, 1]); no slicing, no resizing
-    prep = dataclasses.replace(settings.preprocess, slice_size=None, axis=0)
-    case = case_from_arrays(list(images), None, spacing, case_id="predict")
+    # the training code's orientation and scaling; no slicing, no resizing
+    orientation = canonical_orientation(affine if settings.preprocess.canonical else None)
+    images = np.ascontiguousarray(orientation.to_canonical(images, lead=1))
+    prep = dataclasses.replace(
+        settings.preprocess,
+        slice_size=None,
+        slice_spacing=None,
+        axis=0,
+        canonical=False,
+        crop=False,
+    )
+    case = case_from_arrays(list(images), None, orientation.spacing(spacing), case_id="predict")
     scaled = np.swapaxes(preprocess_case(case, prep).images, 0, 1)  # (M, *spatial)
     target = _target_device(model, device)
     original_device = _model_device(model)
@@ -313,7 +340,8 @@ def _iter_predict_3d(
     finally:
         model.to(original_device)
         model.train(was_training)
-    probs_vol = np.ascontiguousarray(probs.cpu().numpy(), dtype=np.float32)
+    probs_vol = orientation.from_canonical(probs.cpu().numpy(), lead=1)
+    probs_vol = np.ascontiguousarray(probs_vol, dtype=np.float32)
     labels = probs_vol.argmax(axis=0).astype(np.int64)
     return probs_vol, labels
 
@@ -331,6 +359,7 @@ def iter_predict_volume(
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.5,
     sw_batch_size: int = 2,
+    affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """:func:`predict_volume` as a generator yielding ``Progress`` per batch.
 
@@ -341,12 +370,10 @@ def iter_predict_volume(
     if settings.dims == 3:
         return (
             yield from _iter_predict_3d(
-                model, volume, spacing, settings, device, overlap, sw_batch_size
+                model, volume, spacing, settings, device, overlap, sw_batch_size, affine
             )
         )
     prep = settings.preprocess
-    if axis is not None:
-        prep = dataclasses.replace(prep, axis=axis)
     if slice_size is not None:
         prep = dataclasses.replace(prep, slice_size=slice_size)
     in_channels = int(getattr(model, "in_channels", 1))
@@ -354,18 +381,17 @@ def iter_predict_volume(
     spatial = images.shape[1:]
     if spacing is None:
         spacing = (1.0,) * len(spatial)
+    orientation = canonical_orientation(affine if prep.canonical else None, len(spatial))
+    if axis is not None:  # a stored axis of ``volume``: the same axis in the working order
+        axis = int(axis) % len(spatial)
+        prep = dataclasses.replace(prep, axis=orientation.perm.index(axis))
     target = _target_device(model, device)
     original_device = _model_device(model)
     was_training = model.training
-    case = case_from_arrays(list(images), None, spacing, case_id="predict")
+    case = case_from_arrays(list(images), None, spacing, affine, case_id="predict")
     prepared = preprocess_case(case, prep)
-    slices = prepared.images  # (D, M, S, S)
-    if len(spatial) == 3:
-        ax = prep.axis % 3
-        native = tuple(s for k, s in enumerate(spatial) if k != ax)
-    else:
-        ax = None
-        native = tuple(spatial)
+    slices = prepared.images  # (D, M, h, w)
+    native = tuple(prepared.native_hw)  # (H, W) of the slices before resizing
     n = slices.shape[0]
     total = -(-n // batch_size)
     out = np.empty((0,), dtype=np.float32)
@@ -389,12 +415,14 @@ def iter_predict_volume(
     finally:
         model.to(original_device)
         model.train(was_training)
-    # (D, C, H, W) -> (C, *spatial)
+    # (D, C, H, W) -> (C, *spatial) in the working order -> the stored order
     probs_vol = np.moveaxis(out, 0, 1)  # (C, D, H, W)
-    if ax is None:
+    if prepared.axis is None:
         probs_vol = probs_vol[:, 0]
     else:
-        probs_vol = np.moveaxis(probs_vol, 1, 1 + ax)
+        probs_vol = np.moveaxis(prepared.paste(probs_vol), 1, 1 + prepared.axis)
+        if prepared.orientation is not None:
+            probs_vol = prepared.orientation.from_canonical(probs_vol, lead=1)
     probs_vol = np.ascontiguousarray(probs_vol, dtype=np.float32)
     labels = probs_vol.argmax(axis=0).astype(np.int64)
     return probs_vol, labels
@@ -413,6 +441,7 @@ def predict_volume(
     patch_size: Sequence[int] | None = None,
     overlap: float = 0.5,
     sw_batch_size: int = 2,
+    affine: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment a 2D image or 3D volume: slice by slice (2D models) or by sliding window (3D).
 
@@ -453,6 +482,11 @@ def predict_volume(
         patch size (required for a bare 3D model).
     overlap
         3D: share of a window overlapping its neighbour along each axis.
+    affine
+        ``(4, 4)`` voxel-to-world matrix of ``volume``: a model trained in the
+        canonical orientation sees the volume reoriented (and its output is
+        brought back to the stored order). ``None``: the stored order is taken
+        as canonical.
     sw_batch_size
         3D: windows per forward pass.
 
@@ -475,5 +509,6 @@ def predict_volume(
             patch_size=patch_size,
             overlap=overlap,
             sw_batch_size=sw_batch_size,
+            affine=affine,
         )
     )

@@ -17,6 +17,7 @@ figures are measured on slices the model did not train on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,7 @@ def split_slices(
     case_id: str = "viewer",
     modalities: Sequence[str] | None = None,
     affine: np.ndarray | None = None,
+    normalize: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """Training and validation cases of one labelled volume, split along ``axis``.
 
@@ -130,6 +132,11 @@ def split_slices(
     affine
         ``(4, 4)`` voxel-to-world affine of the volume (default: from
         ``spacing``); each part gets it with its origin moved to its first slice.
+    normalize
+        Intensity rule (``"zscore"``, ``"minmax"``) applied to the whole volume
+        before it is split, so that every part keeps the intensities the whole
+        scan has at prediction (the parts are marked ``normalized``); ``None``
+        leaves the parts raw (each is then normalised on its own).
 
     Returns
     -------
@@ -137,9 +144,11 @@ def split_slices(
         The slices before and after the block (one or two cases) and the block
         (one case); ``(all, [])`` when there is nothing to split.
     """
-    from napari_boundary_seg.core.data import case_from_arrays
+    from napari_boundary_seg.core.data import case_from_arrays, normalize_volume
 
     stack = np.stack([np.asarray(v) for v in images])
+    if normalize is not None:
+        stack = np.stack([normalize_volume(v, normalize) for v in stack])
     block = validation_block(labels, axis, val_fraction)
 
     def case(index: slice | None, name: str) -> Any:
@@ -149,7 +158,7 @@ def split_slices(
             part_affine = np.array(affine, dtype=np.float64)
             if index is not None and axis < 3:
                 part_affine[:3, 3] += part_affine[:3, axis] * index.start
-        return case_from_arrays(
+        part = case_from_arrays(
             list(stack[(slice(None), *sub)]),
             labels[sub],
             spacing,
@@ -157,6 +166,7 @@ def split_slices(
             case_id=name,
             modalities=None if modalities is None else tuple(modalities),
         )
+        return dataclasses.replace(part, normalized=True) if normalize is not None else part
 
     if block is None:
         return [case(None, case_id)], []

@@ -68,13 +68,16 @@ from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    checkpoint_config,
     read_checkpoint,
     save_checkpoint,
     training_mode,
 )
+from napari_boundary_seg.core.data import NORMALIZE_MODES, check_slice_spacing
 from napari_boundary_seg.core.device import check_device_name, resolve_device
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
+from napari_boundary_seg.core.orientation import check_plane
 from napari_boundary_seg.core.precision import (
     autocast,
     check_precision,
@@ -224,12 +227,28 @@ class TrainConfig:
         improvement of the validation DSC (the paper: 20, 0.5).
     slice_size
         Slices are resized to ``slice_size × slice_size`` (the paper: 256);
-        ``None`` keeps their size.
+        ``None`` keeps their shape (resampled to ``slice_spacing``).
     axis
-        Slicing axis of the 3D volumes (numpy axis order of the spatial axes).
+        Slicing plane: ``auto`` (axial, or the thick-slice axis when one
+        spacing is > 3× the others), ``axial``, ``coronal``, ``sagittal``, or
+        an axis 0–2 of the canonical order (of the stored order when
+        ``canonical`` is False).
     scale, percentiles
-        Intensity scaling to [0, 1] per volume; ``percentiles=(lo, hi)`` clips
-        at those percentiles first (robust scaling), ``None`` uses min and max.
+        Normalise each modality (``scale=False``: raw intensities);
+        ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
+    normalize
+        ``zscore`` (within the head: Otsu mask, clipped at its 0.5/99.5 %
+        percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
+        scans alike) or ``minmax`` (the paper's [0, 1]).
+    canonical
+        Reorient every scan to the closest canonical (RAS) voxel order first,
+        so that the stored order of a file changes nothing.
+    slice_spacing
+        In-plane spacing (mm) slices are resampled to: ``"auto"`` (the
+        training cases' median, recorded in the checkpoint), one or two
+        numbers, or ``None`` (no resampling). Ignored when ``slice_size`` is set.
+    crop_to_head
+        2D: crop every scan to its head (plus a margin) before slicing.
     skip_empty_slices
         Train on slices with foreground only (the paper keeps all).
     distance
@@ -287,6 +306,11 @@ class TrainConfig:
     oversample
         Share of the 3D patches centred on a random foreground voxel (nnU-Net's
         one third); 0 samples uniformly. Ignored in 2D (every slice once).
+    slice_oversample
+        2D: share of each epoch's slice order replaced by slices that hold
+        foreground, drawn at random (0: every slice once, the paper). Lesions
+        on a few slices of a few patients are seen more often; the epoch keeps
+        its length.
     augment
         Augmentation that keeps φ exact (:mod:`napari_boundary_seg.core.augment`);
         ``None``: on in 3D, off in 2D (the paper trains without). See
@@ -303,10 +327,14 @@ class TrainConfig:
     batch_size: int = 8
     lr_patience: int = 20
     lr_factor: float = 0.5
-    slice_size: int | None = 256
-    axis: int = 2
+    slice_size: int | None = None
+    axis: int | str = "auto"
     scale: bool = True
     percentiles: tuple[float, float] | None = None
+    normalize: str = "zscore"
+    canonical: bool = True
+    slice_spacing: str | tuple[float, float] | None = "auto"
+    crop_to_head: bool = True
     skip_empty_slices: bool = False
     distance: str = "3d"
     val_fraction: float = 0.2
@@ -328,6 +356,7 @@ class TrainConfig:
     dims: int = 2
     patch_size: tuple[int, ...] | None = None
     oversample: float = 1 / 3
+    slice_oversample: float = 0.0
     augment: bool | None = None
 
     def __post_init__(self) -> None:
@@ -358,8 +387,24 @@ class TrainConfig:
             _positive_int(self.slice_size, "slice_size")
         if self.max_steps_per_epoch is not None:
             _positive_int(self.max_steps_per_epoch, "max_steps_per_epoch")
-        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
-            raise ValueError(f"TrainConfig.axis must be an integer, got {self.axis!r}")
+        set_(self, "axis", check_plane(self.axis, "TrainConfig.axis"))
+        if self.normalize not in NORMALIZE_MODES:
+            raise ValueError(
+                f"TrainConfig.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
+                f"got {self.normalize!r}"
+            )
+        if not isinstance(self.crop_to_head, bool):
+            raise ValueError(
+                f"TrainConfig.crop_to_head must be True or False, got {self.crop_to_head!r}"
+            )
+        if not isinstance(self.canonical, bool):
+            raise ValueError(f"TrainConfig.canonical must be True or False, got {self.canonical!r}")
+        if self.slice_spacing is not None and self.slice_spacing != "auto":
+            set_(
+                self,
+                "slice_spacing",
+                check_slice_spacing(self.slice_spacing, "TrainConfig.slice_spacing"),
+            )
         if self.seed is None or isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
         if self.split_seed is not None and (
@@ -417,6 +462,14 @@ class TrainConfig:
             or not 0 <= self.oversample <= 1
         ):
             raise ValueError(f"TrainConfig.oversample must be in [0, 1], got {self.oversample!r}")
+        if (
+            isinstance(self.slice_oversample, bool)
+            or not isinstance(self.slice_oversample, int | float)
+            or not 0 <= self.slice_oversample < 1
+        ):
+            raise ValueError(
+                f"TrainConfig.slice_oversample must be in [0, 1), got {self.slice_oversample!r}"
+            )
         if self.augment is not None and not isinstance(self.augment, bool):
             raise ValueError(
                 f"TrainConfig.augment must be True, False or None, got {self.augment!r}"
@@ -464,8 +517,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
         values = dict(d)
-        for key in ("percentiles", "patch_size"):
-            if values.get(key) is not None:
+        for key in ("percentiles", "patch_size", "slice_spacing"):
+            if values.get(key) is not None and not isinstance(values[key], str):
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -798,11 +851,44 @@ class _Plateau:
         self.mode = str(state["mode"])
 
 
-def epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
-    """The slice order of an epoch: a permutation seeded by ``(seed, epoch)``."""
+def epoch_order(
+    num_items: int,
+    seed: int,
+    epoch: int,
+    foreground: np.ndarray | None = None,
+    share: float = 0.0,
+) -> torch.Tensor:
+    """The slice order of an epoch: a permutation seeded by ``(seed, epoch)``.
+
+    With ``share > 0`` and the indices of the ``foreground`` items, that share
+    of the positions (evenly spread) holds a foreground item drawn at random
+    instead (same generator: a pure function of ``(seed, epoch)``).
+    """
+    from napari_boundary_seg.core.patches import takes_share
+
     generator = torch.Generator()
     generator.manual_seed((int(seed) * 1_000_003 + int(epoch)) % (2**63))
-    return torch.randperm(num_items, generator=generator)
+    order = torch.randperm(num_items, generator=generator)
+    if share > 0 and foreground is not None and len(foreground) > 0:
+        draws = torch.randint(len(foreground), (num_items,), generator=generator)
+        for position in range(num_items):
+            if takes_share(position, share):
+                order[position] = int(foreground[int(draws[position])])
+    return order
+
+
+def foreground_items(dataset: Any) -> np.ndarray:
+    """Indices of a 2D slice data set's items whose labels hold foreground."""
+    if hasattr(dataset, "entries") and hasattr(dataset, "_position"):  # DiskSliceDataset
+        flags = [
+            dataset.entries[int(c)].nonempty[int(k)]
+            for c, k in zip(dataset.case_index, dataset._position, strict=True)
+        ]
+    elif hasattr(dataset, "labels"):  # in-memory SliceDataset
+        flags = dataset.labels.reshape(len(dataset.labels), -1).any(dim=1).tolist()
+    else:
+        flags = [bool(dataset[i][1].any()) for i in range(len(dataset))]
+    return np.flatnonzero(np.asarray(flags, dtype=bool))
 
 
 def collate(dataset: Any, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
@@ -903,6 +989,7 @@ class _Data:
     in_channels: int
     modalities: list[str]
     keep_alive: Any = None  # a temporary cache folder, removed with this object
+    slice_spacing: tuple[float, float] | None = None  # "auto" resolved on the training cases
 
 
 def _split_train_val(
@@ -960,6 +1047,33 @@ def _iter_prepare_volumes(
     if unlabelled:
         raise ValueError(f"cases without labels cannot be used for training: {unlabelled}")
     train_src, val_src = _split_train_val(config, cases, val_cases)
+    from napari_boundary_seg.core.data import iter_check_cases
+
+    # every case is read and checked before the first cache entry is written
+    shapes = yield from iter_check_cases(
+        [*train_src, *val_src], config.num_classes, config.canonical
+    )
+    if config.dims == 3:
+        for source, shape in zip([*train_src, *val_src], shapes, strict=True):
+            if len(shape) == 3 and any(
+                s < p for s, p in zip(shape, config.patch_size, strict=True)
+            ):
+                raise ValueError(
+                    f"case {source.case_id} of shape {shape} is smaller than the patch "
+                    f"{tuple(config.patch_size)}; choose a patch_size no larger than every volume"
+                )
+    resolved_spacing = None
+    if config.dims == 2 and config.slice_size is None and config.slice_spacing == "auto":
+        from napari_boundary_seg.core.data import median_slice_spacing
+
+        resolved_spacing = median_slice_spacing(train_src, preprocess_config(config))
+        if resolved_spacing is not None:
+            config = dataclasses.replace(config, slice_spacing=resolved_spacing)
+            yield InfoEvent(
+                "slices resampled to {:.3g} x {:.3g} mm (the training cases' median)".format(
+                    *resolved_spacing
+                )
+            )
     keep_alive = None
     if config.cache_dir is not None:
         cache_dir = Path(config.cache_dir)
@@ -969,7 +1083,14 @@ def _iter_prepare_volumes(
         keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
         cache_dir = Path(keep_alive.name)
     yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
-    args = (cache_dir, config.num_classes, config.scale, config.percentiles)
+    args = (
+        cache_dir,
+        config.num_classes,
+        config.scale,
+        config.percentiles,
+        config.normalize,
+        config.canonical,
+    )
     if config.dims == 3:
         train_entries = yield from iter_cache_cases(list(train_src), *args)
     else:
@@ -1004,6 +1125,7 @@ def _iter_prepare_volumes(
         channels.pop(),
         list(train_entries[0].modalities),
         keep_alive,
+        resolved_spacing,
     )
 
 
@@ -1044,12 +1166,17 @@ def preprocess_config(config: TrainConfig) -> Any:
     """The :class:`~napari_boundary_seg.core.data.PreprocessConfig` of a training config."""
     from napari_boundary_seg.core.data import PreprocessConfig
 
+    spacing = config.slice_spacing
     return PreprocessConfig(
         scale=config.scale,
         percentiles=config.percentiles,
         slice_size=config.slice_size,
         axis=config.axis,
         skip_empty_slices=config.skip_empty_slices,
+        normalize=config.normalize,
+        canonical=config.canonical,
+        slice_spacing=None if spacing in (None, "auto") else spacing,
+        crop=config.crop_to_head,
     )
 
 
@@ -1126,6 +1253,8 @@ def validate_cases(
             case_preprocess = dataclasses.replace(preprocess, scale=False)
         else:
             images, labels, case_preprocess = case.images, case.labels, preprocess
+            if getattr(case, "normalized", False):  # a part of a volume normalised as a whole
+                case_preprocess = dataclasses.replace(preprocess, scale=False)
         _, pred = predict_volume(
             model,
             images,
@@ -1133,6 +1262,7 @@ def validate_cases(
             preprocess=case_preprocess,
             batch_size=config.batch_size,
             device=device,
+            affine=np.asarray(case.affine, dtype=float),
         )
         scores.append(_case_scores(pred, labels, case.spacing, config.num_classes))
         del images, labels, pred
@@ -1234,7 +1364,7 @@ def _load_source(path: str) -> dict[str, Any]:
 
 
 def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: str) -> None:
-    saved_config = TrainConfig.from_dict(saved["config"]).to_dict()
+    saved_config = TrainConfig.from_dict(checkpoint_config(saved)).to_dict()
     ours = config.to_dict()
     diffs = [
         f"{k}: {saved_config[k]!r} in the checkpoint, {ours[k]!r} now"
@@ -1394,7 +1524,12 @@ def train(
             )
         else:  # a prebuilt in-memory slice data set (the study shares one between runs)
             data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
+    if data.slice_spacing is not None:  # "auto" resolved: the checkpoint keeps the value
+        config = dataclasses.replace(config, slice_spacing=data.slice_spacing)
     num_slices = len(data.dataset)
+    fg_items = None
+    if config.dims == 2 and config.slice_oversample > 0:
+        fg_items = foreground_items(data.dataset)
     if num_slices == 0:
         raise ValueError("the training cases hold no slices")
     train_set = data.dataset
@@ -1550,7 +1685,9 @@ def train(
     for epoch in range(start_epoch, config.epochs):
         w_region, w_boundary = effective_weights(config.loss, schedule(epoch))
         order = distributed.shard_indices(
-            epoch_order(num_slices, config.seed, epoch), ctx.rank, ctx.world_size
+            epoch_order(num_slices, config.seed, epoch, fg_items, config.slice_oversample),
+            ctx.rank,
+            ctx.world_size,
         )
         if epoch != start_epoch:
             start_step = 0

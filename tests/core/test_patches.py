@@ -231,7 +231,8 @@ def test_3d_checkpoint_holds_its_mode_and_predict_follows_it(cases, tmp_path):
 
 
 def test_2d_training_from_the_disk_cache_equals_the_in_memory_slice_data_set(cases, tmp_path):
-    from napari_boundary_seg.core.data import PreprocessConfig, SliceDataset, split_cases
+    from napari_boundary_seg.core.data import SliceDataset, split_cases
+    from napari_boundary_seg.core.train import preprocess_config
 
     config = TrainConfig(
         epochs=2, slice_size=16, depth=2, base_channels=4, batch_size=4, device="cpu",
@@ -239,7 +240,7 @@ def test_2d_training_from_the_disk_cache_equals_the_in_memory_slice_data_set(cas
     )  # fmt: skip
     disk = run_to_end(train(config, cases))
     tr, va = split_cases(cases, 0.34, 0)
-    memory_set = SliceDataset(tr, 2, PreprocessConfig(slice_size=16))
+    memory_set = SliceDataset(tr, 2, preprocess_config(config))
     memory = run_to_end(train(config, tr, val_cases=va, dataset=memory_set))
     for key, value in memory.model.state_dict().items():
         assert torch.equal(value, disk.model.state_dict()[key]), key

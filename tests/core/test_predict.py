@@ -92,7 +92,10 @@ def test_2d_and_multichannel_inputs():
 def _checkpoint(tmp_path, slice_size=16, axis=0):
     torch.manual_seed(0)
     model = UNet(1, 2, depth=2, base_channels=4)
-    config = TrainConfig(slice_size=slice_size, axis=axis, depth=2, base_channels=4)
+    # the paper's min-max scaling: the hand computations below use it
+    config = TrainConfig(
+        slice_size=slice_size, axis=axis, depth=2, base_channels=4, normalize="minmax"
+    )
     path = tmp_path / "best.pt"
     save_checkpoint(
         path,
@@ -292,7 +295,11 @@ def test_blending_equals_monai_sliding_window_inference():
 
 def _checkpoint_3d(tmp_path, patch_size=(4, 8, 8)):
     model = _unet3d()
-    config = {**TrainConfig(slice_size=None).to_dict(), "dims": 3, "patch_size": list(patch_size)}
+    config = {
+        **TrainConfig(slice_size=None, normalize="minmax").to_dict(),
+        "dims": 3,
+        "patch_size": list(patch_size),
+    }
     path = tmp_path / "best3d.pt"
     save_checkpoint(
         path,

@@ -291,12 +291,11 @@ def test_config_round_trip_and_validation():
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config
     default = TrainConfig()
-    assert (default.lr, default.batch_size, default.lr_patience, default.slice_size) == (
-        1e-3,
-        8,
-        20,
-        256,
-    )
+    assert (default.lr, default.batch_size, default.lr_patience) == (1e-3, 8, 20)
+    # real scans: no square resizing, resampled to the training spacing, canonical
+    # orientation, z-scored within the head, the plane from the scan
+    assert (default.slice_size, default.slice_spacing, default.canonical) == (None, "auto", True)
+    assert (default.normalize, default.axis) == ("zscore", "auto")
     assert default.loss is LossKind.GDL_BL and default.schedule["kind"] == "paper"
     with pytest.raises(ValueError, match="unknown TrainConfig keys"):
         TrainConfig.from_dict({"epochs": 1, "epoch": 2})
