@@ -1293,8 +1293,11 @@ class TrainWidget(QWidget):
         axis = self._native_axis
         if layer is None or axis is None or layer.ndim != 3:
             return
+        if self._closing or not self.runner.running:
+            return
         if show_slicing_axis(self.viewer, layer, axis):
             logger.info("the view now slices along axis %d, the training plane", axis)
+            self._update_preview_at()
 
     def _preview_where(self) -> tuple[int, int] | None:
         """The slice to preview now (read by the worker thread)."""
@@ -1525,8 +1528,9 @@ class TrainWidget(QWidget):
         self.verdict = None
         self.verdict_label.setVisible(False)
         self._config = config
-        self._follow_training_plane()
         self._update_preview_at()
+        # the view follows in a turn of its own: napari slices every layer again
+        QTimer.singleShot(0, self._follow_training_plane)
         self.curves.reset(config.epochs)
         self.curves.start_timer()
         self.progress.reset(config.epochs)
