@@ -21,7 +21,15 @@ state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
 prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
 run stopped in its first epoch) into a layer of its own name.
 
-Mode (issue 11): "Train on" 2D slices (the paper, both presets) or 3D patches
+Slice plane: "auto" / axial / coronal / sagittal (``TrainConfig.axis``),
+from the scan's orientation (the layer's affine, :func:`_common.layer_affine`),
+never from the view: the validation block, the 3D patch clipping and the live
+preview use the stored axis of that plane (:func:`_common.native_slice_axis`),
+and after Start a 2D view is turned to show it (the view follows the
+training). A run that ends badly (:func:`core.verdict.judge_run`) says so
+under the status, on the charts and in a napari warning.
+
+Mode: "Train on" 2D slices (the paper, both presets) or 3D patches
 (``TrainConfig.dims``); the patch size in voxels per numpy axis (3D only; by
 default :data:`core.patches.DEFAULT_PATCH_SIZE` clipped to the labels layer,
 and at Start to the longest training part left beside the validation block,
