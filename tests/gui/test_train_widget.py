@@ -557,7 +557,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
 def test_curves_name_the_terms_and_say_why_the_total_can_rise(qtbot):
     curves = TrainingCurves()
     assert "mm" in curves.boundary_chart.title and "distance" in curves.boundary_chart.title
-    assert "α" in curves.loss_chart.title and "boundary" in curves.loss_chart.title
+    assert "α" in curves.loss_chart.title and "BL" in curves.loss_chart.title
     assert "rise while the model improves" in curves.loss_chart.toolTip()
     assert curves.alpha_chart.y_range == (-0.03, 1.03)  # α on its own axis
 
