@@ -146,3 +146,19 @@ def test_real_ms_scans_are_read_reoriented_and_z_scored():
     head = prep.images[:, 0][prep.images[:, 0] > prep.images[:, 0].min()]
     assert abs(float(np.median(head))) < 1.0
     assert os.fspath(REAL)  # the data stay outside the repository
+
+
+def test_a_checkpoint_whose_channels_do_not_fit_is_refused_before_any_work(tmp_path, capsys):
+    one = _folder(tmp_path / "one", ["a1", "a2"])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(one), "--out", str(run), "--epochs", "1",
+                 "--val-fraction", "0", *TINY]) == 0  # fmt: skip
+    two = _folder(tmp_path / "two", ["b1", "b2"], channels={"0": "FLAIR", "1": "T1"})
+    out, cache = tmp_path / "ft", tmp_path / "cache"
+    code = main(["train", "--data", str(two), "--out", str(out), "--cache-dir", str(cache),
+                 "--init-checkpoint", str(run / "last.pt"), "--epochs", "1", *TINY])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "has 2 modalities" in err and "last.pt takes 1" in err, err
+    assert not cache.exists() or not any(cache.iterdir())
+    assert not out.exists() or not any(out.iterdir())

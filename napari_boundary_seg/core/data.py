@@ -803,33 +803,32 @@ def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> 
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``values`` (a histogram between their 0.1 and 99.9
-    percentiles, so that a few hot voxels do not squeeze it)."""
-    lo, hi = (float(v) for v in np.percentile(values, (0.1, 99.9)))
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(np.clip(values, lo, hi), bins=bins, range=(lo, hi))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1e-12)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(centres[int(np.argmax(between[:-1]))])
+HEAD_THRESHOLD = 0.1
+"""A voxel is in the head above this share of the robust (2nd–98th percentile)
+intensity range (FSL BET's robust threshold)."""
 
 
 def head_mask(volume: np.ndarray) -> np.ndarray:
-    """The head (or brain) of one modality: voxels above Otsu's threshold.
+    """The head (or brain) of one modality, holes filled.
 
-    On a scan with the skull, air falls below the threshold; on a
-    skull-stripped scan, the zero background does. An image with no contrast
-    gives a full mask.
+    Voxels above the 2nd percentile plus :data:`HEAD_THRESHOLD` of the range
+    up to the 98th, the largest face-connected piece of them (specks of
+    noise in the air are left out), its holes filled in 3D (ventricles and
+    dark lesions inside the head belong to it). On a scan with the skull, air falls below
+    the threshold; on a skull-stripped scan, the zero background does. A
+    volume with no contrast gives a full mask.
     """
-    threshold = otsu_threshold(volume)
-    mask = volume > threshold
+    from scipy.ndimage import binary_fill_holes
+
+    lo, hi = (float(v) for v in np.percentile(volume, (2, 98)))
+    if hi <= lo:
+        return np.ones(volume.shape, dtype=bool)
+    mask = volume > lo + HEAD_THRESHOLD * (hi - lo)
+    if mask.ndim == 3 and mask.any():  # the head is one piece: noise specks in the air are not
+        import cc3d
+
+        mask = cc3d.largest_k(mask, k=1, connectivity=6) > 0
+    mask = binary_fill_holes(mask)
     if mask.sum() < max(16, 0.001 * mask.size):
         return np.ones(volume.shape, dtype=bool)
     return mask
@@ -837,7 +836,10 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
 
 def _zscore(volume: np.ndarray) -> np.ndarray:
     """nnU-Net's MRI rule within the head mask: clip at its 0.5/99.5 percentiles,
-    subtract its mean, divide by its standard deviation."""
+    subtract its mean, divide by its standard deviation; 0 outside the mask
+    (nnU-Net's ``use_mask_for_norm``). On the sample case this trains faster
+    than the same z-score with the air kept at its (very negative) value:
+    best validation DSC 0.874 against 0.786 (``benchmarks/quick_start.py``)."""
     volume = np.asarray(volume, dtype=np.float32)
     mask = head_mask(volume)
     inside = volume[mask]
@@ -847,6 +849,7 @@ def _zscore(volume: np.ndarray) -> np.ndarray:
     mean, std = float(inside.mean()), float(inside.std())
     out -= mean
     out /= max(std, 1e-6)
+    out[~mask] = 0.0  # outside the head: 0, as the network's zero padding
     return out.astype(np.float32, copy=False)
 
 
@@ -949,13 +952,17 @@ class _Prepared:
 
 
 def head_box(
-    images: np.ndarray, labels: np.ndarray | None, margin: int = CROP_MARGIN
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    margin: int = CROP_MARGIN,
+    normalized: bool = False,
 ) -> tuple[tuple[int, int], ...]:
-    """The bounding box ``((start, stop), ...)`` of the head in ``images (M, *spatial)``
-    (any modality's :func:`head_mask`) and of the labels, grown by ``margin``."""
+    """The bounding box ``((start, stop), ...)`` of the head in raw ``images (M,
+    *spatial)`` (any modality's :func:`head_mask`; in ``normalized`` images, whose
+    background is 0: any nonzero voxel) and of the labels, grown by ``margin``."""
     mask = np.zeros(images.shape[1:], dtype=bool)
     for channel in images:
-        mask |= head_mask(channel)
+        mask |= (channel != 0) if normalized else head_mask(channel)
     if labels is not None:
         mask |= labels > 0
     box = []
@@ -1075,7 +1082,8 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
     slice_index = np.arange(images.shape[0])
     if preprocess.crop and axis is not None:
         full_shape = (images.shape[0], *images.shape[2:])
-        crop = head_box(np.swapaxes(images, 0, 1), labels)
+        # the head of the images as they came (normalised images lost their air)
+        crop = head_box(np.moveaxis(case.images, 1 + axis, 1), labels, normalized=case.normalized)
         (d0, d1), (h0, h1), (w0, w1) = crop
         images = np.ascontiguousarray(images[d0:d1, :, h0:h1, w0:w1])
         if labels is not None:
@@ -1216,15 +1224,20 @@ def _check_training_labels(case: Case, num_classes: int) -> None:
 
 
 def iter_check_cases(
-    sources: Sequence[Any], num_classes: int, canonical: bool = False
+    sources: Sequence[Any],
+    num_classes: int,
+    canonical: bool = False,
+    in_channels: tuple[int, str] | None = None,
 ) -> Generator[Progress, None, list[tuple[int, ...]]]:
     """Read and check every case before any work is written.
 
     Files (:class:`CaseFiles`) are read one at a time (shapes, affines, finite
     values, integer labels: :func:`load_case`), label values are checked
     against ``num_classes`` and the modality counts against each other, so a
-    bad case is refused before the first cache entry is written. Returns the
-    spatial shape of each case (canonical when ``canonical``).
+    bad case is refused before the first cache entry is written; with
+    ``in_channels=(n, checkpoint)``, so is a case whose modality count is not
+    the checkpoint's. Returns the spatial shape of each case (canonical when
+    ``canonical``).
     """
     shapes: list[tuple[int, ...]] = []
     channels: dict[int, str] = {}
@@ -1234,6 +1247,11 @@ def iter_check_cases(
         case = load_case(source) if hasattr(source, "image_paths") else source
         _check_training_labels(case, num_classes)
         channels.setdefault(int(case.images.shape[0]), str(case.case_id))
+        if in_channels is not None and int(case.images.shape[0]) != in_channels[0]:
+            raise ValueError(
+                f"case {case.case_id} has {case.images.shape[0]} modalities but "
+                f"{in_channels[1]} takes {in_channels[0]} (in_channels)"
+            )
         if len(channels) > 1:
             detail = ", ".join(f"{name}: {n}" for n, name in channels.items())
             raise ValueError(f"cases have different numbers of modalities ({detail})")

@@ -237,7 +237,7 @@ class TrainConfig:
         Normalise each modality (``scale=False``: raw intensities);
         ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
     normalize
-        ``zscore`` (within the head: Otsu mask, clipped at its 0.5/99.5 %
+        ``zscore`` (within the head mask, clipped at its 0.5/99.5 %
         percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
         scans alike) or ``minmax`` (the paper's [0, 1]).
     canonical
@@ -1050,8 +1050,14 @@ def _iter_prepare_volumes(
     from napari_boundary_seg.core.data import iter_check_cases
 
     # every case is read and checked before the first cache entry is written
+    expected = None
+    source_path = config.resume_from or config.init_checkpoint
+    if source_path is not None:
+        saved = read_checkpoint(source_path).get("model") or {}
+        if "in_channels" in saved:
+            expected = (int(saved["in_channels"]), str(source_path))
     shapes = yield from iter_check_cases(
-        [*train_src, *val_src], config.num_classes, config.canonical
+        [*train_src, *val_src], config.num_classes, config.canonical, expected
     )
     if config.dims == 3:
         for source, shape in zip([*train_src, *val_src], shapes, strict=True):

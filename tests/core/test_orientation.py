@@ -33,7 +33,7 @@ def _ras_volume(shape=(14, 16, 12), seed=0):
     rng = np.random.default_rng(seed)
     head = np.zeros(shape, np.float32)
     head[2:-2, 2:-2, 2:-2] = 100.0  # a head in air
-    image = head + rng.normal(0, 5, shape).astype(np.float32)
+    image = head + rng.normal(0, 2, shape).astype(np.float32)
     image[6:9, 7:10, 5:7] += 80.0  # a bright lesion
     affine = np.diag([0.9, 1.1, 3.0, 1.0])
     affine[:3, 3] = (-10.0, 20.0, 5.0)
