@@ -627,7 +627,8 @@ def preset_values(preset: str) -> dict[str, Any]:
     from napari_boundary_seg.core.presets import quick_start_config
     from napari_boundary_seg.core.train import TrainConfig
 
-    config = quick_start_config() if preset == "quick" else TrainConfig()
+    # the paper: the trainer's defaults with its slices resized to 256 × 256
+    config = quick_start_config() if preset == "quick" else TrainConfig(slice_size=256)
     schedule = dict(config.schedule)
     return {
         "epochs": config.epochs,
