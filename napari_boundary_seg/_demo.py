@@ -265,8 +265,17 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
     return 0
 
 
-def run_demo(headless: bool = False, echo: Echo = _stdout) -> int:
-    """The GUI demo when a display is available, else (or when asked) the headless one."""
+def run_demo(headless: bool = False, echo: Echo = _stdout, threads: int | None = None) -> int:
+    """The GUI demo when a display is available, else (or when asked) the headless one.
+
+    torch's CPU thread count is chosen first and said on the first line
+    (:func:`napari_boundary_seg.core.threads.choose_threads`: ``threads``, else
+    ``OMP_NUM_THREADS``, else one per idle core): on a busy 2-core machine two
+    threads spin against the other work and make training several times slower.
+    """
+    from napari_boundary_seg.core.threads import apply_threads, choose_threads
+
+    echo(f"demo: {apply_threads(choose_threads(threads)).describe()}")
     if headless or not has_display():
         return run_headless_demo(echo)
     try:

@@ -1,7 +1,8 @@
 """The ``napari-boundary-seg`` command line.
 
 Subcommands: ``synth`` (write the built-in benchmark), ``distmap`` (NIfTI labels
-to signed distance maps), ``train``, ``predict``, ``evaluate`` and ``bench``.
+to signed distance maps), ``train``, ``predict``, ``evaluate``, ``finetune``,
+``cache``, ``demo``, ``study`` and ``bench``.
 Every one calls the same ``core`` functions as the napari widgets and shows
 tqdm progress bars.
 
@@ -24,6 +25,7 @@ import csv
 import errno
 import logging
 import math
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +50,15 @@ def subcommand(register: Registrar) -> Registrar:
     """Register a function that adds a subcommand parser (in definition order)."""
     _SUBCOMMANDS.append(register)
     return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``PROG CMD: error: MESSAGE`` and a pointer to
+    ``--help`` instead of the whole usage (24 lines for ``train``); exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = f"{self.prog} --help"
+        self.exit(2, f"{self.prog}: error: {message} (see {hint})\n")
 
 
 class CommandError(Exception):
@@ -161,8 +172,10 @@ def _progress(total: int | None = None, desc: str = "", unit: str = "it", leave:
     return tqdm(total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
 
 
-def _drive(gen, desc: str, unit: str = "it"):
-    """Run a ``Progress`` generator with a tqdm bar; return its return value."""
+def _drive(gen, desc: str, unit: str = "it", skip: int = 0):
+    """Run a ``Progress`` generator with a tqdm bar; return its return value.
+    ``skip``: leading steps that are not units of the bar (synth's anatomy step),
+    so that 20 cases count to 20."""
     from napari_boundary_seg.core.progress import Progress, run_to_end
 
     bar = None
@@ -170,11 +183,12 @@ def _drive(gen, desc: str, unit: str = "it"):
     def show(event: Any) -> None:
         nonlocal bar
         if isinstance(event, Progress):
+            total = max(event.total - skip, 0) if event.total else None
             if bar is None:  # created on the first event, which knows the total
-                bar = _progress(event.total or None, desc, unit)
-            if event.total and bar.total != event.total:
-                bar.total = event.total
-            bar.n = event.done
+                bar = _progress(total or None, desc, unit)
+            if total and bar.total != total:
+                bar.total = total
+            bar.n = max(event.done - skip, 0)
             if event.message:
                 bar.set_postfix_str(event.message, refresh=False)
             bar.refresh()
@@ -188,6 +202,72 @@ def _drive(gen, desc: str, unit: str = "it"):
 
 def _out(text: str = "") -> None:
     print(text)
+
+
+def _is_writer() -> bool:
+    """False in the processes other than rank 0 of a torchrun run (they print nothing)."""
+    import os
+
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: one per idle core, or OMP_NUM_THREADS; said in "
+        "the first lines of output)",
+    )
+
+
+def _set_threads(args: argparse.Namespace, command: str) -> None:
+    """Choose torch's CPU thread count (``--threads``, ``OMP_NUM_THREADS`` or the idle
+    cores) and say it."""
+    from napari_boundary_seg.core.threads import apply_threads, choose_threads
+
+    choice = apply_threads(choose_threads(getattr(args, "threads", None)))
+    if _is_writer():
+        _out(f"{command}: {choice.describe()}")
+
+
+def _check_device(name: str) -> None:
+    """``--device`` names a device available here (checked before any folder is made)."""
+    from napari_boundary_seg.core.device import resolve_device
+
+    try:
+        resolve_device(name)
+    except ValueError as err:
+        raise CommandError(f"--device: {_error_message(err)}") from err
+
+
+class _NewFolders:
+    """Context manager: the folders of ``path`` that do not exist yet are removed
+    again, if still empty, when the block fails (a refused command leaves no
+    empty folder behind)."""
+
+    def __init__(self, *paths: Path | None) -> None:
+        self.created: list[Path] = []
+        for path in paths:
+            if path is None:
+                continue
+            path = Path(path).absolute()
+            missing = []
+            while not path.exists() and path != path.parent:
+                missing.append(path)
+                path = path.parent
+            self.created.extend(missing)  # deepest first
+
+    def __enter__(self) -> _NewFolders:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if kind is None:
+            return
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------------------
@@ -295,9 +375,18 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             f"--out {out} is not empty and holds no data set written by synth (its "
             "dataset.json); choose an empty folder, or pass --force to write into it"
         )
-    for folder in (out, out / "imagesTr", out / "labelsTr"):
-        ensure_writable_dir(folder)
-    written = _drive(
+    with _NewFolders(out / "imagesTr", out / "labelsTr"):
+        for folder in (out, out / "imagesTr", out / "labelsTr"):
+            ensure_writable_dir(folder)
+        written = _write_synth(args, shape, spacing)
+    _out(f"wrote {args.cases} cases ({len(written)} files) to {args.out}")
+    return 0
+
+
+def _write_synth(args: argparse.Namespace, shape: tuple, spacing: tuple) -> list:
+    from napari_boundary_seg.core import synthetic
+
+    return _drive(
         synthetic.iter_write_benchmark(
             args.out,
             n_cases=args.cases,
@@ -310,9 +399,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         ),
         "synth",
         "case",
+        skip=1,  # the anatomy is built first: one step that is not a case
     )
-    _out(f"wrote {args.cases} cases ({len(written)} files) to {args.out}")
-    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -421,17 +509,61 @@ def _schedule_from_args(kind: str | None, params: Sequence[str] | None) -> dict 
     return out
 
 
+class _PresetDefault:
+    """A TrainConfig field's default as the help texts show it: one value when
+    both presets agree, else ``15 with --preset quick, 100 with paper``."""
+
+    def __init__(self, quick: Any, paper: Any) -> None:
+        self.quick, self.paper = quick, paper
+
+    @property
+    def value(self) -> _PresetDefault:  # an enum field's value
+        return _PresetDefault(self.quick.value, self.paper.value)
+
+    def __format__(self, spec: str) -> str:
+        def text(v: Any) -> str:
+            return "0" if v is None else format(v, spec)  # slice_size: None = their size
+
+        if self.quick == self.paper:
+            return text(self.quick)
+        return f"{text(self.quick)} with --preset quick, {text(self.paper)} with paper"
+
+
+class _PresetDefaults:
+    """``d.<field>``: the field's default under both presets (:class:`_PresetDefault`)."""
+
+    def __init__(self) -> None:
+        from napari_boundary_seg.core.presets import preset_config
+
+        self._quick, self._paper = preset_config("quick"), preset_config("paper")
+
+    def __getattr__(self, name: str) -> _PresetDefault:
+        return _PresetDefault(getattr(self._quick, name), getattr(self._paper, name))
+
+
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """The options of :class:`~napari_boundary_seg.core.train.TrainConfig`, all
-    defaulting to ``None`` (= the config's default, or the resumed run's value).
+    defaulting to ``None`` (= the preset's value, or the resumed run's value).
     Used by ``train``; ``study`` and ``finetune`` have options of their own."""
     from napari_boundary_seg.core.losses import LossKind
+    from napari_boundary_seg.core.presets import PRESETS
     from napari_boundary_seg.core.schedule import ScheduleKind
-    from napari_boundary_seg.core.train import TrainConfig
 
-    d = TrainConfig()
-    p.add_argument("--data", type=Path, help="data set folder (generic, WMH or ISLES layout)")
-    p.add_argument("--out", type=Path, help="run folder for best.pt, last.pt, metrics.csv")
+    d = _PresetDefaults()
+    needed = p.add_argument_group("required (unless --resume or --config gives them)")
+    needed.add_argument(
+        "--data", type=Path, metavar="DIR", help="data set folder (generic, WMH or ISLES layout)"
+    )
+    needed.add_argument(
+        "--out", type=Path, metavar="DIR", help="run folder for best.pt, last.pt, metrics.csv"
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="starting values that the other options change: "
+        + "; ".join(f"{k}: {v}" for k, v in PRESETS.items())
+        + " (default: paper when a CUDA GPU is found, else quick; said in the first line)",
+    )
     p.add_argument("--config", type=Path, help="JSON file of a TrainConfig; options override it")
     p.add_argument("--epochs", type=int, help=f"number of epochs (default {d.epochs})")
     p.add_argument(
@@ -589,7 +721,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
         type=Path,
-        help="folder of the cache of prepared cases, read memory-mapped (default OUT/cache)",
+        help="folder of the cache of prepared cases, read memory-mapped (default: the "
+        "per-user cache shared by every run, see the cache command)",
     )
     p.add_argument(
         "--overwrite", action="store_true", default=None, help="allow an --out that holds a run"
@@ -641,6 +774,7 @@ _FIELD_FLAGS = {
     "schedule": "--schedule/--schedule-param",
     "init_checkpoint": "--init-checkpoint",
     "resume_from": "--resume",
+    "patch_size": "--patch-size",
 }
 _PATH_FIELDS = ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir")
 
@@ -810,12 +944,18 @@ def _config_fields() -> list[str]:
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train a UNet (the paper's defaults: GDL + boundary loss, Adam 1e-3, batch 8)",
-        description="Train on a data set folder. Writes best.pt (best validation DSC), "
-        "last.pt, metrics.csv and config.json to --out. Ctrl-C stops cleanly at the next "
-        "step and saves last.pt; continue with --resume OUT/last.pt.",
+        help="train a UNet with GDL + boundary loss (--preset quick on a CPU, paper on a GPU)",
+        usage="%(prog)s (--data DIR --out DIR | --resume RUN/last.pt | --config FILE) "
+        "[--preset {quick,paper}] [options]",
+        description="Train on a data set folder. Starts from a preset (quick: the CPU-sized "
+        "Quick start; paper: the paper's GPU-sized setup; the first line of output says "
+        "which) that the other options change. Writes best.pt (best validation DSC), "
+        "last.pt, metrics.csv and config.json to --out; prepared cases go to the per-user "
+        "cache. Ctrl-C stops cleanly at the next step and saves last.pt; continue with "
+        "--resume OUT/last.pt.",
     )
     add_train_options(p)
+    _add_threads_option(p)
     p.add_argument(
         "--resume",
         type=Path,
@@ -882,8 +1022,9 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
             elif isinstance(event, Progress):
                 pass
             elif isinstance(event, StepEvent):
-                if bar is None:
-                    bar = _progress(event.steps_per_epoch, f"epoch {event.epoch}", "step", False)
+                if bar is None:  # epochs counted from 1, as in every message
+                    desc_epoch = f"epoch {event.epoch + 1}/{config.epochs}"
+                    bar = _progress(event.steps_per_epoch, desc_epoch, "step", False)
                     bar.n = event.step
                 bar.update(1)
                 bar.set_postfix(
@@ -894,7 +1035,8 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
                     bar.close()
                     bar = None
                 tqdm.write(
-                    f"epoch {event.epoch}: loss {event.train_loss:.4f} (region {event.region:.4f}, "
+                    f"epoch {event.epoch + 1}/{config.epochs}: loss {event.train_loss:.4f} "
+                    f"(region {event.region:.4f}, "
                     f"boundary {event.boundary:.4f}, alpha {event.w_region:.2f}), lr {event.lr:g}, "
                     f"val DSC {event.val_dice:.4f}, HD {event.val_hd:.2f} mm, "
                     f"HD95 {event.val_hd95:.2f} mm{' *best*' if event.is_best else ''}"
@@ -915,6 +1057,13 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
         _out(f"best checkpoint: {done.best_checkpoint}")
     if done.last_checkpoint:
         _out(f"last checkpoint: {done.last_checkpoint}")
+    if config.cache_dir is not None:
+        from napari_boundary_seg.core.cache import cache_info
+
+        _out(
+            f"cache: {cache_info(config.cache_dir).describe()} (shared by runs on the same "
+            f"data and settings; {PROG} cache --clear empties it)"
+        )
     if control.stop_requested and done.stopped and "non-finite" not in done.reason:
         if done.last_checkpoint:
             raise Interrupted(
@@ -949,14 +1098,80 @@ def _stop_on_sigint(control: Any) -> Any:
 _RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
 
 
+def _preset_line(args: argparse.Namespace) -> tuple[str, str]:
+    """The preset of a new run (``--preset``, else paper with a CUDA GPU and quick
+    without) and the first line of output that says it."""
+    from napari_boundary_seg.core.device import resolve_device
+    from napari_boundary_seg.core.presets import PRESETS
+
+    if args.preset is not None:
+        name, why = args.preset, "--preset"
+    else:
+        device = args.device or "auto"
+        try:
+            gpu = resolve_device(device).type == "cuda"
+        except ValueError as err:
+            raise CommandError(f"--device: {_error_message(err)}") from err
+        name = "paper" if gpu else "quick"
+        why = "a CUDA GPU is used" if gpu else "no CUDA GPU found"
+        why += (
+            "; --preset quick for the CPU-sized run"
+            if gpu
+            else ("; --preset paper for the paper's GPU-sized run")
+        )
+    return name, f"train: preset {name} ({why}): {PRESETS[name].split(': ', 1)[1]}"
+
+
+_FLAG_WORDS = (
+    "out_dir", "patch_size", "slice_size", "batch_size", "base_channels", "init_checkpoint",
+    "resume_from", "cache_dir", "num_workers", "max_steps_per_epoch", "val_fraction",
+    "num_classes", "lr_patience",
+)  # fmt: skip
+"""TrainConfig fields that ``train``'s messages name, rewritten as their flags."""
+_FINETUNE_FLAGS = {"out_dir": "--out", "mix_ratio": "--mix-ratio", "mix_cases": "--mix-data"}
+
+
+def _as_typed(message: str, flags: dict[str, str] | None = None) -> str:
+    """A library message with the names of its arguments as the flags the user types
+    (``patch_size`` -> ``--patch-size``); ``flags``: the names and flags of the
+    command (default: ``train``'s)."""
+    message = _error_message(ValueError(message))
+    message = message.replace("allow overwrite", "pass --overwrite")
+    message = message.replace("TrainConfig.", "")
+    if flags is None:
+        flags = {m: _FIELD_FLAGS[m] for m in _FLAG_WORDS if m in _FIELD_FLAGS}
+    if not flags:
+        return message
+    words = re.compile(r"\b(" + "|".join(map(re.escape, flags)) + r")\b")
+    return words.sub(lambda m: flags[m.group(1)], message)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        return _train(args)
+    except (ValueError, TypeError) as err:  # named as the flags typed, not config fields
+        raise CommandError(_as_typed(str(err))) from err
+
+
+def _train(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.cache import default_cache_dir, is_user_cache_dir
     from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir
+    from napari_boundary_seg.core.presets import preset_config
     from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
 
     base, base_source = None, ""
-    if args.resume is not None:
+    if args.resume is None:
+        name, line = _preset_line(args)
+        if _is_writer():
+            _out(line)
+        base, base_source = preset_config(name).to_dict(), f"--preset {name}"
+    else:
+        if args.preset is not None:
+            raise CommandError("--preset starts a new run; --resume continues with its own values")
         from napari_boundary_seg.core.checkpoint import checkpoint_config, read_checkpoint
 
+        if _is_writer():
+            _out(f"train: resuming {args.resume} with its own settings")
         base = checkpoint_config(read_checkpoint(args.resume))
         base["resume_from"] = str(args.resume)
         base["init_checkpoint"] = None
@@ -986,17 +1201,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         if config.slice_size and config.dims == 2:
             check_unet_fits(config.depth, config.slice_size, "--depth")
+    _check_device(config.device)  # before any folder is made
+    _set_threads(args, "train")
+    if args.cache_dir is None and (config.cache_dir is None or is_user_cache_dir(config.cache_dir)):
+        config = config.replace(cache_dir=str(default_cache_dir()))  # this user's, this machine's
     out = Path(config.out_dir)
     inputs = [Path(p) for p in (config.init_checkpoint, args.config) if p is not None]
     check_not_input([out / name for name in _RUN_FILES], inputs, "--out")
     if folds is not None:
         return _train_folds(config, folds)
-    ensure_writable_dir(out)
     from napari_boundary_seg.core import distributed
 
-    # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
-    with distributed.init_from_env(config.device) as context:
-        return run_training(config, quiet=not context.is_writer)
+    with _NewFolders(out, Path(config.cache_dir)):
+        ensure_writable_dir(out)
+        # started by torchrun (RANK, WORLD_SIZE, LOCAL_RANK set): one process of a DDP run
+        with distributed.init_from_env(config.device) as context:
+            return run_training(config, quiet=not context.is_writer)
 
 
 FOLD_COLUMNS = ("fold", "case", "dice", "hd95", "lesion_recall", "lesion_f1", "checkpoint")
@@ -1180,6 +1400,7 @@ def _add_predict(sub: Any) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    _add_threads_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     _add_affine_option(p, "modalities")
     p.set_defaults(func=_cmd_predict)
@@ -1278,11 +1499,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         check_not_input,
         ensure_writable_dir,
         fit_name,
-        write_nifti,
     )
-    from napari_boundary_seg.core.predict import iter_predict_volume
 
     _check(args.batch_size, "--batch-size", 1)
+    _check_device(args.device)
     model, checkpoint = load_checkpoint(args.checkpoint)
     cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
@@ -1305,7 +1525,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         checked = _read_case(
             case, paths, model.in_channels, args.checkpoint, args.allow_affine_mismatch
         )
-    ensure_writable_dir(args.out)
+    _set_threads(args, "predict")
+    with _NewFolders(args.out):
+        ensure_writable_dir(args.out)
+        _predict_cases(args, cases, checked, model, checkpoint, targets, prob_targets)
+    return 0
+
+
+def _predict_cases(args, cases, checked, model, checkpoint, targets, prob_targets) -> None:
+    from napari_boundary_seg.core.io import write_nifti
+    from napari_boundary_seg.core.predict import iter_predict_volume
+
     for case, paths in cases:
         if len(cases) == 1 and checked is not None:
             volumes = checked
@@ -1337,7 +1567,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 as_labels=False,
             )
         _out(f"{case}: wrote {targets[case]} ({int((labels > 0).sum())} foreground voxels)")
-    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -1352,7 +1581,9 @@ def _add_evaluate(sub: Any) -> None:
         description="Match <case>.nii.gz files of --pred and --labels by name, compute every "
         "case metric in 3D with the labels' voxel spacing (mm), write a CSV with one row per "
         "case plus mean and std rows, and print a table. In the mean and std rows an "
-        "infinite distance (one mask empty) counts as the image diagonal.",
+        "infinite distance (one mask empty) counts as the image diagonal. Every labelled "
+        "case needs a prediction, unless --subset scores only the cases predicted (a "
+        "held-out subset of a labelled folder).",
     )
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label files")
     p.add_argument("--labels", required=True, type=Path, help="folder of reference label files")
@@ -1362,6 +1593,12 @@ def _add_evaluate(sub: Any) -> None:
         type=int,
         default=None,
         help="evaluate this class only (default: every nonzero label is foreground)",
+    )
+    p.add_argument(
+        "--subset",
+        action="store_true",
+        help="score only the labelled cases that have a prediction (the others are counted "
+        "and named, not scored)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     _add_affine_option(p, "a prediction and a reference")
@@ -1403,11 +1640,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     preds, refs = _label_files(args.pred), _label_files(args.labels)
     _check_output_file(args.out, args.overwrite, [*preds.values(), *refs.values()], "--out")
     missing = sorted(set(refs) - set(preds))
-    if missing:
-        raise CommandError(f"{args.pred}: no prediction for case(s) {missing[:5]}")
     extra = sorted(set(preds) - set(refs))
+    if missing and not args.subset:
+        raise CommandError(
+            f"{args.pred}: {len(missing)} of {len(refs)} labelled cases have no prediction: "
+            f"{', '.join(missing)}; pass --subset to score only the "
+            f"{len(refs) - len(missing)} predicted"
+        )
     if extra:
-        logger.warning("%s: predictions without labels ignored: %s", args.pred, extra[:5])
+        print(
+            f"{PROG}: warning: {len(extra)} prediction(s) without labels in {args.labels}, "
+            f"not scored: {', '.join(extra)}",
+            file=sys.stderr,
+        )
+    if missing:
+        refs = {case: path for case, path in refs.items() if case in preds}
+        if not refs:
+            raise CommandError(f"{args.pred}: no prediction matches a case of {args.labels}")
+        _out(
+            f"evaluate: scoring {len(refs)} predicted case(s) of {len(refs) + len(missing)} "
+            f"labelled; {len(missing)} without a prediction: {', '.join(missing)}"
+        )
     rows: list[dict[str, Any]] = []
     finite_rows: list[dict[str, float]] = []
     distance_keys = ("hd", "hd95", "assd")
@@ -1450,6 +1703,48 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for row in [*rows, summary["mean"], summary["std"]]:
         _out(f"{row['case']:<{width}}  " + "  ".join(f"{row[k]:>9.4g}" for k in shown))
     _out(f"wrote {args.out} ({len(rows)} cases, distances in mm)")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# cache
+
+
+@subcommand
+def _add_cache(sub: Any) -> None:
+    p = sub.add_parser(
+        "cache",
+        help="show the size of the per-user cache of prepared cases, or empty it",
+        description="train prepares every case once (scaled intensities, labels, distance "
+        "maps) into one cache per user, shared by every run on the same data and settings "
+        "(entries are keyed by a content hash of the files and settings). Without an option, "
+        "or with --info, print its folder and size; --clear removes its entries (nothing "
+        "else in the folder). The folder is $NAPARI_BOUNDARY_SEG_CACHE/cases when that is "
+        "set, else the platform's user cache folder (~/.cache/napari-boundary-seg/cases on "
+        "Linux).",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--info", action="store_true", help="print the folder and its size")
+    what.add_argument("--clear", action="store_true", help="remove every prepared case")
+    p.add_argument(
+        "--cache-dir", type=Path, help="another cache folder (as given to train --cache-dir)"
+    )
+    p.set_defaults(func=_cmd_cache)
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from napari_boundary_seg.core.cache import cache_info, clear_cache, format_size
+
+    if args.cache_dir is not None and not args.cache_dir.is_dir():
+        raise FileNotFoundError(f"no such cache folder: {args.cache_dir}")
+    if args.clear:
+        removed = clear_cache(args.cache_dir)
+        _out(
+            f"cache: removed {removed.entries} prepared case(s), {format_size(removed.bytes)}, "
+            f"from {removed.path}"
+        )
+        return 0
+    _out(f"cache: {cache_info(args.cache_dir).describe()}")
     return 0
 
 
@@ -1653,20 +1948,25 @@ def _add_demo(sub: Any) -> None:
         help="open napari with the sample lesion case and every widget docked "
         "(a headless demo where there is no display)",
         description="Open napari with a synthetic lesion case (FLAIR, T1, lesions) and the "
-        "plugin's widgets docked. Without a display (no DISPLAY/WAYLAND_DISPLAY on Linux, or "
-        "Qt cannot start) run a headless demo instead: the sample case, its signed distance "
-        "maps, one short training epoch of a tiny UNet and its evaluation.",
+        "plugin's widgets docked, and start the Train widget's Quick start on it (a UNet of "
+        "width 16, 15 epochs; a live preview shows the lesions forming). Without a display "
+        "(no DISPLAY/WAYLAND_DISPLAY on Linux, or Qt cannot start) run a headless demo "
+        "instead: the sample case, its signed distance maps, the same Quick start training "
+        "on the slices outside a held-out block, and the DSC on that block.",
     )
     p.add_argument(
         "--headless", action="store_true", help="run the headless demo even with a display"
     )
+    _add_threads_option(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_boundary_seg._demo import run_demo
+    from napari_boundary_seg.core.threads import choose_threads
 
-    return run_demo(headless=args.headless, echo=_out)
+    choose_threads(args.threads)  # a bad --threads is refused before any work
+    return run_demo(headless=args.headless, echo=_out, threads=args.threads)
 
 
 # ---------------------------------------------------------------------------
@@ -1708,16 +2008,20 @@ def _add_finetune(sub: Any) -> None:
         help="original slices per corrected slice (3D: patches per corrected patch)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    _add_threads_option(p)
     p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
     _add_affine_option(p, "labels and images")
 
     def handler(args: argparse.Namespace) -> int:
-        from napari_boundary_seg.core.checkpoint import load_checkpoint, training_mode
+        try:
+            return _finetune(args)
+        except (ValueError, TypeError) as err:  # named as the flags typed
+            raise CommandError(_as_typed(str(err), _FINETUNE_FLAGS)) from err
+
+    def _finetune(args: argparse.Namespace) -> int:
+        from napari_boundary_seg.core.checkpoint import load_checkpoint
         from napari_boundary_seg.core.finetune import (
             LINEAGE_NAME,
-            differing_slices,
-            evaluate_finetune,
-            finetune,
         )
         from napari_boundary_seg.core.io import (
             check_finite,
@@ -1725,9 +2029,6 @@ def _add_finetune(sub: Any) -> None:
             ensure_writable_dir,
             read_nifti,
         )
-        from napari_boundary_seg.core.predict import iter_predict_volume
-        from napari_boundary_seg.core.progress import run_to_end
-        from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent, TrainControl
 
         _check(args.epochs, "--epochs", 1)
         _check(args.alpha_start, "--alpha-start", 0.0, 1.0)
@@ -1736,6 +2037,7 @@ def _add_finetune(sub: Any) -> None:
         _check(args.mix_ratio, "--mix-ratio", 0.0)
         for index in args.slices or []:
             _check(index, "--slices", 0)
+        _check_device(args.device)
         outputs = [args.out / name for name in (*_RUN_FILES, LINEAGE_NAME)]
         check_not_input(outputs, [args.checkpoint, *args.image, args.labels], "--out")
         volumes = [read_nifti(path, as_labels=False) for path in args.image]
@@ -1766,7 +2068,23 @@ def _add_finetune(sub: Any) -> None:
         else:
             axis = 0
         axis = axis % (images.ndim - 1)
-        ensure_writable_dir(args.out)
+        _set_threads(args, "finetune")
+        with _NewFolders(args.out):
+            ensure_writable_dir(args.out)
+            return _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine)
+
+    def _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine) -> int:
+        from napari_boundary_seg.core.checkpoint import training_mode
+        from napari_boundary_seg.core.finetune import (
+            differing_slices,
+            evaluate_finetune,
+            finetune,
+            worse_on_corrected,
+        )
+        from napari_boundary_seg.core.predict import iter_predict_volume
+        from napari_boundary_seg.core.progress import run_to_end
+        from napari_boundary_seg.core.train import EpochEvent, InfoEvent, StepEvent, TrainControl
+
         old_pred = None
         slices = args.slices
         if not slices:
@@ -1869,6 +2187,9 @@ def _add_finetune(sub: Any) -> None:
                 f"{group:<10} {row['n_slices']:>4} {row['dice_old']:>8.3f} "
                 f"{row['dice_new']:>8.3f} {row['hd95_old']:>9.2f} {row['hd95_new']:>9.2f}"
             )
+        warning = worse_on_corrected(evaluation["comparison"])
+        if warning:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         return 0
 
     p.set_defaults(func=handler)
@@ -1885,7 +2206,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     ``_add_<only>``), so that a command starts without importing what the others
     need (torch, for one); every subcommand when no registrar has that name.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Boundary loss (Kervadec et al., MIDL 2019) for highly unbalanced "
         "segmentation: data, training, inference and evaluation from the command line.",

@@ -16,6 +16,16 @@ any labelled data set the trainer reads, by default the built-in benchmark:
    a per-case CSV, a figure of the validation DSC and HD per epoch (mean over
    seeds) and a JSON record of the settings, the split and the library versions.
 
+With ``folds`` (``study --folds K`` or ``--folds loo``) step 1 becomes a
+cross-validation by patient: fold ``k`` tests the ``k``-th patient group of
+:func:`~napari_boundary_seg.core.folds.fold_splits` and trains (and validates,
+by the same rule on the remaining patients) on the others; every arm and seed
+runs in every fold (``runs/fold_<k>/<arm>-seed<s>/``), writes its test
+predictions there (``test/<case>.nii.gz``, native grid and affine), and the
+per-case test figures of all folds are pooled, so the table and the paired
+statistics see every patient once per arm and seed (``per_fold.csv`` keeps
+the figures of each fold).
+
 The alpha schedules are rescaled to the budget: the paper lowers alpha by 0.01
 per epoch over 100 epochs, so that it reaches its floor (0.01) at the last
 epoch; here the step is ``(1 - floor) / (epochs - 1)``, and the reference
@@ -37,6 +47,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_boundary_seg.core.folds import LEAVE_ONE_OUT, check_folds, fold_splits
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.losses import LossKind
 from napari_boundary_seg.core.progress import Progress, run_to_end
@@ -63,6 +75,7 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "arm_schedule",
+    "fold_study_cases",
     "iter_study",
     "run_study",
     "size_bins",
@@ -188,7 +201,9 @@ class StudyConfig:
         Network input size and UNet shape; slicing axis.
     test_fraction, val_fraction
         Patient-wise fractions of all cases held out for testing and for
-        validation (model selection).
+        validation (model selection). With ``folds``, ``test_fraction`` is not
+        used and ``val_fraction`` is a fraction of each fold's training
+        patients; ``0`` there means no validation (``last.pt`` is tested).
     split_seed
         Seed of the split.
     alpha_floor
@@ -211,6 +226,14 @@ class StudyConfig:
         set; ``None``: no site is held out.
     small_voxels
         Lesions of at most this many voxels are "small" (the small-lesion recall).
+    folds
+        ``None`` (default): one train/validation/test split. An integer >= 2,
+        or ``"loo"`` (one fold per patient): cross-validation by patient with
+        :func:`~napari_boundary_seg.core.folds.fold_splits`; every arm and seed
+        runs in every fold (``<runs_dir>/fold_<k>/<arm>-seed<s>``), each fold's
+        test patients are predicted (NIfTI, native grid and affine, in the run's
+        ``test/`` folder) and the test figures of all folds are pooled, so every
+        patient is tested once per arm and seed.
     dims, patch_size
         ``2`` (default, the paper): slices of ``slice_size``; ``3``: 3D patches of
         ``patch_size`` voxels (``None``: the trainer's default) from the volumes
@@ -248,6 +271,7 @@ class StudyConfig:
     small_voxels: float = 8.0
     dims: int = 2
     patch_size: tuple[int, int, int] | None = None
+    folds: int | str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -272,11 +296,23 @@ class StudyConfig:
         set_(self, "seeds", seeds)
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        folds = self.folds
+        if folds is not None and folds != LEAVE_ONE_OUT:
+            if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+                raise ValueError(
+                    f"folds must be an integer >= 2 or '{LEAVE_ONE_OUT}', got {folds!r}"
+                )
+            set_(self, "folds", int(folds))
         for name in ("test_fraction", "val_fraction"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 < value < 1:
+            if name == "val_fraction" and folds is not None:  # 0: no validation
+                if not isinstance(value, int | float) or not 0 <= value < 1:
+                    raise ValueError(f"{name} must be in [0, 1) with folds, got {value!r}")
+            elif not isinstance(value, int | float) or not 0 < value < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-        if self.test_fraction + self.val_fraction >= 1:
+        if folds is not None and self.held_out_site is not None:
+            raise ValueError("a held-out site and folds cannot be combined: choose one test design")
+        if folds is None and self.test_fraction + self.val_fraction >= 1:
             raise ValueError(
                 f"test_fraction + val_fraction must be below 1, got "
                 f"{self.test_fraction} + {self.val_fraction}"
@@ -329,6 +365,8 @@ class StudyConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name == "folds" and value is None:
+                continue  # a study without folds records the settings it always did
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
@@ -350,7 +388,7 @@ class StudyResult:
         One row per (arm, seed, test case) with every ``case_metrics`` figure.
     files
         Written paths by role (``table_md``, ``table_csv``, ``per_case_csv``,
-        ``per_run_csv``, ``figure``, ``config_json``).
+        ``per_run_csv``, ``figure``, ``config_json``; with folds ``per_fold_csv``).
     complete
         False when some runs had not finished (the table then says PARTIAL).
     summary_held
@@ -413,8 +451,53 @@ def split_study_cases(
     return list(train), list(val), list(test)
 
 
+def fold_study_cases(
+    cases: Sequence[Any], folds: int | str, val_fraction: float, seed: int
+) -> list[tuple[list[Any], list[Any], list[Any]]]:
+    """``(train, val, test)`` per fold of a cross-validation by patient.
+
+    The test cases of fold ``k`` are the ``k``-th patient group of
+    :func:`~napari_boundary_seg.core.folds.fold_splits` (``folds``: an integer
+    >= 2 or ``"loo"``); the others are split as :func:`split_study_cases` splits
+    the rest: ``round(val_fraction * n)`` (at least one) of those ``n`` patients
+    validate, with seed ``seed + 1``. ``val_fraction = 0``: no validation.
+    """
+    from napari_boundary_seg.core.data import split_cases
+
+    out = []
+    for index, (rest, test) in enumerate(fold_splits(cases, folds, seed), start=1):
+        if val_fraction == 0:
+            out.append((list(rest), [], list(test)))
+            continue
+        n_val = max(1, int(round(val_fraction * len(rest))))
+        if n_val >= len(rest):
+            raise ValueError(
+                f"fold {index}: {len(rest)} training case(s) leave none after {n_val} for "
+                f"validation; lower the validation fraction {val_fraction:g} (0: no validation)"
+            )
+        train, val = split_cases(rest, n_val / len(rest), seed + 1)
+        out.append((list(train), list(val), list(test)))
+    return out
+
+
 def _run_name(arm: str, seed: int) -> str:
     return f"{arm}-seed{seed}"
+
+
+@dataclass(frozen=True, eq=False)
+class _Fold:
+    """One train/validation/test split of the study and the folder of its runs;
+    ``index`` is None for the single split of a study without folds."""
+
+    index: int | None
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+    runs_path: Path
+
+    def run_label(self, arm: str, seed: int) -> str:
+        name = _run_name(arm, seed)
+        return name if self.index is None else f"fold_{self.index}/{name}"
 
 
 def _run_position(run_dir: Path) -> int | None:
@@ -432,17 +515,9 @@ def _read_history(run_dir: Path) -> list[dict[str, float]]:
     path = run_dir / "metrics.csv"
     if not path.exists():
         return []
-    rows = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                if value in ("True", "False"):
-                    parsed[key] = float(value == "True")
-                elif value:
-                    parsed[key] = float(value)
-            rows.append(parsed)
-    return rows
+    from napari_boundary_seg.core.train import read_metrics_csv
+
+    return read_metrics_csv(path)  # epoch counted from 1
 
 
 # ---------------------------------------------------------------------------
@@ -492,18 +567,26 @@ def _evaluate_run(
     device: str,
     bins: Sequence[tuple[str, float, float]] = SIZE_BINS_VOXELS,
     cache_name: str = "test_metrics.csv",
+    checkpoint_name: str = "best.pt",
+    predictions_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Every case metric of the run's best checkpoint on the test cases (cached in CSV)."""
+    """Every case metric of the run's checkpoint (best by default) on the test cases
+    (cached in CSV); with ``predictions_dir``, each prediction is also written there
+    as ``<case>.nii.gz`` on the case's own grid with its affine."""
     from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.io import write_nifti
     from napari_boundary_seg.core.metrics import case_metric_columns, case_metrics
     from napari_boundary_seg.core.predict import predict_volume
 
-    best = run_dir / "best.pt"
+    best = run_dir / checkpoint_name
     cache = run_dir / cache_name
     if not test_cases:
         return []
     case_ids = [str(c.case_id) for c in test_cases]
-    if cache.exists() and cache.stat().st_mtime >= best.stat().st_mtime:
+    written = predictions_dir is None or all(
+        (predictions_dir / f"{c}.nii.gz").is_file() for c in case_ids
+    )
+    if written and cache.exists() and cache.stat().st_mtime >= best.stat().st_mtime:
         with open(cache, newline="") as handle:
             rows = list(csv.DictReader(handle))
         if [r["case"] for r in rows] == case_ids and set(rows[0]) >= set(case_metric_columns(bins)):
@@ -522,6 +605,14 @@ def _evaluate_run(
             device=device,
             affine=case.affine,
         )
+        if predictions_dir is not None:
+            predictions_dir.mkdir(parents=True, exist_ok=True)
+            write_nifti(
+                predictions_dir / f"{case.case_id}.nii.gz",
+                pred.astype(np.uint8 if int(pred.max(initial=0)) < 256 else np.int64),
+                affine=case.affine,
+                overwrite=True,
+            )
         figures = case_metrics(pred, case.labels, case.spacing, size_bins=bins, unit="voxels")
         rows.append({"case": str(case.case_id), **figures})
     columns = ["case", *case_metric_columns(bins)]
@@ -594,6 +685,8 @@ def iter_study(
 
     started = time.time()
     data_dir = Path(config.data)
+    if config.folds is not None and not data_dir.exists() and config.synth_cases is not None:
+        check_folds(config.folds, config.synth_cases)  # before anything is written
     if not data_dir.exists():
         if config.synth_cases is None:
             raise FileNotFoundError(
@@ -618,6 +711,8 @@ def iter_study(
         for event in iter_write_benchmark(data_dir, config.synth_cases, config.synth_seed, **grid):
             yield Progress(0, 0, f"synth: {event.message}")
     files = data_mod.find_cases(data_dir)
+    if config.folds is not None:
+        check_folds(config.folds, len({str(f.case_id) for f in files}))
     cases = yield from data_mod.iter_load_cases(files)
     held_out: list[Any] = []
     sites: dict[str, str] = {}
@@ -633,16 +728,37 @@ def iter_study(
             )
         held_out = [c for c in cases if sites.get(str(c.case_id)) == config.held_out_site]
         cases = [c for c in cases if sites.get(str(c.case_id)) != config.held_out_site]
-    train_cases, val_cases, test_cases = split_study_cases(
-        cases, config.test_fraction, config.val_fraction, config.split_seed
-    )
-    logger.info(
-        "split: %d train, %d validation, %d test cases%s",
-        len(train_cases),
-        len(val_cases),
-        len(test_cases),
-        f", {len(held_out)} of held-out site {config.held_out_site}" if held_out else "",
-    )
+    if config.folds is None:
+        train_cases, val_cases, test_cases = split_study_cases(
+            cases, config.test_fraction, config.val_fraction, config.split_seed
+        )
+        folds = [_Fold(None, train_cases, val_cases, test_cases, config.runs_path)]
+        logger.info(
+            "split: %d train, %d validation, %d test cases%s",
+            len(train_cases),
+            len(val_cases),
+            len(test_cases),
+            f", {len(held_out)} of held-out site {config.held_out_site}" if held_out else "",
+        )
+    else:
+        splits = fold_study_cases(cases, config.folds, config.val_fraction, config.split_seed)
+        folds = [
+            _Fold(k, train_, val_, test_, config.runs_path / f"fold_{k}")
+            for k, (train_, val_, test_) in enumerate(splits, start=1)
+        ]
+        for fold in folds:
+            logger.info(
+                "fold %d/%d: %d train, %d validation, test %s",
+                fold.index,
+                len(folds),
+                len(fold.train),
+                len(fold.val),
+                ", ".join(str(c.case_id) for c in fold.test),
+            )
+    # pooled over the folds: every case is tested once per arm and seed
+    test_cases = [c for fold in folds for c in fold.test]
+    # without validation, best.pt would be chosen by the training loss: test last.pt
+    checkpoint_name = "best.pt" if config.val_fraction > 0 else "last.pt"
     arms = [next(a for a in ARMS if a.key == key) for key in config.arms]
     bins = size_bins(config.small_voxels)
     suffix = "" if bins == SIZE_BINS_VOXELS else f"_small{config.small_voxels:g}"
@@ -652,32 +768,43 @@ def iter_study(
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     runs_path.mkdir(parents=True, exist_ok=True)
+    for fold in folds:
+        fold.runs_path.mkdir(parents=True, exist_ok=True)
 
     done_epochs = {
-        (arm.key, seed): (_run_position(runs_path / _run_name(arm.key, seed)) or 0)
+        (fold.index, arm.key, seed): (_run_position(fold.runs_path / _run_name(arm.key, seed)) or 0)
+        for fold in folds
         for arm, seed in runs
     }
-    todo = [(a, s) for a, s in runs if done_epochs[(a.key, s)] < config.epochs]
-    # the slices and distance maps, built once per distance mode and shared by the runs
+    order = [(fold, arm, seed) for seed in config.seeds for fold in folds for arm in arms]
+    todo = [(f, a, s) for f, a, s in order if done_epochs[(f.index, a.key, s)] < config.epochs]
+    # the slices and distance maps, built per fold and distance mode and shared by the runs
+    # (with several folds, again for each seed: the order is seed-major)
     datasets: dict[str, Any] = {}
+    built_for: _Fold | None = None
     base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")
     # every slice along the axis is kept, so the count does not depend on the mode
-    n_slices = sum(int(c.images.shape[1 + config.axis % 3]) for c in train_cases)
-    steps_per_epoch = epoch_steps(n_slices, config.batch_size, config.max_steps_per_epoch)
-    total = len(runs) * config.epochs * (steps_per_epoch or 1)
-    done = sum(min(e, config.epochs) for e in done_epochs.values()) * (steps_per_epoch or 1)
+    slices = [sum(int(c.images.shape[1 + config.axis % 3]) for c in f.train) for f in folds]
+    fold_steps = [epoch_steps(n, config.batch_size, config.max_steps_per_epoch) for n in slices]
+    steps = {fold.index: (n or 1) for fold, n in zip(folds, fold_steps, strict=True)}
+    total = len(runs) * config.epochs * sum(steps.values())
+    done = sum(min(e, config.epochs) * steps[key[0]] for key, e in done_epochs.items())
     run_seconds: dict[str, float] = {}
     if not report_only:
-        for arm, seed in todo:
+        for fold, arm, seed in todo:
+            if built_for is not fold:
+                datasets.clear()
+                built_for = fold
             if config.dims == 2 and arm.distance not in datasets:
-                yield Progress(0, 0, f"building slices and {arm.distance} distance maps")
+                where = "" if fold.index is None else f" of fold {fold.index}"
+                yield Progress(0, 0, f"building slices and {arm.distance} distance maps{where}")
                 datasets[arm.distance] = yield from data_mod.iter_build_dataset(
-                    train_cases, 2, preprocess_config(base), distance=arm.distance
+                    fold.train, 2, preprocess_config(base), distance=arm.distance
                 )
-            name = _run_name(arm.key, seed)
-            run_dir = runs_path / name
+            name = fold.run_label(arm.key, seed)
+            run_dir = fold.runs_path / _run_name(arm.key, seed)
             train_config = _train_config(config, arm, seed, run_dir)
-            position = done_epochs[(arm.key, seed)]
+            position = done_epochs[(fold.index, arm.key, seed)]
             if (run_dir / "last.pt").exists():
                 train_config = train_config.replace(resume_from=str(run_dir / "last.pt"))
                 logger.info("%s: resuming at epoch %d", name, position)
@@ -686,7 +813,7 @@ def iter_study(
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
             dataset = datasets.get(arm.distance)  # None in 3D: the run reads the cache
-            for event in train(train_config, train_cases, val_cases=val_cases, dataset=dataset):
+            for event in train(train_config, fold.train, val_cases=fold.val, dataset=dataset):
                 if isinstance(event, StepEvent):
                     done += 1
                     yield Progress(
@@ -709,55 +836,96 @@ def iter_study(
                 elif isinstance(event, DoneEvent) and event.stopped:
                     logger.warning("%s stopped: %s", name, event.reason)
             run_seconds[name] = time.perf_counter() - tic
-            done_epochs[(arm.key, seed)] = _run_position(run_dir) or 0
+            done_epochs[(fold.index, arm.key, seed)] = _run_position(run_dir) or 0
         datasets.clear()
 
     # evaluation of the finished runs on the test cases (and the held-out site)
     per_case: list[dict[str, Any]] = []
     per_run: list[dict[str, Any]] = []
+    per_fold: list[dict[str, Any]] = []
     per_run_held: list[dict[str, Any]] = []
-    histories: dict[str, dict[int, list[dict[str, float]]]] = {}
-    finished = [(a, s) for a, s in runs if done_epochs[(a.key, s)] >= config.epochs]
+    histories: dict[str, dict[Any, list[dict[str, float]]]] = {}
+    finished = [
+        (a, s)
+        for a, s in runs
+        if all(done_epochs[(f.index, a.key, s)] >= config.epochs for f in folds)
+    ]
     eval_seconds = 0.0
     for i, (arm, seed) in enumerate(finished):
         name = _run_name(arm.key, seed)
-        run_dir = runs_path / name
         yield Progress(i, len(finished), f"evaluating {name} on {len(test_cases)} test cases")
-        tic = time.perf_counter()
-        rows = _evaluate_run(
-            run_dir,
-            test_cases,
-            config.eval_batch_size,
-            config.device,
-            bins,
-            f"test_metrics{suffix}.csv",
-        )
-        held_rows = _evaluate_run(
-            run_dir,
-            held_out,
-            config.eval_batch_size,
-            config.device,
-            bins,
-            f"heldout_{config.held_out_site}_metrics{suffix}.csv",
-        )
-        eval_seconds += time.perf_counter() - tic
+        rows: list[dict[str, Any]] = []
+        held_rows: list[dict[str, Any]] = []
+        bests: list[dict[str, float]] = []
+        seconds = 0.0
+        for fold in folds:
+            run_dir = fold.runs_path / name
+            tic = time.perf_counter()
+            fold_rows = _evaluate_run(
+                run_dir,
+                fold.test,
+                config.eval_batch_size,
+                config.device,
+                bins,
+                f"test_metrics{suffix}.csv",
+                checkpoint_name,
+                predictions_dir=None if fold.index is None else run_dir / "test",
+            )
+            held_rows += _evaluate_run(
+                run_dir,
+                held_out,
+                config.eval_batch_size,
+                config.device,
+                bins,
+                f"heldout_{config.held_out_site}_metrics{suffix}.csv",
+            )
+            eval_seconds += time.perf_counter() - tic
+            history = _read_history(run_dir)
+            if checkpoint_name == "last.pt":
+                best = history[-1] if history else {}
+            else:
+                best = max(history, key=lambda h: h.get("val_dice", -1.0)) if history else {}
+            bests.append(best)
+            run_train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
+            seconds += run_train_seconds
+            if fold.index is None:
+                histories.setdefault(arm.key, {})[seed] = history
+                rows += fold_rows
+                continue
+            histories.setdefault(arm.key, {})[(fold.index, seed)] = history
+            rows += [{"fold": fold.index, **r} for r in fold_rows]
+            per_fold.append(
+                {
+                    "fold": fold.index,
+                    "arm": arm.key,
+                    "seed": seed,
+                    "test_cases": " ".join(str(c.case_id) for c in fold.test),
+                    "best_epoch": int(best.get("epoch", 0)),
+                    "best_val_dice": best.get("val_dice", math.nan),
+                    "train_seconds": run_train_seconds,
+                    **_run_figures(fold_rows, fold.test),
+                }
+            )
         for r in rows:
             per_case.append({"set": "test", "arm": arm.key, "seed": seed, **r})
         for r in held_rows:
             per_case.append({"set": "held-out site", "arm": arm.key, "seed": seed, **r})
-        history = _read_history(run_dir)
-        best = max(history, key=lambda h: h.get("val_dice", -1.0)) if history else {}
+        if len(folds) == 1:
+            best_epoch: float = int(bests[0].get("epoch", 0))
+            best_val = bests[0].get("val_dice", math.nan)
+        else:  # means over the folds
+            best_epoch = float(np.mean([int(b.get("epoch", 0)) for b in bests]))
+            best_val = float(np.mean([b.get("val_dice", math.nan) for b in bests]))
         common = {
             "arm": arm.key,
             "seed": seed,
-            "best_epoch": int(best.get("epoch", -1)) + 1,
-            "best_val_dice": best.get("val_dice", math.nan),
-            "train_seconds": float(sum(h.get("seconds", 0.0) for h in history)),
+            "best_epoch": best_epoch,  # counted from 1 (metrics.csv)
+            "best_val_dice": best_val,
+            "train_seconds": seconds,
         }
         per_run.append({**common, **_run_figures(rows, test_cases)})
         if held_rows:
             per_run_held.append({**common, **_run_figures(held_rows, held_out)})
-        histories.setdefault(arm.key, {})[seed] = history
     complete = len(finished) == len(runs)
     summary = _summarise(arms, per_run)
     summary_held = _summarise(arms, per_run_held) if per_run_held else []
@@ -778,9 +946,40 @@ def iter_study(
     figure_slice = None
     if "gdl" in ran and test_cases:
         yield Progress(len(finished), len(finished), "drawing the test-slice figure")
-        figure_slice = _plot_test_slice(
-            out / "test_slice.png", runs_path, [a for a in arms if a.key in ran], config, test_cases
-        )
+        shown = [a for a in arms if a.key in ran]
+        if config.folds is None:
+            figure_slice = _plot_test_slice(
+                out / "test_slice.png", runs_path, shown, config, test_cases
+            )
+        else:  # the case the pooled rule picks, by the models of the fold that tested it
+            case = _figure_case(test_cases)
+            fold = next(f for f in folds if any(c is case for c in f.test))
+            figure_slice = _plot_test_slice(
+                out / "test_slice.png", fold.runs_path, shown, config, [case], checkpoint_name
+            )
+    if config.folds is None:
+        split: dict[str, Any] = {
+            "train": [str(c.case_id) for c in folds[0].train],
+            "validation": [str(c.case_id) for c in folds[0].val],
+            "test": [str(c.case_id) for c in folds[0].test],
+            "held_out_site": [str(c.case_id) for c in held_out],
+        }
+        train_slices: Any = slices[0]
+        steps_per_epoch: Any = fold_steps[0]
+    else:
+        split = {
+            "folds": [
+                {
+                    "fold": f.index,
+                    "train": [str(c.case_id) for c in f.train],
+                    "validation": [str(c.case_id) for c in f.val],
+                    "test": [str(c.case_id) for c in f.test],
+                }
+                for f in folds
+            ],
+            "held_out_site": [],
+        }
+        train_slices, steps_per_epoch = slices, fold_steps
     files = _write_outputs(
         config,
         out,
@@ -792,27 +991,29 @@ def iter_study(
         complete=complete,
         summary_held=summary_held,
         per_run_held=per_run_held,
+        per_fold=per_fold,
         stats_md="\n".join(stats_md),
         calibration=calibration,
         extra={
             "command": command,
             "versions": _versions(library_versions()),
-            "split": {
-                "train": [str(c.case_id) for c in train_cases],
-                "validation": [str(c.case_id) for c in val_cases],
-                "test": [str(c.case_id) for c in test_cases],
-                "held_out_site": [str(c.case_id) for c in held_out],
-            },
+            "split": split,
             "held_out_site": config.held_out_site,
             "sites": sites,
-            "train_slices": n_slices,
+            "train_slices": train_slices,
             "steps_per_epoch": steps_per_epoch,
+            **({} if config.folds is None else {"tested_checkpoint": checkpoint_name}),
             "schedules": {a.key: arm_schedule(a, config.epochs, config.alpha_floor) for a in arms},
             "distance": {a.key: a.distance for a in arms},
             "size_bins_voxels": [list(b) for b in bins],
             "calibration": calibration,
-            "runs_finished": [_run_name(a.key, s) for a, s in finished],
-            "runs_missing": [_run_name(a.key, s) for a, s in runs if (a, s) not in finished],
+            "runs_finished": [f.run_label(a.key, s) for a, s in finished for f in folds],
+            "runs_missing": [
+                f.run_label(a.key, s)
+                for a, s in runs
+                for f in folds
+                if done_epochs[(f.index, a.key, s)] < config.epochs
+            ],
             "train_seconds_this_invocation": run_seconds,
             "eval_seconds_this_invocation": eval_seconds,
             "wall_seconds_this_invocation": time.time() - started,
@@ -944,17 +1145,25 @@ def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[
             )
 
 
+def _figure_case(test_cases: Sequence[Any]) -> Any:
+    """The test case of median lesion volume (ties by name), the case of the slice figure."""
+    loads = sorted(test_cases, key=lambda c: (int((c.labels > 0).sum()), str(c.case_id)))
+    return loads[(len(loads) - 1) // 2]
+
+
 def _plot_test_slice(
     path: Path,
     runs_path: Path,
     arms: Sequence[StudyArm],
     config: StudyConfig,
     test_cases: Sequence[Any],
+    checkpoint_name: str = "best.pt",
 ) -> Path | None:
     """The paper's Fig. 1: one test slice, ground truth, GDL, GDL+BL, BL alone.
 
     The case is the test case of median lesion volume, the slice the one with the
-    most lesion voxels in it; the models are the first seed's best checkpoints.
+    most lesion voxels in it; the models are the first seed's best checkpoints
+    (``checkpoint_name``).
     Returns the path, or None when no shown arm has a finished run.
     """
     import matplotlib
@@ -969,8 +1178,7 @@ def _plot_test_slice(
     ]
     if "gdl-bl-paper" in keys and "gdl-bl-refcode" in keys:
         keys.remove("gdl-bl-refcode")
-    loads = sorted(test_cases, key=lambda c: (int((c.labels > 0).sum()), str(c.case_id)))
-    case = loads[(len(loads) - 1) // 2]
+    case = _figure_case(test_cases)
     axis = config.axis % 3
     other = tuple(a for a in range(3) if a != axis)
     per_slice = (case.labels > 0).sum(axis=other)
@@ -979,7 +1187,7 @@ def _plot_test_slice(
     preds: dict[str, np.ndarray] = {}
     for key in keys:
         for seed in config.seeds:
-            best = runs_path / _run_name(key, seed) / "best.pt"
+            best = runs_path / _run_name(key, seed) / checkpoint_name
             if best.exists():
                 model, checkpoint = load_checkpoint(best)
                 _, pred = predict_volume(
@@ -1049,11 +1257,12 @@ def _plot_curves(
             curves = np.full((len(runs), epochs), np.nan)
             for i, history in enumerate(runs.values()):
                 for row in history:
-                    e = int(row["epoch"])
+                    e = int(row["epoch"]) - 1  # metrics.csv counts epochs from 1
                     if 0 <= e < epochs:
                         curves[i, e] = row.get(key, math.nan)
             x = np.arange(1, epochs + 1)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # no validation: all NaN
                 mean = np.nanmean(curves, axis=0)
                 low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
             (line,) = ax.plot(x, mean, label=f"{arm.label} (n={len(runs)})")
@@ -1084,6 +1293,7 @@ def _write_outputs(
     extra: Mapping[str, Any],
     summary_held: Sequence[Mapping[str, Any]] = (),
     per_run_held: Sequence[Mapping[str, Any]] = (),
+    per_fold: Sequence[Mapping[str, Any]] = (),
     stats_md: str = "",
     calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
@@ -1126,8 +1336,15 @@ def _write_outputs(
     if per_run_held:
         files["per_run_held_csv"] = out / "per_run_heldout.csv"
         _write_csv(files["per_run_held_csv"], per_run_held, run_cols)
+    if per_fold:
+        files["per_fold_csv"] = out / "per_fold.csv"
+        _write_csv(
+            files["per_fold_csv"], per_fold, ["fold", *run_cols[:2], "test_cases", *run_cols[2:]]
+        )
     bins = size_bins(config.small_voxels)
     case_cols = ["arm", "seed", "case", *case_metric_columns(bins)]
+    if config.folds is not None:
+        case_cols.insert(0, "fold")
     if any("set" in r and r["set"] != "test" for r in per_case):
         case_cols.insert(0, "set")
     _write_csv(files["per_case_csv"], per_case, case_cols)
@@ -1159,7 +1376,8 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         "recall), and write results.md/.csv (mean ± std over seeds), per_case.csv, "
         "per_run.csv, validation_curves.png and study.json to --out. Each run has its own "
         "folder (best.pt, last.pt, metrics.csv): rerunning skips finished runs and resumes "
-        "unfinished ones.",
+        "unfinished ones. With --folds K (or loo), every arm and seed runs in each fold of a "
+        "cross-validation by patient and the test figures of all folds are pooled.",
     )
     p.add_argument("--data", required=True, type=Path, help="dataset folder (any layout)")
     p.add_argument("--out", required=True, type=Path, help="results folder (created if missing)")
@@ -1279,6 +1497,18 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         "--split-seed", type=int, default=defaults.split_seed, help="seed of the split (default 0)"
     )
     p.add_argument(
+        "--folds",
+        default=None,
+        metavar="K",
+        help="cross-validation by patient instead of one split: K folds (an integer >= 2), "
+        f"or {LEAVE_ONE_OUT} (leave one patient out); fold k tests the k-th patient group "
+        "and trains on the others, --val-fraction of them validating (0: none, last.pt is "
+        "tested; --test-fraction is not used); every arm and seed runs in each fold "
+        "(RUNS/fold_k/ARM-seedS/, test predictions in its test/ as NIfTI on the scan's grid), "
+        "the tables and statistics pool the folds' test cases (each patient once per arm and "
+        "seed) and per_fold.csv keeps each fold's figures; finished runs are not rerun",
+    )
+    p.add_argument(
         "--dims",
         type=int,
         choices=(2, 3),
@@ -1305,6 +1535,7 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         import shlex
         import sys
 
+        folds = _folds_argument(args.folds, args.data, args.synth)
         config = StudyConfig(
             data=str(args.data),
             out=str(args.out),
@@ -1333,6 +1564,7 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
             small_voxels=args.small_voxels,
             dims=args.dims,
             patch_size=None if args.patch_size is None else tuple(args.patch_size),
+            folds=folds,
         )
         command = " ".join(shlex.quote(a) for a in ["napari-boundary-seg", *sys.argv[1:]])
         result = drive(
@@ -1346,3 +1578,38 @@ def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:
         return 0
 
     p.set_defaults(func=handler)
+
+
+def _folds_argument(text: str | None, data: Path, synth: int | None) -> int | str | None:
+    """``--folds`` checked before anything is written: an integer >= 2 or ``loo``,
+    no more folds than the patients of ``data`` (or the ``synth`` cases it will get)."""
+    if text is None:
+        return None
+    if text == LEAVE_ONE_OUT:
+        folds: int | str = text
+    else:
+        try:
+            folds = int(text)
+        except ValueError:
+            raise ValueError(
+                f"--folds takes an integer >= 2 or {LEAVE_ONE_OUT}, got {text!r}"
+            ) from None
+        if folds < 2:
+            raise ValueError(f"--folds must be at least 2, got {folds}")
+    if data.is_dir():
+        from napari_boundary_seg.core.data import find_cases
+
+        n_patients = len({str(c.case_id) for c in find_cases(data)})
+    elif synth is not None:
+        n_patients = synth
+    else:
+        return folds  # the study names the missing folder
+    if folds != LEAVE_ONE_OUT and int(folds) > n_patients:
+        raise ValueError(
+            f"--folds {folds} needs at least {folds} patients, {data} has {n_patients}"
+        )
+    if folds == LEAVE_ONE_OUT and n_patients < 2:
+        raise ValueError(
+            f"--folds {LEAVE_ONE_OUT} needs at least 2 patients, {data} has {n_patients}"
+        )
+    return folds

@@ -21,6 +21,21 @@ def _plugin_cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("plugin-cache")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_cache(tmp_path_factory):
+    """The command line prepares cases into the per-user cache: tests use a temporary
+    one, never the user's (``NAPARI_BOUNDARY_SEG_CACHE``, unless a test sets it)."""
+    import os
+
+    previous = os.environ.get("NAPARI_BOUNDARY_SEG_CACHE")
+    os.environ["NAPARI_BOUNDARY_SEG_CACHE"] = str(tmp_path_factory.mktemp("user-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("NAPARI_BOUNDARY_SEG_CACHE", None)
+    else:
+        os.environ["NAPARI_BOUNDARY_SEG_CACHE"] = previous
+
+
 @pytest.fixture
 def plugin_cache(_plugin_cache_dir, monkeypatch):
     """Point the plugin's cache (sample data) to a temporary folder shared by the session,

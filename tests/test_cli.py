@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from napari_boundary_seg.cli import build_parser, main
+from napari_boundary_seg.core.cache import cache_info, default_cache_dir
 from napari_boundary_seg.core.distance import signed_distance_map
 from napari_boundary_seg.core.io import read_nifti, write_nifti
 from napari_boundary_seg.core.metrics import CASE_METRIC_COLUMNS
+from napari_boundary_seg.core.train import read_metrics_csv
 
 TINY_TRAIN = [
     "--slice-size", "32", "--depth", "2", "--base-channels", "4", "--batch-size", "8",
@@ -33,15 +35,30 @@ def test_synth_train_predict_evaluate(bench_dir, capsys):
     assert len(list((data / "imagesTr").glob("*.nii.gz"))) == 6  # 3 cases x 2 modalities
     code = main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", *TINY_TRAIN])
     assert code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "completed" in out and "best checkpoint" in out
+    lines = out.splitlines()
+    # the preset first (no GPU in CI: the CPU-sized one), then the thread count
+    assert lines[0].startswith("train: preset quick (no CUDA GPU found")
+    assert lines[1].startswith("train: torch uses ")
+    # epochs counted from 1 in the log lines, the bars and metrics.csv
+    assert "epoch 1/2: loss" in out and "epoch 2/2: loss" in out and "epoch 0" not in out
+    assert "epoch 1/2" in captured.err and "epoch 0" not in captured.err
     with open(run / "metrics.csv") as handle:
-        assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1"]
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2"]
+    # the prepared cases are in the per-user cache, and the run says how big it is
+    info = cache_info(default_cache_dir())
+    assert info.entries >= 3 and not (run / "cache").exists()
+    assert f"cache: {default_cache_dir()}:" in out
 
-    # resume: continue the finished run for one more epoch
+    # resume: continue the finished run for one more epoch (from the same cache entries)
     assert main(["train", "--resume", str(run / "last.pt"), "--epochs", "3"]) == 0
+    assert capsys.readouterr().out.startswith("train: resuming ")
+    assert cache_info(default_cache_dir()) == info  # shared, nothing prepared again
     with open(run / "metrics.csv") as handle:
-        assert [r["epoch"] for r in csv.DictReader(handle)] == ["0", "1", "2"]
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
+    assert [int(r["epoch"]) for r in read_metrics_csv(run / "metrics.csv")] == [1, 2, 3]
 
     code = main(["predict", str(data / "imagesTr"), "--checkpoint", str(run / "best.pt"),
                  "--out", str(pred), "--probabilities"])  # fmt: skip
@@ -157,7 +174,7 @@ def test_every_option_has_a_help_text():
     parser = build_parser()
     missing = [f"{prog} {a.dest}" for prog, a in _actions(parser) if not a.help]
     assert missing == []
-    commands = {"synth", "distmap", "train", "predict", "evaluate", "bench"}
+    commands = {"synth", "distmap", "train", "predict", "evaluate", "bench", "cache", "demo"}
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert commands <= set(sub.choices)
 
@@ -174,4 +191,155 @@ def test_train_3d_options_reach_the_config_and_run(bench_dir, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["dims"] == 3 and config["patch_size"] == [16, 16, 8]
     assert config["oversample"] == 0.5 and config["augment"] is False
-    assert (out / "last.pt").is_file() and any((out / "cache").iterdir())
+    assert (out / "last.pt").is_file() and cache_info().entries > 0
+
+
+def test_metrics_csv_of_an_earlier_version_is_read_from_epoch_1(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,train_loss,is_best\n0,0.5,True\n1,0.4,False\n")
+    rows = read_metrics_csv(path)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0] and rows[0]["is_best"] == 1.0
+
+
+def test_presets_reach_the_config(bench_dir, capsys):
+    import json
+
+    tiny = ["--epochs", "1", "--depth", "2", "--base-channels", "4", "--slice-size", "32",
+            "--max-steps-per-epoch", "1", "--device", "cpu", "--threads", "1"]  # fmt: skip
+    for preset, lr, patience in (("paper", 1e-3, 20), ("quick", 2e-3, 10)):
+        out = bench_dir / f"preset-{preset}"
+        args = ["train", "--data", str(bench_dir / "data"), "--out", str(out), "--preset", preset]
+        assert main([*args, *tiny]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"train: preset {preset} (--preset)")
+        assert lines[1].startswith("train: torch uses 1 CPU thread (--threads")
+        config = json.loads((out / "config.json").read_text())
+        assert config["lr"] == lr and config["lr_patience"] == patience
+        assert config["base_channels"] == 4 and config["epochs"] == 1  # options win
+
+
+def test_cache_info_and_clear(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NAPARI_BOUNDARY_SEG_CACHE", str(tmp_path / "user"))
+    entry = default_cache_dir() / "vol-abc"
+    entry.mkdir(parents=True)
+    (entry / "image.npy").write_bytes(b"x" * 2000)
+    keep = default_cache_dir() / "notes.txt"
+    keep.write_text("not an entry")
+    assert main(["cache"]) == 0
+    assert (
+        capsys.readouterr().out.strip() == f"cache: {default_cache_dir()}: 1 prepared case(s), 2 kB"
+    )
+    assert main(["cache", "--clear"]) == 0
+    assert "removed 1 prepared case(s), 2 kB" in capsys.readouterr().out
+    assert not entry.exists() and keep.exists()  # only cache entries are removed
+    assert main(["cache", "--info"]) == 0
+    assert "0 prepared case(s), 0 B" in capsys.readouterr().out
+    assert main(["cache", "--info", "--cache-dir", str(tmp_path / "none")]) == 2
+
+
+def test_a_config_from_another_machine_uses_this_users_cache(tmp_path, monkeypatch):
+    from napari_boundary_seg.core.cache import is_user_cache_dir
+
+    monkeypatch.setenv("NAPARI_BOUNDARY_SEG_CACHE", str(tmp_path / "mine"))
+    assert is_user_cache_dir(default_cache_dir())
+    assert is_user_cache_dir("/home/alice/.cache/napari-boundary-seg/cases")
+    assert not is_user_cache_dir(tmp_path / "elsewhere")
+
+
+def test_evaluate_names_every_missing_case_and_scores_a_subset(tmp_path, capsys):
+    pred_dir, ref_dir = tmp_path / "pred", tmp_path / "ref"
+    pred_dir.mkdir(), ref_dir.mkdir()
+    ref = np.zeros((6, 6, 3), np.uint8)
+    ref[1:3, 1:3, 1] = 1
+    for i in range(7):
+        write_nifti(ref_dir / f"c{i}.nii.gz", ref)
+    write_nifti(pred_dir / "c3.nii.gz", ref)
+    args = ["evaluate", "--pred", str(pred_dir), "--labels", str(ref_dir)]
+    assert main([*args, "--out", str(tmp_path / "e.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "6 of 7 labelled cases have no prediction" in err and "--subset" in err
+    assert all(f"c{i}" in err for i in (0, 1, 2, 4, 5, 6))
+    assert main([*args, "--out", str(tmp_path / "e.csv"), "--subset"]) == 0
+    out = capsys.readouterr().out
+    assert "scoring 1 predicted case(s) of 7 labelled; 6 without a prediction" in out
+    with open(tmp_path / "e.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["case"] for r in rows] == ["c3", "mean", "std"] and float(rows[0]["dice"]) == 1.0
+
+
+def test_invalid_choice_is_one_short_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--data", "d", "--out", "o", "--loss", "nope"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-boundary-seg train: error: argument --loss")
+    assert "see napari-boundary-seg train --help" in err[0]
+
+
+def test_help_texts_say_what_is_required_and_what_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "required (unless --resume or --config gives them)" in text
+    assert text.startswith("usage: napari-boundary-seg train (--data DIR --out DIR | --resume")
+    assert "--data DIR" in text and "--preset {paper,quick}" in text and "--threads" in text
+    assert "15 with --preset quick, 100 with paper" in " ".join(text.split())
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "one short training epoch" not in text and "15 epochs" in text
+
+
+def test_refusals_leave_no_folder(bench_dir, tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        out = tmp_path / "new" / "run"
+        args = ["train", "--data", str(bench_dir / "data"), "--out", str(out), "--device", "cuda"]
+        assert main(args) == 2
+        assert "--device" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+    # refused during the data preparation (a 3D patch larger than the volumes): named as typed
+    out = tmp_path / "r3d"
+    args = ["train", "--data", str(bench_dir / "data"), "--out", str(out), "--dims", "3",
+            "--patch-size", "64", "64", "64", "--depth", "2", "--base-channels", "4",
+            "--device", "cpu", "--threads", "1"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--patch-size" in err and "patch_size" not in err, err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_synth_bar_counts_cases(tmp_path, capsys):
+    args = ["synth", "--out", str(tmp_path / "d"), "--cases", "2", "--shape", "16", "16", "8"]
+    assert main([*args, "--anatomy", "phantom"]) == 0
+    err = capsys.readouterr().err
+    assert "2/2" in err and "3/3" not in err
+
+
+def test_threads_choice():
+    from napari_boundary_seg.core.threads import choose_threads
+
+    quiet = {"cpu_count": 2, "default": 2, "environ": {}}
+    assert choose_threads(load=0.1, **quiet).threads == 2  # idle: both cores
+    assert choose_threads(load=1.0, **quiet).threads == 1  # one core busy: no spinning
+    assert choose_threads(load=5.0, **quiet).threads == 1
+    assert choose_threads(3, **quiet) == (3, "--threads")
+    assert choose_threads(cpu_count=2, default=2, load=0, environ={"OMP_NUM_THREADS": "1"}) == (
+        1,
+        "OMP_NUM_THREADS",
+    )
+    with pytest.raises(ValueError, match="--threads"):
+        choose_threads(0)
+
+
+def test_finetune_warns_when_the_corrected_slices_get_worse():
+    from napari_boundary_seg.core.finetune import worse_on_corrected
+
+    better = {"corrected": {"dice_old": 0.6, "dice_new": 0.7}}
+    worse = {"corrected": {"dice_old": 0.7, "dice_new": 0.6}}
+    assert worse_on_corrected(better) is None
+    assert "worse than its parent on the corrected slices (DSC 0.700 -> 0.600)" in (
+        worse_on_corrected(worse)
+    )
+    assert worse_on_corrected({"corrected": {"dice_old": float("nan"), "dice_new": 0.1}}) is None

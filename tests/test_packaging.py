@@ -43,13 +43,33 @@ def test_npe2_validate_cli_passes():
     assert "valid" in result.stdout
 
 
-def _readme_commands() -> list[str]:
+def _readme_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
-    return [line.strip() for b in blocks[:2] for line in b.strip().splitlines()]
+    return [b.strip() for b in re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)]
 
 
 def test_ci_runs_the_readme_test_command():
-    test_command = _readme_commands()[1]
+    test_command = _readme_blocks()[1]  # the second code block: one line
+    assert "\n" not in test_command and "pytest" in test_command
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+def test_the_first_block_is_the_main_job():
+    assert _readme_blocks()[0].endswith("napari-boundary-seg demo")
+
+
+def test_one_version_string():
+    import configparser
+
+    import napari_boundary_seg
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["metadata"]["version"] == "attr: napari_boundary_seg.__version__"
+    assert napari_boundary_seg.__version__ == "0.3.0"
+
+
+def test_data_and_runs_are_not_tracked():
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/data/" in ignored and "/runs/" in ignored

@@ -544,12 +544,16 @@ class ImageStack:
         (scale, translate, affine...; see ``_common.geometry_kwargs``).
     names
         The layer names, in channel order.
+    affine
+        The first layer's voxel-to-world affine (:func:`layer_affine`): the
+        core reorients the volume with it as in training.
     """
 
     images: np.ndarray
     spacing: tuple[float, ...]
     geometry: dict[str, Any]
     names: list[str] = field(default_factory=list)
+    affine: np.ndarray | None = None
 
 
 def images_from_layers(layers: Sequence[Any]) -> ImageStack:
@@ -590,6 +594,7 @@ def images_from_layers(layers: Sequence[Any]) -> ImageStack:
         layer_spacing(layers[0]),
         geometry_kwargs(layers[0]),
         [layer.name for layer in layers],
+        layer_affine(layers[0]) if data.ndim == 3 else None,
     )
 
 

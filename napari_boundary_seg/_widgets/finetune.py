@@ -87,6 +87,7 @@ from napari_boundary_seg._widgets._common import (
     int_spin,
     is_segmentation_labels,
     labels_array,
+    layer_affine,
     layer_spacing,
     layer_steps,
     mark_output,
@@ -259,21 +260,33 @@ class EditTracker:
 # worker bodies
 
 
-def checkpoint_axis(checkpoint: dict[str, Any], ndim: int) -> int:
-    """The slicing axis a checkpoint was trained with, for an ``ndim``-D volume."""
-    return int(checkpoint.get("config", {}).get("axis", 2)) % max(ndim, 1)
+def checkpoint_axis(
+    checkpoint: dict[str, Any],
+    ndim: int,
+    affine: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+) -> int:
+    """The stored axis of an ``ndim``-D volume that the checkpoint slices along
+    (its plane found through the volume's ``affine``)."""
+    from napari_boundary_seg.core.checkpoint import checkpoint_native_axis
+
+    return checkpoint_native_axis(checkpoint, ndim, affine, spacing)
 
 
 def predict_for_correction(
-    checkpoint: str, images: np.ndarray, spacing: tuple[float, ...], device: str
+    checkpoint: str,
+    images: np.ndarray,
+    spacing: tuple[float, ...],
+    device: str,
+    affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
     """Predict and report the checkpoint's slicing axis: ``(foreground
     probability (*spatial) float32, labels (*spatial) int32, axis)``, the
     layers' data built here in the worker."""
     yield Progress(0, 0, "loading the checkpoint")
     loaded = load_checked_checkpoint(checkpoint, images.shape[0])
-    axis = checkpoint_axis(loaded[1], images.ndim - 1)
-    probs, labels = yield from predict_job(loaded, images, spacing, device)
+    axis = checkpoint_axis(loaded[1], images.ndim - 1, affine, spacing)
+    probs, labels = yield from predict_job(loaded, images, spacing, device, affine=affine)
     foreground, labels = prediction_outputs(probs, labels)
     return foreground, labels, axis
 
@@ -303,6 +316,7 @@ def finetune_job(
     old_pred: np.ndarray | None,
     control: Any,
     truth: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
 ) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
     """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
 
@@ -317,12 +331,18 @@ def finetune_job(
     from napari_boundary_seg.core.finetune import compare_models, evaluate_finetune, finetune
 
     result = yield from finetune(
-        checkpoint, images, labels, spacing, slices, control=control, **settings
+        checkpoint, images, labels, spacing, slices, control=control, affine=affine, **settings
     )
     if result.stopped or result.checkpoint is None:
         return result, None
     evaluation = yield from evaluate_finetune(
-        result, images, labels, spacing, old_pred=old_pred, device=settings.get("device")
+        result,
+        images,
+        labels,
+        spacing,
+        old_pred=old_pred,
+        device=settings.get("device"),
+        affine=affine,
     )
     old, new = evaluation["old_pred"], evaluation["new_pred"]
     evaluation["untouched_truth"] = None
@@ -344,7 +364,7 @@ def finetune_layers_job(
     the worker (``_common.images_from_layers``: a fresh copy), not in the
     Start click."""
     stack = images_from_layers(layers)
-    return (yield from finetune_job(checkpoint, stack.images, *args, **kwargs))
+    return (yield from finetune_job(checkpoint, stack.images, *args, affine=stack.affine, **kwargs))
 
 
 # ---------------------------------------------------------------------------
@@ -561,7 +581,11 @@ class FinetuneWidget(QWidget):
             self._add_correction_layer(stack, path, foreground, labels, axis)
 
         self.status.setText("Predicting…")
-        return self._run(predict_for_correction, (path, stack.images, stack.spacing, device), done)
+        return self._run(
+            predict_for_correction,
+            (path, stack.images, stack.spacing, device, stack.affine),
+            done,
+        )
 
     def _add_correction_layer(
         self,
@@ -639,7 +663,7 @@ class FinetuneWidget(QWidget):
             notify_error(exc)
             return
         stack = stack_for_checkpoint(stack, loaded[1].get("modalities") or [])
-        axis = checkpoint_axis(loaded[1], labels.ndim)
+        axis = checkpoint_axis(loaded[1], labels.ndim, stack.affine, stack.spacing)
         prob = None
         if " prediction" in layer.name:  # "<image> prediction" or "<image> prediction [2]"
             candidate = layer.name.replace(" prediction", " probability", 1)
@@ -786,6 +810,7 @@ class FinetuneWidget(QWidget):
             layer_spacing(layers[0]),
             geometry_kwargs(layers[0]),
             [layer.name for layer in layers],
+            layer_affine(layers[0]),
         )
         self._stack_used = stack
         return self._run(

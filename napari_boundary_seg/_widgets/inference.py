@@ -219,6 +219,7 @@ def predict_job(
     spacing: tuple[float, ...],
     device: str = "auto",
     axis: int | None = None,
+    affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Worker body: predict a volume, yielding progress.
 
@@ -236,6 +237,9 @@ def predict_job(
         ``"auto"``, ``"cpu"``, ``"cuda"``...
     axis
         Slicing axis; None: the one the model was trained with.
+    affine
+        The volume's voxel-to-world affine (the layers'): the model sees the
+        volume reoriented as in training.
 
     Returns
     -------
@@ -248,7 +252,7 @@ def predict_job(
         yield Progress(0, 0, "loading the checkpoint")
         checkpoint = load_checked_checkpoint(checkpoint, images.shape[0])
     result = yield from iter_predict_volume(
-        checkpoint, images, tuple(spacing), device=device, axis=axis
+        checkpoint, images, tuple(spacing), device=device, axis=axis, affine=affine
     )
     return result
 
@@ -420,7 +424,9 @@ class InferenceWidget(QWidget):
         self._stack = stack
 
         def job() -> Generator[Progress, None, tuple[np.ndarray, ...]]:
-            probs, labels = yield from predict_job(checkpoint, stack.images, stack.spacing, device)
+            probs, labels = yield from predict_job(
+                checkpoint, stack.images, stack.spacing, device, affine=stack.affine
+            )
             # the layers' data is built here, not in the GUI thread
             return (probs, labels, *prediction_outputs(probs, labels))
 

@@ -588,7 +588,10 @@ def _training_job(
 
                         stack = preview[0]
                         previewer = SlicePreview(
-                            stack.images, stack.spacing, preprocess_config(config)
+                            stack.images,
+                            stack.spacing,
+                            preprocess_config(config),
+                            affine=stack.affine,
                         )
                     last = str(Path(config.out_dir) / "last.pt")
                     yield _preview_event(previewer, last, event.epoch, where)
@@ -1926,7 +1929,9 @@ def prediction_layer_job(
     the GUI thread, which only adds it)."""
     from napari.layers import Labels
 
-    _, labels = yield from predict_job(checkpoint, stack.images, stack.spacing, device)
+    _, labels = yield from predict_job(
+        checkpoint, stack.images, stack.spacing, device, affine=stack.affine
+    )
     labels = np.asarray(labels)
     data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
     layer = Labels(data, name=name, colormap=output_label_colormap("prediction"), **stack.geometry)

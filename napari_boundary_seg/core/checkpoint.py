@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,25 @@ def preprocess_from_checkpoint(checkpoint: Mapping[str, Any]) -> PreprocessConfi
         slice_spacing=None if spacing in (None, "auto") else tuple(spacing),
         crop=bool(config["crop_to_head"]),
     )
+
+
+def checkpoint_native_axis(
+    checkpoint: Mapping[str, Any],
+    spatial_ndim: int,
+    affine: Any = None,
+    spacing: Sequence[float] | None = None,
+) -> int:
+    """The stored axis of a volume (``affine``, ``spacing``) that the checkpoint's
+    2D slices are taken along: its plane found through the affine (0 for a 2D image)."""
+    from napari_boundary_seg.core.orientation import native_slice_axis
+
+    if spatial_ndim != 3:
+        return 0
+    prep = preprocess_from_checkpoint(checkpoint)
+    if isinstance(prep.axis, int) and not prep.canonical:
+        return prep.axis % 3  # a stored axis (checkpoints of earlier versions)
+    spacing = tuple(spacing) if spacing is not None else (1.0, 1.0, 1.0)
+    return native_slice_axis(affine, spacing, prep.axis)
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ __all__ = [
     "finetune",
     "finetune_schedule",
     "prediction_changes",
+    "worse_on_corrected",
     "read_lineage",
     "record_decision",
     "update_lineage",
@@ -1017,6 +1018,25 @@ def compare_models(
             row[f"hd95_{tag}"] = figures["hd95"]
         out[name] = row
     return out
+
+
+def worse_on_corrected(comparison: Mapping[str, Mapping[str, float]]) -> str | None:
+    """A warning when the new model scores worse than its parent on the corrected
+    slices (lower DSC against the corrections), else None.
+
+    The corrected slices are the reason for a fine-tune; a model that fits them
+    worse is rarely worth keeping (fewer epochs, a lower lr or mixing in the
+    original data usually help).
+    """
+    row = comparison.get("corrected") or {}
+    old, new = row.get("dice_old"), row.get("dice_new")
+    if old is None or new is None or not (new < old):  # NaN compares False
+        return None
+    return (
+        f"the fine-tuned model is worse than its parent on the corrected slices "
+        f"(DSC {old:.3f} -> {new:.3f}); keep the parent, or try fewer epochs, a lower "
+        "lr or mixing in the original data"
+    )
 
 
 def evaluate_finetune(

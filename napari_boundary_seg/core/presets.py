@@ -27,7 +27,9 @@ if TYPE_CHECKING:  # torch is imported when a config is built, not with this mod
     from napari_boundary_seg.core.train import TrainConfig
 
 __all__ = [
+    "PRESETS",
     "QUICK_START",
+    "preset_config",
     "quick_start_config",
     "split_slices",
     "validation_block",
@@ -65,6 +67,34 @@ def quick_start_config(**overrides: Any) -> TrainConfig:
     from napari_boundary_seg.core.train import TrainConfig
 
     return TrainConfig(**{**QUICK_START, **overrides})
+
+
+PAPER: dict[str, Any] = {"slice_size": 256}
+"""What the paper preset sets beyond ``TrainConfig``'s defaults: slices resized to 256²."""
+
+PRESETS: dict[str, str] = {
+    "quick": "the Quick start: UNet width 16, slices at their size, 15 epochs (CPU-sized)",
+    "paper": "the paper's: UNet width 64, 256×256 slices, 100 epochs (GPU-sized)",
+}
+"""The named presets of ``train --preset`` and what each is."""
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The :class:`~napari_boundary_seg.core.train.TrainConfig` of preset ``name``.
+
+    ``"quick"`` is :func:`quick_start_config` (the Train widget's and the demo's
+    Quick start); ``"paper"`` is ``TrainConfig``'s defaults (the paper's network,
+    optimiser and α schedule) with :data:`PAPER`'s 256×256 slices; both keep the
+    real-scan preprocessing (``--normalize minmax`` gives the paper's scaling).
+    ``overrides`` replace the preset's fields.
+    """
+    if name == "quick":
+        return quick_start_config(**overrides)
+    if name == "paper":
+        from napari_boundary_seg.core.train import TrainConfig
+
+        return TrainConfig(**{**PAPER, **overrides})
+    raise ValueError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
 
 
 def validation_block(labels: np.ndarray, axis: int, val_fraction: float) -> slice | None:

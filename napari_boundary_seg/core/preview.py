@@ -67,19 +67,29 @@ class SlicePreview:
         (scaling, percentiles, slice size).
     """
 
-    def __init__(self, images: np.ndarray, spacing: Sequence[float], preprocess: Any) -> None:
-        from napari_boundary_seg.core.data import _scale_unit
+    def __init__(
+        self,
+        images: np.ndarray,
+        spacing: Sequence[float],
+        preprocess: Any,
+        affine: np.ndarray | None = None,
+    ) -> None:
+        from napari_boundary_seg.core.data import normalize_volume
 
         images = np.asarray(images, dtype=np.float32)
         if images.ndim not in (3, 4):
             raise ValueError(f"images must be (M, *spatial) with 2 or 3 axes, got {images.shape}")
         if len(spacing) != images.ndim - 1:
             raise ValueError(f"spacing {tuple(spacing)} does not fit images {images.shape}")
-        if preprocess.scale:
-            images = np.stack([_scale_unit(m, preprocess.percentiles) for m in images])
+        if preprocess.scale:  # the whole volume once, by the run's rule
+            images = np.stack(
+                [normalize_volume(m, preprocess.normalize, preprocess.percentiles) for m in images]
+            )
         self.images = images
         self.spacing = tuple(float(s) for s in spacing)
-        self.preprocess = dataclasses.replace(preprocess, scale=False)
+        self.affine = None if affine is None else np.asarray(affine, dtype=float)
+        # normalised above; no crop of a one-slice slab (its head was found on the whole)
+        self.preprocess = dataclasses.replace(preprocess, scale=False, crop=False)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -126,10 +136,17 @@ class SlicePreview:
             raise ValueError(f"slice {index} is outside the {n} slices of axis {axis}")
         if int(getattr(model, "spatial_dims", 2)) == 3:
             return self._predict_3d(model, axis, index, patch_size, overlap)
-        plane = np.take(self.images, index, axis=1 + axis)
-        spacing = tuple(s for k, s in enumerate(self.spacing) if k != axis)
-        _, labels = predict_volume(model, plane, spacing, preprocess=self.preprocess)
-        return labels
+        # the one-slice slab of the volume, reoriented with the affine as in training
+        slab = np.take(self.images, [index], axis=1 + axis)
+        _, labels = predict_volume(
+            model,
+            slab,
+            self.spacing,
+            preprocess=self.preprocess,
+            affine=self.affine,
+            axis=axis,
+        )
+        return np.take(labels, 0, axis=axis)
 
     def _predict_3d(
         self,

@@ -116,6 +116,7 @@ __all__ = [
     "sliding_window_probs",
     "validate_cases",
     "validate_volumes",
+    "read_metrics_csv",
 ]
 
 
@@ -954,12 +955,21 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A history entry as a ``metrics.csv`` row: ``epoch`` counted from 1, as every
+    message counts (history entries and events count from 0)."""
+    out = {k: row.get(k, "") for k in METRICS_COLUMNS}
+    if out["epoch"] != "":
+        out["epoch"] = int(out["epoch"]) + 1
+    return out
+
+
 def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
         writer.writeheader()
         for row in history:
-            writer.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+            writer.writerow(_csv_row(row))
 
 
 def _append_metrics_csv(path: Path, row: Mapping[str, Any]) -> None:
@@ -968,7 +978,28 @@ def _append_metrics_csv(path: Path, row: Mapping[str, Any]) -> None:
         writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in METRICS_COLUMNS})
+        writer.writerow(_csv_row(row))
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as numbers (``is_best`` as 0/1), with
+    ``epoch`` counted from 1. Files of earlier versions, whose ``epoch`` column
+    counted from 0 (their first row says 0), are read the same way."""
+    rows: list[dict[str, float]] = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            parsed: dict[str, float] = {}
+            for key, value in row.items():
+                if value in ("True", "False"):
+                    parsed[key] = float(value == "True")
+                elif value:
+                    parsed[key] = float(value)
+            rows.append(parsed)
+    if rows and rows[0].get("epoch") == 0:  # an earlier version's file: counted from 0
+        for row in rows:
+            if "epoch" in row:
+                row["epoch"] += 1
+    return rows
 
 
 def _nanmean(values: Sequence[float]) -> float:

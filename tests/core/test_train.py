@@ -118,7 +118,7 @@ def test_checkpoints_and_metrics_csv(cases, tmp_path):
     with open(tmp_path / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == METRICS_COLUMNS
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # counted from 1, as messages count
     assert float(rows[1]["train_loss"]) == pytest.approx(done.history[1]["train_loss"])
     assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
     # a second run into the same folder is refused
@@ -196,7 +196,7 @@ def test_resume_equals_uninterrupted(cases, tmp_path, stop_at):
     for a, b in zip(reference.history, resumed.history, strict=True):
         assert a["train_loss"] == b["train_loss"] and a["val_dice"] == b["val_dice"]
     with open(tmp_path / "b" / "metrics.csv") as handle:
-        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [0, 1]
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]  # counted from 1
 
 
 def test_resume_with_a_different_config_names_the_field(cases, tmp_path):

@@ -194,7 +194,7 @@ def test_empty_prediction_says_no_foreground(make_napari_viewer, qtbot, monkeypa
     from napari_boundary_seg._widgets import inference
     from napari_boundary_seg.core.progress import Progress
 
-    def nothing(checkpoint, images, spacing, device="auto", axis=None):
+    def nothing(checkpoint, images, spacing, device="auto", axis=None, affine=None):
         yield Progress(1, 1, "slices")
         probs = np.zeros((2, *images.shape[1:]), np.float32)
         probs[0] = 1.0  # background everywhere

@@ -78,6 +78,7 @@ def test_demo_falls_back_to_headless_without_display(plugin_cache, monkeypatch):
     lines: list[str] = []
     original = _demo.run_headless_demo
     monkeypatch.setattr(_demo, "run_headless_demo", lambda echo: original(echo, train=False))
-    assert _demo.run_demo(echo=lines.append) == 0
-    assert lines[0].startswith("Headless demo")
-    assert "Signed distance maps" in lines[2] and " mm" in lines[2]
+    assert _demo.run_demo(echo=lines.append, threads=1) == 0
+    assert lines[0].startswith("demo: torch uses 1 CPU thread")
+    assert lines[1].startswith("Headless demo")
+    assert "Signed distance maps" in lines[3] and " mm" in lines[3]
