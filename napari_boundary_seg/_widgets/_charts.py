@@ -270,7 +270,7 @@ class TrainingCurves(QWidget):
         super().__init__()
         from qtpy.QtWidgets import QGridLayout
 
-        self.loss_chart = LineChart("total: α·regional + (1−α)·boundary")
+        self.loss_chart = LineChart("total: α·GDL + (1−α)·BL")
         self.loss_chart.setToolTip(TOTAL_LOSS_HELP)
         self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
         self.region_chart = LineChart("regional term (GDL)")

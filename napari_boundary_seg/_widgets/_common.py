@@ -100,6 +100,22 @@ def mark_output(kind: str, metadata: Mapping[str, Any] | None = None) -> dict[st
     return out
 
 
+#: Label colours of this plugin's segmentations, apart from napari's default
+#: colours (label 1 orange: the ground truth's): predictions magenta first...
+PREDICTION_COLORS = {1: "#e040fb", 2: "#40c4ff", 3: "#ffee58", 4: "#69f0ae", 5: "#ff5252"}
+#: ... and the live training preview cyan first.
+PREVIEW_COLORS = {1: "#00e5ff", 2: "#b2ff59", 3: "#ffd740", 4: "#ea80fc", 5: "#ff8a80"}
+
+
+def output_label_colormap(kind: str = "prediction") -> Any:
+    """The label colours of a ``"prediction"`` or ``"preview"`` Labels layer
+    (:data:`PREDICTION_COLORS`, :data:`PREVIEW_COLORS`; grey beyond them)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = PREVIEW_COLORS if kind == "preview" else PREDICTION_COLORS
+    return DirectLabelColormap(color_dict={None: "#bdbdbd", 0: "transparent", **colors})
+
+
 def output_kind(layer: Layer) -> str | None:
     """The kind this plugin gave ``layer`` (:func:`mark_output`), or None."""
     kind = getattr(layer, "metadata", {}).get(OUTPUT_KEY)

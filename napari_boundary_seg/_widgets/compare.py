@@ -372,12 +372,28 @@ class CompareWidget(QWidget):
                 self.viewer,
                 "labels",
                 outcome,
+                done=self._below_corrections,
+                activate=not self._corrections_layers(),
                 name=name,
                 colormap=colormap,
                 opacity=1.0,
                 **geometry,
             ),
         ]
+
+    def _corrections_layers(self) -> list[Any]:
+        """The Labels layers being corrected for fine-tuning (Finetune's link)."""
+        return [x for x in self.viewer.layers if "finetune" in getattr(x, "metadata", {})]
+
+    def _below_corrections(self, layer: Any) -> None:
+        """While correcting, the TP/FP/FN map goes under the corrections layer
+        (which stays the active one), so the edits stay in view."""
+        layers = self.viewer.layers
+        editing = [layers.index(x) for x in self._corrections_layers() if x is not layer]
+        if editing and layer in layers:
+            here, lowest = layers.index(layer), min(editing)
+            if here > lowest:
+                layers.move(here, lowest)
 
     def table_rows(self) -> list[dict[str, Any]]:
         """The table as dicts: ``scope`` ("volume"/"slice"), ``slice``, metric keys."""

@@ -92,6 +92,7 @@ from napari_boundary_seg._widgets._common import (
     layer_steps,
     mark_output,
     notify_error,
+    output_label_colormap,
     scroll_layout,
     unique_layer_name,
 )
@@ -373,8 +374,9 @@ def finetune_layers_job(
 class FinetuneWidget(QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
-    TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old", "HD95 new")
-    """Columns of the comparison table (HD95 in mm)."""
+    TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old (mm)", "HD95 new (mm)")
+    """Columns of the comparison table: DSC (0-1) and HD95 (mm) of the model
+    before (old) and after (new) fine-tuning; n: the number of slices."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -482,7 +484,11 @@ class FinetuneWidget(QWidget):
         # 4. the gain
         self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
         # two-line headers ("DSC" over "old"): the columns fit a narrow dock
-        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in self.TABLE_COLUMNS])
+        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n", 1) for c in self.TABLE_COLUMNS])
+        tips = ("", "number of slices", "0-1", "0-1", "95th-percentile Hausdorff distance, mm")
+        for c, tip in enumerate((*tips, tips[-1])):
+            if tip:
+                self.table.horizontalHeaderItem(c).setToolTip(tip)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(22)
         header = self.table.horizontalHeader()
@@ -633,6 +639,7 @@ class FinetuneWidget(QWidget):
                 done=link,
                 name=name,
                 metadata=mark_output("prediction", metadata),
+                colormap=output_label_colormap("prediction"),
                 **geometry,
             ),
         )
@@ -912,6 +919,7 @@ class FinetuneWidget(QWidget):
             name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
             visible=False,
             metadata=mark_output("prediction", metadata),
+            colormap=output_label_colormap("prediction"),
             **geometry,
         )
         if changes_name in self.viewer.layers:  # updated in place, not removed and re-added

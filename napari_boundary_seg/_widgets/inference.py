@@ -46,6 +46,7 @@ from napari_boundary_seg._widgets._common import (
     mark_output,
     notify_error,
     notify_info,
+    output_label_colormap,
     scroll_layout,
     start_progress_worker,
     unique_layer_name,
@@ -273,7 +274,12 @@ def prediction_layer_kwargs(
         **probability_layer_kwargs(),
         **geometry,
     }
-    prediction = {"name": name, "metadata": mark_output("prediction", metadata), **geometry}
+    prediction = {
+        "name": name,
+        "metadata": mark_output("prediction", metadata),
+        "colormap": output_label_colormap("prediction"),
+        **geometry,
+    }
     return probability, prediction
 
 

@@ -21,7 +21,15 @@ state exactly (Pause, Resume, Stop; epochs counted from 1); after a run the
 prediction comes from ``best.pt`` (never from the untrained ``last.pt`` of a
 run stopped in its first epoch) into a layer of its own name.
 
-Mode (issue 11): "Train on" 2D slices (the paper, both presets) or 3D patches
+Slice plane: "auto" / axial / coronal / sagittal (``TrainConfig.axis``),
+from the scan's orientation (the layer's affine, :func:`_common.layer_affine`),
+never from the view: the validation block, the 3D patch clipping and the live
+preview use the stored axis of that plane (:func:`_common.native_slice_axis`),
+and after Start a 2D view is turned to show it (the view follows the
+training). A run that ends badly (:func:`core.verdict.judge_run`) says so
+under the status, on the charts and in a napari warning.
+
+Mode: "Train on" 2D slices (the paper, both presets) or 3D patches
 (``TrainConfig.dims``); the patch size in voxels per numpy axis (3D only; by
 default :data:`core.patches.DEFAULT_PATCH_SIZE` clipped to the labels layer,
 and at Start to the longest training part left beside the validation block,
@@ -63,6 +71,7 @@ from qtpy.QtWidgets import (
 
 from napari_boundary_seg._widgets._charts import REDRAW_INTERVAL_MS, AlphaPlot, TrainingCurves
 from napari_boundary_seg._widgets._common import (
+    Delivery,
     ImageStack,
     ProgressRelay,
     check_device,
@@ -71,10 +80,12 @@ from napari_boundary_seg._widgets._common import (
     is_segmentation_labels,
     labels_array,
     layer_affine,
+    layer_steps,
     mark_output,
     native_slice_axis,
     notify_error,
     offered_image,
+    output_label_colormap,
     require_layer,
     show_slicing_axis,
     start_progress_worker,
@@ -119,9 +130,9 @@ LOSS_CHOICES = [
     ("Dice", "dice"),
 ]
 SCHEDULE_CHOICES = [
-    ("paper: α from start, −step per epoch, ≥ floor", "paper"),
+    ("paper (α − step per epoch)", "paper"),
     ("constant α", "constant"),
-    ("reference code (BL weight grows)", "reference-code"),
+    ("reference code", "reference-code"),
 ]
 
 BL_ALONE_WARNING = (
@@ -619,7 +630,8 @@ def preset_values(preset: str) -> dict[str, Any]:
     from napari_boundary_seg.core.presets import quick_start_config
     from napari_boundary_seg.core.train import TrainConfig
 
-    config = quick_start_config() if preset == "quick" else TrainConfig()
+    # the paper: the trainer's defaults with its slices resized to 256 × 256
+    config = quick_start_config() if preset == "quick" else TrainConfig(slice_size=256)
     schedule = dict(config.schedule)
     return {
         "epochs": config.epochs,
@@ -695,6 +707,8 @@ class TrainWidget(QWidget):
 
         self.viewer = napari_viewer
         self.runner = TrainRunner(self)
+        self._preview_delivery = Delivery(self)
+        self._waiting_preview: PreviewEvent | None = None
         self.events: list[Any] = []
         self.last_done: Any = None
         self.device_used = ""
@@ -799,6 +813,11 @@ class TrainWidget(QWidget):
         self.loss = mw.ComboBox(choices=[(t, v) for t, v in LOSS_CHOICES], label="Loss")
         self.schedule = mw.ComboBox(
             choices=[(t, v) for t, v in SCHEDULE_CHOICES], label="α schedule"
+        )
+        self.schedule.tooltip = (
+            "paper: α from its start, minus the step after each epoch, never below the "
+            "floor (the default). constant: one α. reference code: the boundary weight "
+            "grows from its start by the step (no cap), the GDL weight floored."
         )
         self.alpha_start = mw.FloatSpinBox(value=1.0, min=0.0, max=1.0, step=0.05, label="α start")
         self.alpha_step = mw.FloatSpinBox(
@@ -1286,30 +1305,62 @@ class TrainWidget(QWidget):
         axis = self._native_axis
         if layer is None or axis is None or layer.ndim != 3:
             return
+        if self._closing or not self.runner.running:
+            return
         if show_slicing_axis(self.viewer, layer, axis):
             logger.info("the view now slices along axis %d, the training plane", axis)
+            self._update_preview_at()
 
     def _preview_where(self) -> tuple[int, int] | None:
         """The slice to preview now (read by the worker thread)."""
         return self._preview_at if self.live_preview.value else None
 
     def _on_preview(self, event: PreviewEvent) -> None:
-        """Show the preview slice in the preview layer, updating its data in place."""
+        """Show the preview slice in the preview layer, updating its data in place.
+
+        The first preview makes the layer in steps, one per event-loop turn
+        (``_common.layer_steps``: inserted hidden, shown, then filled), as
+        every other result is delivered; a preview that comes meanwhile waits
+        for the layer (only the newest is kept)."""
         if self._stack is None:
             return
         shape = self._stack.images.shape[1:]
         layer = self.preview_layer
         if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
-            layer = self.viewer.add_labels(
-                np.zeros(shape, dtype=np.uint8),
-                name=PREVIEW_NAME,
-                opacity=0.6,
-                **self._stack.geometry,
-            )
-            self.preview_layer = layer
+            pending = self._preview_delivery.pending
+            self._waiting_preview = event
+            if not pending:
+                self.preview_layer = None
+                geometry = dict(self._stack.geometry)
+                metadata = mark_output("preview", geometry.pop("metadata", None))
+                self._preview_delivery.run(
+                    *layer_steps(
+                        self.viewer,
+                        "labels",
+                        np.zeros(shape, dtype=np.uint8),
+                        done=self._preview_made,
+                        activate=False,
+                        name=PREVIEW_NAME,
+                        opacity=0.6,
+                        colormap=output_label_colormap("preview"),
+                        metadata=metadata,
+                        **geometry,
+                    )
+                )
+            return
+        self._write_preview(layer, event)
+
+    def _preview_made(self, layer: Any) -> None:
+        """The preview layer is in the viewer: show the newest preview in it."""
+        self.preview_layer = layer
+        event, self._waiting_preview = self._waiting_preview, None
+        if event is not None:
+            self._write_preview(layer, event)
+
+    def _write_preview(self, layer: Any, event: PreviewEvent) -> None:
         data = layer.data
         data[...] = 0
-        if len(shape) == 2:
+        if data.ndim == 2:
             data[...] = event.labels
         else:
             index = [slice(None)] * 3
@@ -1489,8 +1540,9 @@ class TrainWidget(QWidget):
         self.verdict = None
         self.verdict_label.setVisible(False)
         self._config = config
-        self._follow_training_plane()
         self._update_preview_at()
+        # the view follows in a turn of its own: napari slices every layer again
+        QTimer.singleShot(0, self._follow_training_plane)
         self.curves.reset(config.epochs)
         self.curves.start_timer()
         self.progress.reset(config.epochs)
@@ -1841,6 +1893,7 @@ class TrainWidget(QWidget):
             preview.metadata = dict(layer.metadata)
             preview.name = layer.name
             preview.opacity = layer.opacity
+            preview.colormap = layer.colormap
             preview.visible = True
             return preview
         self.viewer.add_layer(layer)
@@ -1881,7 +1934,7 @@ def prediction_layer_job(
     )
     labels = np.asarray(labels)
     data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
-    layer = Labels(data, name=name, **stack.geometry)
+    layer = Labels(data, name=name, colormap=output_label_colormap("prediction"), **stack.geometry)
     layer.metadata.update(mark_output("prediction"))
     layer.metadata["napari_boundary_seg"] = {
         "checkpoint": str(checkpoint),

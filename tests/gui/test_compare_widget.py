@@ -228,3 +228,30 @@ def test_labels_pickers_offer_segmentations_only(make_napari_viewer):
     assert finetune_w.truth_combo.names()[1:] == offered  # after "(none)"
     assert [name for name, _ in train_w._labels_choices()] == offered
     train_w.shutdown()
+
+
+def test_outcome_map_goes_under_the_corrections_layer(make_napari_viewer, qtbot, errors):
+    viewer = make_napari_viewer()
+    pred, gt = _cubes()
+    viewer.add_labels(gt, name="gt")
+    fixing = viewer.add_labels(pred, name="FLAIR corrections", metadata={"finetune": {}})
+    widget = CompareWidget(viewer)
+    widget.pred_combo.set_layer("FLAIR corrections")
+    widget.gt_combo.set_layer("gt")
+    _run(widget, qtbot)
+    names = [layer.name for layer in viewer.layers]
+    outcome = overlay_name("FLAIR corrections", "gt")
+    assert names.index(outcome) < names.index("FLAIR corrections")  # drawn below it
+    assert viewer.layers.selection.active is fixing and errors == []
+
+
+def test_predictions_and_previews_have_their_own_colours(make_napari_viewer):
+    from napari_boundary_seg._widgets._common import output_label_colormap
+
+    viewer = make_napari_viewer()
+    _, gt = _cubes()
+    truth = viewer.add_labels(gt, name="gt")
+    pred = viewer.add_labels(gt, name="p", colormap=output_label_colormap("prediction"))
+    preview = viewer.add_labels(gt, name="v", colormap=output_label_colormap("preview"))
+    colours = [tuple(np.round(x.colormap.map(np.array([1]))[0], 2)) for x in (truth, pred, preview)]
+    assert len(set(colours)) == 3  # label 1: the default orange, magenta, cyan

@@ -111,6 +111,8 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert widget.table.item(0, 1).text() == "2"
     assert widget.table.item(1, 0).text() == "untouched"
     assert widget.table.item(1, 1).text() == "4"
+    headers = [widget.table.horizontalHeaderItem(c).text() for c in range(6)]
+    assert headers[4:] == ["HD95\nold (mm)", "HD95\nnew (mm)"]  # with their unit
     # untouched slices without a ground truth: n/a, not a DSC of 1 by construction
     assert [widget.table.item(1, c).text() for c in range(2, 6)] == ["n/a"] * 4
     assert "ground truth" in widget.table.item(1, 2).toolTip()

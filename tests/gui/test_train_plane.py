@@ -74,7 +74,7 @@ def test_the_view_follows_the_training_plane(make_napari_viewer, tmp_path, qtbot
     w.configure(epochs=1, depth=2, base_channels=4, batch_size=4, slice_size=16)
     assert viewer.dims.order == (0, 1, 2)  # napari's default: slices along axis 0
     assert w.start()
-    assert viewer.dims.order == (2, 0, 1)  # now along axis 2, the axial plane
+    qtbot.waitUntil(lambda: viewer.dims.order == (2, 0, 1))  # along axis 2, the axial plane
     assert w._preview_at is not None and w._preview_at[0] == 2
     qtbot.waitUntil(lambda: not w.busy, timeout=60_000)
     w.shutdown()

@@ -237,6 +237,14 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
     assert layer is not None and layer.data.shape == SHAPE
     assert layer.metadata["napari_boundary_seg"]["checkpoint"] == done.best_checkpoint
     np.testing.assert_allclose(layer.scale, (4.0, 1.0, 1.0))
+    # the prediction has the predictions' colour, not napari's default (the labels')
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_boundary_seg._widgets._common import PREDICTION_COLORS
+
+    np.testing.assert_allclose(
+        layer.colormap.map(np.array([1]))[0], transform_color(PREDICTION_COLORS[1])[0], atol=0.01
+    )
     # fine-tuning follows the checkpoint: a 2D form becomes 3D with its patch
     w.dims.value = 2
     for box in w.patch:
@@ -428,9 +436,13 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     timer.timeout.connect(tick)
     preview_checks: list[bool] = []
     preview_layers: list = []
+    first_preview: list = []
 
     def check_preview(event):
         if type(event).__name__ != "PreviewEvent":
+            return
+        if w._preview_delivery.pending:  # the first: the layer is made in steps
+            first_preview.append(w.viewer.layers[PREVIEW_NAME])
             return
         layer = w.viewer.layers[PREVIEW_NAME]
         preview_layers.append(layer)
@@ -482,7 +494,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert Path(done.best_checkpoint).is_file() and Path(done.last_checkpoint).is_file()
     assert len(done.history) == 6
     assert w.device_used == "cpu"
-    # validation on a held-out block of 2 slices along the viewer's slicing axis 0
+    # validation on a held-out block of 2 slices along axis 0 (the thick-slice axis)
     # (foreground on slices 1-6: the first 2-slice block with the most of it is 1-2)
     assert w._val_block == slice(1, 3)
     info = [e for e in w.events if type(e).__name__ == "InfoEvent" and e.steps_per_epoch]
@@ -505,7 +517,10 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     assert {(e.axis, e.index) for e in previews} == {(0, shown)}
     assert previews[0].labels.shape == (32, 32)
     # (checked while training: the layer is made at the first preview, then updated)
-    assert preview_checks and all(preview_checks), preview_checks
+    assert all(preview_checks), preview_checks
+    assert len(preview_checks) + len(first_preview) == 6
+    # previews that came while the layer was being made (in steps) used that layer
+    assert first_preview and all(x is preview_layers[0] for x in first_preview)
     # the best model's prediction arrives in a Labels layer with the image's geometry:
     # the preview layer itself, data replaced in place and renamed (no layer added)
     layer = w.prediction_layer
@@ -542,7 +557,7 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
 def test_curves_name_the_terms_and_say_why_the_total_can_rise(qtbot):
     curves = TrainingCurves()
     assert "mm" in curves.boundary_chart.title and "distance" in curves.boundary_chart.title
-    assert "α" in curves.loss_chart.title and "boundary" in curves.loss_chart.title
+    assert "α" in curves.loss_chart.title and "BL" in curves.loss_chart.title
     assert "rise while the model improves" in curves.loss_chart.toolTip()
     assert curves.alpha_chart.y_range == (-0.03, 1.03)  # α on its own axis
 
