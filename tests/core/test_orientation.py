@@ -227,3 +227,19 @@ def test_crop_to_the_head_drops_air_and_pastes_background_back(tmp_path):
 def cropped_config(config):
     """``config`` with the crop to the head."""
     return PreprocessConfig(**{**config.__dict__, "crop": True})
+
+
+def test_robust_scaling_within_the_head_is_the_default_and_ignores_hot_voxels():
+    data, _ = _ras_volume()
+    mask = head_mask(data)
+    r = normalize_volume(data, "robust")
+    assert r.min() == 0 and r.max() == 1 and np.all(r[~mask] == 0)
+    hot = data.copy()
+    hot[0, 0, 0] = 1e6  # min-max squeezes the head; the robust rule does not
+    assert normalize_volume(hot, "minmax")[mask].std() < 1e-3
+    below = r[mask] < np.percentile(r[mask], 95)
+    np.testing.assert_allclose(
+        normalize_volume(hot, "robust")[mask][below], r[mask][below], atol=0.02
+    )
+    stripped = np.where(mask, data, 0).astype(np.float32)  # skull-stripped: the same head
+    np.testing.assert_allclose(normalize_volume(stripped, "robust")[mask], r[mask], atol=0.02)
