@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_boundary_seg.core.checkpoint import load_checkpoint
+from napari_boundary_seg.core.checkpoint import load_checkpoint, read_checkpoint
 from napari_boundary_seg.core.data import find_cases, load_case
 from napari_boundary_seg.core.io import write_nifti
 from napari_boundary_seg.core.metrics import case_metrics
@@ -61,6 +61,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--augment", action="store_true", help="flips and intensity augmentation")
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
+    p.add_argument(
+        "--repredict", action="store_true", help="predict and score finished folds again"
+    )
     return p.parse_args(argv)
 
 
@@ -86,17 +89,21 @@ def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Tra
 def run_fold(args, arm, seed, files, test) -> dict:
     out = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
     done_file = out / "metrics.json"
-    if done_file.is_file():
+    if done_file.is_file() and not args.repredict:
         return json.loads(done_file.read_text())
-    train_files = [f for f in files if f.case_id != test.case_id]
-    config = fold_config(args, arm, seed, out)
-    t0 = time.perf_counter()
-    done = run_to_end(train(config, train_files, val_cases=[]))
-    train_s = time.perf_counter() - t0
+    last = out / "last.pt"
+    trained = last.is_file() and read_checkpoint(last)["position"]["epoch"] >= args.epochs
+    if trained:  # a finished run: only predicted (again)
+        previous = json.loads(done_file.read_text()) if done_file.is_file() else {}
+        train_s = float(previous.get("train_s", float("nan")))
+    else:
+        train_files = [f for f in files if f.case_id != test.case_id]
+        config = fold_config(args, arm, seed, out)
+        t0 = time.perf_counter()
+        run_to_end(train(config, train_files, val_cases=[]))
+        train_s = time.perf_counter() - t0
     case = load_case(test)
-    _, pred = predict_volume(
-        load_checkpoint(done.last_checkpoint), case.images, case.spacing, affine=case.affine
-    )
+    _, pred = predict_volume(load_checkpoint(last), case.images, case.spacing, affine=case.affine)
     write_nifti(out / f"{test.case_id}_pred.nii.gz", pred.astype(np.uint8), affine=case.affine,
                 overwrite=True)  # fmt: skip
     m = case_metrics(pred, case.labels, case.spacing)

@@ -953,15 +953,24 @@ class _Prepared:
     orientation: Orientation | None = None
     axis: int | None = None
     native_hw: tuple[int, int] | None = None
-    # the crop to the head: (start, stop) per axis of the (D, H, W) stack, and its full shape
+    # the crop to the head: (start, stop) per axis of the (D, H, W) stack, its full
+    # shape, and the head mask of the cropped stack
     crop: tuple[tuple[int, int], ...] | None = None
     full_shape: tuple[int, int, int] | None = None
+    head: np.ndarray | None = None
 
     def paste(self, probs: np.ndarray) -> np.ndarray:
         """``(C, D', H', W')`` probabilities of the cropped stack in the full
-        ``(C, D, H, W)``, background (class 0) outside the crop."""
+        ``(C, D, H, W)``: background (class 0) outside the crop and outside the
+        head (no lesion lies in the air; the network's guesses at the crop's
+        edges are dropped)."""
         if self.crop is None:
             return probs
+        if self.head is not None:
+            outside = ~self.head
+            probs = probs.copy()
+            probs[1:, outside] = 0.0
+            probs[0, outside] = 1.0
         out = np.zeros((probs.shape[0], *self.full_shape), dtype=probs.dtype)
         out[0] = 1.0
         box = tuple(slice(a, b) for a, b in self.crop)
@@ -969,18 +978,26 @@ class _Prepared:
         return out
 
 
+def heads_mask(images: np.ndarray, normalized: bool = False) -> np.ndarray:
+    """The union of the modalities' :func:`head_mask` of raw ``images (M, *spatial)``
+    (in ``normalized`` images, whose background is 0: any nonzero voxel)."""
+    mask = np.zeros(images.shape[1:], dtype=bool)
+    for channel in images:
+        mask |= (channel != 0) if normalized else head_mask(channel)
+    return mask
+
+
 def head_box(
     images: np.ndarray,
     labels: np.ndarray | None,
     margin: int = CROP_MARGIN,
     normalized: bool = False,
+    mask: np.ndarray | None = None,
 ) -> tuple[tuple[int, int], ...]:
     """The bounding box ``((start, stop), ...)`` of the head in raw ``images (M,
-    *spatial)`` (any modality's :func:`head_mask`; in ``normalized`` images, whose
-    background is 0: any nonzero voxel) and of the labels, grown by ``margin``."""
-    mask = np.zeros(images.shape[1:], dtype=bool)
-    for channel in images:
-        mask |= (channel != 0) if normalized else head_mask(channel)
+    *spatial)`` (:func:`heads_mask`, or ``mask`` when given) and of the labels,
+    grown by ``margin``."""
+    mask = heads_mask(images, normalized) if mask is None else mask.copy()
     if labels is not None:
         mask |= labels > 0
     box = []
@@ -1096,13 +1113,16 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
         labels = None if labels is None else np.moveaxis(labels, axis, 0)
         spacing = (spacing[axis], *(s for k, s in enumerate(spacing) if k != axis))
     images = np.ascontiguousarray(np.swapaxes(images, 0, 1), dtype=np.float32)  # (D, M, H, W)
-    crop = full_shape = None
+    crop = full_shape = head = None
     slice_index = np.arange(images.shape[0])
     if preprocess.crop and axis is not None:
         full_shape = (images.shape[0], *images.shape[2:])
         # the head of the images as they came (normalised images lost their air)
-        crop = head_box(np.moveaxis(case.images, 1 + axis, 1), labels, normalized=case.normalized)
+        raw = np.moveaxis(case.images, 1 + axis, 1)  # (M, D, H, W)
+        head = heads_mask(raw, normalized=case.normalized)
+        crop = head_box(raw, labels, mask=head)
         (d0, d1), (h0, h1), (w0, w1) = crop
+        head = head[d0:d1, h0:h1, w0:w1]
         images = np.ascontiguousarray(images[d0:d1, :, h0:h1, w0:w1])
         if labels is not None:
             labels = labels[d0:d1, h0:h1, w0:w1]
@@ -1129,7 +1149,16 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
     elif labels is not None:
         labels = np.ascontiguousarray(labels, dtype=np.int64)
     return _Prepared(
-        images, labels, spacing, slice_index, orientation, axis, (height, width), crop, full_shape
+        images,
+        labels,
+        spacing,
+        slice_index,
+        orientation,
+        axis,
+        (height, width),
+        crop,
+        full_shape,
+        head if crop is not None else None,
     )
 
 

@@ -222,6 +222,10 @@ def test_crop_to_the_head_drops_air_and_pastes_background_back(tmp_path):
     probs, pred = predict_volume(model, image, (1.0, 1.0, 1.0), preprocess=cropped_config(config))
     assert probs.shape == (2, *shape)
     assert np.all(probs[0, :8] == 1) and np.all(pred[:, :, :4] == 0)
+    # inside the crop but outside the head (its margin of air): background too
+    head = np.zeros(shape, bool)
+    head[12:28, 10:26, 8:22] = True
+    assert np.all(probs[1][~head] == 0) and np.any(probs[1][head] > 0)
 
 
 def cropped_config(config):

@@ -94,7 +94,12 @@ def _checkpoint(tmp_path, slice_size=16, axis=0):
     model = UNet(1, 2, depth=2, base_channels=4)
     # the paper's min-max scaling: the hand computations below use it
     config = TrainConfig(
-        slice_size=slice_size, axis=axis, depth=2, base_channels=4, normalize="minmax"
+        slice_size=slice_size,
+        axis=axis,
+        depth=2,
+        base_channels=4,
+        normalize="minmax",
+        crop_to_head=False,
     )
     path = tmp_path / "best.pt"
     save_checkpoint(
