@@ -370,9 +370,9 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
     output = done.stdout + done.stderr
     assert output.count("2 processes (gloo)") == 1  # rank 0 alone reports
     assert output.count("train: completed") == 1
+    # the prepared cases live in the per-user cache, not in the run folder
     assert sorted(p.name for p in run.iterdir()) == [
         "best.pt",
-        "cache",  # the prepared cases (issue 11)
         "config.json",
         "last.pt",
         "metrics.csv",

@@ -277,7 +277,7 @@ def test_fine_tune_from_checkpoint(cases, tmp_path):
 def test_fine_tune_mismatch_is_a_clear_error(cases, tmp_path):
     run(TrainConfig(out_dir=str(tmp_path / "a"), epochs=1, **TINY), cases)
     config = TrainConfig(epochs=1, init_checkpoint=str(tmp_path / "a" / "best.pt"), **TINY)
-    with pytest.raises(ValueError, match="in_channels=1 but .* in_channels=2"):
+    with pytest.raises(ValueError, match="has 2 modalities but .*best.pt takes 1"):
         run(config, make_cases(3, modalities=2))
     with pytest.raises(ValueError, match="num_classes"):
         run(config.replace(num_classes=3), cases)

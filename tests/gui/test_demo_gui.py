@@ -24,7 +24,8 @@ def test_demo_starts_the_quick_start(make_napari_viewer, plugin_cache, monkeypat
         for name in ("lr", "slice_size", "schedule", "batch_size", "val_fraction"):
             assert getattr(config, name) == getattr(quick, name), name
         assert all(getattr(config, k) == v for k, v in tiny.items())
-        assert config.axis == 2  # the demo's axial view
+        # the plane from the scan (auto: its axial axis 2), not from the view
+        assert config.axis == "auto" and widget._native_axis == 2
         assert [layer.name for layer in widget.image_layers()] == ["FLAIR", "T1"]
         assert widget.labels.value.name == "lesions"
         assert "nbs-demo-" in config.out_dir
