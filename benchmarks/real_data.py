@@ -112,7 +112,10 @@ def run_fold(args, arm, seed, files, test) -> dict:
         "lesion_recall": m.get("lesion_recall"), "lesion_f1": m.get("lesion_f1"),
         "ref_lesions": m.get("n_target"), "pred_voxels": int((pred > 0).sum()),
         "ref_voxels": int((case.labels > 0).sum()), "train_s": round(train_s, 1),
-        "epochs": args.epochs,
+        "epochs": args.epochs, "steps_per_epoch": args.steps,
+        # lesion recall by size (mm³ bins of core.metrics.DEFAULT_SIZE_BINS)
+        **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
+           for k in ("n_target", "lesion_recall")},
     }  # fmt: skip
     done_file.write_text(json.dumps(row, indent=1, default=float))
     return row
