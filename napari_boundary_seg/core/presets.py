@@ -97,14 +97,21 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
     raise ValueError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
 
 
+TRAIN_SHARE = 0.25
+"""The share of a volume's foreground the Quick start's held-out block leaves for
+training when it can (a real MS scan held 98 % of its lesion voxels in the block
+with the most, and learnt nothing from the 2 % left)."""
+
+
 def validation_block(labels: np.ndarray, axis: int, val_fraction: float) -> slice | None:
     """The contiguous block of slices along ``axis`` held out for validation.
 
     A single volume has no other case to validate on, so a block of
     ``max(1, round(val_fraction * n))`` neighbouring slices becomes the
-    validation case. Among the blocks that hold foreground and leave some for
-    training, the one with the most foreground voxels is chosen (ties: the
-    first). None when there is nothing to split (not 3D, ``val_fraction`` 0,
+    validation case. Among the blocks that hold foreground and leave at least
+    :data:`TRAIN_SHARE` of it for training, the one with the most foreground
+    voxels is chosen (ties: the first); when no block leaves that much, among
+    those that leave some. None when there is nothing to split (not 3D, ``val_fraction`` 0,
     fewer than 4 slices, or no such block).
 
     Parameters
@@ -126,7 +133,13 @@ def validation_block(labels: np.ndarray, axis: int, val_fraction: float) -> slic
     per_slice = (labels > 0).sum(axis=other)
     total = int(per_slice.sum())
     windows = np.convolve(per_slice, np.ones(k, dtype=np.int64), mode="valid")
-    for start in np.argsort(-windows, kind="stable"):
+    order = np.argsort(-windows, kind="stable")
+    # a real scan may hold nearly all its lesions in one block: leave at least
+    # TRAIN_SHARE of the foreground to train on when a block can
+    for start in order:
+        if 0 < int(windows[start]) <= (1 - TRAIN_SHARE) * total:
+            return slice(int(start), int(start) + k)
+    for start in order:
         if 0 < int(windows[start]) < total:
             return slice(int(start), int(start) + k)
     return None

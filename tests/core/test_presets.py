@@ -35,13 +35,19 @@ def test_validation_block_by_hand():
     labels[3] = 1
     labels[3, 1, 1] = 0
     labels[4, 0] = 1
-    # k = round(0.34 * 6) = 2; windows [1, 1, 3, 5, 2]: the best leaves slice 1 for training
-    assert validation_block(labels, 0, 0.34) == slice(3, 5)
+    # k = round(0.34 * 6) = 2; windows [1, 1, 3, 5, 2]: the best (5 of 6 voxels) would
+    # leave less than a quarter for training; the next (3 of 6) leaves half
+    assert validation_block(labels, 0, 0.34) == slice(2, 4)
     assert validation_block(labels, 1, 0.5) is None  # 2 slices: nothing to split
     only = np.zeros((6, 2, 2), dtype=np.int32)
     only[2, 0, 0] = 1  # all the foreground in one slice: nothing left to train on
     assert validation_block(only, 0, 0.2) is None
     assert validation_block(labels[0], 0, 0.5) is None  # 2D
+    # nearly all the foreground in one block: the block leaving a quarter is chosen
+    packed = np.zeros((10, 4, 4), dtype=np.int32)
+    packed[4:6] = 1  # 32 voxels in slices 4-5
+    packed[0, 0, 0] = 1  # 1 voxel elsewhere
+    assert validation_block(packed, 0, 0.2) == slice(5, 7)  # 16 of 33 voxels held out
     assert validation_block(labels, 0, 0.0) is None
 
 
