@@ -28,7 +28,6 @@ builds, and on disk in ``cache_dir`` (``.npy`` files written atomically).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -82,6 +81,7 @@ __all__ = [
     "load_cases",
     "canonical_case",
     "check_slice_spacing",
+    "head_box",
     "head_mask",
     "normalize_volume",
     "preprocess_case",
@@ -89,7 +89,6 @@ __all__ = [
     "scale_images",
     "iter_check_cases",
     "median_slice_spacing",
-    "normalize_case",
     "slice_plane_spacing",
     "split_cases",
 ]
@@ -165,7 +164,8 @@ class Case:
         ``M`` modality names.
     normalized
         The images are already normalised (a part of a volume normalised as a
-        whole, :func:`normalize_case`): preprocessing leaves them as they are.
+        whole, ``core.presets.split_slices(normalize=)``): preprocessing leaves
+        them as they are.
     """
 
     case_id: str
@@ -714,7 +714,7 @@ class PreprocessConfig:
     The defaults are the paper's (and this package's first versions'): min–max
     scaling, slices along stored axis 2 resized to 256². The training config
     (:class:`~napari_boundary_seg.core.train.TrainConfig`) chooses the recipe
-    for real scans (canonical orientation, ``zscore``, resampling to a spacing).
+    for real scans (canonical orientation, ``robust``, crop, resampling).
 
     Attributes
     ----------
@@ -734,7 +734,7 @@ class PreprocessConfig:
     skip_empty_slices
         Drop slices without foreground (the paper keeps all).
     normalize
-        ``zscore`` or ``minmax`` (:data:`NORMALIZE_MODES`).
+        ``robust``, ``zscore`` or ``minmax`` (:data:`NORMALIZE_MODES`).
     canonical
         Reorient 3D volumes to the closest canonical (RAS) order first
         (:mod:`~napari_boundary_seg.core.orientation`).
@@ -836,19 +836,27 @@ def head_mask(volume: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _zscore(volume: np.ndarray) -> np.ndarray:
+def _head_range(
+    volume: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``volume`` as float32, its head mask (``mask``, or :func:`head_mask`) and the
+    head's :data:`ZSCORE_PERCENTILES`."""
+    volume = np.asarray(volume, dtype=np.float32)
+    mask = head_mask(volume) if mask is None else mask
+    lo, hi = (float(v) for v in np.percentile(volume[mask], ZSCORE_PERCENTILES))
+    return volume, mask, lo, hi
+
+
+def _zscore(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """nnU-Net's MRI rule within the head mask: clip at its 0.5/99.5 percentiles,
     subtract its mean, divide by its standard deviation; 0 outside the mask
     (nnU-Net's ``use_mask_for_norm``). On the sample case the Quick start is
     unstable with it (best validation DSC 0.311, 0.842, 0.773 for seeds 0-2,
     ``benchmarks/quick_start.py --seed N --set normalize='"zscore"'``), so
     ``robust`` is the default."""
-    volume = np.asarray(volume, dtype=np.float32)
-    mask = head_mask(volume)
-    inside = volume[mask]
-    lo, hi = (float(v) for v in np.percentile(inside, ZSCORE_PERCENTILES))
+    volume, mask, lo, hi = _head_range(volume, mask)
     out = np.clip(volume, lo, hi)
-    inside = np.clip(inside, lo, hi)
+    inside = out[mask]
     mean, std = float(inside.mean()), float(inside.std())
     out -= mean
     out /= max(std, 1e-6)
@@ -856,27 +864,33 @@ def _zscore(volume: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def _robust(volume: np.ndarray) -> np.ndarray:
+def _robust(volume: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """The head's 0.5 and 99.5 % percentiles mapped to 0 and 1, clipped: the
     skull, fat or a hot voxel cannot squeeze the brain's contrast, and the air
     (below the head's low percentile) is 0, as the network's zero padding."""
-    volume = np.asarray(volume, dtype=np.float32)
-    inside = volume[head_mask(volume)]
-    lo, hi = (float(v) for v in np.percentile(inside, ZSCORE_PERCENTILES))
+    volume, _, lo, hi = _head_range(volume, mask)
     if hi <= lo:
         return np.zeros_like(volume)
     out = (np.clip(volume, lo, hi) - lo) / (hi - lo)
     return out.astype(np.float32, copy=False)
 
 
+HEAD_RULES = ("robust", "zscore")
+"""The intensity rules that work within a :func:`head_mask`."""
+
+
 def normalize_volume(
-    volume: np.ndarray, normalize: str = "robust", percentiles: tuple[float, float] | None = None
+    volume: np.ndarray,
+    normalize: str = "robust",
+    percentiles: tuple[float, float] | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One modality's volume normalised by ``normalize`` (:data:`NORMALIZE_MODES`)."""
+    """One modality's volume normalised by ``normalize`` (:data:`NORMALIZE_MODES`);
+    ``mask``: its :func:`head_mask` when already computed."""
     if normalize == "robust":
-        return _robust(volume)
+        return _robust(volume, mask)
     if normalize == "zscore":
-        return _zscore(volume)
+        return _zscore(volume, mask)
     if normalize == "minmax":
         return _scale_unit(volume, percentiles)
     raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
@@ -887,11 +901,13 @@ def scale_images(
     scale: bool = True,
     percentiles: tuple[float, float] | None = None,
     normalize: str = "minmax",
+    masks: np.ndarray | None = None,
 ) -> np.ndarray:
     """The case's ``images (M, *spatial)`` normalised per modality (step 1).
 
-    ``scale=False`` returns them unchanged. NaN or inf values raise ValueError
-    naming the case and modality.
+    ``scale=False`` returns them unchanged. ``masks (M, *spatial)``: the
+    modalities' head masks when already computed. NaN or inf values raise
+    ValueError naming the case and modality.
     """
     images = case.images
     for m, name in enumerate(case.modalities):
@@ -900,7 +916,10 @@ def scale_images(
     if not scale or getattr(case, "normalized", False):
         return images
     return np.stack(
-        [normalize_volume(images[m], normalize, percentiles) for m in range(len(images))]
+        [
+            normalize_volume(images[m], normalize, percentiles, None if masks is None else masks[m])
+            for m in range(len(images))
+        ]
     )
 
 
@@ -927,19 +946,6 @@ def canonical_case(case: Case) -> Case:
         modalities=case.modalities,
         normalized=case.normalized,
     )
-
-
-def normalize_case(case: Case, preprocess: PreprocessConfig) -> Case:
-    """``case`` with its images normalised by ``preprocess`` and marked so.
-
-    For a volume that is split into parts (the training slices and a held-out
-    block of one scan): normalised as a whole first, every part keeps the
-    intensities the whole scan gives, as at prediction.
-    """
-    if case.normalized or not preprocess.scale:
-        return case
-    images = scale_images(case, True, preprocess.percentiles, preprocess.normalize)
-    return dataclasses.replace(case, images=np.asarray(images, dtype=np.float32), normalized=True)
 
 
 @dataclass(frozen=True, eq=False)
@@ -978,26 +984,12 @@ class _Prepared:
         return out
 
 
-def heads_mask(images: np.ndarray, normalized: bool = False) -> np.ndarray:
-    """The union of the modalities' :func:`head_mask` of raw ``images (M, *spatial)``
-    (in ``normalized`` images, whose background is 0: any nonzero voxel)."""
-    mask = np.zeros(images.shape[1:], dtype=bool)
-    for channel in images:
-        mask |= (channel != 0) if normalized else head_mask(channel)
-    return mask
-
-
 def head_box(
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    margin: int = CROP_MARGIN,
-    normalized: bool = False,
-    mask: np.ndarray | None = None,
+    mask: np.ndarray, labels: np.ndarray | None, margin: int = CROP_MARGIN
 ) -> tuple[tuple[int, int], ...]:
-    """The bounding box ``((start, stop), ...)`` of the head in raw ``images (M,
-    *spatial)`` (:func:`heads_mask`, or ``mask`` when given) and of the labels,
-    grown by ``margin``."""
-    mask = heads_mask(images, normalized) if mask is None else mask.copy()
+    """The bounding box ``((start, stop), ...)`` of a head ``mask`` and of the
+    labels, grown by ``margin``."""
+    mask = mask.copy()
     if labels is not None:
         mask |= labels > 0
     box = []
@@ -1043,20 +1035,22 @@ def resolve_slice_axis(spacing: Sequence[float], affine: Any, preprocess: Prepro
     return native_slice_axis(affine, spacing, preprocess.axis)
 
 
-def slice_plane_spacing(case: Case, preprocess: PreprocessConfig) -> tuple[float, float]:
-    """The in-plane ``(row, column)`` spacing (mm) of ``case``'s slices under
-    ``preprocess``, before any resizing."""
-    spacing = tuple(float(s) for s in case.spacing)
+def slice_plane_spacing(
+    spacing: Sequence[float], affine: Any, preprocess: PreprocessConfig
+) -> tuple[float, float]:
+    """The in-plane ``(row, column)`` spacing (mm) of the slices of a volume of
+    this (stored) ``spacing`` and ``affine`` under ``preprocess``, before any resizing."""
+    spacing = tuple(float(s) for s in spacing)
     if len(spacing) == 2:
         return (spacing[0], spacing[1])
     if preprocess.canonical:
-        spacing = canonical_orientation(case.affine).spacing(spacing)
-    axis = resolve_slice_axis(spacing, case.affine, preprocess)
+        spacing = canonical_orientation(affine).spacing(spacing)
+    axis = resolve_slice_axis(spacing, affine, preprocess)
     rest = [s for k, s in enumerate(spacing) if k != axis]
     return (rest[0], rest[1])
 
 
-def _source_geometry(source: Any) -> tuple[tuple[float, ...], np.ndarray] | None:
+def _source_geometry(source: Any) -> tuple[tuple[float, ...], np.ndarray]:
     """Spacing and affine of a :class:`Case` or of a :class:`CaseFiles` (its first
     image's header; no voxel is read)."""
     if hasattr(source, "image_paths"):
@@ -1077,10 +1071,8 @@ def median_slice_spacing(
     planes = []
     for source in sources:
         spacing, affine = _source_geometry(source)
-        if len(spacing) != 3:
-            continue
-        stub = Case("geometry", np.zeros((1, 1, 1, 1), np.float32), None, spacing, affine, ("",))
-        planes.append(slice_plane_spacing(stub, preprocess))
+        if len(spacing) == 3:
+            planes.append(slice_plane_spacing(spacing, affine, preprocess))
     if not planes:
         return None
     median = np.median(np.asarray(planes, dtype=float), axis=0)
@@ -1099,7 +1091,17 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
     if preprocess.canonical and case.images.ndim == 4:
         orientation = canonical_orientation(case.affine)
         case = canonical_case(case)
-    images = scale_images(case, preprocess.scale, preprocess.percentiles, preprocess.normalize)
+    # each modality's head mask once, for the intensity rule and the crop (a part
+    # normalised as a whole lost its air: its head is what is not 0)
+    masks = None
+    crop_3d = preprocess.crop and case.images.ndim == 4
+    if case.normalized:
+        masks = (case.images != 0) if crop_3d else None
+    elif crop_3d or (preprocess.scale and preprocess.normalize in HEAD_RULES):
+        masks = np.stack([head_mask(channel) for channel in case.images])
+    images = scale_images(
+        case, preprocess.scale, preprocess.percentiles, preprocess.normalize, masks
+    )
     labels = case.labels
     spacing = tuple(float(s) for s in case.spacing)
     if images.ndim == 3:  # a 2D case: one slice
@@ -1117,10 +1119,8 @@ def preprocess_case(case: Case, preprocess: PreprocessConfig = PreprocessConfig(
     slice_index = np.arange(images.shape[0])
     if preprocess.crop and axis is not None:
         full_shape = (images.shape[0], *images.shape[2:])
-        # the head of the images as they came (normalised images lost their air)
-        raw = np.moveaxis(case.images, 1 + axis, 1)  # (M, D, H, W)
-        head = heads_mask(raw, normalized=case.normalized)
-        crop = head_box(raw, labels, mask=head)
+        head = np.moveaxis(masks.any(axis=0), axis, 0)  # (D, H, W)
+        crop = head_box(head, labels)
         (d0, d1), (h0, h1), (w0, w1) = crop
         head = head[d0:d1, h0:h1, w0:w1]
         images = np.ascontiguousarray(images[d0:d1, :, h0:h1, w0:w1])
