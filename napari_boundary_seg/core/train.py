@@ -1046,8 +1046,12 @@ def _iter_prepare_volumes(
     val_cases: Sequence[Any] | None,
     out_dir: Path | None,
     writer: bool = True,
+    source: Mapping[str, Any] | None = None,
 ) -> Generator[Any, None, _Data]:
     """Every case (training and validation) prepared in the cache, one at a time.
+
+    ``source``: the checkpoint the run starts from (resume or fine-tune), whose
+    input channels every case must fit.
 
     Cases are read from ``config.data`` one by one (never all held), or taken
     from ``cases``. 3D: the training data set reads patches of the cached
@@ -1083,11 +1087,9 @@ def _iter_prepare_volumes(
 
     # every case is read and checked before the first cache entry is written
     expected = None
-    source_path = config.resume_from or config.init_checkpoint
-    if source_path is not None:
-        saved = read_checkpoint(source_path).get("model") or {}
-        if "in_channels" in saved:
-            expected = (int(saved["in_channels"]), str(source_path))
+    saved = (source or {}).get("model") or {}
+    if "in_channels" in saved:
+        expected = (int(saved["in_channels"]), str(config.resume_from or config.init_checkpoint))
     shapes = yield from iter_check_cases(
         [*train_src, *val_src], config.num_classes, config.canonical, expected
     )
@@ -1558,7 +1560,7 @@ def train(
         if dataset is None:  # cases prepared one at a time into the cache, read memory-mapped
             run_dir = None if config.out_dir is None else Path(config.out_dir)
             data = yield from _iter_prepare_volumes(
-                config, cases, val_cases, run_dir, ctx.is_writer
+                config, cases, val_cases, run_dir, ctx.is_writer, source
             )
         else:  # a prebuilt in-memory slice data set (the study shares one between runs)
             data = yield from _iter_prepare_data(config, cases, val_cases, dataset)
