@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core import distance as _distance
+from napari_boundary_seg.core.config import NORMALIZE_MODES
 from napari_boundary_seg.core.io import (
     atomic_path,
     check_finite,
@@ -61,6 +62,7 @@ from napari_boundary_seg.core.orientation import (
     slice_axis,
 )
 from napari_boundary_seg.core.progress import Progress, run_to_end
+from napari_boundary_seg.core.validate import check_slice_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -694,12 +696,6 @@ def split_cases(
 # ----------------------------------------------------------------------------
 
 
-NORMALIZE_MODES = ("robust", "zscore", "minmax")
-"""Intensity rules, per modality: ``robust`` (within the head: its 0.5 and 99.5 %
-percentiles mapped to 0 and 1, clipped; the default for real scans), ``zscore``
-(within the head, clipped the same way, then nnU-Net's MRI z-score, 0 outside)
-and ``minmax`` (the paper's: the volume's minimum and maximum mapped to 0 and 1)."""
-
 CROP_MARGIN = 4
 """Voxels kept around the head when volumes are cropped to it."""
 
@@ -781,17 +777,6 @@ class PreprocessConfig:
             object.__setattr__(
                 self, "slice_spacing", check_slice_spacing(self.slice_spacing, "slice_spacing")
             )
-
-
-def check_slice_spacing(value: Any, what: str = "slice_spacing") -> tuple[float, float]:
-    """``value`` as a ``(row, column)`` spacing in mm (one number: both), else ValueError."""
-    try:
-        values = [float(value)] * 2 if np.isscalar(value) else [float(v) for v in value]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{what} must be one or two positive numbers (mm), got {value!r}")
-    return (values[0], values[1])
 
 
 def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> np.ndarray:

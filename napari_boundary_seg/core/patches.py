@@ -52,6 +52,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from napari_boundary_seg.core import augment as _augment
+from napari_boundary_seg.core.config import DEFAULT_PATCH_SIZE
 from napari_boundary_seg.core.distance import class_distance_maps
 from napari_boundary_seg.core.io import OutputError, _is_out_of_space
 from napari_boundary_seg.core.progress import Progress
@@ -74,10 +75,6 @@ __all__ = [
     "volume_key",
     "worker_init",
 ]
-
-DEFAULT_PATCH_SIZE = (96, 96, 32)
-"""3D patch (voxels, numpy axis order) when ``TrainConfig.patch_size`` is None: it fits
-the sample case (96 × 112 × 96 at 2 mm) and the nnU-Net-like 96 × 96 × 32 of the issue."""
 
 _CACHE_VERSION = 1
 _FILES = ("image.npy", "labels.npy", "dist.npy", "fg.npy", "meta.json")
