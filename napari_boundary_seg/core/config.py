@@ -570,8 +570,9 @@ class FinetuneConfig:
     def schedule(self) -> dict[str, Any]:
         """The restarted α schedule: the paper's kind from ``alpha_start`` down by
         ``alpha_step`` per epoch to ``alpha_floor`` (capped by the start)."""
-        params = {"start": self.alpha_start, "step": self.alpha_step}
-        return {"kind": "paper", **params, "floor": min(self.alpha_floor, self.alpha_start)}
+        floor = min(self.alpha_floor, self.alpha_start)
+        params = {"start": self.alpha_start, "step": self.alpha_step, "floor": floor}
+        return schedule_from_dict({"kind": "paper", **params}).to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict."""
