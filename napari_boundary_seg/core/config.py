@@ -45,6 +45,8 @@ __all__ = [
     "check_device_name",
     "check_precision",
     "loss_weights",
+    "parse_plane",
+    "parse_slice_spacing",
     "setting",
     "settings",
 ]
@@ -146,9 +148,31 @@ def _check_patch_size(value: Any, name: str) -> tuple[int, int, int]:
         raise ValueError(f"{name} must be 3 positive integers, got {value!r}") from None
 
 
-_PATCH_HELP = "3D patch in voxels, numpy axis order (default {})".format(
-    " ".join(map(str, DEFAULT_PATCH_SIZE))
-)
+def parse_plane(text: str) -> str | int:
+    """A slicing plane as typed: a name of :data:`SLICE_PLANES` or an axis number."""
+    if text in SLICE_PLANES:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not one of {', '.join(SLICE_PLANES)} or an axis 0, 1, 2"
+        ) from None
+
+
+def parse_slice_spacing(words: list[str]) -> str | list[float] | None:
+    """``slice_spacing`` as typed: ``auto``, ``native`` (None), or one or two numbers (mm)."""
+    if len(words) == 1 and words[0] in ("auto", "native"):
+        return "auto" if words[0] == "auto" else None
+    try:
+        numbers = [float(w) for w in words]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2):
+        raise ValueError(
+            f"--slice-spacing takes auto, native, or one or two numbers in mm, got {' '.join(words)}"
+        )
+    return numbers * 2 if len(numbers) == 1 else numbers
 
 
 @dataclass(frozen=True)
@@ -236,6 +260,7 @@ class TrainConfig:
     lr_factor: float = setting(
         0.5,
         help="factor of the lr after the patience runs out",
+        flag="",
         bounds=(0, 1),
         open=(True, True),
         step=0.05,
@@ -245,6 +270,7 @@ class TrainConfig:
         None,
         help="resize slices to this size, 0 keeps their size",
         bounds=(1, None),
+        none_as=0,
         section="data",
     )
     axis: int | str = setting(
@@ -252,6 +278,7 @@ class TrainConfig:
         help="slicing plane: auto (axial, or the thick-slice axis of anisotropic scans), "
         "axial, coronal, sagittal, or an axis 0-2 of the canonical order",
         choices=(*SLICE_PLANES, 0, 1, 2),
+        parse=parse_plane,
         section="data",
         label="slicing plane",
     )
@@ -260,8 +287,11 @@ class TrainConfig:
     )
     percentiles: tuple[float, float] | None = setting(
         None,
-        help="robust intensity scaling between these percentiles (default min-max)",
+        help="robust intensity scaling between these percentiles",
+        none_text="min-max",
         bounds=(0, 100),
+        nargs=2,
+        metavar=("LOW", "HIGH"),
         section="advanced",
     )
     normalize: str = setting(
@@ -276,19 +306,22 @@ class TrainConfig:
     canonical: bool = setting(
         True,
         help="reorient scans to the closest canonical (RAS) order before slicing "
-        "(default on; --no-canonical: stored voxel order)",
+        "(--no-canonical: the stored voxel order)",
         section="data",
     )
     slice_spacing: str | tuple[float, float] | None = setting(
         "auto",
         help="resample slices to this in-plane spacing: auto (the training cases' median), "
-        "native (no resampling), or one or two numbers in mm (default auto)",
+        "native (no resampling), or one or two numbers in mm",
+        nargs="+",
+        metavar="MM",
+        parse=parse_slice_spacing,
         section="data",
     )
     crop_to_head: bool = setting(
         True,
         help="2D: crop each scan to the head (plus 4 voxels) before slicing: no slices or "
-        "borders of air (default on)",
+        "borders of air",
         section="data",
     )
     skip_empty_slices: bool = setting(
@@ -310,29 +343,31 @@ class TrainConfig:
     )
     seed: int = setting(0, help="seed of initialisation and order", section="run")
     split_seed: int | None = setting(
-        None, help="seed of the train/validation split (default: --seed)", section="run"
+        None, help="seed of the train/validation split", none_text="--seed", section="run"
     )
-    device: str = setting(
-        "auto", help="auto, cpu, cuda, cuda:N or mps (default auto)", section="run"
-    )
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps", section="run")
     depth: int = setting(4, help="UNet levels", bounds=(1, None), section="model")
     base_channels: int = setting(
         64, help="UNet first-level width", bounds=(1, None), section="model", label="width"
     )
     num_workers: int = setting(
         0,
-        help="DataLoader worker processes (default 0); the same batches for any number",
+        help="DataLoader worker processes; the same batches for any number",
         bounds=(0, None),
         section="advanced",
     )
     max_steps_per_epoch: int | None = setting(
-        None, help="cap on steps per epoch (quick runs)", bounds=(1, None), section="schedule"
+        None,
+        help="cap on steps per epoch (quick runs); 0: every slice once",
+        bounds=(1, None),
+        none_as=0,
+        section="schedule",
     )
     amp: bool = setting(False, help="deprecated: same as --precision 16-mixed", section="advanced")
     precision: str = setting(
         "32",
         help="32 (float32), bf16 (bfloat16 autocast, also on the CPU) or 16-mixed (float16 "
-        "autocast + gradient scaling, CUDA/MPS); losses are float32 always (default 32)",
+        "autocast + gradient scaling, CUDA/MPS); losses are float32 always",
         choices=PRECISIONS,
         section="advanced",
     )
@@ -361,8 +396,8 @@ class TrainConfig:
     )
     cache_dir: str | None = setting(
         None,
-        help="folder of the cache of prepared cases, read memory-mapped (default: the "
-        "per-user cache shared by every run, see the cache command)",
+        help="folder of the cache of prepared cases, read memory-mapped",
+        none_text="the per-user cache shared by every run, see the cache command",
         section="advanced",
         kind="path",
     )
@@ -375,7 +410,13 @@ class TrainConfig:
         label="mode",
     )
     patch_size: tuple[int, ...] | None = setting(
-        None, help=_PATCH_HELP, bounds=(1, None), section="data"
+        None,
+        help="3D patch in voxels, numpy axis order",
+        none_text=" ".join(map(str, DEFAULT_PATCH_SIZE)),
+        bounds=(1, None),
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        section="data",
     )
     oversample: float = setting(
         1 / 3,
@@ -395,7 +436,8 @@ class TrainConfig:
     )
     augment: bool | None = setting(
         None,
-        help="augmentation that keeps φ exact (default: on in 3D, off in 2D)",
+        help="augmentation that keeps φ exact",
+        none_text="on in 3D, off in 2D",
         section="data",
     )
 

@@ -70,6 +70,18 @@ class Setting:
         One of :data:`SECTIONS`.
     label
         The form's label (default: the name with spaces).
+    nargs, metavar
+        How many words the option takes and how ``--help`` names them
+        (``None``: one word).
+    none_as
+        The value that spells ``None`` on the command line (``0`` for "no
+        cap" or "their size"); ``None``: ``None`` cannot be typed.
+    none_text
+        How ``--help`` and forms describe the value ``None`` ("on in 3D, off
+        in 2D"); ``None``: not described.
+    parse
+        Turns the typed word (the list of words with ``nargs``) into the value,
+        raising ValueError; ``None``: the type's conversion.
     """
 
     name: str
@@ -85,6 +97,11 @@ class Setting:
     choices: tuple[Any, ...] | None
     section: str
     label: str
+    nargs: int | str | None = None
+    metavar: str | tuple[str, ...] | None = None
+    none_as: Any = None
+    none_text: str | None = None
+    parse: Any = None
 
     @property
     def required(self) -> bool:
@@ -105,6 +122,11 @@ def setting(
     label: str | None = None,
     kind: str | None = None,
     default_factory: Any = MISSING,
+    nargs: int | str | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    none_as: Any = None,
+    none_text: str | None = None,
+    parse: Any = None,
 ) -> Any:
     """A dataclass field carrying its user-facing facts (see :class:`Setting`).
 
@@ -125,6 +147,11 @@ def setting(
             "section": section,
             "label": label,
             "kind": kind,
+            "nargs": nargs,
+            "metavar": metavar,
+            "none_as": none_as,
+            "none_text": none_text,
+            "parse": parse,
         }
     }
     if default_factory is not MISSING:
@@ -176,6 +203,11 @@ def settings(cls: Any) -> tuple[Setting, ...]:
                 choices=meta["choices"],
                 section=meta["section"],
                 label=meta["label"] or f.name.replace("_", " "),
+                nargs=meta["nargs"],
+                metavar=meta["metavar"],
+                none_as=meta["none_as"],
+                none_text=meta["none_text"],
+                parse=meta["parse"],
             )
         )
     return tuple(out)
@@ -197,7 +229,8 @@ def check_value(spec: Setting, value: Any, name: str) -> Any:
     elif spec.kind == "path":
         value = os.fspath(value)
     if spec.choices is not None:
-        check_choice(value, name, spec.choices)
+        for item in value if spec.nargs is not None else (value,):
+            check_choice(item, name, spec.choices)
     return value
 
 

@@ -101,8 +101,9 @@ def check_bool(value: Any, name: str, optional: bool = False) -> bool | None:
 def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     """``value`` if it is one of ``choices`` (a bool is not an int), else ValueError."""
     if isinstance(value, bool) != any(isinstance(c, bool) for c in choices) or value not in choices:
-        shown = ", ".join(str(c) for c in choices)
-        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+        words = [str(c) for c in choices]
+        shown = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+        raise ValueError(f"{name} must be {shown}, got {value!r}")
     return value
 
 
