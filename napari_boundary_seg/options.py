@@ -30,6 +30,7 @@ __all__ = [
     "default_text",
     "flag_message",
     "option_values",
+    "preset_default_text",
 ]
 
 
@@ -68,6 +69,7 @@ def add_options(
     flags: Mapping[str, str] | None = None,
     shown_default: Callable[[Setting], str | None] | None = None,
     group: Callable[[Setting], Any] | None = None,
+    required: Iterable[str] = (),
 ) -> list[Option]:
     """Add an option for every setting with a flag; returns them.
 
@@ -85,8 +87,11 @@ def add_options(
         default.
     group
         The parser or argument group of a setting (default ``parser``).
+    required
+        Fields whose option must be given (besides the fields without a default).
     """
     flags = flags or {}
+    required = set(required)
     out = []
     for spec in specs:
         flag = flags.get(spec.name, spec.flag)
@@ -97,7 +102,7 @@ def add_options(
         if shown is not None and "default" not in help_text:
             help_text += f" (default {shown})"
         kwargs: dict[str, Any] = {"help": help_text, "default": None}
-        if spec.required:
+        if spec.required or spec.name in required:
             kwargs["required"] = True
         if spec.kind == "bool":
             on_by_default = spec.default is None or spec.default is True
@@ -139,6 +144,22 @@ def default_text(spec: Setting, value: Any = MISSING) -> str | None:
     if isinstance(value, float):
         return format(value, "g")
     return str(value)
+
+
+def preset_default_text(presets: Mapping[str, Any]) -> Callable[[Setting], str | None]:
+    """``shown_default`` for :func:`add_options` when the defaults come from named
+    configs: one value when they agree, else ``15 with --preset quick, 100 with paper``."""
+    names = list(presets)
+
+    def shown(spec: Setting) -> str | None:
+        texts = [default_text(spec, getattr(presets[n], spec.name)) for n in names]
+        if len(set(texts)) == 1:
+            return texts[0]
+        parts = [f"{t} with --preset {n}" if i == 0 else f"{t} with {n}"
+                 for i, (n, t) in enumerate(zip(names, texts, strict=True))]  # fmt: skip
+        return ", ".join(parts)
+
+    return shown
 
 
 def option_values(args: argparse.Namespace, options: Iterable[Option]) -> dict[str, Any]:

@@ -27,7 +27,13 @@ from typing import Any
 
 from napari_boundary_seg.core.orientation import SLICE_PLANES, check_plane
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
-from napari_boundary_seg.core.settings import Setting, check_settings, setting, settings
+from napari_boundary_seg.core.settings import (
+    Setting,
+    check_settings,
+    form_options,
+    setting,
+    settings,
+)
 from napari_boundary_seg.core.validate import check_int, check_slice_spacing
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "boundary_only_from_start",
     "check_device_name",
     "check_precision",
+    "form_options",
     "loss_weights",
     "parse_plane",
     "parse_slice_spacing",
@@ -605,7 +612,7 @@ class FinetuneConfig:
     overwrite: bool = setting(False, help="allow an --out that holds a run", section="run")
 
     def __post_init__(self) -> None:
-        check_settings(self, prefix="")
+        check_settings(self)
         check_device_name(self.device)
 
     @property

@@ -27,7 +27,7 @@ from typing import Any
 
 from napari_boundary_seg.core.validate import check_bool, check_choice, check_int, check_number
 
-__all__ = ["SECTIONS", "Setting", "check_settings", "setting", "settings"]
+__all__ = ["SECTIONS", "Setting", "check_settings", "form_options", "setting", "settings"]
 
 SECTIONS = ("data", "model", "schedule", "run", "advanced")
 """Where a setting is shown: the sections of a form and the groups of ``--help``."""
@@ -246,3 +246,24 @@ def check_settings(obj: Any, prefix: str | None = None) -> None:
         if spec.kind or spec.choices is not None:
             name = f"{prefix}.{spec.name}" if prefix else spec.name
             object.__setattr__(obj, spec.name, check_value(spec, value, name))
+
+
+def form_options(spec: Setting) -> dict[str, Any]:
+    """The options of a form widget for ``spec``, in magicgui's words: ``label``,
+    ``tooltip``, and where declared ``min``, ``max``, ``step`` and ``choices``
+    (an excluded bound of an int moved in by one; a float's is kept, and the
+    config refuses it). Pass them to
+    ``magicgui.widgets.create_widget(value, annotation, label=..., options=...)``."""
+    out: dict[str, Any] = {"label": spec.label, "tooltip": spec.help[:1].upper() + spec.help[1:]}
+    if spec.bounds is not None and spec.kind in ("int", "float"):
+        inward = 1 if spec.kind == "int" else 0
+        low, high = spec.bounds
+        if low is not None:
+            out["min"] = low + inward * spec.open[0]
+        if high is not None:
+            out["max"] = high - inward * spec.open[1]
+    if spec.step is not None:
+        out["step"] = spec.step
+    if spec.choices is not None:
+        out["choices"] = [getattr(c, "value", c) for c in spec.choices]
+    return out
