@@ -227,13 +227,19 @@ class TrainConfig:
         kind="path",
     )
     num_classes: int = setting(
-        2, help="classes incl. background", bounds=(2, None), section="model", label="classes"
+        2,
+        help="classes incl. background",
+        bounds=(2, None),
+        section="model",
+        label="classes",
+        same_on_resume=True,
     )
     loss: LossKind = setting(
         LossKind.GDL_BL,
         help="training objective",
         choices=tuple(LossKind),
         section="schedule",
+        same_on_resume=True,
     )
     schedule: Mapping[str, Any] = setting(
         help="alpha schedule of gdl+bl (default paper: 1 at the first epoch, -0.01 per "
@@ -241,6 +247,7 @@ class TrainConfig:
         flag="",
         section="schedule",
         default_factory=lambda: {"kind": "paper"},
+        same_on_resume=True,
     )
     epochs: int = setting(100, help="number of epochs", bounds=(0, None), section="schedule")
     lr: float = setting(
@@ -251,18 +258,21 @@ class TrainConfig:
         step=1e-4,
         section="schedule",
         label="learning rate",
+        same_on_resume=True,
     )
     batch_size: int = setting(
         8,
         help="batch size of one process; under torchrun the global batch is processes × this",
         bounds=(1, None),
         section="schedule",
+        same_on_resume=True,
     )
     lr_patience: int = setting(
         20,
         help="halve the lr after this many epochs without improvement",
         bounds=(1, None),
         section="schedule",
+        same_on_resume=True,
     )
     lr_factor: float = setting(
         0.5,
@@ -272,6 +282,7 @@ class TrainConfig:
         open=(True, True),
         step=0.05,
         section="schedule",
+        same_on_resume=True,
     )
     slice_size: int | None = setting(
         None,
@@ -279,6 +290,7 @@ class TrainConfig:
         bounds=(1, None),
         none_as=0,
         section="data",
+        same_on_resume=True,
     )
     axis: int | str = setting(
         "auto",
@@ -288,9 +300,14 @@ class TrainConfig:
         parse=parse_plane,
         section="data",
         label="slicing plane",
+        same_on_resume=True,
     )
     scale: bool = setting(
-        True, help="normalise each modality (False: raw intensities)", flag="", section="data"
+        True,
+        help="normalise each modality (False: raw intensities)",
+        flag="",
+        section="data",
+        same_on_resume=True,
     )
     percentiles: tuple[float, float] | None = setting(
         None,
@@ -300,6 +317,7 @@ class TrainConfig:
         nargs=2,
         metavar=("LOW", "HIGH"),
         section="advanced",
+        same_on_resume=True,
     )
     normalize: str = setting(
         "robust",
@@ -332,13 +350,18 @@ class TrainConfig:
         section="data",
     )
     skip_empty_slices: bool = setting(
-        False, help="train on slices with foreground only", flag="", section="data"
+        False,
+        help="train on slices with foreground only",
+        flag="",
+        section="data",
+        same_on_resume=True,
     )
     distance: str = setting(
         "3d",
         help="distance maps of whole volumes or of each slice",
         choices=DISTANCE_MODES,
         section="advanced",
+        same_on_resume=True,
     )
     val_fraction: float = setting(
         0.2,
@@ -347,15 +370,29 @@ class TrainConfig:
         open=(False, True),
         step=0.05,
         section="data",
+        same_on_resume=True,
     )
-    seed: int = setting(0, help="seed of initialisation and order", section="run")
+    seed: int = setting(
+        0, help="seed of initialisation and order", section="run", same_on_resume=True
+    )
     split_seed: int | None = setting(
-        None, help="seed of the train/validation split", none_text="--seed", section="run"
+        None,
+        help="seed of the train/validation split",
+        none_text="--seed",
+        section="run",
+        same_on_resume=True,
     )
     device: str = setting("auto", help="auto, cpu, cuda, cuda:N or mps", section="run")
-    depth: int = setting(4, help="UNet levels", bounds=(1, None), section="model")
+    depth: int = setting(
+        4, help="UNet levels", bounds=(1, None), section="model", same_on_resume=True
+    )
     base_channels: int = setting(
-        64, help="UNet first-level width", bounds=(1, None), section="model", label="width"
+        64,
+        help="UNet first-level width",
+        bounds=(1, None),
+        section="model",
+        label="width",
+        same_on_resume=True,
     )
     num_workers: int = setting(
         0,
@@ -369,6 +406,7 @@ class TrainConfig:
         bounds=(1, None),
         none_as=0,
         section="schedule",
+        same_on_resume=True,
     )
     amp: bool = setting(False, help="deprecated: same as --precision 16-mixed", section="advanced")
     precision: str = setting(
@@ -415,6 +453,7 @@ class TrainConfig:
         choices=(2, 3),
         section="data",
         label="mode",
+        same_on_resume=True,
     )
     patch_size: tuple[int, ...] | None = setting(
         None,
@@ -424,6 +463,7 @@ class TrainConfig:
         nargs=3,
         metavar=("X", "Y", "Z"),
         section="data",
+        same_on_resume=True,
     )
     oversample: float = setting(
         1 / 3,
@@ -431,6 +471,7 @@ class TrainConfig:
         bounds=(0, 1),
         step=0.05,
         section="data",
+        same_on_resume=True,
     )
     slice_oversample: float = setting(
         0.0,
@@ -446,6 +487,7 @@ class TrainConfig:
         help="augmentation that keeps φ exact",
         none_text="on in 3D, off in 2D",
         section="data",
+        same_on_resume=True,
     )
 
     def __post_init__(self) -> None:

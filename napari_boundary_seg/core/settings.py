@@ -79,6 +79,8 @@ class Setting:
     none_text
         How ``--help`` and forms describe the value ``None`` ("on in 3D, off
         in 2D"); ``None``: not described.
+    same_on_resume
+        Whether a resumed run must have the value of the run it continues.
     parse
         Turns the typed word (the list of words with ``nargs``) into the value,
         raising ValueError; ``None``: the type's conversion.
@@ -102,6 +104,7 @@ class Setting:
     none_as: Any = None
     none_text: str | None = None
     parse: Any = None
+    same_on_resume: bool = False
 
     @property
     def required(self) -> bool:
@@ -127,6 +130,7 @@ def setting(
     none_as: Any = None,
     none_text: str | None = None,
     parse: Any = None,
+    same_on_resume: bool = False,
 ) -> Any:
     """A dataclass field carrying its user-facing facts (see :class:`Setting`).
 
@@ -152,6 +156,7 @@ def setting(
             "none_as": none_as,
             "none_text": none_text,
             "parse": parse,
+            "same_on_resume": same_on_resume,
         }
     }
     if default_factory is not MISSING:
@@ -208,6 +213,7 @@ def settings(cls: Any) -> tuple[Setting, ...]:
                 none_as=meta["none_as"],
                 none_text=meta["none_text"],
                 parse=meta["parse"],
+                same_on_resume=meta["same_on_resume"],
             )
         )
     return tuple(out)

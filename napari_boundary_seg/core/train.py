@@ -78,6 +78,7 @@ from napari_boundary_seg.core.config import (
     TrainConfig,
     boundary_only_from_start,
     loss_weights,
+    settings,
 )
 from napari_boundary_seg.core.device import resolve_device
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
@@ -143,32 +144,8 @@ METRICS_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
 
-# config fields that a resumed run must share with the run it continues
-_RESUME_FIELDS = (
-    "num_classes",
-    "loss",
-    "schedule",
-    "lr",
-    "lr_patience",
-    "lr_factor",
-    "batch_size",
-    "slice_size",
-    "axis",
-    "scale",
-    "percentiles",
-    "skip_empty_slices",
-    "distance",
-    "val_fraction",
-    "seed",
-    "split_seed",
-    "depth",
-    "base_channels",
-    "max_steps_per_epoch",
-    "dims",
-    "patch_size",
-    "oversample",
-    "augment",
-)
+_RESUME_FIELDS = tuple(s.name for s in settings(TrainConfig) if s.same_on_resume)
+"""Config fields that a resumed run must share with the run it continues."""
 
 
 # ---------------------------------------------------------------------------
