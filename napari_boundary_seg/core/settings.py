@@ -3,8 +3,8 @@
 A configuration dataclass (:class:`~napari_boundary_seg.core.config.TrainConfig`,
 the schedule classes, ...) declares each field once with :func:`setting`::
 
-    lr_patience: int = setting(20, help="halve the lr after this many epochs ...",
-                               bounds=(1, None), section="schedule")
+    epochs: int = setting(100, help="number of epochs",
+                          bounds=(0, None), section="schedule")
 
 and every consumer reads the facts from :func:`settings`: the command line builds
 its options from them, a form (magicgui) its widgets, the docs their tables, and
@@ -42,7 +42,7 @@ class Setting:
     Attributes
     ----------
     name
-        The field's name (``lr_patience``).
+        The field's name (``batch_size``).
     type
         The field's annotation as written (``"int"``, ``"float | None"``).
     kind
@@ -134,7 +134,7 @@ def setting(
 ) -> Any:
     """A dataclass field carrying its user-facing facts (see :class:`Setting`).
 
-    ``flag=None`` derives ``--lr-patience`` from ``lr_patience``; ``flag=""``
+    ``flag=None`` derives ``--batch-size`` from ``batch_size``; ``flag=""``
     declares a field without a command-line option. ``kind`` overrides the type
     read from the annotation (``"path"`` for a file or folder).
     """
