@@ -115,10 +115,6 @@ def add_options(
                 kwargs["nargs"] = spec.nargs
             if spec.metavar is not None:
                 kwargs["metavar"] = spec.metavar
-            elif spec.kind == "path":
-                kwargs["metavar"] = "DIR" if spec.name in ("data", "out_dir") else None
-            if kwargs.get("metavar") is None:
-                kwargs.pop("metavar", None)
         option = Option(spec, flag)
         (group(spec) if group is not None else parser).add_argument(
             flag, dest=option.dest, **kwargs

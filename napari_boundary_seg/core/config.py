@@ -218,6 +218,7 @@ class TrainConfig:
         help="data set folder (generic, WMH or ISLES layout)",
         section="data",
         kind="path",
+        metavar="DIR",
     )
     out_dir: str | None = setting(
         None,
@@ -225,6 +226,7 @@ class TrainConfig:
         flag="--out",
         section="run",
         kind="path",
+        metavar="DIR",
     )
     num_classes: int = setting(
         2,

@@ -217,8 +217,11 @@ class StudyConfig:
         help="dataset folder (any layout); written first by --synth when missing",
         section="data",
         kind="path",
+        metavar="DIR",
     )
-    out: str = setting(help="results folder (created if missing)", section="run", kind="path")
+    out: str = setting(
+        help="results folder (created if missing)", section="run", kind="path", metavar="DIR"
+    )
     runs_dir: str | None = setting(
         None, help="folder of the per-run folders (default OUT/runs)", section="run", kind="path"
     )
