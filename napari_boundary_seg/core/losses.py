@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_boundary_seg.core.config import LossKind, loss_weights
+from napari_boundary_seg.core.validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -322,8 +323,7 @@ def one_hot(
         ``(B, C, *spatial)`` tensor of 0 and 1, on the device of ``labels``.
     """
     _check_tensor(labels, "labels")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = check_int(num_classes, "num_classes", 1)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.ndim < 2:

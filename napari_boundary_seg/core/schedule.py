@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar
 
 from napari_boundary_seg.core.settings import setting
+from napari_boundary_seg.core.validate import check_int
 
 __all__ = [
     "ScheduleKind",
@@ -90,15 +90,7 @@ def _non_negative(value: Any, name: str) -> float:
 
 
 def _epoch(epoch: Any) -> int:
-    if isinstance(epoch, bool):
-        raise TypeError(f"epoch must be an int, got {epoch!r}")
-    try:
-        e = operator.index(epoch)
-    except TypeError:
-        raise TypeError(f"epoch must be an int, got {epoch!r}") from None
-    if e < 0:
-        raise ValueError(f"epoch must be >= 0, got {e}")
-    return e
+    return check_int(epoch, "epoch", 0)
 
 
 @dataclass(frozen=True)

@@ -348,9 +348,13 @@ class StudyConfig:
         if len(set(arms)) != len(arms):
             raise ValueError(f"study arms repeat: {arms}")
         set_(self, "arms", arms)
-        seeds = tuple(self.seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise ValueError(f"seeds must be a non-empty sequence of integers, got {self.seeds!r}")
+        message = f"seeds must be a non-empty sequence of integers, got {self.seeds!r}"
+        try:
+            seeds = tuple(check_int(s, "seeds") for s in self.seeds)
+        except TypeError:
+            raise ValueError(message) from None
+        if not seeds:
+            raise ValueError(message)
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds repeat: {seeds}")
         set_(self, "seeds", seeds)
