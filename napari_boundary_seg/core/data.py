@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -403,19 +404,11 @@ class SliceDataset(Dataset):
 
     @classmethod
     def build(
-        cls,
-        cases: Sequence[Case],
-        num_classes: int,
-        preprocess: PreprocessConfig = PreprocessConfig(),  # noqa: B008
-        distance: str = "3d",
-        cache_dir: str | os.PathLike | None = None,
-        cache: DistanceCache | None = None,
-        callback: Callable[[Progress], None] | None = None,
+        cls, *args: Any, callback: Callable[[Progress], None] | None = None, **kwargs: Any
     ) -> SliceDataset:
-        """:func:`iter_build_dataset` run to its end, calling ``callback`` on each event."""
-        return run_to_end(
-            iter_build_dataset(cases, num_classes, preprocess, distance, cache_dir, cache), callback
-        )
+        """:func:`iter_build_dataset` (same arguments) run to its end, calling
+        ``callback`` on each event."""
+        return run_to_end(iter_build_dataset(*args, **kwargs), callback)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -45,6 +45,7 @@ from napari_boundary_seg.core.cache_entries import (
     iter_cache_slices,
     volume_key,
 )
+from napari_boundary_seg.core.validate import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +245,7 @@ class PatchDataset(Dataset):
                     f"case {entry.case_id} of shape {entry.shape} is smaller than the patch "
                     f"{self.patch_size}; choose a patch_size no larger than every volume"
                 )
-        if not 0.0 <= float(oversample) <= 1.0:
-            raise ValueError(f"oversample must be in [0, 1], got {oversample!r}")
-        self.oversample = float(oversample)
+        self.oversample = check_number(oversample, "oversample", 0.0, 1.0)
         self.seed = int(seed)
         self.augment = augment
         self.length = epoch_samples(self.entries, self.patch_size) if length is None else length
