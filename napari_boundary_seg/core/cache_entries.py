@@ -30,6 +30,7 @@ samples. The in-memory slice data set's distance maps use
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -76,6 +77,17 @@ CACHE_VERSION = 1
 """Part of every key: raising it makes new entries for every case."""
 
 E = TypeVar("E", bound="CacheEntry")
+
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {  # an entry field's type -> its JSON reader
+    "str": str,
+    "int": int,
+    "tuple[int, ...]": lambda v: tuple(int(x) for x in v),
+    "tuple[float, ...]": lambda v: tuple(float(x) for x in v),
+    "tuple[float, float, float]": lambda v: tuple(float(x) for x in v),
+    "tuple[bool, ...]": lambda v: tuple(bool(x) for x in v),
+    "tuple[str, ...]": tuple,
+    "tuple[tuple[float, ...], ...]": lambda v: tuple(tuple(float(x) for x in row) for row in v),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -177,9 +189,9 @@ def open_array(folder: Path, name: str) -> np.ndarray:
 class CacheEntry:
     """One case prepared in the cache: the folder, its meta, arrays opened on demand.
 
-    Subclasses name their ``PREFIX`` and ``ARRAYS``, build themselves from the
-    meta (:meth:`from_meta`) and give the shape each array must have
-    (:meth:`expected_shapes`).
+    Subclasses name their ``PREFIX``, ``ARRAYS`` and fields (each read from the
+    ``meta.json`` key of its name, :meth:`from_meta`) and give the shape each
+    array must have (:meth:`expected_shapes`).
     """
 
     PREFIX: ClassVar[str] = ""
@@ -196,8 +208,14 @@ class CacheEntry:
         return {name: self.open(name) for name in self.ARRAYS}
 
     @classmethod
-    def from_meta(cls: type[E], path: Path, meta: dict[str, Any]) -> E:  # pragma: no cover
-        raise NotImplementedError
+    def from_meta(cls: type[E], path: Path, meta: dict[str, Any]) -> E:
+        """The entry of ``meta.json``'s values, each field converted by its type."""
+        values = {
+            f.name: _FROM_JSON[str(f.type)](meta[f.name])
+            for f in dataclasses.fields(cls)
+            if f.name != "path"
+        }
+        return cls(path=path, **values)
 
     def expected_shapes(self) -> dict[str, Callable[[tuple[int, ...]], bool]]:
         """Per array, whether a shape fits this entry's meta."""
@@ -276,19 +294,6 @@ class VolumeEntry(CacheEntry):
     num_classes: int
     num_foreground: int
 
-    @classmethod
-    def from_meta(cls, path: Path, meta: dict[str, Any]) -> VolumeEntry:
-        return cls(
-            path=path,
-            case_id=str(meta["case_id"]),
-            shape=tuple(int(n) for n in meta["shape"]),
-            spacing=tuple(float(s) for s in meta["spacing"]),
-            modalities=tuple(meta["modalities"]),
-            affine=tuple(tuple(float(v) for v in row) for row in meta["affine"]),
-            num_classes=int(meta["num_classes"]),
-            num_foreground=int(meta["num_foreground"]),
-        )
-
     def expected_shapes(self) -> dict[str, Callable[[tuple[int, ...]], bool]]:
         shape, nd = self.shape, len(self.shape)
         return {
@@ -316,18 +321,6 @@ class SliceEntry(CacheEntry):
     nonempty: tuple[bool, ...]
     modalities: tuple[str, ...]
     num_classes: int
-
-    @classmethod
-    def from_meta(cls, path: Path, meta: dict[str, Any]) -> SliceEntry:
-        return cls(
-            path=path,
-            case_id=str(meta["case_id"]),
-            spacing=tuple(float(s) for s in meta["spacing"]),
-            slice_index=tuple(int(i) for i in meta["slice_index"]),
-            nonempty=tuple(bool(b) for b in meta["nonempty"]),
-            modalities=tuple(meta["modalities"]),
-            num_classes=int(meta["num_classes"]),
-        )
 
     def expected_shapes(self) -> dict[str, Callable[[tuple[int, ...]], bool]]:
         depth, m, c = len(self.slice_index), len(self.modalities), self.num_classes
