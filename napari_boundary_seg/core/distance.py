@@ -1,6 +1,6 @@
 """Signed distance maps: the level set φ_G of the boundary loss.
 
-Definitions (DESIGN.md, "The method"):
+Definitions (``docs/DESIGN.md``, "The method"):
 
 - ``G`` is the region of a binary mask; ``∂G`` the voxels of ``G`` that have a
   face-connected neighbour (4 in 2D, 6 in 3D, 2·N in N-D) outside ``G``. Voxels
@@ -24,9 +24,9 @@ it to the reference code:
 
 No bounding-box crop: every voxel of the image receives a distance (outside
 values reach the whole image, and for the background class so do inside
-values), so one full transform is the least work. The earlier two-transform
-version (outside on the box of ``~G``, inside on the box of ``G``) measured
-about 1.4x slower on scattered lesions, whose box is the whole image.
+values), so one full transform is the least work: two transforms (outside on
+the box of ``~G``, inside on the box of ``G``) measure about 1.4x slower on
+scattered lesions, whose box is the whole image.
 
 Backends: the ``edt`` package (>= 3, 1D to 3D, ``anisotropy`` in numpy axis
 order) when importable, else ``scipy.ndimage.distance_transform_edt``; both give
