@@ -44,48 +44,50 @@ generalized Dice already reaches DSC 0.98 on it. ``wmh`` (:func:`make_wmh_case`,
   the ventricles, bright cortical spots, and (in half the cases) a flow
   artefact: bright spots in the ventricles plus a faint phase-direction ghost.
 
-Modules: this one holds the anatomy and the ``easy`` preset;
-:mod:`~napari_boundary_seg.core.synthetic_wmh` the ``wmh`` preset;
-:mod:`~napari_boundary_seg.core.synthetic_files` the benchmark on disk
-(:func:`iter_write_benchmark`, :func:`read_sites`). Their public names are
-importable from here too.
+
+Modules: :mod:`~napari_boundary_seg.core.synthetic_anatomy` (the reference
+heads and what both presets share), :mod:`~napari_boundary_seg.core.synthetic_easy`
+(the ``easy`` preset), :mod:`~napari_boundary_seg.core.synthetic_wmh` (the
+``wmh`` preset); this one writes the benchmark on disk in the generic layout
+(:func:`iter_write_benchmark`, :func:`read_sites`), and every public name of
+the others is importable from here.
 """
 
 from __future__ import annotations
 
-import heapq
-import importlib.util
+import json
 import logging
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import nibabel as nib
 import numpy as np
-import torch
-import torch.nn.functional as F
-from scipy import ndimage
 
 from napari_boundary_seg.core.cases import Case
-
-if TYPE_CHECKING:  # served lazily by __getattr__ (the two modules import this one)
-    from napari_boundary_seg.core.synthetic_files import (
-        DATASET_NAME,
-        iter_write_benchmark,
-        read_sites,
-        write_benchmark,
-    )
-    from napari_boundary_seg.core.synthetic_wmh import (
-        WMH_SITES,
-        SiteConfig,
-        WMHConfig,
-        load_wmh_anatomy,
-        make_wmh_case,
-    )
-
-logger = logging.getLogger(__name__)
+from napari_boundary_seg.core.io import write_nifti, write_text_atomic
+from napari_boundary_seg.core.progress import Progress, blocking
+from napari_boundary_seg.core.synthetic_anatomy import (
+    ANATOMIES,
+    DEFAULT_SHAPE,
+    DEFAULT_SPACING,
+    MODALITIES,
+    Anatomy,
+    _check_grid,
+    load_anatomy,
+    mni_template_paths,
+)
+from napari_boundary_seg.core.synthetic_easy import GENERATOR_VERSION, LesionConfig, make_case
+from napari_boundary_seg.core.synthetic_wmh import (
+    WMH_GENERATOR_VERSION,
+    WMH_SITES,
+    SiteConfig,
+    WMHConfig,
+    _block_mean,  # noqa: F401 (tests read it from here)
+    load_wmh_anatomy,
+    make_wmh_case,
+)
+from napari_boundary_seg.core.validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +96,10 @@ __all__ = [
     "DATASET_NAME",
     "DEFAULT_SHAPE",
     "DEFAULT_SPACING",
+    "GENERATOR_VERSION",
     "MODALITIES",
     "PRESETS",
+    "WMH_GENERATOR_VERSION",
     "WMH_SITES",
     "Anatomy",
     "LesionConfig",
@@ -111,594 +115,220 @@ __all__ = [
     "write_benchmark",
 ]
 
-# the wmh preset and the files import this module: their names are served lazily
-_ELSEWHERE = {
-    "synthetic_wmh": (
-        "WMH_SITES",
-        "SiteConfig",
-        "WMHConfig",
-        "load_wmh_anatomy",
-        "make_wmh_case",
-        "_block_mean",
-    ),
-    "synthetic_files": ("DATASET_NAME", "iter_write_benchmark", "read_sites", "write_benchmark"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    for module, names in _ELSEWHERE.items():
-        if name in names:
-            import importlib
-
-            return getattr(importlib.import_module(f"napari_boundary_seg.core.{module}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-ANATOMIES = ("auto", "mni", "phantom")
-DEFAULT_SHAPE = (96, 112, 96)
-"""Default grid (numpy axis order = RAS: left-right, posterior-anterior, inferior-superior)."""
-DEFAULT_SPACING = (2.0, 2.0, 2.0)
-"""Default voxel size in mm: a 192 x 224 x 192 mm field of view."""
-MODALITIES = ("FLAIR", "T1")
-GENERATOR_VERSION = 2
-"""Version of the easy preset (the sample data's cache key; never bump it for the wmh preset)."""
-WMH_GENERATOR_VERSION = 1
 PRESETS = ("easy", "wmh")
-"""Generator presets: ``easy`` (the default, the original benchmark) and ``wmh``."""
-
-_MNI_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
+"""Generator presets: ``easy`` (the default) and ``wmh``."""
 
 
-@dataclass(frozen=True)
-class LesionConfig:
-    """How many lesions and how much foreground.
-
-    Attributes
-    ----------
-    fraction
-        ``(low, high)``: the foreground fraction of a case (of all voxels) is drawn
-        log-uniformly in this range. Overlapping lesions can only lower it, and
-        lesions are added until it reaches ``min_fraction``.
-    count
-        ``(low, high)`` inclusive range of the number of lesions.
-    tiny
-        ``(low, high)`` inclusive range of the number of tiny lesions (2 to 8 voxels).
-    min_fraction
-        Lower bound that the final fraction always reaches.
-    periventricular
-        Lesion centres are drawn with weight ``wm * (1 + periventricular *
-        exp(-d / 8 mm))``, ``d`` the distance to the ventricles.
-    """
-
-    fraction: tuple[float, float] = (0.0015, 0.008)
-    count: tuple[int, int] = (5, 14)
-    tiny: tuple[int, int] = (1, 3)
-    min_fraction: float = 0.001
-    periventricular: float = 3.0
-
-    def __post_init__(self) -> None:
-        lo, hi = self.fraction
-        if not 0 < lo <= hi < 0.5:
-            raise ValueError(f"fraction must satisfy 0 < low <= high < 0.5, got {self.fraction}")
-        if not 1 <= self.count[0] <= self.count[1]:
-            raise ValueError(f"count must satisfy 1 <= low <= high, got {self.count}")
-        if not 0 <= self.tiny[0] <= self.tiny[1]:
-            raise ValueError(f"tiny must satisfy 0 <= low <= high, got {self.tiny}")
-        if not 0 <= self.min_fraction <= lo:
-            raise ValueError(f"min_fraction must be in [0, fraction[0]], got {self.min_fraction}")
+def _case_names(n_cases: int) -> list[str]:
+    width = max(3, len(str(n_cases - 1)))
+    return [f"case_{i:0{width}d}" for i in range(n_cases)]
 
 
-@dataclass(frozen=True, eq=False)
-class Anatomy:
-    """Tissue maps of one reference head on the output grid.
-
-    Attributes
-    ----------
-    kind
-        ``"mni"`` or ``"phantom"``.
-    t1
-        ``(*shape)`` float32 T1-weighted reference in [0, 1].
-    gm, wm, csf, other
-        ``(*shape)`` float32 probabilities of grey matter, white matter,
-        cerebrospinal fluid and non-brain head tissue (scalp, skull, muscle).
-    ventricle_distance
-        ``(*shape)`` float32 distance to the ventricles, mm.
-    spacing
-        Voxel size in mm (numpy axis order).
-    affine
-        ``(4, 4)`` voxel-to-world matrix (MNI mm for ``"mni"``).
-    """
-
-    kind: str
-    t1: np.ndarray
-    gm: np.ndarray
-    wm: np.ndarray
-    csf: np.ndarray
-    other: np.ndarray
-    ventricle_distance: np.ndarray
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """The grid shape."""
-        return tuple(self.t1.shape)  # type: ignore[return-value]
+def _prepare_out(out: Path, names: Sequence[str], overwrite: bool) -> Path:
+    """Refuse (FileExistsError, naming the first file) to replace any file of the
+    data set unless ``overwrite``, then make its folders; returns the
+    ``dataset.json`` path."""
+    targets = []
+    for name in names:
+        targets += [out / "imagesTr" / f"{name}_{m:04d}.nii.gz" for m in range(len(MODALITIES))]
+        targets.append(out / "labelsTr" / f"{name}.nii.gz")
+    meta_path = out / "dataset.json"
+    if not overwrite:
+        for path in [*targets, meta_path]:
+            if path.exists():
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    return meta_path
 
 
-# ----------------------------------------------------------------------------
-# anatomy
-# ----------------------------------------------------------------------------
-
-
-def mni_template_paths() -> dict[str, Path] | None:
-    """Paths of the MNI152 2009 T1/GM/WM templates inside ``nilearn``, or ``None``.
-
-    nilearn is located without being imported.
-    """
-    try:
-        spec = importlib.util.find_spec("nilearn")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    base = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-    paths = {k: base / name for k, name in _MNI_FILES.items()}
-    return paths if all(p.is_file() for p in paths.values()) else None
-
-
-def _check_grid(
-    shape: Sequence[int], spacing: Sequence[float]
-) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
-    if len(shape) != 3 or any(s < 8 for s in shape):
-        raise ValueError(f"shape must be 3 sizes of at least 8 voxels, got {shape}")
-    if len(spacing) != 3 or any(not math.isfinite(s) or s <= 0 for s in spacing):
-        raise ValueError(f"spacing must be 3 positive numbers (mm), got {spacing}")
-    return shape, spacing
-
-
-def _grid_affine(
-    shape: Sequence[int], spacing: Sequence[float], center: Sequence[float]
-) -> np.ndarray:
-    """``diag(spacing)`` with the grid's centre at world point ``center``."""
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = np.asarray(center) - np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0
-    return affine
-
-
-def _sample(volumes: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Trilinear sampling of ``volumes (K, X, Y, Z)`` at voxel ``coords (X', Y', Z', 3)``.
-
-    Outside the volume the result is 0. Returns ``(K, X', Y', Z')`` float32.
-    """
-    size = np.asarray(volumes.shape[1:], dtype=np.float64)
-    grid = np.empty(coords.shape, dtype=np.float32)  # xyz order: last numpy axis first
-    for k in range(3):
-        grid[..., 2 - k] = coords[..., k] * np.float32(2.0 / (size[k] - 1)) - np.float32(1.0)
-    grid = torch.from_numpy(grid)[None]  # (1, X', Y', Z', 3), align_corners=True convention
-    src = torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32))[None]
-    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0].numpy()
-
-
-def _finish_anatomy(
-    kind: str,
-    t1: np.ndarray,
-    gm: np.ndarray,
-    wm: np.ndarray,
-    head: np.ndarray,
-    ventricles: np.ndarray | None,
-    spacing: tuple[float, ...],
-    affine: np.ndarray,
-) -> Anatomy:
-    """Derive CSF, non-brain tissue and the ventricle distance from GM/WM/head maps."""
-    tissue = gm + wm
-    brain = tissue > 0.5
-    # fill the ventricles and sulci: hole filling per axial slice, then in 3D
-    filled = np.stack(
-        [ndimage.binary_fill_holes(brain[..., k]) for k in range(brain.shape[2])], axis=-1
-    )
-    filled = ndimage.binary_fill_holes(ndimage.binary_closing(filled, iterations=1) | filled)
-    soft = ndimage.gaussian_filter(filled.astype(np.float32), 0.5)
-    csf = np.clip(np.maximum(soft, tissue) - tissue, 0.0, 1.0).astype(np.float32)
-    other = np.clip(head - np.maximum(soft, tissue), 0.0, 1.0).astype(np.float32)
-    if ventricles is None:
-        depth = ndimage.distance_transform_edt(filled, sampling=spacing)
-        ventricles = (csf > 0.5) & (depth > 12.0)
-    if ventricles.any():
-        vdist = ndimage.distance_transform_edt(~ventricles, sampling=spacing)
-    else:  # no ventricles found at this resolution: distance to the brain's centre
-        centre = np.argwhere(filled).mean(axis=0) if filled.any() else np.asarray(brain.shape) / 2
-        grids = np.meshgrid(*[np.arange(n) for n in brain.shape], indexing="ij")
-        vdist = np.sqrt(
-            sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing, strict=True))
+def _write_case(out: Path, name: str, case: Case, overwrite: bool) -> list[Path]:
+    """One case's modality images and labels in the generic layout; the written paths."""
+    written = [
+        write_nifti(
+            out / "imagesTr" / f"{name}_{m:04d}.nii.gz",
+            case.images[m],
+            affine=case.affine,
+            overwrite=overwrite,
         )
-    return Anatomy(
-        kind=kind,
-        t1=np.clip(t1, 0, 1).astype(np.float32),
-        gm=gm.astype(np.float32),
-        wm=wm.astype(np.float32),
-        csf=csf,
-        other=other,
-        ventricle_distance=vdist.astype(np.float32),
-        spacing=tuple(float(s) for s in spacing),
-        affine=affine,
+        for m in range(len(MODALITIES))
+    ]
+    written.append(
+        write_nifti(
+            out / "labelsTr" / f"{name}.nii.gz",
+            case.labels,
+            affine=case.affine,
+            overwrite=overwrite,
+        )
     )
+    return written
 
 
-def _mni_anatomy(
-    shape: tuple[int, ...], spacing: tuple[float, ...], paths: dict[str, Path]
-) -> Anatomy:
-    images = {k: nib.load(str(p)) for k, p in paths.items()}
-    src_affine = np.asarray(images["t1"].affine, dtype=np.float64)
-    src_spacing = np.linalg.norm(src_affine[:3, :3], axis=0)
-    vols = np.stack(
-        [np.asarray(images[k].dataobj, dtype=np.float32) / 255.0 for k in ("t1", "gm", "wm")]
-    )
-    # centre the grid on the head's bounding box
-    head_idx = np.argwhere(vols[0] > 0.04)
-    centre_vox = (head_idx.min(axis=0) + head_idx.max(axis=0)) / 2.0
-    centre = (src_affine @ np.append(centre_vox, 1.0))[:3]
-    affine = _grid_affine(shape, spacing, centre)
-    # anti-alias before downsampling: Gaussian of FWHM = target voxel size
-    sigma = [max(0.0, (s / ss - 1.0)) * 0.42 for s, ss in zip(spacing, src_spacing, strict=True)]
-    if any(v > 0.1 for v in sigma):
-        vols = np.stack([ndimage.gaussian_filter(v, sigma, truncate=2.5) for v in vols])
-    grid = np.stack(
-        np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"), axis=-1
-    )
-    world = grid @ affine[:3, :3].T + affine[:3, 3]
-    src_coords = (world - src_affine[:3, 3]) @ np.linalg.inv(src_affine[:3, :3]).T
-    t1, gm, wm = _sample(vols, src_coords)
-    head = ndimage.gaussian_filter((t1 > 0.06).astype(np.float32), 0.5)
-    return _finish_anatomy("mni", t1, gm, wm, head, None, spacing, affine)
-
-
-def _phantom_anatomy(shape: tuple[int, ...], spacing: tuple[float, ...]) -> Anatomy:
-    # physical coordinates (mm) centred on the grid
-    axes = [(np.arange(n) - (n - 1) / 2.0) * s for n, s in zip(shape, spacing, strict=True)]
-    x, y, z = np.meshgrid(*axes, indexing="ij")
-    z = z + 10.0  # the head sits a little above the centre
-
-    def ellipsoid(cx: float, cy: float, cz: float, rx: float, ry: float, rz: float) -> np.ndarray:
-        return np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2)
-
-    r = ellipsoid(0, 0, 0, 72, 92, 78)
-    # angular folding of the cortex: gyri as a product of sines
-    theta = np.arctan2(y, x)
-    phi = np.arctan2(z, np.hypot(x, y))
-    fold = 0.035 * np.sin(7 * theta) * np.sin(6 * phi) + 0.02 * np.sin(11 * theta + 3 * phi)
-    head = (r < 1.0).astype(np.float32)
-    skull = (r >= 0.9) & (r < 0.95)
-    brain_r = r / 0.88
-    brain = brain_r < 1.0 + fold
-    wm = brain & (brain_r < 0.78 + 1.6 * fold)
-    gm = brain & ~wm
-    vent = (ellipsoid(-11, 4, 14, 7, 30, 11) < 1.0) | (ellipsoid(11, 4, 14, 7, 30, 11) < 1.0)
-    vent |= ellipsoid(0, -4, 2, 3, 12, 6) < 1.0  # third ventricle
-    wm &= ~vent
-    gm &= ~vent
-    sig = 0.6
-    gm_f = ndimage.gaussian_filter(gm.astype(np.float32), sig)
-    wm_f = ndimage.gaussian_filter(wm.astype(np.float32), sig)
-    head_f = ndimage.gaussian_filter(head, sig)
-    csf_f = np.clip(ndimage.gaussian_filter(brain.astype(np.float32), sig) - gm_f - wm_f, 0, 1)
-    other = np.clip(head_f - gm_f - wm_f - csf_f, 0, 1)
-    skull_f = ndimage.gaussian_filter(skull.astype(np.float32), sig)
-    t1 = (
-        0.8 * wm_f
-        + 0.55 * gm_f
-        + 0.12 * csf_f
-        + 0.6 * np.clip(other - skull_f, 0, 1)
-        + 0.05 * skull_f
-    )
-    affine = _grid_affine(shape, spacing, (0.0, 0.0, 0.0))
-    return _finish_anatomy("phantom", t1, gm_f, wm_f, head_f, vent, spacing, affine)
-
-
-def load_anatomy(
+def iter_write_benchmark(
+    out_dir: str | os.PathLike,
+    n_cases: int = 20,
+    seed: int = 0,
     shape: Sequence[int] = DEFAULT_SHAPE,
     spacing: Sequence[float] = DEFAULT_SPACING,
     anatomy: str = "auto",
-) -> Anatomy:
-    """The reference head on a ``shape`` grid of ``spacing`` mm voxels.
-
-    Build it once and pass it to :func:`make_case` to generate many cases (the MNI
-    templates take about a second to read and resample).
-
-    Parameters
-    ----------
-    shape
-        Grid size ``(X, Y, Z)`` (RAS order), each at least 8.
-    spacing
-        Voxel size in mm.
-    anatomy
-        ``"auto"``, ``"mni"`` (ValueError when the nilearn templates are missing)
-        or ``"phantom"``.
-    """
-    shape, spacing = _check_grid(shape, spacing)
-    if anatomy not in ANATOMIES:
-        raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
-    paths = mni_template_paths() if anatomy in ("auto", "mni") else None
-    if anatomy == "mni" and paths is None:
-        raise ValueError(
-            "anatomy='mni' needs the MNI152 templates of the nilearn package "
-            "(pip install nilearn); use anatomy='phantom' or 'auto'"
-        )
-    if paths is not None:
-        return _mni_anatomy(shape, spacing, paths)
-    if anatomy == "auto":
-        logger.info("nilearn templates not found: using the procedural head phantom")
-    return _phantom_anatomy(shape, spacing)
-
-
-# ----------------------------------------------------------------------------
-# one case
-# ----------------------------------------------------------------------------
-
-
-def _smooth_field(
-    rng: np.random.Generator, shape: Sequence[int], control: int, scale: float
-) -> np.ndarray:
-    """A smooth random field: normal values on a ``control``^3 grid, upsampled (cubic-ish)."""
-    coarse = torch.from_numpy(
-        rng.standard_normal((1, 1, control, control, control)).astype(np.float32)
-    )
-    field = F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
-    return (field[0, 0].numpy() * scale).astype(np.float32)
-
-
-def _deform(anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
-    """Deformed tissue maps ``(6, *shape)``: t1, gm, wm, csf, other, ventricle distance."""
-    shape = np.asarray(anatomy.shape, dtype=np.float64)
-    spacing = np.asarray(anatomy.spacing)
-    centre = (shape - 1) / 2.0
-    angles = np.deg2rad(rng.uniform(-6.0, 6.0, size=3))
-    rot = np.eye(3)
-    for k, a in enumerate(angles):
-        i, j = [m for m in range(3) if m != k]
-        r = np.eye(3)
-        r[i, i] = r[j, j] = math.cos(a)
-        r[i, j], r[j, i] = -math.sin(a), math.sin(a)
-        rot = rot @ r
-    scale = rng.uniform(0.92, 1.08, size=3) * rng.uniform(0.95, 1.05)
-    shift_mm = rng.uniform(-4.0, 4.0, size=3)
-    # output voxel -> mm about the centre -> inverse scale/rotation -> source voxel,
-    # built by broadcasting 1D axes (float32) rather than a full coordinate grid
-    mm_axes = [
-        ((np.arange(n) - centre[k]) * spacing[k] - shift_mm[k])
-        .astype(np.float32)
-        .reshape([-1 if a == k else 1 for a in range(3)])
-        for k, n in enumerate(anatomy.shape)
-    ]
-    displacement_mm = 3.0
-    src = np.empty((*anatomy.shape, 3), dtype=np.float32)
-    for j in range(3):
-        acc = _smooth_field(rng, anatomy.shape, 5, displacement_mm)
-        for k in range(3):
-            acc += mm_axes[k] * np.float32(rot[k, j] / scale[j])
-        src[..., j] = acc / np.float32(spacing[j]) + np.float32(centre[j])
-    vols = np.stack(
-        [anatomy.t1, anatomy.gm, anatomy.wm, anatomy.csf, anatomy.other, anatomy.ventricle_distance]
-    )
-    return _sample(vols, src)
-
-
-def _grow_lesion(
-    centre: np.ndarray,
-    size: int,
-    allowed: np.ndarray,
-    taken: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Flat indices of ``size`` face-connected voxels forming an irregular blob.
-
-    Grown from ``centre`` by always adding the free neighbour with the lowest score
-    (ellipsoidal distance plus a smooth random field, white matter preferred), so
-    the lesion is one 6-connected component.
-    """
-    shape = np.asarray(allowed.shape)
-    radius = (3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0)
-    half = int(math.ceil(2.5 * radius)) + 2
-    lo = np.maximum(centre - half, 0)
-    hi = np.minimum(centre + half + 1, shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-    box_shape = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
-    axes = [np.arange(a, b) - c for a, b, c in zip(lo, hi, centre, strict=True)]
-    g = np.meshgrid(*axes, indexing="ij")
-    radii = max(radius, 1.0) * rng.uniform(0.6, 1.5, size=3)
-    score = np.sqrt(sum((gi / ri) ** 2 for gi, ri in zip(g, radii, strict=True)))
-    score = score + _smooth_field(rng, box_shape, 3, 0.3) + 0.05 * rng.standard_normal(box_shape)
-    score = score + 4.0 * ~allowed[box]
-    blocked = taken[box]
-    flat_score = score.ravel()
-    strides = np.array([box_shape[1] * box_shape[2], box_shape[2], 1])
-    start = int(np.dot(centre - lo, strides))
-    chosen: list[int] = []
-    seen = np.zeros(flat_score.size, dtype=bool)
-    seen[start] = True
-    heap = [(float(flat_score[start]), start)]
-    while heap and len(chosen) < size:
-        _, v = heapq.heappop(heap)
-        coords = np.unravel_index(v, box_shape)
-        if not blocked[coords]:
-            chosen.append(v)
-        for k in range(3):
-            for step in (-1, 1):
-                c = coords[k] + step
-                if 0 <= c < box_shape[k]:
-                    u = v + step * int(strides[k])
-                    if not seen[u]:
-                        seen[u] = True
-                        heapq.heappush(heap, (float(flat_score[u]), u))
-    local = np.unravel_index(np.asarray(chosen, dtype=np.int64), box_shape)
-    return np.ravel_multi_index(
-        tuple(li + a for li, a in zip(local, lo, strict=True)), allowed.shape
-    )
-
-
-def _place_lesions(
-    wm: np.ndarray,
-    vdist: np.ndarray,
-    rng: np.random.Generator,
-    config: LesionConfig,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Lesion mask and the flat voxel indices of each lesion."""
-    n_vox = wm.size
-    allowed = wm > 0.6
-    if allowed.sum() < 10:
-        allowed = wm > 0.3
-    if not allowed.any():
-        raise ValueError(f"no white matter on a grid of shape {wm.shape}: use a larger shape")
-    weight = np.where(
-        allowed, wm * (1.0 + config.periventricular * np.exp(-vdist / 8.0)), 0.0
-    ).ravel()
-    weight /= weight.sum()
-    lo, hi = config.fraction
-    target = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    budget = max(2, int(round(target * n_vox)))
-    n_lesions = int(rng.integers(config.count[0], config.count[1] + 1))
-    n_tiny = min(int(rng.integers(config.tiny[0], config.tiny[1] + 1)), n_lesions - 1)
-    tiny = [int(s) for s in rng.integers(2, 9, size=n_tiny)]
-    rest = max(budget - sum(tiny), 0)
-    n_big = n_lesions - n_tiny
-    shares = rng.lognormal(0.0, 1.4, size=n_big)
-    big = [max(10, int(round(rest * s / shares.sum()))) for s in shares] if rest > 0 else []
-    sizes = [s for s in big + tiny if s > 0]
-    mask = np.zeros(wm.shape, dtype=bool)
-    lesions: list[np.ndarray] = []
-    min_count = int(math.ceil(config.min_fraction * n_vox))
-    for attempt in range(len(sizes) + 50):
-        if attempt < len(sizes):
-            size = sizes[attempt]
-        elif mask.sum() < min_count:
-            size = max(min_count - int(mask.sum()), 10)
-        else:
-            break
-        cap = int(0.0095 * n_vox) - int(mask.sum())
-        size = min(size, cap)
-        if size < 1:
-            break
-        # keep lesions apart where possible (tiny ones must stay separate lesions)
-        clearance = int(math.ceil((3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0))) + 2
-        candidates = np.stack(
-            np.unravel_index(rng.choice(n_vox, size=30, p=weight), wm.shape), axis=1
-        )
-        centre = candidates[0]
-        for cand in candidates:
-            near = tuple(slice(max(int(c) - clearance, 0), int(c) + clearance + 1) for c in cand)
-            if not mask[near].any():
-                centre = cand
-                break
-        idx = _grow_lesion(centre, size, allowed, mask, rng)
-        idx = idx[~mask.ravel()[idx]]
-        if idx.size == 0:
-            continue
-        mask.ravel()[idx] = True
-        lesions.append(idx)
-    return mask, lesions
-
-
-def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(axis=0) - pad, 0)
-    hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-
-
-def make_case(
-    seed: int | Sequence[int] = 0,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    spacing: Sequence[float] = DEFAULT_SPACING,
-    anatomy: str | Anatomy = "auto",
+    overwrite: bool = False,
     lesions: LesionConfig = LesionConfig(),  # noqa: B008
-    case_id: str | None = None,
-) -> Case:
-    """Generate one synthetic case.
+    preset: str = "easy",
+    wmh: WMHConfig | None = None,
+) -> Generator[Progress, None, list[Path]]:
+    """Write the benchmark in the generic layout, yielding ``Progress`` per case.
 
-    Parameters
-    ----------
-    seed
-        Seed of ``numpy.random.default_rng`` (an int or a sequence of ints); the
-        same seed, grid and anatomy give identical arrays.
-    shape, spacing
-        Grid ``(X, Y, Z)`` in RAS order and voxel size in mm (ignored when
-        ``anatomy`` is an :class:`Anatomy`, which carries its own).
-    anatomy
-        ``"auto"``, ``"mni"``, ``"phantom"``, or an :class:`Anatomy` from
-        :func:`load_anatomy` (reuse it for many cases).
-    lesions
-        Lesion count and foreground fraction (:class:`LesionConfig`).
-    case_id
-        Name of the case; default ``"synth_<seed>"``.
+    Writes ``imagesTr/case_000_0000.nii.gz`` (FLAIR), ``imagesTr/case_000_0001.nii.gz``
+    (T1), ``labelsTr/case_000.nii.gz`` and ``dataset.json`` (modalities, labels,
+    generator parameters). Case ``i`` is ``make_case(seed=(seed, i), ...)``.
+    Returns the written paths (dataset.json last). Refuses (FileExistsError,
+    naming the first file) to replace existing files unless ``overwrite=True``;
+    nothing is written in that case.
 
-    Returns
-    -------
-    Case
-        ``images (2, X, Y, Z)`` float32 (FLAIR, T1; arbitrary MR units, noise
-        included), ``labels (X, Y, Z)`` int64 in {0, 1}, spacing and affine.
+    ``preset="wmh"`` writes the harder WMH-2017-like preset instead
+    (:func:`make_wmh_case` with ``wmh`` or ``WMHConfig()``; case ``i`` on site
+    ``i % len(sites)``; ``shape``, ``spacing`` and ``lesions`` do not apply, each
+    site has its own grid); ``dataset.json`` then also records each case's
+    ``site`` (in ``training`` and ``generator.sites_by_case``).
     """
-    if not isinstance(anatomy, Anatomy):
-        anatomy = load_anatomy(shape, spacing, anatomy)
-    rng = np.random.default_rng(seed)
-    t1_ref, gm, wm, csf, other, vdist = _deform(anatomy, rng)
-    mask, lesion_voxels = _place_lesions(wm, vdist, rng, lesions)
-
-    # tissue contrasts, jittered per case
-    jitter = rng.uniform(0.9, 1.1, size=4)
-    texture = 1.0 + 0.2 * ndimage.gaussian_filter(
-        rng.standard_normal(mask.shape).astype(np.float32), 0.8
-    )
-    wm_flair = 0.48 * jitter[1]
-    flair = (
-        0.62 * jitter[0] * gm
-        + wm_flair * wm
-        + 0.07 * jitter[2] * csf
-        + 0.45 * jitter[3] * other * np.clip(t1_ref / 0.6, 0, 1.5)
-    )
-    t1 = np.clip(t1_ref, 0, None) ** rng.uniform(0.85, 1.15)
-    wm_t1 = float(np.median(t1[wm > 0.8])) if np.any(wm > 0.8) else float(t1.max())
-
-    # lesions replace the tissue (partial volume at their edges), each with its own
-    # contrast relative to white matter: FLAIR 1.5-2.3x (some faint), T1 0.65-0.88x
-    flair_level = np.zeros(mask.shape, dtype=np.float32)
-    t1_level = np.zeros(mask.shape, dtype=np.float32)
-    for idx in lesion_voxels:
-        flair_level.ravel()[idx] = rng.uniform(1.5, 2.3)
-        t1_level.ravel()[idx] = rng.uniform(0.65, 0.88)
-    if mask.any():
-        box = _padded_box(mask, 3)
-        pv = np.maximum(mask[box], ndimage.gaussian_filter(mask[box].astype(np.float32), 0.6))
-        flair_lesion = ndimage.grey_dilation(flair_level[box], size=3) * wm_flair
-        t1_lesion = ndimage.grey_dilation(t1_level[box], size=3) * wm_t1
-        flair[box] = flair[box] * (1.0 - pv) + pv * flair_lesion
-        t1[box] = t1[box] * (1.0 - pv) + pv * t1_lesion
-    flair *= texture
-    t1 *= texture
-
-    out = []
-    for image in (flair, t1):
-        bias = np.exp(_smooth_field(rng, mask.shape, 4, 0.1))
-        image = image * bias * rng.uniform(300.0, 600.0)
-        wm_level = float(np.median(image[wm > 0.8])) if np.any(wm > 0.8) else float(image.max())
-        sigma = rng.uniform(0.015, 0.035) * max(wm_level, 1e-3)
-        real = image + sigma * rng.standard_normal(mask.shape).astype(np.float32)
-        imag = sigma * rng.standard_normal(mask.shape).astype(np.float32)
-        out.append(np.sqrt(real * real + imag * imag).astype(np.float32))  # Rician
-    if case_id is None:
-        case_id = "synth_" + (
-            "_".join(str(s) for s in seed) if isinstance(seed, Sequence) else str(seed)
+    check_int(n_cases, "n_cases", 1)
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if preset == "wmh":
+        return (
+            yield from _iter_write_wmh(
+                Path(out_dir), n_cases, seed, anatomy, overwrite, wmh or WMHConfig()
+            )
         )
-    return Case(
-        case_id=case_id,
-        images=np.stack(out),
-        labels=mask.astype(np.int64),
-        spacing=anatomy.spacing,
-        affine=anatomy.affine.copy(),
-        modalities=MODALITIES,
+    shape, spacing = _check_grid(shape, spacing)
+    out = Path(out_dir)
+    names = _case_names(n_cases)
+    meta_path = _prepare_out(out, names, overwrite)
+    yield Progress(0, n_cases + 1, "building the anatomy")
+    ref = load_anatomy(shape, spacing, anatomy)
+    written: list[Path] = []
+    fractions = []
+    for i, name in enumerate(names):
+        case = make_case((seed, i), anatomy=ref, lesions=lesions, case_id=name)
+        written += _write_case(out, name, case, overwrite)
+        fractions.append(float(case.labels.mean()))
+        yield Progress(i + 1, n_cases + 1, f"wrote {name}")
+    meta = _dataset_meta(
+        DATASET_NAME,
+        "Brain-like volumes with small white-matter-hyperintensity-like lesions "
+        "(0.1-1 % of voxels), FLAIR-like and T1-like contrasts.",
+        [{} for _ in names],
+        names,
     )
+    meta.update(
+        generator={
+            "version": GENERATOR_VERSION,
+            "seed": seed,
+            "case_seeds": [[seed, i] for i in range(n_cases)],
+            "shape": list(shape),
+            "spacing": list(spacing),
+            "anatomy": ref.kind,
+            "lesions": {
+                "fraction": list(lesions.fraction),
+                "count": list(lesions.count),
+                "tiny": list(lesions.tiny),
+                "min_fraction": lesions.min_fraction,
+                "periventricular": lesions.periventricular,
+            },
+            "foreground_fraction": fractions,
+        }
+    )
+    written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
+    yield Progress(n_cases + 1, n_cases + 1, "done")
+    logger.info("wrote %d synthetic cases (%s anatomy) to %s", n_cases, ref.kind, out)
+    return written
+
+
+def _iter_write_wmh(
+    out: Path, n_cases: int, seed: int, anatomy: str, overwrite: bool, config: WMHConfig
+) -> Generator[Progress, None, list[Path]]:
+    """The ``wmh`` preset on disk (see :func:`iter_write_benchmark`)."""
+    names = _case_names(n_cases)
+    meta_path = _prepare_out(out, names, overwrite)
+    anatomies: dict[str, Anatomy] = {}
+    written: list[Path] = []
+    fractions, loads, sites = [], [], []
+    for i, name in enumerate(names):
+        site = config.site_of(i)
+        if site.name not in anatomies:
+            yield Progress(i, n_cases + 1, f"building the anatomy of site {site.name}")
+            anatomies[site.name] = load_wmh_anatomy(site, config, anatomy)
+        case = make_wmh_case((seed, i), site, config, anatomies[site.name], case_id=name)
+        written += _write_case(out, name, case, overwrite)
+        fractions.append(float(case.labels.mean()))
+        loads.append(float(case.labels.sum()) * float(np.prod(case.spacing)) / 1000.0)
+        sites.append(site.name)
+        yield Progress(i + 1, n_cases + 1, f"wrote {name} (site {site.name})")
+    meta = _dataset_meta(
+        f"{DATASET_NAME}, wmh preset",
+        "WMH-2017-like synthetic FLAIR/T1 volumes: several simulated sites, "
+        "partial volume, punctate and confluent periventricular lesions, hyperintense mimics.",
+        [{"site": site_name} for site_name in sites],
+        names,
+    )
+    meta.update(
+        generator={
+            "preset": "wmh",
+            "version": WMH_GENERATOR_VERSION,
+            "seed": seed,
+            "case_seeds": [[seed, i] for i in range(n_cases)],
+            "anatomy": next(iter(anatomies.values())).kind,
+            "sites_by_case": dict(zip(names, sites, strict=True)),
+            "config": config.to_dict(),
+            "foreground_fraction": fractions,
+            "lesion_ml": loads,
+        }
+    )
+    written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))
+    yield Progress(n_cases + 1, n_cases + 1, "done")
+    logger.info("wrote %d wmh-preset cases to %s", n_cases, out)
+    return written
+
+
+write_benchmark = blocking(iter_write_benchmark)
+
+
+DATASET_NAME = "napari-boundary-seg synthetic lesions"
+"""Start of the ``name`` in every ``dataset.json`` this module writes (both presets);
+``synth`` writes into a non-empty folder only when its ``dataset.json`` says so."""
+
+
+def _dataset_meta(
+    name: str, description: str, extra: Sequence[dict[str, Any]], names: Sequence[str]
+) -> dict[str, Any]:
+    """The ``dataset.json`` fields both presets share (nnU-Net style), ``extra`` keys
+    added to each case's ``training`` entry; the caller adds ``generator``."""
+    return {
+        "name": name,
+        "description": description,
+        "channel_names": {str(m): mod for m, mod in enumerate(MODALITIES)},
+        "modality": {str(m): mod for m, mod in enumerate(MODALITIES)},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": len(names),
+        "file_ending": ".nii.gz",
+        "training": [
+            {"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz", **more}
+            for n, more in zip(names, extra, strict=True)
+        ],
+    }
+
+
+def read_sites(data_dir: str | os.PathLike) -> dict[str, str]:
+    """``{case_id: site}`` from a data set's ``dataset.json`` (empty without sites)."""
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        return {}
+    meta = json.loads(path.read_text())
+    sites = (meta.get("generator") or {}).get("sites_by_case")
+    if isinstance(sites, dict):
+        return {str(k): str(v) for k, v in sites.items()}
+    out = {}
+    for entry in meta.get("training", []):
+        if isinstance(entry, dict) and "site" in entry and "label" in entry:
+            out[Path(str(entry["label"])).name.split(".")[0]] = str(entry["site"])
+    return out

@@ -2,8 +2,8 @@
 
 Several simulated sites (:data:`WMH_SITES`, :class:`SiteConfig`), partial
 volume, punctate and confluent periventricular lesions and hyperintense mimics
-on the anatomy of :mod:`~napari_boundary_seg.core.synthetic` (its docstring
-lists what the preset imitates). :func:`make_wmh_case` draws one case.
+on the anatomy of :mod:`~napari_boundary_seg.core.synthetic_anatomy`
+(:mod:`~napari_boundary_seg.core.synthetic` lists what the preset imitates). :func:`make_wmh_case` draws one case.
 
 What the ``wmh`` defaults rest on. Verified here from sources (read with the
 project's search tool):
@@ -48,19 +48,29 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_boundary_seg.core import synthetic as _synthetic
 from napari_boundary_seg.core.cases import Case
-from napari_boundary_seg.core.synthetic import (
+from napari_boundary_seg.core.synthetic_anatomy import (
     MODALITIES,
     Anatomy,
     _deform,
     _grow_lesion,
     _padded_box,
     _smooth_field,
+    load_anatomy,
 )
 from napari_boundary_seg.core.validate import check_int
 
-__all__ = ["WMH_SITES", "SiteConfig", "WMHConfig", "load_wmh_anatomy", "make_wmh_case"]
+WMH_GENERATOR_VERSION = 1
+"""Version of the ``wmh`` preset (recorded in its ``dataset.json``)."""
+
+__all__ = [
+    "WMH_GENERATOR_VERSION",
+    "WMH_SITES",
+    "SiteConfig",
+    "WMHConfig",
+    "load_wmh_anatomy",
+    "make_wmh_case",
+]
 
 
 @dataclass(frozen=True)
@@ -274,7 +284,7 @@ def load_wmh_anatomy(
 ) -> Anatomy:  # noqa: B008
     """The reference head on a site's fine grid (build once per site, pass to :func:`make_wmh_case`)."""
     shape, spacing = config.fine_grid(site)
-    return _synthetic.load_anatomy(shape, spacing, anatomy)
+    return load_anatomy(shape, spacing, anatomy)
 
 
 def _block_mean(volume: np.ndarray, k: int) -> np.ndarray:
@@ -327,7 +337,7 @@ def make_wmh_case(
     site = config.sites[0] if site is None else site
     fine_shape, fine_spacing = config.fine_grid(site)
     if not isinstance(anatomy, Anatomy):
-        anatomy = _synthetic.load_anatomy(fine_shape, fine_spacing, anatomy)
+        anatomy = load_anatomy(fine_shape, fine_spacing, anatomy)
     if anatomy.shape != fine_shape:
         raise ValueError(
             f"anatomy grid {anatomy.shape} is not site {site.name}'s fine grid {fine_shape}; "
