@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from napari_boundary_seg.core.cases import Case
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -406,3 +408,28 @@ def _padded_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
     lo = np.maximum(idx.min(axis=0) - pad, 0)
     hi = np.minimum(idx.max(axis=0) + pad + 1, mask.shape)
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def synthetic_case(
+    prefix: str,
+    seed: int | Sequence[int],
+    case_id: str | None,
+    images: list[np.ndarray],
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    affine: np.ndarray,
+) -> Case:
+    """A drawn case as a :class:`~napari_boundary_seg.core.cases.Case`: the modality
+    images stacked, integer labels, its id ``<prefix>_<seed>`` unless given."""
+    if case_id is None:
+        case_id = f"{prefix}_" + (
+            "_".join(str(s) for s in seed) if isinstance(seed, Sequence) else str(seed)
+        )
+    return Case(
+        case_id=case_id,
+        images=np.stack(images),
+        labels=labels.astype(np.int64),
+        spacing=tuple(float(s) for s in spacing),
+        affine=affine,
+        modalities=MODALITIES,
+    )

@@ -21,13 +21,13 @@ from napari_boundary_seg.core.cases import Case
 from napari_boundary_seg.core.synthetic_anatomy import (
     DEFAULT_SHAPE,
     DEFAULT_SPACING,
-    MODALITIES,
     Anatomy,
     _deform,
     _grow_lesion,
     _padded_box,
     _smooth_field,
     load_anatomy,
+    synthetic_case,
 )
 
 __all__ = ["GENERATOR_VERSION", "LesionConfig", "make_case"]
@@ -216,15 +216,4 @@ def make_case(
         real = image + sigma * rng.standard_normal(mask.shape).astype(np.float32)
         imag = sigma * rng.standard_normal(mask.shape).astype(np.float32)
         out.append(np.sqrt(real * real + imag * imag).astype(np.float32))  # Rician
-    if case_id is None:
-        case_id = "synth_" + (
-            "_".join(str(s) for s in seed) if isinstance(seed, Sequence) else str(seed)
-        )
-    return Case(
-        case_id=case_id,
-        images=np.stack(out),
-        labels=mask.astype(np.int64),
-        spacing=anatomy.spacing,
-        affine=anatomy.affine.copy(),
-        modalities=MODALITIES,
-    )
+    return synthetic_case("synth", seed, case_id, out, mask, anatomy.spacing, anatomy.affine.copy())

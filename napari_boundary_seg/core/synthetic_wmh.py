@@ -50,13 +50,13 @@ from scipy import ndimage
 
 from napari_boundary_seg.core.cases import Case
 from napari_boundary_seg.core.synthetic_anatomy import (
-    MODALITIES,
     Anatomy,
     _deform,
     _grow_lesion,
     _padded_box,
     _smooth_field,
     load_anatomy,
+    synthetic_case,
 )
 from napari_boundary_seg.core.validate import check_int
 
@@ -508,15 +508,4 @@ def make_wmh_case(
             [np.zeros((1, 3)), np.ones((1, 1))],
         ]
     )
-    if case_id is None:
-        case_id = "wmh_" + (
-            "_".join(str(s) for s in seed) if isinstance(seed, Sequence) else str(seed)
-        )
-    return Case(
-        case_id=case_id,
-        images=np.stack(out),
-        labels=labels.astype(np.int64),
-        spacing=tuple(float(s) for s in site.spacing),
-        affine=affine,
-        modalities=MODALITIES,
-    )
+    return synthetic_case("wmh", seed, case_id, out, labels, site.spacing, affine)
