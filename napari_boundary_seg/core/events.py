@@ -169,7 +169,7 @@ def end_outcome(stopped: bool, outcome: Outcome | str | None) -> Outcome:
         return Outcome.STOPPED if stopped else Outcome.COMPLETED
     outcome = Outcome(outcome)
     if stopped != (outcome is not Outcome.COMPLETED):
-        raise ValueError(f"a run with outcome {outcome.value} has stopped={not stopped}")
+        raise ValueError(f"a run with outcome {outcome.value} cannot have stopped={stopped}")
     return outcome
 
 
