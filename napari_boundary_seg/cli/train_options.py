@@ -1,5 +1,5 @@
-"""The options of a training run: :func:`add_train_options` (one flag per
-:class:`~napari_boundary_seg.core.train.TrainConfig` field) and
+"""The options of a training run: :func:`add_train_options` (the flags of
+:class:`~napari_boundary_seg.core.train.TrainConfig`'s fields) and
 :func:`config_from_args` (the options, a preset, a ``--config`` file or a resumed
 run's values to one ``TrainConfig``; a refused value is reported under the flag
 or the ``--config`` key it came from).
