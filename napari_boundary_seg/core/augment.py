@@ -465,7 +465,8 @@ def warped_sample(
         ``C``.
     stats
         If given, ``stats["phi_s"]`` adds up the seconds spent warping labels
-        and recomputing φ and ``stats["samples"]`` counts the calls; with
+        and recomputing φ (``stats["phi_cpu_s"]``: the thread's CPU seconds)
+        and ``stats["samples"]`` counts the calls; with
         ``phi="context"``, ``stats["full"]`` also counts the samples whose whole
         volume had to be warped and ``stats["grown"]`` the growths of the box.
     phi
@@ -483,7 +484,7 @@ def warped_sample(
     """
     if phi not in PHI_METHODS:
         raise ValueError(f"phi must be one of {PHI_METHODS}, got {phi!r}")
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.thread_time()
     sp = tuple(float(s) for s in spacing)
     coords = warp.coords(patch)
     if phi == "boundary":
@@ -495,6 +496,7 @@ def warped_sample(
         out_labels, dist = _context_phi(labels, sp, patch, warp, num_classes, stats)
     if stats is not None:
         stats["phi_s"] = stats.get("phi_s", 0.0) + time.perf_counter() - tic
+        stats["phi_cpu_s"] = stats.get("phi_cpu_s", 0.0) + time.thread_time() - cpu
         stats["samples"] = stats.get("samples", 0) + 1
     out_image = _warp_image(image, warp, patch, coords)
     return Sample(out_image, out_labels, np.ascontiguousarray(dist))
