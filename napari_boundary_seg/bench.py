@@ -864,8 +864,9 @@ def rate_dataset(volume: tuple[int, ...], patch: tuple[int, ...], seed: int) -> 
     return dataset
 
 
-def _rate(dataset: Any, config: Any, samples: int) -> tuple[float, float]:
-    """Patches per second of :meth:`PatchDataset.sample` (CPU time, wall time)."""
+def loader_rate(dataset: Any, config: Any, samples: int) -> tuple[float, float]:
+    """Patches per second of one worker, ``dataset.sample`` with augmentation
+    ``config`` (CPU time of this process, wall time)."""
     dataset.augment = config
     dataset.sample(1, 0)  # warm up
     cpu, wall = time.process_time(), time.perf_counter()
@@ -892,7 +893,7 @@ def loader_rate_cases(
     out, rates = [], {}
     for name, change in _RATE_CONFIGS.items():
         config = None if change is None else dataclasses.replace(aug.AugmentConfig(), **change)
-        rates[name] = _rate(dataset, config, samples)
+        rates[name] = loader_rate(dataset, config, samples)
     base = rates["no augmentation"][0]
     for name, (rate, wall) in rates.items():
         out.append(
