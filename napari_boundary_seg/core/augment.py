@@ -15,27 +15,25 @@ whole volume; never the map of the patch alone, never an interpolated φ).
   blur) change the image only.
 - Interpolating transforms (rotation by any angle, scaling, elastic
   deformation; :class:`Warp`) warp the image (linear) and the labels (nearest
-  neighbour) and **recompute** φ with :mod:`napari_boundary_seg.core.distance`.
-  The warp is defined on the whole volume: ``x -> c + A (x - c) + u(x)`` with
-  ``c`` the patch centre, ``A`` rotation and scale in mm, and ``u`` a smooth
-  elastic displacement confined to a *context* box (the patch plus a margin,
-  tapered to zero at the box's edge). φ is first computed on the warped
-  context only; at each patch voxel ``q`` that value is provably the whole
-  volume's when ``|φ_ctx(q)|`` is smaller than the distance from ``q`` to the
-  context's outer layer (boundary voxels of the context are boundary voxels of
-  the volume, and any closer boundary voxel would lie inside the context). When
-  some patch voxel is not so certified (a patch far from every lesion, the
-  lesion outside the context), the margin is doubled and, once the box would
-  hold half of the volume, the whole volume's labels are warped and φ is
-  computed on all of it. So φ is always exact; the price is one distance
-  transform of the context per warped sample, and about one of the whole volume
-  for patches far from the lesions (every class needs its nearest boundary in
-  the box; ``bench data`` prints the share of a training step this takes).
+  neighbour) and **recompute** φ. The warp is defined on the whole volume:
+  ``x -> c + A (x - c) + u(x)`` with ``c`` the patch centre, ``A`` rotation and
+  scale in mm, and ``u`` a smooth elastic displacement confined to a *context*
+  box (the patch plus a margin, tapered to zero at the box's edge). φ of the
+  patch is the whole warped volume's φ, computed from the sparse parts only
+  (:mod:`napari_boundary_seg.core.warp_distance`, docs/DESIGN.md "φ of a warped
+  patch"): the labels are warped only where they can be foreground, their
+  boundary voxels collected, and one transform of the box holding the patch and
+  the boundary voxels that can be nearest to it gives every patch voxel its
+  distance. ``phi="context"`` is the tests' reference: φ on the warped
+  context, certified at a patch voxel ``q`` when ``|φ_ctx(q)|`` is smaller
+  than the distance from ``q`` to the context's outer layer, the margin
+  doubled otherwise, up to the whole volume (``bench data`` compares the two).
 
 Why not MONAI's ``RandAffine``/``Rand3DElastic`` here: they resample one array
-on a grid they draw, while exactness needs the *same* map evaluated on two
-grids (the context and the whole volume) with the labels sampled by nearest
-neighbour at identical coordinates; the warp is a few lines of numpy and
+on a grid they draw, while exactness needs the *same* map evaluated on several
+parts of the grid (the patch, the blocks that may hold foreground, the whole
+volume) with the labels sampled by nearest neighbour at identical
+coordinates; the warp is a few lines of numpy and
 ``scipy.ndimage.map_coordinates`` (image, order 1). The intensity transforms
 are the usual nnU-Net/MONAI ones, written here in numpy for the same reason of
 seeding: every random number comes from the ``numpy.random.Generator`` passed
@@ -97,8 +95,8 @@ class AugmentConfig:
     elastic_points
         Control points per axis of the elastic field.
     margin_mm
-        Margin of the context box around the patch (mm) in which φ is first
-        recomputed.
+        Margin of the context box around the patch (mm): where the elastic
+        displacement lives, and where ``phi="context"`` first recomputes φ.
     gamma, contrast, brightness, noise, blur
         Probabilities of each intensity transform (per sample).
     gamma_range, contrast_range, brightness_range
