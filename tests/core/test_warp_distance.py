@@ -131,8 +131,8 @@ def test_foreground_and_boundaries_match_the_whole_warped_volume():
         warp = A.draw_warp(shape, spacing, patch, config, np.random.default_rng(seed))
         whole = A.warp_labels(labels, warp, tuple(slice(0, n) for n in shape))
         fg = np.argwhere(labels > 0)
-        for known in (None, fg):
-            points, values = W.foreground_voxels(labels, warp, known)
+        for source, known in ((labels, None), (labels.astype(np.uint8), None), (labels, fg)):
+            points, values = W.foreground_voxels(source, warp, known)
             got = np.zeros(shape, np.int64)
             got[tuple(points)] = values
             assert np.array_equal(got, whole)
