@@ -237,26 +237,29 @@ def warped_boundaries(
     lo = np.maximum(points.min(axis=1) - 1, 0)
     hi = np.minimum(points.max(axis=1) + 2, shape)
     local = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
-    dense = np.zeros(local, dtype=np.int64)
+    dtype = np.uint8 if num_classes <= 256 else np.int64
+    dense = np.zeros(local, dtype=dtype)
     rel = points - lo[:, None]
-    dense[tuple(rel)] = values
+    flat = np.ravel_multi_index(tuple(rel), local)
+    dense.reshape(-1)[flat] = values
+    lookup = dense.reshape(-1)
+    own = values.astype(dtype)
     edge = np.zeros(len(values), dtype=bool)
-    background = []
-    for axis in range(nd):
+    background = np.zeros(math.prod(local), dtype=bool)
+    stride = 1
+    for axis in reversed(range(nd)):  # face neighbours inside the grid (and so the box)
         for step in (-1, 1):
             moved = rel[axis] + step
-            ok = (moved >= 0) & (moved < local[axis]) & (lo[axis] + moved < shape[axis])
-            ok &= lo[axis] + moved >= 0
-            nb = rel[:, ok].copy()
-            nb[axis] += step
-            nb_values = dense[tuple(nb)]
-            edge[ok] |= nb_values != values[ok]
-            background.append(nb[:, nb_values == 0])
+            ok = np.flatnonzero((moved >= 0) & (moved < local[axis]))
+            nb = flat[ok] + step * stride
+            nb_values = lookup[nb]
+            edge[ok] |= nb_values != own[ok]
+            background[nb[nb_values == 0]] = True
+        stride *= local[axis]
     seeds = [np.zeros((0, nd), dtype=np.int64) for _ in range(num_classes)]
-    bg = np.concatenate(background, axis=1)
-    if bg.shape[1]:
-        flat = np.unique(np.ravel_multi_index(tuple(bg), local))
-        seeds[0] = np.stack(np.unravel_index(flat, local), axis=1) + lo
+    found = np.flatnonzero(background)
+    if found.size:
+        seeds[0] = np.stack(np.unravel_index(found, local), axis=1) + lo
     for c in range(1, num_classes):
         seeds[c] = (points[:, edge & (values == c)]).T.copy()
     return seeds, counts
