@@ -307,9 +307,10 @@ def loader_feed(steps3d: dict[str, float], batch: int, sizes: dict) -> str:
     return (
         f"3D loader, every sample warped: {rate:.1f} patches/s per worker "
         f"({'×'.join(map(str, spec['patch']))} from {'×'.join(map(str, spec['volume']))}, "
-        f"this CPU); {workers} workers (enough for a {spec['feed_ms']:g} ms step at batch "
-        f"{batch}): {share * 100:.1f} % of the measured 3D step ({step_s * 1e3:.1f} ms, "
-        f"{precision}) spent waiting; {loader_workers(rate, batch, step_s)} workers feed it"
+        f"this CPU); with {workers} worker(s) (enough for a {spec['feed_ms']:g} ms step at "
+        f"batch {batch}) the measured 3D step ({step_s * 1e3:.1f} ms, {precision}) would "
+        f"spend {share * 100:.1f} % of its time waiting; {loader_workers(rate, batch, step_s)} "
+        "worker(s) feed it"
     )
 
 
