@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -50,10 +50,21 @@ try:  # the squared transform of the optional fast backend (as core.distance use
 except ImportError:  # pragma: no cover - exercised only without edt installed
     _edt = None
 
-if TYPE_CHECKING:
-    from napari_boundary_seg.core.augment import Warp
 
 __all__ = ["foreground_voxels", "patch_class_distances", "warped_boundaries"]
+
+
+class Warp(Protocol):
+    """What this module reads of :class:`napari_boundary_seg.core.augment.Warp`
+    (a protocol: core.augment imports this module, not the other way round)."""
+
+    centre: np.ndarray
+    matrix: np.ndarray
+    box: tuple[slice, ...]
+    displacement: np.ndarray | None
+
+    def coords_at(self, points: np.ndarray) -> np.ndarray: ...
+
 
 _CELL = 4
 """Side (voxels) of the coarse input cells that record where the foreground is."""
