@@ -525,6 +525,7 @@ def _read_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) -> Any:
+    from napari_boundary_seg.core.modes import mode_for
     from napari_boundary_seg.core.train import TrainConfig
 
     return TrainConfig(
@@ -555,8 +556,9 @@ def _train_config(config: StudyConfig, arm: StudyArm, seed: int, run_dir: Path) 
         max_steps_per_epoch=config.max_steps_per_epoch,
         dims=config.dims,
         patch_size=config.patch_size,
-        # 3D: the volumes are prepared once into a cache that every run reads
-        cache_dir=str(config.runs_path / "cache") if config.dims == 3 else None,
+        # without a shared data set (3D) the volumes are prepared once into a cache
+        # that every run reads
+        cache_dir=None if mode_for(config).shares_dataset else str(config.runs_path / "cache"),
     )
 
 
@@ -673,6 +675,7 @@ def iter_study(
     StudyResult
     """
     from napari_boundary_seg.core import data as data_mod
+    from napari_boundary_seg.core.modes import mode_for
     from napari_boundary_seg.core.train import (
         DoneEvent,
         EpochEvent,
@@ -781,6 +784,7 @@ def iter_study(
     # the slices and distance maps, built per fold and distance mode and shared by the runs
     # (with several folds, again for each seed: the order is seed-major)
     datasets: dict[str, Any] = {}
+    shares_dataset = mode_for(config).shares_dataset  # 2D: one in-memory data set per arm
     built_for: _Fold | None = None
     base = _train_config(config, arms[0], config.seeds[0], runs_path / "unused")
     # every slice along the axis is kept, so the count does not depend on the mode
@@ -795,7 +799,7 @@ def iter_study(
             if built_for is not fold:
                 datasets.clear()
                 built_for = fold
-            if config.dims == 2 and arm.distance not in datasets:
+            if shares_dataset and arm.distance not in datasets:
                 where = "" if fold.index is None else f" of fold {fold.index}"
                 yield Progress(0, 0, f"building slices and {arm.distance} distance maps{where}")
                 datasets[arm.distance] = yield from data_mod.iter_build_dataset(
@@ -812,7 +816,7 @@ def iter_study(
                 train_config = train_config.replace(overwrite=True)
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
-            dataset = datasets.get(arm.distance)  # None in 3D: the run reads the cache
+            dataset = datasets.get(arm.distance)  # None: the run reads the cache
             for event in train(train_config, fold.train, val_cases=fold.val, dataset=dataset):
                 if isinstance(event, StepEvent):
                     done += 1

@@ -14,21 +14,24 @@
 The defaults are the paper's (Kervadec et al. 2019): Adam, lr 1e-3, batch 8,
 the lr halved after 20 epochs without improvement of the validation DSC (never
 at epoch 0), no augmentation, GDL + boundary loss with the ``paper`` alpha
-schedule, 256×256 slices. ``dims=3`` trains 3D patches instead
-(:mod:`napari_boundary_seg.core.patches`), with augmentation that keeps φ exact
-(:mod:`napari_boundary_seg.core.augment`; on by default in 3D, off in 2D).
+schedule. What differs between 2D slices (``dims=2``, the paper's) and 3D
+patches (``dims=3``) is the run's training mode
+(:mod:`napari_boundary_seg.core.modes`), chosen once from the config: how
+the cases are cached and sampled, the network's pooling, the batches of an
+epoch, and validation (slice by slice, or Gaussian sliding windows). Data:
+without a prebuilt ``dataset``, the cases are prepared one at a time into an
+on-disk cache that training reads memory-mapped, so memory does not grow with
+the number of cases.
 
-Data: without a prebuilt ``dataset``, the cases are prepared one at a time into
-an on-disk cache (2D slices or 3D volumes with their whole-volume φ) that
-training reads memory-mapped, so memory does not grow with the number of cases.
+:func:`train` is a short loop of named steps (see ``docs/DESIGN.md``, "The
+training loop"): the data (:func:`_iter_prepare`), the network, the position
+(resume), then per epoch the training steps, validation with the lr plateau,
+and the files (``last.pt``, ``best.pt``, ``metrics.csv``).
 
-Validation (each epoch): in 2D every validation case is predicted slice by slice with
-:func:`napari_boundary_seg.core.predict.iter_predict_volume` (the same code
-path as inference, at the case's own geometry), and DSC, HD and HD95 (mm) are
-computed in 3D with the case's spacing, averaged over the foreground classes and
-then over the cases; in 3D by Gaussian-weighted sliding windows of the patch
-size (:func:`validate_volumes`). A Hausdorff distance that is infinite (exactly one of the
-prediction and the label is empty) is replaced by the image diagonal
+Validation (each epoch): DSC, HD and HD95 (mm) computed in 3D with each
+case's spacing, averaged over the foreground classes and then over the cases.
+A Hausdorff distance that is infinite (exactly one of the prediction and the
+label is empty) is replaced by the image diagonal
 (:func:`napari_boundary_seg.core.metrics.replace_inf`) before averaging; the
 number of such cases is reported as ``val_hd_inf``. Without validation cases
 the best checkpoint and the lr plateau follow the training loss instead.

@@ -334,6 +334,9 @@ class TrainingMode(ABC):
     """Spatial axes of the network's input (2: slices, 3: patches)."""
     items: ClassVar[str]
     """What an epoch is made of, for messages (``"slices"``, ``"patches"``)."""
+    shares_dataset: ClassVar[bool]
+    """Whether runs over the same cases (the study's arms) share one prebuilt
+    in-memory data set (``train(dataset=...)``); otherwise they share the cache."""
 
     @classmethod
     def of(cls, patch_size: Sequence[int] | None) -> TrainingMode:

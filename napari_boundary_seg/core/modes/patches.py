@@ -218,6 +218,7 @@ class PatchMode(TrainingMode):
 
     dims: ClassVar[int] = 3
     items: ClassVar[str] = "patches"
+    shares_dataset: ClassVar[bool] = False
 
     def __init__(self, patch_size: Sequence[int] | None = None) -> None:
         self._patch = None if patch_size is None else tuple(patch_size)

@@ -203,6 +203,7 @@ class SliceMode(TrainingMode):
 
     dims: ClassVar[int] = 2
     items: ClassVar[str] = "slices"
+    shares_dataset: ClassVar[bool] = True
 
     def __repr__(self) -> str:
         return "SliceMode()"
