@@ -55,6 +55,7 @@ import numpy as np
 
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.modes import mode_for
+from napari_boundary_seg.core.modes.base import FinetuneRequest
 from napari_boundary_seg.core.modes.base import check_axis as _check_axis
 from napari_boundary_seg.core.modes.base import check_slices as _check_slices
 from napari_boundary_seg.core.modes.patches import CorrectedPatches
@@ -448,9 +449,10 @@ def finetune(
     case = case_from_arrays(
         list(images), labels.astype(np.int64), spacing, case_id="corrected", modalities=names
     )
-    samples = yield from mode.iter_finetune_samples(
+    request = FinetuneRequest(
         base, source, case, slices, axis, mix_cases, mix_ratio, distance, out, seed
     )
+    samples = yield from mode.iter_finetune_samples(request)
     dataset = samples.dataset
 
     batch = base.batch_size if batch_size is None else batch_size

@@ -44,7 +44,7 @@ from napari_boundary_seg.core.checkpoint import (
 )
 from napari_boundary_seg.core.data import PreprocessConfig
 from napari_boundary_seg.core.modes import TrainingMode, mode_for
-from napari_boundary_seg.core.modes.base import check_count
+from napari_boundary_seg.core.modes.base import PredictOptions, check_count
 from napari_boundary_seg.core.modes.patches import iter_sliding_window
 from napari_boundary_seg.core.progress import Progress, run_to_end
 
@@ -210,13 +210,7 @@ def iter_predict_volume(
             volume,
             spacing,
             settings,
-            axis=axis,
-            slice_size=slice_size,
-            batch_size=batch_size,
-            device=device,
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            affine=affine,
+            PredictOptions(axis, slice_size, batch_size, device, overlap, sw_batch_size, affine),
         )
     )
 

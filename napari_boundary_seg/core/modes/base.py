@@ -33,7 +33,9 @@ from torch import nn
 from napari_boundary_seg.core.device import resolve_device
 
 __all__ = [
+    "FinetuneRequest",
     "FinetuneSamples",
+    "PredictOptions",
     "TrainingData",
     "TrainingMode",
     "as_channels",
@@ -110,6 +112,45 @@ class FinetuneSamples:
     mix_ids: list[str] = field(default_factory=list)
     distance: str = "3d"
     settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How a volume is predicted, beyond the checkpoint's settings (see
+    :func:`~napari_boundary_seg.core.predict.iter_predict_volume`): each mode
+    reads the options it has (slices: ``axis``, ``slice_size``,
+    ``batch_size``; patches: ``overlap``, ``sw_batch_size``)."""
+
+    axis: int | None = None
+    slice_size: int | None = None
+    batch_size: int = 8
+    device: str | torch.device | None = None
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    affine: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """A fine-tune's corrected data, in the order the checkpoint was trained in.
+
+    ``base``: the parent's training config; ``source``: the parent checkpoint;
+    ``case``: the corrected case; ``slices`` along ``axis``: the corrected
+    slices; ``mix_cases`` / ``mix_ratio``: original cases to mix in;
+    ``distance``: φ of the corrected slices (``"2d"``, ``"3d"``); ``out``: the
+    fine-tune's folder; ``seed``: of the order and the mix choice.
+    """
+
+    base: Any
+    source: Mapping[str, Any]
+    case: Any
+    slices: tuple[int, ...]
+    axis: int
+    mix_cases: Any
+    mix_ratio: float
+    distance: str
+    out: Path
+    seed: int
 
 
 def split_train_val(
@@ -536,18 +577,11 @@ class TrainingMode(ABC):
         volume: np.ndarray,
         spacing: Sequence[float] | None,
         settings: Any,
-        *,
-        axis: int | None = None,
-        slice_size: int | None = None,
-        batch_size: int = 8,
-        device: str | torch.device | None = None,
-        overlap: float = 0.5,
-        sw_batch_size: int = 2,
-        affine: np.ndarray | None = None,
+        options: PredictOptions,
     ) -> Generator[Any, None, tuple[np.ndarray, np.ndarray]]:
         """The predictor: ``(probs (C, *spatial), labels (*spatial))`` of a raw
-        volume at its own geometry, yielding ``Progress`` per batch (arguments as
-        :func:`~napari_boundary_seg.core.predict.iter_predict_volume`)."""
+        volume at its own geometry (``settings``: how the model was trained), yielding
+        ``Progress`` per batch."""
 
     @abstractmethod
     def preview(
@@ -566,16 +600,7 @@ class TrainingMode(ABC):
     @abstractmethod
     def iter_finetune_samples(
         self,
-        base: Any,
-        source: Mapping[str, Any],
-        case: Any,
-        slices: tuple[int, ...],
-        axis: int,
-        mix_cases: Any,
-        mix_ratio: float,
-        distance: str,
-        out: Path,
-        seed: int,
+        request: FinetuneRequest,
     ) -> Generator[Any, None, FinetuneSamples]:
-        """The fine-tune's training data: the corrected ``slices`` of ``case``
-        (along ``axis``), mixed with original cases."""
+        """The fine-tune's training data: the corrected slices of the request's
+        case, mixed with original cases."""

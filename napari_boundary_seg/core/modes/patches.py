@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +37,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from napari_boundary_seg.core.modes.base import (
+    FinetuneRequest,
     FinetuneSamples,
+    PredictOptions,
     TrainingData,
     TrainingMode,
     as_channels,
@@ -363,19 +365,12 @@ class PatchMode(TrainingMode):
         volume: np.ndarray,
         spacing: Sequence[float] | None,
         settings: Any,
-        *,
-        axis: int | None = None,
-        slice_size: int | None = None,
-        batch_size: int = 8,
-        device: str | torch.device | None = None,
-        overlap: float = 0.5,
-        sw_batch_size: int = 2,
-        affine: np.ndarray | None = None,
+        options: PredictOptions,
     ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
         """Orientation and intensity scaling as in training (no slicing, no
         resizing: the volume stays at its own spacing), then
         :func:`iter_sliding_window` with ``settings.patch_size``, then back to the
-        stored order. ``axis``, ``slice_size``, ``batch_size``: unused."""
+        stored order."""
         from napari_boundary_seg.core.data import case_from_arrays, preprocess_case
         from napari_boundary_seg.core.orientation import canonical_orientation
 
@@ -387,7 +382,8 @@ class PatchMode(TrainingMode):
             )
         if spacing is None:
             spacing = (1.0,) * 3
-        orientation = canonical_orientation(affine if settings.preprocess.canonical else None)
+        affine = options.affine if settings.preprocess.canonical else None
+        orientation = canonical_orientation(affine)
         images = np.ascontiguousarray(orientation.to_canonical(images, lead=1))
         prep = dataclasses.replace(
             settings.preprocess,
@@ -399,13 +395,17 @@ class PatchMode(TrainingMode):
         )
         case = case_from_arrays(list(images), None, orientation.spacing(spacing), case_id="predict")
         scaled = np.swapaxes(preprocess_case(case, prep).images, 0, 1)  # (M, *spatial)
-        target = target_device(model, device)
+        target = target_device(model, options.device)
         original_device = model_device(model)
         was_training = model.training
         model.to(target).eval()
         try:
             probs = yield from iter_sliding_window(
-                model, scaled, settings.patch_size, overlap=overlap, sw_batch_size=sw_batch_size
+                model,
+                scaled,
+                settings.patch_size,
+                overlap=options.overlap,
+                sw_batch_size=options.sw_batch_size,
             )
         finally:
             model.to(original_device)
@@ -450,24 +450,13 @@ class PatchMode(TrainingMode):
 
     def iter_finetune_samples(
         self,
-        base: Any,
-        source: Mapping[str, Any],
-        case: Any,
-        slices: tuple[int, ...],
-        axis: int,
-        mix_cases: Any,
-        mix_ratio: float,
-        distance: str,
-        out: Path,
-        seed: int,
+        request: FinetuneRequest,
     ) -> Generator[Any, None, FinetuneSamples]:
         """:class:`CorrectedPatches` of the checkpoint's patch, φ of the whole
         corrected volume (``distance`` is ignored)."""
-        if distance == "2d":
+        if request.distance == "2d":
             logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the whole volume")
-        dataset, train_cases, mix_ids = yield from iter_corrected_patches(
-            base, source, case, slices, axis, mix_cases, mix_ratio, out, seed
-        )
+        dataset, train_cases, mix_ids = yield from iter_corrected_patches(request)
         settings = {
             "patch_size": list(dataset.patch_size),
             "patches": {"corrected": dataset.n_corrected, "mix": dataset.n_mix},
@@ -618,15 +607,7 @@ class _CachedCase:
 
 
 def iter_corrected_patches(
-    base: Any,
-    source: Mapping[str, Any],
-    case: Any,
-    slices: tuple[int, ...],
-    axis: int,
-    mix_cases: Any,
-    mix_ratio: float,
-    out: Path,
-    seed: int,
+    request: FinetuneRequest,
 ) -> Generator[Any, None, tuple[CorrectedPatches, list[Any], list[str]]]:
     """3D: the corrected volume (and the original cases) in the volume cache, as
     :class:`CorrectedPatches` of the checkpoint's patch size.
@@ -638,6 +619,13 @@ def iter_corrected_patches(
     from napari_boundary_seg.core.augment import AugmentConfig
     from napari_boundary_seg.core.patches import iter_cache_cases
 
+    base, source, case, slices = request.base, request.source, request.case, request.slices
+    axis, mix_cases, mix_ratio, out = (
+        request.axis,
+        request.mix_cases,
+        request.mix_ratio,
+        request.out,
+    )
     num_classes = int(source["model"].get("num_classes", base.num_classes))
     scale, percentiles = base.scale, base.percentiles
     own_cache = out / "cache"
@@ -664,7 +652,7 @@ def iter_corrected_patches(
         mix=mix_entries,
         mix_ratio=mix_ratio,
         oversample=base.oversample,
-        seed=seed,
+        seed=request.seed,
         augment=AugmentConfig() if base.augment_enabled else None,
     )
     mix_ids = [e.case_id for e in mix_entries] if dataset.n_mix else []

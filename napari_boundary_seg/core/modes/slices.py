@@ -27,7 +27,9 @@ from torch import nn
 
 from napari_boundary_seg.core.checkpoint import InferenceSettings
 from napari_boundary_seg.core.modes.base import (
+    FinetuneRequest,
     FinetuneSamples,
+    PredictOptions,
     TrainingData,
     TrainingMode,
     as_channels,
@@ -326,9 +328,11 @@ class SliceMode(TrainingMode):
                     images,
                     case.spacing,
                     InferenceSettings(self.dims, None, case_preprocess),
-                    batch_size=config.batch_size,
-                    device=device,
-                    affine=np.asarray(case.affine, dtype=float),
+                    PredictOptions(
+                        batch_size=config.batch_size,
+                        device=device,
+                        affine=np.asarray(case.affine, dtype=float),
+                    ),
                 )
             )
             scores.append(case_scores(pred, labels, case.spacing, config.num_classes))
@@ -343,23 +347,17 @@ class SliceMode(TrainingMode):
         volume: np.ndarray,
         spacing: Sequence[float] | None,
         settings: Any,
-        *,
-        axis: int | None = None,
-        slice_size: int | None = None,
-        batch_size: int = 8,
-        device: str | torch.device | None = None,
-        overlap: float = 0.5,
-        sw_batch_size: int = 2,
-        affine: np.ndarray | None = None,
+        options: PredictOptions,
     ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
         """Slice by slice: the training preprocessing (intensity scaling, slicing
         axis, slice size), the slices through the network in batches, the
         probabilities resized back to the native slice size (bilinear) and
-        restacked in the stored order. ``overlap``, ``sw_batch_size``: unused."""
+        restacked in the stored order."""
         from napari_boundary_seg.core.data import case_from_arrays, preprocess_case
         from napari_boundary_seg.core.orientation import canonical_orientation
 
-        prep = settings.preprocess
+        prep, axis, affine = settings.preprocess, options.axis, options.affine
+        slice_size, batch_size = options.slice_size, options.batch_size
         if slice_size is not None:
             prep = dataclasses.replace(prep, slice_size=slice_size)
         in_channels = int(getattr(model, "in_channels", 1))
@@ -371,7 +369,7 @@ class SliceMode(TrainingMode):
         if axis is not None:  # a stored axis of ``volume``: the same axis in the working order
             axis = int(axis) % len(spatial)
             prep = dataclasses.replace(prep, axis=orientation.perm.index(axis))
-        target = target_device(model, device)
+        target = target_device(model, options.device)
         original_device = model_device(model)
         was_training = model.training
         case = case_from_arrays(list(images), None, spacing, affine, case_id="predict")
@@ -427,8 +425,7 @@ class SliceMode(TrainingMode):
                 slab,
                 preview.spacing,
                 InferenceSettings(self.dims, None, preview.preprocess),
-                affine=preview.affine,
-                axis=axis,
+                PredictOptions(axis=axis, affine=preview.affine),
             )
         )
         return np.take(labels, 0, axis=axis)
@@ -437,25 +434,21 @@ class SliceMode(TrainingMode):
 
     def iter_finetune_samples(
         self,
-        base: Any,
-        source: Mapping[str, Any],
-        case: Any,
-        slices: tuple[int, ...],
-        axis: int,
-        mix_cases: Any,
-        mix_ratio: float,
-        distance: str,
-        out: Path,
-        seed: int,
+        request: FinetuneRequest,
     ) -> Generator[Any, None, FinetuneSamples]:
         """The corrected slices (and mixed-in slices) as a :class:`SliceSubset`;
         their φ per slice (``distance="2d"``) or of the whole corrected volume."""
         from napari_boundary_seg.core.data import iter_build_dataset
 
+        base, source, case, slices = request.base, request.source, request.case, request.slices
+        axis, mix_cases, mix_ratio = request.axis, request.mix_cases, request.mix_ratio
+
         num_classes = int(source["model"].get("num_classes", base.num_classes))
         prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
         yield info(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
-        corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
+        corrected = yield from iter_build_dataset(
+            [case], num_classes, prep, distance=request.distance
+        )
         parts: list[tuple[Any, Sequence[int]]] = [
             (
                 corrected,
@@ -474,7 +467,8 @@ class SliceMode(TrainingMode):
                 distance=base.distance,
                 cache_dir=base.cache_dir,
             )
-            parts.append((mix_set, _mix_indices(mix_set, n_mix, seed, source.get("train_cases"))))
+            chosen = _mix_indices(mix_set, n_mix, request.seed, source.get("train_cases"))
+            parts.append((mix_set, chosen))
         elif mix_ratio > 0 and mix_cases is None:
             logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
         subset = SliceSubset(parts)
@@ -483,5 +477,5 @@ class SliceMode(TrainingMode):
             [case, *mix_list],
             tuple(subset.sources[len(parts[0][1]) :]),
             [str(getattr(c, "case_id", c)) for c in mix_list],
-            distance,
+            request.distance,
         )
