@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg.core.device import resolve_device
+from napari_boundary_seg.core.validate import check_int
 
 __all__ = [
     "FinetuneRequest",
@@ -217,11 +218,10 @@ def iter_mix_sources(
 
 def check_axis(axis: Any, ndim: int) -> int:
     """An axis of ``ndim`` spatial axes (negative counts from the end), or an error."""
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
-        raise TypeError(f"axis must be an integer, got {axis!r}")
-    if not -ndim <= int(axis) < ndim:
+    axis = check_int(axis, "axis")
+    if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for {ndim} spatial axes")
-    return int(axis) % ndim
+    return axis % ndim
 
 
 def check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
@@ -230,11 +230,10 @@ def check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
         raise TypeError(f"slices must be a list of slice indices, got {slices!r}")
     out: list[int] = []
     for s in slices:
-        if isinstance(s, bool) or not isinstance(s, int | np.integer):
-            raise TypeError(f"slice indices must be integers, got {s!r}")
-        if not 0 <= int(s) < depth:
+        s = check_int(s, "a slice index")
+        if not 0 <= s < depth:
             raise ValueError(f"slice {s} is out of range: axis {axis} has {depth} slices")
-        out.append(int(s))
+        out.append(s)
     if not out:
         raise ValueError("no corrected slices given: edit at least one slice")
     return tuple(sorted(set(out)))
@@ -286,21 +285,21 @@ def val_summary(scores: Sequence[tuple[float, float, float, bool]]) -> dict[str,
 
 
 def check_count(name: str, value: Any) -> None:
-    """A positive integer, or ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    """A positive integer (a batch size), or an error naming ``name``."""
+    check_int(value, name, 1)
 
 
 def check_patch(patch_size: Sequence[int], ndim: int) -> tuple[int, ...]:
     """``ndim`` positive integers (a window in voxels), or ValueError."""
     patch = tuple(patch_size)
-    if len(patch) != ndim or not all(
-        isinstance(p, int | np.integer) and not isinstance(p, bool) and p >= 1 for p in patch
-    ):
+    try:
+        if len(patch) != ndim:
+            raise ValueError
+        return tuple(check_int(p, "patch_size", 1) for p in patch)
+    except (TypeError, ValueError):
         raise ValueError(
             f"patch_size must be {ndim} positive integers (voxels per axis), got {patch_size!r}"
-        )
-    return tuple(int(p) for p in patch)
+        ) from None
 
 
 def as_channels(
