@@ -48,13 +48,11 @@ weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
 import math
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -66,19 +64,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_boundary_seg import __version__
 from napari_boundary_seg.core import distributed
 from napari_boundary_seg.core.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     checkpoint_config,
+    library_versions,
     read_checkpoint,
     save_checkpoint,
     training_mode,
 )
 from napari_boundary_seg.core.data import NORMALIZE_MODES, check_slice_spacing
 from napari_boundary_seg.core.device import check_device_name, resolve_device
-from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
 from napari_boundary_seg.core.modes import (
     PatchMode,
@@ -102,6 +99,12 @@ from napari_boundary_seg.core.precision import (
     make_scaler,
     memory_format,
     plan_precision,
+)
+from napari_boundary_seg.core.run_files import (
+    append_metrics_row,
+    check_out_dir,
+    read_metrics_csv,
+    write_run_start,
 )
 from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
 from napari_boundary_seg.core.unet import UNet
@@ -875,63 +878,6 @@ def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torc
     return tuple(t.to(device, non_blocking=non_blocking) for t in batch)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions recorded in checkpoints."""
-    return {
-        "napari_boundary_seg": __version__,
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "python": platform.python_version(),
-    }
-
-
-def _csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A history entry as a ``metrics.csv`` row: ``epoch`` counted from 1, as every
-    message counts (history entries and events count from 0)."""
-    out = {k: row.get(k, "") for k in METRICS_COLUMNS}
-    if out["epoch"] != "":
-        out["epoch"] = int(out["epoch"]) + 1
-    return out
-
-
-def _write_metrics_csv(path: Path, history: Sequence[Mapping[str, Any]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow(_csv_row(row))
-
-
-def _append_metrics_csv(path: Path, row: Mapping[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(_csv_row(row))
-
-
-def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of a run's ``metrics.csv`` as numbers (``is_best`` as 0/1), with
-    ``epoch`` counted from 1. Files of earlier versions, whose ``epoch`` column
-    counted from 0 (their first row says 0), are read the same way."""
-    rows: list[dict[str, float]] = []
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed: dict[str, float] = {}
-            for key, value in row.items():
-                if value in ("True", "False"):
-                    parsed[key] = float(value == "True")
-                elif value:
-                    parsed[key] = float(value)
-            rows.append(parsed)
-    if rows and rows[0].get("epoch") == 0:  # an earlier version's file: counted from 0
-        for row in rows:
-            if "epoch" in row:
-                row["epoch"] += 1
-    return rows
-
-
 def epoch_steps(num_slices: int, batch_size: int, cap: int | None) -> int:
     """Optimizer steps in one epoch: every slice once, at most ``cap`` steps."""
     steps = math.ceil(num_slices / batch_size)
@@ -961,27 +907,6 @@ def validate_volumes(
 
 # ---------------------------------------------------------------------------
 # the trainer
-
-
-def _check_out_dir(config: TrainConfig) -> Path | None:
-    if config.out_dir is None:
-        return None
-    out = Path(config.out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    # a run killed before its first checkpoint left only config.json and metrics.csv:
-    # nothing to lose, so the folder does not block a new run
-    existing = [n for n in ("last.pt", "best.pt") if (out / n).exists()]
-    resuming_here = config.resume_from is not None and (
-        Path(config.resume_from).resolve().parent == out.resolve()
-    )
-    if existing and not config.overwrite and not resuming_here:
-        raise FileExistsError(
-            f"{out} already holds a run ({', '.join(existing)}); resume from its last.pt, "
-            "choose another out_dir, or allow overwrite"
-        )
-    return out
 
 
 def _load_source(path: str) -> dict[str, Any]:
@@ -1254,9 +1179,7 @@ class _Run:
         """``config.json`` and ``metrics.csv`` (the history so far) in ``out_dir``."""
         config, out_dir = self.config, self.out_dir
         if out_dir is not None:
-            text = json.dumps(config.to_dict(), indent=2) + "\n"
-            write_text_atomic(out_dir / "config.json", text)
-            _write_metrics_csv(self.csv_path, self.history)
+            write_run_start(out_dir, config.to_dict(), self.history)
         resumed = config.resume_from is not None
         self.wrote_best = self.best_path is not None and self.best_path.exists() and resumed
         self.wrote_last = self.last_path is not None and self.last_path.exists() and resumed
@@ -1419,7 +1342,7 @@ class _Run:
         if event.is_best:
             save_checkpoint(self.best_path, state)
             self.wrote_best = True
-        _append_metrics_csv(self.csv_path, event.as_row())
+        append_metrics_row(self.csv_path, event.as_row())
 
 
 def train(
@@ -1465,7 +1388,7 @@ def train(
     control = control or TrainControl()
     mode = mode_for(config)
     ctx = distributed.current()
-    out_dir = _check_out_dir(config) if ctx.is_writer else None  # rank 0 alone writes
+    out_dir = check_out_dir(config) if ctx.is_writer else None  # rank 0 alone writes
     device = distributed.device_for(resolve_device(config.device), ctx)
     yield InfoEvent(f"training on {device}", device=str(device))
     source = _read_source(config)
