@@ -19,13 +19,31 @@ from typing import Any
 
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 
-__all__ = ["append_metrics_row", "check_out_dir", "read_metrics_csv", "write_run_start"]
+__all__ = [
+    "METRICS_COLUMNS",
+    "append_metrics_row",
+    "check_out_dir",
+    "read_metrics_csv",
+    "write_run_start",
+]
 
 
-def _columns() -> tuple[str, ...]:
-    from napari_boundary_seg.core.train import METRICS_COLUMNS
-
-    return METRICS_COLUMNS
+METRICS_COLUMNS: tuple[str, ...] = (
+    "epoch",
+    "train_loss",
+    "region",
+    "boundary",
+    "w_region",
+    "w_boundary",
+    "lr",
+    "val_dice",
+    "val_hd",
+    "val_hd95",
+    "val_hd_inf",
+    "seconds",
+    "is_best",
+)
+"""Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
 
 
 def check_out_dir(config: Any) -> Path | None:
@@ -64,7 +82,7 @@ def write_run_start(out_dir: Path, config: Mapping[str, Any], history: Sequence[
     ``history``, those of the run a resume continues), both written atomically."""
     write_text_atomic(out_dir / "config.json", json.dumps(dict(config), indent=2) + "\n")
     with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_columns())
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
         writer.writeheader()
         for row in history:
             writer.writerow(_csv_row(row))
@@ -74,7 +92,7 @@ def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
     """Add one epoch's history entry to ``metrics.csv`` (with the header if new)."""
     new = not path.exists()
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_columns())
+        writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS)
         if new:
             writer.writeheader()
         writer.writerow(_csv_row(row))
@@ -83,7 +101,7 @@ def append_metrics_row(path: Path, row: Mapping[str, Any]) -> None:
 def _csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A history entry as a ``metrics.csv`` row: ``epoch`` counted from 1, as every
     message counts (history entries and events count from 0)."""
-    out = {k: row.get(k, "") for k in _columns()}
+    out = {k: row.get(k, "") for k in METRICS_COLUMNS}
     if out["epoch"] != "":
         out["epoch"] = int(out["epoch"]) + 1
     return out

@@ -101,6 +101,7 @@ from napari_boundary_seg.core.precision import (
     plan_precision,
 )
 from napari_boundary_seg.core.run_files import (
+    METRICS_COLUMNS,
     append_metrics_row,
     check_out_dir,
     read_metrics_csv,
@@ -142,22 +143,6 @@ __all__ = [
 DISTANCE_MODES = ("3d", "2d")
 _PAUSE_POLL_S = 0.2
 
-METRICS_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "train_loss",
-    "region",
-    "boundary",
-    "w_region",
-    "w_boundary",
-    "lr",
-    "val_dice",
-    "val_hd",
-    "val_hd95",
-    "val_hd_inf",
-    "seconds",
-    "is_best",
-)
-"""Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
 
 # config fields that a resumed run must share with the run it continues
 _RESUME_FIELDS = (
