@@ -894,10 +894,6 @@ def validate_volumes(
 # the trainer
 
 
-def _load_source(path: str) -> dict[str, Any]:
-    return read_checkpoint(path)
-
-
 def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: str) -> None:
     saved_config = TrainConfig.from_dict(checkpoint_config(saved)).to_dict()
     ours = config.to_dict()
@@ -1001,11 +997,11 @@ def _validate(
 def _read_source(config: TrainConfig) -> dict[str, Any] | None:
     """The checkpoint a run continues (checked against the config) or fine-tunes."""
     if config.resume_from is not None:
-        source = _load_source(config.resume_from)
+        source = read_checkpoint(config.resume_from)
         _check_resume_config(config, source, config.resume_from)
         return source
     if config.init_checkpoint is not None:
-        return _load_source(config.init_checkpoint)
+        return read_checkpoint(config.init_checkpoint)
     return None
 
 
