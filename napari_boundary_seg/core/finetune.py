@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_boundary_seg.core.events import Outcome, end_outcome
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.modes import mode_for
 from napari_boundary_seg.core.modes.base import FinetuneRequest
@@ -114,8 +115,9 @@ class FinetuneResult:
         The slicing axis (numpy axis of the spatial axes).
     mix_slices
         ``(case_id, slice)`` of the original-training-set slices mixed in.
-    stopped, reason
-        As in the trainer's ``DoneEvent``.
+    stopped, reason, outcome
+        As in the trainer's :class:`~napari_boundary_seg.core.events.DoneEvent`
+        (``outcome`` defaults to what ``stopped`` says).
     history
         The trainer's per-epoch rows.
     dims
@@ -134,6 +136,10 @@ class FinetuneResult:
     history: list[dict[str, Any]] = field(default_factory=list, compare=False)
     model: Any = field(default=None, repr=False, compare=False)
     dims: int = 2
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", end_outcome(self.stopped, self.outcome))
 
 
 def _json_safe(value: Any) -> Any:
@@ -524,6 +530,7 @@ def finetune(
         mix_slices=samples.mix_sources,
         stopped=done.stopped,
         reason=done.reason,
+        outcome=done.outcome,
         history=list(done.history),
         model=done.model,
         dims=mode.dims,

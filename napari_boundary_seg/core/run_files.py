@@ -17,33 +17,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_boundary_seg.core.events import METRICS_COLUMNS
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 
 __all__ = [
-    "METRICS_COLUMNS",
     "append_metrics_row",
     "check_out_dir",
     "read_metrics_csv",
     "write_run_start",
 ]
-
-
-METRICS_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "train_loss",
-    "region",
-    "boundary",
-    "w_region",
-    "w_boundary",
-    "lr",
-    "val_dice",
-    "val_hd",
-    "val_hd95",
-    "val_hd_inf",
-    "seconds",
-    "is_best",
-)
-"""Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
 
 
 def check_out_dir(config: Any) -> Path | None:

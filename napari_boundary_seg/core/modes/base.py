@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg.core.device import resolve_device
+from napari_boundary_seg.core.events import InfoEvent
 from napari_boundary_seg.core.validate import check_int
 
 __all__ = [
@@ -44,13 +45,6 @@ __all__ = [
     "check_patch",
     "preprocess_config",
 ]
-
-
-def info(message: str) -> Any:
-    """An :class:`InfoEvent` with ``message`` (a set-up message of the run)."""
-    from napari_boundary_seg.core.train import InfoEvent
-
-    return InfoEvent(message)
 
 
 def preprocess_config(config: Any) -> Any:
@@ -448,7 +442,7 @@ class TrainingMode(ABC):
         else:
             keep_alive = tempfile.TemporaryDirectory(prefix="nbs-cache-")
             cache_dir = Path(keep_alive.name)
-        yield info(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
+        yield InfoEvent(f"preparing {len(train_src) + len(val_src)} cases in the cache {cache_dir}")
         train_entries = yield from self.iter_cache_training(config, list(train_src), cache_dir)
         val_entries = yield from iter_cache_cases(list(val_src), *cache_settings(config, cache_dir))
         channels = {len(e.modalities) for e in [*train_entries, *val_entries]}

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from napari_boundary_seg.core.events import InfoEvent
 from napari_boundary_seg.core.modes.base import (
     FinetuneRequest,
     FinetuneSamples,
@@ -49,7 +50,6 @@ from napari_boundary_seg.core.modes.base import (
     check_count,
     check_patch,
     check_slices,
-    info,
     iter_mix_sources,
     model_device,
     target_device,
@@ -629,7 +629,7 @@ def iter_corrected_patches(
     num_classes = int(source["model"].get("num_classes", base.num_classes))
     scale, percentiles = base.scale, base.percentiles
     own_cache = out / "cache"
-    yield info(
+    yield InfoEvent(
         f"preparing the corrected volume ({len(slices)} corrected slice(s) along axis {axis}) "
         f"for 3D patches of {tuple(base.patch_size)} in {own_cache}"
     )
@@ -638,7 +638,7 @@ def iter_corrected_patches(
     if mix_cases is not None and mix_ratio > 0:
         mix_list = yield from iter_mix_sources(mix_cases, source, load=False)
         mix_cache = Path(base.cache_dir) if base.cache_dir else own_cache
-        yield info(f"preparing {len(mix_list)} case(s) of the original training set")
+        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
         mix_entries = yield from iter_cache_cases(
             mix_list, mix_cache, num_classes, scale, percentiles
         )

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_boundary_seg.core.checkpoint import InferenceSettings
+from napari_boundary_seg.core.events import InfoEvent
 from napari_boundary_seg.core.modes.base import (
     FinetuneRequest,
     FinetuneSamples,
@@ -34,7 +35,6 @@ from napari_boundary_seg.core.modes.base import (
     TrainingMode,
     as_channels,
     case_scores,
-    info,
     iter_mix_sources,
     model_device,
     preprocess_config,
@@ -230,7 +230,7 @@ class SliceMode(TrainingMode):
         resolved = median_slice_spacing(train_cases, preprocess_config(config))
         if resolved is not None:
             config = dataclasses.replace(config, slice_spacing=resolved)
-            yield info(
+            yield InfoEvent(
                 "slices resampled to {:.3g} x {:.3g} mm (the training cases' median)".format(
                     *resolved
                 )
@@ -445,7 +445,7 @@ class SliceMode(TrainingMode):
 
         num_classes = int(source["model"].get("num_classes", base.num_classes))
         prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
-        yield info(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
+        yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
         corrected = yield from iter_build_dataset(
             [case], num_classes, prep, distance=request.distance
         )
@@ -459,7 +459,7 @@ class SliceMode(TrainingMode):
         mix_list: list[Any] = []
         if mix_cases is not None and n_mix > 0:
             mix_list = yield from iter_mix_sources(mix_cases, source, load=True)
-            yield info(f"preparing {len(mix_list)} case(s) of the original training set")
+            yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
             mix_set = yield from iter_build_dataset(
                 mix_list,
                 num_classes,
