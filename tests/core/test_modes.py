@@ -41,6 +41,17 @@ def test_the_mode_is_chosen_from_a_config_a_checkpoint_or_a_model():
         mode_for(4)
 
 
+def test_what_an_epoch_holds_and_the_depth_check():
+    assert mode_for(TrainConfig()).items_text(TrainConfig()) == "slices"
+    config = TrainConfig(dims=3, patch_size=(16, 16, 8))
+    assert mode_for(config).items_text(config) == "augmented 3D patches of 16×16×8"
+    config = config.replace(augment=False)
+    assert mode_for(config).items_text(config) == "3D patches of 16×16×8"
+    mode_for(config).check_config(config.replace(depth=9), "--depth")  # strides fit the patch
+    with pytest.raises(ValueError, match="--depth"):
+        SliceMode().check_config(TrainConfig(slice_size=16, depth=6), "--depth")
+
+
 def test_slice_batches_follow_the_epoch_order():
     config = TrainConfig(slice_size=16, batch_size=3, depth=2, base_channels=4)
     dataset = SliceDataset(_cases(), 2, preprocess_config(config))

@@ -382,6 +382,16 @@ class TrainingMode(ABC):
         """The training patch (voxels, numpy axis order); None for slices."""
         return None
 
+    @abstractmethod
+    def items_text(self, config: Any) -> str:
+        """What an epoch's items are, for people (``"slices"``,
+        ``"augmented 3D patches of 96×96×32"``)."""
+
+    def check_config(self, config: Any, depth_name: str = "depth") -> None:
+        """Refuse a network depth the configured inputs cannot take, before any
+        data is read (``depth_name``: the setting as the user gave it)."""
+        return None
+
     # -- preparation --------------------------------------------------------
 
     def iter_prepare(

@@ -242,6 +242,10 @@ class PatchMode(TrainingMode):
     def __hash__(self) -> int:
         return hash((PatchMode, self._patch))
 
+    def items_text(self, config: Any) -> str:
+        augmented = "augmented " if config.augment_enabled else ""
+        return f"{augmented}3D patches of {'×'.join(map(str, self._patch))}"
+
     # -- preparation --------------------------------------------------------
 
     def check_shapes(self, cases: Sequence[Any], shapes: Sequence[tuple[int, ...]]) -> None:

@@ -216,6 +216,16 @@ class SliceMode(TrainingMode):
     def __hash__(self) -> int:
         return hash(SliceMode)
 
+    def items_text(self, config: Any) -> str:
+        return "slices"
+
+    def check_config(self, config: Any, depth_name: str = "depth") -> None:
+        """Slices of a fixed ``slice_size`` must take the network's poolings."""
+        if config.slice_size:
+            from napari_boundary_seg.core.validate import check_unet_fits
+
+            check_unet_fits(config.depth, config.slice_size, depth_name)
+
     # -- preparation --------------------------------------------------------
 
     def iter_settle(
