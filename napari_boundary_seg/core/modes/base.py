@@ -596,8 +596,9 @@ class TrainingMode(ABC):
 
     # -- fine-tuning ---------------------------------------------------------
 
-    def check_finetune_images(self, spatial: tuple[int, ...], parent: str) -> None:
-        """Refuse images (their spatial shape) the checkpoint ``parent`` cannot fine-tune on."""
+    def check_finetune_images(self, shape: tuple[int, ...], parent: str) -> None:
+        """Refuse images of ``shape`` ``(M, *spatial)`` that the checkpoint ``parent``
+        cannot be fine-tuned on."""
         return None
 
     @abstractmethod
