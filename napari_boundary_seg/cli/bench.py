@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from napari_boundary_seg.cli._common import check_option, out
+from napari_boundary_seg.core.config import DEFAULT_PATCH_SIZE
 
 HELP = "benchmarks: ratios against a baseline measured in the same run"
 
@@ -96,8 +97,8 @@ def add_parser(sub: Any) -> None:
         "--patch-3d",
         type=int,
         nargs=3,
-        default=(96, 96, 32),
-        help="3D step patch (default 96 96 32)",
+        default=DEFAULT_PATCH_SIZE,
+        help=f"3D step patch (default {' '.join(map(str, DEFAULT_PATCH_SIZE))})",
     )
     b.add_argument(
         "--volume-3d",
