@@ -407,15 +407,25 @@ class Form(QWidget):
     """A form: rows of a label and a field (a magicgui widget, a wrapper or a
     QWidget); a magicgui check box (or ``label`` None) spans the row.
 
-    ``grow``: every field as wide as the form (not only the expanding ones).
+    ``grow``: every field as wide as the form (not only the expanding ones);
+    ``framed``: the style's margins around the rows (a form on its own, not
+    in a group box).
     A row's label follows its magicgui field's ``label``; :meth:`show_row` shows
     or hides a whole row (label and field).
     """
 
-    def __init__(self, rows: Sequence[Any] = (), grow: bool = False) -> None:
+    def __init__(self, rows: Sequence[Any] = (), grow: bool = False, framed: bool = False) -> None:
         super().__init__()
+        from qtpy.QtCore import Qt
+
         self.layout_ = QFormLayout(self)
-        self.layout_.setContentsMargins(0, 0, 0, 0)
+        if framed:  # margins around the rows, labels centred on their fields
+            self.layout_.setContentsMargins(9, 9, 4, 9)  # 300 px wide docks fit
+            self.layout_.setLabelAlignment(
+                Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+            )
+        else:
+            self.layout_.setContentsMargins(0, 0, 0, 0)
         self.layout_.setHorizontalSpacing(4)
         if grow:
             self.layout_.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)

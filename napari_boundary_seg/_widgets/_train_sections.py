@@ -43,7 +43,7 @@ class SpecForm(Form):
     ``fields`` maps each field's name to its widget."""
 
     def __init__(self, specs: Sequence[FieldSpec] = ()) -> None:
-        super().__init__()
+        super().__init__(framed=True)
         self.fields: dict[str, Any] = {}
         for spec in specs:
             self.add_spec(spec)
