@@ -565,3 +565,17 @@ def compact_children(content: QWidget, chars: int = 4) -> None:
             edit.setMinimumWidth(60)
     for view in content.findChildren(QAbstractItemView):
         view.setMinimumWidth(60)
+
+
+def group_box(title: str, *items: Any) -> QWidget:
+    """A titled box (``QGroupBox``) of ``items`` (widgets or layouts) one under the other."""
+    from qtpy.QtWidgets import QGroupBox
+
+    box = QGroupBox(title)
+    layout = QVBoxLayout(box)
+    for item in items:
+        if isinstance(item, QWidget):
+            layout.addWidget(item)
+        else:
+            layout.addLayout(item)
+    return box

@@ -154,3 +154,16 @@ class LivePreview:
             return preview
         self.viewer.add_layer(layer)
         return layer
+
+    def prediction_checkpoint(self, done: Any) -> tuple[str | None, str]:
+        """The checkpoint to predict with after a run, and why.
+
+        ``best.pt`` whenever it exists (also after Stop); ``last.pt`` only when
+        the run completed without writing a best one; a run stopped before
+        its first epoch ended gives None (its ``last.pt`` is untrained).
+        """
+        if done.best_checkpoint:
+            return done.best_checkpoint, "best.pt (best validation epoch)"
+        if done.last_checkpoint and done.history:
+            return done.last_checkpoint, "last.pt (no best.pt was written)"
+        return None, "no epoch was completed, so there is no trained checkpoint"

@@ -1,6 +1,7 @@
 """The Train widget's form, one class per section: :class:`DataSection`,
 :class:`ModeSection`, :class:`ScheduleSection`, :class:`AdvancedSection` and
-:class:`RunSection`. Their fields are made from ``_logic.TRAIN_FIELDS``
+:class:`RunSection`, and how its fields follow each other
+(:class:`TrainFormLogic`: presets, the schedule kind, the mode, the labels). Their fields are made from ``_logic.TRAIN_FIELDS``
 (:class:`SpecForm`): a field described there shows up in its section.
 
 See docs/DESIGN.md, "The widgets".
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QPushButton, QVBoxLayout, QWidget
 from superqt import QCollapsible
@@ -26,12 +28,14 @@ from napari_boundary_seg._widgets._fields import (
 from napari_boundary_seg._widgets._layers import is_segmentation_labels, offered_image
 from napari_boundary_seg._widgets._logic import (
     BL_ALONE_WARNING,
+    PRESET_HELP,
     SCHEDULE_FIELDS,
     FieldSpec,
     boundary_only_from_start,
     default_patch,
     field_specs,
     planned_weights,
+    preset_values,
     schedule_params,
 )
 from napari_boundary_seg._widgets._plots import AlphaPlot, TrainingCurves
@@ -234,3 +238,96 @@ class RunSection(QWidget):
         layout.addLayout(button_row(self.start_button, self.pause_button, self.stop_button))
         for widget in (self.progress, self.status, self.verdict_label, curves_box):
             layout.addWidget(widget)
+
+
+class TrainFormLogic:
+    """How the Train widget's fields follow each other (a part of
+    ``train.TrainWidget``: it reads the widget's fields and sections)."""
+
+    # -- field logic ---------------------------------------------------------
+    def _on_preset(self, value: str) -> None:
+        if value != "custom":
+            self._apply_preset(value)
+        self.preset_help.setText(PRESET_HELP[value])
+
+    def _apply_preset(self, preset: str) -> None:
+        """Set the fields to a preset's values (``"quick"`` or ``"paper"``)."""
+        values = preset_values(preset)
+        self._applying_preset = True
+        try:
+            self.preset.value = preset
+            self.schedule.value = values.pop("schedule")
+            for name, value in values.items():
+                getattr(self, name).value = value
+        finally:
+            self._applying_preset = False
+        self.preset_help.setText(PRESET_HELP[preset])
+        self._update_schedule_view()
+
+    def _to_custom(self, *_: Any) -> None:
+        if not self._applying_preset and self.preset.value != "custom":
+            self._applying_preset = True
+            try:
+                self.preset.value = "custom"
+            finally:
+                self._applying_preset = False
+            self.preset_help.setText(PRESET_HELP["custom"])
+
+    def _on_source(self, *_: Any) -> None:
+        layers = self.source.value == "layers"
+        self.labels.setEnabled(layers)
+        self.folder.setEnabled(not layers)
+        self.num_classes.enabled = not layers
+        self._on_labels()
+
+    def _on_labels(self, *_: Any) -> None:
+        """Follow the labels layer: its class count and whether it is binary."""
+        if self.source.value == "layers":
+            layer = self.labels.value
+            if layer is not None:
+                try:
+                    top = int(np.max(np.asarray(layer.data))) if layer.data.size else 0
+                    self.num_classes.value = max(top + 1, 2)
+                except (TypeError, ValueError):
+                    pass
+                self._fit_default_patch(layer.data.shape)
+        self._update_preview_at()
+        self._update_schedule_view()
+
+    def _fit_default_patch(self, shape: Sequence[int]) -> None:
+        """Set the patch to the default clipped to ``shape`` unless the user changed it."""
+        if self.patch_size() != self._patch_auto:
+            return
+        self._patch_auto = default_patch(shape)
+        applying, self._applying_preset = self._applying_preset, True
+        try:
+            self.mode.set_patch(self._patch_auto)
+        finally:
+            self._applying_preset = applying
+
+    def patch_size(self) -> tuple[int, int, int]:
+        """The patch fields (voxels, numpy axis order)."""
+        return self.mode.patch_size()
+
+    def _on_dims(self, *_: Any) -> None:
+        """Show the fields of the chosen mode: the patch and the foreground share
+        in 3D, the slice size and the empty-slice filter in 2D."""
+        three = self.dims.value == 3
+        self.mode.show_row(self.patch_row, three)
+        self.advanced.form.show_row(self.oversample, three)
+        self.advanced.form.show_row(self.slice_size, not three)
+        self.advanced.form.show_row(self.skip_empty, not three)
+
+    def _on_schedule_kind(self, *_: Any) -> None:
+        self.schedule_section.follow_kind(reset_values=not self._applying_preset)
+        if not self._applying_preset:
+            self._to_custom()
+        self._update_schedule_view()
+
+    def schedule_params(self) -> dict[str, float]:
+        return self.schedule_section.params()
+
+    def _update_schedule_view(self, *_: Any) -> None:
+        error = self.schedule_section.update_view(binary=self.num_classes.value <= 2)
+        if error:
+            self.status.setText(error)

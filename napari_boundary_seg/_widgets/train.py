@@ -2,37 +2,25 @@
 
 The widget is thin. Its form is five sections (``_train_sections``: data,
 mode, schedule, advanced, run) whose fields are made from
-``_logic.TRAIN_FIELDS``, in a scroll area; a preset choice fills them ("Quick
-start", :func:`core.presets.quick_start_config`, or the paper's). It fills a
-:class:`core.train.TrainConfig` from its fields (:meth:`TrainWidget.settings`
-then ``_logic.build_config``), checks the inputs, and runs
-``_jobs.training_job`` in its ``_runner.Runner`` (start, pause, resume, stop,
-shutdown). It only listens to the events the trainer yields
-(``_train_status.RunStatus``): epoch and step bars with elapsed and remaining
-time (``_progress.ProgressPanel``) and napari's progress bar, live curves of
-the loss terms, alpha and the validation DSC / HD (``_plots.TrainingCurves``),
-and after each epoch a live preview of the slice on view, predicted in the
-worker and written into one ``training preview`` Labels layer in place
-(``_preview.LivePreview``). Building the cases (and so the distance maps of a
-whole volume), the preview and the prediction's layer happen inside the
-worker, never in the GUI thread. The status follows the run state
-(``_logic.RunState``; epochs counted from 1); after a run the prediction comes
-from ``best.pt`` (never from the untrained ``last.pt`` of a run stopped in its
-first epoch) into a layer of its own name.
+``_logic.TRAIN_FIELDS``; a preset fills them ("Quick start",
+:func:`core.presets.quick_start_config`, or the paper's). It builds a
+:class:`core.train.TrainConfig` from its fields (:meth:`TrainWidget.settings`,
+``_logic.build_config``), checks the inputs, and runs ``_jobs.training_job``
+in its ``_runner.Runner`` (start, pause, resume, stop, shutdown). It only
+listens to the trainer's events (``_train_status.RunStatus``: epoch and step
+bars, napari's progress bar, live curves, the status and its
+``_logic.RunState``) and after each epoch shows the slice on view predicted
+in the worker (``_preview.LivePreview``). The cases (and their distance maps),
+the preview and the prediction's layer are built in the worker, never in the
+GUI thread. After a run the prediction comes from ``best.pt`` (never from the
+untrained ``last.pt`` of a run stopped in its first epoch).
 
-Slice plane: "auto" / axial / coronal / sagittal (``TrainConfig.axis``),
-from the scan's orientation (the layer's affine), never from the view: the
-validation block, the 3D patch clipping and the live preview use the stored
-axis of that plane, and after Start a 2D view is turned to show it. A run
-that ends badly (:func:`core.verdict.judge_run`) says so under the status, on
-the charts and in a napari warning.
-
-Mode: "Train on" 2D slices (the paper, both presets) or 3D patches
-(``TrainConfig.dims``); the patch size in voxels per numpy axis (3D only; by
-default :data:`core.patches.DEFAULT_PATCH_SIZE` clipped to the labels layer,
-and at Start to the longest training part left beside the validation block,
-``_logic.fit_patch``). "Fine-tune from" sets the form to the checkpoint's
-mode and patch (:meth:`TrainWidget.follow_checkpoint`).
+The slice plane comes from the scan's orientation (the layer's affine), never
+from the view; after Start a 2D view is turned to show it. 3D patches are
+clipped to the labels layer and at Start to the longest training part beside
+the validation block (``_logic.fit_patch``); "Fine-tune from" sets the form to
+the checkpoint's mode and patch (:meth:`TrainWidget.follow_checkpoint`). A run
+that ends badly (:func:`core.verdict.judge_run`) says so.
 
 See docs/DESIGN.md, "The widgets".
 """
@@ -45,7 +33,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import QEvent, QPoint, Qt, QTimer
 from qtpy.QtWidgets import QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -54,13 +41,13 @@ from napari_boundary_seg._widgets._checkpoints import (
     load_checked_checkpoint,
 )
 from napari_boundary_seg._widgets._fields import compact_children, section_title
-from napari_boundary_seg._widgets._jobs import (  # noqa: F401 - the module's API
+from napari_boundary_seg._widgets._jobs import (
     PreviewEvent,
     prediction_layer_job,
     preload_training_modules,
     training_job,
 )
-from napari_boundary_seg._widgets._layers import (  # noqa: F401 - the module's API
+from napari_boundary_seg._widgets._layers import (
     images_from_layers,
     labels_array,
     layer_affine,
@@ -69,7 +56,7 @@ from napari_boundary_seg._widgets._layers import (  # noqa: F401 - the module's 
     require_layer,
     unique_layer_name,
 )
-from napari_boundary_seg._widgets._logic import (  # noqa: F401 - the module's API
+from napari_boundary_seg._widgets._logic import (
     BL_ALONE_WARNING,
     PRESET_CHOICES,
     PRESET_HELP,
@@ -92,7 +79,7 @@ from napari_boundary_seg._widgets._logic import (  # noqa: F401 - the module's A
     settings_from_values,
     validation_block,
 )
-from napari_boundary_seg._widgets._plots import REDRAW_INTERVAL_MS, TrainingCurves  # noqa: F401
+from napari_boundary_seg._widgets._plots import REDRAW_INTERVAL_MS, TrainingCurves
 from napari_boundary_seg._widgets._preview import LivePreview
 from napari_boundary_seg._widgets._runner import (
     Delivery,
@@ -106,6 +93,7 @@ from napari_boundary_seg._widgets._train_sections import (
     ModeSection,
     RunSection,
     ScheduleSection,
+    TrainFormLogic,
 )
 from napari_boundary_seg._widgets._train_status import RunStatus
 
@@ -115,6 +103,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BL_ALONE_WARNING",
     "PREVIEW_NAME",
     "REDRAW_INTERVAL_MS",
     "PreviewEvent",
@@ -122,15 +111,17 @@ __all__ = [
     "TrainingCurves",
     "build_config",
     "cases_from_layers",
+    "check_output_folder",
     "fit_patch",
     "prediction_layer_job",
     "preset_values",
+    "schedule_params",
     "unique_layer_name",
     "validation_block",
 ]
 
 
-class TrainWidget(RunStatus, LivePreview, QWidget):
+class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
     """Dock widget: train (or fine-tune) a UNet with the boundary loss.
 
     The form is five sections of magicgui fields in a scroll area (the rarely
@@ -344,94 +335,6 @@ class TrainWidget(RunStatus, LivePreview, QWidget):
         """True while a run, or the prediction after it, is going on."""
         return self.runner.running or self._predict_worker is not None
 
-    # -- field logic ---------------------------------------------------------
-    def _on_preset(self, value: str) -> None:
-        if value != "custom":
-            self._apply_preset(value)
-        self.preset_help.setText(PRESET_HELP[value])
-
-    def _apply_preset(self, preset: str) -> None:
-        """Set the fields to a preset's values (``"quick"`` or ``"paper"``)."""
-        values = preset_values(preset)
-        self._applying_preset = True
-        try:
-            self.preset.value = preset
-            self.schedule.value = values.pop("schedule")
-            for name, value in values.items():
-                getattr(self, name).value = value
-        finally:
-            self._applying_preset = False
-        self.preset_help.setText(PRESET_HELP[preset])
-        self._update_schedule_view()
-
-    def _to_custom(self, *_: Any) -> None:
-        if not self._applying_preset and self.preset.value != "custom":
-            self._applying_preset = True
-            try:
-                self.preset.value = "custom"
-            finally:
-                self._applying_preset = False
-            self.preset_help.setText(PRESET_HELP["custom"])
-
-    def _on_source(self, *_: Any) -> None:
-        layers = self.source.value == "layers"
-        self.labels.setEnabled(layers)
-        self.folder.setEnabled(not layers)
-        self.num_classes.enabled = not layers
-        self._on_labels()
-
-    def _on_labels(self, *_: Any) -> None:
-        """Follow the labels layer: its class count and whether it is binary."""
-        if self.source.value == "layers":
-            layer = self.labels.value
-            if layer is not None:
-                try:
-                    top = int(np.max(np.asarray(layer.data))) if layer.data.size else 0
-                    self.num_classes.value = max(top + 1, 2)
-                except (TypeError, ValueError):
-                    pass
-                self._fit_default_patch(layer.data.shape)
-        self._update_preview_at()
-        self._update_schedule_view()
-
-    def _fit_default_patch(self, shape: Sequence[int]) -> None:
-        """Set the patch to the default clipped to ``shape`` unless the user changed it."""
-        if self.patch_size() != self._patch_auto:
-            return
-        self._patch_auto = default_patch(shape)
-        applying, self._applying_preset = self._applying_preset, True
-        try:
-            self.mode.set_patch(self._patch_auto)
-        finally:
-            self._applying_preset = applying
-
-    def patch_size(self) -> tuple[int, int, int]:
-        """The patch fields (voxels, numpy axis order)."""
-        return self.mode.patch_size()
-
-    def _on_dims(self, *_: Any) -> None:
-        """Show the fields of the chosen mode: the patch and the foreground share
-        in 3D, the slice size and the empty-slice filter in 2D."""
-        three = self.dims.value == 3
-        self.mode.show_row(self.patch_row, three)
-        self.advanced.form.show_row(self.oversample, three)
-        self.advanced.form.show_row(self.slice_size, not three)
-        self.advanced.form.show_row(self.skip_empty, not three)
-
-    def _on_schedule_kind(self, *_: Any) -> None:
-        self.schedule_section.follow_kind(reset_values=not self._applying_preset)
-        if not self._applying_preset:
-            self._to_custom()
-        self._update_schedule_view()
-
-    def schedule_params(self) -> dict[str, float]:
-        return self.schedule_section.params()
-
-    def _update_schedule_view(self, *_: Any) -> None:
-        error = self.schedule_section.update_view(binary=self.num_classes.value <= 2)
-        if error:
-            self.status.setText(error)
-
     # -- settings -> config ------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         """The widget's fields as ``TrainConfig`` keyword arguments (plus the
@@ -636,19 +539,6 @@ class TrainWidget(RunStatus, LivePreview, QWidget):
             self._predict_after(done)
 
     # -- prediction after training -------------------------------------------------
-    def prediction_checkpoint(self, done: Any) -> tuple[str | None, str]:
-        """The checkpoint to predict with after a run, and why.
-
-        ``best.pt`` whenever it exists (also after Stop); ``last.pt`` only when
-        the run completed without writing a best one; a run stopped before
-        its first epoch ended gives None (its ``last.pt`` is untrained).
-        """
-        if done.best_checkpoint:
-            return done.best_checkpoint, "best.pt (best validation epoch)"
-        if done.last_checkpoint and done.history:
-            return done.last_checkpoint, "last.pt (no best.pt was written)"
-        return None, "no epoch was completed, so there is no trained checkpoint"
-
     def _predict_after(self, done: Any) -> Any:
         """Predict the current image with the best model; returns the worker."""
         checkpoint, why = self.prediction_checkpoint(done)
