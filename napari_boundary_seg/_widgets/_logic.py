@@ -396,7 +396,9 @@ class FieldSpec:
     widget: str = ""
 
     def to_config(self, value: Any) -> Any:
-        """The field's value as its ``TrainConfig`` value."""
+        """The field's value as its ``TrainConfig`` value (an empty path: None)."""
+        if self.type is Path:
+            return str(value).strip() or None
         if self.encode is not None:
             return self.encode[value]
         if self.zero_is_none:
@@ -525,9 +527,12 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("seed", int, 0, "Seed", bounds=(0, 2**31 - 1), config="seed"),
     FieldSpec(
         "output", Path, str(Path.home() / "boundary-seg-runs"), "Output folder",
-        "Each run writes a new run-YYYYmmdd-HHMMSS folder here", mode="d",
+        "Each run writes a new run-YYYYmmdd-HHMMSS folder here", mode="d", config="out_dir",
     ),
-    FieldSpec("finetune", Path, "", "Fine-tune from", mode="r", filter="*.pt *.pth"),
+    FieldSpec(
+        "finetune", Path, "", "Fine-tune from", mode="r", filter="*.pt *.pth",
+        config="init_checkpoint",
+    ),
     FieldSpec(
         "predict_after", bool, True, "add the best model's prediction", section="run"
     ),
@@ -617,3 +622,99 @@ def check_device(device: str) -> str:
             f"Device '{device}' is not available on this machine; choose one of {choices}."
         )
     return device
+
+
+#: Spin-box limits of a setting without an upper bound.
+_NO_BOUND = {"int": 1_000_000, "float": 1e6}
+_KIND_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "path": Path}
+_UNSET = object()
+
+
+def _kind_of(spec: FieldSpec) -> str:
+    return {v: k for k, v in _KIND_TYPES.items()}.get(spec.type, "")
+
+
+def spec_from_setting(
+    declared: Any, shown: FieldSpec | None = None, **place: Any
+) -> FieldSpec | None:
+    """The form field of one declared setting (a ``core.settings.Setting``:
+    name, kind, optional, default, help, bounds, step, choices, label,
+    none_as, none_text), or None when a form cannot hold it (a structured
+    value, or None that no field value spells).
+
+    ``shown``: how the widget already presents it (its attribute, label,
+    section, choice texts, tighter bounds); what it leaves out comes from the
+    declaration. ``place``: FieldSpec fields for a new one (e.g. ``section``).
+    """
+    kind = getattr(declared, "kind", "")
+    if kind not in _KIND_TYPES:
+        return None
+    none_as = getattr(declared, "none_as", None)
+    default = declared.default
+    if default is None and kind != "path":
+        if none_as is None and not (kind == "bool" and getattr(declared, "none_text", None)):
+            return None
+        default = none_as
+    bounds = declared.bounds
+    if bounds is not None and kind in _NO_BOUND:
+        low, high = bounds
+        low = 0 if low is None else low
+        if none_as is not None:
+            low = min(low, none_as)
+        bounds = (low, _NO_BOUND[kind] if high is None else high)
+    choices = declared.choices
+    choices = None if choices is None else [(str(c), c) for c in choices]
+    if kind == "bool" and declared.optional and getattr(declared, "none_text", None):
+        choices = [(f"default ({declared.none_text})", "default"), ("on", "on"), ("off", "off")]
+        default, kind = {None: "default", True: "on", False: "off"}[default], "str"
+        place.setdefault("encode", AUGMENT_CONFIG)
+    facts = {
+        "name": declared.name,
+        "type": _KIND_TYPES[kind],
+        "default": "" if default is None else default,
+        "label": declared.label,
+        "help": declared.help,
+        "bounds": bounds,
+        "step": declared.step,
+        "choices": choices,
+        "config": declared.name,
+        "zero_is_none": none_as == 0,
+        **place,
+    }
+    if shown is None:
+        return FieldSpec(**facts)
+    # the widget's presentation wins; the declaration fills what it leaves out
+    return dataclasses.replace(
+        shown,
+        help=shown.help or facts["help"],
+        bounds=shown.bounds or facts["bounds"],
+        step=shown.step if shown.step is not None else facts["step"],
+        choices=shown.choices or facts["choices"],
+        zero_is_none=shown.zero_is_none or facts["zero_is_none"],
+    )
+
+
+def specs_from_settings(
+    declared: Sequence[Any],
+    shown: Sequence[FieldSpec] = TRAIN_FIELDS,
+    section: str = "advanced",
+    skip: Sequence[str] = ("data", "patch_size", "schedule"),
+) -> tuple[FieldSpec, ...]:
+    """The form's fields from a config's declared settings: the ``shown``
+    fields in their order, completed from their declarations, then every other
+    declared setting a form can hold, in ``section`` (so a setting declared
+    with its metadata shows up in the form without touching the widget).
+    ``skip``: settings the widget builds itself (the data folder, the patch,
+    the schedule)."""
+    by_name = {d.name: d for d in declared}
+    out = []
+    for spec in shown:
+        d = by_name.get(spec.config) if spec.config else None
+        out.append(spec if d is None else spec_from_setting(d, spec) or spec)
+    used = {spec.config for spec in shown} | set(skip)
+    for d in declared:
+        if d.name not in used:
+            spec = spec_from_setting(d, section=section)
+            if spec is not None:
+                out.append(spec)
+    return tuple(out)

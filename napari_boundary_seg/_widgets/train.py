@@ -340,11 +340,12 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         """The widget's fields as ``TrainConfig`` keyword arguments (plus the
         schedule fields, see ``_logic.build_config``); data fields are added by
         :meth:`validate`."""
-        values = {spec.name: getattr(self, spec.name).value for spec in TRAIN_FIELDS}
+        values = {
+            spec.name: path_text(field) if spec.type is Path else field.value
+            for spec in TRAIN_FIELDS
+            for field in (getattr(self, spec.name),)
+        }
         settings = settings_from_values(values)
-        finetune = path_text(self.finetune)
-        settings["out_dir"] = path_text(self.output)
-        settings["init_checkpoint"] = finetune or None
         settings["patch_size"] = self.patch_size() if self.dims.value == 3 else None
         return settings
 
@@ -358,7 +359,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         """
         settings = {**self.settings(), **overrides}
         check_device(settings["device"])
-        output = check_output_folder(settings["out_dir"])
+        output = check_output_folder(settings["out_dir"] or "")
         loaded = None
         if settings["init_checkpoint"]:
             loaded = load_checked_checkpoint(settings["init_checkpoint"], None)
