@@ -343,3 +343,36 @@ def test_finetune_warns_when_the_corrected_slices_get_worse():
         worse_on_corrected(worse)
     )
     assert worse_on_corrected({"corrected": {"dice_old": float("nan"), "dice_new": 0.1}}) is None
+
+
+def test_every_command_is_a_module_and_the_overview_is_the_full_help(capsys):
+    import importlib
+
+    from napari_boundary_seg.cli import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert tuple(sub.choices) == COMMANDS
+    for name in COMMANDS:
+        module = importlib.import_module(f"napari_boundary_seg.cli.{name}")
+        assert module.HELP and callable(module.add_parser), name
+    full = build_parser().format_help()
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])  # built from the summary lines only
+    assert stop.value.code == 0 and capsys.readouterr().out == full
+
+
+def test_help_of_the_commands_that_do_not_train_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_boundary_seg.cli import build_parser, main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "for name in ('distmap', 'predict', 'evaluate', 'cache', 'bench', 'demo', 'finetune'):\n"
+        "    build_parser(only=name)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False"

@@ -208,6 +208,8 @@ class RunStatus:
             show_warning(text)
 
     def _on_done(self, done: Any) -> None:
+        from napari_boundary_seg.core.events import Outcome
+
         self.last_done = done
         epochs_done = len(done.history)
         if not (self.predict_after.value and self._stack is not None):
@@ -215,7 +217,7 @@ class RunStatus:
         if not done.stopped:
             self.progress.finish("done")
             self._set_state(RunState.DONE, f"{epochs_done} epoch(s) trained")
-        elif done.reason.startswith("stopped by request"):
+        elif done.outcome is Outcome.STOPPED:
             self.progress.finish("stopped")
             self._set_state(
                 RunState.DONE,

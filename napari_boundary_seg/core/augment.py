@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_boundary_seg.core.distance import class_distance_maps
+from napari_boundary_seg.core.validate import check_int
 
 __all__ = [
     "AugmentConfig",
@@ -142,10 +143,11 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be a probability, got {value!r}")
-        if self.margin_mm < 0 or self.elastic_vox < 0 or self.elastic_points < 2:
+        check_int(self.elastic_points, "AugmentConfig.elastic_points", 2)
+        if self.margin_mm < 0 or self.elastic_vox < 0:
             raise ValueError(
                 f"AugmentConfig: margin_mm {self.margin_mm} and elastic_vox {self.elastic_vox} "
-                f"must be >= 0, elastic_points {self.elastic_points} >= 2"
+                "must be >= 0"
             )
 
 

@@ -1,6 +1,6 @@
 """Signed distance maps: the level set φ_G of the boundary loss.
 
-Definitions (DESIGN.md, "The method"):
+Definitions (``docs/DESIGN.md``, "The method"):
 
 - ``G`` is the region of a binary mask; ``∂G`` the voxels of ``G`` that have a
   face-connected neighbour (4 in 2D, 6 in 3D, 2·N in N-D) outside ``G``. Voxels
@@ -24,9 +24,9 @@ it to the reference code:
 
 No bounding-box crop: every voxel of the image receives a distance (outside
 values reach the whole image, and for the background class so do inside
-values), so one full transform is the least work. The earlier two-transform
-version (outside on the box of ``~G``, inside on the box of ``G``) measured
-about 1.4x slower on scattered lesions, whose box is the whole image.
+values), so one full transform is the least work: two transforms (outside on
+the box of ``~G``, inside on the box of ``G``) measure about 1.4x slower on
+scattered lesions, whose box is the whole image.
 
 Backends: the ``edt`` package (>= 3, 1D to 3D, ``anisotropy`` in numpy axis
 order) when importable, else ``scipy.ndimage.distance_transform_edt``; both give
@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_boundary_seg.core.progress import Progress, run_to_end
+from napari_boundary_seg.core.progress import Progress, blocking
+from napari_boundary_seg.core.validate import check_int
 
 try:  # the fast backend is optional: scipy is the fallback
     import edt as _edt_module
@@ -98,8 +99,7 @@ def _check_axis(axis: Any, ndim: int) -> int | None:
     """Normalise ``axis`` to ``0 <= axis < ndim`` (or keep ``None``)."""
     if axis is None:
         return None
-    if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
-        raise TypeError(f"axis must be an integer or None, got {axis!r}")
+    axis = check_int(axis, "axis")
     if ndim < 2:
         raise ValueError(f"per-slice mode (axis={axis}) needs at least 2 dimensions, got {ndim}")
     if not -ndim <= axis < ndim:
@@ -153,9 +153,7 @@ def _as_binary_mask(mask: Any) -> np.ndarray:
 
 def _as_labels(labels: Any, num_classes: Any) -> np.ndarray:
     """Return ``labels`` as an integer array with values in ``[0, num_classes)``."""
-    if not isinstance(num_classes, numbers.Integral) or isinstance(num_classes, bool):
-        raise TypeError(f"num_classes must be an integer, got {num_classes!r}")
-    if num_classes < 1:
+    if check_int(num_classes, "num_classes") < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     arr = np.asarray(labels)
     if arr.ndim == 0:
@@ -237,14 +235,20 @@ def _slice_index(ndim: int, axis: int, i: int) -> tuple[slice | int, ...]:
     return tuple(i if a == axis else slice(None) for a in range(ndim))
 
 
-def signed_distance_map(
+def iter_signed_distance_map(
     mask: Any,
     spacing: float | Sequence[float] | None = None,
     axis: int | None = None,
     *,
     backend: str = "auto",
-) -> np.ndarray:
-    """Signed distance map φ_G of a binary mask, in physical units.
+) -> Generator[Progress, None, np.ndarray]:
+    """Signed distance map φ_G of a binary mask, in physical units, yielding progress.
+
+    Yields ``Progress(0, total)`` first, then one event after the map
+    (``axis=None``, total 1) or after each slice (``axis=k``). A generator
+    function: bad arguments raise on the first ``next()``, and
+    ``backend="auto"`` is resolved in the thread that runs it.
+    :func:`signed_distance_map` is its blocking form.
 
     Parameters
     ----------
@@ -267,8 +271,9 @@ def signed_distance_map(
     Returns
     -------
     np.ndarray
-        float32, same shape as ``mask``: negative inside ``G``, positive outside,
-        exactly 0 on ``∂G``; all zeros if ``G`` or ``∂G`` is empty.
+        The generator's return value: float32, same shape as ``mask``, negative
+        inside ``G``, positive outside, exactly 0 on ``∂G``; all zeros if ``G``
+        or ``∂G`` is empty.
 
     Raises
     ------
@@ -277,24 +282,6 @@ def signed_distance_map(
         axis out of range, unknown or unavailable backend.
     TypeError
         Non-numeric mask, non-integer axis, non-numeric spacing.
-    """
-    return run_to_end(iter_signed_distance_map(mask, spacing, axis, backend=backend))
-
-
-def iter_signed_distance_map(
-    mask: Any,
-    spacing: float | Sequence[float] | None = None,
-    axis: int | None = None,
-    *,
-    backend: str = "auto",
-) -> Generator[Progress, None, np.ndarray]:
-    """:func:`signed_distance_map`, yielding progress; returns the same array.
-
-    Yields ``Progress(0, total)`` first, then one event after the map
-    (``axis=None``, total 1) or after each slice (``axis=k``). A generator
-    function, like :func:`iter_class_distance_maps`: bad arguments raise on
-    the first ``next()``, and ``backend="auto"`` is resolved in the thread
-    that runs it.
     """
     m = _as_binary_mask(mask)
     spc = _check_spacing(spacing, m.ndim)
@@ -316,6 +303,9 @@ def iter_signed_distance_map(
     return out
 
 
+signed_distance_map = blocking(iter_signed_distance_map)
+
+
 def iter_class_distance_maps(
     labels: Any,
     num_classes: int,
@@ -324,18 +314,36 @@ def iter_class_distance_maps(
     *,
     backend: str = "auto",
 ) -> Generator[Progress, None, np.ndarray]:
-    """Compute one signed distance map per class, yielding progress.
+    """Signed distance maps of every class of a label image, background included,
+    yielding progress.
 
     Yields ``Progress(0, total)`` first, then ``Progress(done, total)`` after each
     class (``axis=None``) or each slice (``axis=k``, all classes of that slice).
-    Returns the same array as :func:`class_distance_maps`. This is a generator
-    function (napari's ``thread_worker`` and ``create_worker`` run it as a
-    generator worker); bad arguments raise on the first ``next()``.
+    A generator function (napari's ``thread_worker`` and ``create_worker`` run
+    it as a generator worker); bad arguments raise on the first ``next()``.
+    :func:`class_distance_maps` is its blocking form.
 
     Parameters
     ----------
-    labels, num_classes, spacing, axis, backend
-        As for :func:`class_distance_maps`.
+    labels
+        Integer (or bool) label image ``(*spatial)`` with values in
+        ``[0, num_classes)``.
+    num_classes
+        Number of classes ``C`` (class 0 is the background).
+    spacing, axis, backend
+        As for :func:`iter_signed_distance_map`.
+
+    Returns
+    -------
+    np.ndarray
+        The generator's return value: ``(C, *spatial)`` float32; ``out[c]`` is
+        φ of ``labels == c``, in physical units.
+
+    Raises
+    ------
+    ValueError
+        Non-integer labels, labels outside ``[0, num_classes)``, bad spacing,
+        axis or backend.
     """
     lab = _as_labels(labels, num_classes)
     spc = _check_spacing(spacing, lab.ndim)
@@ -370,36 +378,4 @@ def _iter_class_maps(
     return out
 
 
-def class_distance_maps(
-    labels: Any,
-    num_classes: int,
-    spacing: float | Sequence[float] | None = None,
-    axis: int | None = None,
-    *,
-    backend: str = "auto",
-) -> np.ndarray:
-    """Signed distance maps of every class of a label image, background included.
-
-    Parameters
-    ----------
-    labels
-        Integer (or bool) label image ``(*spatial)`` with values in
-        ``[0, num_classes)``.
-    num_classes
-        Number of classes ``C`` (class 0 is the background).
-    spacing, axis, backend
-        As for :func:`signed_distance_map`.
-
-    Returns
-    -------
-    np.ndarray
-        ``(C, *spatial)`` float32; ``out[c]`` is φ of ``labels == c``, in
-        physical units.
-
-    Raises
-    ------
-    ValueError
-        Non-integer labels, labels outside ``[0, num_classes)``, bad spacing,
-        axis or backend.
-    """
-    return run_to_end(iter_class_distance_maps(labels, num_classes, spacing, axis, backend=backend))
+class_distance_maps = blocking(iter_class_distance_maps)

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from napari_boundary_seg.core.events import Outcome, end_outcome
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.orientation import canonical_orientation, native_slice_axis
 from napari_boundary_seg.core.patches import (
@@ -118,8 +119,9 @@ class FinetuneResult:
         The slicing axis (numpy axis of the spatial axes).
     mix_slices
         ``(case_id, slice)`` of the original-training-set slices mixed in.
-    stopped, reason
-        As in the trainer's ``DoneEvent``.
+    stopped, reason, outcome
+        As in the trainer's :class:`~napari_boundary_seg.core.events.DoneEvent`
+        (``outcome`` defaults to what ``stopped`` says).
     history
         The trainer's per-epoch rows.
     dims
@@ -138,6 +140,10 @@ class FinetuneResult:
     history: list[dict[str, Any]] = field(default_factory=list, compare=False)
     model: Any = field(default=None, repr=False, compare=False)
     dims: int = 2
+    outcome: Outcome | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", end_outcome(self.stopped, self.outcome))
 
 
 def _json_safe(value: Any) -> Any:
@@ -744,6 +750,7 @@ def finetune(
         mix_slices=mix_sources,
         stopped=done.stopped,
         reason=done.reason,
+        outcome=done.outcome,
         history=list(done.history),
         model=done.model,
         dims=dims,

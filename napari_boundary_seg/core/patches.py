@@ -1,18 +1,11 @@
-"""Cases on disk and the samples training draws from them (3D patches, 2D slices).
+"""The samples training draws from the case cache: 3D patches and 2D slices.
 
-The volume cache
-    :func:`iter_cache_cases` prepares cases **one at a time** (read, scale to
-    [0, 1], φ of the whole volume in 3D with the spacing) and writes each to
-    ``<cache_dir>/vol-<key>/`` as ``image.npy (M, *V)`` float32, ``labels.npy
-    (*V)`` uint8, ``dist.npy (C, *V)`` float32 (mm), ``fg.npy (K, nd)`` int32
-    (the foreground voxels, for oversampling) and ``meta.json``. ``key`` is a
-    content hash of the case (the bytes of its files, or of its arrays) and of
-    the settings (scaling, class count, cache version): a changed file or
-    setting makes a new entry and leaves the others valid. Entries are written
-    to a temporary folder and renamed, so a crash leaves no half entry. Training
-    opens them with ``numpy.load(..., mmap_mode="r")`` and reads only the
-    patches it samples: a process's memory does not grow with the number of
-    cases.
+The cache itself (entries ``vol-<key>/`` and ``sl-<key>/``, one writer, one
+reader, :func:`iter_cache_cases`, :func:`iter_cache_slices`) is
+:mod:`~napari_boundary_seg.core.cache_entries`; its names stay importable from
+here. This module reads the entries memory-mapped, a few cases at a time
+(:class:`~napari_boundary_seg.core.cache_entries.OpenArrays`): a process's
+memory does not grow with the number of cases.
 
 The samples
     :class:`PatchDataset` addresses its items by ``(epoch, index)``; the item
@@ -26,25 +19,17 @@ The samples
     uniformly; the case is drawn uniformly. Patches always lie inside the volume
     (a volume smaller than the patch along an axis raises ValueError), so the
     cropped whole-volume φ is exact and no padding rule is needed.
-    :class:`AugmentedSlices` gives the 2D slice data set the same ``(epoch,
-    index)`` addressing with augmentation.
+    :class:`DiskSliceDataset` gives the paper's 2D slices from the cache, and
+    :class:`AugmentedSlices` gives a 2D slice data set the same ``(epoch,
+    index)`` addressing with augmentation. See ``docs/DESIGN.md``.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
-from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +37,15 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from napari_boundary_seg.core import augment as _augment
-from napari_boundary_seg.core.distance import class_distance_maps
-from napari_boundary_seg.core.io import OutputError, _is_out_of_space
-from napari_boundary_seg.core.progress import Progress
+from napari_boundary_seg.core.cache_entries import (
+    OpenArrays,
+    SliceEntry,
+    VolumeEntry,
+    iter_cache_cases,
+    iter_cache_slices,
+    volume_key,
+)
+from napari_boundary_seg.core.validate import check_number
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +55,7 @@ __all__ = [
     "DiskSliceDataset",
     "PatchBatchSampler",
     "PatchDataset",
+    "SliceEntry",
     "VolumeEntry",
     "epoch_batches",
     "epoch_samples",
@@ -77,361 +69,7 @@ __all__ = [
 
 DEFAULT_PATCH_SIZE = (96, 96, 32)
 """3D patch (voxels, numpy axis order) when ``TrainConfig.patch_size`` is None: it fits
-the sample case (96 × 112 × 96 at 2 mm) and the nnU-Net-like 96 × 96 × 32 of the issue."""
-
-_CACHE_VERSION = 1
-_FILES = ("image.npy", "labels.npy", "dist.npy", "fg.npy", "meta.json")
-
-
-# ---------------------------------------------------------------------------
-# the volume cache
-
-
-class _OpenArrays:
-    """The memory maps of the last few cases used (least recently used dropped).
-
-    Pages read through a memory map count in the process's resident memory
-    while the map is open; keeping only ``size`` cases mapped keeps
-    that bounded however many cases a long run visits (the pages stay in the
-    system's file cache, not in the process).
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self._maps: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
-
-    def get(self, key: int, opener: Any) -> dict[str, np.ndarray]:
-        if key in self._maps:
-            self._maps.move_to_end(key)
-        else:
-            self._maps[key] = opener()
-            while len(self._maps) > self.size:
-                self._maps.popitem(last=False)
-        return self._maps[key]
-
-    def __setitem__(self, key: int, value: dict[str, np.ndarray]) -> None:
-        self._maps[key] = value
-
-
-@dataclass(frozen=True)
-class VolumeEntry:
-    """One prepared case in the cache (arrays opened memory-mapped on demand)."""
-
-    path: Path
-    case_id: str
-    shape: tuple[int, ...]
-    spacing: tuple[float, ...]
-    modalities: tuple[str, ...]
-    affine: tuple[tuple[float, ...], ...]
-    num_classes: int
-    num_foreground: int
-
-    def open(self, name: str) -> np.ndarray:
-        """``image``, ``labels``, ``dist`` or ``fg``, memory-mapped read-only."""
-        return _open_array(self.path, name)
-
-    @classmethod
-    def read(cls, path: Path) -> VolumeEntry:
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(
-            path=path,
-            case_id=str(meta["case_id"]),
-            shape=tuple(int(n) for n in meta["shape"]),
-            spacing=tuple(float(s) for s in meta["spacing"]),
-            modalities=tuple(meta["modalities"]),
-            affine=tuple(tuple(float(v) for v in row) for row in meta["affine"]),
-            num_classes=int(meta["num_classes"]),
-            num_foreground=int(meta["num_foreground"]),
-        )
-
-
-def _hash_file(digest: Any, path: Path) -> None:
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-
-
-def volume_key(source: Any, settings: dict[str, Any]) -> str:
-    """Content hash of a case (``CaseFiles``: its files' bytes; ``Case``: its arrays) and settings."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"v": _CACHE_VERSION, **settings}, sort_keys=True).encode())
-    if hasattr(source, "image_paths"):  # CaseFiles
-        digest.update(
-            json.dumps(
-                {
-                    "case_id": source.case_id,
-                    "modalities": list(source.modalities),
-                    "label_map": {str(k): int(v) for k, v in (source.label_map or {}).items()},
-                }
-            ).encode()
-        )
-        for path in (*source.image_paths, source.label_path):
-            digest.update(b"|file|")
-            if path is not None:
-                _hash_file(digest, Path(path))
-    else:  # Case
-        meta = {
-            "case_id": source.case_id,
-            "shape": list(source.images.shape),
-            "spacing": [round(float(s), 6) for s in source.spacing],
-            "affine": np.round(np.asarray(source.affine, dtype=np.float64), 6).tolist(),
-            "modalities": list(source.modalities),
-        }
-        if getattr(source, "normalized", False):  # keys of earlier entries stay valid
-            meta["normalized"] = True
-        digest.update(json.dumps(meta).encode())
-        digest.update(np.ascontiguousarray(source.images).tobytes())
-        digest.update(np.ascontiguousarray(source.labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()[:32]
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    try:
-        os.replace(tmp, final)
-    except OSError:  # another process wrote the same entry meanwhile
-        if not (final / "meta.json").is_file():
-            raise
-
-
-def _write_cache_dir(final: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Write one cache entry whole or not at all: ``<name>.npy`` of each array
-    and ``meta.json`` into a temporary folder beside ``final``, then renamed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
-        for name, array in arrays.items():
-            target = tmp / f"{name}.npy"
-            try:
-                np.save(target, array, allow_pickle=False)
-            except OSError as err:  # numpy's own words on a full disk name bytes, not the cause
-                if _is_out_of_space(final.parent):
-                    raise OutputError(errno.ENOSPC, final) from err
-                raise
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        _publish(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _open_array(folder: Path, name: str) -> np.ndarray:
-    """``<folder>/<name>.npy`` of a cache entry, memory-mapped read-only."""
-    return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-
-
-def _write_entry(
-    case: Any,
-    final: Path,
-    num_classes: int,
-    scale: bool,
-    percentiles: Any,
-    normalize: str = "minmax",
-    canonical: bool = False,
-) -> None:
-    from napari_boundary_seg.core.data import _check_training_labels, canonical_case, scale_images
-
-    _check_training_labels(case, num_classes)
-    if canonical:
-        case = canonical_case(case)
-    images = np.ascontiguousarray(
-        scale_images(case, scale, percentiles, normalize), dtype=np.float32
-    )
-    label_dtype = np.uint8 if num_classes <= 256 else np.int64
-    labels = np.ascontiguousarray(case.labels, dtype=label_dtype)
-    spacing = tuple(float(s) for s in case.spacing)
-    dist = np.ascontiguousarray(
-        class_distance_maps(case.labels, num_classes, spacing=spacing), dtype=np.float32
-    )
-    fg = np.argwhere(case.labels > 0).astype(np.int32)
-    meta = {
-        "case_id": str(case.case_id),
-        "shape": list(labels.shape),
-        "spacing": list(spacing),
-        "modalities": [str(m) for m in case.modalities],
-        "affine": np.asarray(case.affine, dtype=np.float64).tolist(),
-        "num_classes": int(num_classes),
-        "num_foreground": int(len(fg)),
-    }
-    _write_cache_dir(final, {"image": images, "labels": labels, "dist": dist, "fg": fg}, meta)
-
-
-def iter_cache_cases(
-    sources: Sequence[Any],
-    cache_dir: str | os.PathLike,
-    num_classes: int,
-    scale: bool = True,
-    percentiles: tuple[float, float] | None = None,
-    normalize: str = "minmax",
-    canonical: bool = False,
-) -> Generator[Progress, None, list[VolumeEntry]]:
-    """Prepare cases into the volume cache, one at a time; returns their entries.
-
-    Parameters
-    ----------
-    sources
-        :class:`~napari_boundary_seg.core.data.CaseFiles` (read only when their
-        entry is missing) or in-memory :class:`~napari_boundary_seg.core.data.Case`.
-    cache_dir
-        The cache folder (created if missing).
-    num_classes
-        ``C``; label values must lie in ``[0, C)``.
-    scale, percentiles, normalize
-        Intensity scaling (:class:`~napari_boundary_seg.core.data.PreprocessConfig`).
-    canonical
-        Reorient each case to the canonical (RAS) order first.
-
-    Yields
-    ------
-    Progress
-        One step per case.
-    """
-    from napari_boundary_seg.core.data import load_case
-
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "scale": bool(scale),
-        "percentiles": None if percentiles is None else [float(p) for p in percentiles],
-        "num_classes": int(num_classes),
-    }
-    if normalize != "minmax" or canonical:  # keys of earlier entries stay valid
-        settings.update(normalize=str(normalize), canonical=bool(canonical))
-    entries: list[VolumeEntry] = []
-    total = len(sources)
-    hits = 0
-    yield Progress(0, total, "preparing cases")
-    for i, source in enumerate(sources):
-        key = volume_key(source, settings)
-        final = cache / f"vol-{key}"
-        if all((final / name).is_file() for name in _FILES):
-            hits += 1
-        else:
-            case = load_case(source) if hasattr(source, "image_paths") else source
-            _write_entry(case, final, num_classes, scale, percentiles, normalize, canonical)
-            del case
-        entries.append(VolumeEntry.read(final))
-        yield Progress(i + 1, total, f"cached {source.case_id}")
-    logger.info("volume cache %s: %d of %d cases were cached", cache, hits, total)
-    return entries
-
-
-@dataclass(frozen=True)
-class SliceEntry:
-    """One case prepared as the paper's 2D slices (arrays memory-mapped on demand).
-
-    ``images (D, M, S, S)`` float32, ``labels (D, S, S)`` uint8, ``dist (D, C, S, S)``
-    float32 (mm), in slice-major order so that a slice is one contiguous read.
-    """
-
-    path: Path
-    case_id: str
-    spacing: tuple[float, float, float]
-    slice_index: tuple[int, ...]
-    nonempty: tuple[bool, ...]
-    modalities: tuple[str, ...]
-    num_classes: int
-
-    def open(self, name: str) -> np.ndarray:
-        """``images``, ``labels`` or ``dist``, memory-mapped read-only."""
-        return _open_array(self.path, name)
-
-    @classmethod
-    def read(cls, path: Path) -> SliceEntry:
-        meta = json.loads((path / "meta.json").read_text())
-        return cls(
-            path=path,
-            case_id=str(meta["case_id"]),
-            spacing=tuple(float(s) for s in meta["spacing"]),
-            slice_index=tuple(int(i) for i in meta["slice_index"]),
-            nonempty=tuple(bool(b) for b in meta["nonempty"]),
-            modalities=tuple(meta["modalities"]),
-            num_classes=int(meta["num_classes"]),
-        )
-
-
-_SLICE_FILES = ("images.npy", "labels.npy", "dist.npy", "meta.json")
-
-
-def _write_slices(case: Any, final: Path, num_classes: int, preprocess: Any, distance: str) -> None:
-    from napari_boundary_seg.core.data import _check_training_labels, preprocess_case
-
-    _check_training_labels(case, num_classes)
-    prep = preprocess_case(case, preprocess)
-    label_dtype = np.uint8 if num_classes <= 256 else np.int64
-    maps = class_distance_maps(
-        prep.labels, num_classes, spacing=prep.spacing, axis=None if distance == "3d" else 0
-    )
-    dist = np.ascontiguousarray(np.swapaxes(np.asarray(maps, dtype=np.float32), 0, 1))
-    del maps
-    arrays = {
-        "images": np.ascontiguousarray(prep.images, dtype=np.float32),
-        "labels": np.ascontiguousarray(prep.labels, dtype=label_dtype),
-        "dist": dist,
-    }
-    meta = {
-        "case_id": str(case.case_id),
-        "spacing": [float(v) for v in prep.spacing],
-        "slice_index": [int(i) for i in prep.slice_index],
-        "nonempty": prep.labels.reshape(len(prep.labels), -1).any(axis=1).tolist(),
-        "modalities": [str(m) for m in case.modalities],
-        "num_classes": int(num_classes),
-    }
-    _write_cache_dir(final, arrays, meta)
-
-
-def iter_cache_slices(
-    sources: Sequence[Any],
-    cache_dir: str | os.PathLike,
-    num_classes: int,
-    preprocess: Any,
-    distance: str = "3d",
-) -> Generator[Progress, None, list[SliceEntry]]:
-    """Prepare cases as 2D slices into the cache, one at a time; returns their entries.
-
-    The slices and their φ are exactly those of
-    :class:`~napari_boundary_seg.core.data.SliceDataset` (the same preprocessing
-    and distance maps), written once per case and settings (``skip_empty_slices``
-    is applied by :class:`DiskSliceDataset`, not here).
-    """
-    from napari_boundary_seg.core.data import load_case
-
-    if distance not in ("3d", "2d"):
-        raise ValueError(f"distance must be '3d' or '2d', got {distance!r}")
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "kind": "slices",
-        "scale": bool(preprocess.scale),
-        "percentiles": None
-        if preprocess.percentiles is None
-        else [float(p) for p in preprocess.percentiles],
-        "slice_size": preprocess.slice_size,
-        "axis": preprocess.axis,
-        "distance": distance,
-        "num_classes": int(num_classes),
-    }
-    if getattr(preprocess, "crop", False):
-        settings["crop"] = True
-    if preprocess.normalize != "minmax" or preprocess.canonical or preprocess.slice_spacing:
-        settings.update(  # keys of earlier entries stay valid
-            normalize=preprocess.normalize,
-            canonical=bool(preprocess.canonical),
-            slice_spacing=None
-            if preprocess.slice_spacing is None
-            else [float(v) for v in preprocess.slice_spacing],
-        )
-    entries: list[SliceEntry] = []
-    total = len(sources)
-    yield Progress(0, total, "preparing slices")
-    for i, source in enumerate(sources):
-        final = cache / f"sl-{volume_key(source, settings)}"
-        if not all((final / name).is_file() for name in _SLICE_FILES):
-            case = load_case(source) if hasattr(source, "image_paths") else source
-            _write_slices(case, final, num_classes, preprocess, distance)
-            del case
-        entries.append(SliceEntry.read(final))
-        yield Progress(i + 1, total, f"distance maps of {source.case_id}")
-    return entries
+the sample case (96 × 112 × 96 at 2 mm) and is nnU-Net-like (96 × 96 × 32)."""
 
 
 class DiskSliceDataset(Dataset):
@@ -475,12 +113,12 @@ class DiskSliceDataset(Dataset):
         self.modalities = self.entries[0].modalities
         self.num_classes = self.entries[0].num_classes
         self.distance = distance
-        self._open = _OpenArrays()
+        self._open = OpenArrays()
         self._low: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = _OpenArrays()
+        state["_open"] = OpenArrays()
         state["_low"] = {}
         return state
 
@@ -494,10 +132,7 @@ class DiskSliceDataset(Dataset):
 
     def arrays(self, case: int) -> dict[str, np.ndarray]:
         """The memory-mapped ``images``, ``labels`` and ``dist`` of a case."""
-        entry = self.entries[case]
-        return self._open.get(
-            case, lambda: {n: entry.open(n) for n in ("images", "labels", "dist")}
-        )
+        return self._open.get(case, self.entries[case].arrays)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image (M, H, W) float32, labels (H, W) int64, dist (C, H, W) float32)``."""
@@ -610,19 +245,17 @@ class PatchDataset(Dataset):
                     f"case {entry.case_id} of shape {entry.shape} is smaller than the patch "
                     f"{self.patch_size}; choose a patch_size no larger than every volume"
                 )
-        if not 0.0 <= float(oversample) <= 1.0:
-            raise ValueError(f"oversample must be in [0, 1], got {oversample!r}")
-        self.oversample = float(oversample)
+        self.oversample = check_number(oversample, "oversample", 0.0, 1.0)
         self.seed = int(seed)
         self.augment = augment
         self.length = epoch_samples(self.entries, self.patch_size) if length is None else length
         self.num_classes = self.entries[0].num_classes
         self.warp_stats: dict[str, float] = {}
-        self._open = _OpenArrays()
+        self._open = OpenArrays()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = _OpenArrays()
+        state["_open"] = OpenArrays()
         return state
 
     def __len__(self) -> int:
@@ -635,10 +268,7 @@ class PatchDataset(Dataset):
 
     def arrays(self, case: int) -> dict[str, np.ndarray]:
         """The memory-mapped ``image``, ``labels``, ``dist`` and ``fg`` of a case."""
-        entry = self.entries[case]
-        return self._open.get(
-            case, lambda: {n: entry.open(n) for n in ("image", "labels", "dist", "fg")}
-        )
+        return self._open.get(case, self.entries[case].arrays)
 
     def locate(self, epoch: int, index: int) -> tuple[int, tuple[slice, ...], bool]:
         """The case, patch (slices) and foreground flag of item ``(epoch, index)``."""

@@ -52,7 +52,6 @@ import logging
 import math
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +74,16 @@ from napari_boundary_seg.core.checkpoint import (
 )
 from napari_boundary_seg.core.data import NORMALIZE_MODES, check_slice_spacing
 from napari_boundary_seg.core.device import check_device_name, resolve_device
+from napari_boundary_seg.core.events import (  # the event protocol, re-exported here
+    METRICS_COLUMNS,
+    DoneEvent,
+    EpochEvent,
+    InfoEvent,
+    Outcome,
+    PauseEvent,
+    StepEvent,
+    TrainControl,
+)
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
 from napari_boundary_seg.core.orientation import check_plane
@@ -97,6 +106,7 @@ __all__ = [
     "DoneEvent",
     "EpochEvent",
     "InfoEvent",
+    "Outcome",
     "PauseEvent",
     "StepEvent",
     "StepResult",
@@ -122,23 +132,6 @@ __all__ = [
 
 DISTANCE_MODES = ("3d", "2d")
 _PAUSE_POLL_S = 0.2
-
-METRICS_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "train_loss",
-    "region",
-    "boundary",
-    "w_region",
-    "w_boundary",
-    "lr",
-    "val_dice",
-    "val_hd",
-    "val_hd95",
-    "val_hd_inf",
-    "seconds",
-    "is_best",
-)
-"""Columns of ``metrics.csv`` (one row per epoch) and keys of each history entry."""
 
 # config fields that a resumed run must share with the run it continues
 _RESUME_FIELDS = (
@@ -527,144 +520,6 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
-
-
-# ---------------------------------------------------------------------------
-# events and control
-
-
-@dataclass(frozen=True)
-class InfoEvent:
-    """A message about the run's set-up (device, data, resume or fine-tune)."""
-
-    message: str
-    device: str = ""
-    num_train_cases: int = 0
-    num_val_cases: int = 0
-    num_train_slices: int = 0
-    steps_per_epoch: int = 0
-    start_epoch: int = 0
-    num_parameters: int = 0
-
-
-@dataclass(frozen=True)
-class StepEvent:
-    """One optimisation step done. ``loss`` is the total, ``region`` and ``boundary``
-    its terms (the boundary term is reported even when it is not optimised),
-    ``w_*`` their weights, ``seconds`` the step's wall time."""
-
-    epoch: int
-    step: int
-    steps_per_epoch: int
-    loss: float
-    region: float
-    boundary: float
-    w_region: float
-    w_boundary: float
-    lr: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class PauseEvent:
-    """Yielded while the run is paused (before step ``step`` of ``epoch``)."""
-
-    epoch: int
-    step: int
-
-
-@dataclass(frozen=True)
-class EpochEvent:
-    """One epoch done: mean training loss parts, validation figures (mm), timing.
-
-    ``val_*`` are NaN without validation cases; ``val_hd``/``val_hd95`` are means
-    with infinite distances replaced by the image diagonal, ``val_hd_inf`` counts
-    those cases. ``is_best``: this epoch's checkpoint became ``best.pt``.
-    """
-
-    epoch: int
-    train_loss: float
-    region: float
-    boundary: float
-    w_region: float
-    w_boundary: float
-    lr: float
-    val_dice: float
-    val_hd: float
-    val_hd95: float
-    seconds: float
-    is_best: bool
-    val_hd_inf: int = 0
-
-    def as_row(self) -> dict[str, Any]:
-        """The ``metrics.csv`` row / history entry."""
-        return {name: getattr(self, name) for name in METRICS_COLUMNS}
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    """The end of a run (also the return value of :func:`train`).
-
-    ``stopped`` is True when the run ended before ``epochs`` (stop request or a
-    non-finite loss); ``reason`` says why, or ``"completed"``. Checkpoint paths
-    are ``None`` when nothing was written. ``model`` is the network in its final
-    state (the last good weights), on the CPU.
-    """
-
-    best_checkpoint: str | None
-    last_checkpoint: str | None
-    history: list[dict[str, Any]]
-    stopped: bool
-    reason: str
-    model: nn.Module | None = field(default=None, repr=False, compare=False)
-
-
-class TrainControl:
-    """Thread-safe stop / pause / resume requests, honoured between steps.
-
-    ``stop()`` ends the run before its next step (saving ``last.pt`` so that it
-    can be resumed); ``pause()`` holds it before the next step until
-    ``resume()`` or ``stop()``; while paused the trainer yields
-    :class:`PauseEvent` every 0.2 s.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._paused = threading.Event()
-        self._wake = threading.Event()
-
-    def stop(self) -> None:
-        """Request the run to end at the next step boundary."""
-        with self._lock:
-            self._stop.set()
-            self._wake.set()
-
-    def pause(self) -> None:
-        """Hold the run at the next step boundary."""
-        with self._lock:
-            self._wake.clear()
-            self._paused.set()
-
-    def resume(self) -> None:
-        """Let a paused run continue."""
-        with self._lock:
-            self._paused.clear()
-            self._wake.set()
-
-    @property
-    def stop_requested(self) -> bool:
-        """Whether :meth:`stop` was called."""
-        return self._stop.is_set()
-
-    @property
-    def paused(self) -> bool:
-        """Whether the run is (to be) held."""
-        return self._paused.is_set() and not self._stop.is_set()
-
-    def wait(self, timeout: float) -> None:
-        """Block up to ``timeout`` seconds or until resumed or stopped."""
-        self._wake.wait(timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -1710,15 +1565,16 @@ def train(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
 
-    def done(stopped: bool, reason: str) -> DoneEvent:
+    def done(outcome: Outcome, reason: str) -> DoneEvent:
         model.cpu()
         return DoneEvent(
             str(best_path) if wrote_best else None,
             str(last_path) if wrote_last else None,
             [dict(row) for row in history],
-            stopped,
+            outcome is not Outcome.COMPLETED,
             reason,
             model,
+            outcome,
         )
 
     first_step = True
@@ -1770,7 +1626,7 @@ def train(
                 # counted from 1, for people (as the widgets and the CLI's log)
                 reason = f"stopped by request in epoch {epoch + 1} after {step} step(s)"
                 logger.info(reason)
-                event = done(True, reason)
+                event = done(Outcome.STOPPED, reason)
                 yield event
                 return event
             tic = time.perf_counter()
@@ -1799,7 +1655,7 @@ def train(
                     f"stopped{kept}. Try a lower lr or check the data."
                 )
                 logger.error(reason)
-                event = done(True, reason)
+                event = done(Outcome.NON_FINITE, reason)
                 yield event
                 return event
             partial["loss"] += result.loss
@@ -1853,6 +1709,6 @@ def train(
             _append_metrics_csv(csv_path, event.as_row())
         yield event
 
-    event = done(False, "completed")
+    event = done(Outcome.COMPLETED, "completed")
     yield event
     return event

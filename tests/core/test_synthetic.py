@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_boundary_seg.core import synthetic
+from napari_boundary_seg.core import synthetic, synthetic_anatomy
 from napari_boundary_seg.core.data import find_cases, load_case
 from napari_boundary_seg.core.progress import Progress
 from napari_boundary_seg.core.synthetic import (
@@ -97,7 +97,7 @@ def test_contrasts_lesions_bright_in_flair_dark_in_t1(phantom_default):
 
 
 def test_phantom_fallback_without_nilearn(monkeypatch):
-    monkeypatch.setattr(synthetic, "mni_template_paths", lambda: None)
+    monkeypatch.setattr(synthetic_anatomy, "mni_template_paths", lambda: None)
     anatomy = load_anatomy(SMALL, SMALL_SPACING, anatomy="auto")
     assert anatomy.kind == "phantom"
     with pytest.raises(ValueError, match="nilearn"):
