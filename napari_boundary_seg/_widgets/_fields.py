@@ -11,8 +11,9 @@ factories, fields being magicgui widgets.
 - Layouts: :class:`Form` (label and field rows; a row's label follows the
   field's magicgui ``label``, :meth:`Form.show_row` hides a whole row),
   :func:`section_title`, :func:`note_label`, :func:`button_row`,
-  :func:`collapsible` (superqt ``QCollapsible``), :func:`scroll_layout` (a
-  dock widget that scrolls and fits a 1366×768 screen).
+  :func:`group_box`, :func:`collapsible` (superqt ``QCollapsible``),
+  :func:`scroll_layout` (a dock widget that scrolls and fits a 1366×768
+  screen), :func:`compact_children` (long entries elided, not widening a dock).
 
 See docs/DESIGN.md, "The widgets".
 """
