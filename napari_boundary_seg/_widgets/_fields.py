@@ -159,6 +159,12 @@ class LayerPicker(_MagicWrapper):
         follow_layer_list(viewer, self.refresh)
         self.refresh()
 
+    def detach_show_all(self) -> Any:
+        """Take the "show all" check box (magicgui ``CheckBox``) out of the
+        picker, for a form to show it in a row of its own."""
+        self.layout().removeWidget(self.show_all)
+        return self.show_all_field
+
     def _offered(self, layer: Layer) -> bool:
         if self._accept(layer):
             return True
@@ -420,6 +426,7 @@ class Form(QWidget):
         from qtpy.QtCore import Qt
 
         self.layout_ = QFormLayout(self)
+        self.framed = framed
         if framed:  # margins around the rows, labels centred on their fields
             self.layout_.setContentsMargins(9, 9, 4, 9)  # 300 px wide docks fit
             self.layout_.setLabelAlignment(
@@ -449,6 +456,9 @@ class Form(QWidget):
             self.layout_.addRow(widget)
         else:
             text = QLabel(label)
+            if self.framed:  # centred on a field taller than one line
+                text.setMinimumHeight(widget.sizeHint().height())
+                text.setAlignment(self.layout_.labelAlignment())
             self.layout_.addRow(text, widget)
             if hasattr(magic, "label_changed"):
                 magic.label_changed.connect(lambda value, text=text: text.setText(value or ""))

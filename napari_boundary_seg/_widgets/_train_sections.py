@@ -92,9 +92,10 @@ class DataSection(SpecForm):
         )
         self.folder = PathEdit("folder")
         self.folder.magic.native.setToolTip("imagesTr/ + labelsTr/, WMH or ISLES layout")
+        show_all = self.images.detach_show_all()
         self.add_field("source", self.source)
         self.add_field("images", self.images, "Image layer(s)")
-        self.add_field("show_all_images", self.images.show_all_field, None)
+        self.add_field("show_all_images", show_all, None)
         self.add_field("labels", self.labels, "Labels layer")
         self.add_field("folder", self.folder, "Dataset folder")
         for spec in field_specs("data"):
