@@ -47,13 +47,25 @@ SCHEDULE_CHOICES = [
     ("constant α", "constant"),
     ("reference code", "reference-code"),
 ]
-#: The α fields' labels and defaults per schedule kind (start, step, floor);
-#: "" hides a field.
-SCHEDULE_FIELDS = {
-    "paper": (("α start", "step / epoch", "α floor"), (1.0, 0.01, 0.01)),
-    "constant": (("α", "", ""), (0.5, 0.0, 0.0)),
-    "reference-code": (("BL start", "step / epoch", "GDL floor"), (0.01, 0.01, 0.1)),
+#: The widget's labels of each schedule kind's parameters, in the order of its
+#: three α fields (a kind with fewer parameters hides the rest), and the
+#: parameters' defaults where the schedule classes declare none
+#: (:func:`schedule_fields` reads the declarations of ``core.schedule``).
+SCHEDULE_LABELS: dict[str, dict[str, str]] = {
+    "paper": {"start": "α start", "step": "step / epoch", "floor": "α floor"},
+    "constant": {"alpha": "α"},
+    "reference-code": {
+        "boundary_start": "BL start",
+        "step": "step / epoch",
+        "region_floor": "GDL floor",
+    },
 }
+_SCHEDULE_DEFAULTS = {
+    "paper": {"start": 1.0, "step": 0.01, "floor": 0.01},
+    "constant": {"alpha": 0.5},
+    "reference-code": {"boundary_start": 0.01, "step": 0.01, "region_floor": 0.1},
+}
+
 
 BL_ALONE_WARNING = (
     "⚠ Boundary loss alone (α = 0 from the start) collapses to an empty "
@@ -105,19 +117,44 @@ _STATE_TEXT = {
 # ---------------------------------------------------------------------------
 
 
-def schedule_params(kind: str, start: float, step: float, floor: float) -> dict[str, float]:
-    """The ``make_schedule`` parameters of the widget's three α fields.
+def _declared_schedule(kind: str) -> dict[str, Any]:
+    """The declared settings (``core.settings.Setting``) of a schedule kind's
+    class, by name; {} when ``core.schedule`` declares none."""
+    try:
+        from napari_boundary_seg.core.schedule import SCHEDULE_CLASSES
+        from napari_boundary_seg.core.settings import settings
+    except ImportError:
+        return {}
+    cls = {str(getattr(k, "value", k)): c for k, c in SCHEDULE_CLASSES.items()}.get(kind)
+    return {d.name: d for d in settings(cls)} if cls is not None else {}
 
-    ``paper``: ``start, step, floor``; ``constant``: ``alpha = start``;
-    ``reference-code``: ``boundary_start = start, step, region_floor = floor``.
-    """
-    if kind == "paper":
-        return {"start": start, "step": step, "floor": floor}
-    if kind == "constant":
-        return {"alpha": start}
-    if kind == "reference-code":
-        return {"boundary_start": start, "step": step, "region_floor": floor}
-    raise ValueError(f"unknown schedule kind {kind!r}")
+
+def schedule_fields(kind: str) -> list[tuple[str, str, float, str]]:
+    """``(parameter, label, default, help)`` of each α field of a schedule
+    kind, in field order: the widget's labels (:data:`SCHEDULE_LABELS`), the
+    defaults and help texts the schedule class declares."""
+    declared = _declared_schedule(kind)
+    labels = dict(SCHEDULE_LABELS.get(kind, {}))
+    for name, d in declared.items():  # a parameter declared later shows up too
+        if getattr(d, "kind", "") == "float":
+            labels.setdefault(name, d.label)
+    out = []
+    for name, label in labels.items():
+        d = declared.get(name)
+        default = d.default if d is not None else _SCHEDULE_DEFAULTS[kind][name]
+        out.append((name, label, float(default), d.help if d is not None else ""))
+    return out
+
+
+def schedule_params(kind: str, *values: float) -> dict[str, float]:
+    """The ``make_schedule`` parameters of the widget's α fields' ``values``
+    (:func:`schedule_fields` names them: ``paper``: ``start, step, floor``;
+    ``constant``: ``alpha``; ``reference-code``: ``boundary_start, step,
+    region_floor``)."""
+    if kind not in SCHEDULE_LABELS:
+        raise ValueError(f"unknown schedule kind {kind!r}")
+    names = [name for name, *_ in schedule_fields(kind)]
+    return dict(zip(names, values, strict=False))
 
 
 def planned_weights(

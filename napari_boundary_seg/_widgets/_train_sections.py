@@ -29,13 +29,13 @@ from napari_boundary_seg._widgets._layers import is_segmentation_labels, offered
 from napari_boundary_seg._widgets._logic import (
     BL_ALONE_WARNING,
     PRESET_HELP,
-    SCHEDULE_FIELDS,
     FieldSpec,
     boundary_only_from_start,
     default_patch,
     field_specs,
     planned_weights,
     preset_values,
+    schedule_fields,
     schedule_params,
 )
 from napari_boundary_seg._widgets._plots import AlphaPlot, TrainingCurves
@@ -165,12 +165,17 @@ class ScheduleSection(QWidget):
         return schedule_params(self.fields["schedule"].value, *(b.value for b in self.alpha_boxes))
 
     def follow_kind(self, reset_values: bool) -> None:
-        """Label (and show) the α fields as the schedule kind names them;
-        ``reset_values``: set them to the kind's defaults."""
-        names, defaults = SCHEDULE_FIELDS[self.fields["schedule"].value]
-        for box, text, value in zip(self.alpha_boxes, names, defaults, strict=True):
-            box.label = text or box.label
-            self.form.show_row(box, bool(text))
+        """Label (and show) the α fields as the schedule kind names its
+        parameters (``_logic.schedule_fields``); ``reset_values``: set them to
+        the kind's defaults."""
+        fields = schedule_fields(self.fields["schedule"].value)
+        for k, box in enumerate(self.alpha_boxes):
+            self.form.show_row(box, k < len(fields))
+            if k >= len(fields):
+                continue
+            _, box.label, value, help_text = fields[k]
+            if help_text:
+                box.tooltip = help_text
             if reset_values:
                 with box.changed.blocked():
                     box.value = value
