@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -583,8 +584,8 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
 
 
 def field_specs(section: str) -> list[FieldSpec]:
-    """The :data:`TRAIN_FIELDS` of one section, in form order."""
-    return [spec for spec in TRAIN_FIELDS if spec.section == section]
+    """The :func:`train_fields` of one section, in form order."""
+    return [spec for spec in train_fields() if spec.section == section]
 
 
 def settings_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -593,7 +594,7 @@ def settings_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
     (:func:`build_config`)."""
     settings = {
         spec.config: spec.to_config(values[spec.name])
-        for spec in TRAIN_FIELDS
+        for spec in train_fields()
         if spec.config is not None and spec.name in values
     }
     if "schedule" in values:
@@ -633,7 +634,7 @@ def preset_values(preset: str) -> dict[str, Any]:
     config = quick_start_config() if preset == "quick" else TrainConfig(slice_size=256)
     values = {
         spec.name: spec.from_config(getattr(config, spec.config))
-        for spec in TRAIN_FIELDS
+        for spec in train_fields()
         if spec.preset and spec.config is not None
     }
     schedule = dict(config.schedule)
@@ -755,3 +756,18 @@ def specs_from_settings(
             if spec is not None:
                 out.append(spec)
     return tuple(out)
+
+
+@functools.cache
+def train_fields() -> tuple[FieldSpec, ...]:
+    """The Train widget's fields: :data:`TRAIN_FIELDS` completed from the
+    declared settings of ``core.config.TrainConfig`` (help, bounds, steps,
+    choices), then every other declared setting a form can hold, under
+    "Advanced settings" (:func:`specs_from_settings`). :data:`TRAIN_FIELDS`
+    alone where the config declares no settings."""
+    try:
+        from napari_boundary_seg.core.config import TrainConfig
+        from napari_boundary_seg.core.settings import settings
+    except ImportError:
+        return TRAIN_FIELDS
+    return specs_from_settings(settings(TrainConfig))

@@ -1,8 +1,11 @@
 """The Train widget's form, one class per section: :class:`DataSection`,
 :class:`ModeSection`, :class:`ScheduleSection`, :class:`AdvancedSection` and
 :class:`RunSection`, and how its fields follow each other
-(:class:`TrainFormLogic`: presets, the schedule kind, the mode, the labels). Their fields are made from ``_logic.TRAIN_FIELDS``
-(:class:`SpecForm`): a field described there shows up in its section.
+(:class:`TrainFormLogic`: presets, the schedule kind, the mode, the labels).
+
+The fields are made from ``_logic.train_fields()`` (:class:`SpecForm`): the
+config's declared settings as the widget presents them, so a setting declared
+with its metadata shows up in its section without touching the widget.
 
 See docs/DESIGN.md, "The widgets".
 """

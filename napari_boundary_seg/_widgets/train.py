@@ -2,7 +2,7 @@
 
 The widget is thin. Its form is five sections (``_train_sections``: data,
 mode, schedule, advanced, run) whose fields are made from
-``_logic.TRAIN_FIELDS``; a preset fills them ("Quick start",
+``_logic.train_fields()``; a preset fills them ("Quick start",
 :func:`core.presets.quick_start_config`, or the paper's). It builds a
 :class:`core.train.TrainConfig` from its fields (:meth:`TrainWidget.settings`,
 ``_logic.build_config``), checks the inputs, and runs ``_jobs.training_job``
@@ -61,7 +61,6 @@ from napari_boundary_seg._widgets._logic import (
     PRESET_CHOICES,
     PRESET_HELP,
     PREVIEW_NAME,
-    TRAIN_FIELDS,
     RunState,
     build_config,
     cases_from_layers,
@@ -77,6 +76,7 @@ from napari_boundary_seg._widgets._logic import (
     preset_values,
     schedule_params,
     settings_from_values,
+    train_fields,
     validation_block,
 )
 from napari_boundary_seg._widgets._plots import REDRAW_INTERVAL_MS, TrainingCurves
@@ -258,7 +258,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         self.preset.changed.connect(self._on_preset)
         for box in (self.alpha_start, self.alpha_step, self.alpha_floor, self.epochs, self.loss):
             box.changed.connect(self._update_schedule_view)
-        for spec in TRAIN_FIELDS:  # a preset's field changed by hand: "Custom"
+        for spec in train_fields():  # a preset's field changed by hand: "Custom"
             if spec.preset:
                 getattr(self, spec.name).changed.connect(self._to_custom)
         for box in self.patch:
@@ -342,7 +342,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         :meth:`validate`."""
         values = {
             spec.name: path_text(field) if spec.type is Path else field.value
-            for spec in TRAIN_FIELDS
+            for spec in train_fields()
             for field in (getattr(self, spec.name),)
         }
         settings = settings_from_values(values)
