@@ -1,19 +1,23 @@
 """The Train widget's logic without Qt: its fields described as data, presets,
 settings → :class:`core.train.TrainConfig`, layers → training cases, and the
-checks of labels, folders and patches. Tests import it without a display.
+checks of labels, folders, patches and devices. Tests import it without a display.
 
 - :class:`FieldSpec` describes one form field (name, type, default, label,
-  help, bounds, step, choices, section, the ``TrainConfig`` key it fills);
-  :data:`TRAIN_FIELDS` lists the Train widget's, :func:`field_specs` those of
-  one section. ``_fields.make_field`` turns a spec into a magicgui widget, so a
-  field added here shows up in the form without touching the widget.
+  help, bounds, step, choices, section, the ``TrainConfig`` key it fills).
+  :data:`TRAIN_FIELDS` says how the Train widget presents its fields;
+  :func:`train_fields` completes them from ``TrainConfig``'s declared settings
+  (:func:`spec_from_setting`, :func:`specs_from_settings`) and adds every other
+  declared setting a form can hold; :func:`field_specs` gives one section's.
+  ``_fields.make_field`` turns a spec into a magicgui widget, so a setting
+  declared with its metadata shows up in the form without touching the widget.
 - :func:`settings_from_values` / :func:`preset_values`: field values ↔
   ``TrainConfig`` keyword arguments; :func:`build_config`.
-- :func:`schedule_params`, :func:`planned_weights`,
-  :func:`boundary_only_from_start`: the α schedule fields.
+- :func:`schedule_fields`, :func:`schedule_params`, :func:`planned_weights`,
+  :func:`boundary_only_from_start`: the α schedule fields, from the schedule
+  classes' declared parameters.
 - :func:`cases_from_layers`, :func:`fit_patch`, :func:`fitting_cases`,
   :func:`check_labels`, :func:`check_output_folder`, :func:`new_run_folder`,
-  :func:`config_axis`, :func:`default_patch`.
+  :func:`config_axis`, :func:`default_patch`, :func:`check_device`.
 - :class:`RunState`: the state of a widget's run.
 
 See docs/DESIGN.md, "The widgets".
