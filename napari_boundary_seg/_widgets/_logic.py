@@ -165,31 +165,25 @@ def schedule_params(kind: str, *values: float) -> dict[str, float]:
 def planned_weights(
     loss: str, kind: str, params: dict[str, float], epochs: int
 ) -> list[tuple[float, float]]:
-    """``(w_region, w_boundary)`` per planned epoch for ``loss`` and the schedule.
+    """``(w_region, w_boundary)`` per planned epoch for ``loss`` and the schedule
+    (``core.config.loss_weights``: only ``gdl+bl`` follows the schedule)."""
+    from napari_boundary_seg.core.config import LossKind, loss_weights
+    from napari_boundary_seg.core.schedule import make_schedule
 
-    Only ``gdl+bl`` follows the schedule; a regional loss alone is ``(1, 0)``
-    and the boundary loss alone ``(0, 1)``.
-    """
     epochs = max(int(epochs), 1)
-    if loss == "gdl+bl":
-        from napari_boundary_seg.core.schedule import make_schedule
-
-        return make_schedule(kind, **params).curve(epochs)
-    if loss == "bl":
-        return [(0.0, 1.0)] * epochs
-    return [(1.0, 0.0)] * epochs
+    if LossKind(loss) is not LossKind.GDL_BL:  # the schedule is not built (nor checked)
+        return [loss_weights(loss, (1.0, 0.0))] * epochs
+    return [loss_weights(loss, w) for w in make_schedule(kind, **params).curve(epochs)]
 
 
 def boundary_only_from_start(loss: str, kind: str, params: dict[str, float]) -> bool:
-    """True when the boundary loss is the whole objective in the first epoch."""
-    if loss == "bl":
-        return True
-    if loss != "gdl+bl":
-        return False
-    from napari_boundary_seg.core.schedule import make_schedule
+    """True when the boundary loss is the whole objective in the first epoch
+    (``core.config.boundary_only_from_start``; False for a schedule that does
+    not build)."""
+    from napari_boundary_seg.core.config import boundary_only_from_start as rule
 
     try:
-        return make_schedule(kind, **params).starts_boundary_only
+        return rule(loss, {"kind": kind, **params})
     except (TypeError, ValueError):
         return False
 
@@ -387,7 +381,10 @@ def path_text(edit: Any) -> str:
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
     """One field of a form: what ``_fields.make_field`` needs to build its
-    magicgui widget, and how its value maps to a ``TrainConfig`` field.
+    magicgui widget, and how its value maps to a ``TrainConfig`` field. A
+    field of the config may leave out what its declaration says (type,
+    default, label, help, bounds, step, choices): :func:`spec_from_setting`
+    fills it in.
 
     Attributes
     ----------
@@ -420,9 +417,9 @@ class FieldSpec:
     """
 
     name: str
-    type: type
-    default: Any
-    label: str
+    type: type | None = None
+    default: Any = None
+    label: str = ""
     help: str = ""
     bounds: tuple[float, float] | None = None
     step: float | None = None
@@ -467,39 +464,33 @@ AUGMENT_CHOICES = [
 AUGMENT_CONFIG = {"default": None, "on": True, "off": False}
 DIMS_CHOICES = [("2D slices (the paper)", 2), ("3D patches", 3)]
 
-#: The Train widget's fields but the layer and folder pickers and the patch
-#: (built by its sections), in form order.
+#: How the Train widget presents its fields (but the layer and folder pickers
+#: and the patch, built by its sections), in form order: the widget's labels,
+#: sections, choice texts and narrower bounds; what a field of the config
+#: leaves out comes from its declaration (:func:`train_fields`).
 TRAIN_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
-        "val_fraction", float, 0.2, "Validation",
-        "Folder: fraction of cases (patient-wise) held out for validation.\n"
+        "val_fraction", label="Validation",
+        help="Folder: fraction of cases (patient-wise) held out for validation.\n"
         "Layers: a block of neighbouring slices of that size is held out.",
-        (0.0, 0.9), 0.05, section="data", config="val_fraction", preset=True,
+        bounds=(0.0, 0.9), section="data", config="val_fraction", preset=True,
     ),
     FieldSpec(
-        "dims", int, 2, "Train on",
-        "2D: the paper's slices along the slice axis. 3D: patches of the volume at "
-        "its own spacing, predicted by Gaussian-weighted sliding windows.",
-        choices=DIMS_CHOICES, section="mode", config="dims", preset=True,
+        "dims", label="Train on", choices=DIMS_CHOICES, section="mode", config="dims",
+        preset=True,
+    ),
+    FieldSpec("augment", label="Augmentation", section="mode", config="augment", preset=True),
+    FieldSpec(
+        "epochs", label="Epochs", bounds=(1, 100000), section="schedule", config="epochs",
+        preset=True,
     ),
     FieldSpec(
-        "augment", str, "default", "Augmentation",
-        "Flips, 90° rotations, intensity, scale/rotation/elastic; φ stays the exact "
-        "distance map of the augmented label. Default: on in 3D, off in 2D (the paper).",
-        choices=AUGMENT_CHOICES, section="mode", config="augment",
-        encode=AUGMENT_CONFIG, preset=True,
+        "lr", label="Learning rate", bounds=(1e-6, 1.0), decimals=5, section="schedule",
+        config="lr", preset=True,
     ),
     FieldSpec(
-        "epochs", int, 20, "Epochs", bounds=(1, 100000), section="schedule",
-        config="epochs", preset=True,
-    ),
-    FieldSpec(
-        "lr", float, 2e-3, "Learning rate", bounds=(1e-6, 1.0), step=1e-4, decimals=5,
-        section="schedule", config="lr", preset=True,
-    ),
-    FieldSpec(
-        "loss", str, "gdl+bl", "Loss", choices=LOSS_CHOICES, section="schedule",
-        config="loss", preset=True,
+        "loss", label="Loss", choices=LOSS_CHOICES, section="schedule", config="loss",
+        preset=True,
     ),
     FieldSpec(
         "schedule", str, "paper", "α schedule",
@@ -520,59 +511,35 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
         "alpha_floor", float, 0.5, "α floor", bounds=(0.0, 1.0), step=0.01, decimals=3,
         section="schedule", preset=True,
     ),
+    FieldSpec("batch_size", label="Batch size", config="batch_size", preset=True),
     FieldSpec(
-        "batch_size", int, 8, "Batch size", bounds=(1, 1024), config="batch_size", preset=True
+        "slice_size", label="Slice size (0: native)", step=16, config="slice_size", preset=True
     ),
     FieldSpec(
-        "slice_size", int, 16, "Slice size (0: native)",
-        "Slices are resized to N×N; 0 (native) keeps their size",
-        (0, 2048), 16, config="slice_size", zero_is_none=True, preset=True,
+        "oversample", label="Foreground share", decimals=3, config="oversample", preset=True
+    ),
+    FieldSpec("depth", label="UNet depth", bounds=(1, 6), config="depth", preset=True),
+    FieldSpec(
+        "base_channels", label="UNet width", bounds=(2, 256), step=8, config="base_channels",
+        preset=True,
+    ),
+    FieldSpec("num_classes", label="Classes", bounds=(2, 255), config="num_classes"),
+    FieldSpec(
+        "axis", label="Slice plane", choices=[(p, p) for p in SLICE_PLANES], config="axis"
     ),
     FieldSpec(
-        "oversample", float, 1 / 3, "Foreground share",
-        "3D: share of the patches centred on a random lesion voxel (nnU-Net: 1/3); "
-        "0: uniform sampling",
-        (0.0, 1.0), 0.05, 3, config="oversample", preset=True,
+        "skip_empty", label="foreground slices only", config="skip_empty_slices", preset=True
     ),
-    FieldSpec("depth", int, 4, "UNet depth", bounds=(1, 6), config="depth", preset=True),
-    FieldSpec(
-        "base_channels", int, 16, "UNet width", bounds=(2, 256), step=8,
-        config="base_channels", preset=True,
-    ),
-    FieldSpec(
-        "num_classes", int, 2, "Classes", "Classes, background included (from the labels layer)",
-        (2, 255), config="num_classes",
-    ),
-    FieldSpec(
-        "axis", str, "auto", "Slice plane",
-        "Plane of the 2D training slices, from the scan's orientation (its affine), "
-        "never from the view. auto: axial, or the thick-slice axis when one spacing "
-        "is more than 3× the others.",
-        choices=[(p, p) for p in SLICE_PLANES],
-    ),
-    FieldSpec(
-        "skip_empty", bool, False, "foreground slices only",
-        "Train only on the slices that hold some foreground",
-        config="skip_empty_slices", preset=True,
-    ),
-    FieldSpec(
-        "max_steps", int, 1, "Steps / epoch",
-        "Cap on the steps of an epoch; 0: all (every slice once)",
-        (0, 1_000_000), config="max_steps_per_epoch", zero_is_none=True, preset=True,
-    ),
-    FieldSpec(
-        "lr_patience", int, 10, "lr patience",
-        "Halve the lr after this many epochs without a better DSC",
-        (1, 10000), config="lr_patience", preset=True,
-    ),
-    FieldSpec("device", str, "auto", "Device", config="device", widget="device"),
-    FieldSpec("seed", int, 0, "Seed", bounds=(0, 2**31 - 1), config="seed"),
+    FieldSpec("max_steps", label="Steps / epoch", config="max_steps_per_epoch", preset=True),
+    FieldSpec("lr_patience", config="lr_patience", preset=True),
+    FieldSpec("device", label="Device", config="device", widget="device"),
+    FieldSpec("seed", label="Seed", bounds=(0, 2**31 - 1), config="seed"),
     FieldSpec(
         "output", Path, str(Path.home() / "boundary-seg-runs"), "Output folder",
         "Each run writes a new run-YYYYmmdd-HHMMSS folder here", mode="d", config="out_dir",
     ),
     FieldSpec(
-        "finetune", Path, "", "Fine-tune from", mode="r", filter="*.pt *.pth",
+        "finetune", label="Fine-tune from", mode="r", filter="*.pt *.pth",
         config="init_checkpoint",
     ),
     FieldSpec(
@@ -689,15 +656,19 @@ def spec_from_setting(
     declaration. ``place``: FieldSpec fields for a new one (e.g. ``section``).
     """
     kind = getattr(declared, "kind", "")
-    if kind not in _KIND_TYPES:
-        return None
+    if kind not in _KIND_TYPES:  # a structured value: a form holds it as the widget's choices
+        if shown is None or not shown.choices:
+            return None
+        kind = _kind_of(dataclasses.replace(shown, type=type(shown.choices[0][1])))
     none_as = getattr(declared, "none_as", None)
-    default = declared.default
+    default = getattr(declared.default, "value", declared.default)  # an enum: its value
     if default is None and kind != "path":
         if none_as is None and not (kind == "bool" and getattr(declared, "none_text", None)):
             return None
         default = none_as
     bounds = declared.bounds
+    if bounds is None and kind in _NO_BOUND:
+        bounds = (0, None)
     if bounds is not None and kind in _NO_BOUND:
         low, high = bounds
         low = 0 if low is None else low
@@ -726,14 +697,13 @@ def spec_from_setting(
     if shown is None:
         return FieldSpec(**facts)
     # the widget's presentation wins; the declaration fills what it leaves out
-    return dataclasses.replace(
-        shown,
-        help=shown.help or facts["help"],
-        bounds=shown.bounds or facts["bounds"],
-        step=shown.step if shown.step is not None else facts["step"],
-        choices=shown.choices or facts["choices"],
-        zero_is_none=shown.zero_is_none or facts["zero_is_none"],
-    )
+    merged = {
+        key: facts[key] if getattr(shown, key) in (None, "") else getattr(shown, key)
+        for key in ("type", "default", "label", "help", "bounds", "step", "choices", "encode")
+        if key in facts
+    }
+    merged["zero_is_none"] = shown.zero_is_none or facts["zero_is_none"]
+    return dataclasses.replace(shown, **merged)
 
 
 def specs_from_settings(
@@ -765,13 +735,10 @@ def specs_from_settings(
 @functools.cache
 def train_fields() -> tuple[FieldSpec, ...]:
     """The Train widget's fields: :data:`TRAIN_FIELDS` completed from the
-    declared settings of ``core.config.TrainConfig`` (help, bounds, steps,
-    choices), then every other declared setting a form can hold, under
-    "Advanced settings" (:func:`specs_from_settings`). :data:`TRAIN_FIELDS`
-    alone where the config declares no settings."""
-    try:
-        from napari_boundary_seg.core.config import TrainConfig
-        from napari_boundary_seg.core.settings import settings
-    except ImportError:
-        return TRAIN_FIELDS
+    declared settings of ``core.config.TrainConfig`` (type, default, label,
+    help, bounds, steps, choices), then every other declared setting a form
+    can hold, under "Advanced settings" (:func:`specs_from_settings`)."""
+    from napari_boundary_seg.core.config import TrainConfig
+    from napari_boundary_seg.core.settings import settings
+
     return specs_from_settings(settings(TrainConfig))

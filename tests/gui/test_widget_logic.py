@@ -13,6 +13,7 @@ from napari_boundary_seg._widgets._logic import (
     preset_values,
     settings_from_values,
     specs_from_settings,
+    train_fields,
 )
 
 QT_FREE = ("_logic", "_layers", "_checkpoints", "_edits", "_jobs")
@@ -59,4 +60,17 @@ def test_a_declared_setting_shows_up_in_the_form():
     assert knob.bounds == (0, 1) and knob.step == 0.05 and knob.help == "new_knob help"
     assert "percentiles" not in specs
     # a field the widget shows keeps its presentation, the declaration fills the rest
-    assert specs["lr_patience"].label == "lr patience" and specs["lr_patience"].bounds == (1, 10000)
+    patience = specs["lr_patience"]
+    assert patience.label == "lr patience" and patience.bounds == (1, 1_000_000)
+    assert patience.default == 20 and patience.section == "advanced" and patience.preset
+
+
+def test_train_fields_come_from_the_declared_config():
+    from napari_boundary_seg.core.config import TrainConfig
+    from napari_boundary_seg.core.settings import settings
+
+    specs = {s.config: s for s in train_fields() if s.config}
+    declared = {d.name: d for d in settings(TrainConfig)}
+    assert specs["lr_patience"].help == declared["lr_patience"].help
+    assert specs["lr_factor"].section == "advanced"  # declared, not placed by the widget
+    assert specs["augment"].choices[0][0] == f"default ({declared['augment'].none_text})"
