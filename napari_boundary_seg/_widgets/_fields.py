@@ -3,7 +3,7 @@ factories, fields being magicgui widgets.
 
 - Fields: :func:`make_field` (a magicgui widget from a ``_logic.FieldSpec``:
   label, help as tooltip, bounds, step, decimals, choices), :func:`int_spin`,
-  :func:`double_spin`; :class:`PathEdit` (``FileEdit``), :class:`DeviceCombo`
+  :func:`double_spin`, :func:`declared_spin` (a spin box of a declared setting); :class:`PathEdit` (``FileEdit``), :class:`DeviceCombo`
   (the devices present here), :class:`LayerPicker` (one layer picker on a
   magicgui ``ComboBox``, or a ``Select`` with ``multiple=True``, offering the
   layers its ``accept`` predicate takes and following the layer list;
@@ -367,6 +367,34 @@ def int_spin(value: int, low: int, high: int, step: int = 1) -> QSpinBox:
     magic = SpinBox(value=value, min=low, max=high, step=step)
     box = magic.native
     box.magic = magic
+    return box
+
+
+def declared_spin(config: type, name: str, decimals: int = 2, **override: Any) -> Any:
+    """A spin box (:func:`int_spin`, :func:`double_spin`) of the declared
+    setting ``name`` of the dataclass ``config``: its default, bounds, step and
+    help (as tooltip); ``override`` replaces ``value``, ``low``, ``high`` or
+    ``step`` (a form's narrower range)."""
+    from napari_boundary_seg.core.settings import settings
+
+    declared = {d.name: d for d in settings(config)}[name]
+    low, high = declared.bounds or (0, None)
+    facts = {
+        "value": declared.default,
+        "low": 0 if low is None else low,
+        "high": 1_000_000 if high is None else high,
+        "step": declared.step or 1,
+    }
+    facts.update(override)
+    if declared.kind == "int":
+        box = int_spin(
+            int(facts["value"]), int(facts["low"]), int(facts["high"]), int(facts["step"])
+        )
+    else:
+        box = double_spin(
+            float(facts["value"]), facts["low"], facts["high"], facts["step"], decimals
+        )
+    box.setToolTip(declared.help)
     return box
 
 

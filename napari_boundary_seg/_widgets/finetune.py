@@ -78,9 +78,9 @@ from napari_boundary_seg._widgets._fields import (
     PathEdit,
     button_row,
     collapsible,
+    declared_spin,
     double_spin,
     group_box,
-    int_spin,
     note_label,
     scroll_layout,
 )
@@ -110,6 +110,7 @@ from napari_boundary_seg._widgets._plots import FinetuneCurves
 from napari_boundary_seg._widgets._progress import ProgressPanel
 from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
 from napari_boundary_seg._widgets._sections import ModelInputs
+from napari_boundary_seg.core.config import FinetuneConfig
 
 if TYPE_CHECKING:
     import napari
@@ -183,15 +184,13 @@ class FinetuneWidget(Corrections, Gain, QWidget):
         )
 
         # 3. fine-tune
-        self.alpha_start = double_spin(0.8, 0.0, 1.0, 0.05, 2)
-        self.alpha_start.setToolTip("α (GDL weight) at the first fine-tuning epoch")
-        self.alpha_step = double_spin(0.1, 0.0, 1.0, 0.05, 2)
-        self.alpha_step.setToolTip("α is lowered by this after each epoch")
-        self.epochs = int_spin(5, 1, 500)
+        # the fine-tune's settings as FinetuneConfig declares them
+        self.alpha_start = declared_spin(FinetuneConfig, "alpha_start", decimals=2)
+        self.alpha_step = declared_spin(FinetuneConfig, "alpha_step", decimals=2)
+        self.epochs = declared_spin(FinetuneConfig, "epochs", high=500)
         self.lr = double_spin(5e-4, 1e-6, 1.0, 1e-4, 6)
         self.mix_folder = PathEdit("folder", placeholder="(optional) original training data")
-        self.mix_ratio = double_spin(0.0, 0.0, 20.0, 0.5, 1)
-        self.mix_ratio.setToolTip("Original-set slices per corrected slice (0: none)")
+        self.mix_ratio = declared_spin(FinetuneConfig, "mix_ratio", decimals=1, high=20.0)
         self.out_folder = PathEdit("folder", placeholder="(default) beside the checkpoint")
         self.finetune_button = QPushButton("Fine-tune on the edited slices")
         self.finetune_button.clicked.connect(self.start_finetune)
