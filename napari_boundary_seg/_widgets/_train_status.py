@@ -114,11 +114,9 @@ class RunStatus:
 
     def _items_text(self) -> str:
         """What an epoch's items are: slices, or 3D patches of their size."""
-        config = self._config
-        if config is None or config.dims != 3:
-            return "slices"
-        aug = "augmented " if config.augment_enabled else ""
-        return f"{aug}3D patches of {'×'.join(map(str, config.patch_size))}"
+        from napari_boundary_seg.core.modes import mode_for
+
+        return "slices" if self._config is None else mode_for(self._config).items_text(self._config)
 
     def _on_step(self, event: Any) -> None:
         spe = event.steps_per_epoch
