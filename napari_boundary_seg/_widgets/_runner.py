@@ -441,6 +441,30 @@ class Delivery(QObject):
             QTimer.singleShot(STEP_PAUSE_MS, self._next)
 
 
+class RunsWork:
+    """What a widget that runs its work in ``self.runner`` (a :class:`Runner`)
+    and shows results with ``self.delivery`` (a :class:`Delivery`) tells
+    tests and the user: the worker, its control, and whether it is busy."""
+
+    runner: Runner
+    delivery: Delivery
+
+    @property
+    def worker(self) -> Any:
+        """The running worker, or None."""
+        return self.runner.worker
+
+    @property
+    def control(self) -> Any:
+        """The running job's ``TrainControl``, or None."""
+        return self.runner.control
+
+    @property
+    def busy(self) -> bool:
+        """True while the work runs or its results are being shown."""
+        return self.runner.running or self.delivery.pending
+
+
 def layer_steps(
     viewer: Any,
     kind: str,

@@ -66,7 +66,7 @@ from napari_boundary_seg._widgets._layers import (
     require_layer,
     slicing_axis,
 )
-from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
+from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
 from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
 from napari_boundary_seg.core.progress import Progress
 
@@ -131,7 +131,7 @@ def metric_item(key: str, value: Any) -> QTableWidgetItem:
     return QTableWidgetItem(format_number(value))
 
 
-class CompareWidget(QWidget):
+class CompareWidget(RunsWork, QWidget):
     """Dock widget: prediction vs ground truth (TP/FP/FN layer and metric table).
 
     Parameters
@@ -300,16 +300,6 @@ class CompareWidget(QWidget):
     def _on_returned(self, result: tuple[dict, list, np.ndarray, np.ndarray]) -> None:
         # the table, then the layer in its own event-loop turns
         self.delivery.run(*self._result_steps(self._pending_inputs, *result))
-
-    @property
-    def worker(self) -> Any:
-        """The running worker, or None."""
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """True while a comparison runs or its results are being shown."""
-        return self.runner.running or self.delivery.pending
 
     def show_results(
         self,

@@ -52,7 +52,7 @@ from napari_boundary_seg._widgets._layers import (
     require_layer,
     slicing_axis,
 )
-from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
+from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
 logger = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def map_layers_data(
     return phi, boundary_labels(phi, mask, axis), symmetric_limits(phi)
 
 
-class DistanceMapWidget(QWidget):
+class DistanceMapWidget(RunsWork, QWidget):
     """Dock widget: signed distance map of one class of a labels layer.
 
     Parameters
@@ -273,16 +273,6 @@ class DistanceMapWidget(QWidget):
         self.delivery.run(
             *self._map_steps(inputs["layer"], inputs["label"], *result, dims=inputs["dims"])
         )
-
-    @property
-    def worker(self) -> Any:
-        """The running worker, or None."""
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """True while a computation runs or its layers are being shown."""
-        return self.runner.running or self.delivery.pending
 
     def show_map(
         self,

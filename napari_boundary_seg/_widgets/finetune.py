@@ -108,7 +108,7 @@ from napari_boundary_seg._widgets._layers import (
 from napari_boundary_seg._widgets._logic import check_device
 from napari_boundary_seg._widgets._plots import FinetuneCurves
 from napari_boundary_seg._widgets._progress import ProgressPanel
-from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
+from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
 from napari_boundary_seg._widgets._sections import ModelInputs
 from napari_boundary_seg.core.config import FinetuneConfig
 
@@ -123,7 +123,7 @@ __all__ = ["EditTracker", "FinetuneWidget", "atom_slices", "finetune_job"]
 REDRAW_MS = 400
 
 
-class FinetuneWidget(Corrections, Gain, QWidget):
+class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
     TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old (mm)", "HD95 new (mm)")
@@ -262,21 +262,6 @@ class FinetuneWidget(Corrections, Gain, QWidget):
         self._timer.start()
 
     # -- state ------------------------------------------------------------------------
-    @property
-    def worker(self) -> Any:
-        """The running worker, or None."""
-        return self.runner.worker
-
-    @property
-    def control(self) -> Any:
-        """The running fine-tune's ``TrainControl``, or None."""
-        return self.runner.control
-
-    @property
-    def busy(self) -> bool:
-        """True while a prediction or fine-tune runs or its layers are being shown."""
-        return self.runner.running or self.delivery.pending
-
     @property
     def link(self) -> dict[str, Any]:
         return self.layer.metadata.get(META_KEY, {}) if self.layer is not None else {}

@@ -51,6 +51,7 @@ from napari_boundary_seg._widgets._runner import (
     STEP_PAUSE_MS,
     Delivery,
     Runner,
+    RunsWork,
     freeze_long_lived_objects,
     layer_steps,
 )
@@ -125,7 +126,7 @@ def add_prediction_layers(
     return prob_layer, label_layer
 
 
-class InferenceWidget(QWidget):
+class InferenceWidget(RunsWork, QWidget):
     """Dock widget: checkpoint + image layer(s) -> probability and prediction layers."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -161,16 +162,6 @@ class InferenceWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
-
-    @property
-    def worker(self) -> Any:
-        """The running worker, or None."""
-        return self.runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """True while a prediction runs or its layers are being shown."""
-        return self.runner.running or self.delivery.pending
 
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
