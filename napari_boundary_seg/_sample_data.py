@@ -8,6 +8,11 @@ after the generator version, seed and grid, so that a new generator never
 serves stale files. The layers are read back through the plugin's own reader:
 FLAIR and T1 Image layers and a ``lesions`` Labels layer, with the case's
 spacing as ``scale`` and its affine as ``translate``.
+
+The "starter model" entry loads the same case and names the starter model (a
+bioimage.io package shipped in ``napari_boundary_seg/models/``, built by
+``benchmarks/starter_model.py``) in each Image layer's metadata under
+:data:`MODEL_METADATA_KEY`, so that a Predict widget can offer it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from napari_boundary_seg.core.synthetic import (
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "NAPARI_BOUNDARY_SEG_CACHE"
+MODEL_METADATA_KEY = "napari_boundary_seg_model"
+"""Layer metadata key naming a model (checkpoint or package) to predict the layer with."""
 SAMPLE_SEED = 0
 SAMPLE_SHAPE = DEFAULT_SHAPE
 SAMPLE_SPACING = DEFAULT_SPACING
@@ -95,4 +102,28 @@ def make_lesion_sample() -> list[LayerData]:
             extra.update(opacity=0.7)
         kwargs.update(extra)
         layers.append((data, kwargs, kind))
+    return layers
+
+
+def starter_model_path() -> Path:
+    """The starter model shipped with the plugin: a bioimage.io package of a small 2D
+    UNet trained on the synthetic wmh preset (``benchmarks/starter_model.py``)."""
+    path = Path(__file__).resolve().parent / "models" / "starter_model.zip"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the starter model is missing ({path}); build it with "
+            "python benchmarks/starter_model.py"
+        )
+    return path
+
+
+def make_starter_sample() -> list[LayerData]:
+    """npe2 sample-data command: the sample case, its Image layers naming the
+    starter model in their metadata."""
+    model = str(starter_model_path())
+    layers = make_lesion_sample()
+    for _, kwargs, kind in layers:
+        if kind == "image":
+            kwargs["metadata"] = {**kwargs.get("metadata", {}), MODEL_METADATA_KEY: model}
+    logger.info("starter model: %s", model)
     return layers
