@@ -22,7 +22,7 @@ pytest.importorskip("bioimageio.spec", reason="export needs bioimageio.spec (the
 pytest.importorskip("onnx", reason="export needs onnx (the export extra)")
 pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (the export extra)")
 
-REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lesjak2017-ms"
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lesjak2017-ms"
 TINY_TRAIN = [
     "--slice-size", "32", "--depth", "2", "--base-channels", "4", "--batch-size", "8",
     "--val-fraction", "0.34", "--device", "cpu", "--epochs", "2",

@@ -646,6 +646,9 @@ def export_package(
         check = _check_weights(scripted, folder / "weights.onnx", x, expected)
         np.save(folder / "test_input.npy", x)
         np.save(folder / "test_output.npy", expected)
+        tifffile = require("tifffile", purpose="exporting a model package")
+        tifffile.imwrite(folder / "sample_input.tif", x[0])  # for people: one image per tensor
+        tifffile.imwrite(folder / "sample_output.tif", expected[0])
         rows = _read_metrics(checkpoint, run_dir)
         _save_curve(rows, folder / "validation_curve.png")
         middle = (slice(None),) * 2 if mode["dims"] == 2 else (slice(None), x.shape[2] // 2)
@@ -694,6 +697,7 @@ def _description(
             "resized as config.napari_boundary_seg says (see README.md)",
             axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=channel_names), *space],
             test_tensor=spec.FileDescr(source=folder / "test_input.npy"),
+            sample_tensor=spec.FileDescr(source=folder / "sample_input.tif"),
             data=spec.IntervalOrRatioDataDescr(type="float32"),
             preprocessing=[spec.EnsureDtypeDescr(kwargs=spec.EnsureDtypeKwargs(dtype="float32"))],
         )
@@ -714,6 +718,7 @@ def _description(
                 *out_axes,
             ],
             test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
+            sample_tensor=spec.FileDescr(source=folder / "sample_output.tif"),
             data=spec.IntervalOrRatioDataDescr(type="float32"),
             postprocessing=[
                 spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=spec.AxisId("channel")))
