@@ -256,3 +256,24 @@ def test_3d_export(exported, tmp_path):
     reference, _ = predict_volume(load_checkpoint(path), volume, spacing, affine=affine)
     probs, _ = predict_volume(read_package(package).predictor(), volume, spacing, affine=affine)
     np.testing.assert_allclose(probs, reference, atol=TOL, rtol=0)
+
+
+def test_native_size_package(exported, tmp_path):
+    """Slices at their native size: the axes take any multiple of the network's
+    size multiple, and bioimageio.core's test runs them at several sizes."""
+    core = pytest.importorskip("bioimageio.core", reason="bioimageio.core is not installed")
+    run, package = tmp_path / "run", tmp_path / "native.zip"
+    tiny = ["--depth", "3", "--base-channels", "4", "--val-fraction", "0.34", "--device", "cpu"]
+    assert (
+        main(["train", "--data", str(exported["data"]), "--out", str(run), "--epochs", "1", *tiny])
+        == 0
+    )
+    assert main(["export", str(run / "best.pt"), "--out", str(package)]) == 0
+    axes = read_package(package).rdf["inputs"][0]["axes"][2:]
+    assert [a["size"] for a in axes] == [{"min": 4, "step": 4}] * 2
+    summary = core.test_description(str(package))
+    assert summary.status == "passed", [d.name for d in summary.details if d.status != "passed"]
+    images, spacing, affine = _case(exported["data"], "case_001")
+    reference, _ = predict_volume(load_checkpoint(run / "best.pt"), images, spacing, affine=affine)
+    probs, _ = predict_volume(read_package(package).predictor(), images, spacing, affine=affine)
+    np.testing.assert_allclose(probs, reference, atol=TOL, rtol=0)
