@@ -9,10 +9,10 @@ serves stale files. The layers are read back through the plugin's own reader:
 FLAIR and T1 Image layers and a ``lesions`` Labels layer, with the case's
 spacing as ``scale`` and its affine as ``translate``.
 
-The "starter model" entry loads the same case and names the starter model (a
-bioimage.io package shipped in ``napari_boundary_seg/models/``, built by
-``benchmarks/starter_model.py``) in each Image layer's metadata under
-:data:`MODEL_METADATA_KEY`, so that a Predict widget can offer it.
+Its Image layers name the starter model (a bioimage.io package shipped in
+``napari_boundary_seg/models/``, built by ``benchmarks/starter_model.py``) in
+their metadata under :data:`MODEL_METADATA_KEY`, so that a Predict widget can
+offer it.
 """
 
 from __future__ import annotations
@@ -89,8 +89,17 @@ def sample_case_files(seed: int = SAMPLE_SEED) -> dict[str, Path]:
     return files
 
 
+def starter_model_path() -> Path | None:
+    """The starter model shipped with the plugin, a bioimage.io package of a small 2D
+    UNet trained on the synthetic wmh preset (``benchmarks/starter_model.py``); None
+    when it is not there (a checkout that has not built it)."""
+    path = Path(__file__).resolve().parent / "models" / "starter_model.zip"
+    return path if path.is_file() else None
+
+
 def make_lesion_sample() -> list[LayerData]:
-    """npe2 sample-data command: FLAIR and T1 Image layers, ``lesions`` Labels layer."""
+    """npe2 sample-data command: FLAIR and T1 Image layers (naming the starter model
+    in their metadata), ``lesions`` Labels layer."""
     layers: list[LayerData] = []
     for name, path in sample_case_files().items():
         volume, _ = read_volume(path)
@@ -98,32 +107,11 @@ def make_lesion_sample() -> list[LayerData]:
         extra: dict[str, Any] = {"name": name}
         if kind == "image":
             extra.update(colormap="gray", visible=name == "FLAIR")
+            model = starter_model_path()
+            if model is not None:
+                extra["metadata"] = {**kwargs.get("metadata", {}), MODEL_METADATA_KEY: str(model)}
         else:
             extra.update(opacity=0.7)
         kwargs.update(extra)
         layers.append((data, kwargs, kind))
-    return layers
-
-
-def starter_model_path() -> Path:
-    """The starter model shipped with the plugin: a bioimage.io package of a small 2D
-    UNet trained on the synthetic wmh preset (``benchmarks/starter_model.py``)."""
-    path = Path(__file__).resolve().parent / "models" / "starter_model.zip"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the starter model is missing ({path}); build it with "
-            "python benchmarks/starter_model.py"
-        )
-    return path
-
-
-def make_starter_sample() -> list[LayerData]:
-    """npe2 sample-data command: the sample case, its Image layers naming the
-    starter model in their metadata."""
-    model = str(starter_model_path())
-    layers = make_lesion_sample()
-    for _, kwargs, kind in layers:
-        if kind == "image":
-            kwargs["metadata"] = {**kwargs.get("metadata", {}), MODEL_METADATA_KEY: model}
-    logger.info("starter model: %s", model)
     return layers

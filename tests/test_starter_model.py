@@ -1,5 +1,5 @@
-"""The starter model shipped with the plugin: a readable package, named by the
-"starter model" sample data, that segments the sample case."""
+"""The starter model shipped with the plugin: a readable package, named in the
+sample case's Image layers, that segments the sample case."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_starter_model_is_a_package_that_says_it_is_synthetic():
 
 
 def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
-    layers = _sample_data.make_starter_sample()
+    layers = _sample_data.make_lesion_sample()
     images = [(data, kwargs) for data, kwargs, kind in layers if kind == "image"]
     labels = next(data for data, _, kind in layers if kind == "labels")
     assert [kwargs["name"] for _, kwargs in images] == ["FLAIR", "T1"]

@@ -78,7 +78,10 @@ the TorchScript and ONNX weights."""
 ONNX_OPSET = 17
 _DROPPED_KEYS = ("optimizer_state", "lr_state", "scaler_state", "rng_state", "partial")
 """Checkpoint keys left out of the embedded copy: resuming state, not the model."""
-_PAPER = "Kervadec H. et al., Boundary loss for highly unbalanced segmentation, MIDL 2019"
+_PAPER = (
+    "Kervadec H. et al., Boundary loss for highly unbalanced segmentation, MIDL 2019; "
+    "Medical Image Analysis 67 (2021) 101851"
+)
 _PAPER_DOI = "10.1016/j.media.2020.101851"
 
 
