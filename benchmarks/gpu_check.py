@@ -11,7 +11,10 @@ Prints, for the device it runs on:
    loss in float32, backward, Adam); *bare* = the same network on resident
    tensors with ``F.cross_entropy``, backward, Adam, at the same precision;
 3. the share of the step spent waiting for data in the trainer's loop
-   (DataLoader workers gathering 2D slices);
+   (DataLoader workers gathering 2D slices), and for 3D the loader's patches
+   per second per worker with every sample warped (this machine's CPU) and the
+   share of the measured 3D step spent waiting with the workers that
+   ``bench data`` counts for a 30 ms step;
 4. the time of φ (signed distance map) of a 197×233×189 volume (the MNI152
    grey matter mask when nilearn is installed, else random lesions);
 5. a 2-process DistributedDataParallel run of the trainer (NCCL on 2 GPUs,
@@ -67,6 +70,7 @@ FULL = {
     "wait_steps": 24,
     "workers": 4,
     "phi_shape": (197, 233, 189),
+    "rate": {"volume": (197, 233, 189), "patch": (96, 96, 32), "samples": 12, "feed_ms": 30.0},
     "ddp": {"batch": 8, "size": 128, "width": 32, "depth": 4, "steps": 20},
 }
 SMOKE = {
@@ -77,6 +81,7 @@ SMOKE = {
     "wait_steps": 4,
     "workers": 1,
     "phi_shape": (40, 48, 38),
+    "rate": {"volume": (40, 48, 38), "patch": (16, 16, 8), "samples": 3, "feed_ms": 30.0},
     "ddp": {"batch": 2, "size": 32, "width": 4, "depth": 2, "steps": 3},
 }
 BAR = 1.05
@@ -281,6 +286,34 @@ def phi_time(shape: tuple[int, ...]) -> dict:
     return {"source": source, "shape": tuple(mask.shape), "seconds": min(times)}
 
 
+def loader_feed(steps3d: dict[str, float], batch: int, sizes: dict) -> str:
+    """The 3D loader's rate per worker (every sample warped, this CPU) and the
+    share of the measured 3D step spent waiting with the workers ``bench data``
+    counts for a step of ``sizes["rate"]["feed_ms"]``."""
+    import dataclasses
+
+    from napari_boundary_seg.bench import loader_rate, loader_workers, rate_dataset, waiting_share
+    from napari_boundary_seg.core.augment import AugmentConfig
+
+    spec = sizes["rate"]
+    if not steps3d:
+        return "3D loader vs the 3D step: no 3D step was measured"
+    precision, step_s = min(steps3d.items(), key=lambda kv: kv[1])
+    dataset = rate_dataset(spec["volume"], spec["patch"], 0)
+    warped = dataclasses.replace(AugmentConfig(), warp=1.0)
+    rate, _ = loader_rate(dataset, warped, spec["samples"])
+    workers = loader_workers(rate, batch, spec["feed_ms"] / 1e3)
+    share = waiting_share(rate, workers, batch, step_s)
+    return (
+        f"3D loader, every sample warped: {rate:.1f} patches/s per worker "
+        f"({'×'.join(map(str, spec['patch']))} from {'×'.join(map(str, spec['volume']))}, "
+        f"this CPU); with {workers} worker(s) (enough for a {spec['feed_ms']:g} ms step at "
+        f"batch {batch}) the measured 3D step ({step_s * 1e3:.1f} ms, {precision}) would "
+        f"spend {share * 100:.1f} % of its time waiting; {loader_workers(rate, batch, step_s)} "
+        "worker(s) feed it"
+    )
+
+
 def _ddp_worker(rank: int, world: int, folder: str, device: str, backend: str, ddp: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // (2 * world)))
     os.environ["LOCAL_RANK"] = str(rank)
@@ -370,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     out(f"torch {torch.__version__}, python {platform.python_version()}")
     out()
     out("## training step (median), engine / bare model step, peak GPU memory")
+    steps3d: dict[str, float] = {}
     for dims, key in ((2, "case2d"), (3, "case3d")):
         case = sizes[key]
         shape = "×".join([str(case["size"])] * dims)
@@ -384,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
             if "skipped" in r:
                 out(f"{title}, {precision:>8}: {r['skipped']}")
                 continue
+            if dims == 3:
+                steps3d[precision] = r["engine_s"]
             verdict = "ok" if r["ratio"] <= BAR else "ABOVE BAR"
             memory = (
                 f"peak {r['peak_mb_engine']:.0f} MiB (bare {r['peak_mb_bare']:.0f} MiB)"
@@ -404,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             f"num_workers {workers}: {share * 100:.1f} % of the step spent waiting; loader alone "
             f"{loader_rate:.1f} batches/s, training consumes {step_rate:.1f} batches/s"
         )
+    out(loader_feed(steps3d, sizes["case3d"]["batch"], sizes))
     out()
     r = phi_time(sizes["phi_shape"])
     out(f"## φ of a {'×'.join(map(str, r['shape']))} volume ({r['source']}): {r['seconds']:.2f} s")

@@ -37,6 +37,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_boundary_seg.bench_loader import (  # part 4 of bench data, re-exported
+    loader_rate as loader_rate,
+)
+from napari_boundary_seg.bench_loader import loader_rate_cases
+from napari_boundary_seg.bench_loader import loader_workers as loader_workers
+from napari_boundary_seg.bench_loader import rate_dataset as rate_dataset
+from napari_boundary_seg.bench_loader import waiting_share as waiting_share
 from napari_boundary_seg.core import distance
 
 
@@ -635,6 +642,10 @@ def bench_data(
     timeout: float = 900.0,
     volume_3d: tuple[int, int, int] = (96, 112, 96),
     dims: int = 3,
+    rate_volume: tuple[int, int, int] = (197, 233, 189),
+    rate_samples: int = 16,
+    gpu_step_ms: float = 30.0,
+    gpu_batch: int = 2,
 ) -> dict:
     """Memory of training vs the number of cases, loader throughput, cost of φ recomputation.
 
@@ -658,7 +669,19 @@ def bench_data(
        every sample is warped, ``share_expected`` at the default warp
        probability.
 
-    ``workers=()`` leaves out part 2 and ``phi_samples=0`` part 3 (quick checks).
+    4. *Loader rate*: patches per second of one worker (the CPU time of this
+       process, one thread) drawing ``step_3d``'s patch from a ``rate_volume``
+       phantom case at 1 mm, as training draws them, with no augmentation,
+       intensity transforms only, flips only, every sample warped, and the
+       default augmentation; the time per warped sample of recomputing φ
+       (median and 95th percentile of ``rate_samples`` samples) with the
+       boundary-voxel path against the context/whole-volume path on the same
+       samples (their largest φ difference is reported too; bar: 20x at the
+       median); and the workers that feed a GPU step of ``gpu_step_ms`` at
+       batch ``gpu_batch``.
+
+    ``workers=()`` leaves out part 2 and ``phi_samples=0`` parts 3 and 4 (quick
+    checks); ``rate_samples=0`` leaves out part 4.
     ``dims=2`` measures part 1 with the paper's 2D slices (along axis 2, resized
     to ``patch_size[0]``², from the slice cache) instead of 3D patches.
 
@@ -738,6 +761,10 @@ def bench_data(
     if phi_samples > 0:  # 0: no φ figures
         cases.append(_phi_share_2d(step_2d, depth, base_channels, phi_samples, seed))
         cases.append(_phi_share_3d(step_3d, depth, base_channels, phi_samples, seed, volume_3d))
+        if rate_samples > 0:
+            cases += loader_rate_cases(
+                rate_volume, step_3d[1], rate_samples, seed, gpu_step_ms / 1e3, gpu_batch
+            )
     return {
         "benchmark": "data",
         "cases": cases,

@@ -114,3 +114,35 @@ def test_bench_data_loader_and_phi_figures_on_tiny_sizes(tmp_path):
         assert case["phi_s_per_sample"] > 0 and case["share_all"] > 0
         assert case["share_expected"] == pytest.approx(0.2 * case["share_all"])
     assert phi3d["whole_volume_fallbacks"].endswith("/2")
+
+
+def test_workers_and_waiting_share_by_hand():
+    # 10 patches/s per worker, batch 2 every 30 ms: 66.7 patches/s, so 7 workers
+    assert bench.loader_workers(10.0, 2, 0.030) == 7
+    assert bench.loader_workers(1000.0, 2, 0.030) == 1
+    assert bench.waiting_share(10.0, 7, 2, 0.030) == 0.0
+    # 2 workers deliver a batch every 0.1 s; a 30 ms step waits 70 % of the loop
+    assert bench.waiting_share(10.0, 2, 2, 0.030) == pytest.approx(0.7)
+
+
+def test_bench_data_loader_rate_lines_read_exactly():
+    cases = bench.loader_rate_cases((40, 48, 38), (16, 16, 8), 3, 0, 0.030, 2)
+    names = [case["name"] for case in cases]
+    for kind in ("no augmentation", "intensity only", "flips only", "every sample warped"):
+        assert f"loader, {kind}" in names
+    out = bench.format_bench({"benchmark": "data", "cases": cases})
+    lines = [line.strip() for line in out.splitlines()]
+    rate = [
+        re.fullmatch(r"loader, every sample warped: (\S+) patches/s per worker", x) for x in lines
+    ]
+    phi = [re.fullmatch(r"warped-sample φ: median (\S+) ms, p95 (\S+) ms", x) for x in lines]
+    (rate,) = [m for m in rate if m]
+    (phi,) = [m for m in phi if m]
+    assert float(rate.group(1)) > 0 and 0 < float(phi.group(1)) <= float(phi.group(2))
+    (case,) = [c for c in cases if c["name"] == "warped-sample φ"]
+    assert case["max_abs_phi_diff_mm"] <= 1e-4  # the same φ as the whole-volume path
+    (feed,) = [c for c in cases if c["name"].startswith("workers that feed")]
+    warped = next(c for c in cases if c["name"] == "loader, every sample warped")
+    assert feed["workers_every_sample_warped"] == bench.loader_workers(
+        1.0 / warped["ours_s"], 2, 0.030
+    )

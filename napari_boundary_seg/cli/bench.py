@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from napari_boundary_seg.cli._common import check_option, out
+from napari_boundary_seg.core.config import DEFAULT_PATCH_SIZE
 
 HELP = "benchmarks: ratios against a baseline measured in the same run"
 
@@ -58,7 +59,11 @@ def add_parser(sub: Any) -> None:
         "setting) for --small and --large synthetic cases (bar: large / small <= 1.3); "
         "batches per second of augmented patches with 0, 1 and 2 DataLoader workers; the "
         "seconds spent recomputing φ per warped sample as a share of a training step at "
-        "batch 8 x 128² (2D) and 2 x 96x96x32 (3D). The flags shrink it for a quick check.",
+        "batch 8 x 128² (2D) and 2 x 96x96x32 (3D); the loader as a rate (patches per second "
+        "per worker without augmentation, intensity only, flips only, every sample warped) "
+        "from --rate-volume volumes, the warped-sample φ time against the whole-volume path, "
+        "and the workers that feed a GPU step of --gpu-step-ms. The flags shrink it for a "
+        "quick check.",
     )
     b.add_argument("--small", type=int, default=8, help="cases of the small run (default 8)")
     b.add_argument("--large", type=int, default=64, help="cases of the large run (default 64)")
@@ -96,8 +101,8 @@ def add_parser(sub: Any) -> None:
         "--patch-3d",
         type=int,
         nargs=3,
-        default=(96, 96, 32),
-        help="3D step patch (default 96 96 32)",
+        default=DEFAULT_PATCH_SIZE,
+        help=f"3D step patch (default {' '.join(map(str, DEFAULT_PATCH_SIZE))})",
     )
     b.add_argument(
         "--volume-3d",
@@ -113,6 +118,26 @@ def add_parser(sub: Any) -> None:
     b.add_argument(
         "--phi-samples", type=int, default=6, help="warped samples timed, 0: none (default 6)"
     )
+    b.add_argument(
+        "--rate-volume",
+        type=int,
+        nargs=3,
+        default=(197, 233, 189),
+        help="volume the loader rates are measured on, at 1 mm (default 197 233 189)",
+    )
+    b.add_argument(
+        "--rate-samples",
+        type=int,
+        default=16,
+        help="samples per loader rate and warped-φ timing, 0: no rates (default 16)",
+    )
+    b.add_argument(
+        "--gpu-step-ms",
+        type=float,
+        default=30.0,
+        help="GPU step time the workers must feed, in ms (default 30)",
+    )
+    b.add_argument("--gpu-batch", type=int, default=2, help="batch of that GPU step (default 2)")
     b.add_argument("--seed", type=int, default=0, help="seed (default 0)")
 
     p.set_defaults(func=run)
@@ -152,6 +177,10 @@ def _data(args: argparse.Namespace) -> int:
         seed=args.seed,
         volume_3d=tuple(args.volume_3d),
         dims=args.dims,
+        rate_volume=tuple(args.rate_volume),
+        rate_samples=args.rate_samples,
+        gpu_step_ms=args.gpu_step_ms,
+        gpu_batch=args.gpu_batch,
     )
     out(bench.format_bench(result))
     return 0

@@ -22,6 +22,7 @@ from napari_boundary_seg.cli._common import (
     check_device,
     check_option,
     drive,
+    error_message,
     out,
     progress_bar,
     read_labels,
@@ -30,13 +31,21 @@ from napari_boundary_seg.cli._common import (
     stop_on_sigint,
     warn,
 )
+from napari_boundary_seg.core.config import FinetuneConfig, settings
+from napari_boundary_seg.options import Option, add_options, flag_message, option_values
 
 logger = logging.getLogger(__name__)
 
 HELP = "fine-tune a checkpoint on corrected slices of one scan"
 
-FINETUNE_FLAGS = {"out_dir": "--out", "mix_ratio": "--mix-ratio", "mix_cases": "--mix-data"}
+FINETUNE_FLAGS = {
+    **{s.name: s.flag for s in settings(FinetuneConfig) if s.flag and "_" in s.name},
+    "mix_cases": "--mix-data",
+}
 """The fine-tune's arguments that its messages name, and the flags they are shown as."""
+
+FINETUNE_OPTIONS = [Option(s, s.flag) for s in settings(FinetuneConfig) if s.flag]
+"""The options generated from :class:`~napari_boundary_seg.core.config.FinetuneConfig`."""
 
 
 def add_parser(sub: Any) -> None:
@@ -59,23 +68,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--labels", required=True, type=Path, help="corrected labels (NIfTI)")
     p.add_argument("--slices", type=int, nargs="+", help="corrected slices (default: auto-detect)")
     p.add_argument("--axis", type=int, help="slicing axis (default: the checkpoint's)")
-    p.add_argument("--out", required=True, type=Path, help="folder of the new checkpoint")
-    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument(
-        "--alpha-start", type=float, default=0.8, help="α in the first epoch (default 0.8)"
-    )
-    p.add_argument("--alpha-step", type=float, default=0.1, help="α drop per epoch (default 0.1)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the checkpoint's)")
+    add_options(p, settings(FinetuneConfig), required=("out_dir",))
     p.add_argument("--mix-data", type=Path, help="original training data folder to mix in")
-    p.add_argument(
-        "--mix-ratio",
-        type=float,
-        default=0.0,
-        help="original slices per corrected slice (3D: patches per corrected patch)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_threads_option(p)
-    p.add_argument("--overwrite", action="store_true", help="allow an --out that holds a run")
     add_affine_option(p, "labels and images")
     p.set_defaults(func=run)
 
@@ -101,14 +96,15 @@ def _finetune(args: argparse.Namespace) -> int:
         read_nifti,
     )
 
-    check_option(args.epochs, "--epochs", 1)
-    check_option(args.alpha_start, "--alpha-start", 0.0, 1.0)
-    check_option(args.alpha_step, "--alpha-step", 0.0, 1.0)
-    check_option(args.lr, "--lr", positive=True)
-    check_option(args.mix_ratio, "--mix-ratio", 0.0)
+    flags = {o.spec.name: o.flag for o in FINETUNE_OPTIONS}
+    try:
+        config = FinetuneConfig(**option_values(args, FINETUNE_OPTIONS))
+    except (ValueError, TypeError) as err:
+        text = flag_message(error_message(err), "FinetuneConfig", lambda n: flags.get(n, n))
+        raise CommandError(text) from err
     for index in args.slices or []:
         check_option(index, "--slices", 0)
-    check_device(args.device)
+    check_device(config.device)
     outputs = [args.out / name for name in (*RUN_FILES, LINEAGE_NAME)]
     check_not_input(outputs, [args.checkpoint, *args.image, args.labels], "--out")
     volumes = [read_nifti(path, as_labels=False) for path in args.image]
@@ -140,10 +136,10 @@ def _finetune(args: argparse.Namespace) -> int:
     set_threads(args, "finetune")
     with NewFolders(args.out):
         ensure_writable_dir(args.out)
-        return _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine)
+        return _finetune_in(args, config, model, checkpoint, images, labels, spacing, axis, affine)
 
 
-def _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine) -> int:
+def _finetune_in(args, config, model, checkpoint, images, labels, spacing, axis, affine) -> int:
     """Fine-tune (finding the corrected slices first unless given), then compare the
     old and the new model; the exit code."""
     from napari_boundary_seg.core.checkpoint import training_mode
@@ -160,7 +156,7 @@ def _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine)
                 images,
                 spacing,
                 axis=axis,
-                device=args.device,
+                device=config.device,
                 affine=affine,
             ),
             "predict",
@@ -179,20 +175,13 @@ def _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine)
         labels.data,
         spacing,
         slices,
+        config,
         axis=axis,
         affine=affine,
         mix_cases=args.mix_data,
-        mix_ratio=args.mix_ratio,
-        alpha_start=args.alpha_start,
-        alpha_step=args.alpha_step,
-        epochs=args.epochs,
-        lr=args.lr,
-        out_dir=args.out,
-        device=args.device,
-        overwrite=args.overwrite,
         control=control,
     )
-    result = _drive_finetune(gen, control, args.epochs)
+    result = _drive_finetune(gen, control, config.epochs)
     if result.dims == 3:
         out(
             "finetune: a 3D checkpoint, trained on 3D patches of "
@@ -210,7 +199,7 @@ def _finetune_in(args, model, checkpoint, images, labels, spacing, axis, affine)
         raise Interrupted(f"interrupted: {result.reason}; {kept}{hint}")
     if result.stopped or result.checkpoint is None:
         return 1
-    _compare(args, result, images, labels, spacing, old_pred, affine)
+    _compare(args, config.device, result, images, labels, spacing, old_pred, affine)
     return 0
 
 
@@ -243,7 +232,7 @@ def _drive_finetune(gen: Any, control: Any, epochs: int) -> Any:
         restore_sigint(previous)
 
 
-def _compare(args, result, images, labels, spacing, old_pred, affine) -> None:
+def _compare(args, device, result, images, labels, spacing, old_pred, affine) -> None:
     """Print DSC and HD95 of the old and the new model on the corrected and the
     untouched slices (a warning when the new one is worse on the corrected ones)."""
     from napari_boundary_seg.core.finetune import evaluate_finetune, worse_on_corrected
@@ -255,7 +244,7 @@ def _compare(args, result, images, labels, spacing, old_pred, affine) -> None:
             labels.data,
             spacing,
             old_pred=old_pred,
-            device=args.device,
+            device=device,
             affine=affine,
         ),
         "compare",

@@ -29,7 +29,12 @@ from napari_boundary_seg.cli._common import (
     set_threads,
     stop_on_sigint,
 )
-from napari_boundary_seg.cli.train_options import TRAIN_FLAGS, add_train_options, config_from_args
+from napari_boundary_seg.cli.train_options import (
+    TRAIN_FLAGS,
+    add_run_start_options,
+    add_train_options,
+    config_from_args,
+)
 
 HELP = "train a UNet with GDL + boundary loss (--preset quick on a CPU, paper on a GPU)"
 
@@ -53,16 +58,7 @@ def add_parser(sub: Any) -> None:
     )
     add_train_options(p)
     add_threads_option(p)
-    p.add_argument(
-        "--resume",
-        type=Path,
-        help="continue the run saved in this checkpoint (its config; --epochs may extend it)",
-    )
-    p.add_argument(
-        "--init-checkpoint",
-        type=Path,
-        help="fine-tune: start from this checkpoint's weights with the new data and schedule",
-    )
+    add_run_start_options(p)
     p.add_argument(
         "--folds",
         type=_folds_value,

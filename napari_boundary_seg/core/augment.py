@@ -15,27 +15,25 @@ whole volume; never the map of the patch alone, never an interpolated φ).
   blur) change the image only.
 - Interpolating transforms (rotation by any angle, scaling, elastic
   deformation; :class:`Warp`) warp the image (linear) and the labels (nearest
-  neighbour) and **recompute** φ with :mod:`napari_boundary_seg.core.distance`.
-  The warp is defined on the whole volume: ``x -> c + A (x - c) + u(x)`` with
-  ``c`` the patch centre, ``A`` rotation and scale in mm, and ``u`` a smooth
-  elastic displacement confined to a *context* box (the patch plus a margin,
-  tapered to zero at the box's edge). φ is first computed on the warped
-  context only; at each patch voxel ``q`` that value is provably the whole
-  volume's when ``|φ_ctx(q)|`` is smaller than the distance from ``q`` to the
-  context's outer layer (boundary voxels of the context are boundary voxels of
-  the volume, and any closer boundary voxel would lie inside the context). When
-  some patch voxel is not so certified (a patch far from every lesion, the
-  lesion outside the context), the margin is doubled and, once the box would
-  hold half of the volume, the whole volume's labels are warped and φ is
-  computed on all of it. So φ is always exact; the price is one distance
-  transform of the context per warped sample, and about one of the whole volume
-  for patches far from the lesions (every class needs its nearest boundary in
-  the box; ``bench data`` prints the share of a training step this takes).
+  neighbour) and **recompute** φ. The warp is defined on the whole volume:
+  ``x -> c + A (x - c) + u(x)`` with ``c`` the patch centre, ``A`` rotation and
+  scale in mm, and ``u`` a smooth elastic displacement confined to a *context*
+  box (the patch plus a margin, tapered to zero at the box's edge). φ of the
+  patch is the whole warped volume's φ, computed from the sparse parts only
+  (:mod:`napari_boundary_seg.core.warp_distance`, docs/DESIGN.md "φ of a warped
+  patch"): the labels are warped only where they can be foreground, their
+  boundary voxels collected, and one transform of the box holding the patch and
+  the boundary voxels that can be nearest to it gives every patch voxel its
+  distance. ``phi="context"`` is the tests' reference: φ on the warped
+  context, certified at a patch voxel ``q`` when ``|φ_ctx(q)|`` is smaller
+  than the distance from ``q`` to the context's outer layer, the margin
+  doubled otherwise, up to the whole volume (``bench data`` compares the two).
 
 Why not MONAI's ``RandAffine``/``Rand3DElastic`` here: they resample one array
-on a grid they draw, while exactness needs the *same* map evaluated on two
-grids (the context and the whole volume) with the labels sampled by nearest
-neighbour at identical coordinates; the warp is a few lines of numpy and
+on a grid they draw, while exactness needs the *same* map evaluated on several
+parts of the grid (the patch, the blocks that may hold foreground, the whole
+volume) with the labels sampled by nearest neighbour at identical
+coordinates; the warp is a few lines of numpy and
 ``scipy.ndimage.map_coordinates`` (image, order 1). The intensity transforms
 are the usual nnU-Net/MONAI ones, written here in numpy for the same reason of
 seeding: every random number comes from the ``numpy.random.Generator`` passed
@@ -57,8 +55,10 @@ from scipy import ndimage
 
 from napari_boundary_seg.core.distance import class_distance_maps
 from napari_boundary_seg.core.validate import check_int
+from napari_boundary_seg.core.warp_distance import patch_class_distances
 
 __all__ = [
+    "PHI_METHODS",
     "AugmentConfig",
     "Sample",
     "Warp",
@@ -96,8 +96,8 @@ class AugmentConfig:
     elastic_points
         Control points per axis of the elastic field.
     margin_mm
-        Margin of the context box around the patch (mm) in which φ is first
-        recomputed.
+        Margin of the context box around the patch (mm): where the elastic
+        displacement lives, and where ``phi="context"`` first recomputes φ.
     gamma, contrast, brightness, noise, blur
         Probabilities of each intensity transform (per sample).
     gamma_range, contrast_range, brightness_range
@@ -246,16 +246,7 @@ class Warp:
     def coords(self, region: Sequence[slice]) -> np.ndarray:
         """Input coordinates ``(nd, *region_shape)`` (float64) of a region of the grid."""
         axes = [np.arange(s.start, s.stop, dtype=np.float64) for s in region]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"))
-        rel = grid - self.centre.reshape(-1, *([1] * len(region)))
-        # elementwise sums (not BLAS): the same point gets bit-identical coordinates
-        # whatever region it is computed in, so the context and the whole volume agree
-        out = np.stack(
-            [
-                sum(self.matrix[i, j] * rel[j] for j in range(len(region))) + self.centre[i]
-                for i in range(len(region))
-            ]
-        )
+        out = self._affine(np.stack(np.meshgrid(*axes, indexing="ij")))
         if self.displacement is not None:
             inner = tuple(
                 slice(max(r.start, b.start), min(r.stop, b.stop))
@@ -271,6 +262,39 @@ class Warp:
                     for i, b in zip(inner, self.box, strict=True)
                 )
                 out[(slice(None), *dst)] += self.displacement[(slice(None), *src)]
+        return out
+
+    def coords_at(self, points: np.ndarray) -> np.ndarray:
+        """Input coordinates ``(nd, n)`` (float64) of grid voxels ``points (nd, n)``,
+        bit-identical to :meth:`coords` of any region holding them."""
+        out = self._affine(points.astype(np.float64))
+        if self.displacement is not None:
+            nd = points.shape[0]
+            size = self.displacement.shape[1:]
+            inside = np.ones(points.shape[1], dtype=bool)
+            flat = np.zeros(points.shape[1], dtype=np.int64)
+            for a, (b, n) in enumerate(zip(self.box, size, strict=True)):
+                local = points[a] - b.start
+                inside &= (local >= 0) & (local < n)
+                flat = flat * n + local
+            if inside.any():
+                field = self.displacement.reshape(nd, -1)
+                out[:, inside] += field[:, flat[inside]]
+        return out
+
+    def _affine(self, grid: np.ndarray) -> np.ndarray:
+        """``centre + matrix (grid - centre)`` over axis 0 of ``grid``, in elementwise
+        products and sums (not BLAS), so that a voxel gets bit-identical coordinates
+        whatever region or point list it is computed in."""
+        nd = grid.shape[0]
+        rel = grid - self.centre.reshape(-1, *([1] * (grid.ndim - 1)))
+        out = np.empty(rel.shape, dtype=np.float64)
+        term = np.empty(rel.shape[1:], dtype=np.float64)
+        for i in range(nd):
+            np.multiply(self.matrix[i, 0], rel[0], out=out[i])
+            for j in range(1, nd):
+                out[i] += np.multiply(self.matrix[i, j], rel[j], out=term)
+            out[i] += self.centre[i]
         return out
 
 
@@ -348,13 +372,22 @@ def _read_block(array: np.ndarray, coords: np.ndarray, order: int) -> tuple[np.n
     return block, rel
 
 
-def warp_labels(labels: np.ndarray, warp: Warp, region: Sequence[slice]) -> np.ndarray:
-    """Nearest-neighbour warped labels on ``region`` of the grid (background outside)."""
-    coords = warp.coords(region)
-    block, rel = _read_block(labels, coords, order=0)
-    idx = np.rint(rel).astype(np.int64)
+def warp_labels(
+    labels: np.ndarray, warp: Warp, region: Sequence[slice], coords: np.ndarray | None = None
+) -> np.ndarray:
+    """Nearest-neighbour warped labels on ``region`` of the grid (background outside).
+
+    ``coords``: ``warp.coords(region)`` if already computed.
+    """
+    idx = np.rint(warp.coords(region) if coords is None else coords).astype(np.int64)
+    shape = labels.shape
+    flat = idx.reshape(len(shape), -1)
+    lo = [int(min(max(flat[a].min(), 0), n - 1)) for a, n in enumerate(shape)]
+    hi = [int(max(min(flat[a].max() + 1, n), lo[a] + 1)) for a, n in enumerate(shape)]
+    block = np.asarray(labels[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))])
     inside = np.ones(idx.shape[1:], dtype=bool)
     for a, n in enumerate(block.shape):
+        idx[a] -= lo[a]
         inside &= (idx[a] >= 0) & (idx[a] < n)
         np.clip(idx[a], 0, n - 1, out=idx[a])
     out = block[tuple(idx)].astype(np.int64)
@@ -362,8 +395,10 @@ def warp_labels(labels: np.ndarray, warp: Warp, region: Sequence[slice]) -> np.n
     return out
 
 
-def _warp_image(image: np.ndarray, warp: Warp, region: Sequence[slice]) -> np.ndarray:
-    coords = warp.coords(region)
+def _warp_image(
+    image: np.ndarray, warp: Warp, region: Sequence[slice], coords: np.ndarray | None = None
+) -> np.ndarray:
+    coords = warp.coords(region) if coords is None else coords
     block, rel = _read_block(image, coords, order=1)
     return np.stack(
         [
@@ -392,6 +427,13 @@ def _edge_distance(
     return out
 
 
+PHI_METHODS = ("boundary", "context")
+"""How :func:`warped_sample` recomputes φ: ``"boundary"`` (default) from the
+boundary voxels of the warped labels (:mod:`~napari_boundary_seg.core.warp_distance`),
+``"context"`` by transforms of a growing context box up to the whole volume (the
+reference of the tests)."""
+
+
 def warped_sample(
     image: np.ndarray,
     labels: np.ndarray,
@@ -400,6 +442,9 @@ def warped_sample(
     warp: Warp,
     num_classes: int,
     stats: dict | None = None,
+    *,
+    phi: str = "boundary",
+    foreground: np.ndarray | None = None,
 ) -> Sample:
     """The patch of the warped volume, with φ recomputed exactly (see module doc).
 
@@ -419,10 +464,17 @@ def warped_sample(
     num_classes
         ``C``.
     stats
-        If given, ``stats["full"]`` counts the samples whose whole volume had to
-        be warped (no certificate from the context), ``stats["phi_s"]`` adds up
-        the seconds spent warping labels and recomputing φ, ``stats["samples"]``
-        counts the calls.
+        If given, ``stats["phi_s"]`` adds up the seconds spent warping labels
+        and recomputing φ (``stats["phi_cpu_s"]``: the thread's CPU seconds)
+        and ``stats["samples"]`` counts the calls; with
+        ``phi="context"``, ``stats["full"]`` also counts the samples whose whole
+        volume had to be warped and ``stats["grown"]`` the growths of the box.
+    phi
+        One of :data:`PHI_METHODS`; both give the same φ (up to float32
+        rounding of the transform).
+    foreground
+        Optional ``(K, nd)`` voxel indices of every foreground voxel of
+        ``labels`` (the cache's ``fg``), which saves a scan of the volume.
 
     Returns
     -------
@@ -430,8 +482,35 @@ def warped_sample(
         ``image (M, *P)`` linear, ``labels (*P)`` nearest, ``dist (C, *P)``:
         the signed distance map of the warped whole-volume labels, cropped.
     """
-    tic = time.perf_counter()
+    if phi not in PHI_METHODS:
+        raise ValueError(f"phi must be one of {PHI_METHODS}, got {phi!r}")
+    tic, cpu = time.perf_counter(), time.thread_time()
     sp = tuple(float(s) for s in spacing)
+    coords = warp.coords(patch)
+    if phi == "boundary":
+        out_labels = warp_labels(labels, warp, patch, coords)
+        dist = patch_class_distances(
+            labels, warp, patch, out_labels, num_classes, sp, foreground=foreground
+        )
+    else:
+        out_labels, dist = _context_phi(labels, sp, patch, warp, num_classes, stats)
+    if stats is not None:
+        stats["phi_s"] = stats.get("phi_s", 0.0) + time.perf_counter() - tic
+        stats["phi_cpu_s"] = stats.get("phi_cpu_s", 0.0) + time.thread_time() - cpu
+        stats["samples"] = stats.get("samples", 0) + 1
+    out_image = _warp_image(image, warp, patch, coords)
+    return Sample(out_image, out_labels, np.ascontiguousarray(dist))
+
+
+def _context_phi(
+    labels: np.ndarray,
+    sp: tuple[float, ...],
+    patch: Sequence[slice],
+    warp: Warp,
+    num_classes: int,
+    stats: dict | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Warped patch labels and φ from the context box, grown up to the whole volume."""
     full = tuple(slice(0, n) for n in labels.shape)
     region = warp.box
     out_labels = None
@@ -446,7 +525,7 @@ def warped_sample(
             dist = class_distance_maps(label_region, num_classes, spacing=sp)[(slice(None), *inner)]
             if stats is not None:
                 stats["full"] = stats.get("full", 0) + 1
-            break
+            return out_labels, dist
         counts = np.bincount(label_region.ravel(), minlength=num_classes)
         if np.all((counts > 0) & (counts < label_region.size)):  # else it cannot certify
             dist_region = class_distance_maps(label_region, num_classes, spacing=sp)
@@ -454,7 +533,7 @@ def warped_sample(
             edge = _edge_distance(labels.shape, region, inner, sp)
             has_boundary = all(bool(np.any(m != 0)) for m in dist_region)
             if has_boundary and bool(np.all(np.abs(dist) < edge)):
-                break
+                return out_labels, dist
         # not certified: twice the margin around the patch (at least 8 voxels), up to
         # the whole volume (directly once the box would hold half of it)
         region = tuple(
@@ -468,11 +547,6 @@ def warped_sample(
             region = full  # nearly the volume: one transform of all of it is cheaper
         if stats is not None:
             stats["grown"] = stats.get("grown", 0) + 1
-    if stats is not None:
-        stats["phi_s"] = stats.get("phi_s", 0.0) + time.perf_counter() - tic
-        stats["samples"] = stats.get("samples", 0) + 1
-    out_image = _warp_image(image, warp, patch)
-    return Sample(out_image, out_labels, np.ascontiguousarray(dist))
 
 
 def augment_sample(

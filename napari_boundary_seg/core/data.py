@@ -54,6 +54,7 @@ from napari_boundary_seg.core.cases import (
     split_cases,
 )
 from napari_boundary_seg.core.cases import check_training_labels as _check_training_labels  # noqa: F401
+from napari_boundary_seg.core.config import DISTANCE_MODES
 from napari_boundary_seg.core.preprocess import (
     CROP_MARGIN,
     HEAD_RULES,
@@ -117,7 +118,7 @@ __all__ = [
     "split_cases",
 ]
 
-_DISTANCE_MODES = ("3d", "2d")
+_DISTANCE_MODES = DISTANCE_MODES
 _CACHE_VERSION = 1
 
 

@@ -7,23 +7,11 @@ need not import each other for it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
+from napari_boundary_seg.core.config import DEVICE_KINDS, check_device_name
+
 __all__ = ["DEVICE_KINDS", "available_devices", "check_device_name", "resolve_device"]
-
-DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
-"""Device names understood by :func:`resolve_device` (plus ``"cuda:N"``)."""
-
-
-def check_device_name(name: Any) -> None:
-    """Raise ValueError unless ``name`` is one of :data:`DEVICE_KINDS` or ``"cuda:N"``."""
-    if not isinstance(name, str):
-        raise ValueError(f"device must be a string, got {name!r}")
-    kind, _, index = name.partition(":")
-    if kind not in DEVICE_KINDS or (index and (kind != "cuda" or not index.isdigit())):
-        raise ValueError(f"unknown device {name!r}; use one of {list(DEVICE_KINDS)} or 'cuda:N'")
 
 
 def _mps_available() -> bool:

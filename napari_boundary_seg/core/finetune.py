@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from napari_boundary_seg.core.config import FinetuneConfig
 from napari_boundary_seg.core.events import Outcome, end_outcome
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.orientation import canonical_orientation, native_slice_axis
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LINEAGE_NAME",
     "CorrectedPatches",
+    "FinetuneConfig",
     "FinetuneResult",
     "SliceSubset",
     "compare_models",
@@ -439,16 +441,11 @@ class CorrectedPatches(Dataset):
 def finetune_schedule(
     alpha_start: float = 0.8, alpha_step: float = 0.1, alpha_floor: float = 0.01
 ) -> dict[str, Any]:
-    """The short α schedule of a fine-tune: the paper's kind with a larger step.
-
-    ``α(e) = max(floor, start − step·e)``; weights ``(α, 1 − α)`` of GDL and
-    boundary loss (e.g. 0.8, 0.7, 0.6 … over a few epochs).
-    """
-    from napari_boundary_seg.core.schedule import make_schedule
-
-    return make_schedule(
-        "paper", start=alpha_start, step=alpha_step, floor=min(alpha_floor, alpha_start)
-    ).to_dict()
+    """The short α schedule of a fine-tune (:attr:`FinetuneConfig.schedule
+    <napari_boundary_seg.core.config.FinetuneConfig.schedule>`)."""
+    return FinetuneConfig(
+        alpha_start=alpha_start, alpha_step=alpha_step, alpha_floor=alpha_floor
+    ).schedule
 
 
 def _default_out_dir(parent: Path) -> Path:
@@ -489,24 +486,14 @@ def finetune(
     labels: np.ndarray,
     spacing: Sequence[float] | None,
     slices: Sequence[int],
+    config: FinetuneConfig | None = None,
     *,
     axis: int | None = None,
     mix_cases: Sequence[Any] | str | os.PathLike | None = None,
-    mix_ratio: float = 0.0,
-    alpha_start: float = 0.8,
-    alpha_step: float = 0.1,
-    alpha_floor: float = 0.01,
-    epochs: int = 5,
-    lr: float | None = None,
-    batch_size: int | None = None,
-    distance: str = "2d",
-    out_dir: str | os.PathLike | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    overwrite: bool = False,
     control: Any = None,
     affine: np.ndarray | None = None,
     modalities: Sequence[str] | None = None,
+    **changes: Any,
 ) -> Generator[Any, None, FinetuneResult]:
     """Fine-tune a checkpoint on corrected slices; a generator of the trainer's events.
 
@@ -541,29 +528,12 @@ def finetune(
         :class:`~napari_boundary_seg.core.data.Case`, or a data set folder), to
         mix in against forgetting; when the folder holds the parent's training
         cases (``train_cases`` in the checkpoint), only those are used.
-    mix_ratio
-        Original-set slices per corrected slice (``1.0``: as many as corrected
-        slices; capped by what is available). Foreground slices are preferred.
-        3D: ordinary patches of the original cases per corrected patch.
-    alpha_start, alpha_step, alpha_floor
-        The restarted α schedule (:func:`finetune_schedule`); used by the
-        ``gdl+bl`` loss, ignored by the others.
-    epochs
-        Epochs over the fine-tuning slices.
-    lr, batch_size
-        ``None``: the checkpoint's (the batch is capped by the number of slices).
-    distance
-        Distance maps of the corrected slices: ``"2d"`` per slice (default, only
-        the corrected slices are trusted) or ``"3d"`` (the whole corrected
-        volume with its spacing). A 3D checkpoint always uses ``"3d"``.
-    out_dir
-        Folder of the new checkpoint; ``None``: ``finetune-<time>`` beside the parent.
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-    seed
-        Seed of the initial slice order and of the mix choice.
-    overwrite
-        Allow an ``out_dir`` that already holds a run.
+    config, **changes
+        The settings (:class:`~napari_boundary_seg.core.config.FinetuneConfig`:
+        epochs, the restarted α schedule, lr, batch size, ``mix_ratio`` original
+        slices per corrected slice, distance, device, seed, ``out_dir``,
+        overwrite); ``changes`` replace some of them (``epochs=3``), so the
+        fields can also be given as keywords alone.
     control
         A :class:`~napari_boundary_seg.core.train.TrainControl` (stop / pause).
     modalities
@@ -596,6 +566,20 @@ def finetune(
     from napari_boundary_seg.core.data import case_from_arrays
     from napari_boundary_seg.core.train import TrainConfig, train
 
+    settings = (config or FinetuneConfig()).replace(**changes)
+    mix_ratio, epochs, lr, batch_size = (
+        settings.mix_ratio,
+        settings.epochs,
+        settings.lr,
+        settings.batch_size,
+    )
+    distance, out_dir, device, seed = (
+        settings.distance,
+        settings.out_dir,
+        settings.device,
+        settings.seed,
+    )
+    overwrite = settings.overwrite
     parent = Path(checkpoint).expanduser().resolve()
     source = read_checkpoint(parent)
     base = TrainConfig.from_dict(checkpoint_config(source))
@@ -651,11 +635,7 @@ def finetune(
         labels = np.ascontiguousarray(orientation.to_canonical(labels))
         spacing = None if spacing is None else orientation.spacing(spacing)
         spatial = images.shape[1:]
-    if not isinstance(mix_ratio, int | float) or not math.isfinite(mix_ratio) or mix_ratio < 0:
-        raise ValueError(f"mix_ratio must be a number >= 0, got {mix_ratio!r}")
-    if distance not in ("2d", "3d"):
-        raise ValueError(f"distance must be '2d' or '3d', got {distance!r}")
-    schedule = finetune_schedule(alpha_start, alpha_step, alpha_floor)
+    schedule = settings.schedule
     out = Path(out_dir) if out_dir is not None else _default_out_dir(parent)
     if out.resolve() == parent.parent and not overwrite:
         raise ValueError(
@@ -700,9 +680,9 @@ def finetune(
     done = yield from train(config, train_cases, control, val_cases=[], dataset=dataset)
 
     settings = {
-        "alpha_start": alpha_start,
-        "alpha_step": alpha_step,
-        "alpha_floor": alpha_floor,
+        "alpha_start": settings.alpha_start,
+        "alpha_step": settings.alpha_step,
+        "alpha_floor": settings.alpha_floor,
         "schedule": schedule,
         "epochs": epochs,
         "lr": config.lr,

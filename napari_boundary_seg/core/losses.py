@@ -34,12 +34,14 @@ import logging
 import math
 import operator
 from collections.abc import Callable, Sequence
-from enum import StrEnum
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from napari_boundary_seg.core.config import LossKind, loss_weights
+from napari_boundary_seg.core.validate import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +70,6 @@ DICE_EPSILON = 1e-5
 """The smoothing term ``eps`` of the soft Dice loss (numerator and denominator)."""
 
 ClassesArg = int | Sequence[int] | None
-
-
-class LossKind(StrEnum):
-    """The training objectives the trainer offers."""
-
-    GDL = "gdl"
-    """Generalized Dice loss alone."""
-    BL = "bl"
-    """Boundary loss alone (weight 1); collapses to empty foreground in binary problems."""
-    GDL_BL = "gdl+bl"
-    """``w_region * GDL + w_boundary * BL`` with the weights of an alpha schedule."""
-    CE = "ce"
-    """Cross-entropy alone."""
-    DICE = "dice"
-    """Soft Dice loss (mean over classes) alone."""
 
 
 class LossParts(NamedTuple):
@@ -336,8 +323,7 @@ def one_hot(
         ``(B, C, *spatial)`` tensor of 0 and 1, on the device of ``labels``.
     """
     _check_tensor(labels, "labels")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    num_classes = check_int(num_classes, "num_classes", 1)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     if labels.ndim < 2:
@@ -670,14 +656,8 @@ def loss_for_kind(
         raise ValueError(
             f"unknown loss kind {kind!r}; choose one of {[k.value for k in LossKind]}"
         ) from err
-    if kind is LossKind.GDL_BL:
-        if len(weights) != 2:
-            raise ValueError(f"weights must be (w_region, w_boundary), got {weights!r}")
-        w_region, w_boundary, region = weights[0], weights[1], "gdl"
-    elif kind is LossKind.BL:
-        w_region, w_boundary, region = 0.0, 1.0, "gdl"
-    else:
-        w_region, w_boundary, region = 1.0, 0.0, kind.value
+    w_region, w_boundary = loss_weights(kind, weights)
+    region = "gdl" if kind in (LossKind.GDL_BL, LossKind.BL) else kind.value
     return combined_loss(
         probs, target_onehot, dist_maps, w_region, w_boundary, region, validate=validate
     )

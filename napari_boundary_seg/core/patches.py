@@ -45,6 +45,7 @@ from napari_boundary_seg.core.cache_entries import (
     iter_cache_slices,
     volume_key,
 )
+from napari_boundary_seg.core.config import DEFAULT_PATCH_SIZE
 from napari_boundary_seg.core.validate import check_number
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,6 @@ __all__ = [
     "volume_key",
     "worker_init",
 ]
-
-DEFAULT_PATCH_SIZE = (96, 96, 32)
-"""3D patch (voxels, numpy axis order) when ``TrainConfig.patch_size`` is None: it fits
-the sample case (96 × 112 × 96 at 2 mm) and is nnU-Net-like (96 × 96 × 32)."""
 
 
 class DiskSliceDataset(Dataset):

@@ -29,6 +29,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from napari_boundary_seg.core.config import PRECISIONS, check_precision
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,9 +44,6 @@ __all__ = [
     "plan_precision",
 ]
 
-PRECISIONS = ("32", "bf16", "16-mixed")
-"""Values of ``TrainConfig.precision``."""
-
 
 class PrecisionPlan(NamedTuple):
     """What a precision does on a device.
@@ -57,13 +56,6 @@ class PrecisionPlan(NamedTuple):
     dtype: torch.dtype | None
     scaler: bool
     note: str = ""
-
-
-def check_precision(value: object) -> str:
-    """``value`` if it is one of :data:`PRECISIONS`, else ValueError naming it."""
-    if value not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {value!r}")
-    return str(value)
 
 
 def plan_precision(precision: str, device: torch.device) -> PrecisionPlan:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from napari_boundary_seg.core.cases import Case
+from napari_boundary_seg.core.config import NORMALIZE_MODES
 from napari_boundary_seg.core.orientation import (
     Orientation,
     canonical_orientation,
@@ -39,7 +40,7 @@ from napari_boundary_seg.core.orientation import (
     native_slice_axis,
     slice_axis,
 )
-from napari_boundary_seg.core.validate import check_int
+from napari_boundary_seg.core.validate import check_int, check_slice_spacing
 
 __all__ = [
     "CROP_MARGIN",
@@ -62,12 +63,6 @@ __all__ = [
     "slice_plane_spacing",
 ]
 
-
-NORMALIZE_MODES = ("robust", "zscore", "minmax")
-"""Intensity rules, per modality: ``robust`` (within the head: its 0.5 and 99.5 %
-percentiles mapped to 0 and 1, clipped; the default for real scans), ``zscore``
-(within the head, clipped the same way, then nnU-Net's MRI z-score, 0 outside)
-and ``minmax`` (the paper's: the volume's minimum and maximum mapped to 0 and 1)."""
 
 CROP_MARGIN = 4
 """Voxels kept around the head when volumes are cropped to it."""
@@ -146,17 +141,6 @@ class PreprocessConfig:
             object.__setattr__(
                 self, "slice_spacing", check_slice_spacing(self.slice_spacing, "slice_spacing")
             )
-
-
-def check_slice_spacing(value: Any, what: str = "slice_spacing") -> tuple[float, float]:
-    """``value`` as a ``(row, column)`` spacing in mm (one number: both), else ValueError."""
-    try:
-        values = [float(value)] * 2 if np.isscalar(value) else [float(v) for v in value]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{what} must be one or two positive numbers (mm), got {value!r}")
-    return (values[0], values[1])
 
 
 def _scale_unit(volume: np.ndarray, percentiles: tuple[float, float] | None) -> np.ndarray:

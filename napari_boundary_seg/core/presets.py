@@ -18,40 +18,62 @@ figures are measured on slices the model did not train on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported when a config is built, not with this module
-    from napari_boundary_seg.core.train import TrainConfig
+from napari_boundary_seg.core.config import TrainConfig
 
 __all__ = [
+    "PAPER",
     "PRESETS",
+    "PRESET_CONFIGS",
+    "QUICK",
     "QUICK_START",
+    "changed_fields",
     "preset_config",
     "quick_start_config",
     "split_slices",
     "validation_block",
 ]
 
-#: The quick-start values (``TrainConfig`` keyword arguments).
-QUICK_START: dict[str, Any] = {
-    "epochs": 15,
-    "lr": 2e-3,
-    "batch_size": 8,
-    "lr_patience": 10,
-    "slice_size": None,
-    "skip_empty_slices": False,
-    "depth": 4,
-    "base_channels": 16,
-    "val_fraction": 0.2,
-    "schedule": {"kind": "paper", "start": 1.0, "step": 0.02, "floor": 0.5},
+QUICK = TrainConfig(
+    epochs=15,
+    lr=2e-3,
+    lr_patience=10,
+    base_channels=16,
+    schedule={"kind": "paper", "start": 1.0, "step": 0.02, "floor": 0.5},
+)
+"""The quick-start config: ``TrainConfig``'s defaults with the measured changes."""
+
+PAPER = TrainConfig(slice_size=256)
+"""The paper's config: ``TrainConfig``'s defaults (the paper's network, optimiser and
+α schedule) with slices resized to 256²."""
+
+PRESET_CONFIGS: Mapping[str, TrainConfig] = {"quick": QUICK, "paper": PAPER}
+"""The named presets of ``train --preset`` and of the widgets, as configs."""
+
+PRESETS: dict[str, str] = {
+    "quick": "the Quick start: UNet width 16, slices at their size, 15 epochs (CPU-sized)",
+    "paper": "the paper's: UNet width 64, 256×256 slices, 100 epochs (GPU-sized)",
 }
+"""The named presets of ``train --preset`` and what each is."""
+
+
+def changed_fields(config: TrainConfig) -> dict[str, Any]:
+    """The fields of ``config`` that differ from ``TrainConfig``'s defaults (JSON form)."""
+    default = TrainConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if v != default[k]}
+
+
+QUICK_START: dict[str, Any] = changed_fields(QUICK)
+"""The quick-start values as ``TrainConfig`` keyword arguments (those that differ
+from the defaults)."""
 
 
 def quick_start_config(**overrides: Any) -> TrainConfig:
-    """The quick-start :class:`~napari_boundary_seg.core.train.TrainConfig`.
+    """The quick-start :class:`~napari_boundary_seg.core.config.TrainConfig`.
 
     Parameters
     ----------
@@ -62,39 +84,22 @@ def quick_start_config(**overrides: Any) -> TrainConfig:
     Returns
     -------
     TrainConfig
-        GDL + boundary loss, :data:`QUICK_START` values, then ``overrides``.
+        GDL + boundary loss, :data:`QUICK` with ``overrides``.
     """
-    from napari_boundary_seg.core.train import TrainConfig
-
-    return TrainConfig(**{**QUICK_START, **overrides})
-
-
-PAPER: dict[str, Any] = {"slice_size": 256}
-"""What the paper preset sets beyond ``TrainConfig``'s defaults: slices resized to 256²."""
-
-PRESETS: dict[str, str] = {
-    "quick": "the Quick start: UNet width 16, slices at their size, 15 epochs (CPU-sized)",
-    "paper": "the paper's: UNet width 64, 256×256 slices, 100 epochs (GPU-sized)",
-}
-"""The named presets of ``train --preset`` and what each is."""
+    return QUICK.replace(**overrides)
 
 
 def preset_config(name: str, **overrides: Any) -> TrainConfig:
-    """The :class:`~napari_boundary_seg.core.train.TrainConfig` of preset ``name``.
+    """The :class:`~napari_boundary_seg.core.config.TrainConfig` of preset ``name``.
 
-    ``"quick"`` is :func:`quick_start_config` (the Train widget's and the demo's
-    Quick start); ``"paper"`` is ``TrainConfig``'s defaults (the paper's network,
-    optimiser and α schedule) with :data:`PAPER`'s 256×256 slices; both keep the
-    real-scan preprocessing (``--normalize minmax`` gives the paper's scaling).
-    ``overrides`` replace the preset's fields.
+    ``"quick"`` is :data:`QUICK` (the Train widget's and the demo's Quick
+    start); ``"paper"`` is :data:`PAPER`; both keep the real-scan preprocessing
+    (``--normalize minmax`` gives the paper's scaling). ``overrides`` replace
+    the preset's fields.
     """
-    if name == "quick":
-        return quick_start_config(**overrides)
-    if name == "paper":
-        from napari_boundary_seg.core.train import TrainConfig
-
-        return TrainConfig(**{**PAPER, **overrides})
-    raise ValueError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
+    if name not in PRESET_CONFIGS:
+        raise ValueError(f"unknown preset {name!r}; use one of {sorted(PRESETS)}")
+    return PRESET_CONFIGS[name].replace(**overrides)
 
 
 TRAIN_SHARE = 0.25

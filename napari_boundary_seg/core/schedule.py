@@ -21,17 +21,22 @@ and plots (a change below 1e-12).
 
 Build schedules with :func:`make_schedule` and serialise them with
 :meth:`Schedule.to_dict` / :func:`schedule_from_dict` (JSON-compatible dicts).
+Each parameter is a declared setting (help, bounds, step):
+``settings(PaperSchedule)`` (:func:`~napari_boundary_seg.core.settings.settings`)
+gives what a form of the kind needs; :data:`SCHEDULE_CLASSES` maps a kind to its class.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar
+
+from napari_boundary_seg.core.settings import setting
+from napari_boundary_seg.core.validate import check_int
 
 __all__ = [
     "ScheduleKind",
@@ -40,6 +45,7 @@ __all__ = [
     "ConstantSchedule",
     "ReferenceCodeSchedule",
     "ListSchedule",
+    "SCHEDULE_CLASSES",
     "make_schedule",
     "schedule_from_dict",
 ]
@@ -84,15 +90,7 @@ def _non_negative(value: Any, name: str) -> float:
 
 
 def _epoch(epoch: Any) -> int:
-    if isinstance(epoch, bool):
-        raise TypeError(f"epoch must be an int, got {epoch!r}")
-    try:
-        e = operator.index(epoch)
-    except TypeError:
-        raise TypeError(f"epoch must be an int, got {epoch!r}") from None
-    if e < 0:
-        raise ValueError(f"epoch must be >= 0, got {e}")
-    return e
+    return check_int(epoch, "epoch", 0)
 
 
 @dataclass(frozen=True)
@@ -136,9 +134,15 @@ class PaperSchedule(Schedule):
     """``alpha(e) = max(floor, start - step * e)``; weights ``(alpha, 1 - alpha)``."""
 
     kind: ClassVar[ScheduleKind] = ScheduleKind.PAPER
-    start: float = 1.0
-    step: float = 0.01
-    floor: float = 0.01
+    start: float = setting(
+        1.0, help="α at the first epoch", bounds=(0, 1), step=0.05, section="schedule"
+    )
+    step: float = setting(
+        0.01, help="α drop per epoch", bounds=(0, None), step=0.01, section="schedule"
+    )
+    floor: float = setting(
+        0.01, help="lowest α (at most start)", bounds=(0, 1), step=0.01, section="schedule"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", _unit_interval(self.start, "start"))
@@ -159,7 +163,9 @@ class ConstantSchedule(Schedule):
     """``alpha(e) = alpha``; weights ``(alpha, 1 - alpha)``."""
 
     kind: ClassVar[ScheduleKind] = ScheduleKind.CONSTANT
-    alpha: float = 0.5
+    alpha: float = setting(
+        0.5, help="α at every epoch", bounds=(0, 1), step=0.05, section="schedule"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alpha", _unit_interval(self.alpha, "alpha"))
@@ -179,9 +185,23 @@ class ReferenceCodeSchedule(Schedule):
     """
 
     kind: ClassVar[ScheduleKind] = ScheduleKind.REFERENCE_CODE
-    step: float = 0.01
-    region_floor: float = 0.1
-    boundary_start: float = 0.01
+    step: float = setting(
+        0.01,
+        help="weight moved per epoch (regional down, boundary up)",
+        bounds=(0, None),
+        step=0.01,
+        section="schedule",
+    )
+    region_floor: float = setting(
+        0.1, help="lowest regional weight", bounds=(0, 1), step=0.01, section="schedule"
+    )
+    boundary_start: float = setting(
+        0.01,
+        help="boundary weight at the first epoch",
+        bounds=(0, None),
+        step=0.01,
+        section="schedule",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step", _non_negative(self.step, "step"))
@@ -201,7 +221,9 @@ class ListSchedule(Schedule):
     """``alpha(e) = alphas[min(e, len(alphas) - 1)]``; weights ``(alpha, 1 - alpha)``."""
 
     kind: ClassVar[ScheduleKind] = ScheduleKind.LIST
-    alphas: tuple[float, ...] = ()
+    alphas: tuple[float, ...] = setting(
+        (), help="α per epoch; the last is held after the list", bounds=(0, 1), section="schedule"
+    )
 
     def __post_init__(self) -> None:
         message = f"alphas must be a sequence of numbers, got {self.alphas!r}"
@@ -221,12 +243,14 @@ class ListSchedule(Schedule):
         return _clean(alpha), _clean(1.0 - alpha)
 
 
-_KINDS: dict[ScheduleKind, type[Schedule]] = {
+SCHEDULE_CLASSES: dict[ScheduleKind, type[Schedule]] = {
     ScheduleKind.PAPER: PaperSchedule,
     ScheduleKind.CONSTANT: ConstantSchedule,
     ScheduleKind.REFERENCE_CODE: ReferenceCodeSchedule,
     ScheduleKind.LIST: ListSchedule,
 }
+"""The class of each kind; its fields are the kind's parameters."""
+_KINDS = SCHEDULE_CLASSES
 
 
 def make_schedule(kind: ScheduleKind | str = ScheduleKind.PAPER, **params: Any) -> Schedule:

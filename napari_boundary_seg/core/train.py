@@ -54,7 +54,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -72,8 +72,14 @@ from napari_boundary_seg.core.checkpoint import (
     save_checkpoint,
     training_mode,
 )
-from napari_boundary_seg.core.data import NORMALIZE_MODES, check_slice_spacing
-from napari_boundary_seg.core.device import check_device_name, resolve_device
+from napari_boundary_seg.core.config import (
+    DISTANCE_MODES,
+    TrainConfig,
+    boundary_only_from_start,
+    loss_weights,
+    settings,
+)
+from napari_boundary_seg.core.device import resolve_device
 from napari_boundary_seg.core.events import (  # the event protocol, re-exported here
     METRICS_COLUMNS,
     DoneEvent,
@@ -86,16 +92,14 @@ from napari_boundary_seg.core.events import (  # the event protocol, re-exported
 )
 from napari_boundary_seg.core.io import atomic_path, write_text_atomic
 from napari_boundary_seg.core.losses import LossKind, LossParts, loss_for_kind, one_hot
-from napari_boundary_seg.core.orientation import check_plane
 from napari_boundary_seg.core.precision import (
     autocast,
-    check_precision,
     float32_region,
     make_scaler,
     memory_format,
     plan_precision,
 )
-from napari_boundary_seg.core.schedule import Schedule, schedule_from_dict
+from napari_boundary_seg.core.schedule import schedule_from_dict
 from napari_boundary_seg.core.unet import UNet, pooling_strides
 from napari_boundary_seg.core.validate import check_unet_fits
 
@@ -103,6 +107,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "METRICS_COLUMNS",
+    "DISTANCE_MODES",
     "DoneEvent",
     "EpochEvent",
     "InfoEvent",
@@ -130,396 +135,10 @@ __all__ = [
 ]
 
 
-DISTANCE_MODES = ("3d", "2d")
 _PAUSE_POLL_S = 0.2
 
-# config fields that a resumed run must share with the run it continues
-_RESUME_FIELDS = (
-    "num_classes",
-    "loss",
-    "schedule",
-    "lr",
-    "lr_patience",
-    "lr_factor",
-    "batch_size",
-    "slice_size",
-    "axis",
-    "scale",
-    "percentiles",
-    "skip_empty_slices",
-    "distance",
-    "val_fraction",
-    "seed",
-    "split_seed",
-    "depth",
-    "base_channels",
-    "max_steps_per_epoch",
-    "dims",
-    "patch_size",
-    "oversample",
-    "augment",
-)
-
-
-# ---------------------------------------------------------------------------
-# configuration
-
-
-def _positive_int(value: Any, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-        raise ValueError(f"TrainConfig.{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_precision_fields(config: Any) -> None:
-    """Validate precision, channels_last, compile; map the old ``amp`` flag onto precision."""
-    for name in ("amp", "channels_last", "compile"):
-        if not isinstance(getattr(config, name), bool):
-            raise ValueError(
-                f"TrainConfig.{name} must be True or False, got {getattr(config, name)!r}"
-            )
-    check_precision(config.precision)
-    if config.amp:
-        if config.precision == "32":
-            object.__setattr__(config, "precision", "16-mixed")
-        elif config.precision != "16-mixed":
-            raise ValueError(
-                f"TrainConfig: amp=True means precision='16-mixed', but precision is "
-                f"{config.precision!r}; drop amp"
-            )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; JSON round trip with :meth:`to_dict`.
-
-    Parameters
-    ----------
-    data
-        Dataset folder (generic, WMH or ISLES layout, see
-        :func:`napari_boundary_seg.core.data.find_cases`); ``None`` when the cases
-        are given to :func:`train` in memory.
-    out_dir
-        Folder for ``best.pt``, ``last.pt``, ``metrics.csv`` and ``config.json``;
-        ``None`` writes nothing (the trained model is in :class:`DoneEvent`).
-    num_classes
-        Number of classes, background included.
-    loss
-        The objective (:class:`~napari_boundary_seg.core.losses.LossKind`).
-    schedule
-        Alpha schedule as a dict (``{"kind": "paper"}`` and parameters, see
-        :func:`~napari_boundary_seg.core.schedule.make_schedule`); used by
-        ``gdl+bl``.
-    epochs
-        Number of epochs (the total, also when resuming).
-    lr, batch_size
-        Adam learning rate and batch size (the paper: 1e-3, 8). Under
-        torchrun ``batch_size`` is per process: the global batch is
-        ``world_size × batch_size`` (:mod:`napari_boundary_seg.core.distributed`).
-    lr_patience, lr_factor
-        The lr is multiplied by ``lr_factor`` after ``lr_patience`` epochs without
-        improvement of the validation DSC (the paper: 20, 0.5).
-    slice_size
-        Slices are resized to ``slice_size × slice_size`` (the paper: 256);
-        ``None`` keeps their shape (resampled to ``slice_spacing``).
-    axis
-        Slicing plane: ``auto`` (axial, or the thick-slice axis when one
-        spacing is > 3× the others), ``axial``, ``coronal``, ``sagittal``, or
-        an axis 0–2 of the canonical order (of the stored order when
-        ``canonical`` is False).
-    scale, percentiles
-        Normalise each modality (``scale=False``: raw intensities);
-        ``percentiles=(lo, hi)`` is the min-max rule's robust variant.
-    normalize
-        ``robust`` (the head's 0.5/99.5 % percentiles mapped to [0, 1],
-        clipped: skull-on and skull-stripped scans alike), ``zscore`` (within the head mask, clipped at its 0.5/99.5 %
-        percentiles, nnU-Net's MRI rule; for skull-on and skull-stripped
-        scans alike) or ``minmax`` (the paper's [0, 1]).
-    canonical
-        Reorient every scan to the closest canonical (RAS) voxel order first,
-        so that the stored order of a file changes nothing.
-    slice_spacing
-        In-plane spacing (mm) slices are resampled to: ``"auto"`` (the
-        training cases' median, recorded in the checkpoint), one or two
-        numbers, or ``None`` (no resampling). Ignored when ``slice_size`` is set.
-    crop_to_head
-        2D: crop every scan to its head (plus a margin) before slicing.
-    skip_empty_slices
-        Train on slices with foreground only (the paper keeps all).
-    distance
-        ``"3d"``: distance maps of whole volumes with the spacing, then sliced;
-        ``"2d"``: per slice.
-    val_fraction
-        Fraction of cases (patient-wise) held out for validation.
-    seed, split_seed
-        Seed of the initialisation and slice order; of the train/validation split
-        (``None``: ``seed``). A study varies ``seed`` with a fixed ``split_seed``.
-    device
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``,
-        ``"cuda:N"`` or ``"mps"``.
-    depth, base_channels
-        UNet levels and first-level width (a fine-tune takes them from its
-        checkpoint).
-    num_workers
-        DataLoader worker processes (0: batches are gathered in the main process
-        from the in-memory tensors, the fastest for cached data; same batches
-        either way).
-    max_steps_per_epoch
-        Cap on the steps of an epoch (quick runs); ``None``: every slice once.
-    amp
-        Deprecated: ``True`` is ``precision="16-mixed"`` (kept so that old
-        configs and checkpoints load; the run says so).
-    precision
-        ``"32"`` (float32), ``"bf16"`` (bfloat16 autocast, also on the CPU) or
-        ``"16-mixed"`` (float16 autocast with gradient scaling, CUDA and MPS);
-        the losses are computed in float32 in every case (see
-        :mod:`napari_boundary_seg.core.precision`).
-    channels_last
-        Train in the channels-last memory format (opt-in; can speed up
-        convolutions on recent GPUs, measure first).
-    compile
-        Train a :func:`torch.compile` d network (opt-in; the first steps compile).
-    init_checkpoint
-        Fine-tune: start from this checkpoint's weights (new data, new schedule).
-    resume_from
-        Resume: continue the run saved in this checkpoint (usually ``last.pt``).
-    cache_dir
-        Folder of the cache of prepared cases (2D slices or 3D volumes, with
-        φ), read memory-mapped (``None``: ``<out_dir>/cache``, or a temporary
-        folder removed with the run when ``out_dir`` is ``None``). With a
-        prebuilt ``train(dataset=...)`` it is not used.
-    overwrite
-        Allow writing into an ``out_dir`` that already holds a run.
-    dims
-        2: the paper's 2D slices (the default); 3: 3D patches of the volumes at
-        their own spacing, from the memory-mapped volume cache.
-    patch_size
-        3D patch in voxels, numpy axis order; ``None`` gives
-        :data:`~napari_boundary_seg.core.patches.DEFAULT_PATCH_SIZE` in 3D
-        (the field then holds it). Ignored in 2D. Every volume must be at least
-        as large along each axis.
-    oversample
-        Share of the 3D patches centred on a random foreground voxel (nnU-Net's
-        one third); 0 samples uniformly. Ignored in 2D (every slice once).
-    slice_oversample
-        2D: share of each epoch's slice order replaced by slices that hold
-        foreground, drawn at random (0: every slice once, the paper). Lesions
-        on a few slices of a few patients are seen more often; the epoch keeps
-        its length.
-    augment
-        Augmentation that keeps φ exact (:mod:`napari_boundary_seg.core.augment`);
-        ``None``: on in 3D, off in 2D (the paper trains without). See
-        :attr:`augment_enabled`.
-    """
-
-    data: str | None = None
-    out_dir: str | None = None
-    num_classes: int = 2
-    loss: LossKind = LossKind.GDL_BL
-    schedule: Mapping[str, Any] = field(default_factory=lambda: {"kind": "paper"})
-    epochs: int = 100
-    lr: float = 1e-3
-    batch_size: int = 8
-    lr_patience: int = 20
-    lr_factor: float = 0.5
-    slice_size: int | None = None
-    axis: int | str = "auto"
-    scale: bool = True
-    percentiles: tuple[float, float] | None = None
-    normalize: str = "robust"
-    canonical: bool = True
-    slice_spacing: str | tuple[float, float] | None = "auto"
-    crop_to_head: bool = True
-    skip_empty_slices: bool = False
-    distance: str = "3d"
-    val_fraction: float = 0.2
-    seed: int = 0
-    split_seed: int | None = None
-    device: str = "auto"
-    depth: int = 4
-    base_channels: int = 64
-    num_workers: int = 0
-    max_steps_per_epoch: int | None = None
-    amp: bool = False
-    precision: str = "32"
-    channels_last: bool = False
-    compile: bool = False
-    init_checkpoint: str | None = None
-    resume_from: str | None = None
-    cache_dir: str | None = None
-    overwrite: bool = False
-    dims: int = 2
-    patch_size: tuple[int, ...] | None = None
-    oversample: float = 1 / 3
-    slice_oversample: float = 0.0
-    augment: bool | None = None
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        try:
-            set_(self, "loss", LossKind(self.loss))
-        except ValueError as err:
-            raise ValueError(
-                f"TrainConfig.loss {self.loss!r} is not one of {[k.value for k in LossKind]}"
-            ) from err
-        if not isinstance(self.schedule, Mapping):
-            if isinstance(self.schedule, Schedule):
-                set_(self, "schedule", self.schedule.to_dict())
-            else:
-                raise TypeError(
-                    f"TrainConfig.schedule must be a dict or Schedule, got {self.schedule!r}"
-                )
-        # normalise through the schedule module (validates kind and parameters)
-        set_(self, "schedule", schedule_from_dict(self.schedule).to_dict())
-        _positive_int(self.num_classes, "num_classes", 2)
-        _positive_int(self.epochs, "epochs", 0)
-        _positive_int(self.batch_size, "batch_size")
-        _positive_int(self.lr_patience, "lr_patience")
-        _positive_int(self.depth, "depth")
-        _positive_int(self.base_channels, "base_channels")
-        _positive_int(self.num_workers, "num_workers", 0)
-        if self.slice_size is not None:
-            _positive_int(self.slice_size, "slice_size")
-        if self.max_steps_per_epoch is not None:
-            _positive_int(self.max_steps_per_epoch, "max_steps_per_epoch")
-        set_(self, "axis", check_plane(self.axis, "TrainConfig.axis"))
-        if self.normalize not in NORMALIZE_MODES:
-            raise ValueError(
-                f"TrainConfig.normalize must be one of {', '.join(NORMALIZE_MODES)}, "
-                f"got {self.normalize!r}"
-            )
-        if not isinstance(self.crop_to_head, bool):
-            raise ValueError(
-                f"TrainConfig.crop_to_head must be True or False, got {self.crop_to_head!r}"
-            )
-        if not isinstance(self.canonical, bool):
-            raise ValueError(f"TrainConfig.canonical must be True or False, got {self.canonical!r}")
-        if self.slice_spacing is not None and self.slice_spacing != "auto":
-            set_(
-                self,
-                "slice_spacing",
-                check_slice_spacing(self.slice_spacing, "TrainConfig.slice_spacing"),
-            )
-        if self.seed is None or isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"TrainConfig.seed must be an integer, got {self.seed!r}")
-        if self.split_seed is not None and (
-            isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int)
-        ):
-            raise ValueError(f"TrainConfig.split_seed must be an integer, got {self.split_seed!r}")
-        for name in ("lr", "lr_factor"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"TrainConfig.{name} must be a positive number, got {value!r}")
-        if self.lr_factor >= 1:
-            raise ValueError(f"TrainConfig.lr_factor must be below 1, got {self.lr_factor!r}")
-        if not isinstance(self.val_fraction, int | float) or not 0 <= self.val_fraction < 1:
-            raise ValueError(
-                f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}"
-            )
-        if self.distance not in DISTANCE_MODES:
-            raise ValueError(
-                f"TrainConfig.distance must be one of {DISTANCE_MODES}, got {self.distance!r}"
-            )
-        if self.percentiles is not None:
-            lo_hi = tuple(float(p) for p in self.percentiles)
-            if len(lo_hi) != 2 or not 0 <= lo_hi[0] < lo_hi[1] <= 100:
-                raise ValueError(
-                    f"TrainConfig.percentiles must be (low, high) with 0 <= low < high <= 100, "
-                    f"got {self.percentiles!r}"
-                )
-            set_(self, "percentiles", lo_hi)
-        check_device_name(self.device)
-        _check_precision_fields(self)
-        if self.dims not in (2, 3) or isinstance(self.dims, bool):
-            raise ValueError(f"TrainConfig.dims must be 2 or 3, got {self.dims!r}")
-        if self.patch_size is not None:
-            try:
-                patch = tuple(self.patch_size)
-            except TypeError:
-                patch = None
-            if (
-                patch is None
-                or len(patch) != 3
-                or any(isinstance(p, bool) or not isinstance(p, int | np.integer) for p in patch)
-                or any(p < 1 for p in patch)
-            ):
-                raise ValueError(
-                    f"TrainConfig.patch_size must be 3 positive integers, got {self.patch_size!r}"
-                )
-            set_(self, "patch_size", tuple(int(p) for p in patch))
-        elif self.dims == 3:
-            from napari_boundary_seg.core.patches import DEFAULT_PATCH_SIZE
-
-            set_(self, "patch_size", tuple(DEFAULT_PATCH_SIZE))
-        if (
-            isinstance(self.oversample, bool)
-            or not isinstance(self.oversample, int | float)
-            or not 0 <= self.oversample <= 1
-        ):
-            raise ValueError(f"TrainConfig.oversample must be in [0, 1], got {self.oversample!r}")
-        if (
-            isinstance(self.slice_oversample, bool)
-            or not isinstance(self.slice_oversample, int | float)
-            or not 0 <= self.slice_oversample < 1
-        ):
-            raise ValueError(
-                f"TrainConfig.slice_oversample must be in [0, 1), got {self.slice_oversample!r}"
-            )
-        if self.augment is not None and not isinstance(self.augment, bool):
-            raise ValueError(
-                f"TrainConfig.augment must be True, False or None, got {self.augment!r}"
-            )
-        for name in ("data", "out_dir", "init_checkpoint", "resume_from", "cache_dir"):
-            value = getattr(self, name)
-            if value is not None:
-                set_(self, name, os.fspath(value))
-        if self.init_checkpoint is not None and self.resume_from is not None:
-            raise ValueError(
-                "TrainConfig: give init_checkpoint (fine-tune) or resume_from (resume), not both"
-            )
-
-    @property
-    def augment_enabled(self) -> bool:
-        """Whether augmentation runs: ``augment``, or by default on in 3D, off in 2D."""
-        return self.dims == 3 if self.augment is None else bool(self.augment)
-
-    @property
-    def effective_split_seed(self) -> int:
-        """The seed of the train/validation split."""
-        return self.seed if self.split_seed is None else self.split_seed
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-compatible dict (enums as their values, tuples as lists)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, LossKind):
-                value = value.value
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = json.loads(json.dumps(dict(value)))
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Rebuild a config from :meth:`to_dict` output; unknown keys raise ValueError."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"TrainConfig.from_dict needs a mapping, got {type(d).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(names)}")
-        values = dict(d)
-        for key in ("percentiles", "patch_size", "slice_spacing"):
-            if values.get(key) is not None and not isinstance(values[key], str):
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
+_RESUME_FIELDS = tuple(s.name for s in settings(TrainConfig) if s.same_on_resume)
+"""Config fields that a resumed run must share with the run it continues."""
 
 
 # ---------------------------------------------------------------------------
@@ -536,13 +155,8 @@ class StepResult(NamedTuple):
     stepped: bool
 
 
-def effective_weights(kind: LossKind, schedule_weights: tuple[float, float]) -> tuple[float, float]:
-    """The ``(w_region, w_boundary)`` that a loss kind actually applies."""
-    if kind is LossKind.GDL_BL:
-        return float(schedule_weights[0]), float(schedule_weights[1])
-    if kind is LossKind.BL:
-        return 0.0, 1.0
-    return 1.0, 0.0
+effective_weights = loss_weights
+"""The ``(w_region, w_boundary)`` that a loss kind applies (:func:`~napari_boundary_seg.core.config.loss_weights`)."""
 
 
 def step_losses(
@@ -1481,9 +1095,7 @@ def train(
         logger.info(note)
         yield InfoEvent(note, device=str(device))
     schedule = schedule_from_dict(config.schedule)
-    if config.loss is LossKind.BL or (
-        config.loss is LossKind.GDL_BL and schedule.starts_boundary_only
-    ):
+    if boundary_only_from_start(config.loss, schedule):
         warning = (
             "warning: the boundary loss alone from the first epoch collapses to an empty "
             "foreground in binary problems (Kervadec et al. 2019); start with a regional loss"

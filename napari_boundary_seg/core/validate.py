@@ -21,8 +21,11 @@ __all__ = [
     "MAX_UNET_DEPTH",
     "MAX_UNET_PARAMETERS",
     "SYNTH_BYTES_PER_VOXEL",
+    "check_bool",
+    "check_choice",
     "check_int",
     "check_number",
+    "check_slice_spacing",
     "check_synth_size",
     "check_unet_fits",
     "check_unet_size",
@@ -64,23 +67,55 @@ def check_number(
     high: float | None = None,
     *,
     low_open: bool = False,
+    high_open: bool = False,
 ) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with
-    ``low_open``); TypeError / ValueError naming ``name`` otherwise."""
+    """``value`` as a finite float in ``[low, high]`` (``low`` excluded with
+    ``low_open``, ``high`` with ``high_open``); TypeError / ValueError naming
+    ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise TypeError(f"{name} must be a number, got {value!r}")
     value = float(value)
     too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
+    too_high = high is not None and (value >= high if high_open else value > high)
     if not math.isfinite(value) or too_low or too_high:
         parts = []
         if low is not None:
             parts.append(f"{'>' if low_open else '>='} {low:g}")
         if high is not None:
-            parts.append(f"<= {high:g}")
+            parts.append(f"{'<' if high_open else '<='} {high:g}")
         bound = " and ".join(parts) if parts else "finite"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return value
+
+
+def check_bool(value: Any, name: str, optional: bool = False) -> bool | None:
+    """``value`` if it is True or False (or None with ``optional``), else ValueError."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool | np.bool_):
+        allowed = "True, False or None" if optional else "True or False"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices`` (a bool is not an int), else ValueError."""
+    if isinstance(value, bool) != any(isinstance(c, bool) for c in choices) or value not in choices:
+        words = [str(c) for c in choices]
+        shown = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+        raise ValueError(f"{name} must be {shown}, got {value!r}")
+    return value
+
+
+def check_slice_spacing(value: Any, what: str = "slice_spacing") -> tuple[float, float]:
+    """``value`` as a ``(row, column)`` spacing in mm (one number: both), else ValueError."""
+    try:
+        values = [float(value)] * 2 if np.isscalar(value) else [float(v) for v in value]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{what} must be one or two positive numbers (mm), got {value!r}")
+    return values[0], values[1]
 
 
 def unet_parameter_count(

@@ -105,11 +105,14 @@ def test_warped_phi_equals_the_map_recomputed_on_the_whole_warped_labels(margin_
             )
         patch = tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
         warp = A.draw_warp(labels.shape, spacing, patch, config, rng)
-        out = A.warped_sample(image, labels, spacing, patch, warp, 3, stats)
+        out = A.warped_sample(image, labels, spacing, patch, warp, 3, stats, phi="context")
         whole = A.warp_labels(labels, warp, tuple(slice(0, n) for n in labels.shape))
         ref = class_distance_maps(whole, 3, spacing=spacing)[(slice(None), *patch)]
         assert np.array_equal(out.labels, whole[patch])
         assert np.array_equal(out.dist, ref), seed
+        new = A.warped_sample(image, labels, spacing, patch, warp, 3)  # the default path
+        assert np.array_equal(new.labels, out.labels) and np.array_equal(new.image, out.image)
+        np.testing.assert_allclose(new.dist, ref, rtol=0, atol=1e-4)
         assert out.image.shape == (2, *patch_size) and out.image.dtype == np.float32
     assert stats["samples"] == 6
     if margin_mm == 0.0:
@@ -129,7 +132,7 @@ def test_a_patch_on_a_lesion_is_certified_from_its_context():
     stats: dict = {}
     for seed in range(4):
         warp = A.draw_warp(labels.shape, spacing, patch, config, np.random.default_rng(seed))
-        out = A.warped_sample(image, labels, spacing, patch, warp, 2, stats)
+        out = A.warped_sample(image, labels, spacing, patch, warp, 2, stats, phi="context")
         whole = A.warp_labels(labels, warp, tuple(slice(0, n) for n in labels.shape))
         ref = class_distance_maps(whole, 2, spacing=spacing)[(slice(None), *patch)]
         assert np.array_equal(out.dist, ref)
