@@ -133,6 +133,10 @@ def test_model_card_and_files(exported):
     assert settings["dims"] == 2 and settings["config"]["normalize"]
     checkpoint = read_package(exported["package"]).checkpoint()  # weights_only, no optimizer
     assert "optimizer_state" not in checkpoint and checkpoint["model"]["base_channels"] == 4
+    path = read_package(exported["package"]).checkpoint_file(exported["run"] / "from-package")
+    assert path == read_package(exported["package"]).checkpoint_file(path.parent)  # once
+    _, loaded = load_checkpoint(path)  # a checkpoint file fine-tuning can start from
+    assert loaded["model"] == checkpoint["model"]
 
 
 def test_export_never_overwrites_without_asking(exported, tmp_path, capsys):

@@ -254,6 +254,23 @@ class ModelPackage:
         model = _PaddedNetwork(net, self.hparams).eval()
         return model, dict(self.inference_checkpoint)
 
+    def checkpoint_file(self, folder: str | os.PathLike) -> Path:
+        """The embedded checkpoint as a file in ``folder`` (fine-tuning takes a
+        path): checked with ``weights_only=True`` first, written atomically once
+        per package content (its name carries the content's hash)."""
+        import hashlib
+
+        from napari_boundary_seg.core.checkpoint import save_checkpoint
+
+        checkpoint = self.checkpoint()
+        data = self._read(str(self.checkpoint_member))
+        digest = hashlib.sha256(data).hexdigest()[:12]
+        path = Path(folder) / f"{self.path.stem}-{digest}.pt"
+        if not path.is_file():
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, checkpoint)
+        return path
+
     def checkpoint(self) -> dict[str, Any]:
         """The embedded checkpoint (fine-tuning), read with ``weights_only=True``."""
         from napari_boundary_seg.core.checkpoint import read_checkpoint
