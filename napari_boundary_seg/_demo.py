@@ -54,7 +54,7 @@ def widget_names() -> list[str]:
 def axial_view(viewer: Any, labels_layer: Any) -> None:
     """Slice along the last axis (inferior-superior in RAS data), anterior up,
     at the slice with the most foreground of ``labels_layer``."""
-    from napari_boundary_seg._widgets._common import move_to_slice
+    from napari_boundary_seg._widgets._layers import move_to_slice
 
     viewer.dims.order = (
         *range(viewer.dims.ndim - 3),

@@ -695,10 +695,12 @@ def bench_data(
     import torch
 
     from napari_boundary_seg.core.data import find_cases
+    from napari_boundary_seg.core.modes import mode_for
     from napari_boundary_seg.core.patches import iter_cache_cases
     from napari_boundary_seg.core.progress import run_to_end
     from napari_boundary_seg.core.synthetic import iter_write_benchmark
 
+    mode = mode_for(dims, patch_size)
     cases: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="nbs-bench-data-") as tmp:
         root = Path(tmp)
@@ -714,7 +716,7 @@ def bench_data(
                 "data": str(folder),
                 "cache_dir": str(root / f"cache{k}"),
                 "dims": dims,
-                "patch_size": list(patch_size) if dims == 3 else None,
+                "patch_size": None if mode.patch_size is None else list(mode.patch_size),
                 "slice_size": patch_size[0],
                 "epochs": 1,
                 "max_steps_per_epoch": steps,
@@ -732,9 +734,9 @@ def bench_data(
             "name": f"peak resident memory of {dims}D training, {n_large} vs {n_small} cases "
             f"({'x'.join(map(str, shape))} at {spacing[0]:g} mm, "
             + (
-                f"patch {'x'.join(map(str, patch_size))}"
-                if dims == 3
-                else f"slices {patch_size[0]}x{patch_size[0]}"
+                f"slices {patch_size[0]}x{patch_size[0]}"
+                if mode.patch_size is None
+                else f"patch {'x'.join(map(str, mode.patch_size))}"
             )
             + f", {steps} steps)",
             "baseline": f"{n_small} cases",

@@ -5,7 +5,7 @@ Layers in: a prediction and a ground-truth Labels layer of integer labels
 foreground).
 Core calls: :func:`core.metrics.case_metrics` for the volume and
 :func:`core.metrics.per_slice_metrics` along the viewer's slicing axis, in a
-``thread_worker``; spacing from the ground truth's ``layer.scale``.
+``_runner.Runner``; spacing from the ground truth's ``layer.scale``.
 Out:
 
 - a Labels layer ``"TP/FP/FN <pred> vs <gt>"``: 1 = true positive, 2 = false
@@ -19,7 +19,7 @@ Out:
   keeps ``inf``), and the summary says "no foreground predicted".
 
 The outcome map and its counts are built in the worker; recomputing updates
-the layer's data in place.
+the layer's data in place. See docs/DESIGN.md, "The widgets".
 """
 
 from __future__ import annotations
@@ -35,9 +35,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
-    QFormLayout,
     QGridLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QPushButton,
@@ -47,25 +45,28 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_boundary_seg._widgets._common import (
-    Delivery,
+from napari_boundary_seg._widgets._fields import (
+    Form,
     LayerCombo,
+    button_row,
+    note_label,
+    scroll_layout,
+)
+from napari_boundary_seg._widgets._layers import (
     check_same_shape,
     format_number,
     geometry_kwargs,
     is_segmentation_labels,
     labels_array,
     layer_spacing,
-    layer_steps,
     mark_output,
     move_to_slice,
     notify_errors,
     output_kind,
     require_layer,
-    scroll_layout,
     slicing_axis,
-    start_progress_worker,
 )
+from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
 from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
 from napari_boundary_seg.core.progress import Progress
 
@@ -142,7 +143,6 @@ class CompareWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.volume_metrics: dict[str, float] = {}
         self.slice_rows: list[dict[str, float]] = []
         self.axis: int = 0
@@ -166,8 +166,9 @@ class CompareWidget(QWidget):
         self.export_button = QPushButton("Export CSV...")
         self.export_button.clicked.connect(self.export_dialog)
         self.export_button.setEnabled(False)
-        self.summary = QLabel("")
-        self.summary.setWordWrap(True)
+        self.runner = Runner(self, "comparison", buttons=[self.run_button])
+        self.runner.done.connect(self._on_returned)
+        self.summary = note_label("")
         self.table = QTableWidget(0, 0)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
@@ -176,16 +177,16 @@ class CompareWidget(QWidget):
         self.table.cellClicked.connect(self.go_to_row)
         self.table.setMinimumHeight(160)
 
-        form = QFormLayout()
-        form.addRow("Prediction", self.pred_combo)
-        form.addRow("Ground truth", self.gt_combo)
-        form.addRow("Foreground", self.class_spin)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.export_button)
+        form = Form(
+            [
+                ("Prediction", self.pred_combo),
+                ("Ground truth", self.gt_combo),
+                ("Foreground", self.class_spin),
+            ]
+        )
         layout = scroll_layout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
+        layout.addWidget(form)
+        layout.addLayout(button_row(self.run_button, self.export_button))
         layout.addLayout(self._legend())
         layout.addWidget(self.summary)
         layout.addWidget(self.table, stretch=1)
@@ -275,6 +276,8 @@ class CompareWidget(QWidget):
     # ------------------------------------------------------------------- run
     def compare(self) -> Any:
         """Start the comparison; returns the worker (None on bad input)."""
+        if self.runner.running:
+            return None
         inputs = notify_errors(self._inputs)
         if inputs is None:
             return None
@@ -291,19 +294,22 @@ class CompareWidget(QWidget):
             yield Progress(3, 3, "done")
             return volume, rows, outcome, counts
 
-        def on_returned(result: tuple[dict, list, np.ndarray, np.ndarray]) -> None:
-            # the table, then the layer in its own event-loop turns
-            self.delivery.run(*self._result_steps(inputs, *result))
+        self._pending_inputs = inputs
+        return self.runner.start(steps)
 
-        self.worker = start_progress_worker(
-            steps, on_returned, "comparison", button=self.run_button
-        )
-        return self.worker
+    def _on_returned(self, result: tuple[dict, list, np.ndarray, np.ndarray]) -> None:
+        # the table, then the layer in its own event-loop turns
+        self.delivery.run(*self._result_steps(self._pending_inputs, *result))
+
+    @property
+    def worker(self) -> Any:
+        """The running worker, or None."""
+        return self.runner.worker
 
     @property
     def busy(self) -> bool:
         """True while a comparison runs or its results are being shown."""
-        return not self.run_button.isEnabled() or self.delivery.pending
+        return self.runner.running or self.delivery.pending
 
     def show_results(
         self,
@@ -315,7 +321,7 @@ class CompareWidget(QWidget):
     ) -> None:
         """Add (or update in place) the TP/FP/FN layer and fill the table.
         :meth:`compare` runs the same steps one per event-loop turn
-        (``_common.Delivery``)."""
+        (``_runner.Delivery``)."""
         for step in self._result_steps(inputs, volume, rows, outcome, counts):
             step()
 

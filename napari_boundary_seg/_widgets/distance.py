@@ -2,7 +2,8 @@
 
 Layers in: a Labels layer (an Image layer of integers works too) and a class.
 Core call: :func:`core.distance.iter_signed_distance_map` on the class mask,
-in a ``thread_worker`` with a napari progress bar; spacing from ``layer.scale``.
+in the widget's ``_runner.Runner`` with a napari progress bar; spacing from
+``layer.scale``.
 Layers out:
 
 - ``"φ<c> <name> 3D (mm)"`` (or ``2D``: per slice, or a 2D image): an Image layer, diverging colormap centred on 0
@@ -18,6 +19,7 @@ Layers out:
 
 Recomputing (same labels layer and class) updates both layers' data in place;
 the layers, the outline and the contrast limits are built in the worker.
+See docs/DESIGN.md, "The widgets".
 """
 
 from __future__ import annotations
@@ -29,31 +31,28 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import Colormap
-from qtpy.QtWidgets import (
-    QFormLayout,
-    QLabel,
-    QPushButton,
-    QWidget,
-)
+from qtpy.QtWidgets import QPushButton, QWidget
 
-from napari_boundary_seg._widgets._common import (
-    Delivery,
+from napari_boundary_seg._widgets._fields import (
+    Form,
     LayerCombo,
     compact_combo,
-    geometry_kwargs,
     int_spin,
+    note_label,
+    scroll_layout,
+)
+from napari_boundary_seg._widgets._layers import (
+    geometry_kwargs,
     is_segmentation_labels,
     labels_array,
     layer_spacing,
-    layer_steps,
     mark_output,
     notify_errors,
     output_kind,
     require_layer,
-    scroll_layout,
     slicing_axis,
-    start_progress_worker,
 )
+from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
 logger = logging.getLogger(__name__)
@@ -178,7 +177,6 @@ class DistanceMapWidget(QWidget):
         from magicgui.widgets import ComboBox
 
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.phi_layer: Any = None
         self.boundary_layer: Any = None
         self._hidden_in_3d: Any = None
@@ -191,18 +189,18 @@ class DistanceMapWidget(QWidget):
         self.mode_combo = compact_combo(self.mode_choice.native)
         self.run_button = QPushButton("Compute distance map")
         self.run_button.clicked.connect(self.compute)
-        self.info = QLabel(
+        self.runner = Runner(self, buttons=[self.run_button])
+        self.runner.done.connect(self._on_returned)
+        self.info = note_label(
             "φ < 0 inside (blue), 0 on the boundary ∂G (white, outlined in black), "
             "> 0 outside (red); colorbar in mm. In 3D, ∂G is drawn as a surface."
         )
-        self.info.setWordWrap(True)
 
-        form = QFormLayout()
-        form.addRow("Labels", self.labels_combo)
-        form.addRow("Class", self.class_spin)
-        form.addRow("Mode", self.mode_combo)
+        form = Form(
+            [("Labels", self.labels_combo), ("Class", self.class_spin), ("Mode", self.mode_combo)]
+        )
         layout = scroll_layout(self)
-        layout.addLayout(form)
+        layout.addWidget(form)
         layout.addWidget(self.run_button)
         layout.addWidget(self.info)
         layout.addStretch(1)
@@ -250,6 +248,8 @@ class DistanceMapWidget(QWidget):
     # ------------------------------------------------------------------- run
     def compute(self) -> Any:
         """Start the computation; returns the worker (None on bad input)."""
+        if self.runner.running:
+            return None
         inputs = notify_errors(self._inputs)
         if inputs is None:
             return None
@@ -260,27 +260,29 @@ class DistanceMapWidget(QWidget):
             )
             return map_layers_data(phi, inputs["mask"], inputs["view_axis"])
 
-        dims = "3D" if inputs["mask"].ndim == 3 and inputs["axis"] is None else "2D"
-
-        def on_returned(result: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> None:
-            # one layer per event-loop turn: the window draws in between
-            self.delivery.run(
-                *self._map_steps(inputs["layer"], inputs["label"], *result, dims=dims)
-            )
-
+        inputs["dims"] = "3D" if inputs["mask"].ndim == 3 and inputs["axis"] is None else "2D"
+        self._pending_inputs = inputs
         where = "3D" if inputs["axis"] is None else f"2D slices along axis {inputs['axis']}"
-        self.worker = start_progress_worker(
-            make_generator,
-            on_returned,
-            description=f"φ of class {inputs['label']} ({where})",
-            button=self.run_button,
+        return self.runner.start(
+            make_generator, description=f"φ of class {inputs['label']} ({where})"
         )
-        return self.worker
+
+    def _on_returned(self, result: tuple[np.ndarray, np.ndarray, tuple[float, float]]) -> None:
+        inputs = self._pending_inputs
+        # one layer per event-loop turn: the window draws in between
+        self.delivery.run(
+            *self._map_steps(inputs["layer"], inputs["label"], *result, dims=inputs["dims"])
+        )
+
+    @property
+    def worker(self) -> Any:
+        """The running worker, or None."""
+        return self.runner.worker
 
     @property
     def busy(self) -> bool:
         """True while a computation runs or its layers are being shown."""
-        return not self.run_button.isEnabled() or self.delivery.pending
+        return self.runner.running or self.delivery.pending
 
     def show_map(
         self,
@@ -293,7 +295,7 @@ class DistanceMapWidget(QWidget):
     ) -> Image:
         """Show φ and ∂G: update the layers' data in place when they exist, else
         add them (once). :meth:`compute` runs the same steps one per event-loop
-        turn (``_common.Delivery``).
+        turn (``_runner.Delivery``).
 
         Parameters
         ----------

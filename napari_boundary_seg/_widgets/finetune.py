@@ -44,69 +44,73 @@ overwriting a file).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QHeaderView,
     QLabel,
-    QMessageBox,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_boundary_seg._widgets._charts import FinetuneCurves
-from napari_boundary_seg._widgets._common import (
-    Delivery,
-    DeviceCombo,
-    ImageStack,
+from napari_boundary_seg._widgets._checkpoints import (
+    NO_FOREGROUND,
+    check_checkpoint_path,
+    checkpoint_axis,
+    load_checked_checkpoint,
+    modalities_of,
+    probability_layer_kwargs,
+    stack_for_checkpoint,
+)
+from napari_boundary_seg._widgets._edits import (  # noqa: F401 - the module's API
+    CHANGE_COLORS,
+    META_KEY,
+    EditTracker,
+    atom_slices,
+    foreground_flags,
+)
+from napari_boundary_seg._widgets._fields import (
+    Form,
     LayerCombo,
-    LayerList,
     PathEdit,
-    ProgressPanel,
-    ProgressRelay,
-    check_device,
-    check_same_shape,
+    button_row,
     collapsible,
-    controlled_worker_class,
+    declared_spin,
     double_spin,
-    format_number,
+    group_box,
+    note_label,
+    scroll_layout,
+)
+from napari_boundary_seg._widgets._finetune_parts import Corrections, Gain
+from napari_boundary_seg._widgets._gain import GainTable
+from napari_boundary_seg._widgets._jobs import (  # noqa: F401 - the module's API
+    finetune_job,
+    finetune_layers_job,
+    predict_for_correction,
+)
+from napari_boundary_seg._widgets._layers import (
+    ImageStack,
+    check_same_shape,
     geometry_kwargs,
     images_from_layers,
-    int_spin,
     is_segmentation_labels,
     labels_array,
     layer_affine,
     layer_spacing,
-    layer_steps,
     mark_output,
     notify_error,
     output_label_colormap,
-    scroll_layout,
     unique_layer_name,
 )
-from napari_boundary_seg._widgets.inference import (
-    NO_FOREGROUND,
-    check_checkpoint_path,
-    load_checked_checkpoint,
-    modalities_of,
-    predict_job,
-    prediction_outputs,
-    probability_layer_kwargs,
-    stack_for_checkpoint,
-)
-from napari_boundary_seg.core.progress import Progress
+from napari_boundary_seg._widgets._logic import check_device
+from napari_boundary_seg._widgets._plots import FinetuneCurves
+from napari_boundary_seg._widgets._progress import ProgressPanel
+from napari_boundary_seg._widgets._runner import Delivery, Runner, layer_steps
+from napari_boundary_seg._widgets._sections import ModelInputs
+from napari_boundary_seg.core.config import FinetuneConfig
 
 if TYPE_CHECKING:
     import napari
@@ -115,263 +119,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EditTracker", "FinetuneWidget", "atom_slices", "finetune_job"]
 
-META_KEY = "finetune"
-"""Key of the links in ``layer.metadata``."""
-
-CHANGE_COLORS = {0: "transparent", 1: "#00e676", 2: "#ff1744", 3: "#ffd600", None: "transparent"}
-"""Changed-voxel layer: green gained, red lost, yellow other class."""
-
+#: The live curves redraw at most this often (ms).
 REDRAW_MS = 400
 
 
-# ---------------------------------------------------------------------------
-# edit tracking (no Qt)
-
-
-def atom_slices(atom: Any, axis: int, ndim: int) -> set[int]:
-    """Slices along ``axis`` that one napari Labels history atom changed.
-
-    Parameters
-    ----------
-    atom
-        A mask-based atom (``slice_key``, ``mask`` of the bounding box or None
-        when the whole box changed; from paint, fill and polygon) or the
-        ``(indices, old_values, new_values)`` tuple of ``data_setitem``.
-    axis
-        Slicing axis of the layer's data.
-    ndim
-        Number of data dimensions (a 2D layer has the single slice 0).
-    """
-    if ndim == 2:
-        return {0}
-    key = getattr(atom, "slice_key", None)
-    if key is not None:
-        part = key[axis]
-        start = int(part.start or 0)
-        mask = getattr(atom, "mask", None)
-        if mask is None or np.ndim(mask) != ndim or part.stop is None:
-            stop = int(part.stop) if part.stop is not None else start + 1
-            return set(range(start, stop))
-        other = tuple(k for k in range(ndim) if k != axis)
-        return {start + int(i) for i in np.flatnonzero(np.asarray(mask).any(axis=other))}
-    if isinstance(atom, tuple) and len(atom) == 3:
-        indices = atom[0]
-        return {int(i) for i in np.unique(np.asarray(indices[axis]))}
-    logger.debug("unknown labels history atom %r", type(atom))
-    return set()
-
-
-class EditTracker:
-    """Slices of a Labels layer edited since it was linked, from its paint events.
-
-    Parameters
-    ----------
-    layer
-        The napari Labels layer (2D or 3D).
-    axis
-        Slicing axis (the checkpoint's training axis).
-    on_change
-        Called with no argument after every change of the list.
-
-    Attributes
-    ----------
-    painted
-        Slices reported by paint events (or every slice after a wholesale
-        replacement of the data with the same shape).
-    manual
-        Slices added by hand (kept even when unchanged).
-    replaced
-        The data was replaced wholesale at least once.
-    reset_reason
-        Why tracking stopped (the data changed shape), or "".
-    """
-
-    def __init__(self, layer: Any, axis: int, on_change: Callable[[], None] | None = None) -> None:
-        self.layer = layer
-        self.axis = int(axis) if layer.ndim == 3 else 0
-        self.shape = tuple(np.shape(layer.data))
-        self.on_change = on_change
-        self.painted: set[int] = set()
-        self.manual: set[int] = set()
-        self.replaced = False
-        self.reset_reason = ""
-        layer.events.paint.connect(self._on_paint)
-        layer.events.data.connect(self._on_data)
-
-    @property
-    def depth(self) -> int:
-        return 1 if len(self.shape) == 2 else int(self.shape[self.axis])
-
-    @property
-    def slices(self) -> list[int]:
-        """Every listed slice (painted or added), sorted."""
-        return sorted(self.painted | self.manual)
-
-    def detach(self) -> None:
-        for emitter, slot in (
-            (self.layer.events.paint, self._on_paint),
-            (self.layer.events.data, self._on_data),
-        ):
-            try:
-                emitter.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def _on_paint(self, event: Any) -> None:
-        ndim = len(self.shape)
-        before = len(self.painted)
-        for atom in getattr(event, "value", None) or []:
-            self.painted |= atom_slices(atom, self.axis, ndim)
-        if len(self.painted) != before:
-            self._changed()
-
-    def _on_data(self, event: Any) -> None:
-        shape = tuple(np.shape(self.layer.data))
-        if shape == self.shape:
-            self.replaced = True
-            self.painted = set(range(self.depth))
-        else:
-            self.reset_reason = (
-                f"the data of '{self.layer.name}' changed shape {self.shape} -> {shape}; "
-                "predict again to start a new correction"
-            )
-            self.painted.clear()
-            self.manual.clear()
-            self.detach()
-        self._changed()
-
-    def add(self, index: int) -> None:
-        if not 0 <= int(index) < self.depth:
-            raise ValueError(f"slice {index} is out of range (0..{self.depth - 1})")
-        self.manual.add(int(index))
-        self._changed()
-
-    def clear(self) -> None:
-        self.painted.clear()
-        self.manual.clear()
-        self._changed()
-
-
-# ---------------------------------------------------------------------------
-# worker bodies
-
-
-def checkpoint_axis(
-    checkpoint: dict[str, Any],
-    ndim: int,
-    affine: np.ndarray | None = None,
-    spacing: Sequence[float] | None = None,
-) -> int:
-    """The stored axis of an ``ndim``-D volume that the checkpoint slices along
-    (its plane found through the volume's ``affine``)."""
-    from napari_boundary_seg.core.checkpoint import checkpoint_native_axis
-
-    return checkpoint_native_axis(checkpoint, ndim, affine, spacing)
-
-
-def predict_for_correction(
-    checkpoint: str,
-    images: np.ndarray,
-    spacing: tuple[float, ...],
-    device: str,
-    affine: np.ndarray | None = None,
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
-    """Predict and report the checkpoint's slicing axis: ``(foreground
-    probability (*spatial) float32, labels (*spatial) int32, axis)``, the
-    layers' data built here in the worker."""
-    yield Progress(0, 0, "loading the checkpoint")
-    loaded = load_checked_checkpoint(checkpoint, images.shape[0])
-    axis = checkpoint_axis(loaded[1], images.ndim - 1, affine, spacing)
-    probs, labels = yield from predict_job(loaded, images, spacing, device, affine=affine)
-    foreground, labels = prediction_outputs(probs, labels)
-    return foreground, labels, axis
-
-
-def foreground_flags(pred: np.ndarray, slices: Sequence[int], axis: int) -> dict[str, bool]:
-    """``{"corrected": any foreground on ``slices``, "untouched": on the others}``
-    (a 2D image is its one slice 0)."""
-    pred = np.asarray(pred) > 0
-    if pred.ndim == 2:
-        return {"corrected": bool(pred.any()) and 0 in slices, "untouched": False}
-    per_slice = pred.any(axis=tuple(k for k in range(pred.ndim) if k != axis))
-    chosen = np.zeros(per_slice.shape, bool)
-    chosen[list(slices)] = True
-    return {
-        "corrected": bool(per_slice[chosen].any()),
-        "untouched": bool(per_slice[~chosen].any()),
-    }
-
-
-def finetune_job(
-    checkpoint: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    spacing: tuple[float, ...],
-    slices: Sequence[int],
-    settings: dict[str, Any],
-    old_pred: np.ndarray | None,
-    control: Any,
-    truth: np.ndarray | None = None,
-    affine: np.ndarray | None = None,
-) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
-    """Worker body: fine-tune, then (unless stopped) predict with both models and compare.
-
-    ``labels`` and ``truth`` are copies made in the GUI thread, ``images`` a stack
-    made in the worker (:func:`finetune_layers_job`).
-    Returns ``(FinetuneResult, evaluation or None)``; the evaluation of
-    :func:`core.finetune.evaluate_finetune` gains ``untouched_truth`` (the
-    untouched row against ``truth``, None without one), ``foreground``
-    (:func:`foreground_flags` of the old and the new prediction) and the
-    layers' data ``new_labels`` (int32).
-    """
-    from napari_boundary_seg.core.finetune import compare_models, evaluate_finetune, finetune
-
-    result = yield from finetune(
-        checkpoint, images, labels, spacing, slices, control=control, affine=affine, **settings
-    )
-    if result.stopped or result.checkpoint is None:
-        return result, None
-    evaluation = yield from evaluate_finetune(
-        result,
-        images,
-        labels,
-        spacing,
-        old_pred=old_pred,
-        device=settings.get("device"),
-        affine=affine,
-    )
-    old, new = evaluation["old_pred"], evaluation["new_pred"]
-    evaluation["untouched_truth"] = None
-    if truth is not None:
-        against = compare_models(old, new, truth, spacing, result.slices, result.axis)
-        evaluation["untouched_truth"] = against["untouched"]
-    evaluation["foreground"] = {
-        "old": foreground_flags(old, result.slices, result.axis),
-        "new": foreground_flags(new, result.slices, result.axis),
-    }
-    evaluation["new_labels"] = np.ascontiguousarray(new, dtype=np.int32)
-    return result, evaluation
-
-
-def finetune_layers_job(
-    layers: Sequence[Any], checkpoint: str, *args: Any, **kwargs: Any
-) -> Generator[Any, None, tuple[Any, dict[str, Any] | None]]:
-    """:func:`finetune_job` on the image ``layers`` stacked and checked here, in
-    the worker (``_common.images_from_layers``: a fresh copy), not in the
-    Start click."""
-    stack = images_from_layers(layers)
-    return (yield from finetune_job(checkpoint, stack.images, *args, affine=stack.affine, **kwargs))
-
-
-# ---------------------------------------------------------------------------
-# the widget
-
-
-class FinetuneWidget(QWidget):
+class FinetuneWidget(Corrections, Gain, QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
     TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old (mm)", "HD95 new (mm)")
@@ -380,11 +132,9 @@ class FinetuneWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from napari.layers import Image, Labels
+        from napari.layers import Labels
 
         self.viewer = napari_viewer
-        self.worker: Any = None
-        self.control: Any = None
         self.layer: Any = None
         self.tracker: EditTracker | None = None
         self.current_pred: np.ndarray | None = None
@@ -392,19 +142,19 @@ class FinetuneWidget(QWidget):
         self.last_result: Any = None
         self.comparison: dict[str, dict[str, float]] | None = None
         self.used_slices: list[int] = []
-        self._relay: ProgressRelay | None = None
+        self._returned: Callable[[Any], None] | None = None
         self._steps: list[float] = []
         self._loss: dict[str, list[float]] = {"total": [], "region": [], "α": []}
         self._dirty = False
         self.delivery = Delivery(self)
 
         # 1. predict or link
-        self.checkpoint = PathEdit(
-            "file", "Checkpoints (*.pt *.pth *.ckpt);;All files (*)", "best.pt"
+        self.inputs = ModelInputs(napari_viewer)
+        self.checkpoint, self.images, self.device = (
+            self.inputs.checkpoint,
+            self.inputs.images,
+            self.inputs.device,
         )
-        self.images = LayerList(napari_viewer, Image)
-        self.checkpoint.magic.changed.connect(self._show_modalities)
-        self.device = DeviceCombo()
         self.predict_button = QPushButton("Predict")
         self.predict_button.setToolTip("Predict into an editable '<image> corrections' layer")
         self.predict_button.clicked.connect(self.predict)
@@ -412,44 +162,35 @@ class FinetuneWidget(QWidget):
         self.use_button = QPushButton("Use layer")
         self.use_button.setToolTip("Correct an existing prediction (e.g. the Predict widget's)")
         self.use_button.clicked.connect(lambda: self.use_layer(self.labels_combo.layer()))
-        box1 = QGroupBox("1. Predict")
-        form1 = QFormLayout(box1)
-        form1.addRow("Checkpoint", self.checkpoint)
-        form1.addRow("Image layer(s)", self.images)
-        form1.addRow("Device", self.device)
-        form1.addRow(self.predict_button)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("or"))
-        row.addWidget(self.labels_combo, 1)
-        row.addWidget(self.use_button)
-        form1.addRow(row)
+        self.inputs.add(self.predict_button, None)
+        self.inputs.add_row(
+            button_row(QLabel("or"), self.labels_combo, self.use_button, stretch=(0, 1))
+        )
+        box1 = group_box("1. Predict", self.inputs)
 
         # 2. correct
-        self.edited_label = QLabel("No layer linked yet.")
-        self.edited_label.setWordWrap(True)
+        self.edited_label = note_label("No layer linked yet.")
         self.add_button = QPushButton("Add current slice")
         self.add_button.clicked.connect(self.add_current_slice)
         self.clear_button = QPushButton("Clear list")
         self.clear_button.clicked.connect(self.clear_slices)
         self.save_button = QPushButton("Save corrected labels…")
         self.save_button.clicked.connect(lambda: self.save_corrected())
-        box2 = QGroupBox("2. Correct (paint / erase on the layer)")
-        lay2 = QVBoxLayout(box2)
-        lay2.addWidget(self.edited_label)
-        row2 = QHBoxLayout()
-        for b in (self.add_button, self.clear_button):
-            row2.addWidget(b)
-        lay2.addLayout(row2)
-        lay2.addWidget(self.save_button)
+        box2 = group_box(
+            "2. Correct (paint / erase on the layer)",
+            self.edited_label,
+            button_row(self.add_button, self.clear_button),
+            self.save_button,
+        )
 
         # 3. fine-tune
-        self.alpha_start = double_spin(0.8, 0.0, 1.0, 0.05, 2)
-        self.alpha_step = double_spin(0.1, 0.0, 1.0, 0.05, 2)
-        self.epochs = int_spin(5, 1, 500)
+        # the fine-tune's settings as FinetuneConfig declares them
+        self.alpha_start = declared_spin(FinetuneConfig, "alpha_start", decimals=2)
+        self.alpha_step = declared_spin(FinetuneConfig, "alpha_step", decimals=2)
+        self.epochs = declared_spin(FinetuneConfig, "epochs", high=500)
         self.lr = double_spin(5e-4, 1e-6, 1.0, 1e-4, 6)
         self.mix_folder = PathEdit("folder", placeholder="(optional) original training data")
-        self.mix_ratio = double_spin(0.0, 0.0, 20.0, 0.5, 1)
-        self.mix_ratio.setToolTip("Original-set slices per corrected slice (0: none)")
+        self.mix_ratio = declared_spin(FinetuneConfig, "mix_ratio", decimals=1, high=20.0)
         self.out_folder = PathEdit("folder", placeholder="(default) beside the checkpoint")
         self.finetune_button = QPushButton("Fine-tune on the edited slices")
         self.finetune_button.clicked.connect(self.start_finetune)
@@ -457,50 +198,26 @@ class FinetuneWidget(QWidget):
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
         self.curves = FinetuneCurves()
-        box3 = QGroupBox("3. Fine-tune")
-        form3 = QFormLayout(box3)
-        form3.addRow("Epochs", self.epochs)
-        advanced = QWidget()
-        form_adv = QFormLayout(advanced)
-        form_adv.setContentsMargins(0, 0, 0, 0)
-        self.alpha_start.setToolTip("α (GDL weight) at the first fine-tuning epoch")
-        self.alpha_step.setToolTip("α is lowered by this after each epoch")
-        form_adv.addRow("α start", self.alpha_start)
-        form_adv.addRow("α step", self.alpha_step)
-        form_adv.addRow("Learning rate", self.lr)
-        form_adv.addRow("Mix with", self.mix_folder)
-        form_adv.addRow("Mix ratio", self.mix_ratio)
-        form_adv.addRow("Output", self.out_folder)
+        advanced = Form(
+            [
+                ("α start", self.alpha_start),
+                ("α step", self.alpha_step),
+                ("Learning rate", self.lr),
+                ("Mix with", self.mix_folder),
+                ("Mix ratio", self.mix_ratio),
+                ("Output", self.out_folder),
+            ]
+        )
         self.advanced = collapsible("Advanced settings", advanced)
-        form3.addRow(self.advanced)
-        row5 = QHBoxLayout()
-        row5.addWidget(self.finetune_button, 1)
-        row5.addWidget(self.stop_button)
-        form3.addRow(row5)
         self.progress = ProgressPanel(self)
-        form3.addRow(self.progress)
-        form3.addRow(self.curves)
+        form3 = Form([("Epochs", self.epochs), (None, self.advanced)])
+        form3.add_row(button_row(self.finetune_button, self.stop_button, stretch=(1, 0)))
+        form3.add(self.progress, None)
+        form3.add(self.curves, None)
+        box3 = group_box("3. Fine-tune", form3)
 
         # 4. the gain
-        self.table = QTableWidget(2, len(self.TABLE_COLUMNS))
-        # two-line headers ("DSC" over "old"): the columns fit a narrow dock
-        self.table.setHorizontalHeaderLabels([c.replace(" ", "\n", 1) for c in self.TABLE_COLUMNS])
-        tips = ("", "number of slices", "0-1", "0-1", "95th-percentile Hausdorff distance, mm")
-        for c, tip in enumerate((*tips, tips[-1])):
-            if tip:
-                self.table.horizontalHeaderItem(c).setToolTip(tip)
-        self.table.verticalHeader().setVisible(False)
-        self.table.verticalHeader().setDefaultSectionSize(22)
-        header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        for column in (0, 1):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
-        for policy in (
-            self.table.setHorizontalScrollBarPolicy,
-            self.table.setVerticalScrollBarPolicy,
-        ):
-            policy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table.setFixedHeight(2 * 22 + 44)
+        self.table = GainTable()
         self.keep_button = QPushButton("Keep new model")
         self.discard_button = QPushButton("Discard")
         self.keep_button.clicked.connect(lambda: self.decide(True))
@@ -514,39 +231,51 @@ class FinetuneWidget(QWidget):
             "Reference labels for the untouched slices (without one their row is n/a: "
             "there the corrections are the old prediction)"
         )
-        box4 = QGroupBox("4. Gain")
-        lay4 = QVBoxLayout(box4)
-        lay4.addWidget(QLabel("Ground truth for the untouched slices (optional):"))
-        lay4.addWidget(self.truth_combo)
-        lay4.addWidget(self.table)
-        row6 = QHBoxLayout()
-        row6.addWidget(self.keep_button)
-        row6.addWidget(self.discard_button)
-        lay4.addLayout(row6)
+        box4 = group_box(
+            "4. Gain",
+            QLabel("Ground truth for the untouched slices (optional):"),
+            self.truth_combo,
+            self.table,
+            button_row(self.keep_button, self.discard_button),
+        )
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = note_label("")
         layout = scroll_layout(self)
         for w in (box1, box2, box3, box4, self.status):
             layout.addWidget(w)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
 
+        self.runner = Runner(
+            self,
+            panel=self.progress,
+            buttons=[self.predict_button, self.use_button, self.finetune_button],
+            notify=False,
+        )
+        self.runner.event.connect(self._on_event)
+        self.runner.done.connect(lambda result: self._returned and self._returned(result))
+        self.runner.failed.connect(self._on_error)
+        self.runner.finished.connect(self._on_finished)
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
         self._timer.start()
 
-    def _show_modalities(self, *_: Any) -> None:
-        """Show the checkpoint's modality names under the image picker."""
-        names = modalities_of(self.checkpoint.text()) if self.checkpoint.text() else []
-        self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")
-
     # -- state ------------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running worker, or None."""
+        return self.runner.worker
+
+    @property
+    def control(self) -> Any:
+        """The running fine-tune's ``TrainControl``, or None."""
+        return self.runner.control
+
     @property
     def busy(self) -> bool:
         """True while a prediction or fine-tune runs or its layers are being shown."""
-        return self.worker is not None or self.delivery.pending
+        return self.runner.running or self.delivery.pending
 
     @property
     def link(self) -> dict[str, Any]:
@@ -596,7 +325,7 @@ class FinetuneWidget(QWidget):
         axis: int,
     ) -> Any:
         """Add the probability layer, then the corrections layer and its link
-        (``_common.layer_steps``, one step per event-loop turn); returns the
+        (``_runner.layer_steps``, one step per event-loop turn); returns the
         correction layer when all ran at once, else None."""
         prefix = stack.names[0]
         geometry = dict(stack.geometry)
@@ -695,60 +424,6 @@ class FinetuneWidget(QWidget):
         self.checkpoint.setText(str(checkpoint))
         self._update_edited()
 
-    # -- 2. correct -------------------------------------------------------------------
-    def _update_edited(self) -> None:
-        tracker = self.tracker
-        if tracker is None:
-            self.edited_label.setText("No layer linked yet.")
-            return
-        if tracker.reset_reason:
-            self.edited_label.setText(f"Tracking stopped: {tracker.reset_reason}.")
-            return
-        slices = tracker.slices
-        shown = ", ".join(str(s) for s in slices[:40]) + (" …" if len(slices) > 40 else "")
-        extra = " (data replaced: all slices are candidates)" if tracker.replaced else ""
-        self.edited_label.setText(
-            f"'{self.layer.name}', axis {tracker.axis}: {len(slices)} edited slice(s)"
-            f"{extra}{': ' + shown if slices else ''}"
-        )
-
-    def current_slice(self) -> int:
-        """The slice of the linked layer shown in the viewer (along the slicing axis)."""
-        if self.layer is None or self.tracker is None:
-            raise ValueError("No layer linked: predict or use a layer first.")
-        if self.layer.ndim == 2:
-            return 0
-        data_pos = self.layer.world_to_data(self.viewer.dims.point)
-        return int(round(float(data_pos[self.tracker.axis])))
-
-    def add_current_slice(self) -> None:
-        def add() -> None:
-            self.tracker.add(self.current_slice())
-
-        try:
-            add()
-        except (ValueError, TypeError) as exc:
-            notify_error(exc)
-
-    def clear_slices(self) -> None:
-        if self.tracker is not None:
-            self.tracker.clear()
-
-    def slices_to_use(self, labels: np.ndarray) -> list[int]:
-        """The listed slices that really differ from the starting prediction, plus
-        the ones added by hand (one check on the listed slices only)."""
-        from napari_boundary_seg.core.finetune import differing_slices
-
-        tracker = self.tracker
-        origin = self.link.get("prediction")
-        if origin is None or np.shape(origin) != labels.shape:
-            return tracker.slices
-        if labels.ndim == 2:
-            differ = [0] if np.any(labels != origin) and tracker.painted else []
-        else:
-            differ = differing_slices(labels, origin, tracker.axis, tracker.painted)
-        return sorted(set(differ) | tracker.manual)
-
     # -- 3. fine-tune -----------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
         mix = self.mix_folder.text()
@@ -796,7 +471,7 @@ class FinetuneWidget(QWidget):
             return None
         from napari_boundary_seg.core.train import TrainControl
 
-        self.control = TrainControl()
+        control = TrainControl()
         self.used_slices = slices
         self.pending = None
         self._reset_curves()
@@ -823,11 +498,11 @@ class FinetuneWidget(QWidget):
                 slices,
                 settings,
                 self.current_pred,
-                self.control,
+                control,
                 truth,
             ),
             self._on_finetuned,
-            stoppable=True,
+            control=control,
         )
 
     def _truth(self, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -856,11 +531,7 @@ class FinetuneWidget(QWidget):
 
     def _on_event(self, event: Any) -> None:
         name = type(event).__name__
-        if isinstance(event, Progress):
-            if self._relay is not None:
-                self._relay.set(event.done, event.total, event.message)
-            self.progress.set(event.done, event.total, event.message)
-        elif name == "StepEvent":
+        if name == "StepEvent":
             total = max(event.steps_per_epoch, 1)
             self._steps.append(event.epoch + (event.step + 1) / total)
             self._loss["total"].append(event.loss)
@@ -871,9 +542,7 @@ class FinetuneWidget(QWidget):
             done = event.epoch * total + event.step + 1
             n_epochs = int(self.epochs.value())
             message = f"epoch {event.epoch + 1}/{n_epochs}, step {event.step + 1}/{total}"
-            if self._relay is not None:
-                self._relay.set(done, total * n_epochs, message)
-            self.progress.set(done, total * n_epochs, message)
+            self.runner.set_progress(done, total * n_epochs, message)
         elif name == "InfoEvent":
             self.status.setText(event.message)
 
@@ -888,238 +557,28 @@ class FinetuneWidget(QWidget):
         self._dirty = False
         self.curves.set_data(self._steps, self._loss, max(float(self.epochs.value()), 1.0))
 
-    def _on_finetuned(self, result: tuple[Any, dict[str, Any] | None]) -> None:
-        ft, evaluation = result
-        self.last_result = ft
-        self.progress.finish(f"fine-tune {ft.reason}" if evaluation is None else "done")
-        self.link.setdefault("lineage", []).append(ft.lineage_path)
-        if evaluation is None:
-            self.status.setText(
-                f"Fine-tune {ft.reason}; the current model stays {Path(self.link['checkpoint'])}. "
-                f"Lineage: {ft.lineage_path}"
-            )
-            return
-        self.comparison = evaluation["comparison"]
-        self._set_table(
-            self.comparison, evaluation.get("untouched_truth"), evaluation.get("foreground")
-        )
-        stack = self._stack_used
-        prefix = stack.names[0]
-        geometry = dict(stack.geometry)
-        metadata = geometry.pop("metadata", None)
-        new_labels = evaluation.get("new_labels")
-        if new_labels is None:
-            new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
-        changes_name = f"{prefix} changes"
-        steps = layer_steps(  # a new prediction never replaces an earlier one
-            self.viewer,
-            "labels",
-            new_labels,
-            activate=False,
-            name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
-            visible=False,
-            metadata=mark_output("prediction", metadata),
-            colormap=output_label_colormap("prediction"),
-            **geometry,
-        )
-        if changes_name in self.viewer.layers:  # updated in place, not removed and re-added
-
-            def update_changes() -> None:
-                if changes_name in self.viewer.layers:
-                    self.viewer.layers[changes_name].data = evaluation["changes"]
-
-            steps.append(update_changes)
-        else:
-            steps += layer_steps(
-                self.viewer,
-                "labels",
-                evaluation["changes"],
-                name=changes_name,
-                colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
-                metadata=mark_output("changes", metadata),
-                **geometry,
-            )
-        # one step per event-loop turn: the window draws in between
-        self.delivery.run(*steps)
-        self.pending = (ft, evaluation)
-        for b in (self.keep_button, self.discard_button):
-            b.setEnabled(True)
-        n = int((evaluation["changes"] > 0).sum())
-        empty = ""
-        if not any(evaluation.get("foreground", {}).get("new", {True: True}).values()):
-            empty = f" The new model: {NO_FOREGROUND}."
-        self.status.setText(
-            f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
-            f"(green gained, red lost).{empty} Keep the new model or discard it."
-        )
-
-    def _set_table(
-        self,
-        comparison: dict[str, dict[str, float]] | None,
-        untouched_truth: dict[str, float] | None = None,
-        foreground: dict[str, dict[str, bool]] | None = None,
-    ) -> None:
-        """Fill the table: the corrected row against the corrections; the
-        untouched row against ``untouched_truth`` (the ground truth) or "n/a";
-        an HD95 of a group with no foreground predicted shows "—"."""
-        self.table.clearContents()
-        if comparison is None:
-            return
-        rows = {"corrected": comparison["corrected"], "untouched": untouched_truth}
-        for r, group in enumerate(("corrected", "untouched")):
-            row = rows[group]
-            n = int(comparison[group]["n_slices"])
-            self.table.setItem(r, 0, QTableWidgetItem(group))
-            self.table.setItem(r, 1, QTableWidgetItem(str(n)))
-            for c, key in enumerate(("dice_old", "dice_new", "hd95_old", "hd95_new"), start=2):
-                item = self._cell(group, key, row, foreground)
-                self.table.setItem(r, c, item)
-
-    @staticmethod
-    def _cell(
-        group: str,
-        key: str,
-        row: dict[str, float] | None,
-        foreground: dict[str, dict[str, bool]] | None,
-    ) -> QTableWidgetItem:
-        if row is None:
-            item = QTableWidgetItem("n/a")
-            item.setToolTip(
-                "No ground truth chosen: on untouched slices the corrections are the old "
-                "prediction, so comparing against them means nothing (old DSC 1 by "
-                "construction). Choose a ground-truth layer to measure them."
-            )
-            return item
-        tag = key.rsplit("_", 1)[1]
-        has_fg = (foreground or {}).get(tag, {}).get(group, True)
-        if key.startswith("hd95") and not has_fg and int(row.get("n_slices", 1)) > 0:
-            item = QTableWidgetItem("—")
-            item.setToolTip(
-                f"{NO_FOREGROUND} on these slices: HD95 is undefined (inf), not the image diagonal"
-            )
-            return item
-        digits = 3 if key.startswith("dice") else 1
-        return QTableWidgetItem(format_number(row[key], digits, nan="–", none="–"))
-
-    # -- 4. keep / discard ------------------------------------------------------------
-    def decide(self, keep: bool) -> None:
-        """Keep the new checkpoint (it becomes the current model) or discard it
-        (the parent stays); both stay on disk, the decision goes into the lineage."""
-        from napari_boundary_seg.core.finetune import record_decision
-
-        if self.pending is None:
-            return
-        ft, evaluation = self.pending
-        self.pending = None
-        for b in (self.keep_button, self.discard_button):
-            b.setEnabled(False)
-        try:
-            record_decision(ft.lineage_path, keep)
-        except (OSError, ValueError) as exc:
-            notify_error(exc)
-        if keep:
-            self.link["checkpoint"] = ft.checkpoint
-            self.checkpoint.setText(ft.checkpoint)
-            self.current_pred = evaluation["new_pred"]
-            self.status.setText(f"Now using {ft.checkpoint} (parent {ft.parent}).")
-        else:
-            self.status.setText(f"Discarded; going on with {self.link['checkpoint']}.")
-
-    # -- save ---------------------------------------------------------------------------
-    def save_corrected(self, path: str | Path | None = None) -> Path | None:
-        """Write the corrected labels as NIfTI with the image's affine.
-
-        Without ``path`` a file dialog asks (it confirms overwriting); with a
-        ``path`` that exists, a message box asks first.
-        """
-        from napari_boundary_seg.core.io import write_nifti
-
-        try:
-            if self.layer is None:
-                raise ValueError("No corrected layer to save: predict or use a layer first.")
-            if path is None:
-                chosen, _ = QFileDialog.getSaveFileName(
-                    self, "Save corrected labels", "", "NIfTI (*.nii.gz *.nii)"
-                )
-                if not chosen:
-                    return None
-                path, overwrite = Path(chosen), True
-            else:
-                path = Path(path)
-                overwrite = False
-                if path.exists():
-                    answer = QMessageBox.question(self, "Overwrite?", f"{path} exists. Replace it?")
-                    if answer != QMessageBox.StandardButton.Yes:
-                        return None
-                    overwrite = True
-            labels = np.array(labels_array(self.layer), copy=True)
-            affine, spacing = self._affine()
-            written = write_nifti(
-                path, labels, affine=affine, spacing=spacing, overwrite=overwrite, as_labels=True
-            )
-        except (ValueError, TypeError, OSError) as exc:
-            notify_error(exc)
-            return None
-        self.status.setText(f"Saved the corrected labels to {written}.")
-        return written
-
-    def _affine(self) -> tuple[np.ndarray | None, tuple[float, ...] | None]:
-        names = self.link.get("images") or []
-        for layer in [*(self.viewer.layers[n] for n in names if n in self.viewer.layers)]:
-            if "affine" in layer.metadata:
-                return np.asarray(layer.metadata["affine"]), None
-        if "affine" in self.layer.metadata:
-            return np.asarray(self.layer.metadata["affine"]), None
-        return None, tuple(float(abs(s)) for s in self.layer.scale)
-
     # -- worker plumbing ----------------------------------------------------------------
     def _run(
         self,
         func: Callable[..., Generator[Any, Any, Any]],
         args: tuple,
         on_returned: Callable[[Any], None],
-        stoppable: bool = False,
+        control: Any = None,
     ) -> Any:
-        from napari.qt.threading import create_worker
-
-        self._relay = ProgressRelay("Fine-tuning" if stoppable else "Predicting", parent=self)
-        self.progress.start("fine-tuning" if stoppable else "predicting")
-        worker = create_worker(
-            func,
-            *args,
-            _start_thread=False,
-            _ignore_errors=True,
-            _worker_class=controlled_worker_class(),
-        )
-        # napari's window close quits the worker: a fine-tune then stops at its
-        # next step and saves last.pt instead of being dropped mid-run
-        worker.control = self.control if stoppable else None
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(on_returned)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        for b in (self.predict_button, self.use_button, self.finetune_button):
-            b.setEnabled(False)
+        """Run ``func(*args)`` in the runner; a ``control`` makes it stoppable
+        (napari's window close then stops a fine-tune at its next step, which
+        saves last.pt, instead of dropping it mid-run)."""
+        self._returned = on_returned
+        stoppable = control is not None
         self.stop_button.setEnabled(stoppable)
-        worker.start()
-        return worker
+        what = "Fine-tuning" if stoppable else "Predicting"
+        return self.runner.start(func, *args, control=control, description=what)
 
     def _on_error(self, exc: BaseException) -> None:
-        self.progress.finish("failed")
         self.status.setText(f"Failed: {exc}. Your corrections are unchanged.")
         notify_error(exc)
 
     def _on_finished(self) -> None:
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.close()
-        if self.progress.running:
-            self.progress.finish("done")
-        self.worker = None
-        self.control = None
-        for b in (self.predict_button, self.use_button, self.finetune_button):
-            b.setEnabled(True)
         self.stop_button.setEnabled(False)
         # the curves' last state: drawn by the redraw timer, in a turn of its own
 

@@ -142,9 +142,9 @@ def _finetune(args: argparse.Namespace) -> int:
 def _finetune_in(args, config, model, checkpoint, images, labels, spacing, axis, affine) -> int:
     """Fine-tune (finding the corrected slices first unless given), then compare the
     old and the new model; the exit code."""
-    from napari_boundary_seg.core.checkpoint import training_mode
     from napari_boundary_seg.core.events import Outcome, TrainControl
     from napari_boundary_seg.core.finetune import differing_slices, finetune
+    from napari_boundary_seg.core.modes import mode_for
     from napari_boundary_seg.core.predict import iter_predict_volume
 
     old_pred = None
@@ -182,10 +182,11 @@ def _finetune_in(args, config, model, checkpoint, images, labels, spacing, axis,
         control=control,
     )
     result = _drive_finetune(gen, control, config.epochs)
-    if result.dims == 3:
+    mode = mode_for(checkpoint)
+    if mode.patch_size is not None:
         out(
-            "finetune: a 3D checkpoint, trained on 3D patches of "
-            f"{tuple(training_mode(checkpoint)['patch_size'])} holding the corrected slices"
+            f"finetune: a 3D checkpoint, trained on 3D patches of {mode.patch_size} "
+            "holding the corrected slices"
         )
     out(f"finetune: {result.reason}; lineage {result.lineage_path}")
     if control.stop_requested and result.outcome is Outcome.STOPPED:

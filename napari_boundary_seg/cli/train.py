@@ -206,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
     from napari_boundary_seg.core.cache import default_cache_dir, is_user_cache_dir
     from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir
     from napari_boundary_seg.core.presets import preset_config
-    from napari_boundary_seg.core.validate import check_unet_fits, check_unet_size
+    from napari_boundary_seg.core.validate import check_unet_size
 
     base, base_source = None, ""
     if args.resume is None:
@@ -248,8 +248,9 @@ def _train(args: argparse.Namespace) -> int:
             names=("--depth", "--base-channels"),
             spatial_dims=config.dims,
         )
-        if config.slice_size and config.dims == 2:
-            check_unet_fits(config.depth, config.slice_size, "--depth")
+        from napari_boundary_seg.core.modes import mode_for
+
+        mode_for(config).check_config(config, "--depth")
     check_device(config.device)  # before any folder is made
     set_threads(args, "train")
     if args.cache_dir is None and (config.cache_dir is None or is_user_cache_dir(config.cache_dir)):

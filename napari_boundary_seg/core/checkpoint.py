@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from napari_boundary_seg import __version__
 from napari_boundary_seg.core.data import PreprocessConfig
 from napari_boundary_seg.core.io import atomic_path
 from napari_boundary_seg.core.unet import UNet
@@ -44,6 +47,7 @@ __all__ = [
     "InferenceSettings",
     "checkpoint_modalities",
     "inference_settings",
+    "library_versions",
     "load_checkpoint",
     "model_from_checkpoint",
     "preprocess_from_checkpoint",
@@ -66,6 +70,16 @@ def _reason(exc: BaseException) -> str:
         if "Unpickler error" in line:
             return line
     return lines[0] if lines else type(exc).__name__
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in checkpoints (``versions``)."""
+    return {
+        "napari_boundary_seg": __version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:

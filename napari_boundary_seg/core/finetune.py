@@ -40,7 +40,6 @@ user looked at).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -53,20 +52,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from napari_boundary_seg.core.config import FinetuneConfig
 from napari_boundary_seg.core.events import Outcome, end_outcome
 from napari_boundary_seg.core.io import atomic_path
+from napari_boundary_seg.core.modes import mode_for
+from napari_boundary_seg.core.modes.base import FinetuneRequest
+from napari_boundary_seg.core.modes.base import check_axis as _check_axis
+from napari_boundary_seg.core.modes.base import check_slices as _check_slices
+from napari_boundary_seg.core.modes.patches import CorrectedPatches
+from napari_boundary_seg.core.modes.slices import SliceSubset
 from napari_boundary_seg.core.orientation import canonical_orientation, native_slice_axis
-from napari_boundary_seg.core.patches import (
-    PatchDataset,
-    VolumeEntry,
-    patch_start,
-    sample_rng,
-    takes_share,
-)
 from napari_boundary_seg.core.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -215,29 +211,6 @@ def _sha256(path: Path) -> str:
 # slices
 
 
-def _check_axis(axis: Any, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
-        raise TypeError(f"axis must be an integer, got {axis!r}")
-    if not -ndim <= int(axis) < ndim:
-        raise ValueError(f"axis {axis} is out of range for {ndim} spatial axes")
-    return int(axis) % ndim
-
-
-def _check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
-    if isinstance(slices, str | bytes) or not isinstance(slices, Sequence | np.ndarray):
-        raise TypeError(f"slices must be a list of slice indices, got {slices!r}")
-    out: list[int] = []
-    for s in slices:
-        if isinstance(s, bool) or not isinstance(s, int | np.integer):
-            raise TypeError(f"slice indices must be integers, got {s!r}")
-        if not 0 <= int(s) < depth:
-            raise ValueError(f"slice {s} is out of range: axis {axis} has {depth} slices")
-        out.append(int(s))
-    if not out:
-        raise ValueError("no corrected slices given: edit at least one slice")
-    return tuple(sorted(set(out)))
-
-
 def differing_slices(
     labels: np.ndarray,
     reference: np.ndarray,
@@ -279,165 +252,6 @@ def differing_slices(
     return out
 
 
-class SliceSubset:
-    """Some slices of slice data sets, as one data set the trainer can index.
-
-    Attributes ``images (N, M, H, W)``, ``labels (N, H, W)``, ``dist (N, C, H, W)``
-    (tensors, as :class:`~napari_boundary_seg.core.data.SliceDataset`) and
-    ``sources``: ``(case_id, slice)`` per item.
-    """
-
-    def __init__(self, parts: Sequence[tuple[Any, Sequence[int]]]) -> None:
-        images, labels, dist, sources = [], [], [], []
-        for dataset, indices in parts:
-            if len(indices) == 0:
-                continue
-            index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-            images.append(dataset.images.index_select(0, index))
-            labels.append(dataset.labels.index_select(0, index))
-            dist.append(dataset.dist.index_select(0, index))
-            for i in np.asarray(indices):
-                case = dataset.case_ids[int(dataset.case_index[i])]
-                sources.append((str(case), int(dataset.slice_index[i])))
-        if not images:
-            raise ValueError("no slices to fine-tune on")
-        shapes = {tuple(t.shape[1:]) for t in images}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"slices of different sizes cannot be mixed: {sorted(shapes)} "
-                "(the checkpoint was trained without a fixed slice_size)"
-            )
-        self.images = torch.cat(images)
-        self.labels = torch.cat(labels)
-        self.dist = torch.cat(dist)
-        self.sources = sources
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index].long(), self.dist[index]
-
-
-class _SlicePatches(PatchDataset):
-    """Patches of one cached volume, each holding one of ``slices`` along ``axis``."""
-
-    def __init__(
-        self, entry: VolumeEntry, slices: Sequence[int], axis: int, patch_size: Sequence[int], **kw
-    ) -> None:
-        super().__init__([entry], patch_size, **kw)
-        self.slices = tuple(int(s) for s in slices)
-        self.axis = int(axis)
-        fg = np.asarray(entry.open("fg"), dtype=np.int64)
-        self.slice_fg = {s: fg[fg[:, self.axis] == s] for s in self.slices}
-
-    def locate(self, epoch: int, index: int) -> tuple[int, tuple[slice, ...], bool]:
-        rng = sample_rng(self.seed, epoch, index, stream=1)
-        shape = self.entries[0].shape
-        chosen = self.slices[int(rng.integers(len(self.slices)))]
-        fg = self.slice_fg[chosen]
-        foreground = takes_share(index, self.oversample) and len(fg) > 0
-        if foreground:  # the centre lies on the slice, so the clipped patch still holds it
-            start = patch_start(rng, shape, self.patch_size, fg[int(rng.integers(len(fg)))])
-        else:
-            start = patch_start(rng, shape, self.patch_size)
-            p, n = self.patch_size[self.axis], shape[self.axis]
-            start[self.axis] = int(rng.integers(max(0, chosen - p + 1), min(chosen, n - p) + 1))
-        patch = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size, strict=True))
-        return 0, patch, foreground
-
-
-class CorrectedPatches(Dataset):
-    """3D patches for the fine-tune of a 3D checkpoint, keyed by ``(epoch, index)``.
-
-    Parameters
-    ----------
-    corrected
-        The corrected volume's entry in the volume cache
-        (:func:`~napari_boundary_seg.core.patches.iter_cache_cases`: scaled
-        images, labels, φ of the whole volume).
-    slices, axis
-        The corrected slices (indices along ``axis``).
-    patch_size
-        The checkpoint's patch (voxels, numpy axis order).
-    mix
-        Cache entries of original training cases (may be empty).
-    mix_ratio
-        Ordinary patches of ``mix`` per corrected patch.
-    oversample, seed, augment
-        As :class:`~napari_boundary_seg.core.patches.PatchDataset`.
-
-    One epoch holds ``n_corrected`` patches of the corrected volume, one
-    in-plane tiling per corrected slice (``ceil(plane voxels / patch plane
-    voxels)`` each), and ``n_mix = round(mix_ratio · n_corrected)`` ordinary
-    patches of the ``mix`` cases (:class:`PatchDataset`'s sampling). Item ``i``
-    is a mix patch when ``floor((i + 1) q) > floor(i q)`` with ``q = n_mix /
-    len``. A corrected patch is placed for a corrected slice drawn uniformly:
-    along ``axis`` it starts where it still holds that slice; for a share
-    ``oversample`` of the items it is centred on a foreground voxel of that
-    slice (when it has any), else placed uniformly. Items are pure functions of
-    ``(seed, epoch, index)``, like the trainer's other keyed data sets.
-    """
-
-    def __init__(
-        self,
-        corrected: VolumeEntry,
-        slices: Sequence[int],
-        axis: int,
-        patch_size: Sequence[int],
-        *,
-        mix: Sequence[VolumeEntry] = (),
-        mix_ratio: float = 0.0,
-        oversample: float = 1 / 3,
-        seed: int = 0,
-        augment: Any = None,
-    ) -> None:
-        patch_size = tuple(int(p) for p in patch_size)
-        if len(corrected.shape) != 3 or len(patch_size) != 3:
-            raise ValueError(
-                f"3D patches need a 3D volume and patch, got {corrected.shape} and {patch_size}"
-            )
-        if any(n < p for n, p in zip(corrected.shape, patch_size, strict=True)):
-            raise ValueError(
-                f"the corrected volume {corrected.shape} is smaller than the checkpoint's "
-                f"patch {patch_size}: a 3D model is fine-tuned on volumes at least that large"
-            )
-        axis = _check_axis(axis, 3)
-        slices = _check_slices(list(slices), corrected.shape[axis], axis)
-        plane = [k for k in range(3) if k != axis]
-        per_slice = math.ceil(
-            math.prod(corrected.shape[k] for k in plane) / math.prod(patch_size[k] for k in plane)
-        )
-        kw = {"oversample": oversample, "seed": seed, "augment": augment}
-        self.corrected = _SlicePatches(corrected, slices, axis, patch_size, **kw)
-        self.n_corrected = max(1, per_slice * len(slices))
-        self.n_mix = int(round(float(mix_ratio) * self.n_corrected)) if mix else 0
-        self.mix = PatchDataset(list(mix), patch_size, **kw) if self.n_mix else None
-        self.patch_size = patch_size
-        self.slices, self.axis = slices, axis
-        self.num_classes = corrected.num_classes
-        self.length = self.n_corrected + self.n_mix
-        self._mix_share = self.n_mix / self.length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def is_mix(self, index: int) -> bool:
-        """Whether item ``index`` is an ordinary patch of an original case."""
-        return self.mix is not None and takes_share(int(index), self._mix_share)
-
-    def locate(self, epoch: int, index: int) -> tuple[str, tuple[slice, ...]]:
-        """The case id and patch (slices, numpy axis order) of item ``(epoch, index)``."""
-        part = self.mix if self.is_mix(index) else self.corrected
-        case, patch, _ = part.locate(int(epoch), int(index))
-        return part.entries[case].case_id, patch
-
-    def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        epoch, index = (0, key) if isinstance(key, int | np.integer) else key
-        part = self.mix if self.is_mix(int(index)) else self.corrected
-        return part[(int(epoch), int(index))]
-
-
 def finetune_schedule(
     alpha_start: float = 0.8, alpha_step: float = 0.1, alpha_floor: float = 0.01
 ) -> dict[str, Any]:
@@ -456,24 +270,6 @@ def _default_out_dir(parent: Path) -> Path:
         n += 1
         out = parent.parent / f"finetune-{stamp}-{n}"
     return out
-
-
-def _mix_indices(
-    dataset: Any, n_wanted: int, seed: int, train_ids: Sequence[str] | None
-) -> list[int]:
-    """Deterministic choice of ``n_wanted`` slices of ``dataset`` (cases of the
-    parent's training set when the folder holds them), foreground slices first."""
-    candidates = np.arange(len(dataset))
-    if train_ids:
-        wanted = {str(c) for c in train_ids}
-        keep = np.array([dataset.case_ids[int(c)] in wanted for c in dataset.case_index])
-        if keep.any():
-            candidates = candidates[keep]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(candidates)
-    has_fg = (dataset.labels[torch.as_tensor(order)] > 0).flatten(1).any(dim=1).numpy()
-    order = np.concatenate([order[has_fg], order[~has_fg]])
-    return sorted(int(i) for i in order[:n_wanted])
 
 
 # ---------------------------------------------------------------------------
@@ -558,11 +354,7 @@ def finetune(
         checkpoint's classes, bad settings; a 3D checkpoint with a 2D image, a
         volume smaller than its patch.
     """
-    from napari_boundary_seg.core.checkpoint import (
-        checkpoint_config,
-        read_checkpoint,
-        training_mode,
-    )
+    from napari_boundary_seg.core.checkpoint import checkpoint_config, read_checkpoint
     from napari_boundary_seg.core.data import case_from_arrays
     from napari_boundary_seg.core.train import TrainConfig, train
 
@@ -605,12 +397,8 @@ def finetune(
             f"{images.shape[0]} modality image(s) given but {parent.name} takes {in_channels}"
         )
     spatial = images.shape[1:]
-    dims = int(training_mode(source)["dims"])
-    if dims == 3 and len(spatial) != 3:
-        raise ValueError(
-            f"{parent.name} was trained in 3D (patches); fine-tuning it needs a 3D volume, "
-            f"got images {images.shape}"
-        )
+    mode = mode_for(source)  # the checkpoint's: slices, or patches holding the slices
+    mode.check_finetune_images(images.shape, parent.name)
     if len(spatial) == 3:
         if axis is None:
             axis = native_slice_axis(
@@ -647,17 +435,11 @@ def finetune(
     case = case_from_arrays(
         list(images), labels.astype(np.int64), spacing, case_id="corrected", modalities=names
     )
-    if dims == 3:  # the checkpoint's mode: 3D patches holding the corrected slices
-        if distance == "2d":
-            logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the whole volume")
-        dataset, train_cases, mix_ids = yield from _iter_corrected_patches(
-            base, source, case, slices, axis, mix_cases, mix_ratio, out, seed
-        )
-        mix_sources: tuple[tuple[str, int], ...] = ()
-    else:
-        dataset, train_cases, mix_sources, mix_ids = yield from _iter_corrected_slices(
-            base, source, case, slices, axis, mix_cases, mix_ratio, distance, seed
-        )
+    request = FinetuneRequest(
+        base, source, case, slices, axis, mix_cases, mix_ratio, distance, out, seed
+    )
+    samples = yield from mode.iter_finetune_samples(request)
+    dataset = samples.dataset
 
     batch = base.batch_size if batch_size is None else batch_size
     config = base.replace(
@@ -677,7 +459,7 @@ def finetune(
         overwrite=overwrite,
     )
     parent_hash = _sha256(parent)
-    done = yield from train(config, train_cases, control, val_cases=[], dataset=dataset)
+    done = yield from train(config, samples.train_cases, control, val_cases=[], dataset=dataset)
 
     settings = {
         "alpha_start": settings.alpha_start,
@@ -689,17 +471,15 @@ def finetune(
         "batch_size": config.batch_size,
         "loss": config.loss.value,
         "mix_ratio": mix_ratio,
-        "mix_cases": mix_ids,
-        "distance": "3d" if dims == 3 else distance,
+        "mix_cases": samples.mix_ids,
+        "distance": samples.distance,
         "device": device,
         "seed": seed,
         "spacing": None if spacing is None else [float(s) for s in spacing],
         "shape": list(spatial),
-        "dims": dims,
+        "dims": mode.dims,
+        **samples.settings,
     }
-    if dims == 3:
-        settings["patch_size"] = list(dataset.patch_size)
-        settings["patches"] = {"corrected": dataset.n_corrected, "mix": dataset.n_mix}
     lineage_path = out / LINEAGE_NAME
     new_checkpoint = done.last_checkpoint
     lineage = {
@@ -707,10 +487,10 @@ def finetune(
         "parent_sha256": parent_hash,
         "checkpoint": new_checkpoint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "dims": dims,
+        "dims": mode.dims,
         "slices": list(native_slices),
         "axis": native_axis,
-        "mix_slices": [list(s) for s in mix_sources],
+        "mix_slices": [list(s) for s in samples.mix_sources],
         "settings": settings,
         "stopped": done.stopped,
         "reason": done.reason,
@@ -727,13 +507,13 @@ def finetune(
         lineage_path=str(lineage_path),
         slices=native_slices,
         axis=native_axis,
-        mix_slices=mix_sources,
+        mix_slices=samples.mix_sources,
         stopped=done.stopped,
         reason=done.reason,
         outcome=done.outcome,
         history=list(done.history),
         model=done.model,
-        dims=dims,
+        dims=mode.dims,
     )
 
 
@@ -750,144 +530,6 @@ def _channel_names(
     if isinstance(parent, list | tuple) and len(parent) == channels:
         return tuple(str(n) for n in parent)
     return None
-
-
-def _iter_mix_sources(
-    mix_cases: Sequence[Any] | str | os.PathLike, source: Mapping[str, Any], load: bool
-) -> Generator[Any, None, list[Any]]:
-    """The original training cases to mix in: a list as given, or the folder's cases
-    (only the parent's training cases when the folder holds them), loaded if ``load``."""
-    from napari_boundary_seg.core.data import find_cases, iter_load_cases
-
-    if not isinstance(mix_cases, str | os.PathLike):
-        return list(mix_cases)
-    files = find_cases(mix_cases)
-    if not files:
-        raise ValueError(f"no cases found in {mix_cases}")
-    wanted = set(source.get("train_cases") or [])
-    chosen = [f for f in files if f.case_id in wanted] or files
-    if not load:
-        return chosen
-    return (yield from iter_load_cases(chosen))
-
-
-def _iter_corrected_slices(
-    base: Any,
-    source: Mapping[str, Any],
-    case: Any,
-    slices: tuple[int, ...],
-    axis: int,
-    mix_cases: Any,
-    mix_ratio: float,
-    distance: str,
-    seed: int,
-) -> Generator[Any, None, tuple[SliceSubset, list[Any], tuple[tuple[str, int], ...], list[str]]]:
-    """2D: the corrected slices (and mixed-in slices) as a :class:`SliceSubset`."""
-    from napari_boundary_seg.core.data import iter_build_dataset
-    from napari_boundary_seg.core.train import InfoEvent, preprocess_config
-
-    num_classes = int(source["model"].get("num_classes", base.num_classes))
-    prep = dataclasses.replace(preprocess_config(base), axis=axis, skip_empty_slices=False)
-    yield InfoEvent(f"preparing {len(slices)} corrected slice(s) along axis {axis}")
-    corrected = yield from iter_build_dataset([case], num_classes, prep, distance=distance)
-    parts: list[tuple[Any, Sequence[int]]] = [
-        (corrected, [i for i in range(len(corrected)) if int(corrected.slice_index[i]) in slices])
-    ]
-    n_mix = int(round(mix_ratio * len(slices)))
-    mix_list: list[Any] = []
-    if mix_cases is not None and n_mix > 0:
-        mix_list = yield from _iter_mix_sources(mix_cases, source, load=True)
-        mix_prep = preprocess_config(base)
-        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
-        mix_set = yield from iter_build_dataset(
-            mix_list, num_classes, mix_prep, distance=base.distance, cache_dir=base.cache_dir
-        )
-        parts.append((mix_set, _mix_indices(mix_set, n_mix, seed, source.get("train_cases"))))
-    elif mix_ratio > 0 and mix_cases is None:
-        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
-    subset = SliceSubset(parts)
-    mix_sources = tuple(subset.sources[len(parts[0][1]) :])
-    mix_ids = [str(getattr(c, "case_id", c)) for c in mix_list]
-    return subset, [case, *mix_list], mix_sources, mix_ids
-
-
-@dataclass(frozen=True)
-class _CachedCase:
-    """A cached original case as the trainer's bookkeeping sees it (id, modalities,
-    spacing, channel count); its voxels are read from the cache by the patch data set,
-    so ``images`` and ``labels`` are empty arrays of the right rank."""
-
-    case_id: str
-    modalities: tuple[str, ...]
-    spacing: tuple[float, ...]
-    images: np.ndarray
-    labels: np.ndarray
-
-    @classmethod
-    def of(cls, entry: VolumeEntry) -> _CachedCase:
-        return cls(
-            entry.case_id,
-            entry.modalities,
-            entry.spacing,
-            np.empty((len(entry.modalities), 0, 0, 0), np.float32),
-            np.empty((0, 0, 0), np.uint8),
-        )
-
-
-def _iter_corrected_patches(
-    base: Any,
-    source: Mapping[str, Any],
-    case: Any,
-    slices: tuple[int, ...],
-    axis: int,
-    mix_cases: Any,
-    mix_ratio: float,
-    out: Path,
-    seed: int,
-) -> Generator[Any, None, tuple[CorrectedPatches, list[Any], list[str]]]:
-    """3D: the corrected volume (and the original cases) in the volume cache, as
-    :class:`CorrectedPatches` of the checkpoint's patch size.
-
-    The corrected volume goes to ``<out>/cache``; the original cases to the
-    parent's ``cache_dir`` when it had one (entries already there are reused),
-    else to ``<out>/cache`` too.
-    """
-    from napari_boundary_seg.core.augment import AugmentConfig
-    from napari_boundary_seg.core.patches import iter_cache_cases
-    from napari_boundary_seg.core.train import InfoEvent
-
-    num_classes = int(source["model"].get("num_classes", base.num_classes))
-    scale, percentiles = base.scale, base.percentiles
-    own_cache = out / "cache"
-    yield InfoEvent(
-        f"preparing the corrected volume ({len(slices)} corrected slice(s) along axis {axis}) "
-        f"for 3D patches of {tuple(base.patch_size)} in {own_cache}"
-    )
-    (entry,) = yield from iter_cache_cases([case], own_cache, num_classes, scale, percentiles)
-    mix_entries: list[VolumeEntry] = []
-    if mix_cases is not None and mix_ratio > 0:
-        mix_list = yield from _iter_mix_sources(mix_cases, source, load=False)
-        mix_cache = Path(base.cache_dir) if base.cache_dir else own_cache
-        yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
-        mix_entries = yield from iter_cache_cases(
-            mix_list, mix_cache, num_classes, scale, percentiles
-        )
-    elif mix_ratio > 0:
-        logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
-    dataset = CorrectedPatches(
-        entry,
-        slices,
-        axis,
-        base.patch_size,
-        mix=mix_entries,
-        mix_ratio=mix_ratio,
-        oversample=base.oversample,
-        seed=seed,
-        augment=AugmentConfig() if base.augment_enabled else None,
-    )
-    mix_ids = [e.case_id for e in mix_entries] if dataset.n_mix else []
-    train_cases = [case, *(_CachedCase.of(e) for e in mix_entries)] if dataset.n_mix else [case]
-    return dataset, train_cases, mix_ids
 
 
 # ---------------------------------------------------------------------------

@@ -4,11 +4,11 @@ The Train widget calls :meth:`SlicePreview.predict` after each epoch, in its
 worker thread, for the slice the viewer shows. The volume is scaled to [0, 1]
 once, as a whole (as :func:`napari_boundary_seg.core.predict.predict_volume`
 scales it), so that a slice is scaled the way the full prediction will scale
-it. A 2D model's slice then goes through ``predict_volume`` itself (resizing
-to the training slice size and back). A 3D model (``spatial_dims == 3``) sees
-the slab of the volume that the full prediction's windows covering that slice
-span (:func:`covering_slab`), through
-:func:`~napari_boundary_seg.core.predict.iter_sliding_window` with the same
+it. The model's mode (:func:`~napari_boundary_seg.core.modes.mode_for`, from
+its ``spatial_dims``) predicts the slice: a 2D model's slice goes through the
+slice predictor (resizing to the training slice size and back); a 3D model
+sees the slab of the volume that the full prediction's windows covering that
+slice span (:func:`covering_slab`), through the sliding window with the same
 patch size and overlap: the same windows, the same Gaussian weights, at a
 fraction of the cost of the whole volume. Either way the preview is that slice
 of the prediction the run would give at this epoch.
@@ -22,35 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_boundary_seg.core.modes import mode_for
+from napari_boundary_seg.core.modes.patches import covering_slab
+
 __all__ = ["SlicePreview", "covering_slab"]
-
-
-def covering_slab(size: int, patch: int, index: int, overlap: float = 0.5) -> slice:
-    """The span, along one axis, of the sliding windows that cover voxel ``index``.
-
-    The windows are those :func:`~napari_boundary_seg.core.predict.iter_sliding_window`
-    lays along an axis of ``size`` voxels (``patch`` long, stepping
-    ``int(patch * (1 - overlap))``, the last flush with the far edge: MONAI's
-    ``dense_patch_slices``). Cropped to this span, the sliding window over the
-    slab runs exactly those windows, so slice ``index`` of its result is slice
-    ``index`` of the whole volume's. An axis no longer than the patch is
-    returned whole.
-
-    Examples
-    --------
-    >>> covering_slab(96, 32, 40)  # windows at 0, 16, ..., 64: those at 16 and 32
-    slice(16, 64, None)
-    """
-    from monai.data.utils import dense_patch_slices
-
-    if not 0 <= index < size:
-        raise ValueError(f"index {index} is outside an axis of {size} voxels")
-    if size <= patch:
-        return slice(0, size)
-    interval = max(int(patch * (1 - overlap)), 1)
-    starts = [w[0].start for w in dense_patch_slices((size,), (patch,), (interval,))]
-    covering = [s for s in starts if s <= index < s + patch]
-    return slice(min(covering), max(covering) + patch)
 
 
 class SlicePreview:
@@ -110,7 +85,7 @@ class SlicePreview:
         ----------
         model
             A 2D network mapping ``(B, M, H, W)`` to ``(B, C, H, W)`` logits, or a
-            3D one (``spatial_dims == 3``) mapping ``(B, M, *patch_size)`` to
+            3D one (``spatial_dims`` 3) mapping ``(B, M, *patch_size)`` to
             ``(B, C, *patch_size)`` (left on its device and in its train/eval mode).
         axis, index
             The slice (numpy axis order); ignored for a 2D image.
@@ -134,45 +109,4 @@ class SlicePreview:
         n = self.images.shape[1 + axis]
         if not 0 <= index < n:
             raise ValueError(f"slice {index} is outside the {n} slices of axis {axis}")
-        if int(getattr(model, "spatial_dims", 2)) == 3:
-            return self._predict_3d(model, axis, index, patch_size, overlap)
-        # the one-slice slab of the volume, reoriented with the affine as in training
-        slab = np.take(self.images, [index], axis=1 + axis)
-        _, labels = predict_volume(
-            model,
-            slab,
-            self.spacing,
-            preprocess=self.preprocess,
-            affine=self.affine,
-            axis=axis,
-        )
-        return np.take(labels, 0, axis=axis)
-
-    def _predict_3d(
-        self,
-        model: Any,
-        axis: int,
-        index: int,
-        patch_size: Sequence[int] | None,
-        overlap: float,
-    ) -> np.ndarray:
-        """A 3D model: the sliding window over the slab of the windows covering the slice."""
-        from napari_boundary_seg.core.predict import iter_sliding_window
-        from napari_boundary_seg.core.progress import run_to_end
-
-        if patch_size is None or len(tuple(patch_size)) != 3:
-            raise ValueError(f"a 3D model needs a 3-axis patch_size, got {patch_size!r}")
-        patch = tuple(int(p) for p in patch_size)
-        slab = covering_slab(self.images.shape[1 + axis], patch[axis], index, overlap)
-        crop = [slice(None)] * 4
-        crop[1 + axis] = slab
-        was_training = model.training
-        model.eval()
-        try:
-            probs = run_to_end(
-                iter_sliding_window(model, self.images[tuple(crop)], patch, overlap=overlap)
-            )
-        finally:
-            model.train(was_training)
-        labels = probs.cpu().numpy().argmax(axis=0).astype(np.int64)
-        return np.take(labels, index - slab.start, axis=axis)
+        return mode_for(model, patch_size).preview(model, self, axis, index, overlap)

@@ -323,7 +323,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, *spatial)`` of an input ``(B, M, *spatial)``."""
         if x.ndim != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
-            axes = "H, W" if self.spatial_dims == 2 else "D, H, W"
+            axes = ", ".join("DHW"[-self.spatial_dims :])
             raise ValueError(
                 f"UNet expects input of shape (B, {self.in_channels}, {axes}), got {tuple(x.shape)}"
             )

@@ -407,6 +407,9 @@ class StudyConfig:
     def run_config(self, arm: StudyArm, seed: int, run_dir: Path) -> TrainConfig:
         """The ``TrainConfig`` of one run: ``train`` with the arm's loss, schedule
         and distance mode, the seed, the run's folder and, in 3D, the shared cache."""
+        from napari_boundary_seg.core.modes import mode_for
+
+        shares_dataset = mode_for(self.train).shares_dataset
         return self.train.replace(
             data=self.data,
             out_dir=str(run_dir),
@@ -414,8 +417,9 @@ class StudyConfig:
             schedule=arm_schedule(arm, self.train.epochs, self.alpha_floor),
             distance=arm.distance,
             seed=seed,
-            # 3D: the volumes are prepared once into a cache that every run reads
-            cache_dir=str(self.runs_path / "cache") if self.train.dims == 3 else None,
+            # without a shared data set (3D) the volumes are prepared once into a
+            # cache that every run reads
+            cache_dir=None if shares_dataset else str(self.runs_path / "cache"),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -296,6 +296,7 @@ def iter_study(
     StudyResult
     """
     from napari_boundary_seg.core import data as data_mod
+    from napari_boundary_seg.core.modes import mode_for
     from napari_boundary_seg.core.train import (
         DoneEvent,
         EpochEvent,
@@ -408,6 +409,7 @@ def iter_study(
     # the slices and distance maps, built per fold and distance mode and shared by the runs
     # (with several folds, again for each seed: the order is seed-major)
     datasets: dict[str, Any] = {}
+    shares_dataset = mode_for(config.train).shares_dataset  # 2D: one in-memory set per arm
     built_for: _Fold | None = None
     base = config.run_config(arms[0], config.seeds[0], runs_path / "unused")
     # every slice along the axis is kept, so the count does not depend on the mode
@@ -424,7 +426,7 @@ def iter_study(
             if built_for is not fold:
                 datasets.clear()
                 built_for = fold
-            if config.train.dims == 2 and arm.distance not in datasets:
+            if shares_dataset and arm.distance not in datasets:
                 where = "" if fold.index is None else f" of fold {fold.index}"
                 yield Progress(0, 0, f"building slices and {arm.distance} distance maps{where}")
                 datasets[arm.distance] = yield from data_mod.iter_build_dataset(
@@ -441,7 +443,7 @@ def iter_study(
                 train_config = train_config.replace(overwrite=True)
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
-            dataset = datasets.get(arm.distance)  # None in 3D: the run reads the cache
+            dataset = datasets.get(arm.distance)  # None: the run reads the cache
             for event in train(train_config, fold.train, val_cases=fold.val, dataset=dataset):
                 if isinstance(event, StepEvent):
                     done += 1

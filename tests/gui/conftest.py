@@ -7,10 +7,10 @@ import pytest
 
 @pytest.fixture
 def errors(monkeypatch):
-    """The texts of the error notifications the widgets show (``_common.notify_error``,
+    """The texts of the error notifications the widgets show (``_layers.notify_error``,
     the one path every widget uses)."""
-    from napari_boundary_seg._widgets import _common
+    from napari_boundary_seg._widgets import _layers
 
     shown: list[str] = []
-    monkeypatch.setattr(_common, "show_error", lambda m: shown.append(str(m)))
+    monkeypatch.setattr(_layers, "show_error", lambda m: shown.append(str(m)))
     return shown

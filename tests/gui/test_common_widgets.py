@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
-from napari_boundary_seg._widgets._common import (
+from napari_boundary_seg._widgets._fields import (
     LayerCombo,
     LayerList,
     PathEdit,
-    ProgressPanel,
     double_spin,
-    format_duration,
     int_spin,
+)
+from napari_boundary_seg._widgets._layers import (
+    format_duration,
     is_integer_labels,
     mark_output,
     unique_layer_name,
 )
+from napari_boundary_seg._widgets._progress import ProgressPanel
 
 PLUGIN = "napari-boundary-seg"
 MY_WIDGETS = ("Distance map", "Compare to ground truth", "Finetune on corrections", "Predict")
@@ -68,10 +70,10 @@ def test_unique_layer_name(make_napari_viewer):
 
 
 def test_progress_panel_shows_elapsed_and_remaining(qtbot, monkeypatch):
-    from napari_boundary_seg._widgets import _common
+    from napari_boundary_seg._widgets import _progress
 
     now = [100.0]
-    monkeypatch.setattr(_common.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
     panel = ProgressPanel()
     qtbot.addWidget(panel)
     panel.start("predicting")
@@ -117,7 +119,7 @@ def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
 def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
     """A delivered layer is inserted hidden and not activated (one turn), shown
     (the next), then made active and handed to ``done`` (the last)."""
-    from napari_boundary_seg._widgets._common import Delivery, layer_steps
+    from napari_boundary_seg._widgets._runner import Delivery, layer_steps
 
     viewer = make_napari_viewer()
     first = viewer.add_image(np.zeros((3, 4), np.float32), name="FLAIR")
@@ -132,7 +134,7 @@ def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
 
 
 def test_delivery_stops_at_a_failing_step(qtbot, errors):
-    from napari_boundary_seg._widgets._common import Delivery
+    from napari_boundary_seg._widgets._runner import Delivery
 
     ran: list[int] = []
     delivery = Delivery()
@@ -144,7 +146,7 @@ def test_delivery_stops_at_a_failing_step(qtbot, errors):
 def test_progress_relay_makes_napari_bar_after_the_click(qtbot):
     """napari's progress bar (it relays out the window) is made by the relay's
     timer, not when the relay is made in the Start click."""
-    from napari_boundary_seg._widgets._common import ProgressRelay
+    from napari_boundary_seg._widgets._runner import ProgressRelay
 
     relay = ProgressRelay("work", interval_ms=20)
     assert relay.bar is None
@@ -182,7 +184,8 @@ def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_view
     into errors, the docks open and every way the plugin adds a layer works."""
     import warnings
 
-    from napari_boundary_seg._widgets._common import Delivery, insert_layer_quietly, layer_steps
+    from napari_boundary_seg._widgets._layers import insert_layer_quietly
+    from napari_boundary_seg._widgets._runner import Delivery, layer_steps
     from napari_boundary_seg._widgets.train import PREVIEW_NAME, PreviewEvent
 
     viewer = make_napari_viewer()
@@ -204,7 +207,7 @@ def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_view
         delivery.run(*layer_steps(proxy, "labels", np.ones((4, 6, 5), np.int32), name="steps"))
         qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
         assert viewer.layers.selection.active is viewer.layers["steps"]
-        from napari_boundary_seg._widgets._common import images_from_layers
+        from napari_boundary_seg._widgets._layers import images_from_layers
 
         train._stack = images_from_layers([scan])
         train._on_preview(PreviewEvent(0, 2, 1, np.ones((4, 6), np.uint8)))

@@ -166,7 +166,7 @@ def test_empty_prediction_reads_no_foreground_and_dashes(make_napari_viewer, qtb
 
 
 def test_format_number_cells():
-    from napari_boundary_seg._widgets._common import format_number
+    from napari_boundary_seg._widgets._layers import format_number
 
     assert [format_number(v) for v in (None, 3, np.int64(7), 0.12345, float("nan"))] == [
         "",
@@ -182,7 +182,7 @@ def test_format_number_cells():
 
 
 def test_defaults_never_compare_a_layer_with_itself(make_napari_viewer):
-    from napari_boundary_seg._widgets._common import mark_output
+    from napari_boundary_seg._widgets._layers import mark_output
 
     viewer = make_napari_viewer()
     pred, gt = _cubes()
@@ -203,7 +203,7 @@ def test_defaults_never_compare_a_layer_with_itself(make_napari_viewer):
 
 
 def test_labels_pickers_offer_segmentations_only(make_napari_viewer):
-    from napari_boundary_seg._widgets._common import mark_output
+    from napari_boundary_seg._widgets._layers import mark_output
     from napari_boundary_seg._widgets.distance import DistanceMapWidget
     from napari_boundary_seg._widgets.finetune import FinetuneWidget
     from napari_boundary_seg._widgets.train import TrainWidget
@@ -246,7 +246,7 @@ def test_outcome_map_goes_under_the_corrections_layer(make_napari_viewer, qtbot,
 
 
 def test_predictions_and_previews_have_their_own_colours(make_napari_viewer):
-    from napari_boundary_seg._widgets._common import output_label_colormap
+    from napari_boundary_seg._widgets._layers import output_label_colormap
 
     viewer = make_napari_viewer()
     _, gt = _cubes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_boundary_seg._widgets import _common
+from napari_boundary_seg._widgets import _layers, _plots, _runner
 from napari_boundary_seg._widgets.distance import (
     OUTLINE,
     ZERO_LEVEL,
@@ -154,10 +154,10 @@ def test_worker_error_becomes_notification(make_napari_viewer, qtbot, errors):
     returned = []
 
     def failing():
-        yield _common.Progress(0, 2)
+        yield _runner.Progress(0, 2)
         raise ValueError("spacing (0, 1) must be positive")
 
-    worker = _common.start_progress_worker(failing, returned.append, "test", start=False)
+    worker = _runner.start_progress_worker(failing, returned.append, "test", start=False)
     with qtbot.waitSignal(worker.finished, timeout=5_000):
         worker.start()
     assert returned == []
@@ -169,19 +169,19 @@ def test_unexpected_worker_error_names_its_type(make_napari_viewer, qtbot, error
     events: list[object] = []
 
     def failing():
-        yield _common.Progress(1, 3, "half")
+        yield _runner.Progress(1, 3, "half")
         yield "not progress"
         raise ZeroDivisionError("boom")  # not RuntimeError: superqt skips `errored` for it
 
-    worker = _common.start_progress_worker(
+    worker = _runner.start_progress_worker(
         failing, events.append, "test", on_event=events.append, start=False
     )
     with qtbot.waitSignal(worker.finished, timeout=5_000):
         worker.start()
     assert events == ["not progress"]  # only the non-Progress event; nothing returned
     assert errors == ["test failed: ZeroDivisionError: boom"]
-    _common.notify_error(KeyError("k"))
-    _common.notify_error("plain text")
+    _layers.notify_error(KeyError("k"))
+    _layers.notify_error("plain text")
     assert errors[1:] == ["KeyError: 'k'", "plain text"]
 
 
@@ -194,7 +194,7 @@ def test_docks_from_the_plugin_menu(make_napari_viewer):
 
 
 def test_plot_canvas_helper(qtbot):
-    canvas = _common.PlotCanvas()
+    canvas = _plots.PlotCanvas()
     qtbot.addWidget(canvas)
     canvas.plot([0, 1, 2], {"α": [1.0, 0.99, 0.98], "1 - α": [0.0, 0.01, 0.02]}, title="alpha")
     lines = canvas.axes.get_lines()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_boundary_seg._widgets._common import images_from_layers
+from napari_boundary_seg._widgets._layers import images_from_layers
 from napari_boundary_seg._widgets.inference import InferenceWidget, checkpoint_in_channels
 
 SHAPE = (6, 32, 32)
@@ -83,10 +83,10 @@ def test_predict_adds_layers_with_input_geometry(
 def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
     make_napari_viewer, qtbot, checkpoint, errors, monkeypatch
 ):
-    from napari_boundary_seg._widgets import _common
+    from napari_boundary_seg._widgets import _layers
 
     infos: list[str] = []
-    monkeypatch.setattr(_common, "show_info", lambda m: infos.append(str(m)))
+    monkeypatch.setattr(_layers, "show_info", lambda m: infos.append(str(m)))
     flair, t1, _ = _volumes()
     results = []
     for order in (("FLAIR", "T1"), ("T1", "FLAIR")):
@@ -105,10 +105,10 @@ def test_layers_in_another_order_are_stacked_as_the_model_was_trained(
 
 
 def test_stack_for_checkpoint_reorders_only_known_names(make_napari_viewer, monkeypatch):
-    from napari_boundary_seg._widgets import _common
+    from napari_boundary_seg._widgets import _layers
     from napari_boundary_seg._widgets.inference import stack_for_checkpoint
 
-    monkeypatch.setattr(_common, "show_info", lambda m: None)
+    monkeypatch.setattr(_layers, "show_info", lambda m: None)
     viewer = make_napari_viewer()
     t1 = viewer.add_image(np.zeros((3, 4), np.float32), name="T1")
     flair = viewer.add_image(np.ones((3, 4), np.float32), name="FLAIR")
@@ -121,7 +121,7 @@ def test_stack_for_checkpoint_reorders_only_known_names(make_napari_viewer, monk
 
 
 def test_layer_list_follows_moves_and_renames(make_napari_viewer):
-    from napari_boundary_seg._widgets._common import LayerList
+    from napari_boundary_seg._widgets._fields import LayerList
 
     viewer = make_napari_viewer()
     for name in ("a", "b", "c"):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_boundary_seg._widgets._common import layer_affine, native_slice_axis
+from napari_boundary_seg._widgets._layers import layer_affine, native_slice_axis
 from napari_boundary_seg._widgets.train import TrainWidget
 
 SHAPE = (12, 16, 20)

@@ -240,7 +240,7 @@ def test_3d_run_from_the_widget_predicts_and_previews(widget, qtbot, errors):
     # the prediction has the predictions' colour, not napari's default (the labels')
     from napari.utils.colormaps.standardize_color import transform_color
 
-    from napari_boundary_seg._widgets._common import PREDICTION_COLORS
+    from napari_boundary_seg._widgets._layers import PREDICTION_COLORS
 
     np.testing.assert_allclose(
         layer.colormap.map(np.array([1]))[0], transform_color(PREDICTION_COLORS[1])[0], atol=0.01

@@ -1,7 +1,9 @@
-"""The Train widget's charts: the planned α weights (matplotlib) and the live
-training curves (small line charts painted with QPainter, redrawn by a timer).
+"""The plots of the widgets: one matplotlib canvas (:class:`PlotCanvas`; the
+planned α weights, :class:`AlphaPlot`) and the live curves of a run, small line
+charts painted with QPainter and redrawn by a timer (:class:`LineChart`,
+:class:`TrainingCurves`, :class:`FinetuneCurves`).
 
-Qt widgets only; no napari, no torch.
+Qt widgets only; no napari, no torch. See docs/DESIGN.md, "The widgets".
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
-__all__ = ["REDRAW_INTERVAL_MS", "AlphaPlot", "FinetuneCurves", "LineChart", "TrainingCurves"]
+__all__ = [
+    "REDRAW_INTERVAL_MS",
+    "AlphaPlot",
+    "FinetuneCurves",
+    "LineChart",
+    "PlotCanvas",
+    "TrainingCurves",
+]
 
 #: Why the total loss may rise while the model improves (the charts' tooltip).
 TOTAL_LOSS_HELP = (
@@ -45,16 +54,32 @@ def _style_axes(ax: Any, title: str) -> None:
     ax.set_title(title, fontsize=7, color=_FG, pad=2)
 
 
-class _Canvas(QWidget):
-    """A fixed-height matplotlib canvas with napari's dark background."""
+class PlotCanvas(QWidget):
+    """A fixed-height matplotlib figure with napari's dark background.
 
-    def __init__(self, height_px: int, n_axes: tuple[int, int] = (1, 1)) -> None:
+    ``plot(x, {"label": ys, ...})`` redraws; ``figure`` and ``axes`` are public
+    for anything more (:class:`AlphaPlot`). The height is fixed: a relayout
+    of the window (a progress bar appearing) does not resize the figure,
+    which would draw it again (≈ 90 ms).
+    """
+
+    def __init__(
+        self,
+        height_px: int = 220,
+        width: float = 3.4,
+        margins: tuple[float, float, float, float] = (0.16, 0.97, 0.2, 0.88),
+    ) -> None:
         super().__init__()
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        self.figure = Figure(figsize=(3.4, height_px / 100), dpi=100)
+        # fixed margins, not tight_layout (which lays the text out again at every draw)
+        self.figure = Figure(figsize=(width, height_px / 100), dpi=100)
         self.figure.patch.set_facecolor(_DARK)
+        left, right, bottom, top = margins
+        self.figure.subplots_adjust(left=left, right=right, bottom=bottom, top=top)
+        self.axes = self.figure.add_subplot(111)
+        _style_axes(self.axes, "")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.canvas.setFixedHeight(height_px)
@@ -66,17 +91,36 @@ class _Canvas(QWidget):
     def draw_now(self) -> None:
         self.canvas.draw_idle()
 
+    def plot(
+        self,
+        x: Sequence[float],
+        series: dict[str, Sequence[float]],
+        title: str = "",
+        xlabel: str = "",
+        ylabel: str = "",
+    ) -> None:
+        """Redraw with one line per entry of ``series`` (all against ``x``)."""
+        ax = self.axes
+        ax.clear()
+        _style_axes(ax, title)
+        x = list(x)
+        for label, ys in series.items():
+            ax.plot(x, list(ys), label=label, linewidth=1.2)
+        ax.set_xlabel(xlabel, fontsize=7, color=_FG)
+        ax.set_ylabel(ylabel, fontsize=7, color=_FG)
+        if len(series) > 1:
+            ax.legend(fontsize=6, facecolor=_DARK, labelcolor=_FG)
+        self.draw_now()
 
-class AlphaPlot(_Canvas):
+
+class AlphaPlot(PlotCanvas):
     """α (regional weight) and the boundary weight over the planned epochs."""
 
     def __init__(self) -> None:
-        super().__init__(105)
+        super().__init__(105, margins=(0.1, 0.98, 0.2, 0.87))
         from matplotlib.ticker import MaxNLocator
 
-        self.axes = self.figure.add_subplot(111)
         self.axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
-        self.figure.subplots_adjust(left=0.1, right=0.98, bottom=0.2, top=0.87)
         _style_axes(self.axes, "planned weights per epoch")
         (self.region_line,) = self.axes.plot([], [], color="#4fc3f7", lw=1.2, label="α (GDL)")
         (self.boundary_line,) = self.axes.plot([], [], color="#ff8a65", lw=1.2, label="1−α (BL)")

@@ -1,0 +1,55 @@
+"""Form sections shared by several widgets.
+
+:class:`ModelInputs`: the "checkpoint + images + device" rows of the Predict
+and Finetune widgets (a checkpoint file, the image layers stacked as the
+model's channels, with the modalities the model was trained on shown under
+them, and the device).
+
+See docs/DESIGN.md, "The widgets".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari_boundary_seg._widgets._checkpoints import modalities_of
+from napari_boundary_seg._widgets._fields import DeviceCombo, Form, LayerList, PathEdit
+
+#: The checkpoint picker's file filter.
+CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
+
+
+class ModelInputs(Form):
+    """Checkpoint, image layer(s) and device rows (a :class:`~_fields.Form`).
+
+    Attributes
+    ----------
+    checkpoint
+        :class:`~_fields.PathEdit` of the checkpoint file.
+    images
+        Multi-select image :class:`~_fields.LayerPicker`; its hint shows the
+        checkpoint's modality names.
+    device
+        :class:`~_fields.DeviceCombo`.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        from napari.layers import Image
+
+        self.checkpoint = PathEdit("file", CHECKPOINT_FILTER, "best.pt")
+        self.images = LayerList(viewer, Image)
+        self.device = DeviceCombo()
+        super().__init__(
+            [
+                ("Checkpoint", self.checkpoint),
+                ("Image layer(s)", self.images),
+                ("Device", self.device),
+            ]
+        )
+        self.checkpoint.magic.changed.connect(self.show_modalities)
+
+    def show_modalities(self, *_: Any) -> None:
+        """Show the checkpoint's modality names under the image picker."""
+        text = self.checkpoint.text()
+        names = modalities_of(text) if text else []
+        self.images.set_hint(f"model trained on: {', '.join(names)}" if names else "")

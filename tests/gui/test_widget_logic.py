@@ -1,0 +1,76 @@
+"""The widgets' logic without Qt: importable without a display, and the form's
+fields as data (presets, settings, fields generated from declared settings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+from napari_boundary_seg._widgets._logic import (
+    TRAIN_FIELDS,
+    RunState,
+    preset_values,
+    settings_from_values,
+    specs_from_settings,
+    train_fields,
+)
+
+QT_FREE = ("_logic", "_layers", "_checkpoints", "_edits", "_jobs")
+
+
+def test_logic_modules_import_without_qt():
+    code = "; ".join(
+        [
+            "import sys",
+            *(f"import napari_boundary_seg._widgets.{name}" for name in QT_FREE),
+            "assert 'qtpy' not in sys.modules, 'qtpy imported'",
+        ]
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_presets_are_field_values_and_map_back_to_the_config():
+    quick = preset_values("quick")
+    assert quick["max_steps"] == 0 and quick["slice_size"] == 0 and quick["schedule"] == "paper"
+    settings = settings_from_values({**{s.name: s.default for s in TRAIN_FIELDS}, **quick})
+    assert settings["max_steps_per_epoch"] is None and settings["slice_size"] is None
+    assert settings["skip_empty_slices"] is False and settings["augment"] is None
+    assert settings["schedule_kind"] == "paper" and settings["schedule_params"]["floor"] == 0.5
+    assert RunState("running") is RunState.RUNNING and RunState.RUNNING == "running"
+    assert RunState.PAUSED.active and not RunState.DONE.active
+
+
+def _declared(name, kind, default, **facts):
+    base = {"optional": False, "help": f"{name} help", "bounds": None, "step": None,
+            "choices": None, "label": name.replace("_", " "), "none_as": None,
+            "none_text": None}  # fmt: skip
+    return SimpleNamespace(name=name, kind=kind, default=default, **{**base, **facts})
+
+
+def test_a_declared_setting_shows_up_in_the_form():
+    declared = [
+        _declared("lr_patience", "int", 20, bounds=(1, None)),
+        _declared("new_knob", "float", 0.25, bounds=(0, 1), step=0.05),
+        _declared("percentiles", "", None),  # structured: the form leaves it out
+    ]
+    specs = {s.name: s for s in specs_from_settings(declared)}
+    knob = specs["new_knob"]
+    assert knob.section == "advanced" and knob.config == "new_knob" and knob.default == 0.25
+    assert knob.bounds == (0, 1) and knob.step == 0.05 and knob.help == "new_knob help"
+    assert "percentiles" not in specs
+    # a field the widget shows keeps its presentation, the declaration fills the rest
+    patience = specs["lr_patience"]
+    assert patience.label == "lr patience" and patience.bounds == (1, 1_000_000)
+    assert patience.default == 20 and patience.section == "advanced" and patience.preset
+
+
+def test_train_fields_come_from_the_declared_config():
+    from napari_boundary_seg.core.config import TrainConfig
+    from napari_boundary_seg.core.settings import settings
+
+    specs = {s.config: s for s in train_fields() if s.config}
+    declared = {d.name: d for d in settings(TrainConfig)}
+    assert specs["lr_patience"].help == declared["lr_patience"].help
+    assert specs["lr_factor"].section == "advanced"  # declared, not placed by the widget
+    assert specs["augment"].choices[0][0] == f"default ({declared['augment'].none_text})"
