@@ -714,8 +714,9 @@ def specs_from_settings(
 ) -> tuple[FieldSpec, ...]:
     """The form's fields from a config's declared settings: the ``shown``
     fields in their order, completed from their declarations, then every other
-    declared setting a form can hold, in ``section`` (so a setting declared
-    with its metadata shows up in the form without touching the widget).
+    declared setting a form can hold (not declared ``form=False``), in
+    ``section`` (so a setting declared with its metadata shows up in the form
+    without touching the widget).
     ``skip``: settings the widget builds itself (the data folder, the patch,
     the schedule)."""
     by_name = {d.name: d for d in declared}
@@ -725,7 +726,7 @@ def specs_from_settings(
         out.append(spec if d is None else spec_from_setting(d, spec) or spec)
     used = {spec.config for spec in shown} | set(skip)
     for d in declared:
-        if d.name not in used:
+        if d.name not in used and d.form:
             spec = spec_from_setting(d, section=section)
             if spec is not None:
                 out.append(spec)

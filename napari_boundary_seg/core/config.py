@@ -410,7 +410,9 @@ class TrainConfig:
         section="schedule",
         same_on_resume=True,
     )
-    amp: bool = setting(False, help="deprecated: same as --precision 16-mixed", section="advanced")
+    amp: bool = setting(
+        False, help="deprecated: same as --precision 16-mixed", section="advanced", form=False
+    )
     precision: str = setting(
         "32",
         help="32 (float32), bf16 (bfloat16 autocast, also on the CPU) or 16-mixed (float16 "
@@ -448,7 +450,9 @@ class TrainConfig:
         section="advanced",
         kind="path",
     )
-    overwrite: bool = setting(False, help="allow an --out that holds a run", section="run")
+    overwrite: bool = setting(
+        False, help="allow an --out that holds a run", section="run", form=False
+    )
     dims: int = setting(
         2,
         help="2: the paper's 2D slices (default); 3: 3D patches from the memory-mapped cache",

@@ -5,7 +5,7 @@ Tensors are ``(B, C, *spatial)`` with any number of spatial dimensions (2D and 3
 are tested). The functions take softmax probabilities; the modules also accept
 logits (``from_logits=True`` applies a softmax over dim 1 first).
 
-Definitions (see DESIGN.md):
+Definitions (docs/DESIGN.md, "The method"):
 
 - Boundary loss (Kervadec et al. 2019, Eq. 5):
   ``L_B = mean over batch, supervised classes and voxels of s(q) * phi_G(q)``,

@@ -10,7 +10,7 @@ Surfaces
 --------
 The surface ``∂M`` of a mask ``M`` is the set of voxels of ``M`` with a
 face-connected neighbour (4-neighbourhood in 2D, 6 in 3D) outside ``M``; voxels
-beyond the image edge are not neighbours (the definition of DESIGN.md). A
+beyond the image edge are not neighbours (the definition of docs/DESIGN.md, "The method"). A
 non-empty mask that fills the whole image has no such voxel; its surface is then
 taken to be its voxels on the image edge, so that distances stay finite.
 

@@ -81,6 +81,9 @@ class Setting:
         in 2D"); ``None``: not described.
     same_on_resume
         Whether a resumed run must have the value of the run it continues.
+    form
+        Whether a widget form offers it (False: the command line only, e.g. a
+        deprecated alias or a flag whose question a form answers otherwise).
     parse
         Turns the typed word (the list of words with ``nargs``) into the value,
         raising ValueError; ``None``: the type's conversion.
@@ -105,6 +108,7 @@ class Setting:
     none_text: str | None = None
     parse: Any = None
     same_on_resume: bool = False
+    form: bool = True
 
     @property
     def required(self) -> bool:
@@ -131,6 +135,7 @@ def setting(
     none_text: str | None = None,
     parse: Any = None,
     same_on_resume: bool = False,
+    form: bool = True,
 ) -> Any:
     """A dataclass field carrying its user-facing facts (see :class:`Setting`).
 
@@ -157,6 +162,7 @@ def setting(
             "none_text": none_text,
             "parse": parse,
             "same_on_resume": same_on_resume,
+            "form": form,
         }
     }
     if default_factory is not MISSING:
@@ -214,6 +220,7 @@ def settings(cls: Any) -> tuple[Setting, ...]:
                 none_text=meta["none_text"],
                 parse=meta["parse"],
                 same_on_resume=meta["same_on_resume"],
+                form=meta["form"],
             )
         )
     return tuple(out)

@@ -44,7 +44,7 @@ def test_presets_are_field_values_and_map_back_to_the_config():
 def _declared(name, kind, default, **facts):
     base = {"optional": False, "help": f"{name} help", "bounds": None, "step": None,
             "choices": None, "label": name.replace("_", " "), "none_as": None,
-            "none_text": None}  # fmt: skip
+            "none_text": None, "form": True}  # fmt: skip
     return SimpleNamespace(name=name, kind=kind, default=default, **{**base, **facts})
 
 
@@ -53,12 +53,13 @@ def test_a_declared_setting_shows_up_in_the_form():
         _declared("lr_patience", "int", 20, bounds=(1, None)),
         _declared("new_knob", "float", 0.25, bounds=(0, 1), step=0.05),
         _declared("percentiles", "", None),  # structured: the form leaves it out
+        _declared("old_alias", "bool", False, form=False),  # the command line only
     ]
     specs = {s.name: s for s in specs_from_settings(declared)}
     knob = specs["new_knob"]
     assert knob.section == "advanced" and knob.config == "new_knob" and knob.default == 0.25
     assert knob.bounds == (0, 1) and knob.step == 0.05 and knob.help == "new_knob help"
-    assert "percentiles" not in specs
+    assert "percentiles" not in specs and "old_alias" not in specs
     # a field the widget shows keeps its presentation, the declaration fills the rest
     patience = specs["lr_patience"]
     assert patience.label == "lr patience" and patience.bounds == (1, 1_000_000)
@@ -74,3 +75,6 @@ def test_train_fields_come_from_the_declared_config():
     assert specs["lr_patience"].help == declared["lr_patience"].help
     assert specs["lr_factor"].section == "advanced"  # declared, not placed by the widget
     assert specs["augment"].choices[0][0] == f"default ({declared['augment'].none_text})"
+    # command-line-only settings stay out of the form
+    assert not declared["amp"].form and "amp" not in specs
+    assert not declared["overwrite"].form and "overwrite" not in specs
