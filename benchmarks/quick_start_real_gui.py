@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.open(str(args.flair), plugin="napari-boundary-seg")
     viewer.open(str(args.mask), plugin="napari-boundary-seg")
     widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Train (boundary loss)")
+    viewer.window.add_dock_widget(widget, name="Train")
     app = QApplication.instance()
     out = Path(tempfile.mkdtemp(prefix="nbs-real-gui-"))
     widget.configure(output=str(out), device="cpu")

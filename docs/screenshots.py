@@ -28,7 +28,7 @@ WINDOW = (1600, 1000)
 
 
 def slug(display_name: str) -> str:
-    """File name of a widget's screenshot: ``"Distance map"`` -> ``"distance"``."""
+    """File name of a widget's screenshot: ``"Distance"`` -> ``"distance"``."""
     return display_name.lower().split()[0].replace("/", "-")
 
 
@@ -200,10 +200,10 @@ def prepare_finetune(viewer: Any, widget: Any) -> None:
 
 
 PREPARE: dict[str, Callable[[Any, Any], None]] = {
-    "Distance map": prepare_distance,
-    "Compare to ground truth": prepare_compare,
-    "Finetune on corrections": prepare_finetune,
-    "Train (boundary loss)": prepare_train,
+    "Distance": prepare_distance,
+    "Compare": prepare_compare,
+    "Finetune": prepare_finetune,
+    "Train": prepare_train,
     "Predict": prepare_predict,
 }
 

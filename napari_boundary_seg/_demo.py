@@ -70,22 +70,12 @@ def axial_view(viewer: Any, labels_layer: Any) -> None:
     viewer.reset_view()
 
 
-TRAIN_WIDGET = "Train (boundary loss)"
-
-TAB_TITLES = {
-    "Distance map": "Distance",
-    "Compare to ground truth": "Compare",
-    "Train (boundary loss)": "Train",
-    "Predict": "Predict",
-    "Finetune on corrections": "Finetune",
-}
-"""Short tab titles for the docked widgets: napari titles a dock "<name> (<plugin>)",
-which five tabs side by side cut to a few letters each."""
+TRAIN_WIDGET = "Train"
 
 
 def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
     """A napari viewer with the sample case (axial view) and, if ``dock``, every
-    widget of the plugin docked as tabs, the first one (Distance map) in front."""
+    widget of the plugin docked as tabs, the first one (Distance) in front."""
     import napari
 
     viewer = napari.Viewer(title="napari-boundary-seg demo", show=show)
@@ -98,7 +88,7 @@ def open_demo_viewer(show: bool = True, dock: bool = True) -> Any:
         ]
         for name in widget_names():
             dock = viewer.window.dock_widgets[f"{name} ({PLUGIN})"].parent()
-            dock.setWindowTitle(TAB_TITLES.get(name, name))  # the tab's text
+            dock.setWindowTitle(name)  # the tab's text, without the plugin's name
             dock.setToolTip(name)
         if docks:
             raise_dock(viewer, widget_names()[0])

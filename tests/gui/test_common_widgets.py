@@ -23,7 +23,7 @@ from napari_boundary_seg._widgets._layers import (
 from napari_boundary_seg._widgets._progress import ProgressPanel
 
 PLUGIN = "napari-boundary-seg"
-MY_WIDGETS = ("Distance map", "Compare to ground truth", "Finetune on corrections", "Predict")
+MY_WIDGETS = ("Distance", "Compare", "Finetune", "Predict")
 
 
 def test_pickers_are_magicgui_and_offer_only_what_fits(make_napari_viewer):
@@ -194,10 +194,10 @@ def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_view
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         docked = {}
-        for name in ("Distance map", "Compare to ground truth", "Train (boundary loss)",
-                     "Predict", "Finetune on corrections"):  # fmt: skip
+        for name in ("Distance", "Compare", "Train",
+                     "Predict", "Finetune"):  # fmt: skip
             _, docked[name] = viewer.window.add_plugin_dock_widget("napari-boundary-seg", name)
-        train = docked["Train (boundary loss)"]
+        train = docked["Train"]
         proxy = train.viewer
         assert type(proxy).__name__ == "PublicOnlyProxy"
         viewer.layers.selection.active = scan
@@ -213,3 +213,19 @@ def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_view
         train._on_preview(PreviewEvent(0, 2, 1, np.ones((4, 6), np.uint8)))
         assert PREVIEW_NAME in viewer.layers
     assert errors == []
+
+
+@pytest.mark.parametrize("name", (*MY_WIDGETS, "Train"))
+def test_dock_title_is_not_cut_at_300_px(make_napari_viewer, qtbot, name):
+    """napari titles a dock "<name> (<plugin>)"; squeezed to 300 px (or the
+    least the widget takes), the whole title stays readable."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    viewer = make_napari_viewer(show=True)
+    dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    viewer.window._qt_window.resizeDocks([dock], [300], Qt.Orientation.Horizontal)
+    for _ in range(5):
+        QApplication.processEvents()
+    title = dock.titleBarWidget().title
+    assert title.fontMetrics().horizontalAdvance(title.text()) <= title.width(), title.text()

@@ -187,7 +187,7 @@ def test_unexpected_worker_error_names_its_type(make_napari_viewer, qtbot, error
 
 def test_docks_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-boundary-seg", "Distance map")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-boundary-seg", "Distance")
     assert isinstance(widget, DistanceMapWidget)
     viewer.add_labels(np.zeros((3, 3), dtype=np.uint8), name="lab")
     assert widget.labels_combo.currentText() == "lab"  # it listens to this viewer
