@@ -787,6 +787,44 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     assert temp_files(out) == []
 
 
+def test_ctrl_c_during_finetune_exits_130_and_keeps_parent_and_lineage(world):
+    out = world.root / "ft_interrupted"
+    parent = world.checkpoint
+    before = hashlib.sha256(parent.read_bytes()).hexdigest()
+    argv = [*_command(), "finetune", "--checkpoint", str(parent), "--image", str(world.image),
+            "--labels", str(world.labels), "--out", str(out), "--slices", "1", "2",
+            "--epochs", "100000", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_umask,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        # the run's files are written when training starts; then one epoch ends
+        while not (out / "last.pt").is_file() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert hashlib.sha256(parent.read_bytes()).hexdigest() == before
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["parent"] == str(parent.resolve()) and lineage["parent_sha256"] == before
+    assert lineage["stopped"] is True and lineage["slices"] == [1, 2]
+    assert lineage["checkpoint"] == str(out / "last.pt")
+    torch.load(out / "last.pt", weights_only=True)
+    assert temp_files(out) == []
+
+
 # ---------------------------------------------------------------------------
 # a full disk during a checkpoint write keeps the earlier checkpoint
 

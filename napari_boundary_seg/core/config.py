@@ -648,7 +648,7 @@ class FinetuneConfig:
         (),
         help="slices checked and correct as predicted, without painting (indices along the "
         "slicing axis): they teach like corrected slices; every other uncorrected voxel is "
-        "left out of the loss",
+        "left out of the loss (default none)",
         nargs="+",
         metavar="SLICE",
         section="data",

@@ -612,3 +612,26 @@ def test_unverified_slices_do_not_change_the_fine_tuned_weights(dims, parent, pa
         slices, tmp_path / "c", **kw,
     )  # fmt: skip
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cli_finetune_verified_slices(parent, tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import write_nifti
+    from napari_boundary_seg.core.predict import predict_volume
+
+    images, _ = _volume()
+    _, pred = predict_volume(str(parent), images, (2.0, 1.0, 1.0))
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    write_nifti(tmp_path / "img_0000.nii.gz", images[0], affine=affine)
+    write_nifti(tmp_path / "seg.nii.gz", pred.astype(np.uint8), affine=affine)  # nothing painted
+    argv = ["finetune", "--checkpoint", str(parent), "--image", str(tmp_path / "img_0000.nii.gz")]
+    argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "none")]) == 2
+    assert "--verified-slices" in capsys.readouterr().err
+    assert main([*argv, "--verified-slices", "-1", "--out", str(tmp_path / "neg")]) == 2
+    err = capsys.readouterr().err
+    assert "--verified-slices must be an integer >= 0" in err and "FinetuneConfig" not in err
+    assert main([*argv, "--verified-slices", "4", "1", "--out", str(tmp_path / "ft")]) == 0
+    lineage = read_lineage(tmp_path / "ft" / "lineage.json")
+    assert lineage["slices"] == [] and lineage["verified_slices"] == [1, 4]
+    assert lineage["metrics"]["corrected"]["n_slices"] == 2
