@@ -750,6 +750,18 @@ def test_affine_mismatch_allowed_by_flag_is_reported(world):
 # interrupted work
 
 
+def _popen(argv: list[str]) -> subprocess.Popen:
+    """The command running in the background, its output piped (text)."""
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_umask,
+    )
+
+
 def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     out = world.root / "interrupted"
     out.mkdir()
@@ -758,14 +770,7 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     (out / "metrics.csv").write_text("epoch\n")
     argv = [*_command(), "train", "--data", str(world.data), "--out", str(out),
             "--epochs", "1000", *TINY]  # fmt: skip
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        preexec_fn=_umask,
-    )
+    proc = _popen(argv)
     deadline = time.monotonic() + TIMEOUT
     seen = []
     try:
@@ -794,14 +799,7 @@ def test_ctrl_c_during_finetune_exits_130_and_keeps_parent_and_lineage(world):
     argv = [*_command(), "finetune", "--checkpoint", str(parent), "--image", str(world.image),
             "--labels", str(world.labels), "--out", str(out), "--slices", "1", "2",
             "--epochs", "100000", "--device", "cpu"]  # fmt: skip
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        preexec_fn=_umask,
-    )
+    proc = _popen(argv)
     deadline = time.monotonic() + TIMEOUT
     try:
         # the run's files are written when training starts; then one epoch ends

@@ -70,6 +70,15 @@ def _start_long_finetune(viewer, widget, tmp_path):
     return layer, painted
 
 
+def _finetune_one_epoch(widget, qtbot, out: Path) -> None:
+    """Fine-tune one epoch on the CPU into ``out`` and wait for the end."""
+    widget.epochs.setValue(1)
+    widget.out_folder.setText(str(out))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+
 def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
     viewer, widget, affine = _predicted(make_napari_viewer, qtbot, checkpoint)
     assert errors == []
@@ -93,12 +102,8 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     painted = np.array(layer.data, copy=True)
     assert not np.array_equal(painted, original)
 
-    widget.epochs.setValue(1)
     widget.alpha_start.setValue(0.6)
-    widget.out_folder.setText(str(tmp_path / "ft"))
-    widget.device.setCurrentText("cpu")
-    assert widget.start_finetune() is not None
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft")
     assert errors == []
     # the edited slices were used, the comparison table appeared
     assert widget.used_slices == [1, 4]
@@ -310,11 +315,7 @@ def test_mark_slice_checked_passes_verified_slices(
     assert widget.tracker.manual == {2}
     text = widget.edited_label.text()
     assert "1 edited slice(s): 4" in text and "1 checked: 2" in text
-    widget.epochs.setValue(1)
-    widget.out_folder.setText(str(tmp_path / "ft"))
-    widget.device.setCurrentText("cpu")
-    assert widget.start_finetune() is not None
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft")
     assert errors == []
     assert widget.used_slices == [2, 4]
     lineage = json.loads((tmp_path / "ft" / "lineage.json").read_text())
