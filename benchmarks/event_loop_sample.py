@@ -26,7 +26,7 @@ of this plugin, napari alone: the gaps while napari adds one Labels layer
 (the lesions, copied) and one Image layer (FLAIR, copied) of the sample case,
 each in the event-loop turn after the "click" (``viewer.add_labels`` /
 ``viewer.add_image``, then its first paint): the least a widget that adds a
-layer can cost on this machine. Bar (issue 14): no gap over
+layer can cost on this machine. The bar: no gap over
 100 ms when any widget delivers its result, and the Start click under 100 ms.
 Figures measured on a shared machine vary with its load; run it again on yours.
 

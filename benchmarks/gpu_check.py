@@ -1,4 +1,4 @@
-"""The GPU check of issue 12, run by ``benchmarks/gpu_check.sh`` (see there).
+"""The check of training on a GPU, run by ``benchmarks/gpu_check.sh`` (see there).
 
 Prints, for the device it runs on:
 

@@ -62,6 +62,7 @@ from napari_boundary_seg._widgets._checkpoints import (
     NO_FOREGROUND,
     check_checkpoint_path,
     checkpoint_axis,
+    finetune_checkpoint_path,
     load_checked_checkpoint,
     modalities_of,
     probability_layer_kwargs,
@@ -292,7 +293,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
             notify_error("a prediction or fine-tune is already running")
             return None
         try:
-            path = check_checkpoint_path(self.checkpoint.text())
+            path = finetune_checkpoint_path(self.checkpoint.text())
             stack = images_from_layers(self.images.selected_layers())
             device = check_device(self.device.device())
         except (ValueError, TypeError) as exc:
@@ -382,7 +383,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
                     f"{tuple(stack.images.shape[1:])}."
                 )
             check_same_geometry(self.images.selected_layers()[0], layer)
-            path = check_checkpoint_path(self.checkpoint.text())
+            path = finetune_checkpoint_path(self.checkpoint.text())
             loaded = load_checked_checkpoint(path, stack.images.shape[0])
         except (ValueError, TypeError) as exc:
             notify_error(exc)

@@ -93,7 +93,7 @@ CALIBRATION_BAR: Mapping[str, tuple[float, float]] = {
     "lesion_recall_small": (-math.inf, 0.8),
 }
 """The wmh preset's calibration bar for GDL on the test cases: DSC in [0.60, 0.82],
-recall of small lesions (<= ``small_voxels``) below 0.8 (issue 13)."""
+recall of small lesions (<= ``small_voxels``) below 0.8."""
 
 SIZE_BINS_VOXELS: tuple[tuple[str, float, float], ...] = (
     ("small", 0.0, 8.0),
