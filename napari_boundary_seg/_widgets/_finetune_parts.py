@@ -211,8 +211,10 @@ class Gain:
         empty = ""
         if not any(evaluation.get("foreground", {}).get("new", {True: True}).values()):
             empty = f" The new model: {NO_FOREGROUND}."
+        checked = [s for s in ft.verified_slices if s not in ft.slices]
+        also = f" and checked slices {checked}" if checked else ""
         self.status.setText(
-            f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
+            f"Fine-tuned on slices {list(ft.slices)}{also}: {n} voxel(s) changed "
             f"(green gained, red lost).{empty} Keep the new model or discard it."
         )
 

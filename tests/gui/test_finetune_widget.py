@@ -321,3 +321,4 @@ def test_mark_slice_checked_passes_verified_slices(
     lineage = json.loads((tmp_path / "ft" / "lineage.json").read_text())
     assert lineage["slices"] == [4] and lineage["verified_slices"] == [2]
     assert widget.table.item(0, 1).text() == "2"  # both taught: the "corrected" row
+    assert "slices [4] and checked slices [2]" in widget.status.text()
