@@ -750,6 +750,18 @@ def test_affine_mismatch_allowed_by_flag_is_reported(world):
 # interrupted work
 
 
+def _popen(argv: list[str]) -> subprocess.Popen:
+    """The command running in the background, its output piped (text)."""
+    return subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=_umask,
+    )
+
+
 def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     out = world.root / "interrupted"
     out.mkdir()
@@ -758,14 +770,7 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     (out / "metrics.csv").write_text("epoch\n")
     argv = [*_command(), "train", "--data", str(world.data), "--out", str(out),
             "--epochs", "1000", *TINY]  # fmt: skip
-    proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        preexec_fn=_umask,
-    )
+    proc = _popen(argv)
     deadline = time.monotonic() + TIMEOUT
     seen = []
     try:
@@ -784,6 +789,37 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_says_how_to_resume(world):
     assert f"--resume {out / 'last.pt'}" in err
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["position"]["epoch"] >= 1
+    assert temp_files(out) == []
+
+
+def test_ctrl_c_during_finetune_exits_130_and_keeps_parent_and_lineage(world):
+    out = world.root / "ft_interrupted"
+    parent = world.checkpoint
+    before = hashlib.sha256(parent.read_bytes()).hexdigest()
+    argv = [*_command(), "finetune", "--checkpoint", str(parent), "--image", str(world.image),
+            "--labels", str(world.labels), "--out", str(out), "--slices", "1", "2",
+            "--epochs", "100000", "--device", "cpu"]  # fmt: skip
+    proc = _popen(argv)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        # the run's files are written when training starts; then one epoch ends
+        while not (out / "last.pt").is_file() and proc.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert hashlib.sha256(parent.read_bytes()).hexdigest() == before
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["parent"] == str(parent.resolve()) and lineage["parent_sha256"] == before
+    assert lineage["stopped"] is True and lineage["slices"] == [1, 2]
+    assert lineage["checkpoint"] == str(out / "last.pt")
+    torch.load(out / "last.pt", weights_only=True)
     assert temp_files(out) == []
 
 

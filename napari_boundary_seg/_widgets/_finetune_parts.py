@@ -41,13 +41,19 @@ class Corrections:
         if tracker.reset_reason:
             self.edited_label.setText(f"Tracking stopped: {tracker.reset_reason}.")
             return
-        slices = tracker.slices
-        shown = ", ".join(str(s) for s in slices[:40]) + (" …" if len(slices) > 40 else "")
+
+        def listed(slices: list[int]) -> str:
+            return ", ".join(str(s) for s in slices[:40]) + (" …" if len(slices) > 40 else "")
+
+        painted, checked = sorted(tracker.painted), sorted(tracker.manual - tracker.painted)
         extra = " (data replaced: all slices are candidates)" if tracker.replaced else ""
-        self.edited_label.setText(
-            f"'{self.layer.name}', axis {tracker.axis}: {len(slices)} edited slice(s)"
-            f"{extra}{': ' + shown if slices else ''}"
+        text = (
+            f"'{self.layer.name}', axis {tracker.axis}: {len(painted)} edited slice(s)"
+            f"{extra}{': ' + listed(painted) if painted else ''}"
         )
+        if checked:
+            text += f"; {len(checked)} checked: {listed(checked)}"
+        self.edited_label.setText(text)
 
     def current_slice(self) -> int:
         """The slice of the linked layer shown in the viewer (along the slicing axis)."""
@@ -67,24 +73,32 @@ class Corrections:
         except (ValueError, TypeError) as exc:
             notify_error(exc)
 
+    def checked_slices(self, labels: np.ndarray) -> list[int]:
+        """The slices marked checked that the user did not change: right as
+        predicted, passed to the fine-tune as ``verified_slices``."""
+        return sorted(self.tracker.manual - self._changed_slices(labels))
+
     def clear_slices(self) -> None:
         if self.tracker is not None:
             self.tracker.clear()
 
     def slices_to_use(self, labels: np.ndarray) -> list[int]:
         """The listed slices that really differ from the starting prediction, plus
-        the ones added by hand (one check on the listed slices only)."""
+        the ones marked checked (one check on the listed slices only)."""
+        return sorted(self._changed_slices(labels) | self.tracker.manual)
+
+    def _changed_slices(self, labels: np.ndarray) -> set[int]:
+        """The painted slices that differ from the starting prediction (all painted
+        ones when the prediction is not known)."""
         from napari_boundary_seg.core.finetune import differing_slices
 
         tracker = self.tracker
         origin = self.link.get("prediction")
         if origin is None or np.shape(origin) != labels.shape:
-            return tracker.slices
+            return set(tracker.painted)
         if labels.ndim == 2:
-            differ = [0] if np.any(labels != origin) and tracker.painted else []
-        else:
-            differ = differing_slices(labels, origin, tracker.axis, tracker.painted)
-        return sorted(set(differ) | tracker.manual)
+            return {0} if np.any(labels != origin) and tracker.painted else set()
+        return set(differing_slices(labels, origin, tracker.axis, tracker.painted))
 
     # -- save ---------------------------------------------------------------------------
     def save_corrected(self, path: str | Path | None = None) -> Path | None:
@@ -197,8 +211,10 @@ class Gain:
         empty = ""
         if not any(evaluation.get("foreground", {}).get("new", {True: True}).values()):
             empty = f" The new model: {NO_FOREGROUND}."
+        checked = [s for s in ft.verified_slices if s not in ft.slices]
+        also = f" and checked slices {checked}" if checked else ""
         self.status.setText(
-            f"Fine-tuned on slices {list(ft.slices)}: {n} voxel(s) changed "
+            f"Fine-tuned on slices {list(ft.slices)}{also}: {n} voxel(s) changed "
             f"(green gained, red lost).{empty} Keep the new model or discard it."
         )
 

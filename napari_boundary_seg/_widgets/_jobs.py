@@ -275,13 +275,14 @@ def finetune_job(
         affine=affine,
     )
     old, new = evaluation["old_pred"], evaluation["new_pred"]
+    taught = sorted({*result.slices, *result.verified_slices})  # corrected or checked
     evaluation["untouched_truth"] = None
     if truth is not None:
-        against = compare_models(old, new, truth, spacing, result.slices, result.axis)
+        against = compare_models(old, new, truth, spacing, taught, result.axis)
         evaluation["untouched_truth"] = against["untouched"]
     evaluation["foreground"] = {
-        "old": foreground_flags(old, result.slices, result.axis),
-        "new": foreground_flags(new, result.slices, result.axis),
+        "old": foreground_flags(old, taught, result.axis),
+        "new": foreground_flags(new, taught, result.axis),
     }
     evaluation["new_labels"] = np.ascontiguousarray(new, dtype=np.int32)
     return result, evaluation

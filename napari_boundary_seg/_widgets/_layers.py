@@ -296,6 +296,34 @@ def check_same_shape(a: Layer, b: Layer) -> None:
         raise ValueError(f"Shapes do not match: '{a.name}' is {sa}, '{b.name}' is {sb}.")
 
 
+def check_same_geometry(a: Layer, b: Layer) -> None:
+    """Raise ``ValueError`` naming both layers when they are placed differently in
+    the world (scale, translate, rotate, shear, napari affine): a voxel painted on
+    one would not be the voxel of the other that the viewer showed under it."""
+
+    def placement(layer: Layer) -> dict[str, np.ndarray]:
+        return {
+            "scale": np.asarray(layer.scale, dtype=float),
+            "translate": np.asarray(layer.translate, dtype=float),
+            "rotate": np.asarray(layer.rotate, dtype=float),
+            "shear": np.asarray(layer.shear, dtype=float),
+            "affine": np.asarray(layer.affine.affine_matrix, dtype=float),
+        }
+
+    pa, pb = placement(a), placement(b)
+    differ = [
+        k for k in pa if pa[k].shape != pb[k].shape or not np.allclose(pa[k], pb[k], atol=1e-6)
+    ]
+    if differ:
+        shown = "; ".join(
+            f"{k} {pa[k].round(4).tolist()} vs {pb[k].round(4).tolist()}" for k in differ[:2]
+        )
+        raise ValueError(
+            f"Geometry does not match: '{a.name}' and '{b.name}' are placed differently "
+            f"({shown}). Correct a layer with the image's geometry (Predict makes one)."
+        )
+
+
 @dataclass
 class ImageStack:
     """Image layers stacked as channels, with the geometry of the first one.

@@ -17,8 +17,10 @@
    ``layer.data`` wholesale (``layer.data = array``) with an array of the same
    shape makes every slice a candidate (the same check keeps the slices that
    differ); with another shape the tracking is reset and the link dropped
-   (predict again). "Add current slice" lists a slice the user checked and
-   found right (kept even when unchanged).
+   (predict again). "Mark slice checked" (Shift-K on the linked layer) lists
+   the slice shown as checked and right as predicted: it teaches like a
+   corrected slice (``verified_slices`` of the fine-tune), while the slices
+   nobody painted or checked do not (docs/DESIGN.md, "Fine-tuning").
 3. **Fine-tune**: :func:`napari_boundary_seg.core.finetune.finetune` on a copy
    of the labels and images, in a napari ``thread_worker``, with progress,
    stop and live curves; then :func:`~napari_boundary_seg.core.finetune.evaluate_finetune`.
@@ -94,6 +96,7 @@ from napari_boundary_seg._widgets._jobs import (  # noqa: F401 - the module's AP
 )
 from napari_boundary_seg._widgets._layers import (
     ImageStack,
+    check_same_geometry,
     check_same_shape,
     geometry_kwargs,
     images_from_layers,
@@ -117,6 +120,9 @@ if TYPE_CHECKING:
     import napari
 
 logger = logging.getLogger(__name__)
+
+CHECK_KEY = "Shift-K"
+"""The shortcut, on the linked layer, that marks the slice shown as checked."""
 
 __all__ = ["EditTracker", "FinetuneWidget", "atom_slices", "finetune_job"]
 
@@ -171,7 +177,11 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
 
         # 2. correct
         self.edited_label = note_label("No layer linked yet.")
-        self.add_button = QPushButton("Add current slice")
+        self.add_button = QPushButton(f"Mark slice checked ({CHECK_KEY})")
+        self.add_button.setToolTip(
+            "The slice shown is right as predicted: it teaches like a corrected slice. "
+            f"Only corrected and checked slices teach. Shortcut on the layer: {CHECK_KEY}."
+        )
         self.add_button.clicked.connect(self.add_current_slice)
         self.clear_button = QPushButton("Clear list")
         self.clear_button.clicked.connect(self.clear_slices)
@@ -372,6 +382,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
                     f"Shapes do not match: '{layer.name}' is {labels.shape}, the images "
                     f"{tuple(stack.images.shape[1:])}."
                 )
+            check_same_geometry(self.images.selected_layers()[0], layer)
             path = finetune_checkpoint_path(self.checkpoint.text())
             loaded = load_checked_checkpoint(path, stack.images.shape[0])
         except (ValueError, TypeError) as exc:
@@ -396,6 +407,11 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
     ) -> None:
         if self.tracker is not None:
             self.tracker.detach()
+            try:  # the shortcut follows the linked layer
+                self.tracker.layer.bind_key(CHECK_KEY, None)
+            except (KeyError, ValueError, TypeError):
+                pass
+        layer.bind_key(CHECK_KEY, lambda _layer: self.add_current_slice(), overwrite=True)
         layer.metadata[META_KEY] = {
             "images": list(image_names),
             "checkpoint": str(checkpoint),
@@ -443,13 +459,15 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
             labels = np.array(labels_array(self.layer), copy=True)  # the worker's own copy
             layers = self._linked_layers()  # stacked and checked in the worker
             check_same_shape(layers[0], self.layer)
+            check_same_geometry(layers[0], self.layer)
             slices = self.slices_to_use(labels)
             if not slices:
                 raise ValueError(
                     "No edited slice differs from the prediction: paint corrections first "
-                    "(or add the current slice)."
+                    f"(or mark the current slice checked, {CHECK_KEY})."
                 )
-            settings = self.settings()
+            checked = self.checked_slices(labels)
+            settings = {**self.settings(), "verified_slices": tuple(checked)}
             checkpoint = check_checkpoint_path(self.link["checkpoint"])
             truth = self._truth(labels.shape)
         except (ValueError, TypeError) as exc:
@@ -481,7 +499,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
                 checkpoint,
                 labels,
                 stack.spacing,
-                slices,
+                [s for s in slices if s not in checked],
                 settings,
                 self.current_pred,
                 control,

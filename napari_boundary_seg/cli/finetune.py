@@ -57,8 +57,10 @@ def add_parser(sub: Any) -> None:
         "function as the napari widget): --image (one per modality, in the model's order) and "
         "--labels (the corrected labels). --slices names the corrected slices along the "
         "model's slicing axis; without it, the slices where the labels differ from the model's "
-        "prediction are used. A checkpoint trained in 3D is fine-tuned on 3D patches of its "
-        "patch size that hold a corrected slice. Writes best.pt, last.pt, metrics.csv, "
+        "prediction are used. --verified-slices names slices checked as correct without "
+        "painting. Only the corrected and verified slices teach: a checkpoint trained in 3D is "
+        "fine-tuned on 3D patches of its patch size that hold one, with the other slices of "
+        "the patch left out of the loss. Writes best.pt, last.pt, metrics.csv, "
         "config.json and "
         "lineage.json (parent, slices, settings, metrics before/after) to --out, then prints "
         "DSC and HD95 of the old and the new model on the corrected and untouched slices.",
@@ -163,9 +165,11 @@ def _finetune_in(args, config, model, checkpoint, images, labels, spacing, axis,
             "batch",
         )
         slices = differing_slices(labels.data, old_pred, axis)
-        if not slices:
+        if not slices and not config.verified_slices:
             raise CommandError(
-                f"{args.labels} equals the model's prediction: no corrected slice found"
+                f"{args.labels} equals the model's prediction: no corrected slice found; "
+                "paint a correction, or name the slices checked as correct with "
+                "--verified-slices"
             )
         out(f"corrected slices (differ from the prediction, axis {axis}): {slices}")
     control = TrainControl()

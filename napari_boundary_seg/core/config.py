@@ -605,7 +605,9 @@ class FinetuneConfig:
 
     ``lr`` and ``batch_size`` ``None`` are the checkpoint's (the batch capped by
     the number of slices); ``out_dir`` ``None`` is ``finetune-<time>`` beside the
-    parent; a 3D checkpoint always uses ``distance="3d"``.
+    parent; a 3D checkpoint always uses ``distance="3d"`` (per verified slab).
+    ``verified_slices`` are slices checked without painting; with the corrected
+    slices they are the only ones that teach (docs/DESIGN.md, "Fine-tuning").
     """
 
     epochs: int = setting(
@@ -642,10 +644,20 @@ class FinetuneConfig:
         step=0.1,
         section="data",
     )
+    verified_slices: tuple[int, ...] = setting(
+        (),
+        help="slices checked and correct as predicted, without painting (indices along the "
+        "slicing axis): they teach like corrected slices; every other uncorrected voxel is "
+        "left out of the loss (default none)",
+        nargs="+",
+        metavar="SLICE",
+        section="data",
+        form=False,
+    )
     distance: str = setting(
         "2d",
-        help="distance maps of the corrected slices: 2d per slice (only the corrected "
-        "slices are trusted) or 3d (the whole corrected volume)",
+        help="distance maps of the verified slices: 2d per slice, or 3d per slab of "
+        "contiguous verified slices (never from unverified slices)",
         choices=("2d", "3d"),
         section="advanced",
         flag="",
@@ -662,6 +674,17 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_settings(self)
         check_device_name(self.device)
+        name = "FinetuneConfig.verified_slices"
+        if isinstance(self.verified_slices, str | bytes | Mapping):
+            raise TypeError(f"{name} must be a list of slice indices, got {self.verified_slices!r}")
+        try:
+            given = list(self.verified_slices)
+        except TypeError as err:
+            raise TypeError(
+                f"{name} must be a list of slice indices, got {self.verified_slices!r}"
+            ) from err
+        checked = {check_int(s, name, 0) for s in given}
+        object.__setattr__(self, "verified_slices", tuple(sorted(checked)))
 
     @property
     def schedule(self) -> dict[str, Any]:

@@ -22,20 +22,29 @@ predicts the volume with the parent and the new model and adds the comparison
 corrected labels) to the lineage as ``metrics``; :func:`record_decision` notes
 whether the user kept or discarded the new checkpoint (both stay on disk).
 
-Only the corrected slices are trusted: their distance maps are computed per
-slice by default (``distance="2d"``), so that the unverified neighbouring
-slices of the prediction do not shape them.
+Only verified voxels teach. A slice is verified when it was corrected
+(``slices``) or marked checked without painting
+(:attr:`FinetuneConfig.verified_slices`); fine-tuning with neither is
+refused before any work. φ of a verified slice comes from its own labels: the
+2D map of the slice (``distance="2d"``, the default), or the 3D map of the
+slab of contiguous verified slices (``distance="3d"``, and always in 3D),
+never from an unverified slice
+(:func:`~napari_boundary_seg.core.modes.base.slab_distance_maps`).
 
 A checkpoint trained in 3D (``dims=3``, see
 :func:`~napari_boundary_seg.core.checkpoint.training_mode`) is fine-tuned in
 3D, without being told: patches of its ``patch_size`` (:class:`CorrectedPatches`),
-each holding at least one corrected slice along ``axis``, cut from the
+each holding at least one verified slice along ``axis``, cut from the
 corrected volume prepared in the volume cache of
-:mod:`napari_boundary_seg.core.patches` (φ of the whole volume with its
-spacing), mixed with ordinary patches of the original cases; the model keeps
-its hyper-parameters (depth, width, pooling strides). The slices next to a
-corrected slice inside a patch are trained on as they are (the prediction the
-user looked at).
+:mod:`napari_boundary_seg.core.patches`, mixed with ordinary patches of the
+original cases; the model keeps its hyper-parameters (depth, width, pooling
+strides). Each corrected patch carries a loss mask, 1 on its verified slices
+and 0 on the others, so the unverified slices inside a patch (the prediction
+nobody checked) do not teach; the trainer passes it to the loss
+(:func:`~napari_boundary_seg.core.train.train_step`). Patches of the original
+cases are fully labelled (mask all ones). In 2D every item is a whole
+verified slice or an original slice, so no mask is needed.
+See docs/DESIGN.md, "Fine-tuning".
 """
 
 from __future__ import annotations
@@ -124,6 +133,9 @@ class FinetuneResult:
         The trainer's per-epoch rows.
     dims
         2 (slices) or 3 (patches): the parent checkpoint's training mode.
+    verified_slices
+        The slices marked checked without painting (along ``axis``); with
+        ``slices``, the only ones that taught.
     """
 
     checkpoint: str | None
@@ -139,6 +151,7 @@ class FinetuneResult:
     model: Any = field(default=None, repr=False, compare=False)
     dims: int = 2
     outcome: Outcome | None = None
+    verified_slices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", end_outcome(self.stopped, self.outcome))
@@ -311,7 +324,8 @@ def finetune(
         Voxel size per spatial axis in mm, numpy axis order (``None``: 1 mm).
     slices
         The corrected slices (indices along ``axis``); a 2D image has the one
-        slice ``0``.
+        slice ``0``. May be empty when ``verified_slices`` (in ``config``) names
+        slices checked without painting; with neither, a ValueError says what to do.
     axis
         Slicing axis (of the stored arrays); ``None``: the plane the checkpoint
         was trained on.
@@ -409,16 +423,22 @@ def finetune(
     else:
         axis = 0 if axis is None else _check_axis(axis, 2)
         depth = 1
-    slices = _check_slices(slices, depth, axis)
+    slices = _check_slices(slices, depth, axis, allow_empty=True)
+    verified = _check_slices(settings.verified_slices, depth, axis, allow_empty=True)
+    if not slices and not verified:
+        raise ValueError(
+            "no corrected slices and no verified slices given: nothing to learn from. Paint "
+            "a correction on a slice, or mark a slice checked (verified_slices, "
+            "--verified-slices) when the prediction there is right"
+        )
     # the work runs in the order the checkpoint was trained in; the lineage keeps
-    # the axis and slices as given
+    # the axis and slices as given. Only the verified slices (corrected or checked) teach.
     native_axis, native_slices = axis, slices
+    slices = tuple(sorted(set(slices) | set(verified)))
     orientation = canonical_orientation(affine if base.canonical else None, len(spatial))
     if not orientation.is_identity:
         axis = orientation.perm.index(native_axis)
-        slices = tuple(
-            sorted(depth - 1 - s if orientation.flip[axis] else s for s in native_slices)
-        )
+        slices = tuple(sorted(depth - 1 - s if orientation.flip[axis] else s for s in slices))
         images = np.ascontiguousarray(orientation.to_canonical(images, lead=1))
         labels = np.ascontiguousarray(orientation.to_canonical(labels))
         spacing = None if spacing is None else orientation.spacing(spacing)
@@ -489,6 +509,7 @@ def finetune(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dims": mode.dims,
         "slices": list(native_slices),
+        "verified_slices": list(verified),
         "axis": native_axis,
         "mix_slices": [list(s) for s in samples.mix_sources],
         "settings": settings,
@@ -506,6 +527,7 @@ def finetune(
         out_dir=str(out),
         lineage_path=str(lineage_path),
         slices=native_slices,
+        verified_slices=verified,
         axis=native_axis,
         mix_slices=samples.mix_sources,
         stopped=done.stopped,
@@ -728,7 +750,8 @@ def evaluate_finetune(
         _, old_pred = yield from predict(lineage["parent"])
     yield Progress(0, 0, "predicting with the fine-tuned model")
     new_probs, new_pred = yield from predict(lineage["checkpoint"])
-    comparison = compare_models(old_pred, new_pred, labels, spacing, lineage["slices"], axis)
+    taught = sorted({*lineage["slices"], *(lineage.get("verified_slices") or [])})
+    comparison = compare_models(old_pred, new_pred, labels, spacing, taught, axis)
     update_lineage(lineage_path, metrics=comparison)
     return {
         "comparison": comparison,

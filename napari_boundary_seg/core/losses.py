@@ -20,6 +20,16 @@ Definitions (docs/DESIGN.md, "The method"):
 - Combined loss (Eq. 6): ``w_region * L_region + w_boundary * L_B``, which is
   ``alpha * L_GD + (1 - alpha) * L_B`` in the paper's form.
 
+Loss mask: every function takes ``mask`` (``(B, 1, *spatial)`` or ``(B, *spatial)``
+of 0/1, float or bool; ``None``: every voxel). With a mask each loss is
+summed over the verified voxels (mask 1) only: the GDL sums ``sum(s g)``,
+``sum(s + g)`` and its weights' ``sum g``, the Dice sums, the boundary loss's
+mean of ``s * phi`` and the cross-entropy's mean run over those voxels; an
+image of the batch without a verified voxel contributes nothing (the region
+losses average over the images that have one). An unverified voxel's gradient
+is exactly zero. ``mask=None`` computes exactly what it computes without the
+argument. See docs/DESIGN.md, "Fine-tuning".
+
 Validation: with ``validate=True`` (the default) each call checks shapes (free),
 and values with a few reductions and a single host synchronisation: inputs must
 be finite, probabilities in ``[0, 1]`` summing to 1 over the class axis (within
@@ -299,6 +309,41 @@ def _prepare_region(
     return _select(probs, sel).to(dtype), _select(target_onehot, sel).to(dtype)
 
 
+def _prepare_mask(
+    mask: torch.Tensor | None, probs: torch.Tensor, dtype: torch.dtype, validate: bool
+) -> torch.Tensor | None:
+    """``mask`` as a ``(B, 1, *spatial)`` tensor of ``dtype`` (None stays None); its
+    shape is checked always, its values (0/1 within [0, 1]) with ``validate``."""
+    if mask is None:
+        return None
+    _check_tensor(mask, "mask")
+    want = (probs.shape[0], *probs.shape[2:])
+    if mask.ndim == probs.ndim - 1 and tuple(mask.shape) == want:
+        mask = mask.unsqueeze(1)
+    if tuple(mask.shape) != (probs.shape[0], 1, *probs.shape[2:]):
+        raise ValueError(
+            f"mask shape {_shape(mask)} does not match probs shape {_shape(probs)}: give "
+            f"(B, 1, *spatial) or (B, *spatial) = {want}"
+        )
+    if mask.device != probs.device:
+        raise ValueError(f"mask is on device {mask.device} but probs is on {probs.device}")
+    if validate and mask.dtype != torch.bool:
+        checks = _Checks()
+        _add_target_checks(checks, mask, "mask")
+        checks.raise_if_failed()
+    return mask.detach().to(dtype)
+
+
+def _image_mean(per_image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean over the batch of ``per_image (B,)``; with a mask, over the images
+    holding a verified voxel only (0 when none does)."""
+    if mask is None:
+        return per_image.mean()
+    dims = tuple(range(1, mask.ndim))
+    verified = (mask.sum(dim=dims) > 0).to(per_image.dtype)
+    return (per_image * verified).sum() / verified.sum().clamp_min(1.0)
+
+
 # ---------------------------------------------------------------------------
 # functions
 
@@ -350,6 +395,7 @@ def boundary_loss(
     classes: ClassesArg = None,
     *,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boundary loss (Kervadec et al. 2019, Eq. 5).
 
@@ -371,6 +417,10 @@ def boundary_loss(
         (indices ``1..C-1``).
     validate
         Check values (finite, simplex); shapes are always checked.
+    mask
+        ``(B, 1, *spatial)`` or ``(B, *spatial)`` 0/1: the mean runs over the
+        verified voxels only, ``sum(m s phi) / (len(classes) * sum m)`` (0
+        without any); ``None``: every voxel.
 
     Returns
     -------
@@ -391,7 +441,12 @@ def boundary_loss(
         _add_finite_check(checks, dist_maps, "dist_maps")
         checks.raise_if_failed()
     dtype = _compute_dtype(probs)
-    return (_select(probs, sel).to(dtype) * _select(dist_maps, sel)).mean()
+    m = _prepare_mask(mask, probs, dtype, validate)
+    product = _select(probs, sel).to(dtype) * _select(dist_maps, sel)
+    if m is None:
+        return product.mean()
+    count = m.sum() * product.shape[1]
+    return (product * m).sum() / count.clamp_min(1.0)
 
 
 def _gdl_weights(gsum: torch.Tensor) -> torch.Tensor:
@@ -410,6 +465,7 @@ def generalized_dice_loss(
     classes: ClassesArg = None,
     *,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generalized Dice loss (Sudre et al. 2017, Eq. 1), averaged over the batch.
 
@@ -429,6 +485,10 @@ def generalized_dice_loss(
         Class indices to include; ``None`` means all classes.
     validate
         Check values (finite, simplex, target in ``[0, 1]``).
+    mask
+        ``(B, 1, *spatial)`` or ``(B, *spatial)`` 0/1: the sums ``sum(s g)``,
+        ``sum(s + g)`` and the weights' ``sum g`` over the verified voxels only,
+        the mean over the images holding one; ``None``: every voxel.
 
     Returns
     -------
@@ -436,6 +496,9 @@ def generalized_dice_loss(
         0-dim tensor in ``[0, 1]`` (0 for a perfect prediction).
     """
     s, g = _prepare_region(probs, target_onehot, classes, validate)
+    m = _prepare_mask(mask, probs, s.dtype, validate)
+    if m is not None:
+        s, g = s * m, g * m
     dims = tuple(range(2, s.ndim))
     inter = (s * g).sum(dim=dims)
     gsum = g.sum(dim=dims)
@@ -443,7 +506,7 @@ def generalized_dice_loss(
     w = _gdl_weights(gsum)
     num = 2.0 * (w * inter).sum(dim=1) + GDL_EPSILON
     den = (w * total).sum(dim=1) + GDL_EPSILON
-    return (1.0 - num / den).mean()
+    return _image_mean(1.0 - num / den, m)
 
 
 def dice_loss(
@@ -452,6 +515,7 @@ def dice_loss(
     classes: ClassesArg = None,
     *,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Soft Dice loss: 1 minus the mean over images and classes of the soft Dice.
 
@@ -469,6 +533,8 @@ def dice_loss(
         Class indices to include; ``None`` means all classes.
     validate
         Check values (finite, simplex, target in ``[0, 1]``).
+    mask
+        0/1 verified voxels (as :func:`generalized_dice_loss`); ``None``: every voxel.
 
     Returns
     -------
@@ -476,11 +542,16 @@ def dice_loss(
         0-dim tensor in ``[0, 1]``.
     """
     s, g = _prepare_region(probs, target_onehot, classes, validate)
+    m = _prepare_mask(mask, probs, s.dtype, validate)
+    if m is not None:
+        s, g = s * m, g * m
     dims = tuple(range(2, s.ndim))
     inter = (s * g).sum(dim=dims)
     total = s.sum(dim=dims) + g.sum(dim=dims)
     dice = (2.0 * inter + DICE_EPSILON) / (total + DICE_EPSILON)
-    return 1.0 - dice.mean()
+    if m is None:
+        return 1.0 - dice.mean()
+    return 1.0 - _image_mean(dice.mean(dim=1), m)
 
 
 def cross_entropy(
@@ -489,6 +560,7 @@ def cross_entropy(
     classes: ClassesArg = None,
     *,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy on probabilities.
 
@@ -506,6 +578,9 @@ def cross_entropy(
         Class indices to include; ``None`` means all classes.
     validate
         Check values (finite, simplex, target in ``[0, 1]``).
+    mask
+        0/1 verified voxels: the mean runs over them only (0 without any);
+        ``None``: every voxel.
 
     Returns
     -------
@@ -513,8 +588,12 @@ def cross_entropy(
         0-dim tensor, in nats.
     """
     s, g = _prepare_region(probs, target_onehot, classes, validate)
+    m = _prepare_mask(mask, probs, s.dtype, validate)
     floor = max(1e-8, torch.finfo(s.dtype).tiny)
-    return -(g * torch.log(s.clamp_min(floor))).sum(dim=1).mean()
+    per_voxel = -(g * torch.log(s.clamp_min(floor))).sum(dim=1)
+    if m is None:
+        return per_voxel.mean()
+    return (per_voxel * m[:, 0]).sum() / m.sum().clamp_min(1.0)
 
 
 _REGION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
@@ -547,6 +626,7 @@ def combined_loss(
     region_classes: ClassesArg = None,
     boundary_classes: ClassesArg = None,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> LossParts:
     """Weighted sum of a regional loss and the boundary loss (paper's Eq. 6).
 
@@ -571,6 +651,9 @@ def combined_loss(
         ``classes`` of each term (defaults: all classes; all but background).
     validate
         Check values once for both terms.
+    mask
+        0/1 verified voxels, for both terms (see :func:`generalized_dice_loss`
+        and :func:`boundary_loss`); ``None``: every voxel.
 
     Returns
     -------
@@ -597,15 +680,18 @@ def combined_loss(
         if dist_maps is not None:
             _add_finite_check(checks, dist_maps, "dist_maps")
         checks.raise_if_failed()
+    _prepare_mask(mask, probs, probs.dtype, validate)  # its shape and values, once
 
     region_fn = _REGION_LOSSES[region]
     with torch.set_grad_enabled(torch.is_grad_enabled() and w_region != 0):
-        region_value = region_fn(probs, target_onehot, region_classes, validate=False)
+        region_value = region_fn(probs, target_onehot, region_classes, validate=False, mask=mask)
     if dist_maps is None:
         boundary_value = torch.full((), math.nan, dtype=region_value.dtype, device=probs.device)
     else:
         with torch.set_grad_enabled(torch.is_grad_enabled() and w_boundary != 0):
-            boundary_value = boundary_loss(probs, dist_maps, boundary_classes, validate=False)
+            boundary_value = boundary_loss(
+                probs, dist_maps, boundary_classes, validate=False, mask=mask
+            )
 
     if w_boundary == 0:
         total = w_region * region_value
@@ -624,6 +710,7 @@ def loss_for_kind(
     weights: tuple[float, float] = (1.0, 0.0),
     *,
     validate: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> LossParts:
     """The trainer's one call: the loss of a :class:`LossKind`, with its parts.
 
@@ -645,6 +732,8 @@ def loss_for_kind(
         ``(w_region, w_boundary)`` from a schedule; used by ``gdl+bl`` only.
     validate
         Check values once.
+    mask
+        0/1 verified voxels (see :func:`combined_loss`); ``None``: every voxel.
 
     Returns
     -------
@@ -659,7 +748,14 @@ def loss_for_kind(
     w_region, w_boundary = loss_weights(kind, weights)
     region = "gdl" if kind in (LossKind.GDL_BL, LossKind.BL) else kind.value
     return combined_loss(
-        probs, target_onehot, dist_maps, w_region, w_boundary, region, validate=validate
+        probs,
+        target_onehot,
+        dist_maps,
+        w_region,
+        w_boundary,
+        region,
+        validate=validate,
+        mask=mask,
     )
 
 

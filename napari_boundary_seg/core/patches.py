@@ -435,7 +435,8 @@ def iter_keyed_batches(
     num_workers: int = 0,
     seed: int = 0,
 ) -> Generator[tuple[torch.Tensor, ...], None, None]:
-    """Stacked batches of a keyed data set, in this process or in DataLoader workers.
+    """Stacked batches of a keyed data set, in this process or in DataLoader workers
+    (as many tensors as an item has: a fine-tune's items add a loss mask).
 
     The same batches for any ``num_workers`` (items are pure functions of their
     keys; worker generators are seeded from ``seed`` with :func:`worker_init`).
@@ -443,7 +444,7 @@ def iter_keyed_batches(
     if num_workers == 0:
         for keys in batches:
             items = [dataset[k] for k in keys]
-            yield tuple(torch.stack([item[j] for item in items]) for j in range(3))
+            yield tuple(torch.stack([item[j] for item in items]) for j in range(len(items[0])))
         return
     from torch.utils.data import DataLoader
 

@@ -185,6 +185,7 @@ def step_losses(
     *,
     num_classes: int,
     validate: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> LossParts:
     """The loss of one step, computed in float32 whatever the network's precision.
 
@@ -203,11 +204,16 @@ def step_losses(
         ``(B, C, *spatial)`` signed distance maps (mm).
     loss_kind, weights, num_classes, validate
         As in :func:`train_step`.
+    mask
+        ``(B, *spatial)`` 0/1 verified voxels (a fine-tune's batches), or
+        ``None``: every voxel (:func:`~napari_boundary_seg.core.losses.loss_for_kind`).
     """
     with float32_region(logits.device):
         probs = torch.softmax(logits.float(), dim=1)
         target = one_hot(labels, num_classes)
-        return loss_for_kind(loss_kind, probs, target, dist.float(), weights, validate=validate)
+        return loss_for_kind(
+            loss_kind, probs, target, dist.float(), weights, validate=validate, mask=mask
+        )
 
 
 def train_step(
@@ -233,7 +239,8 @@ def train_step(
         Its optimizer.
     batch
         ``(images (B, M, H, W) float32, labels (B, H, W) int64, dist (B, C, H, W)
-        float32 mm)``, already on the model's device.
+        float32 mm)``, already on the model's device; a fine-tune's batches add
+        ``mask (B, H, W)``, the verified voxels, the only ones the loss sees.
     loss_kind
         The objective (:class:`LossKind`).
     weights
@@ -261,7 +268,8 @@ def train_step(
         When the loss is NaN or inf, no backward pass or update is made, the
         BatchNorm running statistics are restored, and ``stepped`` is False.
     """
-    images, labels, dist = batch
+    images, labels, dist, *rest = batch
+    mask = rest[0] if rest else None
     model.train()
     optimizer.zero_grad(set_to_none=True)
     # BatchNorm running statistics change in the forward pass: keep them to undo a bad step
@@ -272,7 +280,14 @@ def train_step(
     with autocast(images.device, autocast_dtype):
         logits = model(images)
     parts = step_losses(
-        logits, labels, dist, loss_kind, weights, num_classes=num_classes, validate=validate
+        logits,
+        labels,
+        dist,
+        loss_kind,
+        weights,
+        num_classes=num_classes,
+        validate=validate,
+        mask=mask,
     )
     values = torch.stack([parts.total.detach(), parts.region.detach(), parts.boundary.detach()])
     if reduce is not None:

@@ -339,8 +339,9 @@ def test_corrected_patches_hold_a_corrected_slice_and_mix_exactly(parent3d, tmp_
                             ],
                         ].any()
         assert seen <= {0, 1, 3, 4} and len(seen) > 1
-        image, lab, dist = ds[(0, 0)]
+        image, lab, dist, mask = ds[(0, 0)]
         assert image.shape == (1, 8, 8, 8) and lab.shape == (8, 8, 8) and dist.shape[0] == 2
+        assert mask.shape == (8, 8, 8)
         assert torch.equal(ds[(1, 5)][2], ds[(1, 5)][2])  # a pure function of the key
     with pytest.raises(ValueError, match="out of range"):
         CorrectedPatches(entry, [12], 2, (8, 8, 8))
@@ -474,3 +475,163 @@ def test_finetune_keeps_the_parents_modality_names(tmp_path, train_tiny):
     assert read_checkpoint(result.checkpoint)["modalities"] == ["T2"]
     with pytest.raises(ValueError, match="modality name"):
         run_to_end(finetune(named, images, labels, None, [2], modalities=["a", "b"], **kwargs))
+
+
+# ---------------------------------------------------------------------------
+# only verified voxels teach
+
+
+def test_slab_distance_maps_come_from_the_verified_labels_alone():
+    from napari_boundary_seg.core.distance import class_distance_maps
+    from napari_boundary_seg.core.modes.base import slab_distance_maps, slabs
+
+    assert slabs([7, 3, 4, 9, 8]) == [[3, 4], [7, 8, 9]]
+    _, labels = _corrected3d()
+    phi = slab_distance_maps(labels, 2, SPACING3D, 2, [1, 5, 6])
+    assert sorted(phi) == [1, 5, 6] and phi[1].shape == (2, 16, 16)
+    # a lone slice: the 2D map of that slice
+    per_slice = class_distance_maps(labels, 2, spacing=SPACING3D, axis=2)
+    np.testing.assert_allclose(phi[1], per_slice[:, :, :, 1], atol=1e-5)
+    # contiguous slices: the 3D map of the slab, with the spacing
+    slab = class_distance_maps(labels[:, :, 5:7], 2, spacing=SPACING3D)
+    np.testing.assert_allclose(phi[5], slab[:, :, :, 0], atol=1e-5)
+    np.testing.assert_allclose(phi[6], slab[:, :, :, 1], atol=1e-5)
+    # an unverified slice next to the slab does not shape it
+    other = labels.copy()
+    other[:, :, 4] = 1 - other[:, :, 4]
+    again = slab_distance_maps(other, 2, SPACING3D, 2, [5, 6])
+    np.testing.assert_array_equal(again[5], phi[5])
+
+
+def test_corrected_patches_mask_the_unverified_slices(tmp_path):
+    from napari_boundary_seg.core.finetune import CorrectedPatches
+    from napari_boundary_seg.core.modes.base import slab_distance_maps
+    from napari_boundary_seg.core.patches import iter_cache_cases
+
+    images, labels = _corrected3d()
+    corrected = case_from_arrays(list(images), labels, SPACING3D, case_id="corrected")
+    original = case_from_arrays(list(_volume3d(3)[0]), _volume3d(3)[1], SPACING3D, case_id="o")
+    entry, orig = run_to_end(iter_cache_cases([corrected, original], tmp_path, 2))
+    verified = [1, 5, 6]
+    phi = slab_distance_maps(labels, 2, SPACING3D, 2, verified)
+    ds = CorrectedPatches(entry, verified, 2, (8, 8, 8), mix=[orig], mix_ratio=0.5, seed=1)
+    n_mix = 0
+    for index in range(len(ds)):
+        case, patch = ds.locate(0, index)
+        image, lab, dist, mask = ds[(0, index)]
+        assert mask.dtype == torch.float32 and mask.shape == (8, 8, 8)
+        if ds.is_mix(index):
+            n_mix += 1
+            assert torch.all(mask == 1)  # an original case stays fully labelled
+            continue
+        inside = [s for s in range(patch[2].start, patch[2].stop)]
+        for k, s in enumerate(inside):
+            if s in verified:
+                assert torch.all(mask[:, :, k] == 1)
+                np.testing.assert_array_equal(
+                    dist[:, :, :, k].numpy(), phi[s][:, patch[0], patch[1]]
+                )
+            else:
+                assert torch.all(mask[:, :, k] == 0) and torch.all(dist[:, :, :, k] == 0)
+        assert mask.sum() > 0
+    assert n_mix == ds.n_mix > 0
+
+
+def test_finetune_refuses_nothing_verified_and_takes_verified_slices(parent, tmp_path):
+    from napari_boundary_seg.core.config import FinetuneConfig
+
+    images, labels = _corrected()
+    with pytest.raises(ValueError, match=r"no corrected slices.*mark a slice checked") as err:
+        run_to_end(finetune(parent, images, labels, None, [], out_dir=tmp_path / "none"))
+    assert "--verified-slices" in str(err.value)
+    assert not (tmp_path / "none").exists()  # refused before any work
+    with pytest.raises(ValueError, match="out of range"):
+        run_to_end(
+            finetune(parent, images, labels, None, [], verified_slices=(9,), out_dir=tmp_path / "o")
+        )
+    with pytest.raises(
+        ValueError, match=r"FinetuneConfig\.verified_slices must be an integer >= 0"
+    ):
+        FinetuneConfig(verified_slices=(-1,))
+    assert FinetuneConfig(verified_slices=[3, 1, 3]).verified_slices == (1, 3)
+    events: list = []
+    result = run_to_end(
+        finetune(
+            parent, images, labels, (2.0, 1.0, 1.0), [2], verified_slices=(0, 2, 3),
+            epochs=1, distance="3d", out_dir=tmp_path / "ft", device="cpu",
+        ),
+        events.append,
+    )  # fmt: skip
+    info = [e for e in events if isinstance(e, InfoEvent) and e.num_train_slices]
+    assert info[-1].num_train_slices == 3  # slices 0, 2, 3: corrected or checked
+    assert result.slices == (2,) and result.verified_slices == (0, 2, 3)
+    lineage = read_lineage(result.lineage_path)
+    assert lineage["slices"] == [2] and lineage["verified_slices"] == [0, 2, 3]
+    out = run_to_end(evaluate_finetune(result, images, labels, (2.0, 1.0, 1.0), device="cpu"))
+    assert out["comparison"]["corrected"]["n_slices"] == 3  # the slices that taught
+
+
+def _weights_after(checkpoint, images, labels, spacing, slices, out, **kw):
+    result = run_to_end(
+        finetune(checkpoint, images, labels, spacing, slices, epochs=1, out_dir=out, device="cpu",
+                 **kw)
+    )  # fmt: skip
+    return read_checkpoint(result.checkpoint)["model_state"]
+
+
+def _flipped(labels: np.ndarray, axis: int, slices: Sequence[int]) -> np.ndarray:
+    out = labels.copy()
+    for s in slices:
+        index = [slice(None)] * labels.ndim
+        index[axis] = s
+        out[tuple(index)] = 1 - out[tuple(index)]
+    return out
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_unverified_slices_do_not_change_the_fine_tuned_weights(dims, parent, parent3d, tmp_path):
+    """Labels on slices nobody verified (inside the 3D patches; next to a verified slab
+    with distance="3d" in 2D) leave the fine-tuned weights bit for bit the same; labels
+    on a verified slice change them."""
+    if dims == 3:
+        images, labels = _corrected3d()
+        checkpoint, spacing, axis, unverified = parent3d, SPACING3D, 2, [3, 4, 7, 8]
+        slices, kw = [5], {"verified_slices": (6,)}
+    else:
+        images, labels = _corrected()
+        checkpoint, spacing, axis, unverified = parent, (2.0, 1.0, 1.0), 0, [1, 4]
+        slices, kw = [2], {"verified_slices": (3,), "distance": "3d"}
+    a = _weights_after(checkpoint, images, labels, spacing, slices, tmp_path / "a", **kw)
+    b = _weights_after(
+        checkpoint, images, _flipped(labels, axis, unverified), spacing,
+        slices, tmp_path / "b", **kw,
+    )  # fmt: skip
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = _weights_after(
+        checkpoint, images, _flipped(labels, axis, kw["verified_slices"]), spacing,
+        slices, tmp_path / "c", **kw,
+    )  # fmt: skip
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cli_finetune_verified_slices(parent, tmp_path, capsys):
+    from napari_boundary_seg.cli import main
+    from napari_boundary_seg.core.io import write_nifti
+    from napari_boundary_seg.core.predict import predict_volume
+
+    images, _ = _volume()
+    _, pred = predict_volume(str(parent), images, (2.0, 1.0, 1.0))
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    write_nifti(tmp_path / "img_0000.nii.gz", images[0], affine=affine)
+    write_nifti(tmp_path / "seg.nii.gz", pred.astype(np.uint8), affine=affine)  # nothing painted
+    argv = ["finetune", "--checkpoint", str(parent), "--image", str(tmp_path / "img_0000.nii.gz")]
+    argv += ["--labels", str(tmp_path / "seg.nii.gz"), "--epochs", "1", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "none")]) == 2
+    assert "--verified-slices" in capsys.readouterr().err
+    assert main([*argv, "--verified-slices", "-1", "--out", str(tmp_path / "neg")]) == 2
+    err = capsys.readouterr().err
+    assert "--verified-slices must be an integer >= 0" in err and "FinetuneConfig" not in err
+    assert main([*argv, "--verified-slices", "4", "1", "--out", str(tmp_path / "ft")]) == 0
+    lineage = read_lineage(tmp_path / "ft" / "lineage.json")
+    assert lineage["slices"] == [] and lineage["verified_slices"] == [1, 4]
+    assert lineage["metrics"]["corrected"]["n_slices"] == 2

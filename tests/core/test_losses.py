@@ -555,3 +555,82 @@ def test_empty_batch_raises_value_error_naming_it(fn):
     empty = torch.zeros(0, 2, 4, 4)
     with pytest.raises(ValueError, match="empty batch"):
         getattr(losses, fn)(empty, empty)
+
+
+# ---------------------------------------------------------------------------
+# the loss mask (only verified voxels teach)
+
+MASKED_LOSSES = {
+    "gdl": lambda p, g, d, m: generalized_dice_loss(p, g, mask=m),
+    "dice": lambda p, g, d, m: dice_loss(p, g, mask=m),
+    "ce": lambda p, g, d, m: cross_entropy(p, g, mask=m),
+    "bl": lambda p, g, d, m: boundary_loss(p, d, mask=m),
+    "gdl+bl": lambda p, g, d, m: loss_for_kind("gdl+bl", p, g, d, (0.5, 0.5), mask=m).total,
+}
+
+
+def _masked_batch(ndim: int, seed: int = 0):
+    """Logits, one-hot target, φ-like maps and a half mask of a 2-image batch."""
+    gen = torch.Generator().manual_seed(seed)
+    spatial = (6, 5) if ndim == 2 else (4, 5, 3)
+    logits = torch.randn((2, 3, *spatial), generator=gen, dtype=F64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, *spatial), generator=gen)
+    dist = torch.randn((2, 3, *spatial), generator=gen, dtype=F64)
+    mask = torch.zeros((2, 1, *spatial), dtype=F64)
+    mask[:, :, : spatial[0] // 2] = 1  # the first slices along axis 0 are verified
+    return logits, one_hot(labels, 3, F64), dist, mask
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name", sorted(MASKED_LOSSES))
+def test_an_unverified_voxel_has_exactly_zero_gradient(name, ndim):
+    logits, g, d, mask = _masked_batch(ndim)
+    loss = MASKED_LOSSES[name](torch.softmax(logits, dim=1), g, d, mask)
+    (grad,) = torch.autograd.grad(loss, logits)
+    unverified = (mask == 0).expand_as(grad)
+    assert torch.all(grad[unverified] == 0)
+    assert grad[~unverified].abs().sum() > 0  # the verified voxels do teach
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name", sorted(MASKED_LOSSES))
+def test_a_full_mask_equals_no_mask(name, ndim):
+    logits, g, d, _ = _masked_batch(ndim, seed=1)
+    probs = torch.softmax(logits, dim=1)
+    full = torch.ones((probs.shape[0], *probs.shape[2:]), dtype=torch.bool)  # (B, *spatial)
+    unmasked = MASKED_LOSSES[name](probs, g, d, None)
+    assert MASKED_LOSSES[name](probs, g, d, full).item() == pytest.approx(
+        unmasked.item(), rel=1e-12, abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_LOSSES))
+def test_masked_loss_is_the_loss_of_the_verified_voxels(name):
+    """The masked value is the value of the verified part alone (an image without a
+    verified voxel contributes nothing)."""
+    logits, g, d, mask = _masked_batch(3, seed=2)
+    probs = torch.softmax(logits, dim=1).detach()
+    mask[1] = 0  # the second image has no verified voxel
+    part = (slice(0, 1), slice(None), slice(0, 2))
+    expected = MASKED_LOSSES[name](probs[part], g[part], d[part], None)
+    got = MASKED_LOSSES[name](probs, g, d, mask)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-12, abs=1e-12)
+
+
+def test_mask_none_is_bit_for_bit_the_unmasked_loss():
+    logits, g, d, _ = _masked_batch(3, seed=3)
+    probs = torch.softmax(logits, dim=1).float()
+    g, d = g.float(), d.float()
+    for kind in ("gdl", "bl", "gdl+bl", "ce", "dice"):
+        a = loss_for_kind(kind, probs, g, d, (0.3, 0.7))
+        b = loss_for_kind(kind, probs, g, d, (0.3, 0.7), mask=None)
+        assert torch.equal(a.total, b.total) and torch.equal(a.region, b.region)
+
+
+def test_mask_of_the_wrong_shape_or_values_is_refused():
+    logits, g, d, mask = _masked_batch(2)
+    probs = torch.softmax(logits, dim=1)
+    with pytest.raises(ValueError, match="mask shape"):
+        generalized_dice_loss(probs, g, mask=mask[:, :, :2])
+    with pytest.raises(ValueError, match=r"mask .*outside \[0, 1\]"):
+        boundary_loss(probs, d, mask=mask * 2)

@@ -366,3 +366,32 @@ def test_boundary_loss_alone_from_the_start_warns(cases, loss, schedule, warned)
     _, events = run(config, cases)
     messages = [e.message for e in events if isinstance(e, InfoEvent)]
     assert any("collapses to an empty foreground" in m for m in messages) == warned
+
+
+@pytest.mark.parametrize("kind", ["gdl", "gdl+bl", "ce"])
+def test_train_step_passes_a_batch_mask_to_the_loss(kind):
+    """A batch with a fourth tensor (a fine-tune's verified voxels) is trained on those
+    voxels only: with a per-voxel network, the same step as on the verified rows alone."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn((2, 1, 6, 5), generator=gen)
+    labels = torch.randint(0, 2, (2, 6, 5), generator=gen)
+    dist = torch.randn((2, 2, 6, 5), generator=gen)
+    mask = torch.zeros((2, 6, 5))
+    mask[:, :3] = 1
+
+    def step(batch):
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(1, 2, 1)  # each voxel on its own
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        result = train_step(model, optimizer, batch, kind, (0.5, 0.5), num_classes=2)
+        return result, [p.detach().clone() for p in model.parameters()]
+
+    masked, w_masked = step((images, labels, dist, mask))
+    rows, w_rows = step((images[..., :3, :], labels[:, :3], dist[..., :3, :]))
+    assert masked.loss == pytest.approx(rows.loss, rel=1e-5)
+    for a, b in zip(w_masked, w_rows, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    unmasked, w_all = step((images, labels, dist))
+    assert unmasked.loss != pytest.approx(masked.loss, rel=1e-5)
+    ones, w_ones = step((images, labels, dist, torch.ones_like(mask)))
+    assert ones.loss == pytest.approx(unmasked.loss, rel=1e-6)

@@ -70,6 +70,15 @@ def _start_long_finetune(viewer, widget, tmp_path):
     return layer, painted
 
 
+def _finetune_one_epoch(widget, qtbot, out: Path) -> None:
+    """Fine-tune one epoch on the CPU into ``out`` and wait for the end."""
+    widget.epochs.setValue(1)
+    widget.out_folder.setText(str(out))
+    widget.device.setCurrentText("cpu")
+    assert widget.start_finetune() is not None
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+
+
 def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint, errors, tmp_path):
     viewer, widget, affine = _predicted(make_napari_viewer, qtbot, checkpoint)
     assert errors == []
@@ -93,12 +102,8 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     painted = np.array(layer.data, copy=True)
     assert not np.array_equal(painted, original)
 
-    widget.epochs.setValue(1)
     widget.alpha_start.setValue(0.6)
-    widget.out_folder.setText(str(tmp_path / "ft"))
-    widget.device.setCurrentText("cpu")
-    assert widget.start_finetune() is not None
-    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft")
     assert errors == []
     # the edited slices were used, the comparison table appeared
     assert widget.used_slices == [1, 4]
@@ -274,3 +279,46 @@ def test_gain_table_dashes_hd95_of_an_empty_prediction(make_napari_viewer):
     assert "no foreground predicted" in widget.table.item(0, 5).toolTip()
     assert widget.table.item(0, 4).text() == "4.0"
     assert widget.table.item(1, 2).text() == "0.500"
+
+
+def test_a_correction_placed_differently_from_the_image_is_refused(
+    make_napari_viewer, qtbot, checkpoint, errors
+):
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    _, _, labels = _volumes()
+    other = viewer.add_labels(labels.astype(np.int32), name="unscaled")  # scale 1 1 1
+    widget.use_layer(other)
+    assert errors and "Geometry does not match" in errors[-1]
+    assert "'FLAIR'" in errors[-1] and "'unscaled'" in errors[-1]
+    assert widget.layer is viewer.layers["FLAIR corrections"]  # the link is kept
+    # a linked layer moved after linking: fine-tuning is refused, naming both
+    layer = viewer.layers["FLAIR corrections"]
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([2])), 1 - layer.data[3, 3, 2])
+    layer.translate = (0.0, 0.0, 4.0)
+    assert widget.start_finetune() is None
+    assert "Geometry does not match" in errors[-1] and "'FLAIR corrections'" in errors[-1]
+
+
+def test_mark_slice_checked_passes_verified_slices(
+    make_napari_viewer, qtbot, checkpoint, errors, tmp_path
+):
+    from napari.utils.key_bindings import KeyBinding
+
+    from napari_boundary_seg._widgets.finetune import CHECK_KEY
+
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    layer = viewer.layers["FLAIR corrections"]
+    assert KeyBinding.from_str(CHECK_KEY) in layer.keymap  # the shortcut on the linked layer
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([4])), 1 - layer.data[3, 3, 4])
+    viewer.dims.set_point(2, 2 * 2.0)  # world z of slice 2 (scale 2)
+    layer.keymap[KeyBinding.from_str(CHECK_KEY)](layer)  # what the key press calls
+    assert widget.tracker.manual == {2}
+    text = widget.edited_label.text()
+    assert "1 edited slice(s): 4" in text and "1 checked: 2" in text
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft")
+    assert errors == []
+    assert widget.used_slices == [2, 4]
+    lineage = json.loads((tmp_path / "ft" / "lineage.json").read_text())
+    assert lineage["slices"] == [4] and lineage["verified_slices"] == [2]
+    assert widget.table.item(0, 1).text() == "2"  # both taught: the "corrected" row
+    assert "slices [4] and checked slices [2]" in widget.status.text()

@@ -44,6 +44,8 @@ __all__ = [
     "check_count",
     "check_patch",
     "preprocess_config",
+    "slab_distance_maps",
+    "slabs",
 ]
 
 
@@ -130,10 +132,12 @@ class FinetuneRequest:
     """A fine-tune's corrected data, in the order the checkpoint was trained in.
 
     ``base``: the parent's training config; ``source``: the parent checkpoint;
-    ``case``: the corrected case; ``slices`` along ``axis``: the corrected
-    slices; ``mix_cases`` / ``mix_ratio``: original cases to mix in;
-    ``distance``: φ of the corrected slices (``"2d"``, ``"3d"``); ``out``: the
-    fine-tune's folder; ``seed``: of the order and the mix choice.
+    ``case``: the corrected case; ``slices`` along ``axis``: the verified
+    slices (corrected, or marked checked without painting), the only ones that
+    teach; ``mix_cases`` / ``mix_ratio``: original cases to mix in;
+    ``distance``: φ of the verified slices (``"2d"``: per slice, ``"3d"``: per
+    slab of contiguous verified slices, :func:`slab_distance_maps`); ``out``:
+    the fine-tune's folder; ``seed``: of the order and the mix choice.
     """
 
     base: Any
@@ -218,8 +222,9 @@ def check_axis(axis: Any, ndim: int) -> int:
     return axis % ndim
 
 
-def check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
-    """Sorted distinct slice indices in ``[0, depth)`` along ``axis`` (at least one)."""
+def check_slices(slices: Any, depth: int, axis: int, allow_empty: bool = False) -> tuple[int, ...]:
+    """Sorted distinct slice indices in ``[0, depth)`` along ``axis`` (at least one
+    unless ``allow_empty``)."""
     if isinstance(slices, str | bytes) or not isinstance(slices, Sequence | np.ndarray):
         raise TypeError(f"slices must be a list of slice indices, got {slices!r}")
     out: list[int] = []
@@ -228,9 +233,47 @@ def check_slices(slices: Any, depth: int, axis: int) -> tuple[int, ...]:
         if not 0 <= s < depth:
             raise ValueError(f"slice {s} is out of range: axis {axis} has {depth} slices")
         out.append(s)
-    if not out:
+    if not out and not allow_empty:
         raise ValueError("no corrected slices given: edit at least one slice")
     return tuple(sorted(set(out)))
+
+
+def slabs(slices: Sequence[int]) -> list[list[int]]:
+    """The runs of contiguous indices of ``slices`` (sorted, distinct)."""
+    runs: list[list[int]] = []
+    for s in sorted({int(i) for i in slices}):
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return runs
+
+
+def slab_distance_maps(
+    labels: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float],
+    axis: int,
+    slices: Sequence[int],
+) -> dict[int, np.ndarray]:
+    """φ of each verified slice from the verified labels alone: ``{slice: (C, *plane)}``.
+
+    Each slab of contiguous ``slices`` along ``axis`` (:func:`slabs`) is cut out
+    of ``labels`` and its class maps computed in 3D with ``spacing``
+    (:func:`~napari_boundary_seg.core.distance.class_distance_maps`), as if the
+    slab were the whole image: the slices beyond it (unverified) are beyond the
+    image edge, neither neighbours nor boundary, so no unverified voxel shapes
+    φ. A slab of one slice gives the 2D map of that slice (in-plane spacing).
+    """
+    from napari_boundary_seg.core.distance import class_distance_maps
+
+    out: dict[int, np.ndarray] = {}
+    for run in slabs(slices):
+        slab = np.take(labels, np.arange(run[0], run[-1] + 1), axis=axis)
+        maps = class_distance_maps(slab, num_classes, spacing=tuple(spacing))
+        for k, s in enumerate(run):
+            out[s] = np.ascontiguousarray(np.take(maps, k, axis=1 + axis), dtype=np.float32)
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,8 @@ foreground, augmentation that keeps φ exact), the UNet pools anisotropically
 for the first training case's spacing. Prediction, validation and the
 preview: :func:`iter_sliding_window`, windows of the training patch with
 Gaussian weights. Fine-tuning: :class:`CorrectedPatches`, patches holding a
-corrected slice. See ``docs/DESIGN.md``, "The modes".
+verified slice, with a loss mask of the verified slices. See
+``docs/DESIGN.md``, "The modes" and "Fine-tuning".
 
 MONAI pieces used: ``monai.data.utils.dense_patch_slices`` (the window grid,
 the last window flush with the far edge) and
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from napari_boundary_seg.core import augment as _augment
 from napari_boundary_seg.core.events import InfoEvent
 from napari_boundary_seg.core.modes.base import (
     FinetuneRequest,
@@ -52,6 +54,7 @@ from napari_boundary_seg.core.modes.base import (
     check_slices,
     iter_mix_sources,
     model_device,
+    slab_distance_maps,
     target_device,
     val_summary,
 )
@@ -456,10 +459,10 @@ class PatchMode(TrainingMode):
         self,
         request: FinetuneRequest,
     ) -> Generator[Any, None, FinetuneSamples]:
-        """:class:`CorrectedPatches` of the checkpoint's patch, φ of the whole
-        corrected volume (``distance`` is ignored)."""
+        """:class:`CorrectedPatches` of the checkpoint's patch: a loss mask of the
+        verified slices, φ of each verified slab (``distance`` is ignored)."""
         if request.distance == "2d":
-            logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the whole volume")
+            logger.info("distance='2d' ignored: a 3D checkpoint trains on φ of the verified slabs")
         dataset, train_cases, mix_ids = yield from iter_corrected_patches(request)
         settings = {
             "patch_size": list(dataset.patch_size),
@@ -469,7 +472,8 @@ class PatchMode(TrainingMode):
 
 
 class _SlicePatches(PatchDataset):
-    """Patches of one cached volume, each holding one of ``slices`` along ``axis``."""
+    """Patches of one cached volume, each holding one of ``slices`` along ``axis``,
+    with the loss mask of those slices and φ of their slabs (:func:`slab_distance_maps`)."""
 
     def __init__(
         self, entry: VolumeEntry, slices: Sequence[int], axis: int, patch_size: Sequence[int], **kw
@@ -479,6 +483,8 @@ class _SlicePatches(PatchDataset):
         self.axis = int(axis)
         fg = np.asarray(entry.open("fg"), dtype=np.int64)
         self.slice_fg = {s: fg[fg[:, self.axis] == s] for s in self.slices}
+        labels = np.asarray(entry.open("labels"))
+        self.phi = slab_distance_maps(labels, self.num_classes, entry.spacing, self.axis, slices)
 
     def locate(self, epoch: int, index: int) -> tuple[int, tuple[slice, ...], bool]:
         rng = sample_rng(self.seed, epoch, index, stream=1)
@@ -495,6 +501,42 @@ class _SlicePatches(PatchDataset):
         patch = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size, strict=True))
         return 0, patch, foreground
 
+    def masked_sample(self, epoch: int, index: int) -> tuple[_augment.Sample, np.ndarray]:
+        """Item ``(epoch, index)`` and its mask ``(*P)``: 1 on the verified slices
+        of the patch, 0 on the others, where φ is 0 too (never warped: a warp
+        would blend verified and unverified slices; flips, rotations and
+        intensity transforms as :class:`PatchDataset`)."""
+        _, patch, _ = self.locate(epoch, index)
+        arrays = self.arrays(0)
+        axis, first = self.axis, patch[self.axis].start
+        plane = tuple(p for k, p in enumerate(patch) if k != axis)
+        dist = np.zeros((self.num_classes, *self.patch_size), dtype=np.float32)
+        mask = np.zeros(self.patch_size, dtype=np.float32)
+        for s in self.slices:
+            if first <= s < patch[axis].stop:
+                at = tuple(s - first if k == axis else slice(None) for k in range(3))
+                dist[(slice(None), *at)] = self.phi[s][(slice(None), *plane)]
+                mask[at] = 1.0
+        sample = _augment.Sample(
+            np.array(arrays["image"][(slice(None), *patch)], dtype=np.float32),
+            np.array(arrays["labels"][patch], dtype=np.int64),
+            np.concatenate([dist, mask[None]]),  # the mask moves with φ
+        )
+        if self.augment is not None:
+            rng = sample_rng(self.seed, epoch, index, stream=2)
+            sample = _augment.augment_sample(sample, self.entries[0].spacing, self.augment, rng)
+        return _augment.Sample(sample.image, sample.labels, sample.dist[:-1]), sample.dist[-1]
+
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, ...]:
+        epoch, index = (0, key) if isinstance(key, int | np.integer) else key
+        sample, mask = self.masked_sample(int(epoch), int(index))
+        return (
+            torch.from_numpy(np.ascontiguousarray(sample.image)),
+            torch.from_numpy(np.ascontiguousarray(sample.labels, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(sample.dist)),
+            torch.from_numpy(np.ascontiguousarray(mask)),
+        )
+
 
 class CorrectedPatches(Dataset):
     """3D patches for the fine-tune of a 3D checkpoint, keyed by ``(epoch, index)``.
@@ -504,9 +546,9 @@ class CorrectedPatches(Dataset):
     corrected
         The corrected volume's entry in the volume cache
         (:func:`~napari_boundary_seg.core.patches.iter_cache_cases`: scaled
-        images, labels, φ of the whole volume).
+        images, labels).
     slices, axis
-        The corrected slices (indices along ``axis``).
+        The verified slices (corrected or checked; indices along ``axis``).
     patch_size
         The checkpoint's patch (voxels, numpy axis order).
     mix
@@ -526,6 +568,14 @@ class CorrectedPatches(Dataset):
     ``oversample`` of the items it is centred on a foreground voxel of that
     slice (when it has any), else placed uniformly. Items are pure functions of
     ``(seed, epoch, index)``, like the trainer's other keyed data sets.
+
+    Items are ``(image, labels, dist, mask (*P) float32)``. Only verified
+    voxels teach: the mask of a corrected patch is 1 on the verified slices it
+    holds and 0 on the others (the prediction nobody checked), and φ there is
+    the 3D map of each slab of contiguous verified slices computed from their
+    labels alone (:func:`~napari_boundary_seg.core.modes.base.slab_distance_maps`;
+    the 2D map for a lone slice), never from unverified slices. A mix patch of
+    an original case is fully labelled: mask all ones, φ of its whole volume.
     """
 
     def __init__(
@@ -581,10 +631,12 @@ class CorrectedPatches(Dataset):
         case, patch, _ = part.locate(int(epoch), int(index))
         return part.entries[case].case_id, patch
 
-    def __getitem__(self, key: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, ...]:
         epoch, index = (0, key) if isinstance(key, int | np.integer) else key
-        part = self.mix if self.is_mix(int(index)) else self.corrected
-        return part[(int(epoch), int(index))]
+        if not self.is_mix(int(index)):
+            return self.corrected[(int(epoch), int(index))]
+        image, labels, dist = self.mix[(int(epoch), int(index))]
+        return image, labels, dist, torch.ones(labels.shape, dtype=torch.float32)
 
 
 @dataclass(frozen=True)
@@ -634,7 +686,7 @@ def iter_corrected_patches(
     scale, percentiles = base.scale, base.percentiles
     own_cache = out / "cache"
     yield InfoEvent(
-        f"preparing the corrected volume ({len(slices)} corrected slice(s) along axis {axis}) "
+        f"preparing the corrected volume ({len(slices)} verified slice(s) along axis {axis}) "
         f"for 3D patches of {tuple(base.patch_size)} in {own_cache}"
     )
     (entry,) = yield from iter_cache_cases([case], own_cache, num_classes, scale, percentiles)

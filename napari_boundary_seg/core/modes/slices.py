@@ -38,6 +38,8 @@ from napari_boundary_seg.core.modes.base import (
     iter_mix_sources,
     model_device,
     preprocess_config,
+    slab_distance_maps,
+    slabs,
     target_device,
     val_summary,
 )
@@ -198,6 +200,21 @@ def _mix_indices(
     has_fg = (dataset.labels[torch.as_tensor(order)] > 0).flatten(1).any(dim=1).numpy()
     order = np.concatenate([order[has_fg], order[~has_fg]])
     return sorted(int(i) for i in order[:n_wanted])
+
+
+def _slab_phi(subset: SliceSubset, corrected: Any, indices: Sequence[int], classes: int) -> None:
+    """Replace φ of the subset's first ``len(indices)`` items (the verified slices of
+    ``corrected``, in slice order) by the 3D maps of their slabs of contiguous slices."""
+    if not len(indices):
+        return
+    index = np.asarray(indices, dtype=np.int64)
+    spacing = tuple(corrected.case_spacing[int(corrected.case_index[index[0]])])
+    labels = subset.labels[: len(index)].numpy()  # (n, H, W), the verified slices in order
+    for run in slabs([int(corrected.slice_index[i]) for i in index]):
+        first = int(np.flatnonzero(corrected.slice_index[index] == run[0])[0])
+        stack = range(first, first + len(run))  # contiguous slices sit side by side
+        phi = slab_distance_maps(labels, classes, spacing, 0, stack)
+        subset.dist[first : first + len(run)] = torch.from_numpy(np.stack([phi[k] for k in stack]))
 
 
 class SliceMode(TrainingMode):
@@ -446,8 +463,11 @@ class SliceMode(TrainingMode):
         self,
         request: FinetuneRequest,
     ) -> Generator[Any, None, FinetuneSamples]:
-        """The corrected slices (and mixed-in slices) as a :class:`SliceSubset`;
-        their φ per slice (``distance="2d"``) or of the whole corrected volume."""
+        """The verified slices (and mixed-in slices) as a :class:`SliceSubset`;
+        their φ per slice (``distance="2d"``) or of each slab of contiguous
+        verified slices (``distance="3d"``, :func:`slab_distance_maps` on the
+        prepared slices), never from the unverified slices. Every item is a
+        whole verified or original slice: no loss mask is needed."""
         from napari_boundary_seg.core.data import iter_build_dataset
 
         base, source, case, slices = request.base, request.source, request.case, request.slices
@@ -482,6 +502,8 @@ class SliceMode(TrainingMode):
         elif mix_ratio > 0 and mix_cases is None:
             logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
         subset = SliceSubset(parts)
+        if request.distance == "3d":  # φ of the verified slabs, from their labels alone
+            _slab_phi(subset, corrected, parts[0][1], num_classes)
         return FinetuneSamples(
             subset,
             [case, *mix_list],
