@@ -481,7 +481,7 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec("augment", label="Augmentation", section="mode", config="augment", preset=True),
     FieldSpec(
-        "steps_per_epoch", label="Steps / epoch (0: one tiling)", section="mode",
+        "steps_per_epoch", label="Steps / epoch", section="mode",
         config="steps_per_epoch", preset=True,
     ),
     FieldSpec(
