@@ -8,6 +8,11 @@ after the generator version, seed and grid, so that a new generator never
 serves stale files. The layers are read back through the plugin's own reader:
 FLAIR and T1 Image layers and a ``lesions`` Labels layer, with the case's
 spacing as ``scale`` and its affine as ``translate``.
+
+Its Image layers name the starter model (a bioimage.io package shipped in
+``napari_boundary_seg/models/``, built by ``benchmarks/starter_model.py``) in
+their metadata under :data:`MODEL_METADATA_KEY`, so that a Predict widget can
+offer it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from napari_boundary_seg.core.synthetic import (
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "NAPARI_BOUNDARY_SEG_CACHE"
+MODEL_METADATA_KEY = "napari_boundary_seg_model"
+"""Layer metadata key naming a model (checkpoint or package) to predict the layer with."""
 SAMPLE_SEED = 0
 SAMPLE_SHAPE = DEFAULT_SHAPE
 SAMPLE_SPACING = DEFAULT_SPACING
@@ -82,8 +89,17 @@ def sample_case_files(seed: int = SAMPLE_SEED) -> dict[str, Path]:
     return files
 
 
+def starter_model_path() -> Path | None:
+    """The starter model shipped with the plugin, a bioimage.io package of a small 2D
+    UNet trained on the synthetic wmh preset (``benchmarks/starter_model.py``); None
+    when it is not there (a checkout that has not built it)."""
+    path = Path(__file__).resolve().parent / "models" / "starter_model.zip"
+    return path if path.is_file() else None
+
+
 def make_lesion_sample() -> list[LayerData]:
-    """npe2 sample-data command: FLAIR and T1 Image layers, ``lesions`` Labels layer."""
+    """npe2 sample-data command: FLAIR and T1 Image layers (naming the starter model
+    in their metadata), ``lesions`` Labels layer."""
     layers: list[LayerData] = []
     for name, path in sample_case_files().items():
         volume, _ = read_volume(path)
@@ -91,6 +107,9 @@ def make_lesion_sample() -> list[LayerData]:
         extra: dict[str, Any] = {"name": name}
         if kind == "image":
             extra.update(colormap="gray", visible=name == "FLAIR")
+            model = starter_model_path()
+            if model is not None:
+                extra["metadata"] = {**kwargs.get("metadata", {}), MODEL_METADATA_KEY: str(model)}
         else:
             extra.update(opacity=0.7)
         kwargs.update(extra)

@@ -94,7 +94,9 @@ def check_checkpoint_path(path: str | Path) -> str:
     """Raise ValueError when ``path`` is empty or not an existing file."""
     text = str(path).strip()
     if not text:
-        raise ValueError("No checkpoint chosen: pick a best.pt or last.pt file.")
+        raise ValueError(
+            "No checkpoint chosen: pick a best.pt or last.pt file, or a model package (.zip)."
+        )
     resolved = Path(text).expanduser()
     if not resolved.is_file():
         raise ValueError(f"Checkpoint file not found: '{resolved}'.")
@@ -119,12 +121,47 @@ def modalities_of(path: str | Path) -> list[str]:
 @functools.lru_cache(maxsize=64)
 def _modalities_cached(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
     from napari_boundary_seg.core.checkpoint import checkpoint_modalities
+    from napari_boundary_seg.core.model_package import is_model_package, read_package
 
+    if is_model_package(path):
+        try:
+            return tuple(read_package(path).modalities)
+        except (OSError, ValueError):  # reported when the package is used
+            return ()
     return tuple(checkpoint_modalities(path))
 
 
+def layer_model(layers: Sequence[Any]) -> str:
+    """The model named in the first of ``layers``' metadata (the sample case names
+    the starter model there), or ""."""
+    from napari_boundary_seg._sample_data import MODEL_METADATA_KEY
+
+    for layer in layers:
+        model = (getattr(layer, "metadata", None) or {}).get(MODEL_METADATA_KEY)
+        if model:
+            return str(model)
+    return ""
+
+
+def finetune_checkpoint_path(path: str | Path) -> str:
+    """:func:`check_checkpoint_path`, a model package giving its embedded checkpoint
+    (written once into the plugin's cache folder): fine-tuning trains a checkpoint."""
+    from napari_boundary_seg._sample_data import cache_dir
+    from napari_boundary_seg.core.model_package import is_model_package, read_package
+
+    checked = check_checkpoint_path(path)
+    if not is_model_package(checked):
+        return checked
+    try:
+        return str(read_package(checked).checkpoint_file(cache_dir() / "packages"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Cannot fine-tune '{Path(checked).name}': {exc}") from exc
+
+
 def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
-    """Load a checkpoint and check it fits ``n_channels`` input modalities.
+    """Load a checkpoint (or a model package: its TorchScript network and settings,
+    :func:`core.model_package.open_model`) and check it fits ``n_channels`` input
+    modalities.
 
     Returns
     -------
@@ -137,11 +174,11 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
         No path, a missing file, a file that is not a checkpoint of this plugin
         (corrupted, foreign), or a model for another channel count.
     """
-    from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.model_package import open_model
 
     path = Path(check_checkpoint_path(path))
     try:
-        loaded = load_checkpoint(path)
+        loaded = open_model(path)
     except FileNotFoundError as exc:
         raise ValueError(f"Checkpoint file not found: '{path}'.") from exc
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:

@@ -16,7 +16,7 @@ from napari_boundary_seg._widgets._checkpoints import modalities_of
 from napari_boundary_seg._widgets._fields import DeviceCombo, Form, LayerList, PathEdit
 
 #: The checkpoint picker's file filter.
-CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.ckpt);;All files (*)"
+CHECKPOINT_FILTER = "Checkpoints and model packages (*.pt *.pth *.ckpt *.zip);;All files (*)"
 
 
 class ModelInputs(Form):

@@ -60,6 +60,7 @@ from napari_boundary_seg._widgets._checkpoints import (
     NO_FOREGROUND,
     check_checkpoint_path,
     checkpoint_axis,
+    finetune_checkpoint_path,
     load_checked_checkpoint,
     modalities_of,
     probability_layer_kwargs,
@@ -282,7 +283,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
             notify_error("a prediction or fine-tune is already running")
             return None
         try:
-            path = check_checkpoint_path(self.checkpoint.text())
+            path = finetune_checkpoint_path(self.checkpoint.text())
             stack = images_from_layers(self.images.selected_layers())
             device = check_device(self.device.device())
         except (ValueError, TypeError) as exc:
@@ -371,7 +372,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
                     f"Shapes do not match: '{layer.name}' is {labels.shape}, the images "
                     f"{tuple(stack.images.shape[1:])}."
                 )
-            path = check_checkpoint_path(self.checkpoint.text())
+            path = finetune_checkpoint_path(self.checkpoint.text())
             loaded = load_checked_checkpoint(path, stack.images.shape[0])
         except (ValueError, TypeError) as exc:
             notify_error(exc)

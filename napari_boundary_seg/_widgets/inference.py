@@ -28,6 +28,7 @@ from napari_boundary_seg._widgets._checkpoints import (  # noqa: F401 - the modu
     check_checkpoint_channels,
     check_checkpoint_path,
     checkpoint_in_channels,
+    layer_model,
     load_checked_checkpoint,
     modalities_of,
     prediction_layer_kwargs,
@@ -166,8 +167,11 @@ class InferenceWidget(RunsWork, QWidget):
     # -- validation, then the worker -------------------------------------------------
     def _validate(self) -> tuple[str, ImageStack, str]:
         """Check the cheap things here; the worker loads and checks the checkpoint."""
-        stack = images_from_layers(self.images.selected_layers())
+        layers = self.images.selected_layers()
+        stack = images_from_layers(layers)
         device = check_device(self.device.device())
+        if not self.checkpoint.text() and layer_model(layers):  # the sample's starter model
+            self.checkpoint.setText(layer_model(layers))
         checkpoint = check_checkpoint_path(self.checkpoint.text())
         return checkpoint, stack_for_checkpoint(stack, modalities_of(checkpoint)), device
 

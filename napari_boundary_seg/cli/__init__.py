@@ -2,7 +2,7 @@
 
 Subcommands: ``synth`` (write the built-in benchmark), ``distmap`` (NIfTI labels
 to signed distance maps), ``train``, ``predict``, ``evaluate``, ``finetune``,
-``cache``, ``demo``, ``study`` and ``bench``.
+``export`` (a bioimage.io model package), ``cache``, ``demo``, ``study`` and ``bench``.
 Every one calls the same ``core`` functions as the napari widgets and shows
 tqdm progress bars.
 
@@ -72,6 +72,7 @@ COMMANDS = (
     "study",
     "demo",
     "finetune",
+    "export",
 )
 """The subcommands, in the order ``--help`` lists them; each is the module
 ``napari_boundary_seg.cli.<name>``."""

@@ -20,7 +20,7 @@ from napari_boundary_seg.cli._common import (
     set_threads,
 )
 
-HELP = "segment NIfTI images with a trained checkpoint"
+HELP = "segment NIfTI images with a trained checkpoint or model package"
 
 
 def add_parser(sub: Any) -> None:
@@ -34,7 +34,15 @@ def add_parser(sub: Any) -> None:
         "<out>/<case>.nii.gz labels with the input's affine.",
     )
     p.add_argument("inputs", type=Path, nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", required=True, type=Path, help="best.pt or last.pt of a run")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="best.pt or last.pt of a run")
+    model.add_argument(
+        "--model",
+        type=Path,
+        metavar="PACKAGE",
+        help="a bioimage.io model package (.zip) written by export, instead of --checkpoint: "
+        "its TorchScript weights predict, with the preprocessing it records",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument(
         "--probabilities",
@@ -64,7 +72,15 @@ def run(args: argparse.Namespace) -> int:
 
     check_option(args.batch_size, "--batch-size", 1)
     check_device(args.device)
-    model, checkpoint = load_checkpoint(args.checkpoint)
+    package = None
+    if args.model is not None:
+        from napari_boundary_seg.core.model_package import read_package
+
+        package = read_package(args.model)  # checked before anything is read or run
+        model, checkpoint = package.predictor()
+        args.checkpoint = args.model
+    else:
+        model, checkpoint = load_checkpoint(args.checkpoint)
     cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} is a file, not a folder")
@@ -86,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         checked = _read_case(
             case, paths, model.in_channels, args.checkpoint, args.allow_affine_mismatch
         )
+        if package is not None:
+            package.check_fits(checked[0].data.ndim, len(paths), f"case {case}")
     set_threads(args, "predict")
     with NewFolders(args.out):
         ensure_writable_dir(args.out)
