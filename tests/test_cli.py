@@ -187,9 +187,10 @@ def test_train_3d_options_reach_the_config_and_run(bench_dir, capsys):
     args += ["--dims", "3", "--patch-size", "16", "16", "8", "--oversample", "0.5"]
     args += ["--no-augment", "--num-workers", "0", "--depth", "2", "--base-channels", "4"]
     args += ["--batch-size", "2", "--max-steps-per-epoch", "2", "--device", "cpu"]
-    assert main(args) == 0
+    assert main([*args, "--steps-per-epoch", "3"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["dims"] == 3 and config["patch_size"] == [16, 16, 8]
+    assert config["steps_per_epoch"] == 3 and config["max_steps_per_epoch"] == 2
     assert config["oversample"] == 0.5 and config["augment"] is False
     assert (out / "last.pt").is_file() and cache_info().entries > 0
 
@@ -284,6 +285,14 @@ def test_help_texts_say_what_is_required_and_what_runs(capsys):
     assert text.startswith("usage: napari-boundary-seg train (--data DIR --out DIR | --resume")
     assert "--data DIR" in text and "--preset {paper,quick}" in text and "--threads" in text
     assert "15 with --preset quick, 100 with paper" in " ".join(text.split())
+    assert "--steps-per-epoch" in text and "0 with --preset quick, 250 with paper" in " ".join(
+        text.split()
+    )
+    from napari_boundary_seg.cli import build_parser, config_from_args
+
+    for typed, steps in (("7", 7), ("0", None)):  # 0: one tiling
+        args = build_parser().parse_args(["train", "--dims", "3", "--steps-per-epoch", typed])
+        assert config_from_args(args, {"data": "d"}).steps_per_epoch == steps
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())

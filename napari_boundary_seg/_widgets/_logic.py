@@ -481,6 +481,10 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
     ),
     FieldSpec("augment", label="Augmentation", section="mode", config="augment", preset=True),
     FieldSpec(
+        "steps_per_epoch", label="Steps / epoch", section="mode",
+        config="steps_per_epoch", preset=True,
+    ),
+    FieldSpec(
         "epochs", label="Epochs", bounds=(1, 100000), section="schedule", config="epochs",
         preset=True,
     ),
@@ -530,7 +534,7 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(
         "skip_empty", label="foreground slices only", config="skip_empty_slices", preset=True
     ),
-    FieldSpec("max_steps", label="Steps / epoch", config="max_steps_per_epoch", preset=True),
+    FieldSpec("max_steps", label="Max steps / epoch", config="max_steps_per_epoch", preset=True),
     FieldSpec("lr_patience", config="lr_patience", preset=True),
     FieldSpec("device", label="Device", config="device", widget="device"),
     FieldSpec("seed", label="Seed", bounds=(0, 2**31 - 1), config="seed"),

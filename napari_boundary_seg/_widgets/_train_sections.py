@@ -106,14 +106,14 @@ class DataSection(SpecForm):
 
 
 class ModeSection(SpecForm):
-    """2D slices or 3D patches, the patch size, augmentation."""
+    """2D slices or 3D patches, the patch size, the steps of a 3D epoch, augmentation."""
 
     def __init__(self) -> None:
         from magicgui import widgets as mw
         from qtpy.QtWidgets import QAbstractSpinBox
 
         super().__init__()
-        dims, augment = field_specs("mode")
+        dims, augment, steps = field_specs("mode")
         self.add_spec(dims)
         self.patch = [
             mw.SpinBox(value=p, min=1, max=4096, label=f"axis {k}")
@@ -133,6 +133,7 @@ class ModeSection(SpecForm):
             box.native.lineEdit().setMinimumWidth(24)
             box.native.setStyleSheet("min-width: 22px;")  # napari's style asks for 90 px
         self.add_field("patch_row", self.patch_row)
+        self.add_spec(steps)
         self.add_spec(augment)
 
     def patch_size(self) -> tuple[int, int, int]:
@@ -319,10 +320,11 @@ class TrainFormLogic:
         return self.mode.patch_size()
 
     def _on_dims(self, *_: Any) -> None:
-        """Show the fields of the chosen mode: the patch and the foreground share
-        in 3D, the slice size and the empty-slice filter in 2D."""
+        """Show the fields of the chosen mode: the patch, the steps of an epoch and
+        the foreground share in 3D, the slice size and the empty-slice filter in 2D."""
         three = self.dims.value == 3
         self.mode.show_row(self.patch_row, three)
+        self.mode.show_row(self.steps_per_epoch, three)
         self.advanced.form.show_row(self.oversample, three)
         self.advanced.form.show_row(self.slice_size, not three)
         self.advanced.form.show_row(self.skip_empty, not three)

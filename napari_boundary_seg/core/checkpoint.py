@@ -235,9 +235,11 @@ LEGACY_CONFIG = {
     "canonical": False,
     "slice_spacing": None,
     "crop_to_head": False,
+    "steps_per_epoch": None,
 }
 """What a checkpoint written before these settings existed was trained with: min–max
-scaling, slices in stored voxel order, no resampling."""
+scaling, slices in stored voxel order, no resampling, 3D epochs of one tiling of
+the training volumes (so it also resumes as it trained)."""
 
 
 def checkpoint_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -210,6 +210,11 @@ class TrainConfig:
     - ``patch_size`` ``None`` is :data:`DEFAULT_PATCH_SIZE` in 3D (the field then
       holds it); every volume must be at least as large along each axis.
     - ``augment`` ``None`` is on in 3D, off in 2D (:attr:`augment_enabled`).
+    - ``steps_per_epoch`` sets the length of a 3D epoch (``None``: one tiling of
+      the training volumes, the length of checkpoints that predate the setting);
+      ``max_steps_per_epoch`` caps the steps of an epoch in both modes, so a 3D
+      epoch is ``min(steps_per_epoch, max_steps_per_epoch)`` steps. 2D ignores
+      ``steps_per_epoch``.
     """
 
     # data
@@ -404,7 +409,18 @@ class TrainConfig:
     )
     max_steps_per_epoch: int | None = setting(
         None,
-        help="cap on steps per epoch (quick runs); 0: every slice once",
+        help="cap on the steps of an epoch, 2D or 3D (quick runs); 0: no cap (2D: every "
+        "slice once)",
+        bounds=(1, None),
+        none_as=0,
+        section="schedule",
+        same_on_resume=True,
+    )
+    steps_per_epoch: int | None = setting(
+        250,
+        help="3D: optimizer steps of an epoch, each on freshly drawn patches (nnU-Net's 250); "
+        "0: as many as one tiling of the training volumes takes; --max-steps-per-epoch caps "
+        "it; 2D ignores it (an epoch is every slice once)",
         bounds=(1, None),
         none_as=0,
         section="schedule",

@@ -474,6 +474,7 @@ def finetune(
         device=device,
         seed=seed,
         max_steps_per_epoch=None,
+        steps_per_epoch=None,  # an epoch: the fine-tuning items once
         init_checkpoint=str(parent),
         resume_from=None,
         overwrite=overwrite,

@@ -17,8 +17,8 @@ at epoch 0), no augmentation, GDL + boundary loss with the ``paper`` alpha
 schedule. What differs between 2D slices (``dims=2``, the paper's) and 3D
 patches (``dims=3``) is the run's training mode
 (:mod:`napari_boundary_seg.core.modes`), chosen once from the config: how
-the cases are cached and sampled, the network's pooling, the batches of an
-epoch, and validation (slice by slice, or Gaussian sliding windows). Data:
+the cases are cached and sampled, the network's pooling, an epoch's length
+and batches, and validation (slice by slice, or Gaussian sliding windows). Data:
 without a prebuilt ``dataset``, the cases are prepared one at a time into an
 on-disk cache that training reads memory-mapped, so memory does not grow with
 the number of cases.
@@ -97,7 +97,7 @@ from napari_boundary_seg.core.modes import (
     TrainingMode,
     mode_for,
 )
-from napari_boundary_seg.core.modes.base import preprocess_config
+from napari_boundary_seg.core.modes.base import epoch_steps, preprocess_config
 from napari_boundary_seg.core.modes.patches import sliding_window_probs
 from napari_boundary_seg.core.modes.slices import (
     collate,
@@ -138,6 +138,7 @@ __all__ = [
     "collate",
     "effective_weights",
     "epoch_order",
+    "epoch_steps",
     "iter_batches",
     "library_versions",
     "preprocess_config",
@@ -360,12 +361,6 @@ def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torc
     return tuple(t.to(device, non_blocking=non_blocking) for t in batch)
 
 
-def epoch_steps(num_slices: int, batch_size: int, cap: int | None) -> int:
-    """Optimizer steps in one epoch: every slice once, at most ``cap`` steps."""
-    steps = math.ceil(num_slices / batch_size)
-    return steps if cap is None else min(steps, cap)
-
-
 def build_model(hparams: Mapping[str, Any]) -> nn.Module:
     """The :class:`~napari_boundary_seg.core.unet.UNet` of ``hparams`` (2D or 3D)."""
     return UNet(**dict(hparams))
@@ -394,10 +389,11 @@ def validate_volumes(
 def _check_resume_config(config: TrainConfig, saved: Mapping[str, Any], path: str) -> None:
     saved_config = TrainConfig.from_dict(checkpoint_config(saved)).to_dict()
     ours = config.to_dict()
+    unread = mode_for(config).ignores  # settings the run's mode does not read
     diffs = [
         f"{k}: {saved_config[k]!r} in the checkpoint, {ours[k]!r} now"
         for k in _RESUME_FIELDS
-        if saved_config.get(k) != ours.get(k)
+        if saved_config.get(k) != ours.get(k) and k not in unread
     ]
     if diffs:
         raise ValueError(
@@ -637,9 +633,9 @@ class _Run:
             message = f"fine-tuning from {config.init_checkpoint}"
         else:
             message = "training from scratch"
-        num_items = len(self.data.dataset)
-        shard = distributed.shard_length(num_items, ctx.world_size)  # items per process
-        self.steps_per_epoch = epoch_steps(shard, config.batch_size, config.max_steps_per_epoch)
+        self.steps_per_epoch, num_items = self.mode.epoch_size(
+            config, len(self.data.dataset), ctx.world_size
+        )
         yield InfoEvent(
             message,
             device=str(self.device),

@@ -14,8 +14,14 @@ from napari_boundary_seg.study.run import iter_study
 
 __all__ = ["STUDY_FLAGS", "add_study_parser"]
 
-STUDY_FLAGS = {"max_steps_per_epoch": "--steps-per-epoch", "slice_size": "--size"}
-"""The study's flags for ``TrainConfig`` settings whose ``train`` flag differs."""
+STUDY_FLAGS = {
+    "max_steps_per_epoch": "--steps-per-epoch",
+    "slice_size": "--size",
+    "steps_per_epoch": "",
+}
+"""The study's flags for ``TrainConfig`` settings whose ``train`` flag differs (``""``:
+no option). The study's ``--steps-per-epoch`` is the cap of every run's epochs; its
+3D epochs are one tiling of the volumes under that cap (``STUDY_TRAIN``)."""
 
 
 def add_study_parser(sub: Any, drive: Callable[..., Any]) -> None:

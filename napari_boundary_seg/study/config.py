@@ -159,6 +159,7 @@ def run_name(arm: str, seed: int) -> str:
 STUDY_TRAIN = TrainConfig(
     epochs=40,
     max_steps_per_epoch=30,
+    steps_per_epoch=None,  # 3D: one tiling, capped as above (the study's epochs)
     slice_size=128,
     base_channels=8,
     axis=2,

@@ -110,3 +110,19 @@ def test_finetune_config() -> None:
         FinetuneConfig(mix_ratio=-1.0)
     with pytest.raises(ValueError, match="unknown device"):
         FinetuneConfig(device="tpu")
+
+
+def test_steps_per_epoch_is_one_declared_setting() -> None:
+    spec = {s.name: s for s in settings(TrainConfig)}["steps_per_epoch"]
+    assert (spec.default, spec.flag, spec.none_as, spec.bounds) == (
+        250,
+        "--steps-per-epoch",
+        0,
+        (1, None),
+    )
+    assert spec.same_on_resume and spec.optional and "3D" in spec.help
+    assert TrainConfig(steps_per_epoch=None).steps_per_epoch is None  # one tiling
+    config = TrainConfig(dims=3, steps_per_epoch=7, max_steps_per_epoch=5)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"TrainConfig\.steps_per_epoch must be an integer >= 1"):
+        TrainConfig(steps_per_epoch=0)

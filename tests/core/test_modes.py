@@ -96,3 +96,18 @@ def test_each_predictor_is_what_predict_volume_runs(dims):
     assert probs.shape == (2, *case.labels.shape)
     np.testing.assert_array_equal(probs, want_probs)
     np.testing.assert_array_equal(labels, want_labels)
+
+
+def test_an_epoch_is_every_slice_once_or_a_fixed_number_of_3d_steps():
+    two = TrainConfig(batch_size=4, steps_per_epoch=3)  # 2D ignores steps_per_epoch
+    assert SliceMode().epoch_size(two, 10) == (3, 10)
+    assert SliceMode().epoch_size(two.replace(max_steps_per_epoch=2), 10) == (2, 10)
+    assert SliceMode().epoch_size(two, 10, world_size=2) == (2, 10)  # 5 slices a process
+    three = TrainConfig(dims=3, patch_size=(16, 16, 8), batch_size=4, steps_per_epoch=3)
+    mode = mode_for(three)
+    assert mode.epoch_size(three, 6) == (3, 12)  # 3 steps of 4 fresh patches; a tiling is 2
+    assert mode.epoch_size(three, 6, world_size=2) == (3, 24)
+    assert mode.epoch_size(three.replace(max_steps_per_epoch=2), 6) == (2, 8)
+    assert mode.epoch_size(three.replace(steps_per_epoch=None), 6) == (2, 6)  # one tiling
+    assert TrainConfig(dims=3).steps_per_epoch == 250
+    assert "steps_per_epoch" in SliceMode.ignores and not PatchMode.ignores

@@ -193,6 +193,123 @@ def test_3d_training_stopped_and_resumed_equals_the_uninterrupted_run(cases, tmp
     assert np.isfinite(reference.history[-1]["val_dice"])
 
 
+STEPS3D = {**TINY3D, "batch_size": 4, "max_steps_per_epoch": None, "steps_per_epoch": 3}
+"""3 steps an epoch where one tiling of the 2 training volumes takes 2 (6 patches of 16×16×8)."""
+
+
+def _steps(events):
+    steps = {}
+    for e in events:
+        if isinstance(e, StepEvent):
+            steps.setdefault(e.epoch, []).append(e)
+    return steps
+
+
+def test_a_3d_epoch_has_steps_per_epoch_steps_and_alpha_and_lr_follow_epochs(
+    cases, tmp_path, monkeypatch
+):
+    from napari_boundary_seg.core import train as train_mod
+    from napari_boundary_seg.core.events import EpochEvent, InfoEvent
+    from napari_boundary_seg.core.schedule import schedule_from_dict
+
+    updates = []
+    update = train_mod._Plateau.update
+    monkeypatch.setattr(
+        train_mod._Plateau, "update", lambda p, *a: updates.append(a[0]) or update(p, *a)
+    )
+    schedule = {"kind": "paper", "start": 1.0, "step": 0.25, "floor": 0.01}
+    config = TrainConfig(epochs=3, schedule=schedule, **STEPS3D)
+    events = list(train(config, cases))
+    info = next(e for e in events if isinstance(e, InfoEvent) and e.steps_per_epoch)
+    assert (info.steps_per_epoch, info.num_train_slices) == (3, 12)
+    steps = _steps(events)
+    assert {e: [s.step for s in v] for e, v in steps.items()} == {e: [0, 1, 2] for e in range(3)}
+    alphas = schedule_from_dict(schedule)
+    epochs = [e for e in events if isinstance(e, EpochEvent)]
+    for epoch, row in enumerate(epochs):
+        assert {s.w_region for s in steps[epoch]} == {row.w_region} == {alphas(epoch)[0]}
+        assert len({s.lr for s in steps[epoch]}) == 1  # the lr moves between epochs only
+    assert len(updates) == 3  # the plateau sees each epoch once, not each step
+    capped = list(train(config.replace(epochs=1, max_steps_per_epoch=2), cases))
+    assert [s.step for s in _steps(capped)[0]] == [0, 1]
+    tiling = list(train(config.replace(epochs=1, steps_per_epoch=None), cases))
+    assert [s.step for s in _steps(tiling)[0]] == [0, 1]
+
+
+def _stop_at(control, epoch, step):
+    def stop(event):
+        if isinstance(event, StepEvent) and (event.epoch, event.step) == (epoch, step):
+            control.stop()  # honoured before the next step
+
+    return stop
+
+
+def _same_weights(a, b):
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
+def test_3d_epochs_of_fixed_steps_repeat_and_resume_mid_epoch(cases, tmp_path):
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+
+    config = TrainConfig(epochs=2, **STEPS3D)
+    reference = run_to_end(train(config.replace(out_dir=str(tmp_path / "a")), cases))
+    _same_weights(reference, run_to_end(train(config, cases)))
+    control = TrainControl()
+    stopped = config.replace(out_dir=str(tmp_path / "b"))
+    assert run_to_end(train(stopped, cases, control), _stop_at(control, 0, 1)).stopped
+    last = tmp_path / "b" / "last.pt"
+    assert read_checkpoint(last)["position"] == {"epoch": 0, "step": 2}  # inside epoch 1
+    resumed = run_to_end(train(stopped.replace(resume_from=str(last)), cases))
+    _same_weights(reference, resumed)
+    assert [h["train_loss"] for h in reference.history] == [
+        h["train_loss"] for h in resumed.history
+    ]
+
+
+def test_a_3d_checkpoint_of_an_earlier_version_resumes_as_one_tiling(cases, tmp_path):
+    from napari_boundary_seg.core.checkpoint import (
+        checkpoint_config,
+        read_checkpoint,
+        save_checkpoint,
+    )
+
+    tiling = TrainConfig(epochs=2, **{**STEPS3D, "steps_per_epoch": None})  # 2 steps an epoch
+    reference = run_to_end(train(tiling, cases))
+    control = TrainControl()
+    stopped = tiling.replace(out_dir=str(tmp_path / "b"))
+    assert run_to_end(train(stopped, cases, control), _stop_at(control, 0, 0)).stopped
+    old = read_checkpoint(tmp_path / "b" / "last.pt")
+    del old["config"]["steps_per_epoch"]  # as written before the setting existed
+    save_checkpoint(tmp_path / "b" / "last.pt", old)
+    saved = TrainConfig.from_dict(checkpoint_config(old))
+    assert saved == stopped  # a missing key reads as one tiling
+    resumed = run_to_end(train(saved.replace(resume_from=str(tmp_path / "b" / "last.pt")), cases))
+    _same_weights(reference, resumed)
+    with pytest.raises(ValueError, match="steps_per_epoch: None in the checkpoint, 250 now"):
+        run_to_end(
+            train(
+                tiling.replace(steps_per_epoch=250, resume_from=str(tmp_path / "b" / "last.pt")),
+                cases,
+            )
+        )
+
+
+def test_2d_resume_ignores_steps_per_epoch():
+    from napari_boundary_seg.core.train import _check_resume_config
+
+    config = TrainConfig(epochs=2)
+    old = config.to_dict()
+    del old["steps_per_epoch"]  # a 2D checkpoint of an earlier version
+    _check_resume_config(config, {"config": old, "position": {"epoch": 1}}, "old.pt")
+    old3d = TrainConfig(dims=3, epochs=2).to_dict()
+    del old3d["steps_per_epoch"]
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        _check_resume_config(
+            TrainConfig(dims=3, epochs=2), {"config": old3d, "position": {"epoch": 1}}, "old.pt"
+        )
+
+
 def test_config_defaults_for_3d_and_round_trip():
     config = TrainConfig(dims=3)
     assert config.patch_size == (96, 96, 32) and config.augment_enabled

@@ -177,6 +177,7 @@ def test_mode_controls_build_the_config(widget):
     assert (config.dims, config.patch_size, config.augment) == (2, None, None)
     assert not config.augment_enabled and config.slice_size == 32
     assert not _shown(w.patch_row) and not _shown(w.oversample) and _shown(w.slice_size)
+    assert not _shown(w.steps_per_epoch)  # 3D only, beside the patch
     # 3D: the default patch is clipped to the (8, 32, 32) volume; the 2-slice validation
     # block at 1-3 along axis 0 leaves parts of 1 and 5 slices: the patch fits the 5
     w.dims.value = 3
@@ -192,8 +193,13 @@ def test_mode_controls_build_the_config(widget):
         box.value = value
     w.augment.value = "off"
     w.oversample.value = 0.5
+    assert _shown(w.steps_per_epoch)
+    w.steps_per_epoch.value = 5
     config, _ = w.validate()
     assert (config.patch_size, config.augment, config.oversample) == ((4, 16, 8), False, 0.5)
+    assert config.steps_per_epoch == 5
+    w.steps_per_epoch.value = 0  # one tiling
+    assert w.validate()[0].steps_per_epoch is None
     assert not config.augment_enabled
     w.augment.value = "on"
     w.dims.value = 2

@@ -37,6 +37,9 @@ def test_presets_are_field_values_and_map_back_to_the_config():
     assert settings["max_steps_per_epoch"] is None and settings["slice_size"] is None
     assert settings["skip_empty_slices"] is False and settings["augment"] is None
     assert settings["schedule_kind"] == "paper" and settings["schedule_params"]["floor"] == 0.5
+    # the Quick start's 3D epochs: one tiling (0 in the field); the paper's: 250 steps
+    assert quick["steps_per_epoch"] == 0 and settings["steps_per_epoch"] is None
+    assert preset_values("paper")["steps_per_epoch"] == 250
     assert RunState("running") is RunState.RUNNING and RunState.RUNNING == "running"
     assert RunState.PAUSED.active and not RunState.DONE.active
 
@@ -74,6 +77,9 @@ def test_train_fields_come_from_the_declared_config():
     declared = {d.name: d for d in settings(TrainConfig)}
     assert specs["lr_patience"].help == declared["lr_patience"].help
     assert specs["lr_factor"].section == "advanced"  # declared, not placed by the widget
+    steps = specs["steps_per_epoch"]  # declared; placed in the Mode section, by the patch
+    assert steps.section == "mode" and steps.help == declared["steps_per_epoch"].help
+    assert steps.zero_is_none and steps.default == 250 and steps.bounds[0] == 0
     assert specs["augment"].choices[0][0] == f"default ({declared['augment'].none_text})"
     # command-line-only settings stay out of the form
     assert not declared["amp"].form and "amp" not in specs

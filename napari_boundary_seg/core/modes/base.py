@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from napari_boundary_seg.core.device import resolve_device
+from napari_boundary_seg.core.distributed import shard_length
 from napari_boundary_seg.core.events import InfoEvent
 from napari_boundary_seg.core.validate import check_int
 
@@ -43,6 +44,7 @@ __all__ = [
     "as_channels",
     "check_count",
     "check_patch",
+    "epoch_steps",
     "preprocess_config",
     "slab_distance_maps",
     "slabs",
@@ -321,6 +323,12 @@ def val_summary(scores: Sequence[tuple[float, float, float, bool]]) -> dict[str,
 # inference helpers
 
 
+def epoch_steps(num_slices: int, batch_size: int, cap: int | None) -> int:
+    """Optimizer steps in one epoch: every slice once, at most ``cap`` steps."""
+    steps = math.ceil(num_slices / batch_size)
+    return steps if cap is None else min(steps, cap)
+
+
 def check_count(name: str, value: Any) -> None:
     """A positive integer (a batch size), or an error naming ``name``."""
     check_int(value, name, 1)
@@ -414,6 +422,8 @@ class TrainingMode(ABC):
     shares_dataset: ClassVar[bool]
     """Whether runs over the same cases (the study's arms) share one prebuilt
     in-memory data set (``train(dataset=...)``); otherwise they share the cache."""
+    ignores: ClassVar[tuple[str, ...]] = ()
+    """``TrainConfig`` settings this mode does not read: a resumed run may differ in them."""
 
     @classmethod
     def of(cls, patch_size: Sequence[int] | None) -> TrainingMode:
@@ -588,6 +598,13 @@ class TrainingMode(ABC):
         return None
 
     # -- an epoch -------------------------------------------------------------
+
+    def epoch_size(self, config: Any, num_items: int, world_size: int = 1) -> tuple[int, int]:
+        """``(steps, items)`` of an epoch: every one of the ``num_items`` items
+        once, the shard of each of ``world_size`` processes in batches, at most
+        ``config.max_steps_per_epoch`` steps."""
+        shard = shard_length(num_items, world_size)  # items per process
+        return epoch_steps(shard, config.batch_size, config.max_steps_per_epoch), num_items
 
     @abstractmethod
     def batches(

@@ -312,6 +312,17 @@ class PatchMode(TrainingMode):
 
     # -- an epoch -------------------------------------------------------------
 
+    def epoch_size(self, config: Any, num_items: int, world_size: int = 1) -> tuple[int, int]:
+        """``config.steps_per_epoch`` steps (capped by ``max_steps_per_epoch``), each
+        drawing ``batch_size`` fresh patches per process; ``None``: one tiling of
+        the training volumes (``num_items`` patches) as the base mode counts it."""
+        steps = config.steps_per_epoch
+        if steps is None:
+            return super().epoch_size(config, num_items, world_size)
+        if config.max_steps_per_epoch is not None:
+            steps = min(steps, config.max_steps_per_epoch)
+        return steps, steps * config.batch_size * world_size
+
     def batches(
         self,
         data: TrainingData,

@@ -223,6 +223,7 @@ class SliceMode(TrainingMode):
     dims: ClassVar[int] = 2
     items: ClassVar[str] = "slices"
     shares_dataset: ClassVar[bool] = True
+    ignores: ClassVar[tuple[str, ...]] = ("steps_per_epoch",)  # an epoch is every slice once
 
     def __repr__(self) -> str:
         return "SliceMode()"
