@@ -67,7 +67,7 @@ def test_one_version_string():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     assert config["metadata"]["version"] == "attr: napari_boundary_seg.__version__"
-    assert napari_boundary_seg.__version__ == "0.3.0"
+    assert napari_boundary_seg.__version__ == "0.4.0"
 
 
 def test_data_and_runs_are_not_tracked():
