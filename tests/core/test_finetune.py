@@ -407,6 +407,16 @@ def test_finetune_of_a_3d_checkpoint_trains_3d_patches_of_its_size(parent3d, tmp
     assert lineage["settings"]["patches"] == {"corrected": 8, "mix": 4}
     assert lineage["settings"]["mix_cases"] == ["o"] and lineage["mix_slices"] == []
     assert (tmp_path / "ft" / "cache").is_dir()  # the corrected volume in the volume cache
+    # ... scaled by the parent's intensity rule (robust), as prediction scales it
+    from napari_boundary_seg.core.preprocess import scale_images
+
+    assert read_checkpoint(parent3d)["config"]["normalize"] == "robust"
+    corrected = case_from_arrays(list(images), labels, SPACING3D, case_id="c")
+    expected = np.asarray(scale_images(corrected, True, None, "robust"), np.float32)
+    cached = [np.load(p) for p in (tmp_path / "ft" / "cache").glob("vol-*/image.npy")]
+    assert any(c.shape == expected.shape and np.allclose(c, expected) for c in cached)
+    minmax = np.asarray(scale_images(corrected, True, None, "minmax"), np.float32)
+    assert not any(c.shape == minmax.shape and np.allclose(c, minmax) for c in cached)
     # predict follows the checkpoint: the comparison on corrected vs untouched slices
     out = run_to_end(evaluate_finetune(result, images, labels, SPACING3D, device="cpu"))
     assert out["new_pred"].shape == labels.shape

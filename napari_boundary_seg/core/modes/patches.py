@@ -700,14 +700,18 @@ def iter_corrected_patches(
         f"preparing the corrected volume ({len(slices)} verified slice(s) along axis {axis}) "
         f"for 3D patches of {tuple(base.patch_size)} in {own_cache}"
     )
-    (entry,) = yield from iter_cache_cases([case], own_cache, num_classes, scale, percentiles)
+    # the corrected case is already in the checkpoint's voxel order (finetune
+    # reoriented it); its intensities follow the checkpoint's rule, as prediction's do
+    (entry,) = yield from iter_cache_cases(
+        [case], own_cache, num_classes, scale, percentiles, base.normalize, False
+    )
     mix_entries: list[VolumeEntry] = []
     if mix_cases is not None and mix_ratio > 0:
         mix_list = yield from iter_mix_sources(mix_cases, source, load=False)
         mix_cache = Path(base.cache_dir) if base.cache_dir else own_cache
         yield InfoEvent(f"preparing {len(mix_list)} case(s) of the original training set")
         mix_entries = yield from iter_cache_cases(
-            mix_list, mix_cache, num_classes, scale, percentiles
+            mix_list, mix_cache, num_classes, scale, percentiles, base.normalize, base.canonical
         )
     elif mix_ratio > 0:
         logger.info("mix_ratio %s ignored: no original training cases given", mix_ratio)
