@@ -17,7 +17,7 @@ checks of labels, folders, patches and devices. Tests import it without a displa
   classes' declared parameters.
 - :func:`cases_from_layers`, :func:`fit_patch`, :func:`fitting_cases`,
   :func:`check_labels`, :func:`check_output_folder`, :func:`new_run_folder`,
-  :func:`config_axis`, :func:`default_patch`, :func:`check_device`.
+  :func:`default_patch`, :func:`check_device`.
 - :class:`RunState`: the state of a widget's run.
 
 See docs/DESIGN.md, "The widgets".
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from napari_boundary_seg._widgets._layers import ImageStack
-from napari_boundary_seg.core.orientation import PLANES, SLICE_PLANES
+from napari_boundary_seg.core.orientation import SLICE_PLANES
 from napari_boundary_seg.core.presets import split_slices, validation_block
 
 LOSS_CHOICES = [
@@ -299,32 +299,6 @@ def cases_from_layers(
         )
 
     return make, block
-
-
-def _core_takes_planes() -> bool:
-    """True when ``TrainConfig.axis`` accepts a plane name (``"auto"``, ``"axial"``...)."""
-    from napari_boundary_seg.core.train import TrainConfig
-
-    try:
-        TrainConfig(axis="auto")
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def config_axis(plane: str, native: int | None) -> str | int:
-    """``TrainConfig.axis`` of a run on slices of ``plane``.
-
-    The plane itself, resolved by the trainer from each case's affine, the
-    same rule as the command line; where the trainer takes only an axis
-    index: the stored axis ``native`` the widget found from the layer's
-    affine (layers), or the plane's axis in RAS order (folders).
-    """
-    if _core_takes_planes():
-        return plane
-    if native is not None:
-        return int(native)
-    return PLANES.get(plane, PLANES["axial"])
 
 
 def fit_patch(

@@ -67,7 +67,6 @@ from napari_boundary_seg._widgets._logic import (
     check_device,
     check_labels,
     check_output_folder,
-    config_axis,
     default_patch,
     fit_patch,
     fitting_cases,
@@ -415,7 +414,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
                     self._stack = images_from_layers(self.image_layers())
                 except (TypeError, ValueError):
                     self._stack = None  # no prediction afterwards, training still runs
-        settings["axis"] = config_axis(plane, axis)
+        settings["axis"] = plane  # resolved per case from its affine, as on the command line
         if loaded is not None and n_channels is not None:
             check_checkpoint_channels(loaded, n_channels, settings["init_checkpoint"])
         settings["out_dir"] = str(new_run_folder(output))
