@@ -161,7 +161,15 @@ def _warped_phi_case(dataset: Any, samples: int, seed: int) -> dict:
         for method in ("boundary", "context"):
             stats: dict = {}
             got[method] = aug.warped_sample(
-                arrays["image"], arrays["labels"], spacing, patch, warp, 2, stats, phi=method
+                arrays["image"],
+                arrays["labels"],
+                spacing,
+                patch,
+                warp,
+                2,
+                stats,
+                phi=method,
+                foreground=arrays["fg"],
             )
             times[method].append(stats["phi_cpu_s"])
             full += stats.get("full", 0)

@@ -49,10 +49,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from napari_boundary_seg.core import kernels
 from napari_boundary_seg.core.distance import class_distance_maps
 from napari_boundary_seg.core.validate import check_int
 from napari_boundary_seg.core.warp_distance import patch_class_distances
@@ -245,6 +244,15 @@ class Warp:
 
     def coords(self, region: Sequence[slice]) -> np.ndarray:
         """Input coordinates ``(nd, *region_shape)`` (float64) of a region of the grid."""
+        if kernels.NUMBA and len(region) == 3:  # the same operations, compiled
+            return kernels.warp_coords(
+                np.array([s.start for s in region]),
+                tuple(s.stop - s.start for s in region),
+                self.centre,
+                self.matrix,
+                np.array([b.start for b in self.box]),
+                self.displacement,
+            )
         axes = [np.arange(s.start, s.stop, dtype=np.float64) for s in region]
         out = self._affine(np.stack(np.meshgrid(*axes, indexing="ij")))
         if self.displacement is not None:
@@ -344,16 +352,34 @@ def draw_warp(
         k = config.elastic_points
         coarse = rng.standard_normal((nd, *([k] * nd))) * config.elastic_vox
         box_shape = tuple(b.stop - b.start for b in box)
-        mode = "bilinear" if nd == 2 else "trilinear"
-        field = F.interpolate(
-            torch.from_numpy(coarse)[None], size=box_shape, mode=mode, align_corners=True
-        )[0].numpy()
-        taper = np.ones(box_shape)
-        for axis, n in enumerate(box_shape):
-            t = np.sin(np.pi * (np.arange(n) + 0.5) / n)
-            taper = taper * t.reshape([-1 if a == axis else 1 for a in range(nd)])
-        displacement = field * taper
+        displacement = _elastic_field(coarse, box_shape)
     return Warp(centre, matrix, box, displacement)
+
+
+def _linear_weights(k: int, n: int) -> np.ndarray:
+    """``(n, k)``: linear interpolation of ``k`` nodes at ``n`` points, the end
+    points on the end nodes (``align_corners=True`` in torch's terms)."""
+    scale = (k - 1) / (n - 1) if n > 1 else 0.0
+    src = np.arange(n) * scale
+    lo = np.minimum(np.floor(src).astype(np.int64), k - 1)
+    hi = np.minimum(lo + 1, k - 1)
+    frac = src - lo
+    weights = np.zeros((n, k))
+    np.add.at(weights, (np.arange(n), lo), 1.0 - frac)
+    np.add.at(weights, (np.arange(n), hi), frac)
+    return weights
+
+
+def _elastic_field(coarse: np.ndarray, box_shape: Sequence[int]) -> np.ndarray:
+    """``(nd, *box_shape)``: the coarse displacements ``(nd, k, ..., k)`` interpolated
+    (bi/trilinear, end points on the end nodes) onto the box and tapered by
+    ``Π_a sin(π (i_a + ½) / n_a)``, one axis at a time (the interpolation and the
+    taper are separable)."""
+    field = coarse
+    for n in box_shape:  # contracts the first node axis; the new axis goes last
+        t = np.sin(np.pi * (np.arange(n) + 0.5) / n)
+        field = np.tensordot(field, _linear_weights(coarse.shape[1], n) * t[:, None], (1, 1))
+    return np.ascontiguousarray(field)
 
 
 def _read_block(array: np.ndarray, coords: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -379,7 +405,10 @@ def warp_labels(
 
     ``coords``: ``warp.coords(region)`` if already computed.
     """
-    idx = np.rint(warp.coords(region) if coords is None else coords).astype(np.int64)
+    coords = warp.coords(region) if coords is None else coords
+    if kernels.NUMBA and labels.ndim == 3:  # the same rounding and lookup, compiled
+        return kernels.nearest_labels(labels, coords)
+    idx = np.rint(coords).astype(np.int64)
     shape = labels.shape
     flat = idx.reshape(len(shape), -1)
     lo = [int(min(max(flat[a].min(), 0), n - 1)) for a, n in enumerate(shape)]
@@ -400,6 +429,8 @@ def _warp_image(
 ) -> np.ndarray:
     coords = warp.coords(region) if coords is None else coords
     block, rel = _read_block(image, coords, order=1)
+    if kernels.NUMBA and rel.shape[0] == 3:  # the same interpolation, compiled
+        return kernels.linear_sample(block, rel)
     return np.stack(
         [
             ndimage.map_coordinates(

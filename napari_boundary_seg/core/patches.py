@@ -299,6 +299,7 @@ class PatchDataset(Dataset):
                 warp,
                 self.num_classes,
                 self.warp_stats,
+                foreground=arrays.get("fg"),
             )
         else:
             sample = _augment.Sample(

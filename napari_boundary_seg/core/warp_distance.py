@@ -43,6 +43,7 @@ from typing import Protocol
 import numpy as np
 from scipy.spatial import cKDTree
 
+from napari_boundary_seg.core import kernels
 from napari_boundary_seg.core.distance import distance_transform, resolve_backend
 
 try:  # the squared transform of the optional fast backend (as core.distance uses it)
@@ -73,6 +74,8 @@ _BLOCK = 8
 _LATTICE_MM = 12.0
 """Largest spacing (mm) of the patch lattice whose exact distances bound φ."""
 _EPS = 1e-6
+_REACH_SEEDS = 2048
+"""About how many boundary voxels of a class bound φ on the patch (a subset)."""
 
 
 def nearest_index(warp: Warp, points: np.ndarray) -> np.ndarray:
@@ -178,8 +181,11 @@ def _candidate_blocks(
     hi = np.minimum(lo + _BLOCK, shape) - 1
     reach = None
     if warp.displacement is not None:
-        field = warp.displacement.reshape(nd, -1)
-        reach = np.maximum(field.max(axis=1), -field.min(axis=1))
+        if kernels.NUMBA:
+            reach = kernels.abs_max(warp.displacement)
+        else:
+            field = warp.displacement.reshape(nd, -1)
+            reach = np.maximum(field.max(axis=1), -field.min(axis=1))
     keep = _may_hold_foreground(table, warp, reach, shape, lo, hi)
     lo, hi = _split(lo[keep], hi[keep], _BLOCK // 2)
     keep = _may_hold_foreground(table, warp, reach, shape, lo, hi)
@@ -202,6 +208,11 @@ def foreground_voxels(
     lo, hi = _candidate_blocks(labels, warp, foreground)
     if len(lo) == 0:
         return np.zeros((nd, 0), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if kernels.NUMBA and nd == 3:
+        box_lo = np.array([b.start for b in warp.box])
+        return kernels.warped_foreground(
+            labels, lo, hi, warp.centre, warp.matrix, box_lo, warp.displacement
+        )
     offsets = np.stack(np.meshgrid(*[np.arange(_BLOCK // 2)] * nd, indexing="ij"), axis=-1).reshape(
         -1, nd
     )
@@ -287,7 +298,10 @@ def _reach(seeds_mm: np.ndarray, patch: Sequence[slice], spacing: np.ndarray) ->
         axes.append(pos * s)
         gap.append(float(np.max(np.diff(pos), initial=0)) / 2.0 * s)
     lattice = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
-    dist, _ = cKDTree(seeds_mm).query(lattice, workers=1)
+    # any subset of the seeds bounds the distance from above: a sparse one keeps the
+    # tree small (the bound loosens by about the gap between the kept seeds)
+    stride = max(1, len(seeds_mm) // _REACH_SEEDS)
+    dist, _ = cKDTree(seeds_mm[::stride]).query(lattice, workers=1)
     return float(dist.max()) + math.sqrt(sum(g * g for g in gap)) + _EPS
 
 
@@ -303,6 +317,15 @@ def _patch_distance(
     reach = _reach(seeds * spacing, patch, spacing)
     gap = np.maximum(np.maximum(plo - seeds, seeds - phi), 0) * spacing
     near = seeds[np.einsum("ij,ij->i", gap, gap) <= reach * reach]
+    if kernels.NUMBA and backend != "scipy":  # the transform on the patch's lines only
+        lead = 3 - len(patch)  # 1D and 2D as 3D with leading axes of one voxel
+        squared = kernels.patch_squared_distance(
+            np.pad(near, ((0, 0), (lead, 0))),
+            np.concatenate([np.zeros(lead, dtype=np.int64), plo]),
+            (1,) * lead + tuple(p.stop - p.start for p in patch),
+            np.concatenate([np.ones(lead), spacing]),
+        )
+        return np.sqrt(squared.reshape(squared.shape[lead:])).astype(np.float32)
     lo = np.minimum(plo, near.min(axis=0))
     hi = np.maximum(phi, near.max(axis=0)) + 1
     free = np.ones(tuple(hi - lo), dtype=bool)
