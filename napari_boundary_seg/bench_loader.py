@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_boundary_seg.core import kernels
+
 __all__ = ["loader_rate", "loader_rate_cases", "loader_workers", "rate_dataset", "waiting_share"]
 
 
@@ -144,6 +146,11 @@ def loader_rate_cases(
     return out
 
 
+_PHI_BAR_S = 0.065
+"""Bar of the warped-sample φ median (s, one core): 20x under the 1.3 s that the
+whole warped volume's transform took on the 197x233x189 volume."""
+
+
 def _warped_phi_case(dataset: Any, samples: int, seed: int) -> dict:
     """φ time of warped samples drawn as in training: boundary path vs whole-volume path."""
     from napari_boundary_seg.core import augment as aug
@@ -177,20 +184,21 @@ def _warped_phi_case(dataset: Any, samples: int, seed: int) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     p95 = {k: float(np.percentile(v, 95)) for k, v in times.items()}
     ratio = med["context"] / med["boundary"]
-    bar = 20.0
+    passed = med["boundary"] <= _PHI_BAR_S
     return {
         "name": "warped-sample φ",
         "baseline": "context, grown to the whole volume",
         "baseline_s": med["context"],
         "ours_s": med["boundary"],
         "ratio": ratio,
-        "bar": bar,
-        "passed": bool(ratio >= bar),
+        "bar": None,
+        "passed": bool(passed),
         "text": f"median {med['boundary'] * 1e3:.1f} ms, p95 {p95['boundary'] * 1e3:.1f} ms",
         "whole_volume_path": f"median {med['context'] * 1e3:.0f} ms, "
         f"p95 {p95['context'] * 1e3:.0f} ms ({int(full)}/{samples} whole volume)",
         "speedup_median": ratio,
-        "verdict": f"{'PASS' if ratio >= bar else 'FAIL'} (bar {bar:g}x at the median)",
+        "verdict": f"{'PASS' if passed else 'FAIL'} (bar: median <= {_PHI_BAR_S * 1e3:g} ms)",
         "max_abs_phi_diff_mm": diff,
         "clock": "thread CPU time",
+        "compiled_kernels": kernels.NUMBA,
     }

@@ -234,13 +234,15 @@ class Warp:
 
     Coordinates are voxel indices of the volume (output grid = input grid).
     ``u`` is ``displacement (nd, *box_shape)`` on ``box`` (a tuple of slices of
-    the volume grid) and zero outside it.
+    the volume grid) and zero outside it; ``reach`` (optional): an upper bound
+    of ``|u|`` per axis (else taken from ``displacement``).
     """
 
     centre: np.ndarray
     matrix: np.ndarray
     box: tuple[slice, ...]
     displacement: np.ndarray | None
+    reach: np.ndarray | None = None
 
     def coords(self, region: Sequence[slice]) -> np.ndarray:
         """Input coordinates ``(nd, *region_shape)`` (float64) of a region of the grid."""
@@ -347,13 +349,13 @@ def draw_warp(
         slice(max(0, p.start - m), min(n, p.stop + m))
         for p, m, n in zip(patch, margin, shape, strict=True)
     )
-    displacement = None
+    displacement = reach = None
     if config.elastic_vox > 0:
         k = config.elastic_points
         coarse = rng.standard_normal((nd, *([k] * nd))) * config.elastic_vox
         box_shape = tuple(b.stop - b.start for b in box)
-        displacement = _elastic_field(coarse, box_shape)
-    return Warp(centre, matrix, box, displacement)
+        displacement, reach = _elastic_field(coarse, box_shape)
+    return Warp(centre, matrix, box, displacement, reach)
 
 
 def _linear_weights(k: int, n: int) -> np.ndarray:
@@ -370,16 +372,19 @@ def _linear_weights(k: int, n: int) -> np.ndarray:
     return weights
 
 
-def _elastic_field(coarse: np.ndarray, box_shape: Sequence[int]) -> np.ndarray:
+def _elastic_field(coarse: np.ndarray, box_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """``(nd, *box_shape)``: the coarse displacements ``(nd, k, ..., k)`` interpolated
     (bi/trilinear, end points on the end nodes) onto the box and tapered by
     ``Π_a sin(π (i_a + ½) / n_a)``, one axis at a time (the interpolation and the
-    taper are separable)."""
-    field = coarse
+    taper are separable); and an upper bound of its magnitude per axis (the
+    last axis' weights are at least 0 and add up to at most 1, so the largest
+    magnitude before that axis bounds the field)."""
+    field = bound = coarse
     for n in box_shape:  # contracts the first node axis; the new axis goes last
+        bound = np.abs(field).reshape(len(field), -1).max(axis=1)
         t = np.sin(np.pi * (np.arange(n) + 0.5) / n)
         field = np.tensordot(field, _linear_weights(coarse.shape[1], n) * t[:, None], (1, 1))
-    return np.ascontiguousarray(field)
+    return np.ascontiguousarray(field), bound
 
 
 def _read_block(array: np.ndarray, coords: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -393,7 +398,7 @@ def _read_block(array: np.ndarray, coords: np.ndarray, order: int) -> tuple[np.n
         int(max(lo[a] + 1, min(n, math.ceil(flat[a].max()) + 1 + pad))) for a, n in enumerate(shape)
     ]
     index = (Ellipsis, *(slice(a, b) for a, b in zip(lo, hi, strict=True)))
-    block = np.asarray(array[index])
+    block = np.asarray(array[index])  # a view of an array in memory
     rel = coords - np.asarray(lo, dtype=np.float64).reshape(-1, *([1] * (coords.ndim - 1)))
     return block, rel
 

@@ -41,6 +41,8 @@ except ImportError:  # pragma: no cover - exercised only without numba installed
 __all__ = [
     "NUMBA",
     "abs_max",
+    "boundary_voxels",
+    "candidate_blocks",
     "linear_sample",
     "nearest_labels",
     "patch_squared_distance",
@@ -116,9 +118,18 @@ def _separable(keys, starts, box, plo, pshape, spacing):  # pragma: no cover - c
     p0, p1, p2 = pshape[0], pshape[1], pshape[2]
     lines = b1 * b2
     w0 = spacing[0] * spacing[0]
-    # pass 1: along axis 0, at the patch's axis-0 coordinates only
-    g1 = np.empty((p0, b2, b1))
-    flat1 = g1.reshape(p0, lines)
+    # per coordinate i of the patch on axis 0: pass 1 on the plane (axis 1 and 2
+    # of the box), pass 2 on its lines along axis 1, pass 3 on the patch's lines
+    # along axis 2 (the work space of a plane stays in the cache)
+    g1 = np.empty((b2, b1))
+    flat1 = g1.reshape(lines)
+    g2 = np.empty((p1, b2))
+    v = np.empty(max(b0, b1, b2), dtype=np.int64)
+    z = np.empty(max(b0, b1, b2) + 1)
+    line_out = np.empty(max(p0, p1, p2))
+    w1 = spacing[1] * spacing[1]
+    w2 = spacing[2] * spacing[2]
+    out = np.empty((p0, p1, p2))
     ptr = starts[:lines].copy()
     for i in range(p0):
         x = plo[0] + i
@@ -126,7 +137,7 @@ def _separable(keys, starts, box, plo, pshape, spacing):  # pragma: no cover - c
             s0 = starts[line]
             s1 = starts[line + 1]
             if s0 == s1:
-                flat1[i, line] = inf
+                flat1[line] = inf
                 continue
             p = ptr[line]
             while p < s1 and keys[p] < x:
@@ -137,24 +148,13 @@ def _separable(keys, starts, box, plo, pshape, spacing):  # pragma: no cover - c
                 best = keys[p] - x
             if p > s0 and x - keys[p - 1] < best:
                 best = x - keys[p - 1]
-            flat1[i, line] = w0 * best * best if best < inf else inf
-    # pass 2: along axis 1 on the lines through the patch's axis-0 coordinates
-    v = np.empty(max(b0, b1, b2), dtype=np.int64)
-    z = np.empty(max(b0, b1, b2) + 1)
-    line_out = np.empty(max(p0, p1, p2))
-    g2 = np.empty((p0, p1, b2))
-    w1 = spacing[1] * spacing[1]
-    for i in range(p0):
+            flat1[line] = w0 * best * best if best < inf else inf
         for c in range(b2):
-            _envelope_line(g1[i, c], b1, w1, v, z, plo[1], p1, line_out)
+            _envelope_line(g1[c], b1, w1, v, z, plo[1], p1, line_out)
             for j in range(p1):
-                g2[i, j, c] = line_out[j]
-    # pass 3: along axis 2 on the lines through the patch
-    out = np.empty((p0, p1, p2))
-    w2 = spacing[2] * spacing[2]
-    for i in range(p0):
+                g2[j, c] = line_out[j]
         for j in range(p1):
-            _envelope_line(g2[i, j], b2, w2, v, z, plo[2], p2, out[i, j])
+            _envelope_line(g2[j], b2, w2, v, z, plo[2], p2, out[i, j])
     return out
 
 
@@ -229,22 +229,20 @@ def _linear3(block, coords, out):  # pragma: no cover - compiled
         k0 = min(int(math.floor(zc)), n2 - 1)
         fx, fy, fz = x - i0, y - j0, zc - k0
         i1, j1, k1 = min(i0 + 1, n0 - 1), min(j0 + 1, n1 - 1), min(k0 + 1, n2 - 1)
+        gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
         for ch in range(m):
-            a = block[ch]
-            c00 = a[i0, j0, k0] * (1.0 - fz) + a[i0, j0, k1] * fz
-            c01 = a[i0, j1, k0] * (1.0 - fz) + a[i0, j1, k1] * fz
-            c10 = a[i1, j0, k0] * (1.0 - fz) + a[i1, j0, k1] * fz
-            c11 = a[i1, j1, k0] * (1.0 - fz) + a[i1, j1, k1] * fz
-            c0 = c00 * (1.0 - fy) + c01 * fy
-            c1 = c10 * (1.0 - fy) + c11 * fy
-            out[ch, p] = c0 * (1.0 - fx) + c1 * fx
+            c00 = block[ch, i0, j0, k0] * gz + block[ch, i0, j0, k1] * fz
+            c01 = block[ch, i0, j1, k0] * gz + block[ch, i0, j1, k1] * fz
+            c10 = block[ch, i1, j0, k0] * gz + block[ch, i1, j0, k1] * fz
+            c11 = block[ch, i1, j1, k0] * gz + block[ch, i1, j1, k1] * fz
+            out[ch, p] = (c00 * gy + c01 * fy) * gx + (c10 * gy + c11 * fy) * fx
 
 
 def linear_sample(block: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """``block (M, n0, n1, n2)`` interpolated linearly at ``coords (3, *S)`` (voxel
     indices of the block): ``(M, *S)`` float32, 0 outside the block."""
     flat = np.ascontiguousarray(coords.reshape(3, -1), dtype=np.float64)
-    data = np.ascontiguousarray(block, dtype=np.float32)
+    data = np.asarray(block, dtype=np.float32)  # strided views as they are
     out = np.empty((data.shape[0], flat.shape[1]), dtype=np.float32)
     _linear3(data, flat, out)
     return out.reshape(data.shape[0], *coords.shape[1:])
@@ -428,3 +426,166 @@ def nearest_labels(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
     out = np.empty(flat.shape[1], dtype=np.int64)
     _nearest(data if data.flags.c_contiguous else np.ascontiguousarray(data), flat, out)
     return out.reshape(coords.shape[1:])
+
+
+@_jit
+def _preimage_meets(table, centre, matrix, reach, box_lo, box_hi, shape, lo, hi, cell, eps):
+    """Whether the pre-image box of the output block ``[lo, hi]`` meets a foreground
+    cell (``table``: summed-area table of the cells); as
+    ``warp_distance._may_hold_foreground``."""  # pragma: no cover - compiled
+    meets = True
+    for a in range(3):
+        if hi[a] < box_lo[a] or lo[a] > box_hi[a]:
+            meets = False
+    c0 = c1 = c2 = d0 = d1 = d2 = 0
+    for i in range(3):
+        ymid = centre[i]
+        spread = 0.5 + eps
+        for j in range(3):
+            mid = (lo[j] + hi[j]) / 2.0
+            ymid += matrix[i, j] * (mid - centre[j])
+            spread += abs(matrix[i, j]) * (hi[j] - lo[j]) / 2.0
+        if meets:
+            spread += reach[i]
+        ilo = max(math.ceil(ymid - spread), 0)
+        ihi = min(math.floor(ymid + spread), shape[i] - 1)
+        if ilo > ihi:
+            return False
+        if i == 0:
+            c0, d0 = ilo // cell, ihi // cell + 1
+        elif i == 1:
+            c1, d1 = ilo // cell, ihi // cell + 1
+        else:
+            c2, d2 = ilo // cell, ihi // cell + 1
+    total = (
+        table[d0, d1, d2]
+        - table[c0, d1, d2]
+        - table[d0, c1, d2]
+        - table[d0, d1, c2]
+        + table[c0, c1, d2]
+        + table[c0, d1, c2]
+        + table[d0, c1, c2]
+        - table[c0, c1, c2]
+    )
+    return total > 0
+
+
+@_jit
+def _candidates(table, centre, matrix, reach, box_lo, box_hi, shape, block, cell, eps):
+    # pragma: no cover - compiled
+    half = block // 2
+    n = 8 * ((shape[0] + block - 1) // block)
+    n *= ((shape[1] + block - 1) // block) * ((shape[2] + block - 1) // block)
+    out_lo = np.empty((n, 3), dtype=np.int64)
+    out_hi = np.empty((n, 3), dtype=np.int64)
+    lo = np.empty(3, dtype=np.int64)
+    hi = np.empty(3, dtype=np.int64)
+    slo = np.empty(3, dtype=np.int64)
+    shi = np.empty(3, dtype=np.int64)
+    count = 0
+    for x0 in range(0, shape[0], block):
+        for x1 in range(0, shape[1], block):
+            for x2 in range(0, shape[2], block):
+                lo[0], lo[1], lo[2] = x0, x1, x2
+                for a in range(3):
+                    hi[a] = min(lo[a] + block, shape[a]) - 1
+                if not _preimage_meets(
+                    table, centre, matrix, reach, box_lo, box_hi, shape, lo, hi, cell, eps
+                ):
+                    continue
+                for k in range(8):
+                    ok = True
+                    for a in range(3):
+                        slo[a] = lo[a] + half * ((k >> (2 - a)) & 1)
+                        shi[a] = min(slo[a] + half - 1, hi[a])
+                        if slo[a] > shi[a]:
+                            ok = False
+                    if ok and _preimage_meets(
+                        table, centre, matrix, reach, box_lo, box_hi, shape, slo, shi, cell, eps
+                    ):
+                        for a in range(3):
+                            out_lo[count, a] = slo[a]
+                            out_hi[count, a] = shi[a]
+                        count += 1
+    return out_lo[:count], out_hi[:count]
+
+
+def candidate_blocks(
+    table: np.ndarray,
+    centre: np.ndarray,
+    matrix: np.ndarray,
+    reach: np.ndarray,
+    box: tuple[slice, ...],
+    shape: tuple[int, ...],
+    block: int,
+    cell: int,
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output blocks of ``block // 2`` voxels (inclusive corners ``(n, 3)``) whose
+    pre-image box meets a foreground cell, tested first as blocks of ``block``
+    (``warp_distance._candidate_blocks``; ``reach``: the largest elastic
+    displacement per axis, zeros without one, added where a block meets
+    ``box``)."""
+    return _candidates(
+        np.ascontiguousarray(table, dtype=np.int32),
+        np.ascontiguousarray(centre, dtype=np.float64),
+        np.ascontiguousarray(matrix, dtype=np.float64),
+        np.ascontiguousarray(reach, dtype=np.float64),
+        np.array([b.start for b in box], dtype=np.int64),
+        np.array([b.stop - 1 for b in box], dtype=np.int64),
+        np.asarray(shape, dtype=np.int64),
+        int(block),
+        int(cell),
+        float(eps),
+    )
+
+
+@_jit
+def _boundary(rel, values, local):  # pragma: no cover - compiled
+    n = values.shape[0]
+    l0, l1, l2 = local[0], local[1], local[2]
+    dense = np.zeros((l0, l1, l2), dtype=values.dtype)
+    for p in range(n):
+        dense[rel[0, p], rel[1, p], rel[2, p]] = values[p]
+    seen = np.zeros((l0, l1, l2), dtype=np.bool_)
+    edge = np.zeros(n, dtype=np.bool_)
+    background = np.empty((6 * n, 3), dtype=np.int64)
+    count = 0
+    for p in range(n):
+        x = (rel[0, p], rel[1, p], rel[2, p])
+        own = values[p]
+        for k in range(6):
+            axis = k // 2
+            step = 1 if k % 2 else -1
+            y0, y1, y2 = x[0], x[1], x[2]
+            if axis == 0:
+                y0 += step
+            elif axis == 1:
+                y1 += step
+            else:
+                y2 += step
+            if not (0 <= y0 < l0 and 0 <= y1 < l1 and 0 <= y2 < l2):
+                continue
+            other = dense[y0, y1, y2]
+            if other != own:
+                edge[p] = True
+            if other == 0 and not seen[y0, y1, y2]:
+                seen[y0, y1, y2] = True
+                background[count, 0] = y0
+                background[count, 1] = y1
+                background[count, 2] = y2
+                count += 1
+    return edge, background[:count]
+
+
+def boundary_voxels(
+    rel: np.ndarray, values: np.ndarray, local: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground voxels ``rel (3, n)`` (in a grid of shape ``local``, every other
+    voxel background, labels ``values > 0``): which have a face neighbour of
+    another class (``(n,)`` bool), and the background voxels next to one (``(m, 3)``)."""
+    return _boundary(
+        np.ascontiguousarray(rel, dtype=np.int64),
+        np.ascontiguousarray(values, dtype=np.uint8 if values.max() < 256 else np.int64),
+        np.asarray(local, dtype=np.int64),
+    )

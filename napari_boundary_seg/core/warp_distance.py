@@ -63,6 +63,7 @@ class Warp(Protocol):
     matrix: np.ndarray
     box: tuple[slice, ...]
     displacement: np.ndarray | None
+    reach: np.ndarray | None
 
     def coords_at(self, points: np.ndarray) -> np.ndarray: ...
 
@@ -179,13 +180,18 @@ def _candidate_blocks(
     axes = [np.arange(0, n, _BLOCK) for n in shape]
     lo = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, nd)
     hi = np.minimum(lo + _BLOCK, shape) - 1
-    reach = None
-    if warp.displacement is not None:
+    reach = getattr(warp, "reach", None)
+    if warp.displacement is not None and reach is None:
         if kernels.NUMBA:
             reach = kernels.abs_max(warp.displacement)
         else:
             field = warp.displacement.reshape(nd, -1)
             reach = np.maximum(field.max(axis=1), -field.min(axis=1))
+    if kernels.NUMBA and nd == 3:
+        zero = np.zeros(nd) if reach is None else reach
+        return kernels.candidate_blocks(
+            table, warp.centre, warp.matrix, zero, warp.box, tuple(shape), _BLOCK, _CELL, _EPS
+        )
     keep = _may_hold_foreground(table, warp, reach, shape, lo, hi)
     lo, hi = _split(lo[keep], hi[keep], _BLOCK // 2)
     keep = _may_hold_foreground(table, warp, reach, shape, lo, hi)
@@ -259,6 +265,11 @@ def warped_boundaries(
     lo = np.maximum(points.min(axis=1) - 1, 0)
     hi = np.minimum(points.max(axis=1) + 2, shape)
     local = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    if kernels.NUMBA and nd == 3:
+        edge, background = kernels.boundary_voxels(points - lo[:, None], values, local)
+        seeds = [background + lo]
+        seeds += [(points[:, edge & (values == c)]).T.copy() for c in range(1, num_classes)]
+        return seeds, counts
     dtype = np.uint8 if num_classes <= 256 else np.int64
     dense = np.zeros(local, dtype=dtype)
     rel = points - lo[:, None]
