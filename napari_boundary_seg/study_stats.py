@@ -421,6 +421,11 @@ class CasePairedComparison:
         significant = not math.isnan(self.p_value) and self.p_value < alpha
         if significant == self.ci_excludes_zero():
             return ""
+        if not significant and self.n_cases < 6:
+            return (
+                f"the bootstrap CI excludes 0 but {self.n_cases} cases are too few for "
+                "Wilcoxon to reach p < 0.05 (it needs at least 6)"
+            )
         if significant:
             return (
                 f"Wilcoxon p = {self.p_value:.3g} but the bootstrap CI of the mean includes 0: "

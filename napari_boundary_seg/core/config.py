@@ -111,7 +111,7 @@ class LossKind(StrEnum):
     """Soft Dice loss (mean over classes) alone."""
     GDL_MONAI_BL = "gdl+monai-bl"
     """As ``gdl+bl`` with MONAI's ``BoundaryLoss`` (its φ per batch item, in voxels)
-    for the boundary term: the study's peer arm; needs the optional ``monai``."""
+    for the boundary term: the study's peer arm; needs MONAI >= 1.6."""
 
 
 def loss_weights(
@@ -132,6 +132,16 @@ def loss_weights(
     if kind is LossKind.BL:
         return 0.0, 1.0
     return 1.0, 0.0
+
+
+def _monai_boundary_loss() -> bool:
+    """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("monai.losses.boundary_loss") is not None
+    except ImportError:  # no monai at all
+        return False
 
 
 def uses_schedule(loss: LossKind | str) -> bool:
@@ -562,14 +572,11 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.loss {self.loss!r} is not one of {[k.value for k in LossKind]}"
             ) from err
-        if self.loss is LossKind.GDL_MONAI_BL:
-            import importlib.util
-
-            if importlib.util.find_spec("monai") is None:
-                raise ValueError(
-                    "TrainConfig.loss 'gdl+monai-bl' needs MONAI (its BoundaryLoss): "
-                    "pip install monai, or choose the loss 'gdl+bl'"
-                )
+        if self.loss is LossKind.GDL_MONAI_BL and not _monai_boundary_loss():
+            raise ValueError(
+                "TrainConfig.loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): "
+                "pip install -U monai, or choose the loss 'gdl+bl'"
+            )
         if isinstance(self.schedule, Schedule):
             set_(self, "schedule", self.schedule.to_dict())
         if not isinstance(self.schedule, Mapping):

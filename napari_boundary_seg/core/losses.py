@@ -694,13 +694,21 @@ def combined_loss(
                 probs, dist_maps, boundary_classes, validate=False, mask=mask
             )
 
+    return _weighted(w_region, region_value, w_boundary, boundary_value)
+
+
+def _weighted(
+    w_region: float, region: torch.Tensor, w_boundary: float, boundary: torch.Tensor
+) -> LossParts:
+    """``LossParts`` with ``total = w_region * region + w_boundary * boundary``, a
+    term of weight 0 left out (its value may be NaN)."""
     if w_boundary == 0:
-        total = w_region * region_value
+        total = w_region * region
     elif w_region == 0:
-        total = w_boundary * boundary_value
+        total = w_boundary * boundary
     else:
-        total = w_region * region_value + w_boundary * boundary_value
-    return LossParts(total, region_value, boundary_value)
+        total = w_region * region + w_boundary * boundary
+    return LossParts(total, region, boundary)
 
 
 def loss_for_kind(
@@ -765,17 +773,17 @@ def loss_for_kind(
 
 
 MONAI_MISSING = (
-    "loss 'gdl+monai-bl' needs MONAI (its BoundaryLoss): pip install monai, "
+    "loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): pip install -U monai, "
     "or choose the loss 'gdl+bl'"
 )
 """The message of the ``gdl+monai-bl`` loss without MONAI installed."""
 
 
 def monai_available() -> bool:
-    """True when MONAI's ``BoundaryLoss`` can be imported."""
-    import importlib.util
+    """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
+    from napari_boundary_seg.core.config import _monai_boundary_loss
 
-    return importlib.util.find_spec("monai") is not None
+    return _monai_boundary_loss()
 
 
 def _gdl_monai_boundary(
@@ -800,13 +808,7 @@ def _gdl_monai_boundary(
     region_value = parts.region
     with torch.set_grad_enabled(torch.is_grad_enabled() and w_boundary != 0):
         boundary_value = MonaiBoundaryLoss(include_background=False)(probs, target_onehot)
-    if w_boundary == 0:
-        total = w_region * region_value
-    elif w_region == 0:
-        total = w_boundary * boundary_value
-    else:
-        total = w_region * region_value + w_boundary * boundary_value
-    return LossParts(total, region_value, boundary_value)
+    return _weighted(w_region, region_value, w_boundary, boundary_value)
 
 
 # ---------------------------------------------------------------------------

@@ -123,6 +123,7 @@ def iter_load_map(
             },
         )
     )
+    files["table_md"] = files["regimes_md"]  # the table the command prints
     yield Progress(1, 1, "map written")
     return StudyResult([], per_case, files, complete)
 
@@ -230,7 +231,7 @@ def regimes_markdown(
         "",
         "## The loads",
         "",
-        "| load (% of brain) | generated share of the brain (mean) | small test lesions | "
+        "| load (% of brain) | generated share of the brain (mean) | small test lesions (≤ --small-voxels) | "
         "test lesions |",
         "|---|---|---|---|",
     ]

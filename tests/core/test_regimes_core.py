@@ -132,7 +132,7 @@ def test_the_slice_dataset_and_the_train_config_take_the_phi_rules():
 
 
 def test_monai_arm_follows_the_schedule_and_matches_monai():
-    pytest.importorskip("monai", reason="monai is optional (the testing extra installs it)")
+    pytest.importorskip("monai.losses.boundary_loss", reason="MONAI < 1.6 has no BoundaryLoss")
     from monai.losses import BoundaryLoss
 
     assert uses_schedule("gdl+monai-bl") and uses_schedule(LossKind.GDL_BL)
@@ -161,11 +161,18 @@ def test_monai_arm_refuses_clearly_without_monai(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "monai" else real(name, *a)
-    )
-    with pytest.raises(ValueError, match="pip install monai"):
+
+    def find_spec(name, *args):
+        if name.startswith("monai"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(ValueError, match="pip install -U monai"):
         TrainConfig(loss="gdl+monai-bl")
+    from napari_boundary_seg.core.losses import monai_available
+
+    assert not monai_available()
 
 
 # ---------------------------------------------------------------------------
