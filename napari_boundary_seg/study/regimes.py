@@ -451,7 +451,9 @@ def write_map(
         ),
         default=1,
     )
-    plot_basin(files["basin_figure"], histories, epochs, f"empty-prediction basin; {budget}")
+    plot_basin(
+        files["basin_figure"], histories, epochs, f"empty-prediction basin; {budget}; {wall}"
+    )
     record = {
         "complete": complete,
         "facts": {f"{k:g}": v for k, v in facts.items()},
