@@ -190,9 +190,11 @@ class RoundsPlot(PlotCanvas):
                 face = _ROUND_FACES.get(state, colour)
                 marker = "x" if state == "undone" else "o"
                 ax.plot([x], [y], marker=marker, ms=4, mec=colour, mfc=face, lw=0)
-                if index:
-                    ax.annotate(str(index), (x, y), xytext=(0, 4), textcoords="offset points",
-                                ha="center", fontsize=6, color=_FG)  # fmt: skip
+                if index:  # dropped rounds numbered below, the others above
+                    below = state in ("discarded", "undone")
+                    ax.annotate(str(index), (x, y), xytext=(0, -9 if below else 4),
+                                textcoords="offset points", ha="center", fontsize=6,
+                                color=_FG)  # fmt: skip
         xs = [p[1] for p in shown] or [0.0]
         ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5 if len(xs) > 1 else min(xs) + 1.5)
         ax.set_ylim(-0.03, 1.12)
