@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from napari_boundary_seg._widgets._checkpoints import NO_FOREGROUND
 from napari_boundary_seg._widgets._edits import CHANGE_COLORS
 from napari_boundary_seg._widgets._layers import (
+    fixed_label_colormap,
     labels_array,
     mark_output,
     notify_error,
@@ -199,7 +199,7 @@ class Gain:
                 "labels",
                 evaluation["changes"],
                 name=changes_name,
-                colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
+                colormap=fixed_label_colormap(CHANGE_COLORS),
                 metadata=mark_output("changes", metadata),
                 **geometry,
             )

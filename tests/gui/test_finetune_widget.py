@@ -126,7 +126,7 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert viewer.layers["FLAIR changes"].data.shape == SHAPE
     changes, new_pred = viewer.layers["FLAIR changes"], viewer.layers["FLAIR fine-tuned prediction"]
     assert changes.visible and not new_pred.visible
-    np.testing.assert_allclose(changes.colormap.color_dict[1], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
+    np.testing.assert_allclose(changes.colormap.map([1])[0], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
     assert widget._loss["total"], "no live curve points"
     # loss, the boundary term (a distance) and α each on an axis of their own
     widget._dirty = True
