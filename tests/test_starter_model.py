@@ -40,3 +40,11 @@ def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
     truth, found = labels > 0, predicted > 0
     dice = 2 * (truth & found).sum() / (truth.sum() + found.sum())
     assert dice > 0.5, dice
+
+
+def test_the_starter_sample_without_the_model_says_how_to_build_it(monkeypatch):
+    import pytest
+
+    monkeypatch.setattr(_sample_data, "starter_model_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="benchmarks/starter_model.py"):
+        _sample_data.make_starter_sample()
