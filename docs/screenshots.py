@@ -8,8 +8,10 @@ Run under a display (or Xvfb)::
 For each widget declared in ``napari.yaml`` it opens napari with the sample
 lesion case, docks the widget, lets it do its job when a ``prepare`` function
 is known for it (below), and saves ``docs/screenshots/<widget>.png``; then
-``overview.png`` with every widget docked as tabs. The PNGs are reduced to 256
-colours when needed to stay under about 300 KB.
+``overview.png`` with every widget docked as tabs; ``starter`` gives
+``starter_model.png``: File > Open Sample > Starter model, Predict docked and
+clicked once with nothing else chosen. The PNGs are reduced to 256 colours when
+needed to stay under about 300 KB.
 """
 
 from __future__ import annotations
@@ -271,6 +273,31 @@ def shoot_overview(names: list[str]) -> Path:
     return path
 
 
+def shoot_starter() -> Path:
+    """Screenshot of the first click: the "Starter model" sample opened, Predict
+    docked and clicked with nothing chosen (the lesions shown as outlines)."""
+    import napari
+
+    from napari_boundary_seg._demo import axial_view
+
+    viewer = napari.Viewer(title="napari-boundary-seg starter model")
+    viewer.window._qt_window.resize(*WINDOW)
+    viewer.open_sample(PLUGIN, "starter_model")
+    axial_view(viewer, viewer.layers["lesions"])
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    settle()
+    widget.run_button.click()
+    wait_for(widget)
+    viewer.layers["lesions"].contour = 1
+    viewer.layers["FLAIR probability"].visible = False
+    settle(1.0)
+    path = OUT / "starter_model.png"
+    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
+    print(f"{path} ({size / 1024:.0f} KB): {widget.status.text()}")
+    viewer.close()
+    return path
+
+
 def main(argv: list[str]) -> int:
     from napari_boundary_seg._demo import widget_names
 
@@ -280,6 +307,8 @@ def main(argv: list[str]) -> int:
         shoot_widget(name)
     if not argv or "overview" in argv:
         shoot_overview(names)
+    if not argv or "starter" in argv:
+        shoot_starter()
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import pytest
 
 from napari_boundary_seg import _sample_data
 from napari_boundary_seg.core.model_package import read_package
@@ -43,7 +44,6 @@ def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
 
 
 def test_the_starter_sample_without_the_model_says_how_to_build_it(monkeypatch):
-    import pytest
 
     monkeypatch.setattr(_sample_data, "starter_model_path", lambda: None)
     with pytest.raises(FileNotFoundError, match="benchmarks/starter_model.py"):
