@@ -218,6 +218,51 @@ def test_a_3d_package_refuses_a_2d_scan_and_not_a_zip(exported, tmp_path):
         package.check_fits(3, channels=1)
 
 
+def _as_3d(rdf):
+    """The 2D package described as a 3D one (its weights stay 2D: never loaded)."""
+    settings = rdf["config"]["napari_boundary_seg"]
+    settings.update(dims=3, patch_size=[8, 16, 16])
+    for kind in ("inputs", "outputs"):
+        rdf[kind][0]["axes"].insert(2, {"type": "space", "id": "z", "size": 8})
+
+
+def _weights_must_not_load(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("weights loaded before the checks")
+
+    monkeypatch.setattr(torch.jit, "load", fail)
+
+
+def test_input_axes_that_do_not_fit_are_refused_before_the_weights_load(
+    exported, tmp_path, monkeypatch, capsys
+):
+    from napari_boundary_seg._widgets._checkpoints import load_checked_checkpoint
+    from napari_boundary_seg.core.io import write_nifti
+
+    package3d = _rewrite(exported["package"], tmp_path / "m3d.zip", _as_3d)
+    assert read_package(package3d).dims == 3
+    scans = tmp_path / "scans2d"
+    scans.mkdir()
+    volume, _, affine = _case(exported["data"])
+    for channel in range(2):
+        write_nifti(scans / f"slice_{channel:04d}.nii.gz", volume[channel, :, :, 4], affine=affine)
+    _weights_must_not_load(monkeypatch)
+    out = tmp_path / "pred"
+    # the command line: a 3D package and a 2D scan; a 2-modality package and one modality
+    assert main(["predict", str(scans), "--model", str(package3d), "--out", str(out)]) == 2
+    assert "inputs[0].axes are 3D" in capsys.readouterr().err and not out.exists()
+    one = tmp_path / "one"
+    one.mkdir()
+    write_nifti(one / "case_0000.nii.gz", volume[0], affine=affine)
+    assert main(["predict", str(one), "--model", str(exported["package"]), "--out", str(out)]) == 2
+    assert "inputs[0].axes channel" in capsys.readouterr().err and not out.exists()
+    # the widgets (their worker's first step)
+    with pytest.raises(ValueError, match=r"inputs\[0\]\.axes are 3D"):
+        load_checked_checkpoint(package3d, 2, spatial_ndim=2)
+    with pytest.raises(ValueError, match=r"inputs\[0\]\.axes channel"):
+        load_checked_checkpoint(exported["package"], 1, spatial_ndim=3)
+
+
 def test_embedded_checkpoint_is_loaded_weights_only(exported, tmp_path):
     """A package whose checkpoint.pt holds a pickled object is refused, not unpickled."""
     evil = tmp_path / "checkpoint.pt"
