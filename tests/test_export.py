@@ -162,6 +162,36 @@ def test_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupted_overwrite_keeps_the_old_package_whole(exported, tmp_path, monkeypatch):
+    import bioimageio.spec
+
+    def interrupted(descr, output_path, **kwargs):
+        Path(output_path).write_bytes(b"PK half a zip")
+        raise KeyboardInterrupt
+
+    old = tmp_path / "m.zip"
+    old.write_bytes(exported["package"].read_bytes())
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", interrupted)
+    args = ["export", str(exported["checkpoint"]), "--out", str(old), "--overwrite"]
+    assert main(args) == 130
+    assert list(tmp_path.iterdir()) == [old]
+    assert old.read_bytes() == exported["package"].read_bytes()
+
+
+def test_python_tags_in_the_description_are_not_run(exported, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(exported["package"]) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "rdf.yaml":
+                tag = f"name: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n"
+                data = tag.encode() + data
+            zout.writestr(item, data)
+    with pytest.raises(PackageError, match="rdf.yaml is not valid YAML"):
+        read_package(bad)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_missing_dependency_is_named(exported, tmp_path, monkeypatch, capsys):
     import sys
 
