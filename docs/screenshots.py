@@ -231,6 +231,16 @@ def save_png(array: np.ndarray, path: Path, max_width: int = 1600, budget: int =
     return path.stat().st_size
 
 
+def save_shot(viewer: Any, name: str, note: str = "") -> Path:
+    """Let napari draw, save the window as ``docs/screenshots/<name>.png``, close it."""
+    settle(1.0)
+    path = OUT / f"{name}.png"
+    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
+    print(f"{path} ({size / 1024:.0f} KB){': ' + note if note else ''}")
+    viewer.close()
+    return path
+
+
 def new_viewer(dock: bool = False) -> Any:
     """A napari window with the sample case in an axial view (as the demo opens it)."""
     from napari_boundary_seg._demo import open_demo_viewer
@@ -249,12 +259,7 @@ def shoot_widget(name: str) -> Path:
     settle()
     if name in PREPARE:
         PREPARE[name](viewer, widget)
-    settle(1.0)
-    path = OUT / f"{slug(name)}.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    return save_shot(viewer, slug(name))
 
 
 def shoot_overview(names: list[str]) -> Path:
@@ -265,12 +270,7 @@ def shoot_overview(names: list[str]) -> Path:
         settle()
     if names and names[0] in PREPARE:
         PREPARE[names[0]](viewer, viewer.window.dock_widgets[f"{names[0]} ({PLUGIN})"])
-    settle(1.0)
-    path = OUT / "overview.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    return save_shot(viewer, "overview")
 
 
 def shoot_starter() -> Path:
@@ -290,12 +290,7 @@ def shoot_starter() -> Path:
     wait_for(widget)
     viewer.layers["lesions"].contour = 1
     viewer.layers["FLAIR probability"].visible = False
-    settle(1.0)
-    path = OUT / "starter_model.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB): {widget.status.text()}")
-    viewer.close()
-    return path
+    return save_shot(viewer, "starter_model", widget.status.text())
 
 
 def main(argv: list[str]) -> int:

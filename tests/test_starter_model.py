@@ -20,7 +20,13 @@ def test_starter_model_is_a_package_that_says_it_is_synthetic():
     assert package.modalities == ["FLAIR", "T1"] and package.dims == 2
     assert "synthetic-data" in package.rdf["tags"]
     with zipfile.ZipFile(path) as z:
-        assert "Trained on synthetic data" in z.read("README.md").decode()
+        card = z.read("README.md").decode()
+    assert "Trained on synthetic data" in card
+    # what the card says of its training: data, loss and α, epochs and steps, lineage
+    for text in ("cases: 8 for training", "sites:", "voxel spacing", "α schedule as trained"):
+        assert text in card, text
+    for text in ("steps per epoch", "validation_curve.png", "## Lineage", "## Versions"):
+        assert text in card, text
 
 
 def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
