@@ -9,8 +9,10 @@ Run under a display (or Xvfb)::
 For each widget declared in ``napari.yaml`` it opens napari with the sample
 lesion case, docks the widget, lets it do its job when a ``prepare`` function
 is known for it (below), and saves ``docs/screenshots/<widget>.png``; then
-``overview.png`` with every widget docked as tabs. The PNGs are reduced to 256
-colours when needed to stay under about 300 KB.
+``overview.png`` with every widget docked as tabs; ``starter`` gives
+``starter_model.png``: File > Open Sample > Starter model, Predict docked and
+clicked once with nothing else chosen. The PNGs are reduced to 256 colours when
+needed to stay under about 300 KB.
 """
 
 from __future__ import annotations
@@ -261,6 +263,16 @@ def save_png(array: np.ndarray, path: Path, max_width: int = 1600, budget: int =
     return path.stat().st_size
 
 
+def save_shot(viewer: Any, name: str, note: str = "") -> Path:
+    """Let napari draw, save the window as ``docs/screenshots/<name>.png``, close it."""
+    settle(1.0)
+    path = OUT / f"{name}.png"
+    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
+    print(f"{path} ({size / 1024:.0f} KB){': ' + note if note else ''}")
+    viewer.close()
+    return path
+
+
 def new_viewer(dock: bool = False) -> Any:
     """A napari window with the sample case in an axial view (as the demo opens it)."""
     from napari_boundary_seg._demo import open_demo_viewer
@@ -286,13 +298,7 @@ def shoot_widget(name: str, prepare: Callable[[Any, Any], None] | None = None,
     prepare = prepare or PREPARE.get(name)
     if prepare is not None:
         prepare(viewer, widget)
-    settle(1.0)
-    print(f"dock width {dock.width()} px")
-    path = OUT / f"{file or slug(name)}.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    return save_shot(viewer, file or slug(name), f"dock width {dock.width()} px")
 
 
 def shoot_overview(names: list[str]) -> Path:
@@ -303,12 +309,27 @@ def shoot_overview(names: list[str]) -> Path:
         settle()
     if names and names[0] in PREPARE:
         PREPARE[names[0]](viewer, viewer.window.dock_widgets[f"{names[0]} ({PLUGIN})"])
-    settle(1.0)
-    path = OUT / "overview.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    return save_shot(viewer, "overview")
+
+
+def shoot_starter() -> Path:
+    """Screenshot of the first click: the "Starter model" sample opened, Predict
+    docked and clicked with nothing chosen (the lesions shown as outlines)."""
+    import napari
+
+    from napari_boundary_seg._demo import axial_view
+
+    viewer = napari.Viewer(title="napari-boundary-seg starter model")
+    viewer.window._qt_window.resize(*WINDOW)
+    viewer.open_sample(PLUGIN, "starter_model")
+    axial_view(viewer, viewer.layers["lesions"])
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    settle()
+    widget.run_button.click()
+    wait_for(widget)
+    viewer.layers["lesions"].contour = 1
+    viewer.layers["FLAIR probability"].visible = False
+    return save_shot(viewer, "starter_model", widget.status.text())
 
 
 def main(argv: list[str]) -> int:
@@ -322,6 +343,8 @@ def main(argv: list[str]) -> int:
         shoot_widget("Finetune", prepare_finetune_rounds, "finetune_rounds", dock_width=340)
     if not argv or "overview" in argv:
         shoot_overview(names)
+    if not argv or "starter" in argv:
+        shoot_starter()
     return 0
 
 

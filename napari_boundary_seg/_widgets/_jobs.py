@@ -77,7 +77,7 @@ def predict_job(
 
     if isinstance(checkpoint, str | Path):
         yield Progress(0, 0, "loading the checkpoint")
-        checkpoint = load_checked_checkpoint(checkpoint, images.shape[0])
+        checkpoint = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
     result = yield from iter_predict_volume(
         checkpoint, images, tuple(spacing), device=device, axis=axis, affine=affine
     )
@@ -229,7 +229,7 @@ def predict_for_correction(
     probability (*spatial) float32, labels (*spatial) int32, axis)``, the
     layers' data built here in the worker."""
     yield Progress(0, 0, "loading the checkpoint")
-    loaded = load_checked_checkpoint(checkpoint, images.shape[0])
+    loaded = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
     axis = checkpoint_axis(loaded[1], images.ndim - 1, affine, spacing)
     probs, labels = yield from predict_job(loaded, images, spacing, device, affine=affine)
     foreground, labels = prediction_outputs(probs, labels)

@@ -300,6 +300,7 @@ class FinetuneWidget(Corrections, Gain, RoundsPart, RunsWork, QWidget):
         if self.busy:
             notify_error("a prediction or fine-tune is already running")
             return None
+        self.inputs.take_layer_model()  # the model the layers name, if none is chosen
         try:
             path = finetune_checkpoint_path(self.checkpoint.text())
             stack = images_from_layers(self.images.selected_layers())
