@@ -4,12 +4,15 @@ Run under a display (or Xvfb)::
 
     xvfb-run -a .venv/bin/python docs/screenshots.py            # every widget + overview
     xvfb-run -a .venv/bin/python docs/screenshots.py distance   # some widgets only
+    xvfb-run -a .venv/bin/python docs/screenshots.py finetune_rounds  # two fine-tune rounds
 
 For each widget declared in ``napari.yaml`` it opens napari with the sample
 lesion case, docks the widget, lets it do its job when a ``prepare`` function
 is known for it (below), and saves ``docs/screenshots/<widget>.png``; then
-``overview.png`` with every widget docked as tabs. The PNGs are reduced to 256
-colours when needed to stay under about 300 KB.
+``overview.png`` with every widget docked as tabs; ``starter`` gives
+``starter_model.png``: File > Open Sample > Starter model, Predict docked and
+clicked once with nothing else chosen. The PNGs are reduced to 256 colours when
+needed to stay under about 300 KB.
 """
 
 from __future__ import annotations
@@ -199,6 +202,37 @@ def prepare_finetune(viewer: Any, widget: Any) -> None:
     viewer.layers.selection.active = layer
 
 
+def prepare_finetune_rounds(viewer: Any, widget: Any) -> None:
+    """Two fine-tune rounds against the true lesions as reference: two slices
+    corrected, fine-tune, keep; two more, fine-tune, keep. The dock is scrolled
+    to the gain table and the rounds curve."""
+    lesions = viewer.layers["lesions"]
+    folder, checkpoint = quick_checkpoint(viewer)
+    widget.images.select(["FLAIR", "T1"])
+    widget.checkpoint.setText(checkpoint)
+    widget.device.setCurrentText("cpu")
+    widget.predict()
+    wait_for(widget)
+    layer = viewer.layers["FLAIR corrections"]
+    widget.truth_combo.set_layer("lesions")
+    widget.epochs.setValue(5)
+    z = busiest_slice(lesions.data, 2)
+    for k, pair in enumerate(((z - 2, z), (z + 2, z - 4))):
+        for s in pair:
+            truth = (lesions.data[:, :, s] > 0).astype(layer.data.dtype)
+            rows, cols = np.nonzero(truth != layer.data[:, :, s])
+            layer.data_setitem((rows, cols, np.full(rows.size, s)), truth[rows, cols])
+        widget.out_folder.setText(str(folder / f"round{k + 1}"))
+        widget.start_finetune()
+        wait_for(widget, timeout=900)
+        widget.decide(True)
+    lesions.visible = False
+    viewer.layers["FLAIR probability"].visible = False
+    viewer.layers.selection.active = layer
+    bar = widget.scroll_area.verticalScrollBar()
+    bar.setValue(bar.maximum())
+
+
 PREPARE: dict[str, Callable[[Any, Any], None]] = {
     "Distance": prepare_distance,
     "Compare": prepare_compare,
@@ -229,6 +263,16 @@ def save_png(array: np.ndarray, path: Path, max_width: int = 1600, budget: int =
     return path.stat().st_size
 
 
+def save_shot(viewer: Any, name: str, note: str = "") -> Path:
+    """Let napari draw, save the window as ``docs/screenshots/<name>.png``, close it."""
+    settle(1.0)
+    path = OUT / f"{name}.png"
+    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
+    print(f"{path} ({size / 1024:.0f} KB){': ' + note if note else ''}")
+    viewer.close()
+    return path
+
+
 def new_viewer(dock: bool = False) -> Any:
     """A napari window with the sample case in an axial view (as the demo opens it)."""
     from napari_boundary_seg._demo import open_demo_viewer
@@ -240,19 +284,21 @@ def new_viewer(dock: bool = False) -> Any:
     return viewer
 
 
-def shoot_widget(name: str) -> Path:
-    """Screenshot of one widget doing its job."""
+def shoot_widget(name: str, prepare: Callable[[Any, Any], None] | None = None,
+                 file: str | None = None, dock_width: int | None = None) -> Path:  # fmt: skip
+    """Screenshot of one widget doing its job (``prepare``: another job than
+    its :data:`PREPARE`; ``file``: another name; ``dock_width``: in pixels)."""
+    from qtpy.QtCore import Qt
+
     viewer = new_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    if dock_width is not None:
+        viewer.window._qt_window.resizeDocks([dock], [dock_width], Qt.Orientation.Horizontal)
     settle()
-    if name in PREPARE:
-        PREPARE[name](viewer, widget)
-    settle(1.0)
-    path = OUT / f"{slug(name)}.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    prepare = prepare or PREPARE.get(name)
+    if prepare is not None:
+        prepare(viewer, widget)
+    return save_shot(viewer, file or slug(name), f"dock width {dock.width()} px")
 
 
 def shoot_overview(names: list[str]) -> Path:
@@ -263,12 +309,27 @@ def shoot_overview(names: list[str]) -> Path:
         settle()
     if names and names[0] in PREPARE:
         PREPARE[names[0]](viewer, viewer.window.dock_widgets[f"{names[0]} ({PLUGIN})"])
-    settle(1.0)
-    path = OUT / "overview.png"
-    size = save_png(viewer.screenshot(canvas_only=False, flash=False), path)
-    print(f"{path} ({size / 1024:.0f} KB)")
-    viewer.close()
-    return path
+    return save_shot(viewer, "overview")
+
+
+def shoot_starter() -> Path:
+    """Screenshot of the first click: the "Starter model" sample opened, Predict
+    docked and clicked with nothing chosen (the lesions shown as outlines)."""
+    import napari
+
+    from napari_boundary_seg._demo import axial_view
+
+    viewer = napari.Viewer(title="napari-boundary-seg starter model")
+    viewer.window._qt_window.resize(*WINDOW)
+    viewer.open_sample(PLUGIN, "starter_model")
+    axial_view(viewer, viewer.layers["lesions"])
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    settle()
+    widget.run_button.click()
+    wait_for(widget)
+    viewer.layers["lesions"].contour = 1
+    viewer.layers["FLAIR probability"].visible = False
+    return save_shot(viewer, "starter_model", widget.status.text())
 
 
 def main(argv: list[str]) -> int:
@@ -278,8 +339,12 @@ def main(argv: list[str]) -> int:
     chosen = [n for n in names if not argv or slug(n) in argv]
     for name in chosen:
         shoot_widget(name)
+    if not argv or "finetune_rounds" in argv:  # two rounds and the curve, in a narrow dock
+        shoot_widget("Finetune", prepare_finetune_rounds, "finetune_rounds", dock_width=340)
     if not argv or "overview" in argv:
         shoot_overview(names)
+    if not argv or "starter" in argv:
+        shoot_starter()
     return 0
 
 

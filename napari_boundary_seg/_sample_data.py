@@ -11,8 +11,16 @@ spacing as ``scale`` and its affine as ``translate``.
 
 Its Image layers name the starter model (a bioimage.io package shipped in
 ``napari_boundary_seg/models/``, built by ``benchmarks/starter_model.py``) in
-their metadata under :data:`MODEL_METADATA_KEY`, so that a Predict widget can
-offer it.
+their metadata under :data:`MODEL_METADATA_KEY`, so that the Predict and
+Finetune widgets take it when no model is chosen. The sample menu has two
+entries: the lesion case (:func:`make_lesion_sample`) and the starter model
+(:func:`make_starter_sample`: the same case, refused with a one-line error when
+the model is not built).
+
+Each entry has its own command, whose id is not ``<plugin>.<key>``: napari
+registers the menu item of sample ``key`` under that id, next to the manifest's
+commands, and an equal id that is not the entry's own command is a "Command
+already registered" error when napari starts.
 """
 
 from __future__ import annotations
@@ -95,6 +103,23 @@ def starter_model_path() -> Path | None:
     when it is not there (a checkout that has not built it)."""
     path = Path(__file__).resolve().parent / "models" / "starter_model.zip"
     return path if path.is_file() else None
+
+
+def make_starter_sample() -> list[LayerData]:
+    """npe2 sample-data command "Starter model": the lesion case whose Image layers
+    name the shipped starter model, so that Predict works on the first click.
+
+    Raises
+    ------
+    FileNotFoundError
+        The starter model is not in the package (a checkout that has not run
+        ``benchmarks/starter_model.py``).
+    """
+    if starter_model_path() is None:
+        raise FileNotFoundError(
+            "The starter model is not built: run 'python benchmarks/starter_model.py'"
+        )
+    return make_lesion_sample()
 
 
 def make_lesion_sample() -> list[LayerData]:

@@ -10,7 +10,11 @@ sided) and a seeded percentile-bootstrap 95 % confidence interval of their mean
 (better / worse for B, or no significant difference), never from a template.
 
 Pairs over seeds are not independent (the same case appears once per seed), so
-the p-values are optimistic; the module says so in the text it writes.
+the p-values of :func:`compare_arms` are optimistic; the module says so in the
+text it writes. :func:`compare_cases` pairs test cases only (each arm's metric
+averaged over its seeds), with a case-and-seed hierarchical bootstrap beside
+the case bootstrap, Cohen's d_z with a CI, and a note where Wilcoxon and the
+bootstrap CI disagree.
 """
 
 from __future__ import annotations
@@ -24,10 +28,15 @@ import numpy as np
 
 __all__ = [
     "COMPARED_METRICS",
+    "CasePairedComparison",
     "PairedComparison",
     "bootstrap_mean_ci",
+    "case_pairs",
     "compare_arms",
+    "compare_cases",
     "comparisons_markdown",
+    "effect_size_dz",
+    "hierarchical_bootstrap_ci",
     "paired_differences",
     "wilcoxon_p",
 ]
@@ -278,3 +287,216 @@ def comparisons_markdown(
             )
         lines.append(text)
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# independent pairs: test cases, each arm averaged over its seeds
+
+
+def case_pairs(
+    rows: Sequence[Mapping[str, Any]], a: str, b: str, metric: str
+) -> tuple[list[str], np.ndarray]:
+    """Per test case, the ``b - a`` differences of ``metric`` of each seed both arms
+    ran on it: ``(cases, diffs)`` with ``diffs`` of shape ``(n_cases, n_seeds)``
+    (NaN where a seed is missing or a value is not finite).
+
+    The mean over a row is the case's pair: the case's metric averaged over the
+    seeds in each arm. A case is one independent pair, never one per seed.
+    """
+    values: dict[str, dict[tuple[str, str], float]] = {a: {}, b: {}}
+    for row in rows:
+        arm = row.get("arm")
+        if arm in values:
+            key = (str(row["case"]), str(row["seed"]))
+            if key in values[arm]:
+                raise ValueError(f"arm {arm!r} has two rows for case {key[0]}, seed {key[1]}")
+            values[arm][key] = float(row[metric])
+    common = set(values[a]) & set(values[b])
+    cases = sorted({c for c, _ in common})
+    seeds = sorted({s for _, s in common}, key=lambda s: (len(s), s))
+    diffs = np.full((len(cases), len(seeds)), np.nan)
+    for i, case in enumerate(cases):
+        for j, seed in enumerate(seeds):
+            if (case, seed) in common:
+                d = values[b][(case, seed)] - values[a][(case, seed)]
+                diffs[i, j] = d if math.isfinite(d) else np.nan
+    keep = np.isfinite(diffs).any(axis=1)
+    return [c for c, k in zip(cases, keep, strict=True) if k], diffs[keep]
+
+
+def _row_means(diffs: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmean(r) for r in diffs]) if diffs.size else np.zeros(0)
+
+
+def hierarchical_bootstrap_ci(
+    diffs: np.ndarray, level: float = 0.95, n_resamples: int = 4999, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of the mean difference from a two-level bootstrap: test cases
+    drawn with replacement, then each drawn case's seeds with replacement
+    (``diffs``: ``(n_cases, n_seeds)`` as :func:`case_pairs` returns, NaN skipped)."""
+    rows = [r[np.isfinite(r)] for r in np.asarray(diffs, dtype=np.float64)]
+    rows = [r for r in rows if r.size]
+    if len(rows) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    n, m = len(rows), max(r.size for r in rows)
+    values = np.zeros((n, m))
+    counts = np.array([r.size for r in rows])
+    for i, r in enumerate(rows):
+        values[i, : r.size] = r
+    picked = rng.integers(0, n, size=(n_resamples, n))  # cases
+    c = counts[picked][..., None]  # (R, n, 1)
+    seeds = np.floor(rng.random((n_resamples, n, m)) * c).astype(np.int64)  # within each case
+    drawn = values[picked[..., None], seeds] * (np.arange(m) < c)
+    means = (drawn.sum(axis=2) / c[..., 0]).mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def effect_size_dz(d: np.ndarray) -> float:
+    """Cohen's d_z of paired differences: mean / standard deviation (NaN when the
+    deviation is 0 or there are fewer than 2)."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan
+    sd = float(d.std(ddof=1))
+    return float(d.mean() / sd) if sd > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class CasePairedComparison:
+    """``b - a`` of one metric over independent pairs: test cases, each arm's metric
+    averaged over seeds (:func:`case_pairs`).
+
+    Attributes
+    ----------
+    metric, title, higher_is_better, a, b
+        As in :class:`PairedComparison`.
+    n_cases, n_seeds
+        Pairs (cases) and the most seeds a case has.
+    mean_diff
+        Mean over cases of the seed-averaged differences.
+    ci_low, ci_high
+        Percentile-bootstrap 95 % CI of ``mean_diff`` over cases.
+    hier_low, hier_high
+        The case-and-seed (hierarchical) bootstrap's 95 % CI.
+    p_value
+        Two-sided Wilcoxon signed-rank p of the seed-averaged differences.
+    dz, dz_low, dz_high
+        Cohen's d_z of the seed-averaged differences with its bootstrap 95 % CI.
+    n_b_better, n_a_better
+        Cases where ``b`` (``a``) is better on average over seeds.
+    """
+
+    metric: str
+    title: str
+    higher_is_better: bool
+    a: str
+    b: str
+    n_cases: int
+    n_seeds: int
+    mean_diff: float
+    ci_low: float
+    ci_high: float
+    hier_low: float
+    hier_high: float
+    p_value: float
+    dz: float
+    dz_low: float
+    dz_high: float
+    n_b_better: int
+    n_a_better: int
+
+    def ci_excludes_zero(self) -> bool:
+        """True when the case bootstrap CI lies on one side of 0."""
+        return not math.isnan(self.ci_low) and (self.ci_low > 0 or self.ci_high < 0)
+
+    def disagreement(self, alpha: float = 0.05) -> str:
+        """A sentence when Wilcoxon and the bootstrap CI disagree, else ``""``."""
+        if self.n_cases < 2 or math.isnan(self.ci_low):
+            return ""
+        significant = not math.isnan(self.p_value) and self.p_value < alpha
+        if significant == self.ci_excludes_zero():
+            return ""
+        if not significant and self.n_cases < 6:
+            return (
+                f"the bootstrap CI excludes 0 but {self.n_cases} cases are too few for "
+                "Wilcoxon to reach p < 0.05 (it needs at least 6)"
+            )
+        if significant:
+            return (
+                f"Wilcoxon p = {self.p_value:.3g} but the bootstrap CI of the mean includes 0: "
+                "the cases shift one way while a few large ones pull the mean back"
+            )
+        return (
+            f"the bootstrap CI excludes 0 but Wilcoxon p = "
+            f"{'–' if math.isnan(self.p_value) else f'{self.p_value:.3g}'}: the mean is "
+            "carried by a few large differences, most cases differ little"
+        )
+
+    def verdict(self, alpha: float = 0.05) -> str:
+        """``better with B``, ``worse with B`` (both tests agree on it),
+        ``no significant difference`` or ``unclear`` (they disagree)."""
+        if self.n_cases < 2:
+            return "too few cases"
+        if self.disagreement(alpha):
+            return "unclear"
+        if not self.ci_excludes_zero():
+            return "no significant difference"
+        improves = (self.mean_diff > 0) == self.higher_is_better
+        return "better with B" if improves else "worse with B"
+
+
+def compare_cases(
+    rows: Sequence[Mapping[str, Any]],
+    a: str,
+    b: str,
+    metrics: Sequence[tuple[str, str, bool]] = COMPARED_METRICS,
+    *,
+    seed: int = 0,
+    n_resamples: int = 4999,
+) -> list[CasePairedComparison]:
+    """:class:`CasePairedComparison` of ``b - a`` for each metric."""
+    out = []
+    for metric, title, higher in metrics:
+        _, diffs = case_pairs(rows, a, b, metric)
+        d = _row_means(diffs)
+        low, high = bootstrap_mean_ci(d, seed=seed, n_resamples=n_resamples)
+        hlow, hhigh = hierarchical_bootstrap_ci(diffs, seed=seed, n_resamples=n_resamples)
+        dz = effect_size_dz(d)
+        dz_low = dz_high = math.nan
+        if d.size >= 3 and math.isfinite(dz):  # percentile bootstrap over cases
+            drawn = d[np.random.default_rng(seed).integers(0, d.size, (n_resamples, d.size))]
+            sd = drawn.std(axis=1, ddof=1)
+            with np.errstate(all="ignore"):
+                values = np.where(sd > 0, drawn.mean(axis=1) / sd, np.nan)
+            values = values[np.isfinite(values)]
+            if values.size:
+                dz_low, dz_high = (float(v) for v in np.percentile(values, [2.5, 97.5]))
+        sign = 1.0 if higher else -1.0
+        out.append(
+            CasePairedComparison(
+                metric=metric,
+                title=title,
+                higher_is_better=higher,
+                a=a,
+                b=b,
+                n_cases=int(d.size),
+                n_seeds=int(np.isfinite(diffs).sum(axis=1).max()) if d.size else 0,
+                mean_diff=float(d.mean()) if d.size else math.nan,
+                ci_low=low,
+                ci_high=high,
+                hier_low=hlow,
+                hier_high=hhigh,
+                p_value=wilcoxon_p(d),
+                dz=dz,
+                dz_low=dz_low,
+                dz_high=dz_high,
+                n_b_better=int(np.sum(sign * d > 0)),
+                n_a_better=int(np.sum(sign * d < 0)),
+            )
+        )
+    return out

@@ -162,6 +162,36 @@ def test_failed_export_leaves_no_file(exported, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_interrupted_overwrite_keeps_the_old_package_whole(exported, tmp_path, monkeypatch):
+    import bioimageio.spec
+
+    def interrupted(descr, output_path, **kwargs):
+        Path(output_path).write_bytes(b"PK half a zip")
+        raise KeyboardInterrupt
+
+    old = tmp_path / "m.zip"
+    old.write_bytes(exported["package"].read_bytes())
+    monkeypatch.setattr(bioimageio.spec, "save_bioimageio_package", interrupted)
+    args = ["export", str(exported["checkpoint"]), "--out", str(old), "--overwrite"]
+    assert main(args) == 130
+    assert list(tmp_path.iterdir()) == [old]
+    assert old.read_bytes() == exported["package"].read_bytes()
+
+
+def test_python_tags_in_the_description_are_not_run(exported, tmp_path):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(exported["package"]) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "rdf.yaml":
+                tag = f"name: !!python/object/apply:os.system ['touch {tmp_path}/pwned']\n"
+                data = tag.encode() + data
+            zout.writestr(item, data)
+    with pytest.raises(PackageError, match="rdf.yaml is not valid YAML"):
+        read_package(bad)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_missing_dependency_is_named(exported, tmp_path, monkeypatch, capsys):
     import sys
 
@@ -216,6 +246,51 @@ def test_a_3d_package_refuses_a_2d_scan_and_not_a_zip(exported, tmp_path):
     package = read_package(exported["package"])
     with pytest.raises(PackageError, match="inputs\\[0\\].axes channel"):
         package.check_fits(3, channels=1)
+
+
+def _as_3d(rdf):
+    """The 2D package described as a 3D one (its weights stay 2D: never loaded)."""
+    settings = rdf["config"]["napari_boundary_seg"]
+    settings.update(dims=3, patch_size=[8, 16, 16])
+    for kind in ("inputs", "outputs"):
+        rdf[kind][0]["axes"].insert(2, {"type": "space", "id": "z", "size": 8})
+
+
+def _weights_must_not_load(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("weights loaded before the checks")
+
+    monkeypatch.setattr(torch.jit, "load", fail)
+
+
+def test_input_axes_that_do_not_fit_are_refused_before_the_weights_load(
+    exported, tmp_path, monkeypatch, capsys
+):
+    from napari_boundary_seg._widgets._checkpoints import load_checked_checkpoint
+    from napari_boundary_seg.core.io import write_nifti
+
+    package3d = _rewrite(exported["package"], tmp_path / "m3d.zip", _as_3d)
+    assert read_package(package3d).dims == 3
+    scans = tmp_path / "scans2d"
+    scans.mkdir()
+    volume, _, affine = _case(exported["data"])
+    for channel in range(2):
+        write_nifti(scans / f"slice_{channel:04d}.nii.gz", volume[channel, :, :, 4], affine=affine)
+    _weights_must_not_load(monkeypatch)
+    out = tmp_path / "pred"
+    # the command line: a 3D package and a 2D scan; a 2-modality package and one modality
+    assert main(["predict", str(scans), "--model", str(package3d), "--out", str(out)]) == 2
+    assert "inputs[0].axes are 3D" in capsys.readouterr().err and not out.exists()
+    one = tmp_path / "one"
+    one.mkdir()
+    write_nifti(one / "case_0000.nii.gz", volume[0], affine=affine)
+    assert main(["predict", str(one), "--model", str(exported["package"]), "--out", str(out)]) == 2
+    assert "inputs[0].axes channel" in capsys.readouterr().err and not out.exists()
+    # the widgets (their worker's first step)
+    with pytest.raises(ValueError, match=r"inputs\[0\]\.axes are 3D"):
+        load_checked_checkpoint(package3d, 2, spatial_ndim=2)
+    with pytest.raises(ValueError, match=r"inputs\[0\]\.axes channel"):
+        load_checked_checkpoint(exported["package"], 1, spatial_ndim=3)
 
 
 def test_embedded_checkpoint_is_loaded_weights_only(exported, tmp_path):

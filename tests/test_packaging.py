@@ -73,3 +73,18 @@ def test_one_version_string():
 def test_data_and_runs_are_not_tracked():
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert "/data/" in ignored and "/runs/" in ignored
+
+
+def test_sample_menu_ids_are_not_command_ids():
+    """napari registers the menu item of sample ``key`` as command
+    ``<plugin>.<key>`` next to the manifest's commands: another command of that
+    id is a "Command already registered" error when napari starts, so no
+    command is named so."""
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    commands = {command.id for command in manifest.contributions.commands}
+    samples = manifest.contributions.sample_data
+    assert {s.key for s in samples} == {"lesion_case", "starter_model"}
+    for sample in samples:
+        assert sample.command in commands
+        assert f"{manifest.name}.{sample.key}" not in commands, sample.key

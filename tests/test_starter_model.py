@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 
 import numpy as np
+import pytest
 
 from napari_boundary_seg import _sample_data
 from napari_boundary_seg.core.model_package import read_package
@@ -19,7 +20,13 @@ def test_starter_model_is_a_package_that_says_it_is_synthetic():
     assert package.modalities == ["FLAIR", "T1"] and package.dims == 2
     assert "synthetic-data" in package.rdf["tags"]
     with zipfile.ZipFile(path) as z:
-        assert "Trained on synthetic data" in z.read("README.md").decode()
+        card = z.read("README.md").decode()
+    assert "Trained on synthetic data" in card
+    # what the card says of its training: data, loss and α, epochs and steps, lineage
+    for text in ("cases: 8 for training", "sites:", "voxel spacing", "α schedule as trained"):
+        assert text in card, text
+    for text in ("steps per epoch", "validation_curve.png", "## Lineage", "## Versions"):
+        assert text in card, text
 
 
 def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
@@ -40,3 +47,10 @@ def test_starter_sample_names_the_model_and_segments_the_case(plugin_cache):
     truth, found = labels > 0, predicted > 0
     dice = 2 * (truth & found).sum() / (truth.sum() + found.sum())
     assert dice > 0.5, dice
+
+
+def test_the_starter_sample_without_the_model_says_how_to_build_it(monkeypatch):
+
+    monkeypatch.setattr(_sample_data, "starter_model_path", lambda: None)
+    with pytest.raises(FileNotFoundError, match="benchmarks/starter_model.py"):
+        _sample_data.make_starter_sample()

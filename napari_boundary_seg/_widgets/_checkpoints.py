@@ -158,10 +158,13 @@ def finetune_checkpoint_path(path: str | Path) -> str:
         raise ValueError(f"Cannot fine-tune '{Path(checked).name}': {exc}") from exc
 
 
-def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
+def load_checked_checkpoint(
+    path: str | Path, n_channels: int | None, spatial_ndim: int | None = None
+) -> Any:
     """Load a checkpoint (or a model package: its TorchScript network and settings,
     :func:`core.model_package.open_model`) and check it fits ``n_channels`` input
-    modalities.
+    modalities; a package is checked against ``n_channels`` and ``spatial_ndim``
+    (its input axes) before its weights are loaded.
 
     Returns
     -------
@@ -174,10 +177,12 @@ def load_checked_checkpoint(path: str | Path, n_channels: int | None) -> Any:
         No path, a missing file, a file that is not a checkpoint of this plugin
         (corrupted, foreign), or a model for another channel count.
     """
-    from napari_boundary_seg.core.model_package import open_model
+    from napari_boundary_seg.core.model_package import is_model_package, open_model, read_package
 
     path = Path(check_checkpoint_path(path))
     try:
+        if spatial_ndim is not None and is_model_package(path):
+            read_package(path).check_fits(spatial_ndim, n_channels)
         loaded = open_model(path)
     except FileNotFoundError as exc:
         raise ValueError(f"Checkpoint file not found: '{path}'.") from exc

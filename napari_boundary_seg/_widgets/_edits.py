@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 META_KEY = "finetune"
 """Key of the links in ``layer.metadata``."""
 
-CHANGE_COLORS = {0: "transparent", 1: "#00e676", 2: "#ff1744", 3: "#ffd600", None: "transparent"}
+CHANGE_COLORS = {1: "#00e676", 2: "#ff1744", 3: "#ffd600"}
 """Changed-voxel layer: green gained, red lost, yellow other class."""
 
 

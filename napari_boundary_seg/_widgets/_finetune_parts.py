@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from napari_boundary_seg._widgets._checkpoints import NO_FOREGROUND
 from napari_boundary_seg._widgets._edits import CHANGE_COLORS
 from napari_boundary_seg._widgets._layers import (
+    fixed_label_colormap,
     labels_array,
     mark_output,
     notify_error,
@@ -174,12 +174,13 @@ class Gain:
         if new_labels is None:
             new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
         changes_name = f"{prefix} changes"
+        prediction_name = unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction")
         steps = layer_steps(  # a new prediction never replaces an earlier one
             self.viewer,
             "labels",
             new_labels,
             activate=False,
-            name=unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction"),
+            name=prediction_name,
             visible=False,
             metadata=mark_output("prediction", metadata),
             colormap=output_label_colormap("prediction"),
@@ -198,13 +199,14 @@ class Gain:
                 "labels",
                 evaluation["changes"],
                 name=changes_name,
-                colormap=DirectLabelColormap(color_dict=CHANGE_COLORS),
+                colormap=fixed_label_colormap(CHANGE_COLORS),
                 metadata=mark_output("changes", metadata),
                 **geometry,
             )
         # one step per event-loop turn: the window draws in between
         self.delivery.run(*steps)
         self.pending = (ft, evaluation)
+        self._add_round(ft, evaluation, prediction_name)
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(True)
         n = int((evaluation["changes"] > 0).sum())
@@ -242,6 +244,7 @@ class Gain:
             record_decision(ft.lineage_path, keep)
         except (OSError, ValueError) as exc:
             notify_error(exc)
+        self._round_decided(keep)
         if keep:
             self.link["checkpoint"] = ft.checkpoint
             self.checkpoint.setText(ft.checkpoint)

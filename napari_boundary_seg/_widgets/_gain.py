@@ -19,11 +19,11 @@ TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old (mm)", "HD95 new
 
 class GainTable(QTableWidget):
     """Two rows (corrected, untouched slices) of :data:`TABLE_COLUMNS`, with
-    two-line headers so that the columns fit a narrow dock."""
+    headers of a word a line so that the columns fit a narrow dock (300 px)."""
 
     def __init__(self) -> None:
         super().__init__(2, len(TABLE_COLUMNS))
-        self.setHorizontalHeaderLabels([c.replace(" ", "\n", 1) for c in TABLE_COLUMNS])
+        self.setHorizontalHeaderLabels([c.replace(" ", "\n") for c in TABLE_COLUMNS])
         tips = ("", "number of slices", "0-1", "0-1", "95th-percentile Hausdorff distance, mm")
         for c, tip in enumerate((*tips, tips[-1])):
             if tip:
@@ -36,7 +36,7 @@ class GainTable(QTableWidget):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setFixedHeight(2 * 22 + 44)
+        self.setFixedHeight(2 * 22 + 3 * self.fontMetrics().height() + 14)
 
     def fill(
         self,

@@ -77,7 +77,7 @@ def predict_job(
 
     if isinstance(checkpoint, str | Path):
         yield Progress(0, 0, "loading the checkpoint")
-        checkpoint = load_checked_checkpoint(checkpoint, images.shape[0])
+        checkpoint = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
     result = yield from iter_predict_volume(
         checkpoint, images, tuple(spacing), device=device, axis=axis, affine=affine
     )
@@ -229,7 +229,7 @@ def predict_for_correction(
     probability (*spatial) float32, labels (*spatial) int32, axis)``, the
     layers' data built here in the worker."""
     yield Progress(0, 0, "loading the checkpoint")
-    loaded = load_checked_checkpoint(checkpoint, images.shape[0])
+    loaded = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
     axis = checkpoint_axis(loaded[1], images.ndim - 1, affine, spacing)
     probs, labels = yield from predict_job(loaded, images, spacing, device, affine=affine)
     foreground, labels = prediction_outputs(probs, labels)
@@ -254,11 +254,13 @@ def finetune_job(
     made in the worker (:func:`finetune_layers_job`).
     Returns ``(FinetuneResult, evaluation or None)``; the evaluation of
     :func:`core.finetune.evaluate_finetune` gains ``untouched_truth`` (the
-    untouched row against ``truth``, None without one), ``foreground``
+    untouched row against ``truth``, None without one), ``round`` (the round's
+    point on the correction curve, :func:`core.rounds.round_point`), ``foreground``
     (:func:`foreground_flags` of the old and the new prediction) and the
     layers' data ``new_labels`` (int32).
     """
     from napari_boundary_seg.core.finetune import compare_models, evaluate_finetune, finetune
+    from napari_boundary_seg.core.rounds import round_point
 
     result = yield from finetune(
         checkpoint, images, labels, spacing, slices, control=control, affine=affine, **settings
@@ -280,6 +282,7 @@ def finetune_job(
     if truth is not None:
         against = compare_models(old, new, truth, spacing, taught, result.axis)
         evaluation["untouched_truth"] = against["untouched"]
+    evaluation["round"] = round_point(old, new, taught, result.axis, truth)
     evaluation["foreground"] = {
         "old": foreground_flags(old, taught, result.axis),
         "new": foreground_flags(new, taught, result.axis),

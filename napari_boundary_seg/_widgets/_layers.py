@@ -72,13 +72,33 @@ PREDICTION_COLORS = {1: "#e040fb", 2: "#40c4ff", 3: "#ffee58", 4: "#69f0ae", 5: 
 PREVIEW_COLORS = {1: "#00e5ff", 2: "#b2ff59", 3: "#ffd740", 4: "#ea80fc", 5: "#ff8a80"}
 
 
+def fixed_label_colormap(colors: Mapping[int, Any], default: Any = "transparent") -> Any:
+    """A Labels colormap that draws value ``k`` in ``colors[k]`` (0 transparent,
+    values without a colour in ``default``, uint8 values exactly).
+
+    It is napari's ``CyclicLabelColormap`` with the colours in value order (256 of
+    them when ``default`` is not transparent), not a ``DirectLabelColormap``:
+    where numba is installed, napari maps a direct colormap through a numba typed
+    dict that compiles in every new process, and the first such layer froze the
+    viewer for 2.5-3 s (a cyclic one maps with a modulo that numba caches on disk).
+    """
+    from napari.utils.colormaps import CyclicLabelColormap
+
+    size = max(colors) + 1
+    if default != "transparent":
+        size = max(size, 256)
+    table = [default] * size
+    table[0] = "transparent"
+    for value, color in colors.items():
+        table[int(value)] = color
+    return CyclicLabelColormap(colors=table, background_value=0)
+
+
 def output_label_colormap(kind: str = "prediction") -> Any:
     """The label colours of a ``"prediction"`` or ``"preview"`` Labels layer
     (:data:`PREDICTION_COLORS`, :data:`PREVIEW_COLORS`; grey beyond them)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
     colors = PREVIEW_COLORS if kind == "preview" else PREDICTION_COLORS
-    return DirectLabelColormap(color_dict={None: "#bdbdbd", 0: "transparent", **colors})
+    return fixed_label_colormap(colors, default="#bdbdbd")
 
 
 def output_kind(layer: Layer) -> str | None:

@@ -51,6 +51,8 @@ SCHEDULE_CHOICES = [
     ("paper (α − step per epoch)", "paper"),
     ("constant α", "constant"),
     ("reference code", "reference-code"),
+    ("warm start (GDL, then BL from the best)", "warm-start"),
+    ("hold α = 1 until out of the empty basin", "basin-hold"),
 ]
 #: The widget's labels of each schedule kind's parameters, in the order of its
 #: three α fields (a kind with fewer parameters hides the rest), and the
@@ -64,11 +66,15 @@ SCHEDULE_LABELS: dict[str, dict[str, str]] = {
         "step": "step / epoch",
         "region_floor": "GDL floor",
     },
+    "warm-start": {"patience": "patience (epochs)", "step": "step / epoch", "floor": "α floor"},
+    "basin-hold": {"threshold": "leave at val DSC", "step": "step / epoch", "floor": "α floor"},
 }
 _SCHEDULE_DEFAULTS = {
     "paper": {"start": 1.0, "step": 0.01, "floor": 0.01},
     "constant": {"alpha": 0.5},
     "reference-code": {"boundary_start": 0.01, "step": 0.01, "region_floor": 0.1},
+    "warm-start": {"patience": 5, "step": 0.01, "floor": 0.01},
+    "basin-hold": {"threshold": 0.1, "step": 0.01, "floor": 0.01},
 }
 
 
@@ -167,11 +173,11 @@ def planned_weights(
 ) -> list[tuple[float, float]]:
     """``(w_region, w_boundary)`` per planned epoch for ``loss`` and the schedule
     (``core.config.loss_weights``: only ``gdl+bl`` follows the schedule)."""
-    from napari_boundary_seg.core.config import LossKind, loss_weights
+    from napari_boundary_seg.core.config import loss_weights, uses_schedule
     from napari_boundary_seg.core.schedule import make_schedule
 
     epochs = max(int(epochs), 1)
-    if LossKind(loss) is not LossKind.GDL_BL:  # the schedule is not built (nor checked)
+    if not uses_schedule(loss):  # the schedule is not built (nor checked)
         return [loss_weights(loss, (1.0, 0.0))] * epochs
     return [loss_weights(loss, w) for w in make_schedule(kind, **params).curve(epochs)]
 
@@ -474,11 +480,16 @@ TRAIN_FIELDS: tuple[FieldSpec, ...] = (
         "schedule", str, "paper", "α schedule",
         "paper: α from its start, minus the step after each epoch, never below the "
         "floor (the default). constant: one α. reference code: the boundary weight "
-        "grows from its start by the step (no cap), the GDL weight floored.",
+        "grows from its start by the step (no cap), the GDL weight floored. warm start: "
+        "GDL alone until the validation DSC stops improving for 'patience' epochs, then "
+        "GDL + BL from the best weights, α falling by the step. hold: GDL alone until the "
+        "validation DSC reaches the threshold (out of the empty basin), then the same.",
         choices=SCHEDULE_CHOICES, section="schedule",
     ),
     FieldSpec(
-        "alpha_start", float, 1.0, "α start", bounds=(0.0, 1.0), step=0.05, decimals=3,
+        # up to 100: the warm start's patience (epochs) takes this box; the
+        # schedule checks each kind's own bounds
+        "alpha_start", float, 1.0, "α start", bounds=(0.0, 100.0), step=0.05, decimals=3,
         section="schedule", preset=True,
     ),
     FieldSpec(

@@ -1,5 +1,6 @@
 """The plots of the widgets: one matplotlib canvas (:class:`PlotCanvas`; the
-planned α weights, :class:`AlphaPlot`) and the live curves of a run, small line
+planned α weights, :class:`AlphaPlot`; the fine-tune rounds,
+:class:`RoundsPlot`) and the live curves of a run, small line
 charts painted with QPainter and redrawn by a timer (:class:`LineChart`,
 :class:`TrainingCurves`, :class:`FinetuneCurves`).
 
@@ -22,6 +23,7 @@ __all__ = [
     "FinetuneCurves",
     "LineChart",
     "PlotCanvas",
+    "RoundsPlot",
     "TrainingCurves",
 ]
 
@@ -137,6 +139,67 @@ class AlphaPlot(PlotCanvas):
         self.axes.set_xlim(1, max(len(weights), 2))
         self.axes.set_ylim(-0.03 * top, 1.05 * top)
         self.draw_now()
+
+
+#: The colour of each measure of the rounds curve (``core.rounds``).
+ROUND_COLOURS = {"reference": "#81c784", "agreement": "#4fc3f7"}
+ROUND_LABELS = {"reference": "DSC vs reference", "agreement": "agreement with previous round"}
+#: The marker face of a round by its state (else filled with its colour).
+_ROUND_FACES = {"pending": "white", "discarded": "none", "undone": "none"}
+
+
+class RoundsPlot(PlotCanvas):
+    """The correction curve: one point per fine-tune round, the slices taught
+    (x) against a DSC (y, 0-1) on the untouched slices, by measure
+    (:data:`ROUND_COLOURS`). Kept rounds (and the start) are joined by a line;
+    a round waiting for a decision is filled white, a discarded one hollow, an
+    undone one a cross; each is numbered."""
+
+    def __init__(self) -> None:
+        super().__init__(150, margins=(0.15, 0.97, 0.27, 0.86))
+        self.points: list[tuple[str, float, float, str, int]] = []
+        self._lay_out()  # no draw: the canvas draws when first shown
+
+    def set_points(self, points: Sequence[tuple[str, float, float, str, int]]) -> None:
+        """``(measure, x, y, state, round)`` per point (``core.rounds.Rounds.curve``)."""
+        self.points = list(points)
+        self._lay_out()
+        self.draw_now()
+
+    def _lay_out(self) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        ax = self.axes
+        ax.clear()
+        _style_axes(ax, "each fine-tune round")
+        ax.set_xlabel("slices taught (corrected + checked)", fontsize=7, color=_FG, labelpad=1)
+        ax.set_ylabel("DSC (0–1)", fontsize=7, color=_FG, labelpad=1)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        shown = [p for p in self.points if math.isfinite(p[2])]
+        if not shown:
+            ax.text(0.5, 0.5, "no round yet", ha="center", va="center", color="#888888",
+                    fontsize=7, transform=ax.transAxes)  # fmt: skip
+        for measure, colour in ROUND_COLOURS.items():
+            mine = [p for p in shown if p[0] == measure]
+            if not mine:
+                continue
+            path = [p for p in mine if p[3] in ("start", "kept", "pending")]
+            ax.plot([p[1] for p in path], [p[2] for p in path], color=colour, lw=1.2,
+                    label=ROUND_LABELS[measure])  # fmt: skip
+            for _, x, y, state, index in mine:
+                face = _ROUND_FACES.get(state, colour)
+                marker = "x" if state == "undone" else "o"
+                ax.plot([x], [y], marker=marker, ms=4, mec=colour, mfc=face, lw=0)
+                if index:  # dropped rounds numbered below, the others above
+                    below = state in ("discarded", "undone")
+                    ax.annotate(str(index), (x, y), xytext=(0, -9 if below else 4),
+                                textcoords="offset points", ha="center", fontsize=6,
+                                color=_FG)  # fmt: skip
+        xs = [p[1] for p in shown] or [0.0]
+        ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5 if len(xs) > 1 else min(xs) + 1.5)
+        ax.set_ylim(-0.03, 1.12)
+        if shown:
+            ax.legend(fontsize=6, loc="best", facecolor=_DARK, labelcolor=_FG, frameon=False)
 
 
 class LineChart(QWidget):
@@ -421,7 +484,7 @@ class FinetuneCurves(QWidget):
 
         self.loss_chart = LineChart("total loss")
         self.loss_chart.setToolTip(TOTAL_LOSS_HELP)
-        self.boundary_chart = LineChart("boundary term: distance (mm)")
+        self.boundary_chart = LineChart("boundary term (mm)")  # fits a 300 px dock
         self.boundary_chart.setToolTip(BOUNDARY_HELP)
         self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
         self.alpha_chart.y_ticks = (1.0, 0.0)

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -54,6 +53,7 @@ from napari_boundary_seg._widgets._fields import (
 )
 from napari_boundary_seg._widgets._layers import (
     check_same_shape,
+    fixed_label_colormap,
     format_number,
     geometry_kwargs,
     is_segmentation_labels,
@@ -359,9 +359,7 @@ class CompareWidget(RunsWork, QWidget):
                     self.viewer.layers[name].data = outcome
 
             return [fill, update]
-        colormap = DirectLabelColormap(
-            color_dict={None: "transparent", 0: "transparent", **OUTCOME_COLORS}
-        )
+        colormap = fixed_label_colormap(OUTCOME_COLORS)
         return [
             fill,
             *layer_steps(

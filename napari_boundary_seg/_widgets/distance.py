@@ -42,6 +42,7 @@ from napari_boundary_seg._widgets._fields import (
     scroll_layout,
 )
 from napari_boundary_seg._widgets._layers import (
+    fixed_label_colormap,
     geometry_kwargs,
     is_segmentation_labels,
     labels_array,
@@ -349,15 +350,19 @@ class DistanceMapWidget(RunsWork, QWidget):
                 **geometry,
             )
 
-            def show_colorbar() -> (
-                None
-            ):  # napari's layer colorbar overlay (0.6+), a turn of its own
+            # napari's colorbar overlay and the unit beside it, a turn each: the
+            # first paint of a text visual renders its glyphs (vispy, on the CPU)
+            def show_colorbar() -> None:
                 layer = self.phi_layer
                 if layer is not None and hasattr(layer, "colorbar"):
                     layer.colorbar.visible = True
+
+            def show_unit() -> None:
+                layer = self.phi_layer
+                if layer is not None and hasattr(layer, "colorbar"):
                     self._show_unit(layer)
 
-            steps.append(show_colorbar)
+            steps += [show_colorbar, show_unit]
 
         def boundary_added(layer: Any) -> None:
             self.boundary_layer = layer
@@ -371,8 +376,6 @@ class DistanceMapWidget(RunsWork, QWidget):
 
             steps.append(update_boundary)
         else:
-            from napari.utils.colormaps import DirectLabelColormap
-
             in_3d = self.viewer.dims.ndisplay == 3
             colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
             steps += layer_steps(
@@ -382,9 +385,7 @@ class DistanceMapWidget(RunsWork, QWidget):
                 done=boundary_added,
                 activate=False,
                 name=bname,
-                colormap=DirectLabelColormap(
-                    color_dict={None: "transparent", 0: "transparent", **colors}
-                ),
+                colormap=fixed_label_colormap(colors),
                 opacity=1.0,
                 metadata=mark_output("boundary", metadata),
                 **geometry,
@@ -429,16 +430,12 @@ class DistanceMapWidget(RunsWork, QWidget):
 
     def _on_ndisplay(self, *_: Any) -> None:
         """3D view: ∂G as a surface, φ hidden; back in 2D: the outline, φ shown again."""
-        from napari.utils.colormaps import DirectLabelColormap
-
         phi, blayer = self.phi_layer, self.boundary_layer
         layers = self.viewer.layers
         in_3d = self.viewer.dims.ndisplay == 3
         if blayer is not None and blayer in layers:
             colors = BOUNDARY_COLORS_3D if in_3d else BOUNDARY_COLORS_2D
-            blayer.colormap = DirectLabelColormap(
-                color_dict={None: "transparent", 0: "transparent", **colors}
-            )
+            blayer.colormap = fixed_label_colormap(colors)
         if phi is None or phi not in layers:
             return
         if in_3d and phi.visible:

@@ -28,12 +28,18 @@
    survives a failure or a stop.
 4. **See the gain**: a table of DSC and HD95 of the old and the new model:
    on the corrected slices against the corrections; on the untouched slices
-   against a ground-truth layer when one is chosen, else "n/a" (there the
+   against the reference (ground-truth) layer when one is chosen, else "n/a" (there the
    corrections are the old prediction, so the old model would score 1.000 by
    construction). An HD95 of a group with no foreground predicted shows "—"
    (with a tooltip), not an image diagonal. A layer of the voxels whose
    prediction changed, and Keep / Discard (both checkpoints stay on disk with
    their ``lineage.json``; Discard goes on with the parent).
+5. **Rounds**: each fine-tune that ran to its end adds a point to a small
+   curve (``_rounds.py``): the slices taught against the DSC on the untouched
+   slices against the reference labels, or, with no reference, the agreement
+   with the previous round's prediction (:mod:`napari_boundary_seg.core.rounds`).
+   "Undo round" makes the checkpoint active before the last kept round active
+   again; the lineage notes it and nothing is deleted.
 
 The form scrolls (it fits a 1366×768 screen); the fine-tuning settings but
 the epochs fold away ("Advanced settings"); progress with elapsed and
@@ -112,6 +118,7 @@ from napari_boundary_seg._widgets._layers import (
 from napari_boundary_seg._widgets._logic import check_device
 from napari_boundary_seg._widgets._plots import FinetuneCurves
 from napari_boundary_seg._widgets._progress import ProgressPanel
+from napari_boundary_seg._widgets._rounds import RoundsPart
 from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
 from napari_boundary_seg._widgets._sections import ModelInputs
 from napari_boundary_seg.core.config import FinetuneConfig
@@ -130,7 +137,7 @@ __all__ = ["EditTracker", "FinetuneWidget", "atom_slices", "finetune_job"]
 REDRAW_MS = 400
 
 
-class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
+class FinetuneWidget(Corrections, Gain, RoundsPart, RunsWork, QWidget):
     """Dock widget of the predict → correct → fine-tune loop (see the module docstring)."""
 
     TABLE_COLUMNS = ("slices", "n", "DSC old", "DSC new", "HD95 old (mm)", "HD95 new (mm)")
@@ -221,7 +228,17 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
         )
         self.advanced = collapsible("Advanced settings", advanced)
         self.progress = ProgressPanel(self)
-        form3 = Form([("Epochs", self.epochs), (None, self.advanced)])
+        self.truth_combo = LayerCombo(
+            napari_viewer, (Labels,), allow_none=True, accept=is_segmentation_labels
+        )
+        self.truth_combo.setToolTip(
+            "Reference labels (ground truth) for the untouched slices: their row of the "
+            "gain table and the rounds curve. (none): the row is n/a (there the corrections "
+            "are the old prediction) and the curve shows agreement with the previous round."
+        )
+        form3 = Form(
+            [("Epochs", self.epochs), ("Reference", self.truth_combo), (None, self.advanced)]
+        )
         form3.add_row(button_row(self.finetune_button, self.stop_button, stretch=(1, 0)))
         form3.add(self.progress, None)
         form3.add(self.curves, None)
@@ -235,24 +252,15 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
         self.discard_button.clicked.connect(lambda: self.decide(False))
         for b in (self.keep_button, self.discard_button):
             b.setEnabled(False)
-        self.truth_combo = LayerCombo(
-            napari_viewer, (Labels,), allow_none=True, accept=is_segmentation_labels
-        )
-        self.truth_combo.setToolTip(
-            "Reference labels for the untouched slices (without one their row is n/a: "
-            "there the corrections are the old prediction)"
-        )
         box4 = group_box(
             "4. Gain",
-            QLabel("Ground truth for the untouched slices (optional):"),
-            self.truth_combo,
             self.table,
             button_row(self.keep_button, self.discard_button),
         )
 
         self.status = note_label("")
         layout = scroll_layout(self)
-        for w in (box1, box2, box3, box4, self.status):
+        for w in (box1, box2, box3, box4, self._rounds_box(), self.status):
             layout.addWidget(w)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
@@ -292,6 +300,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
         if self.busy:
             notify_error("a prediction or fine-tune is already running")
             return None
+        self.inputs.take_layer_model()  # the model the layers name, if none is chosen
         try:
             path = finetune_checkpoint_path(self.checkpoint.text())
             stack = images_from_layers(self.images.selected_layers())
@@ -425,6 +434,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
         self.tracker = EditTracker(layer, axis, self._update_edited)
         self.checkpoint.setText(str(checkpoint))
         self._update_edited()
+        self._reset_rounds(str(checkpoint))
 
     # -- 3. fine-tune -----------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
@@ -469,7 +479,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
             checked = self.checked_slices(labels)
             settings = {**self.settings(), "verified_slices": tuple(checked)}
             checkpoint = check_checkpoint_path(self.link["checkpoint"])
-            truth = self._truth(labels.shape)
+            truth = self._reference(labels.shape)
         except (ValueError, TypeError) as exc:
             notify_error(exc)
             return None
@@ -508,24 +518,6 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
             self._on_finetuned,
             control=control,
         )
-
-    def _truth(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        """A copy of the chosen ground truth (None when "(none)"), checked against ``shape``."""
-        layer = self.truth_combo.layer()
-        if layer is None:
-            return None
-        if layer is self.layer:
-            raise ValueError(
-                f"'{layer.name}' is the layer being corrected, not a ground truth: "
-                "choose another layer or (none)."
-            )
-        truth = np.array(labels_array(layer), copy=True)
-        if truth.shape != tuple(shape):
-            raise ValueError(
-                f"Shapes do not match: ground truth '{layer.name}' is {truth.shape}, "
-                f"the corrections {tuple(shape)}."
-            )
-        return truth
 
     def stop(self) -> None:
         """Ask the fine-tune to stop at its next step (the parent stays the model)."""
@@ -573,6 +565,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
         (napari's window close then stops a fine-tune at its next step, which
         saves last.pt, instead of dropping it mid-run)."""
         self._returned = on_returned
+        self.undo_button.setEnabled(False)
         stoppable = control is not None
         self.stop_button.setEnabled(stoppable)
         what = "Fine-tuning" if stoppable else "Predicting"
@@ -584,6 +577,7 @@ class FinetuneWidget(Corrections, Gain, RunsWork, QWidget):
 
     def _on_finished(self) -> None:
         self.stop_button.setEnabled(False)
+        self._refresh_rounds()
         # the curves' last state: drawn by the redraw timer, in a turn of its own
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt naming

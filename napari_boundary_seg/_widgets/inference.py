@@ -28,7 +28,6 @@ from napari_boundary_seg._widgets._checkpoints import (  # noqa: F401 - the modu
     check_checkpoint_channels,
     check_checkpoint_path,
     checkpoint_in_channels,
-    layer_model,
     load_checked_checkpoint,
     modalities_of,
     prediction_layer_kwargs,
@@ -170,8 +169,7 @@ class InferenceWidget(RunsWork, QWidget):
         layers = self.images.selected_layers()
         stack = images_from_layers(layers)
         device = check_device(self.device.device())
-        if not self.checkpoint.text() and layer_model(layers):  # the sample's starter model
-            self.checkpoint.setText(layer_model(layers))
+        self.inputs.take_layer_model()  # the model the layers name, if none is chosen
         checkpoint = check_checkpoint_path(self.checkpoint.text())
         return checkpoint, stack_for_checkpoint(stack, modalities_of(checkpoint)), device
 

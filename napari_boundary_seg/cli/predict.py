@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +67,23 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the options and every case, then predict them; the exit code."""
+    import functools
+
     from napari_boundary_seg.core.checkpoint import load_checkpoint
     from napari_boundary_seg.core.io import check_not_input, ensure_writable_dir, fit_name
 
     check_option(args.batch_size, "--batch-size", 1)
     check_device(args.device)
-    package = None
+    package = fits = None
     if args.model is not None:
         from napari_boundary_seg.core.model_package import read_package
 
-        package = read_package(args.model)  # checked before anything is read or run
-        model, checkpoint = package.predictor()
+        package = read_package(args.model)  # checked; its weights load after the cases
+        checkpoint, in_channels = dict(package.inference_checkpoint), package.in_channels
         args.checkpoint = args.model
     else:
         model, checkpoint = load_checkpoint(args.checkpoint)
+        in_channels = model.in_channels
     cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out} is a file, not a folder")
@@ -99,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     # every case is checked before anything is written
     checked = None
     for case, paths in cases:
-        checked = _read_case(
-            case, paths, model.in_channels, args.checkpoint, args.allow_affine_mismatch
-        )
         if package is not None:
-            package.check_fits(checked[0].data.ndim, len(paths), f"case {case}")
+            fits = functools.partial(package.check_fits, what=f"case {case}")
+        checked = _read_case(
+            case, paths, in_channels, args.checkpoint, args.allow_affine_mismatch, fits=fits
+        )
+    if package is not None:
+        model, checkpoint = package.predictor()
     set_threads(args, "predict")
     with NewFolders(args.out):
         ensure_writable_dir(args.out)
@@ -167,15 +172,20 @@ def _read_case(
     checkpoint: Path,
     allow_affine: bool,
     check_affines: bool = True,
+    fits: Callable[[int, int], None] | None = None,
 ) -> list[Any]:
     """Read and check the modality files of one case (count, finite values, shapes,
-    dimensions and, with ``check_affines``, affines); returns the volumes."""
+    dimensions and, with ``check_affines``, affines); returns the volumes.
+    ``fits(spatial_ndim, modalities)``, when given, checks the case against a
+    model package's input axes first."""
     from napari_boundary_seg.core.io import check_finite, read_nifti
 
     volumes = [read_nifti(p, as_labels=False) for p in paths]
     ref = volumes[0]
     if ref.data.ndim not in (2, 3):
         raise CommandError(f"{paths[0]}: expected a 2D or 3D image, got shape {ref.data.shape}")
+    if fits is not None:
+        fits(ref.data.ndim, len(paths))
     for path, vol in zip(paths, volumes, strict=True):
         check_finite(vol.data, path)
     for path, vol in zip(paths[1:], volumes[1:], strict=True):

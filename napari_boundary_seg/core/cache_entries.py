@@ -47,7 +47,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from napari_boundary_seg.core.cases import check_training_labels, load_case
-from napari_boundary_seg.core.distance import class_distance_maps
+from napari_boundary_seg.core.distance import class_distance_maps, phi_maps
 from napari_boundary_seg.core.io import OutputError, _is_out_of_space, atomic_path
 from napari_boundary_seg.core.preprocess import (
     PreprocessConfig,
@@ -366,15 +366,18 @@ def _volume_arrays(
 
 
 def _slice_arrays(
-    case: Any, num_classes: int, preprocess: PreprocessConfig, distance: str
+    case: Any,
+    num_classes: int,
+    preprocess: PreprocessConfig,
+    distance: str,
+    phi_units: str = "mm",
+    empty_slices: str = "distance",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A case's :class:`SliceEntry` arrays and meta."""
     check_training_labels(case, num_classes)
     prep = preprocess_case(case, preprocess)
     label_dtype = np.uint8 if num_classes <= 256 else np.int64
-    maps = class_distance_maps(
-        prep.labels, num_classes, spacing=prep.spacing, axis=None if distance == "3d" else 0
-    )
+    maps = phi_maps(prep.labels, num_classes, prep.spacing, distance, phi_units, empty_slices)
     dist = np.ascontiguousarray(np.swapaxes(np.asarray(maps, dtype=np.float32), 0, 1))
     del maps
     arrays = {
@@ -482,6 +485,8 @@ def iter_cache_slices(
     num_classes: int,
     preprocess: PreprocessConfig,
     distance: str = "3d",
+    phi_units: str = "mm",
+    empty_slices: str = "distance",
 ) -> Generator[Progress, None, list[SliceEntry]]:
     """Prepare cases as 2D slices into the cache, one at a time; returns their entries.
 
@@ -490,7 +495,8 @@ def iter_cache_slices(
     and distance maps), written once per case and settings (``skip_empty_slices``
     is applied by :class:`~napari_boundary_seg.core.patches.DiskSliceDataset`,
     not here). Arguments as for :func:`iter_cache_cases`, with the whole
-    ``preprocess`` and the ``distance`` mode (``"3d"`` or ``"2d"``).
+    ``preprocess``, the ``distance`` mode (``"3d"`` or ``"2d"``) and the φ rules
+    (:func:`~napari_boundary_seg.core.distance.phi_maps`).
     """
     if distance not in ("3d", "2d"):
         raise ValueError(f"distance must be '3d' or '2d', got {distance!r}")
@@ -507,6 +513,8 @@ def iter_cache_slices(
     }
     if getattr(preprocess, "crop", False):
         settings["crop"] = True
+    if phi_units != "mm" or empty_slices != "distance":  # only then: older keys stay
+        settings.update(phi_units=phi_units, empty_slices=empty_slices)
     if preprocess.normalize != "minmax" or preprocess.canonical or preprocess.slice_spacing:
         settings.update(  # only then: the paper's keys stay the same
             normalize=preprocess.normalize,
@@ -517,7 +525,7 @@ def iter_cache_slices(
         )
 
     def prepare(case: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return _slice_arrays(case, num_classes, preprocess, distance)
+        return _slice_arrays(case, num_classes, preprocess, distance, phi_units, empty_slices)
 
     return (
         yield from _iter_cache(

@@ -236,10 +236,13 @@ LEGACY_CONFIG = {
     "slice_spacing": None,
     "crop_to_head": False,
     "steps_per_epoch": None,
+    "phi_units": "mm",
+    "empty_slice_phi": "distance",
 }
 """What a checkpoint written before these settings existed was trained with: min–max
 scaling, slices in stored voxel order, no resampling, 3D epochs of one tiling of
-the training volumes (so it also resumes as it trained)."""
+the training volumes (so it also resumes as it trained), φ in mm with its values
+on slices without foreground."""
 
 
 def checkpoint_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

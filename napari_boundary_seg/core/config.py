@@ -40,6 +40,9 @@ __all__ = [
     "DEFAULT_PATCH_SIZE",
     "DEVICE_KINDS",
     "DISTANCE_MODES",
+    "EMPTY_SLICE_PHI",
+    "PHI_CLIP_MM",
+    "PHI_UNITS",
     "NORMALIZE_MODES",
     "PRECISIONS",
     "SLICE_PLANES",
@@ -53,6 +56,7 @@ __all__ = [
     "form_options",
     "loss_weights",
     "parse_plane",
+    "uses_schedule",
     "parse_slice_spacing",
     "setting",
     "settings",
@@ -67,6 +71,19 @@ PRECISIONS = ("32", "bf16", "16-mixed")
 
 DISTANCE_MODES = ("3d", "2d")
 """``3d``: φ of whole volumes with their spacing, then cut; ``2d``: φ per slice."""
+
+PHI_UNITS = ("mm", "voxels", "clipped")
+"""Units of the φ the trainer uses (:func:`~napari_boundary_seg.core.distance.phi_maps`): ``mm`` (physical units with
+the spacing), ``voxels`` (the spacing taken as 1, the reference code's), ``clipped``
+(mm clipped to ±:data:`PHI_CLIP_MM`, divided by it: values in [-1, 1])."""
+
+PHI_CLIP_MM = 20.0
+"""The clip of ``phi_units="clipped"``, in mm (10 voxels of the 2 mm benchmark)."""
+
+EMPTY_SLICE_PHI = ("distance", "zero")
+"""φ of a 2D training slice without foreground: ``distance`` (as computed: with 3D
+φ, the distance to the lesions of other slices), ``zero`` (all zeros, the reference
+code's rule for slices without foreground: no boundary term there)."""
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 """Device names understood by :func:`~napari_boundary_seg.core.device.resolve_device`
@@ -92,6 +109,9 @@ class LossKind(StrEnum):
     """Cross-entropy alone."""
     DICE = "dice"
     """Soft Dice loss (mean over classes) alone."""
+    GDL_MONAI_BL = "gdl+monai-bl"
+    """As ``gdl+bl`` with MONAI's ``BoundaryLoss`` (its φ per batch item, in voxels)
+    for the boundary term: the study's peer arm; needs MONAI >= 1.6."""
 
 
 def loss_weights(
@@ -99,19 +119,35 @@ def loss_weights(
 ) -> tuple[float, float]:
     """The ``(w_region, w_boundary)`` that a loss kind applies at an epoch.
 
-    ``gdl+bl`` follows its schedule (``schedule_weights``, the schedule's value at
+    ``gdl+bl`` (and ``gdl+monai-bl``) follows its schedule (``schedule_weights``, the schedule's value at
     the epoch); ``bl`` is the boundary loss alone, ``(0, 1)``; every other kind is
     its regional loss alone, ``(1, 0)``. The one rule of the trainer, the loss
     function, the widgets' weight plot and the study.
     """
     kind = LossKind(loss)
-    if kind is LossKind.GDL_BL:
+    if uses_schedule(kind):
         if len(schedule_weights) != 2:
             raise ValueError(f"weights must be (w_region, w_boundary), got {schedule_weights!r}")
         return float(schedule_weights[0]), float(schedule_weights[1])
     if kind is LossKind.BL:
         return 0.0, 1.0
     return 1.0, 0.0
+
+
+def _monai_boundary_loss() -> bool:
+    """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("monai.losses.boundary_loss") is not None
+    except ImportError:  # no monai at all
+        return False
+
+
+def uses_schedule(loss: LossKind | str) -> bool:
+    """True for the loss kinds whose weights follow the alpha schedule
+    (``gdl+bl`` and ``gdl+monai-bl``)."""
+    return LossKind(loss) in (LossKind.GDL_BL, LossKind.GDL_MONAI_BL)
 
 
 def boundary_only_from_start(loss: LossKind | str, schedule: Mapping[str, Any] | Schedule) -> bool:
@@ -370,6 +406,22 @@ class TrainConfig:
         section="advanced",
         same_on_resume=True,
     )
+    phi_units: str = setting(
+        "mm",
+        help="units of φ: mm with the spacing, voxels (the reference code's), or clipped "
+        "(mm clipped to ±20 and divided by 20); 2D slices",
+        choices=PHI_UNITS,
+        section="advanced",
+        same_on_resume=True,
+    )
+    empty_slice_phi: str = setting(
+        "distance",
+        help="φ of 2D slices without foreground: distance (as computed) or zero (the "
+        "reference code's: no boundary term on them)",
+        choices=EMPTY_SLICE_PHI,
+        section="advanced",
+        same_on_resume=True,
+    )
     val_fraction: float = setting(
         0.2,
         help="validation fraction of cases",
@@ -520,6 +572,11 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.loss {self.loss!r} is not one of {[k.value for k in LossKind]}"
             ) from err
+        if self.loss is LossKind.GDL_MONAI_BL and not _monai_boundary_loss():
+            raise ValueError(
+                "TrainConfig.loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): "
+                "pip install -U monai, or choose the loss 'gdl+bl'"
+            )
         if isinstance(self.schedule, Schedule):
             set_(self, "schedule", self.schedule.to_dict())
         if not isinstance(self.schedule, Mapping):
@@ -554,6 +611,12 @@ class TrainConfig:
             set_(self, "patch_size", _check_patch_size(self.patch_size, "TrainConfig.patch_size"))
         elif self.dims == 3:
             set_(self, "patch_size", DEFAULT_PATCH_SIZE)
+        if self.dims == 3 and (self.phi_units != "mm" or self.empty_slice_phi != "distance"):
+            raise ValueError(
+                f"TrainConfig: phi_units={self.phi_units!r} and empty_slice_phi="
+                f"{self.empty_slice_phi!r} apply to 2D slices; 3D patches use φ in mm "
+                "(phi_units='mm', empty_slice_phi='distance')"
+            )
         if self.init_checkpoint is not None and self.resume_from is not None:
             raise ValueError(
                 "TrainConfig: give init_checkpoint (fine-tune) or resume_from (resume), not both"

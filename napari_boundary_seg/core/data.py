@@ -246,6 +246,8 @@ def _iter_build(
     distance: str,
     cache_dir: str | os.PathLike | None,
     cache: DistanceCache | None,
+    phi_units: str = "mm",
+    empty_slices: str = "distance",
 ) -> Generator[Progress, None, _Built]:
     if distance not in _DISTANCE_MODES:
         raise ValueError(f"distance must be one of {_DISTANCE_MODES}, got {distance!r}")
@@ -302,7 +304,15 @@ def _iter_build(
     case_spacing = tuple(p.spacing for p in prepared)
     start = 0
     for i, (case, prep, kept) in enumerate(zip(cases, prepared, keep, strict=True)):
-        maps = cache.get(prep.labels, num_classes, prep.spacing, distance)  # (C, D, H, W)
+        maps = _distance.phi_maps(  # (C, D, H, W)
+            prep.labels,
+            num_classes,
+            prep.spacing,
+            distance,
+            phi_units,
+            empty_slices,
+            compute=cache.get,
+        )
         idx = np.flatnonzero(kept)
         stop = start + idx.size
         images[start:stop] = torch.from_numpy(prep.images[idx])
@@ -351,6 +361,10 @@ class SliceDataset(Dataset):
         Folder of the on-disk distance map cache, or ``None``.
     cache
         A :class:`DistanceCache` to share between builds (takes ``cache_dir``'s place).
+    phi_units, empty_slices
+        The units rule and the empty-slice rule of φ
+        (:func:`~napari_boundary_seg.core.distance.phi_maps`; ``mm`` and
+        ``distance`` by default).
 
     Attributes
     ----------
@@ -378,8 +392,15 @@ class SliceDataset(Dataset):
         distance: str = "3d",
         cache_dir: str | os.PathLike | None = None,
         cache: DistanceCache | None = None,
+        *,
+        phi_units: str = "mm",
+        empty_slices: str = "distance",
     ) -> None:
-        built = run_to_end(_iter_build(cases, num_classes, preprocess, distance, cache_dir, cache))
+        built = run_to_end(
+            _iter_build(
+                cases, num_classes, preprocess, distance, cache_dir, cache, phi_units, empty_slices
+            )
+        )
         self._assign(built)
 
     def _assign(self, built: _Built) -> None:
@@ -444,11 +465,16 @@ def iter_build_dataset(
     distance: str = "3d",
     cache_dir: str | os.PathLike | None = None,
     cache: DistanceCache | None = None,
+    *,
+    phi_units: str = "mm",
+    empty_slices: str = "distance",
 ) -> Generator[Progress, None, SliceDataset]:
     """Build a :class:`SliceDataset`, yielding ``Progress`` (one step per case).
 
     Returns the data set (napari's ``thread_worker`` emits it as ``returned``).
     Arguments as for :class:`SliceDataset`.
     """
-    built = yield from _iter_build(cases, num_classes, preprocess, distance, cache_dir, cache)
+    built = yield from _iter_build(
+        cases, num_classes, preprocess, distance, cache_dir, cache, phi_units, empty_slices
+    )
     return SliceDataset._from_built(built)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from napari_boundary_seg.core.config import EMPTY_SLICE_PHI, PHI_CLIP_MM, PHI_UNITS
 from napari_boundary_seg.core.progress import Progress, blocking
 from napari_boundary_seg.core.validate import check_int
 
@@ -379,3 +380,45 @@ def _iter_class_maps(
 
 
 class_distance_maps = blocking(iter_class_distance_maps)
+
+
+def phi_maps(
+    labels: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float],
+    distance: str = "3d",
+    units: str = "mm",
+    empty_slices: str = "distance",
+    *,
+    compute: Any = None,
+) -> np.ndarray:
+    """The φ of a prepared stack of slices ``labels (D, H, W)`` (slices along axis 0)
+    under a units rule and an empty-slice rule: ``(C, D, H, W)`` float32.
+
+    ``distance``: ``"3d"`` (one map of the stack with ``spacing``) or ``"2d"`` (a
+    map per slice); ``units``: one of :data:`PHI_UNITS`; ``empty_slices``: one of
+    :data:`EMPTY_SLICE_PHI` (the foreground is every class but 0). ``compute``
+    replaces :func:`class_distance_maps` as ``compute(labels, num_classes,
+    spacing, distance)`` (a cache); the rules are applied to a copy of its maps.
+    """
+    if units not in PHI_UNITS:
+        raise ValueError(f"phi units must be one of {PHI_UNITS}, got {units!r}")
+    if empty_slices not in EMPTY_SLICE_PHI:
+        raise ValueError(f"empty-slice φ must be one of {EMPTY_SLICE_PHI}, got {empty_slices!r}")
+    used = (1.0,) * len(spacing) if units == "voxels" else tuple(float(s) for s in spacing)
+    if compute is None:
+        maps = class_distance_maps(
+            labels, num_classes, spacing=used, axis=None if distance == "3d" else 0
+        )
+    else:
+        maps = compute(labels, num_classes, used, distance)
+    if units == "mm" and empty_slices == "distance":
+        return maps
+    maps = np.array(maps, dtype=np.float32, copy=True)
+    if units == "clipped":
+        np.clip(maps, -PHI_CLIP_MM, PHI_CLIP_MM, out=maps)
+        maps /= PHI_CLIP_MM
+    if empty_slices == "zero":
+        empty = ~np.asarray(labels).reshape(len(labels), -1).any(axis=1)
+        maps[:, empty] = 0.0
+    return maps

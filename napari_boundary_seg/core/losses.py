@@ -67,6 +67,7 @@ __all__ = [
     "cross_entropy",
     "combined_loss",
     "loss_for_kind",
+    "monai_available",
     "BoundaryLoss",
     "GeneralizedDiceLoss",
     "DiceLoss",
@@ -693,13 +694,21 @@ def combined_loss(
                 probs, dist_maps, boundary_classes, validate=False, mask=mask
             )
 
+    return _weighted(w_region, region_value, w_boundary, boundary_value)
+
+
+def _weighted(
+    w_region: float, region: torch.Tensor, w_boundary: float, boundary: torch.Tensor
+) -> LossParts:
+    """``LossParts`` with ``total = w_region * region + w_boundary * boundary``, a
+    term of weight 0 left out (its value may be NaN)."""
     if w_boundary == 0:
-        total = w_region * region_value
+        total = w_region * region
     elif w_region == 0:
-        total = w_boundary * boundary_value
+        total = w_boundary * boundary
     else:
-        total = w_region * region_value + w_boundary * boundary_value
-    return LossParts(total, region_value, boundary_value)
+        total = w_region * region + w_boundary * boundary
+    return LossParts(total, region, boundary)
 
 
 def loss_for_kind(
@@ -719,6 +728,8 @@ def loss_for_kind(
     - ``gdl+bl``: total = ``weights[0] * GDL + weights[1] * BL``.
     - ``ce``: total = CE; the boundary part is reported without a graph.
     - ``dice``: total = soft Dice loss; the boundary part is reported without a graph.
+    - ``gdl+monai-bl``: as ``gdl+bl`` with MONAI's ``BoundaryLoss`` (foreground
+      classes, φ of each batch item in voxels; ``dist_maps`` unused), the peer arm.
 
     Parameters
     ----------
@@ -746,6 +757,8 @@ def loss_for_kind(
             f"unknown loss kind {kind!r}; choose one of {[k.value for k in LossKind]}"
         ) from err
     w_region, w_boundary = loss_weights(kind, weights)
+    if kind is LossKind.GDL_MONAI_BL:
+        return _gdl_monai_boundary(probs, target_onehot, w_region, w_boundary, validate, mask)
     region = "gdl" if kind in (LossKind.GDL_BL, LossKind.BL) else kind.value
     return combined_loss(
         probs,
@@ -757,6 +770,45 @@ def loss_for_kind(
         validate=validate,
         mask=mask,
     )
+
+
+MONAI_MISSING = (
+    "loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): pip install -U monai, "
+    "or choose the loss 'gdl+bl'"
+)
+"""The message of the ``gdl+monai-bl`` loss without MONAI installed."""
+
+
+def monai_available() -> bool:
+    """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
+    from napari_boundary_seg.core.config import _monai_boundary_loss
+
+    return _monai_boundary_loss()
+
+
+def _gdl_monai_boundary(
+    probs: torch.Tensor,
+    target_onehot: torch.Tensor,
+    w_region: float,
+    w_boundary: float,
+    validate: bool,
+    mask: torch.Tensor | None,
+) -> LossParts:
+    """``w_region * GDL + w_boundary * MONAI BoundaryLoss`` (the peer arm): MONAI
+    builds φ from the batch's one-hot target, per item and class, in voxels
+    (``EDT(outside)`` outside, ``-(EDT(inside) - 1)`` inside), and averages
+    ``probs * φ`` over voxels, foreground classes and items."""
+    if mask is not None:
+        raise ValueError("loss 'gdl+monai-bl' takes no mask of verified voxels (a fine-tune's)")
+    try:
+        from monai.losses import BoundaryLoss as MonaiBoundaryLoss
+    except ImportError:
+        raise ModuleNotFoundError(MONAI_MISSING) from None
+    parts = combined_loss(probs, target_onehot, None, 1.0, 0.0, "gdl", validate=validate)
+    region_value = parts.region
+    with torch.set_grad_enabled(torch.is_grad_enabled() and w_boundary != 0):
+        boundary_value = MonaiBoundaryLoss(include_background=False)(probs, target_onehot)
+    return _weighted(w_region, region_value, w_boundary, boundary_value)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,22 @@ Kinds (:class:`ScheduleKind`):
   ``region_floor = 0.1``, ``boundary_start = 0.01``.
 - ``"list"``: ``alphas[e]``, a user-given alpha per epoch; the last value is held
   after the end of the list.
+- ``"warm-start"`` (adaptive): ``alpha = 1`` (the regional loss alone) until the
+  validation DSC has not improved for ``patience`` epochs, then the trainer
+  goes on from the best checkpoint so far with the paper's decay
+  ``alpha = max(floor, 1 - step * (e - switch + 1))`` (train Dice, then fine-tune
+  with the boundary loss).
+- ``"basin-hold"`` (adaptive): ``alpha = 1`` until the validation DSC first
+  reaches ``threshold`` (the run has left the empty-prediction basin), then the
+  paper's decay from that epoch.
+
+The adaptive kinds (:class:`AdaptiveSchedule`) read the validation DSC of the
+epochs done: the trainer calls :meth:`Schedule.at` with that history (the other
+kinds ignore it), and :meth:`AdaptiveSchedule.switch_epoch` names the epoch the
+boundary term starts; it depends on the history alone, so a resumed run
+switches where the uninterrupted one would. Without the history
+(:meth:`Schedule.weights`, the planned curve of a form's plot) they assume the
+earliest switch their rule allows.
 
 Values are rounded to 12 decimals so that ``1 - 0.01 * 3`` reads ``0.97`` in logs
 and plots (a change below 1e-12).
@@ -30,7 +46,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -45,6 +61,9 @@ __all__ = [
     "ConstantSchedule",
     "ReferenceCodeSchedule",
     "ListSchedule",
+    "AdaptiveSchedule",
+    "WarmStartSchedule",
+    "BasinHoldSchedule",
     "SCHEDULE_CLASSES",
     "make_schedule",
     "schedule_from_dict",
@@ -60,6 +79,8 @@ class ScheduleKind(StrEnum):
     CONSTANT = "constant"
     REFERENCE_CODE = "reference-code"
     LIST = "list"
+    WARM_START = "warm-start"
+    BASIN_HOLD = "basin-hold"
 
 
 def _clean(value: float) -> float:
@@ -107,6 +128,15 @@ class Schedule:
         raise NotImplementedError
 
     def __call__(self, epoch: int) -> tuple[float, float]:
+        return self.weights(epoch)
+
+    #: True for the kinds that read the validation DSC (:class:`AdaptiveSchedule`).
+    uses_validation: ClassVar[bool] = False
+
+    def at(self, epoch: int, val_dice: Sequence[float] = ()) -> tuple[float, float]:
+        """``(w_region, w_boundary)`` at ``epoch`` given the validation DSC of the
+        epochs before it (``val_dice[i]``: epoch ``i``); the trainer's call. Only
+        the adaptive kinds read ``val_dice``."""
         return self.weights(epoch)
 
     def curve(self, n_epochs: int) -> list[tuple[float, float]]:
@@ -243,11 +273,146 @@ class ListSchedule(Schedule):
         return _clean(alpha), _clean(1.0 - alpha)
 
 
+def _decay_after(epoch: int, switch: int | None, step: float, floor: float) -> tuple[float, float]:
+    """``(alpha, 1 - alpha)``: 1 before ``switch`` (or without one), then
+    ``max(floor, 1 - step * (epoch - switch + 1))`` (the boundary term is on
+    from the switch epoch)."""
+    if switch is None or epoch < switch:
+        return 1.0, 0.0
+    alpha = _clean(max(floor, 1.0 - step * (epoch - switch + 1)))
+    return alpha, _clean(1.0 - alpha)
+
+
+@dataclass(frozen=True)
+class AdaptiveSchedule(Schedule):
+    """A schedule whose boundary term starts at an epoch the validation DSC decides.
+
+    Before :meth:`switch_epoch` the weights are ``(1, 0)`` (the regional loss
+    alone), from it the paper's decay ``alpha = max(floor, 1 - step * (e - switch + 1))``.
+    Subclasses define :meth:`switch_epoch` and :meth:`earliest_switch`.
+    """
+
+    uses_validation: ClassVar[bool] = True
+    #: True when the run goes on from its best checkpoint at the switch.
+    restarts_from_best: ClassVar[bool] = False
+    step: float = setting(
+        0.01,
+        help="α drop per epoch after the switch",
+        bounds=(0, None),
+        step=0.01,
+        section="schedule",
+    )
+    floor: float = setting(
+        0.01, help="lowest α after the switch", bounds=(0, 1), step=0.01, section="schedule"
+    )
+
+    def _check_decay(self) -> None:
+        object.__setattr__(self, "step", _non_negative(self.step, "step"))
+        object.__setattr__(self, "floor", _unit_interval(self.floor, "floor"))
+
+    def switch_epoch(self, val_dice: Sequence[float]) -> int | None:
+        """The first epoch with the boundary term, from the validation DSC of the
+        epochs done (``None``: not yet)."""
+        raise NotImplementedError
+
+    def earliest_switch(self) -> int:
+        """The earliest epoch the rule can switch at (the planned curve's)."""
+        raise NotImplementedError
+
+    def weights(self, epoch: int) -> tuple[float, float]:
+        """The planned weights: the switch at :meth:`earliest_switch`."""
+        return _decay_after(_epoch(epoch), self.earliest_switch(), self.step, self.floor)
+
+    def at(self, epoch: int, val_dice: Sequence[float] = ()) -> tuple[float, float]:
+        e = _epoch(epoch)
+        return _decay_after(e, self.switch_epoch(list(val_dice)[:e]), self.step, self.floor)
+
+
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) if math.isfinite(float(v)) else -math.inf for v in values]
+
+
+@dataclass(frozen=True)
+class WarmStartSchedule(AdaptiveSchedule):
+    """The regional loss alone until the validation DSC stops improving, then GDL + BL
+    from the best checkpoint so far.
+
+    The switch is the first epoch ``e`` at which the best validation DSC of
+    epochs ``0 .. e-1`` is ``patience`` or more epochs old; the trainer then
+    loads the best weights (:attr:`restarts_from_best`) and ``alpha`` decays as
+    the paper's, by ``step`` per epoch from the switch epoch on.
+    """
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.WARM_START
+    restarts_from_best: ClassVar[bool] = True
+    patience: int = setting(
+        5,
+        help="epochs without a better validation DSC before the boundary term starts",
+        bounds=(1, None),
+        step=1,
+        section="schedule",
+    )
+
+    def __post_init__(self) -> None:
+        value = self.patience
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a form's number box gives floats
+        object.__setattr__(self, "patience", check_int(value, "patience", 1))
+        self._check_decay()
+
+    def switch_epoch(self, val_dice: Sequence[float]) -> int | None:
+        values = _finite(val_dice)
+        best_at, best = None, -math.inf
+        for e, value in enumerate(values):
+            if best_at is None or value > best:
+                best_at, best = e, value
+            if best_at is not None and e - best_at >= self.patience:
+                return e + 1
+        return None
+
+    def earliest_switch(self) -> int:
+        return self.patience + 1
+
+
+@dataclass(frozen=True)
+class BasinHoldSchedule(AdaptiveSchedule):
+    """``alpha = 1`` until the validation DSC reaches ``threshold`` (the run has left
+    the empty-prediction basin), then the paper's decay from the next epoch."""
+
+    kind: ClassVar[ScheduleKind] = ScheduleKind.BASIN_HOLD
+    threshold: float = setting(
+        0.1,
+        help="validation DSC that ends the hold (out of the empty basin)",
+        bounds=(0, 1),
+        open=(True, False),
+        step=0.05,
+        section="schedule",
+    )
+
+    def __post_init__(self) -> None:
+        threshold = _unit_interval(self.threshold, "threshold")
+        if threshold == 0:
+            raise ValueError("threshold must be above 0 (0 would not hold at all)")
+        object.__setattr__(self, "threshold", threshold)
+        self._check_decay()
+
+    def switch_epoch(self, val_dice: Sequence[float]) -> int | None:
+        for e, value in enumerate(_finite(val_dice)):
+            if value >= self.threshold:
+                return e + 1
+        return None
+
+    def earliest_switch(self) -> int:
+        return 1
+
+
 SCHEDULE_CLASSES: dict[ScheduleKind, type[Schedule]] = {
     ScheduleKind.PAPER: PaperSchedule,
     ScheduleKind.CONSTANT: ConstantSchedule,
     ScheduleKind.REFERENCE_CODE: ReferenceCodeSchedule,
     ScheduleKind.LIST: ListSchedule,
+    ScheduleKind.WARM_START: WarmStartSchedule,
+    ScheduleKind.BASIN_HOLD: BasinHoldSchedule,
 }
 """The class of each kind; its fields are the kind's parameters."""
 _KINDS = SCHEDULE_CLASSES
@@ -261,7 +426,9 @@ def make_schedule(kind: ScheduleKind | str = ScheduleKind.PAPER, **params: Any) 
     kind
         ``"paper"`` (params ``start``, ``step``, ``floor``), ``"constant"``
         (``alpha``), ``"reference-code"`` (``step``, ``region_floor``,
-        ``boundary_start``) or ``"list"`` (``alphas``).
+        ``boundary_start``), ``"list"`` (``alphas``), ``"warm-start"``
+        (``step``, ``floor``, ``patience``) or ``"basin-hold"`` (``step``,
+        ``floor``, ``threshold``).
     **params
         The kind's parameters; omitted ones take their defaults.
 

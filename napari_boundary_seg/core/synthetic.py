@@ -86,6 +86,7 @@ from napari_boundary_seg.core.synthetic_wmh import (
     _block_mean,  # noqa: F401 (tests read it from here)
     load_wmh_anatomy,
     make_wmh_case,
+    wmh_load_config,
 )
 from napari_boundary_seg.core.validate import check_int
 
@@ -110,6 +111,7 @@ __all__ = [
     "load_wmh_anatomy",
     "make_case",
     "make_wmh_case",
+    "wmh_load_config",
     "mni_template_paths",
     "read_sites",
     "write_benchmark",
@@ -252,7 +254,7 @@ def _iter_write_wmh(
     meta_path = _prepare_out(out, names, overwrite)
     anatomies: dict[str, Anatomy] = {}
     written: list[Path] = []
-    fractions, loads, sites = [], [], []
+    fractions, loads, sites, brain_shares = [], [], [], []
     for i, name in enumerate(names):
         site = config.site_of(i)
         if site.name not in anatomies:
@@ -262,6 +264,10 @@ def _iter_write_wmh(
         written += _write_case(out, name, case, overwrite)
         fractions.append(float(case.labels.mean()))
         loads.append(float(case.labels.sum()) * float(np.prod(case.spacing)) / 1000.0)
+        if config.load_share is not None:  # the brain of the site's (undeformed) anatomy
+            ref = anatomies[site.name]
+            brain_ml = float((ref.gm + ref.wm).sum()) * float(np.prod(ref.spacing)) / 1000.0
+            brain_shares.append(loads[-1] / brain_ml)
         sites.append(site.name)
         yield Progress(i + 1, n_cases + 1, f"wrote {name} (site {site.name})")
     meta = _dataset_meta(
@@ -282,6 +288,7 @@ def _iter_write_wmh(
             "config": config.to_dict(),
             "foreground_fraction": fractions,
             "lesion_ml": loads,
+            **({"brain_share": brain_shares} if brain_shares else {}),
         }
     )
     written.append(write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n"))

@@ -68,8 +68,10 @@ __all__ = [
     "WMH_SITES",
     "SiteConfig",
     "WMHConfig",
+    "LOAD_SPREAD",
     "load_wmh_anatomy",
     "make_wmh_case",
+    "wmh_load_config",
 ]
 
 
@@ -204,6 +206,14 @@ class WMHConfig:
         Probability that a case has a flow (CSF inflow/pulsation) artefact:
         bright spots in the ventricles and a faint ghost of the head shifted
         along the phase-encoding axis in a slab of slices.
+    load_share
+        ``None`` (the default: ``load_ml`` applies), or ``(low, high)``: the
+        total lesion volume per case as a share of the case's brain (grey plus
+        white matter of its deformed anatomy), log-uniform, in place of
+        ``load_ml``: the lesion-load axis of the regimes map
+        (:func:`wmh_load_config`). The rest of the preset is unchanged, so at
+        lower loads the punctate lesions (``punctate_voxels``) make up more of
+        the lesions.
     """
 
     sites: tuple[SiteConfig, ...] = WMH_SITES
@@ -224,6 +234,7 @@ class WMHConfig:
     mimic_contrast: tuple[float, float] = (1.25, 1.8)
     ventricle_lining: tuple[float, float] = (1.1, 1.35)
     flow_artefact: float = 0.5
+    load_share: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.sites:
@@ -248,6 +259,13 @@ class WMHConfig:
         a, b = self.periventricular_share
         if not 0 <= a <= b <= 1:
             raise ValueError(f"WMHConfig.periventricular_share must be in [0, 1], got {(a, b)}")
+        if self.load_share is not None:
+            lo, hi = (float(v) for v in self.load_share)
+            if not 0 < lo <= hi < 0.5:
+                raise ValueError(
+                    f"WMHConfig.load_share must satisfy 0 < low <= high < 0.5, got {self.load_share}"
+                )
+            object.__setattr__(self, "load_share", (lo, hi))
         if not 0 <= self.flow_artefact <= 1:
             raise ValueError(
                 f"WMHConfig.flow_artefact must be a probability, got {self.flow_artefact}"
@@ -276,7 +294,24 @@ class WMHConfig:
         """JSON-compatible dict (recorded in ``dataset.json``)."""
         out = dataclasses.asdict(self)
         out["sites"] = [dataclasses.asdict(s) for s in self.sites]
+        if self.load_share is None:
+            del out["load_share"]  # the preset's record without a load axis
         return json.loads(json.dumps(out))
+
+
+LOAD_SPREAD = 1.25
+"""A load of the regimes map spans ``share / LOAD_SPREAD .. share * LOAD_SPREAD``."""
+
+
+def wmh_load_config(share: float, config: WMHConfig | None = None) -> WMHConfig:
+    """The ``wmh`` preset at one lesion load: ``share`` (a fraction, 0.03 for 3 %)
+    of each case's brain, log-uniform within a factor :data:`LOAD_SPREAD`; the
+    rest of ``config`` (default ``WMHConfig()``) is kept."""
+    share = float(share)
+    if not 0 < share * LOAD_SPREAD < 0.5:
+        raise ValueError(f"a lesion load must be a share of the brain in (0, 0.4), got {share}")
+    base = config if config is not None else WMHConfig()
+    return dataclasses.replace(base, load_share=(share / LOAD_SPREAD, share * LOAD_SPREAD))
 
 
 def load_wmh_anatomy(
@@ -354,6 +389,9 @@ def make_wmh_case(
 
     # --- the lesion load and its parts ---------------------------------------------
     lo, hi = config.load_ml
+    if config.load_share is not None:  # a share of this case's brain (grey + white matter)
+        brain_ml = float((gm + wm).sum()) * fine_ml
+        lo, hi = (share * brain_ml for share in config.load_share)
     load_ml = math.exp(rng.uniform(math.log(lo), math.log(hi)))
     load_ml = min(load_ml, 0.5 * float(wm_core.sum()) * fine_ml)
     pv_share = rng.uniform(*config.periventricular_share)

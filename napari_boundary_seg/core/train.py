@@ -77,6 +77,7 @@ from napari_boundary_seg.core.config import (
     boundary_only_from_start,
     loss_weights,
     settings,
+    uses_schedule,
 )
 from napari_boundary_seg.core.device import resolve_device
 from napari_boundary_seg.core.events import (  # the event protocol, re-exported here
@@ -600,6 +601,12 @@ class _Run:
             logger.info(note)
             yield InfoEvent(note, device=str(device))
         self.schedule = schedule_from_dict(config.schedule)
+        if self.schedule.uses_validation and uses_schedule(config.loss) and not self.has_val:
+            raise ValueError(
+                f"the {self.schedule.kind.value} schedule follows the validation DSC, and this "
+                "run has no validation cases: give some (val_fraction > 0) or another schedule"
+            )
+        self.best_state: dict[str, torch.Tensor] | None = None
         if boundary_only_from_start(config.loss, self.schedule):
             warning = (
                 "warning: the boundary loss alone from the first epoch collapses to an empty "
@@ -703,9 +710,15 @@ class _Run:
         """Step 4, an epoch's training steps (pause and stop honoured before each);
         returns the :class:`DoneEvent` of a run that ends here (stop, non-finite loss)."""
         config, ctx, device = self.config, self.ctx, self.device
-        w_region, w_boundary = effective_weights(config.loss, self.schedule(epoch))
-        self.weights = (w_region, w_boundary)
+        val_dice = [float(row.get("val_dice", math.nan)) for row in self.history]
+        w_region, w_boundary = effective_weights(config.loss, self.schedule.at(epoch, val_dice))
         start_step = self.start_step if epoch == self.start_epoch else 0
+        if start_step == 0 and self._switches_to_best(epoch, val_dice):
+            yield InfoEvent(
+                f"epoch {epoch + 1}: the boundary term starts from the best weights so far",
+                device=str(device),
+            )
+        self.weights = (w_region, w_boundary)
         if epoch != self.start_epoch:
             self.partial = _new_partial()
         partial, spe = self.partial, self.steps_per_epoch
@@ -774,6 +787,26 @@ class _Run:
             )
         return None
 
+    def _switches_to_best(self, epoch: int, val_dice: Sequence[float]) -> bool:
+        """At the switch epoch of a schedule that restarts from the best checkpoint
+        (the warm start): load the best weights so far (kept in memory, or
+        ``best.pt`` after a resume) and clear the optimizer's moments; True when done."""
+        schedule = self.schedule
+        if not getattr(schedule, "restarts_from_best", False) or not uses_schedule(
+            self.config.loss
+        ):
+            return False
+        if schedule.switch_epoch(val_dice[:epoch]) != epoch:
+            return False
+        state = self.best_state
+        if state is None and self.best_path is not None and self.best_path.exists():
+            state = read_checkpoint(self.best_path)["model_state"]
+        if state is None:
+            return False
+        self.model.load_state_dict(state)
+        self.optimizer.state.clear()
+        return True
+
     def validate(self, epoch: int) -> EpochEvent:
         """Step 5, the epoch's end: validation, the lr plateau (which also names the
         best epoch) and the epoch's event."""
@@ -807,6 +840,10 @@ class _Run:
         """Step 6, the epoch's files: the history row, ``last.pt`` (and ``best.pt``
         on a new best), the ``metrics.csv`` row."""
         self.history.append(event.as_row())
+        if event.is_best and getattr(self.schedule, "restarts_from_best", False):
+            self.best_state = {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            }
         if self.out_dir is None:
             return
         state = self.checkpoint(event.epoch + 1, 0, {})

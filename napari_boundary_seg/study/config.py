@@ -28,6 +28,9 @@ __all__ = [
     "CALIBRATION_BAR",
     "COMPARISONS",
     "MAIN_ARMS",
+    "BASIN_DSC",
+    "CONSTANT_ALPHA",
+    "REGIME_ARMS",
     "RUN_FIELDS",
     "SIZE_BINS_VOXELS",
     "STUDY_TRAIN",
@@ -59,6 +62,9 @@ class StudyArm:
     distance
         ``"3d"``: φ of the whole volume with its spacing, sliced (the default);
         ``"2d"``: φ per 2D slice (the ablation).
+    phi_units, empty_slices
+        The units rule and the empty-slice rule of φ (``TrainConfig.phi_units``,
+        ``TrainConfig.empty_slice_phi``).
     """
 
     key: str
@@ -66,6 +72,13 @@ class StudyArm:
     loss: LossKind
     schedule: str | None = None
     distance: str = "3d"
+    phi_units: str = "mm"
+    empty_slices: str = "distance"
+
+    @property
+    def phi(self) -> tuple[str, str, str]:
+        """``(distance, phi_units, empty_slices)``: arms with the same φ share a data set."""
+        return (self.distance, self.phi_units, self.empty_slices)
 
 
 ARMS: tuple[StudyArm, ...] = (
@@ -75,8 +88,60 @@ ARMS: tuple[StudyArm, ...] = (
     StudyArm("bl", "BL alone", LossKind.BL),
     StudyArm("ce", "CE", LossKind.CE),
     StudyArm("gdl-bl-paper-2d", "GDL+BL (paper α, 2D φ)", LossKind.GDL_BL, "paper", "2d"),
+    # the regimes map (opt-in): how the boundary term enters, φ's units, a peer arm
+    StudyArm("gdl-bl-warm", "GDL+BL (warm start)", LossKind.GDL_BL, "warm-start"),
+    StudyArm("gdl-bl-hold", "GDL+BL (α = 1 until out of the basin)", LossKind.GDL_BL, "basin-hold"),
+    StudyArm("gdl-bl-const", "GDL+BL (constant α = 0.9)", LossKind.GDL_BL, "constant"),
+    StudyArm(
+        "gdl-bl-paper-vox",
+        "GDL+BL (paper α, φ in voxels)",
+        LossKind.GDL_BL,
+        "paper",
+        "3d",
+        "voxels",
+    ),
+    StudyArm(
+        "gdl-bl-paper-clip",
+        "GDL+BL (paper α, φ clipped)",
+        LossKind.GDL_BL,
+        "paper",
+        "3d",
+        "clipped",
+    ),
+    StudyArm(
+        "gdl-bl-paper-zero",
+        "GDL+BL (paper α, φ 0 on empty slices)",
+        LossKind.GDL_BL,
+        "paper",
+        "3d",
+        "mm",
+        "zero",
+    ),
+    StudyArm("gdl-monai-bl", "GDL+MONAI BL (paper α)", LossKind.GDL_MONAI_BL, "paper"),
 )
-"""The study's arms, in table order; the last is the 2D-φ ablation (not run by default)."""
+"""The study's arms, in table order; the 2D-φ ablation and the regimes map's arms
+(:data:`REGIME_ARMS`) are not run by default."""
+
+REGIME_ARMS: tuple[str, ...] = (
+    "gdl",
+    "gdl-bl-paper",
+    "gdl-bl-refcode",
+    "gdl-bl-warm",
+    "gdl-bl-hold",
+    "gdl-bl-const",
+    "gdl-bl-paper-vox",
+    "gdl-bl-paper-clip",
+    "gdl-bl-paper-zero",
+    "gdl-monai-bl",
+)
+"""The arms of the regimes map: GDL and every way of adding a boundary term."""
+
+CONSTANT_ALPHA = 0.9
+"""α of the ``gdl-bl-const`` arm: a small constant boundary weight, 0.1."""
+
+BASIN_DSC = 0.1
+"""A run whose validation DSC is below this is in the empty-prediction basin (the
+``gdl-bl-hold`` arm's threshold and the basin figure's rule)."""
 
 MAIN_ARMS: tuple[str, ...] = ("gdl", "gdl-bl-paper", "gdl-bl-refcode", "bl", "ce")
 """The default arms: the paper's comparison (the ablation arm is opt-in)."""
@@ -85,6 +150,12 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("gdl", "gdl-bl-paper", "GDL+BL vs GDL"),
     ("gdl", "gdl-bl-refcode", "GDL+BL vs GDL"),
     ("gdl-bl-paper", "gdl-bl-paper-2d", "Ablation, φ per 2D slice vs 3D φ with spacing"),
+    *(
+        ("gdl", key, "GDL+BL vs GDL")
+        for key in REGIME_ARMS
+        if key not in ("gdl", "gdl-bl-paper", "gdl-bl-refcode")
+    ),
+    ("gdl-bl-paper", "gdl-monai-bl", "Peer arm, MONAI's BoundaryLoss vs this project's φ"),
 )
 """Paired comparisons ``(a, b, heading)`` reported as ``b - a`` when both arms ran."""
 
@@ -137,7 +208,10 @@ def arm_schedule(arm: StudyArm, epochs: int, floor: float = 0.01) -> dict[str, A
 
     The paper: ``step = 0.01`` per epoch over 100 epochs, ``alpha(99) = 0.01``.
     Here ``step = (1 - floor) / (epochs - 1)`` (``1 - floor`` for one epoch).
-    The reference-code schedule takes the same step.
+    The reference-code and the basin-hold schedules take the same step (the hold
+    at :data:`BASIN_DSC`); the warm start waits ``max(2, epochs // 8)`` epochs
+    without a better validation DSC and reaches the floor ``epochs // 2`` epochs
+    after its switch; the constant arm is :data:`CONSTANT_ALPHA`.
 
     Returns
     -------
@@ -148,6 +222,19 @@ def arm_schedule(arm: StudyArm, epochs: int, floor: float = 0.01) -> dict[str, A
     step = (1.0 - floor) / max(epochs - 1, 1)
     if arm.schedule == "reference-code":
         return {"kind": "reference-code", "step": step, "region_floor": 0.1, "boundary_start": 0.01}
+    if arm.schedule == "warm-start":  # the switch comes late: the floor within half the budget
+        half = max(epochs // 2, 1)
+        patience = max(2, epochs // 8)
+        return {
+            "kind": "warm-start",
+            "patience": patience,
+            "step": (1.0 - floor) / half,
+            "floor": floor,
+        }
+    if arm.schedule == "basin-hold":
+        return {"kind": "basin-hold", "threshold": BASIN_DSC, "step": step, "floor": floor}
+    if arm.schedule == "constant":
+        return {"kind": "constant", "alpha": CONSTANT_ALPHA}
     return {"kind": "paper", "start": 1.0, "step": step, "floor": floor}
 
 
@@ -177,7 +264,17 @@ from: a 40-epoch budget of 30 steps, 128² slices, a UNet of width 8 on axial
 slices, the paper's intensity recipe. Each run sets its own
 :data:`RUN_FIELDS`."""
 
-RUN_FIELDS = ("data", "out_dir", "loss", "schedule", "distance", "seed", "cache_dir")
+RUN_FIELDS = (
+    "data",
+    "out_dir",
+    "loss",
+    "schedule",
+    "distance",
+    "phi_units",
+    "empty_slice_phi",
+    "seed",
+    "cache_dir",
+)
 """The ``TrainConfig`` fields the study sets per run (from the arm, the seed and
 the folders); the others are the study's ``train``. ``resume_from``,
 ``init_checkpoint`` and ``overwrite`` are the study's business too."""
@@ -310,6 +407,22 @@ class StudyConfig:
         metavar="K",
         section="data",
     )
+    loads: tuple[float, ...] | None = setting(
+        None,
+        help="the regimes map's lesion-load axis: write the generated wmh preset once per "
+        "load (each case's lesions this percentage of its brain, within a factor 1.25) into "
+        "DATA/load_<L>, run the study on each (OUT/load_<L>, RUNS/load_<L>) and write the "
+        "map across loads to OUT (regimes.md, regimes.csv, the figures)",
+        nargs="+",
+        metavar="PERCENT",
+        section="data",
+    )
+    synth_load: float | None = setting(
+        None,
+        help="the lesion load of the generated wmh cases, percent of the brain (one load)",
+        flag="",
+        section="data",
+    )
     train: TrainConfig = dataclasses.field(default=STUDY_TRAIN)
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -393,12 +506,29 @@ class StudyConfig:
                 f"patch_size takes 3 positive sizes and dims=3, got {train.patch_size!r} "
                 f"with dims={train.dims}"
             )
-        flat = [a for a in arms if next(x for x in ARMS if x.key == a).distance == "2d"]
+        flat = [
+            a for a in arms if next(x for x in ARMS if x.key == a).phi != ("3d", "mm", "distance")
+        ]
         if train.dims == 3 and flat:
             raise ValueError(
-                f"arms {flat} compute φ per 2D slice, which a 3D study cannot train; "
-                "leave them out with --dims 3"
+                f"arms {flat} change φ per 2D slice (per-slice maps, units, empty slices), "
+                "which a 3D study cannot train; leave them out with --dims 3"
             )
+        if self.synth_load is not None and not 0 < float(self.synth_load) < 40:
+            raise ValueError(f"synth_load is a percentage in (0, 40), got {self.synth_load!r}")
+        if self.loads is not None:
+            loads = tuple(float(v) for v in self.loads)
+            if not loads or len(set(loads)) != len(loads):
+                raise ValueError(f"loads must be distinct percentages, got {self.loads!r}")
+            if any(not 0 < v < 40 for v in loads):
+                raise ValueError(f"loads are percentages of the brain in (0, 40), got {loads}")
+            if self.synth_preset != "wmh" or self.synth_cases is None:
+                raise ValueError(
+                    "loads need the generated wmh preset: --synth N --synth-preset wmh"
+                )
+            if self.held_out_site is not None or self.folds is not None:
+                raise ValueError("loads take one split per load: no held-out site or folds")
+            set_(self, "loads", loads)
 
     @property
     def runs_path(self) -> Path:
@@ -417,6 +547,8 @@ class StudyConfig:
             loss=arm.loss,
             schedule=arm_schedule(arm, self.train.epochs, self.alpha_floor),
             distance=arm.distance,
+            phi_units=arm.phi_units,
+            empty_slice_phi=arm.empty_slices,
             seed=seed,
             # without a shared data set (3D) the volumes are prepared once into a
             # cache that every run reads
@@ -432,8 +564,8 @@ class StudyConfig:
             if f.name == "train":
                 out.update({k: v for k, v in value.to_dict().items() if k not in _NOT_STUDY})
                 continue
-            if f.name == "folds" and value is None:
-                continue  # a study without folds records the settings it always did
+            if f.name in ("folds", "loads", "synth_load") and value is None:
+                continue  # a study without them records the settings it always did
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
@@ -449,7 +581,7 @@ class StudyConfig:
         train = values.pop("train", None)
         if train is not None:
             values["train"] = TrainConfig.from_dict(train)
-        for key in ("percentiles", "patch_size", "slice_spacing", "arms", "seeds"):
+        for key in ("percentiles", "patch_size", "slice_spacing", "arms", "seeds", "loads"):
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)

@@ -347,7 +347,7 @@ def write_outputs(
             files["per_fold_csv"], per_fold, ["fold", *run_cols[:2], "test_cases", *run_cols[2:]]
         )
     bins = size_bins(config.small_voxels)
-    case_cols = ["arm", "seed", "case", *case_metric_columns(bins)]
+    case_cols = ["arm", "seed", "case", *case_metric_columns(bins), "hd95_capped"]
     if config.folds is not None:
         case_cols.insert(0, "fold")
     if any("set" in r and r["set"] != "test" for r in per_case):

@@ -273,6 +273,15 @@ def _run_figures(rows: Sequence[Mapping[str, Any]], test_cases: Sequence[Any]) -
     return out
 
 
+def _capped(row: Mapping[str, Any], grids: Mapping[str, Any]) -> dict[str, float]:
+    """``hd95_capped``: the case's HD95 with an infinite one (an empty prediction or
+    target) replaced by the image diagonal, as the tables count it."""
+    from napari_boundary_seg.core.metrics import replace_inf
+
+    shape, spacing = grids[str(row["case"])]
+    return {"hd95_capped": float(replace_inf(float(row["hd95"]), shape, spacing))}
+
+
 def iter_study(
     config: StudyConfig,
     *,
@@ -307,6 +316,10 @@ def iter_study(
         train,
     )
 
+    if config.loads is not None:
+        from napari_boundary_seg.study.regimes import iter_load_map
+
+        return (yield from iter_load_map(config, report_only=report_only, command=command))
     started = time.time()
     data_dir = Path(config.data)
     if config.folds is not None and not data_dir.exists() and config.synth_cases is not None:
@@ -332,6 +345,10 @@ def iter_study(
             grid["spacing"] = tuple(config.synth_spacing)
         if config.synth_preset != "easy":
             grid["preset"] = config.synth_preset
+        if config.synth_load is not None:
+            from napari_boundary_seg.core.synthetic import wmh_load_config
+
+            grid["wmh"] = wmh_load_config(config.synth_load / 100.0)
         for event in iter_write_benchmark(data_dir, config.synth_cases, config.synth_seed, **grid):
             yield Progress(0, 0, f"synth: {event.message}")
     files = data_mod.find_cases(data_dir)
@@ -426,11 +443,16 @@ def iter_study(
             if built_for is not fold:
                 datasets.clear()
                 built_for = fold
-            if shares_dataset and arm.distance not in datasets:
+            if shares_dataset and arm.phi not in datasets:
                 where = "" if fold.index is None else f" of fold {fold.index}"
                 yield Progress(0, 0, f"building slices and {arm.distance} distance maps{where}")
-                datasets[arm.distance] = yield from data_mod.iter_build_dataset(
-                    fold.train, 2, preprocess_config(base), distance=arm.distance
+                datasets[arm.phi] = yield from data_mod.iter_build_dataset(
+                    fold.train,
+                    2,
+                    preprocess_config(base),
+                    distance=arm.distance,
+                    phi_units=arm.phi_units,
+                    empty_slices=arm.empty_slices,
                 )
             name = fold.run_label(arm.key, seed)
             run_dir = fold.runs_path / run_name(arm.key, seed)
@@ -443,7 +465,7 @@ def iter_study(
                 train_config = train_config.replace(overwrite=True)
                 logger.info("%s: starting", name)
             tic = time.perf_counter()
-            dataset = datasets.get(arm.distance)  # None: the run reads the cache
+            dataset = datasets.get(arm.phi)  # None: the run reads the cache
             for event in train(train_config, fold.train, val_cases=fold.val, dataset=dataset):
                 if isinstance(event, StepEvent):
                     done += 1
@@ -482,6 +504,7 @@ def iter_study(
         if all(done_epochs[(f.index, a.key, s)] >= config.train.epochs for f in folds)
     ]
     eval_seconds = 0.0
+    grids = {str(c.case_id): (c.labels.shape, c.spacing) for c in [*test_cases, *held_out]}
     for i, (arm, seed) in enumerate(finished):
         name = run_name(arm.key, seed)
         yield Progress(i, len(finished), f"evaluating {name} on {len(test_cases)} test cases")
@@ -538,9 +561,11 @@ def iter_study(
                 }
             )
         for r in rows:
-            per_case.append({"set": "test", "arm": arm.key, "seed": seed, **r})
+            per_case.append({"set": "test", "arm": arm.key, "seed": seed, **r, **_capped(r, grids)})
         for r in held_rows:
-            per_case.append({"set": "held-out site", "arm": arm.key, "seed": seed, **r})
+            per_case.append(
+                {"set": "held-out site", "arm": arm.key, "seed": seed, **r, **_capped(r, grids)}
+            )
         if len(folds) == 1:
             best_epoch: float = int(bests[0].get("epoch", 0))
             best_val = bests[0].get("val_dice", math.nan)
@@ -638,6 +663,8 @@ def iter_study(
                 a.key: arm_schedule(a, config.train.epochs, config.alpha_floor) for a in arms
             },
             "distance": {a.key: a.distance for a in arms},
+            "phi": {a.key: {"units": a.phi_units, "empty_slices": a.empty_slices} for a in arms},
+            **({} if config.synth_load is None else {"lesion_load_percent": config.synth_load}),
             "size_bins_voxels": [list(b) for b in bins],
             "calibration": calibration,
             "runs_finished": [f.run_label(a.key, s) for a, s in finished for f in folds],

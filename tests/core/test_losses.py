@@ -545,7 +545,7 @@ def test_loss_for_kind_rejects_unknown_kind():
 
 
 def test_loss_kind_values():
-    assert [k.value for k in LossKind] == ["gdl", "bl", "gdl+bl", "ce", "dice"]
+    assert [k.value for k in LossKind] == ["gdl", "bl", "gdl+bl", "ce", "dice", "gdl+monai-bl"]
 
 
 @pytest.mark.parametrize("fn", ["boundary_loss", "generalized_dice_loss"])

@@ -52,8 +52,8 @@ def test_counts_metrics_and_table(compared, qtbot, errors):
     viewer, widget = compared
     overlay = viewer.layers[overlay_name("pred", "gt")]
     counts = np.bincount(overlay.data.ravel(), minlength=4)
-    assert overlay.opacity == 1.0 and overlay.colormap.color_dict[0][3] == 0
-    np.testing.assert_allclose(overlay.colormap.color_dict[TP], [0, 0x9E / 255, 0x73 / 255, 1])
+    assert overlay.opacity == 1.0 and overlay.colormap.map([0])[0][3] == 0
+    np.testing.assert_allclose(overlay.colormap.map([TP])[0], [0, 0x9E / 255, 0x73 / 255, 1])
     assert (counts[TP], counts[FP], counts[FN]) == (4, 4, 4)
     assert (
         overlay.data[1, 1, 2] == TP and overlay.data[1, 1, 3] == FP and overlay.data[1, 1, 1] == FN

@@ -48,9 +48,9 @@ def test_2d_values_by_hand(make_napari_viewer, qtbot, errors):
     assert (ring == OUTLINE).sum() == 16 and ring[1, 3] == OUTLINE and ring[1, 1] == OUTLINE
     assert ring_layer.opacity == 1.0
     # in 2D the black outline does not hide φ = 0: ∂G itself is transparent
-    colors = ring_layer.colormap.color_dict
-    np.testing.assert_allclose(colors[OUTLINE], [0, 0, 0, 1])
-    assert colors[ZERO_LEVEL][3] == 0 and colors[0][3] == 0
+    colors = ring_layer.colormap.map([0, ZERO_LEVEL, OUTLINE])
+    np.testing.assert_allclose(colors[2], [0, 0, 0, 1])
+    assert colors[1][3] == 0 and colors[0][3] == 0
     # φ is translucent over the anatomy, with a colorbar; marked as a map
     assert phi.blending == "translucent" and phi.opacity < 1.0
     assert phi.colorbar.visible
@@ -214,10 +214,10 @@ def test_3d_view_draws_the_zero_level_surface_not_a_projection(make_napari_viewe
     np.testing.assert_array_equal(ring.data == ZERO_LEVEL, (phi.data == 0) & (data > 0))
     viewer.dims.ndisplay = 3
     assert not phi.visible  # no max projection of φ (a solid red box)
-    assert ring.visible and ring.colormap.color_dict[ZERO_LEVEL][3] == 1.0
-    assert ring.colormap.color_dict[OUTLINE][3] == 0.0
+    assert ring.visible and ring.colormap.map([ZERO_LEVEL])[0][3] == 1.0
+    assert ring.colormap.map([OUTLINE])[0][3] == 0.0
     viewer.dims.ndisplay = 2
-    assert phi.visible and ring.colormap.color_dict[ZERO_LEVEL][3] == 0.0
+    assert phi.visible and ring.colormap.map([ZERO_LEVEL])[0][3] == 0.0
 
 
 def test_small_lesion_interiors_read_blue_over_orange_labels():

@@ -117,7 +117,7 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert widget.table.item(1, 0).text() == "untouched"
     assert widget.table.item(1, 1).text() == "4"
     headers = [widget.table.horizontalHeaderItem(c).text() for c in range(6)]
-    assert headers[4:] == ["HD95\nold (mm)", "HD95\nnew (mm)"]  # with their unit
+    assert headers[4:] == ["HD95\nold\n(mm)", "HD95\nnew\n(mm)"]  # with their unit
     # untouched slices without a ground truth: n/a, not a DSC of 1 by construction
     assert [widget.table.item(1, c).text() for c in range(2, 6)] == ["n/a"] * 4
     assert "ground truth" in widget.table.item(1, 2).toolTip()
@@ -126,7 +126,7 @@ def test_predict_correct_finetune_compare(make_napari_viewer, qtbot, checkpoint,
     assert viewer.layers["FLAIR changes"].data.shape == SHAPE
     changes, new_pred = viewer.layers["FLAIR changes"], viewer.layers["FLAIR fine-tuned prediction"]
     assert changes.visible and not new_pred.visible
-    np.testing.assert_allclose(changes.colormap.color_dict[1], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
+    np.testing.assert_allclose(changes.colormap.map([1])[0], [0.0, 0xE6 / 255, 0x76 / 255, 1.0])
     assert widget._loss["total"], "no live curve points"
     # loss, the boundary term (a distance) and α each on an axis of their own
     widget._dirty = True
@@ -261,6 +261,11 @@ def test_untouched_row_against_ground_truth(
     )["untouched"]
     assert widget.table.item(1, 2).text() == f"{expected['dice_old']:.3f}"
     assert widget.table.item(1, 3).text() == f"{expected['dice_new']:.3f}"
+    # the round's point: the same DSC, after the start (the parent's)
+    start, point = widget.rounds.curve()
+    assert start == ("reference", 0.0, pytest.approx(expected["dice_old"]), "start", 0)
+    assert point == ("reference", 1.0, pytest.approx(expected["dice_new"]), "pending", 1)
+    assert "against the reference 'truth'" in widget.rounds_label.text()
 
 
 def test_gain_table_dashes_hd95_of_an_empty_prediction(make_napari_viewer):
@@ -322,3 +327,63 @@ def test_mark_slice_checked_passes_verified_slices(
     assert lineage["slices"] == [4] and lineage["verified_slices"] == [2]
     assert widget.table.item(0, 1).text() == "2"  # both taught: the "corrected" row
     assert "slices [4] and checked slices [2]" in widget.status.text()
+
+
+def _correct_slice(layer, z: int) -> None:
+    """Flip one voxel of slice ``z`` of the corrections layer (a paint event)."""
+    layer.data_setitem((np.array([3]), np.array([3]), np.array([z])), 1 - layer.data[3, 3, z])
+
+
+def test_two_rounds_add_two_points_and_undo_restores_the_previous_checkpoint(
+    make_napari_viewer, qtbot, checkpoint, errors, tmp_path
+):
+    viewer, widget, _ = _predicted(make_napari_viewer, qtbot, checkpoint)
+    layer = viewer.layers["FLAIR corrections"]
+    assert widget.rounds.curve() == [] and not widget.undo_button.isEnabled()
+    assert widget.undo_round() is False  # nothing kept yet: refused, named
+    assert "No round to undo" in errors.pop()
+
+    _correct_slice(layer, 2)
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft1")
+    assert [p[3] for p in widget.rounds.curve()] == ["pending"]
+    assert not widget.undo_button.isEnabled()  # Keep or Discard first
+    widget.decide(True)
+    first = widget.last_result
+    _correct_slice(layer, 4)
+    _finetune_one_epoch(widget, qtbot, tmp_path / "ft2")
+    widget.decide(True)
+    second = widget.last_result
+    assert errors == []
+    assert second.parent == str(Path(first.checkpoint).resolve())
+    # two points, without a reference: agreement with the previous round
+    curve = widget.rounds.curve()
+    assert [(p[0], p[1], p[3], p[4]) for p in curve] == [
+        ("agreement", 1.0, "kept", 1),
+        ("agreement", 2.0, "kept", 2),
+    ]
+    assert all(0.0 <= p[2] <= 1.0 for p in curve)
+    assert widget.rounds_plot.points == curve
+    axes = widget.rounds_plot.axes  # labelled, with units
+    assert axes.get_xlabel() == "slices taught (corrected + checked)"
+    assert axes.get_ylabel() == "DSC (0–1)"
+    assert widget.link["lineage"] == [first.lineage_path, second.lineage_path]
+    assert "Round 2: 2 slice(s) taught" in widget.rounds_label.text()
+    lineage = json.loads(Path(second.lineage_path).read_text())
+    assert lineage["round"]["index"] == 2 and lineage["round"]["measure"] == "agreement"
+    assert widget.undo_button.isEnabled()
+
+    assert widget.undo_round() is True  # round 1's checkpoint is active again
+    assert widget.link["checkpoint"] == first.checkpoint == widget.checkpoint.text()
+    assert "Undid round 2" in widget.status.text()
+    assert json.loads(Path(second.lineage_path).read_text())["undone"]["active"] == first.checkpoint
+    np.testing.assert_array_equal(
+        widget.current_pred, viewer.layers["FLAIR fine-tuned prediction"].data
+    )
+    for ft in (first, second):  # nothing deleted
+        assert Path(ft.checkpoint).is_file() and Path(ft.lineage_path).is_file()
+    assert widget.undo_button.isEnabled()  # round 1 can be undone in turn
+    assert widget.undo_round() is True
+    assert widget.link["checkpoint"] == checkpoint and not widget.undo_button.isEnabled()
+    assert [p[3] for p in widget.rounds.curve()] == ["undone", "undone"]
+    assert errors == []
+    widget.close()

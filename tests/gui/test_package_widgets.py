@@ -1,6 +1,7 @@
-"""The Predict and Finetune widgets with a model package: the starter model named
-by the sample case predicts on the first click, and fine-tuning starts from the
-package's embedded checkpoint."""
+"""The Predict and Finetune widgets with a model package: File > Open Sample >
+Starter model, then Predict docked and clicked with no further setup, predicts
+the case with the starter model; fine-tuning starts from the package's embedded
+checkpoint."""
 
 from __future__ import annotations
 
@@ -18,26 +19,49 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _sample_viewer(make_napari_viewer):
+PLUGIN = "napari-boundary-seg"
+
+
+def _sample_viewer(make_napari_viewer, key="lesion_case"):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-boundary-seg", "lesion_case")
+    viewer.open_sample(PLUGIN, key)
     return viewer
 
 
-def test_predict_uses_the_sample_cases_starter_model(
+def test_starter_model_sample_predicts_on_the_first_click(
     make_napari_viewer, qtbot, plugin_cache, errors
 ):
-    viewer = _sample_viewer(make_napari_viewer)
+    viewer = _sample_viewer(make_napari_viewer, "starter_model")
+    assert [layer.name for layer in viewer.layers] == ["FLAIR", "T1", "lesions"]
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict")
+    starter = str(_sample_data.starter_model_path())
+    assert widget.checkpoint.text() == starter  # shown before the click
+    assert widget.images.selected_names() == ["FLAIR", "T1"]
+    widget.run_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert errors == []
+    truth = viewer.layers["lesions"].data > 0
+    found = viewer.layers["FLAIR prediction"].data > 0
+    assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) > 0.7
+    _, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Finetune")
+    assert finetune.checkpoint.text() == starter
+
+
+def test_a_chosen_model_is_kept_and_a_cleared_field_takes_the_layers_model(
+    make_napari_viewer, qtbot, plugin_cache, errors, tmp_path
+):
+    viewer = make_napari_viewer()
     widget = InferenceWidget(viewer)
+    assert widget.checkpoint.text() == ""  # no layer names a model
+    widget.checkpoint.setText(str(tmp_path / "mine.pt"))
+    viewer.open_sample(PLUGIN, "lesion_case")
+    assert widget.checkpoint.text() == str(tmp_path / "mine.pt")
+    widget.checkpoint.setText("")
     widget.images.select(["FLAIR", "T1"])
-    assert widget.checkpoint.text() == ""
     assert widget.start() is not None, errors
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert errors == []
     assert widget.checkpoint.text() == str(_sample_data.starter_model_path())
-    truth = viewer.layers["lesions"].data > 0
-    found = viewer.layers["FLAIR prediction"].data > 0
-    assert 2 * (truth & found).sum() / (truth.sum() + found.sum()) > 0.5
 
 
 def test_finetune_from_a_package(make_napari_viewer, qtbot, plugin_cache, errors, tmp_path):

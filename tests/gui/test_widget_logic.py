@@ -84,3 +84,31 @@ def test_train_fields_come_from_the_declared_config():
     # command-line-only settings stay out of the form
     assert not declared["amp"].form and "amp" not in specs
     assert not declared["overwrite"].form and "overwrite" not in specs
+
+
+def test_output_colormaps_map_each_value_and_avoid_the_direct_colormap():
+    """The plugin's Labels colours are fixed per value (0 transparent, missing
+    values transparent or the default) and are not napari's DirectLabelColormap,
+    whose first use compiles numba's typed dict (seconds) where numba is installed."""
+    import numpy as np
+    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_boundary_seg._widgets._layers import (
+        PREDICTION_COLORS,
+        fixed_label_colormap,
+        output_label_colormap,
+    )
+
+    cmap = fixed_label_colormap({1: "red", 3: "blue"})
+    rgba = cmap.map(np.array([0, 1, 2, 3], dtype=np.uint8))
+    np.testing.assert_allclose(rgba[1], [1, 0, 0, 1])
+    np.testing.assert_allclose(rgba[3], [0, 0, 1, 1])
+    assert rgba[0][3] == 0 and rgba[2][3] == 0
+    pred = output_label_colormap("prediction")
+    assert not isinstance(pred, DirectLabelColormap)
+    rgba = pred.map(np.array([1, 5, 7, 255], dtype=np.uint8))
+    np.testing.assert_allclose(rgba[0], transform_color(PREDICTION_COLORS[1])[0], atol=1e-6)
+    np.testing.assert_allclose(rgba[1], transform_color(PREDICTION_COLORS[5])[0], atol=1e-6)
+    np.testing.assert_allclose(rgba[2], transform_color("#bdbdbd")[0], atol=1e-6)
+    np.testing.assert_allclose(rgba[3], transform_color("#bdbdbd")[0], atol=1e-6)

@@ -274,7 +274,13 @@ class SliceMode(TrainingMode):
 
         return (
             yield from iter_cache_slices(
-                cases, cache_dir, config.num_classes, preprocess_config(config), config.distance
+                cases,
+                cache_dir,
+                config.num_classes,
+                preprocess_config(config),
+                config.distance,
+                config.phi_units,
+                config.empty_slice_phi,
             )
         )
 
