@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quick_start import parse_sets  # benchmarks/, the script's folder
 
 from napari_boundary_seg.core.checkpoint import load_checkpoint, read_checkpoint
 from napari_boundary_seg.core.data import CaseFiles, find_cases, load_case
@@ -99,22 +100,11 @@ def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Tra
         augment=True if args.augment else None,
     )
     values.update(ARMS[arm])
-    for key, value in sets(args.set).items():  # a partial schedule updates the arm's
+    for key, value in parse_sets(args.set).items():  # a partial schedule updates the arm's
         if key == "schedule" and isinstance(values.get(key), dict):
             value = {**values[key], **value}
         values[key] = value
     return TrainConfig(**values)
-
-
-def sets(items: list[str]) -> dict:
-    """``--set KEY=VALUE`` items as a dict (VALUE parsed as JSON)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}")
-        out[key.strip()] = json.loads(value)
-    return out
 
 
 def keep_modalities(files, names: str | None):
