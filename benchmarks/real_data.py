@@ -1,12 +1,17 @@
 """Leave one patient out on a folder of real scans: GDL against GDL + BL.
 
 For every arm, seed and patient: train on the other patients (2D slices along
-the plane the scans give, canonical orientation, z-scored within the head,
+the plane the scans give, canonical orientation, intensities robustly scaled within the head,
 slices resampled to the training spacing: the package's defaults), predict
 the held-out patient on its native grid with ``predict_volume`` and score it
 with ``case_metrics`` (DSC, HD95, lesion recall and F1). Resumable: a fold
 whose ``metrics.json`` exists is not run again; ``--max-minutes`` stops
 starting new folds after that much wall time, so the study runs in parts.
+``--set KEY=VALUE`` changes a ``TrainConfig`` field of every arm (a partial
+``schedule`` updates the arm's), ``--modalities`` keeps the named channels,
+and ``--eval-every N`` also scores the run's ``last.pt`` on the test patient
+every N epochs (``curve.csv``: a diagnostic of training length, never used to
+pick the model).
 
     OMP_NUM_THREADS=1 python benchmarks/real_data.py DATA_DIR --out OUT
 
@@ -25,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quick_start import parse_sets  # benchmarks/, the script's folder
 
 from napari_boundary_seg.core.checkpoint import load_checkpoint, read_checkpoint
-from napari_boundary_seg.core.data import find_cases, load_case
+from napari_boundary_seg.core.data import CaseFiles, find_cases, load_case
 from napari_boundary_seg.core.io import write_nifti
 from napari_boundary_seg.core.metrics import case_metrics
 from napari_boundary_seg.core.predict import predict_volume
 from napari_boundary_seg.core.presets import QUICK_START
-from napari_boundary_seg.core.progress import run_to_end
-from napari_boundary_seg.core.train import TrainConfig, train
+from napari_boundary_seg.core.train import EpochEvent, TrainConfig, train
 
 ARMS = {
     "gdl": {"loss": "gdl"},
@@ -42,6 +47,8 @@ ARMS = {
 COLUMNS = [
     "arm", "seed", "test", "dice", "hd95", "lesion_recall", "lesion_f1",
     "ref_lesions", "pred_voxels", "ref_voxels", "train_s", "epochs",
+    "n_target_small", "lesion_recall_small", "n_target_medium", "lesion_recall_medium",
+    "n_target_large", "lesion_recall_large", "modalities", "sets",
 ]  # fmt: skip
 
 
@@ -61,6 +68,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--augment", action="store_true", help="flips and intensity augmentation")
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
+    p.add_argument("--modalities", help="comma-separated modality names to train on (default: all)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a TrainConfig field for every arm (VALUE is JSON: 'schedule={\"floor\": 0.9}')",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-every", type=int, default=0, metavar="N",
+        help="also score last.pt on the test patient every N epochs (curve.csv; diagnostic only)",
+    )  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, help="distance-map cache (default OUT/cache)")
     p.add_argument(
         "--repredict", action="store_true", help="predict and score finished folds again"
     )
@@ -78,12 +95,41 @@ def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Tra
         device="cpu",
         out_dir=str(out),
         overwrite=True,
-        cache_dir=str(args.out / "cache"),
+        cache_dir=str(args.cache_dir or args.out / "cache"),
         slice_oversample=args.slice_oversample,
         augment=True if args.augment else None,
     )
     values.update(ARMS[arm])
+    for key, value in parse_sets(args.set).items():  # a partial schedule updates the arm's
+        if key == "schedule" and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
     return TrainConfig(**values)
+
+
+def keep_modalities(files, names: str | None):
+    """``files`` with only the modalities named in ``names`` (comma-separated), in that order."""
+    if not names:
+        return files
+    wanted = [n.strip() for n in names.split(",")]
+    out = []
+    for f in files:
+        lower = [m.lower() for m in f.modalities]
+        missing = [n for n in wanted if n.lower() not in lower]
+        if missing:
+            raise SystemExit(f"{f.case_id}: no modality {missing}; it has {list(f.modalities)}")
+        keep = [lower.index(n.lower()) for n in wanted]
+        out.append(CaseFiles(f.case_id, tuple(f.image_paths[i] for i in keep), f.label_path,
+                             tuple(f.modalities[i] for i in keep)))  # fmt: skip
+    return out
+
+
+def score(last: Path, case, out: Path | None = None) -> dict:
+    """Predict ``case`` with the checkpoint ``last`` (native grid) and score it."""
+    _, pred = predict_volume(load_checkpoint(last), case.images, case.spacing, affine=case.affine)
+    if out is not None:
+        write_nifti(out, pred.astype(np.uint8), affine=case.affine, overwrite=True)
+    return {**case_metrics(pred, case.labels, case.spacing), "pred_voxels": int((pred > 0).sum())}
 
 
 def run_fold(args, arm, seed, files, test) -> dict:
@@ -99,20 +145,36 @@ def run_fold(args, arm, seed, files, test) -> dict:
     else:
         train_files = [f for f in files if f.case_id != test.case_id]
         config = fold_config(args, arm, seed, out)
-        t0 = time.perf_counter()
-        run_to_end(train(config, train_files, val_cases=[]))
-        train_s = time.perf_counter() - t0
+        t0, curve, scoring = time.perf_counter(), [], 0.0
+        test_case = load_case(test) if args.eval_every else None
+        for event in train(config, train_files, val_cases=[]):
+            if not (isinstance(event, EpochEvent) and args.eval_every):
+                continue
+            if (event.epoch + 1) % args.eval_every == 0 and event.epoch + 1 < args.epochs:
+                t1 = time.perf_counter()  # the epoch's last.pt on the test patient
+                m = score(last, test_case)
+                curve.append({"epoch": event.epoch + 1, "dice": m["dice"],
+                              "lesion_recall": m.get("lesion_recall"),
+                              "pred_voxels": m["pred_voxels"], "w_region": event.w_region})  # fmt: skip
+                scoring += time.perf_counter() - t1
+        train_s = time.perf_counter() - t0 - scoring
     case = load_case(test)
-    _, pred = predict_volume(load_checkpoint(last), case.images, case.spacing, affine=case.affine)
-    write_nifti(out / f"{test.case_id}_pred.nii.gz", pred.astype(np.uint8), affine=case.affine,
-                overwrite=True)  # fmt: skip
-    m = case_metrics(pred, case.labels, case.spacing)
+    m = score(last, case, out / f"{test.case_id}_pred.nii.gz")
+    pred_voxels = m["pred_voxels"]
+    if not trained and args.eval_every:
+        curve.append({"epoch": args.epochs, "dice": m["dice"], "lesion_recall":
+                      m.get("lesion_recall"), "pred_voxels": pred_voxels, "w_region": None})  # fmt: skip
+        with open(out / "curve.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, list(curve[0]))
+            writer.writeheader()
+            writer.writerows(curve)
     row = {
         "arm": arm, "seed": seed, "test": test.case_id, "dice": m["dice"], "hd95": m["hd95"],
         "lesion_recall": m.get("lesion_recall"), "lesion_f1": m.get("lesion_f1"),
-        "ref_lesions": m.get("n_target"), "pred_voxels": int((pred > 0).sum()),
+        "ref_lesions": m.get("n_target"), "pred_voxels": pred_voxels,
         "ref_voxels": int((case.labels > 0).sum()), "train_s": round(train_s, 1),
         "epochs": args.epochs, "steps_per_epoch": args.steps,
+        "modalities": ",".join(test.modalities), "sets": " ".join(args.set),
         # lesion recall by size (mm³ bins of core.metrics.DEFAULT_SIZE_BINS)
         **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
            for k in ("n_target", "lesion_recall")},
@@ -124,7 +186,7 @@ def run_fold(args, arm, seed, files, test) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
-    files = find_cases(args.data)
+    files = keep_modalities(find_cases(args.data), args.modalities)
     if len(files) < 2:
         print(f"{args.data}: needs at least 2 labelled cases, found {len(files)}")
         return 2
@@ -149,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     with open(args.out / "folds.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| arm | folds | mean DSC | mean HD95 (mm) | mean lesion recall | mean lesion F1 |",

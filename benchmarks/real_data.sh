@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Leave one patient out on a folder of real scans (nnU-Net, WMH or ISLES layout):
 # GDL against GDL + BL, in 2D on the CPU, with the package's real-scan defaults
-# (canonical orientation, z-score within the head, crop to the head, slices
+# (canonical orientation, robust intensities within the head, crop to the head, slices
 # resampled to the training spacing). Resumable: run it again to finish the folds
 # a part left (each part starts no fold after --max-minutes, default 55).
 #

@@ -36,19 +36,26 @@ def test_validation_block_by_hand():
     labels[3, 1, 1] = 0
     labels[4, 0] = 1
     # k = round(0.34 * 6) = 2; windows [1, 1, 3, 5, 2]: the best (5 of 6 voxels) would
-    # leave less than a quarter for training; the next (3 of 6) leaves half
+    # leave less than half for training; the next (3 of 6) leaves half
     assert validation_block(labels, 0, 0.34) == slice(2, 4)
     assert validation_block(labels, 1, 0.5) is None  # 2 slices: nothing to split
     only = np.zeros((6, 2, 2), dtype=np.int32)
     only[2, 0, 0] = 1  # all the foreground in one slice: nothing left to train on
     assert validation_block(only, 0, 0.2) is None
     assert validation_block(labels[0], 0, 0.5) is None  # 2D
-    # nearly all the foreground in one block: the block leaving a quarter is chosen
+    # nearly all the foreground in one block: the block leaving half is chosen
     packed = np.zeros((10, 4, 4), dtype=np.int32)
     packed[4:6] = 1  # 32 voxels in slices 4-5
     packed[0, 0, 0] = 1  # 1 voxel elsewhere
     assert validation_block(packed, 0, 0.2) == slice(3, 5)  # 16 of 33 voxels held out
     assert validation_block(labels, 0, 0.0) is None
+    # the block with the most foreground (6 of 8 voxels) would leave a quarter to
+    # train on; the block chosen holds at most half
+    half = np.zeros((8, 2, 2), dtype=np.int32)
+    half[0, 0, 0] = half[5, 0, 0] = 1  # per-slice foreground: [1, 0, 3, 3, 0, 1, 0, 0]
+    half[2:4, 0, :] = 1
+    half[2:4, 1, 0] = 1
+    assert validation_block(half, 0, 0.25) == slice(1, 3)  # 3 of 8 voxels held out
 
 
 def test_split_slices_holds_out_the_block():
