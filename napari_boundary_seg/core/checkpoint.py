@@ -238,6 +238,7 @@ LEGACY_CONFIG = {
     "steps_per_epoch": None,
     "phi_units": "mm",
     "empty_slice_phi": "distance",
+    "lr_decay": "plateau",
 }
 """What a checkpoint written before these settings existed was trained with: min–max
 scaling, slices in stored voxel order, no resampling, 3D epochs of one tiling of

@@ -43,6 +43,7 @@ __all__ = [
     "EMPTY_SLICE_PHI",
     "PHI_CLIP_MM",
     "PHI_UNITS",
+    "LR_DECAYS",
     "NORMALIZE_MODES",
     "PRECISIONS",
     "SLICE_PLANES",
@@ -88,6 +89,11 @@ code's rule for slices without foreground: no boundary term there)."""
 DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
 """Device names understood by :func:`~napari_boundary_seg.core.device.resolve_device`
 (plus ``"cuda:N"``)."""
+
+LR_DECAYS = ("plateau", "poly")
+"""Values of ``TrainConfig.lr_decay``: ``plateau`` (the lr times ``lr_factor`` after
+``lr_patience`` epochs without improvement) and ``poly`` (nnU-Net's
+``lr · (1 − epoch/epochs)^0.9``, falling to 0 by the last epoch)."""
 
 NORMALIZE_MODES = ("robust", "zscore", "minmax")
 """Intensity rules, per modality: ``robust`` (within the head: its 0.5 and 99.5 %
@@ -325,6 +331,16 @@ class TrainConfig:
         open=(True, True),
         step=0.05,
         section="schedule",
+        same_on_resume=True,
+    )
+    lr_decay: str = setting(
+        "plateau",
+        help="how the lr falls: plateau (times lr_factor after lr_patience epochs without "
+        "improvement) or poly (nnU-Net's lr·(1 − epoch/epochs)^0.9, to 0 by the last epoch, "
+        "so the last epoch's model settles: for runs without validation cases)",
+        choices=LR_DECAYS,
+        section="schedule",
+        label="lr decay",
         same_on_resume=True,
     )
     slice_size: int | None = setting(

@@ -326,6 +326,7 @@ class _Plateau:
     mode: str  # "max" or "min"
     best: float | None = None
     bad_epochs: int = 0
+    reduce: bool = True  # False: only the best is tracked (the lr follows a poly decay)
 
     def update(self, value: float, optimizer: torch.optim.Optimizer) -> bool:
         """Record an epoch's figure; return True when it is a new best."""
@@ -340,7 +341,7 @@ class _Plateau:
             self.bad_epochs = 0
             return True
         self.bad_epochs += 1
-        if self.bad_epochs >= self.patience:
+        if self.reduce and self.bad_epochs >= self.patience:
             for group in optimizer.param_groups:
                 group["lr"] *= self.factor
             logger.info("lr reduced to %g", optimizer.param_groups[0]["lr"])
@@ -354,6 +355,11 @@ class _Plateau:
         self.best = state["best"]
         self.bad_epochs = int(state["bad_epochs"])
         self.mode = str(state["mode"])
+
+
+def poly_lr(lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's polynomial decay: the lr of epoch ``epoch`` (from 0) of ``epochs``."""
+    return float(lr) * (1.0 - epoch / max(int(epochs), 1)) ** exponent
 
 
 def to_device(batch: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -593,7 +599,10 @@ class _Run:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.has_val = bool(data.val_cases)
         self.plateau = _Plateau(
-            config.lr_patience, config.lr_factor, "max" if self.has_val else "min"
+            config.lr_patience,
+            config.lr_factor,
+            "max" if self.has_val else "min",
+            reduce=config.lr_decay == "plateau",
         )
         self.plan = plan_precision(config.precision, device)
         self.scaler = make_scaler(self.plan, device)
@@ -719,6 +728,9 @@ class _Run:
                 device=str(device),
             )
         self.weights = (w_region, w_boundary)
+        if config.lr_decay == "poly":
+            for group in self.optimizer.param_groups:
+                group["lr"] = poly_lr(config.lr, epoch, config.epochs)
         if epoch != self.start_epoch:
             self.partial = _new_partial()
         partial, spe = self.partial, self.steps_per_epoch

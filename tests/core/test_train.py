@@ -395,3 +395,22 @@ def test_train_step_passes_a_batch_mask_to_the_loss(kind):
     assert unmasked.loss != pytest.approx(masked.loss, rel=1e-5)
     ones, w_ones = step((images, labels, dist, torch.ones_like(mask)))
     assert ones.loss == pytest.approx(unmasked.loss, rel=1e-6)
+
+
+def test_poly_lr_decay_follows_the_epoch_and_resumes_exactly(cases, tmp_path):
+    from napari_boundary_seg.core.train import poly_lr
+
+    config = TrainConfig(out_dir=str(tmp_path / "a"), epochs=3, lr=1e-2, lr_decay="poly", **TINY)
+    reference, events = run(config, cases)
+    lrs = [e.lr for e in events if isinstance(e, EpochEvent)]
+    assert lrs == pytest.approx([poly_lr(1e-2, k, 3) for k in range(3)])
+    assert lrs[0] == pytest.approx(1e-2) and lrs[2] == pytest.approx(1e-2 * (1 / 3) ** 0.9)
+
+    part = config.replace(out_dir=str(tmp_path / "b"))
+    control = TrainControl()
+    run(part, cases, control, _stop_at(1, 0))
+    resumed, _ = run(part.replace(resume_from=str(tmp_path / "b" / "last.pt")), cases)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay="cosine")
