@@ -30,6 +30,9 @@ to ``--work`` (not committed). ``--report`` only gathers the points into
     OMP_NUM_THREADS=1 python benchmarks/finetune_curve.py --targets sim,patient26 &
     OMP_NUM_THREADS=1 python benchmarks/finetune_curve.py --targets patient07,patient19
     python benchmarks/finetune_curve.py --report
+
+Results, timing and the commands of the committed run:
+``benchmarks/results/finetune_curve/README.md``; where fine-tuning lives: docs/DESIGN.md.
 """
 
 from __future__ import annotations
