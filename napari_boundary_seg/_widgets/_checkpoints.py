@@ -21,6 +21,7 @@ import numpy as np
 
 from napari_boundary_seg._widgets._layers import (
     ImageStack,
+    compact_labels,
     mark_output,
     notify_info,
     output_label_colormap,
@@ -54,12 +55,12 @@ def probability_layer_kwargs() -> dict[str, Any]:
 
 
 def prediction_outputs(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(foreground probability (*spatial) float32, labels (*spatial) int32)``:
+    """``(foreground probability (*spatial) float32, labels (*spatial) uint8 or int32)``:
     the layers' data, built in the worker so the GUI thread only adds layers."""
     foreground = probs if probs.ndim == np.ndim(labels) else 1.0 - probs[0]
     return (
         np.ascontiguousarray(foreground, dtype=np.float32),
-        np.ascontiguousarray(labels, dtype=np.int32),
+        compact_labels(labels),
     )
 
 

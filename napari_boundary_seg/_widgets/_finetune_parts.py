@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_boundary_seg._widgets._checkpoints import NO_FOREGROUND
 from napari_boundary_seg._widgets._edits import CHANGE_COLORS
 from napari_boundary_seg._widgets._layers import (
+    compact_labels,
     fixed_label_colormap,
     labels_array,
     mark_output,
@@ -172,7 +173,7 @@ class Gain:
         metadata = geometry.pop("metadata", None)
         new_labels = evaluation.get("new_labels")
         if new_labels is None:
-            new_labels = np.asarray(evaluation["new_pred"], dtype=np.int32)
+            new_labels = compact_labels(evaluation["new_pred"])
         changes_name = f"{prefix} changes"
         prediction_name = unique_layer_name(self.viewer, f"{prefix} fine-tuned prediction")
         steps = layer_steps(  # a new prediction never replaces an earlier one

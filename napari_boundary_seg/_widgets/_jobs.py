@@ -31,6 +31,7 @@ from napari_boundary_seg._widgets._checkpoints import (
 from napari_boundary_seg._widgets._edits import foreground_flags
 from napari_boundary_seg._widgets._layers import (
     ImageStack,
+    compact_labels,
     images_from_layers,
     mark_output,
     output_label_colormap,
@@ -94,9 +95,13 @@ def prediction_layer_job(
     _, labels = yield from predict_job(
         checkpoint, stack.images, stack.spacing, device, affine=stack.affine
     )
-    labels = np.asarray(labels)
-    data = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32)
-    layer = Labels(data, name=name, colormap=output_label_colormap("prediction"), **stack.geometry)
+    data = compact_labels(labels)
+    layer = Labels(
+        data,
+        name=name,
+        colormap=output_label_colormap("prediction"),
+        **stack.geometry,
+    )
     layer.metadata.update(mark_output("prediction"))
     layer.metadata["napari_boundary_seg"] = {
         "checkpoint": str(checkpoint),
@@ -226,7 +231,7 @@ def predict_for_correction(
     affine: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray, int]]:
     """Predict and report the checkpoint's slicing axis: ``(foreground
-    probability (*spatial) float32, labels (*spatial) int32, axis)``, the
+    probability (*spatial) float32, labels (*spatial) uint8 or int32, axis)``, the
     layers' data built here in the worker."""
     yield Progress(0, 0, "loading the checkpoint")
     loaded = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
@@ -257,7 +262,7 @@ def finetune_job(
     untouched row against ``truth``, None without one), ``round`` (the round's
     point on the correction curve, :func:`core.rounds.round_point`), ``foreground``
     (:func:`foreground_flags` of the old and the new prediction) and the
-    layers' data ``new_labels`` (int32).
+    layers' data ``new_labels`` (uint8, or int32 beyond 255).
     """
     from napari_boundary_seg.core.finetune import compare_models, evaluate_finetune, finetune
     from napari_boundary_seg.core.rounds import round_point
@@ -287,7 +292,7 @@ def finetune_job(
         "old": foreground_flags(old, taught, result.axis),
         "new": foreground_flags(new, taught, result.axis),
     }
-    evaluation["new_labels"] = np.ascontiguousarray(new, dtype=np.int32)
+    evaluation["new_labels"] = compact_labels(new)
     return result, evaluation
 
 

@@ -94,6 +94,16 @@ def fixed_label_colormap(colors: Mapping[int, Any], default: Any = "transparent"
     return CyclicLabelColormap(colors=table, background_value=0)
 
 
+def compact_labels(labels: Any) -> np.ndarray:
+    """``labels`` as a Labels layer's data: uint8 when every value fits (0-255),
+    else int32; contiguous. napari draws uint8/uint16 labels as they are, while
+    wider integers are hashed per slice on the CPU (with numba, where installed,
+    whose first call in a process loads its compiled code: a few hundred ms)."""
+    labels = np.asarray(labels)
+    small = labels.size == 0 or (labels.min() >= 0 and labels.max() < 256)
+    return np.ascontiguousarray(labels, dtype=np.uint8 if small else np.int32)
+
+
 def output_label_colormap(kind: str = "prediction") -> Any:
     """The label colours of a ``"prediction"`` or ``"preview"`` Labels layer
     (:data:`PREDICTION_COLORS`, :data:`PREVIEW_COLORS`; grey beyond them)."""

@@ -196,7 +196,7 @@ class InferenceWidget(RunsWork, QWidget):
         return self.runner.start(job, message="loading the checkpoint")
 
     def _on_returned(self, result: tuple[np.ndarray, ...]) -> None:
-        probs, labels, foreground, labels32 = result
+        probs, labels, foreground, label_data = result
         self.last_result = (probs, labels)
         probability, prediction = prediction_layer_kwargs(
             self.viewer, self._stack, self._stack.names[0]
@@ -206,14 +206,14 @@ class InferenceWidget(RunsWork, QWidget):
 
         def labels_added(layer: Any) -> None:
             self.prediction_layer = layer
-            self.status.setText(prediction_status(labels32, name))
+            self.status.setText(prediction_status(label_data, name))
 
         # each layer added in three event-loop turns (the window draws in
         # between); the layers of add_prediction_layers (prediction_layer_kwargs)
         steps = []
         if with_probability:
             steps += layer_steps(self.viewer, "image", foreground, activate=False, **probability)
-        steps += layer_steps(self.viewer, "labels", labels32, done=labels_added, **prediction)
+        steps += layer_steps(self.viewer, "labels", label_data, done=labels_added, **prediction)
         self.delivery.run(*steps)
 
     def _on_error(self, exc: BaseException) -> None:

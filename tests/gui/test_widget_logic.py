@@ -112,3 +112,15 @@ def test_output_colormaps_map_each_value_and_avoid_the_direct_colormap():
     np.testing.assert_allclose(rgba[1], transform_color(PREDICTION_COLORS[5])[0], atol=1e-6)
     np.testing.assert_allclose(rgba[2], transform_color("#bdbdbd")[0], atol=1e-6)
     np.testing.assert_allclose(rgba[3], transform_color("#bdbdbd")[0], atol=1e-6)
+
+
+def test_label_layers_get_the_narrowest_dtype_napari_draws_without_hashing():
+    import numpy as np
+
+    from napari_boundary_seg._widgets._layers import compact_labels
+
+    small = compact_labels(np.array([[0, 1], [2, 255]], dtype=np.int64))
+    assert small.dtype == np.uint8 and small.flags.c_contiguous and small[1, 1] == 255
+    assert compact_labels(np.array([0, 256])).dtype == np.int32
+    assert compact_labels(np.array([-1, 3])).dtype == np.int32
+    assert compact_labels(np.zeros((0, 3), np.int64)).dtype == np.uint8
