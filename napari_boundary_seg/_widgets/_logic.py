@@ -157,6 +157,13 @@ def schedule_fields(kind: str) -> list[tuple[str, str, float, str]]:
     return out
 
 
+def schedule_param_is_integer(kind: str, name: str) -> bool:
+    """True when schedule ``kind`` declares parameter ``name`` as an integer (the
+    warm start's patience, in epochs): its α field shows no decimals."""
+    declared = _declared_schedule(kind).get(name)
+    return getattr(declared, "kind", "") == "int"
+
+
 def schedule_params(kind: str, *values: float) -> dict[str, float]:
     """The ``make_schedule`` parameters of the widget's α fields' ``values``
     (:func:`schedule_fields` names them: ``paper``: ``start, step, floor``;

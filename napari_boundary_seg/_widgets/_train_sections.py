@@ -39,6 +39,7 @@ from napari_boundary_seg._widgets._logic import (
     planned_weights,
     preset_values,
     schedule_fields,
+    schedule_param_is_integer,
     schedule_params,
 )
 from napari_boundary_seg._widgets._plots import AlphaPlot, TrainingCurves
@@ -172,12 +173,14 @@ class ScheduleSection(QWidget):
         """Label (and show) the α fields as the schedule kind names its
         parameters (``_logic.schedule_fields``); ``reset_values``: set them to
         the kind's defaults."""
-        fields = schedule_fields(self.fields["schedule"].value)
+        kind = self.fields["schedule"].value
+        fields = schedule_fields(kind)
         for k, box in enumerate(self.alpha_boxes):
             self.form.show_row(box, k < len(fields))
             if k >= len(fields):
                 continue
-            _, box.label, value, help_text = fields[k]
+            name, box.label, value, help_text = fields[k]
+            box.native.setDecimals(0 if schedule_param_is_integer(kind, name) else 3)
             if help_text:
                 box.tooltip = help_text
             if reset_values:

@@ -388,6 +388,10 @@ def test_alpha_plot_follows_fields_and_collapse_warning(widget):
     w.alpha_start.value = 0.25
     _, y = w.alpha_plot.region_line.get_data()
     assert set(np.round(y, 6)) == {0.25}
+    w.schedule.value = "warm-start"  # its patience is whole epochs: no decimals shown
+    assert w.alpha_start.native.decimals() == 0 and w.alpha_step.native.decimals() == 3
+    w.schedule.value = "constant"
+    assert w.alpha_start.native.decimals() == 3
     w.loss.value = "gdl"
     _, y = w.alpha_plot.region_line.get_data()
     assert set(y) == {1.0}
