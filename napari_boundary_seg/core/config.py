@@ -44,6 +44,7 @@ __all__ = [
     "PHI_CLIP_MM",
     "PHI_UNITS",
     "LR_DECAYS",
+    "MONAI_MISSING",
     "NORMALIZE_MODES",
     "PRECISIONS",
     "SLICE_PLANES",
@@ -56,6 +57,7 @@ __all__ = [
     "check_precision",
     "form_options",
     "loss_weights",
+    "monai_available",
     "parse_plane",
     "uses_schedule",
     "parse_slice_spacing",
@@ -140,7 +142,14 @@ def loss_weights(
     return 1.0, 0.0
 
 
-def _monai_boundary_loss() -> bool:
+MONAI_MISSING = (
+    "loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): pip install -U monai, "
+    "or choose the loss 'gdl+bl'"
+)
+"""The message of the ``gdl+monai-bl`` loss without MONAI installed."""
+
+
+def monai_available() -> bool:
     """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
     import importlib.util
 
@@ -588,11 +597,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.loss {self.loss!r} is not one of {[k.value for k in LossKind]}"
             ) from err
-        if self.loss is LossKind.GDL_MONAI_BL and not _monai_boundary_loss():
-            raise ValueError(
-                "TrainConfig.loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): "
-                "pip install -U monai, or choose the loss 'gdl+bl'"
-            )
+        if self.loss is LossKind.GDL_MONAI_BL and not monai_available():
+            raise ValueError(f"TrainConfig.{MONAI_MISSING}")
         if isinstance(self.schedule, Schedule):
             set_(self, "schedule", self.schedule.to_dict())
         if not isinstance(self.schedule, Mapping):

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_boundary_seg.core.config import LossKind, loss_weights
+from napari_boundary_seg.core.config import MONAI_MISSING, LossKind, loss_weights, monai_available
 from napari_boundary_seg.core.validate import check_int
 
 logger = logging.getLogger(__name__)
@@ -770,20 +770,6 @@ def loss_for_kind(
         validate=validate,
         mask=mask,
     )
-
-
-MONAI_MISSING = (
-    "loss 'gdl+monai-bl' needs MONAI >= 1.6 (its BoundaryLoss): pip install -U monai, "
-    "or choose the loss 'gdl+bl'"
-)
-"""The message of the ``gdl+monai-bl`` loss without MONAI installed."""
-
-
-def monai_available() -> bool:
-    """True when MONAI's ``BoundaryLoss`` (MONAI >= 1.6) can be imported."""
-    from napari_boundary_seg.core.config import _monai_boundary_loss
-
-    return _monai_boundary_loss()
 
 
 def _gdl_monai_boundary(
