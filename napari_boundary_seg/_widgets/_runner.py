@@ -377,25 +377,37 @@ def start_progress_worker(
 STEP_PAUSE_MS = 15
 
 
-_FROZEN = False
+#: How many modules were loaded at the last freeze (0: none yet).
+_FROZEN_AT_MODULES = 0
+#: Freeze again once this many more modules are loaded (torch's first import
+#: by a job brings about 1,500, and its objects with them).
+REFREEZE_MODULES = 200
 
 
 def freeze_long_lived_objects() -> None:
-    """Once per process: move every object alive now (napari, Qt, torch and
-    their modules, hundreds of thousands of them) to Python's permanent GC
-    generation (``gc.freeze``), so that a full collection, which the many
-    objects of a new napari layer set off, scans only what came after
-    (measured on the sample case: a full collection alone froze the window
-    ≈ 190 ms under load). Cyclic garbage alive at that moment is never freed:
-    a one-time cost, as with objects created at import time.
-    """
-    global _FROZEN
-    if _FROZEN:
-        return
-    import gc
+    """Move every object alive now (napari, Qt, torch and their modules,
+    hundreds of thousands of them) to Python's permanent GC generation
+    (``gc.freeze``), so that a full collection, which the many objects of a
+    new napari layer set off, scans only what came after (measured on the
+    sample case: a full collection alone froze the window 120-190 ms).
 
+    Done at the first delivery, and again only when a job has since imported
+    a library (torch in the first training: :data:`REFREEZE_MODULES` more
+    modules), so a handful of times per process. The young generations are
+    collected first (a few ms); cyclic garbage already in the oldest
+    generation at that moment is never freed, a bounded one-time cost like
+    that of objects created at import time.
+    """
+    global _FROZEN_AT_MODULES
+    import gc
+    import sys
+
+    loaded = len(sys.modules)
+    if _FROZEN_AT_MODULES and loaded < _FROZEN_AT_MODULES + REFREEZE_MODULES:
+        return
+    gc.collect(1)
     gc.freeze()
-    _FROZEN = True
+    _FROZEN_AT_MODULES = loaded
 
 
 class Delivery(QObject):
@@ -418,12 +430,15 @@ class Delivery(QObject):
         return bool(self._steps)
 
     def run(self, *steps: Callable[[], Any]) -> None:
-        """Queue ``steps``; the first runs now, each next one in a later turn."""
+        """Queue ``steps``; each runs in its own event-loop turn, the first
+        :data:`STEP_PAUSE_MS` from now: a result arrives with its worker's
+        end (the runner's finish, napari's progress bar closed), which Qt
+        delivers in the same turn and which must not add to the first step."""
         freeze_long_lived_objects()
         idle = not self._steps
         self._steps.extend(steps)
         if idle:
-            self._next()
+            QTimer.singleShot(STEP_PAUSE_MS, self._next)
 
     def _next(self) -> None:
         if not self._steps:

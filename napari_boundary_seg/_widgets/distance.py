@@ -350,8 +350,10 @@ class DistanceMapWidget(RunsWork, QWidget):
                 **geometry,
             )
 
-            # napari's colorbar overlay and the unit beside it, a turn each: the
-            # first paint of a text visual renders its glyphs (vispy, on the CPU)
+            # the unit, then napari's colorbar overlay, a turn each: the first
+            # paint of a text visual compiles its shader and renders its glyphs
+            # (vispy, on the CPU), so the unit's short text pays the shader and
+            # the colorbar's paint only its own
             def show_colorbar() -> None:
                 layer = self.phi_layer
                 if layer is not None and hasattr(layer, "colorbar"):
@@ -362,7 +364,7 @@ class DistanceMapWidget(RunsWork, QWidget):
                 if layer is not None and hasattr(layer, "colorbar"):
                     self._show_unit(layer)
 
-            steps += [show_colorbar, show_unit]
+            steps += [show_unit, show_colorbar]
 
         def boundary_added(layer: Any) -> None:
             self.boundary_layer = layer

@@ -118,19 +118,70 @@ def test_dock_scrolls_and_fits_1366x768(make_napari_viewer, qtbot, name):
 
 def test_layer_steps_add_a_layer_in_three_turns(make_napari_viewer, qtbot):
     """A delivered layer is inserted hidden and not activated (one turn), shown
-    (the next), then made active and handed to ``done`` (the last)."""
+    (the next), then made active and handed to ``done`` (the last); nothing
+    runs in the turn that queues the steps (the worker's end is shown there)."""
     from napari_boundary_seg._widgets._runner import Delivery, layer_steps
 
     viewer = make_napari_viewer()
     first = viewer.add_image(np.zeros((3, 4), np.float32), name="FLAIR")
     done: list = []
+    seen: list[tuple[bool, bool]] = []  # after each step: visible, active
+
+    def watched(step):
+        def run():
+            step()
+            layer = viewer.layers["p"]
+            seen.append((layer.visible, viewer.layers.selection.active is layer))
+
+        return run
+
+    steps = layer_steps(viewer, "labels", np.ones((3, 4), np.int32), done.append, name="p")
     delivery = Delivery()
-    delivery.run(*layer_steps(viewer, "labels", np.ones((3, 4), np.int32), done.append, name="p"))
-    assert delivery.pending and "p" in viewer.layers  # the first step ran at once
-    layer = viewer.layers["p"]
-    assert not layer.visible and viewer.layers.selection.active is first and not done
+    delivery.run(*(watched(step) for step in steps))
+    assert delivery.pending and "p" not in viewer.layers and not seen  # nothing yet
     qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
-    assert layer.visible and viewer.layers.selection.active is layer and done == [layer]
+    assert seen == [(False, False), (True, False), (True, True)]
+    layer = viewer.layers["p"]
+    assert viewer.layers.selection.active is layer and done == [layer] and first in viewer.layers
+
+
+def test_gc_freeze_once_and_again_after_a_library_is_imported(monkeypatch):
+    """Long-lived objects go to the permanent GC generation at the first
+    delivery, and again only when a job has since imported many modules
+    (torch's first import), not at every delivery."""
+    import gc
+    import sys
+
+    from napari_boundary_seg._widgets import _runner
+
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(len(sys.modules)))
+    monkeypatch.setattr(_runner, "_FROZEN_AT_MODULES", 0)
+    _runner.freeze_long_lived_objects()
+    _runner.freeze_long_lived_objects()
+    assert len(frozen) == 1
+    fake = {f"_fake_module_{k}": object() for k in range(_runner.REFREEZE_MODULES)}
+    monkeypatch.setattr(sys, "modules", {**sys.modules, **fake})
+    _runner.freeze_long_lived_objects()
+    _runner.freeze_long_lived_objects()
+    assert len(frozen) == 2 and frozen[1] == frozen[0] + _runner.REFREEZE_MODULES
+
+
+def test_alpha_plot_draws_only_when_the_weights_change(qtbot, monkeypatch):
+    """The Train form refreshes its α plot whenever a layer is added to the
+    viewer; the same planned weights draw nothing (a draw costs 30-90 ms)."""
+    from napari_boundary_seg._widgets._plots import AlphaPlot
+
+    plot = AlphaPlot()
+    qtbot.addWidget(plot)
+    draws: list[int] = []
+    monkeypatch.setattr(plot.canvas, "draw_idle", lambda: draws.append(1))
+    weights = [(1.0 - 0.01 * e, 0.01 * e) for e in range(5)]
+    plot.set_weights(weights)
+    plot.set_weights(list(weights))
+    assert len(draws) == 1
+    plot.set_weights(weights[:4])
+    assert len(draws) == 2 and plot.region_line.get_xdata()[-1] == 4
 
 
 def test_delivery_stops_at_a_failing_step(qtbot, errors):
@@ -211,7 +262,8 @@ def test_no_futurewarning_from_the_plugin_through_naparis_proxy(make_napari_view
 
         train._stack = images_from_layers([scan])
         train._on_preview(PreviewEvent(0, 2, 1, np.ones((4, 6), np.uint8)))
-        assert PREVIEW_NAME in viewer.layers
+        qtbot.waitUntil(lambda: PREVIEW_NAME in viewer.layers, timeout=5_000)
+        qtbot.waitUntil(lambda: not train._preview_delivery.pending, timeout=5_000)
     assert errors == []
 
 
