@@ -33,6 +33,20 @@ def _stdout(line: str) -> None:
     sys.stdout.flush()
 
 
+def loss_text(config: Any) -> str:
+    """The objective of ``config`` in words: "GDL", or "GDL + BL (α from 1 down to 0.5)"."""
+    from napari_boundary_seg.core.config import LossKind, uses_schedule
+
+    loss = LossKind(config.loss)
+    if not uses_schedule(loss):
+        return {LossKind.GDL: "GDL"}.get(loss, loss.value)
+    schedule = dict(config.schedule)
+    if schedule.get("kind") == "paper":
+        start, floor = schedule.get("start", 1.0), schedule.get("floor", 0.01)
+        return f"GDL + BL (α from {start:g} down to {floor:g})"
+    return f"GDL + BL ({schedule.get('kind')} α schedule)"
+
+
 def has_display() -> bool:
     """False on Linux without ``DISPLAY`` or ``WAYLAND_DISPLAY``; True elsewhere."""
     if sys.platform.startswith("linux"):
@@ -213,8 +227,8 @@ def run_headless_demo(echo: Echo = _stdout, train: bool = True) -> int:
             raise RuntimeError("the sample case has no block of slices to validate on")
         echo(
             f"3. Quick start: a UNet (depth {config.depth}, width {config.base_channels}) "
-            f"for {config.epochs} epochs with GDL + BL (α from 1 down to "
-            f"{config.schedule['floor']:g}), trained on the slices outside the block "
+            f"for {config.epochs} epochs with {loss_text(config)}, trained on the slices "
+            f"outside the block "
             f"{block.start}–{block.stop - 1} of axis {axis}, validated on that block."
         )
         t_train = time.perf_counter()

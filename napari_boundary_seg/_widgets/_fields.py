@@ -394,7 +394,7 @@ def declared_spin(config: type, name: str, decimals: int = 2, **override: Any) -
         box = double_spin(
             float(facts["value"]), facts["low"], facts["high"], facts["step"], decimals
         )
-    box.setToolTip(declared.help)
+    box.setToolTip(declared.help.replace("%%", "%"))  # argparse's escape
     return box
 
 

@@ -41,8 +41,8 @@ from napari_boundary_seg.core.orientation import SLICE_PLANES
 from napari_boundary_seg.core.presets import split_slices, validation_block
 
 LOSS_CHOICES = [
-    ("GDL + BL (α schedule)", "gdl+bl"),
     ("GDL", "gdl"),
+    ("GDL + BL (α schedule)", "gdl+bl"),
     ("BL alone", "bl"),
     ("Cross-entropy", "ce"),
     ("Dice", "dice"),
@@ -682,7 +682,7 @@ def spec_from_setting(
         "type": _KIND_TYPES[kind],
         "default": "" if default is None else default,
         "label": declared.label,
-        "help": declared.help,
+        "help": declared.help.replace("%%", "%"),  # argparse's escape, not a tooltip's
         "bounds": bounds,
         "step": declared.step,
         "choices": choices,

@@ -198,7 +198,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         self.verdict_label = run.verdict_label
         self._patch_auto = default_patch(None)
 
-        title = QLabel("Train a UNet with the boundary loss")
+        title = QLabel("Train a UNet (GDL, or GDL + the boundary loss)")
         title.setStyleSheet("font-size: 14px; font-weight: bold;")
         title.setWordWrap(True)
         content = QWidget()

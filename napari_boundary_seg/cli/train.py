@@ -36,7 +36,10 @@ from napari_boundary_seg.cli.train_options import (
     config_from_args,
 )
 
-HELP = "train a UNet with GDL + boundary loss (--preset quick on a CPU, paper on a GPU)"
+HELP = (
+    "train a UNet with GDL, or GDL + boundary loss (--loss gdl+bl); --preset quick on a "
+    "CPU, paper (GDL + BL) on a GPU"
+)
 
 FOLD_COLUMNS = ("fold", "case", "dice", "hd95", "lesion_recall", "lesion_f1", "checkpoint")
 """The columns of ``folds.csv`` and of each fold's ``test_metrics.csv``."""
