@@ -65,6 +65,7 @@ def train_tiny():
             base_channels=4,
             device="cpu",
             val_fraction=0.0,
+            loss="gdl+bl",  # its fine-tunes follow an α schedule
         )
         return run_to_end(train(config, [case]))
 

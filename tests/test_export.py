@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (the
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lesjak2017-ms"
 TINY_TRAIN = [
     "--slice-size", "32", "--depth", "2", "--base-channels", "4", "--batch-size", "8",
-    "--val-fraction", "0.34", "--device", "cpu", "--epochs", "2",
+    "--val-fraction", "0.34", "--device", "cpu", "--epochs", "2", "--loss", "gdl+bl",
 ]  # fmt: skip
 TOL = 1e-5
 

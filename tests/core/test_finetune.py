@@ -267,7 +267,8 @@ def test_finetune_2d_image(parent, tmp_path):
 
 SHAPE3D = (16, 16, 12)  # axis 2 (the default slicing axis) has 12 slices
 SPACING3D = (1.0, 1.0, 2.0)
-TINY3D = {"dims": 3, "patch_size": (8, 8, 8), "depth": 2, "base_channels": 4, "batch_size": 2}
+TINY3D = {"dims": 3, "patch_size": (8, 8, 8), "depth": 2, "base_channels": 4, "batch_size": 2,
+          "loss": "gdl+bl"}  # fmt: skip
 
 
 def _volume3d(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -193,7 +193,8 @@ def test_3d_training_stopped_and_resumed_equals_the_uninterrupted_run(cases, tmp
     assert np.isfinite(reference.history[-1]["val_dice"])
 
 
-STEPS3D = {**TINY3D, "batch_size": 4, "max_steps_per_epoch": None, "steps_per_epoch": 3}
+STEPS3D = {**TINY3D, "batch_size": 4, "max_steps_per_epoch": None, "steps_per_epoch": 3,
+           "loss": "gdl+bl"}  # fmt: skip
 """3 steps an epoch where one tiling of the 2 training volumes takes 2 (6 patches of 16×16×8)."""
 
 

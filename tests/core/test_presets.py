@@ -15,8 +15,9 @@ from napari_boundary_seg.core.presets import (
 
 def test_quick_start_config_values_and_overrides():
     config = quick_start_config()
-    # the measured preset (README, "Quick start"): GDL + BL, narrow UNet, native slices
-    assert config.loss.value == "gdl+bl"
+    # the measured preset (README, "Quick start"): GDL, narrow UNet, native slices;
+    # the schedule it keeps for gdl+bl
+    assert config.loss.value == "gdl"
     assert (config.epochs, config.lr, config.batch_size) == (15, 2e-3, 8)
     assert (config.depth, config.base_channels, config.slice_size) == (4, 16, None)
     assert config.schedule == {"kind": "paper", "start": 1.0, "step": 0.02, "floor": 0.5}
@@ -27,6 +28,14 @@ def test_quick_start_config_values_and_overrides():
     assert changed.base_channels == QUICK_START["base_channels"]
     with pytest.raises(ValueError, match="epochs"):
         quick_start_config(epochs=-1)
+    # the paper's preset keeps the paper's objective; the loss's help cites the map
+    from napari_boundary_seg.core.config import BOUNDARY_LOSS_EVIDENCE, TrainConfig
+    from napari_boundary_seg.core.presets import preset_config
+    from napari_boundary_seg.core.settings import settings
+
+    assert preset_config("paper").loss.value == "gdl+bl" and TrainConfig().loss.value == "gdl"
+    help_text = next(s.help for s in settings(TrainConfig) if s.name == "loss")
+    assert BOUNDARY_LOSS_EVIDENCE in help_text and "regimes_delta.png" in help_text
 
 
 def test_validation_block_by_hand():

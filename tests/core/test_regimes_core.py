@@ -195,7 +195,7 @@ def _cases():
 def test_train_loop_feeds_the_validation_history_to_an_adaptive_schedule(tmp_path):
     from napari_boundary_seg.core.train import EpochEvent, InfoEvent, train
 
-    tiny = dict(slice_size=32, depth=2, base_channels=4, batch_size=4, device="cpu")
+    tiny = dict(slice_size=32, depth=2, base_channels=4, batch_size=4, device="cpu", loss="gdl+bl")
     # threshold just above 0: any non-empty validation prediction ends the hold
     schedule = {"kind": "basin-hold", "threshold": 1e-9, "step": 0.5, "floor": 0.01}
     config = TrainConfig(

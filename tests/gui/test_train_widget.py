@@ -365,8 +365,23 @@ def test_dock_300px_wide_clips_nothing_and_never_scrolls_sideways(
     assert bar.value() == 0
 
 
+def test_loss_is_gdl_by_default_and_its_tooltip_cites_the_map(widget):
+    """The regimes map found GDL + BL better nowhere: GDL is the default (first
+    of the choices), the boundary loss one click away, the tooltip says why."""
+    from napari_boundary_seg.core.config import BOUNDARY_LOSS_EVIDENCE
+
+    w = widget
+    assert w.loss.value == "gdl" and w.loss.choices[0] == "gdl" and "gdl+bl" in w.loss.choices
+    tip = w.loss.tooltip
+    assert BOUNDARY_LOSS_EVIDENCE.replace("%%", "%") in tip and "%%" not in tip
+    assert not w.alpha_start.enabled  # the α schedule only drives GDL + BL
+    w.loss.value = "gdl+bl"
+    assert w.alpha_start.enabled
+
+
 def test_alpha_plot_follows_fields_and_collapse_warning(widget):
     w = widget
+    w.loss.value = "gdl+bl"
     w.schedule.value = "paper"
     w.alpha_step.value = 0.01
     w.alpha_floor.value = 0.01
