@@ -436,6 +436,7 @@ def test_alpha_plot_follows_fields_and_collapse_warning(widget):
 
 def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     w = widget
+    w.loss.value = "gdl+bl"  # both terms and the α curve (the default is GDL)
     w.epochs.value = 6
     clock = QElapsedTimer()
     gaps: list[int] = []
