@@ -114,3 +114,19 @@ def test_python_blocks_compile_and_import_what_exists():
             imported = importlib.import_module(module)
             for name in names.split(","):
                 assert hasattr(imported, name.strip()), (module, name)
+
+
+def test_the_boundary_loss_answer_is_the_regimes_maps_own_words():
+    """README "When does the boundary loss help?" quotes the answer that
+    ``study/regimes.py`` words from the statistics (``regimes.md``), line by line,
+    and shows both figures of the map."""
+    regimes = ROOT / "benchmarks" / "results" / "boundary_regimes" / "regimes.md"
+    answer = [
+        line for line in regimes.read_text().split("\n## ")[0].splitlines() if line.startswith("- ")
+    ]
+    section = README.split("## When does the boundary loss help?", 1)[1].split("\n## ", 1)[0]
+    assert answer, "regimes.md has no answer"
+    for line in answer:
+        assert line in section, line
+    for figure in ("regimes_delta.png", "basin_curves.png"):
+        assert f"benchmarks/results/boundary_regimes/{figure}" in section
