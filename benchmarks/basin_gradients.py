@@ -236,6 +236,11 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b) / (na * nb) if na > 0 and nb > 0 else math.nan
 
 
+def _bl_key(units: str) -> str:
+    """The boundary term of a run's φ units (clipped φ is measured as mm)."""
+    return "bl_vox" if units == "voxels" else "bl_mm"
+
+
 def _head_bias(model: torch.nn.Module) -> torch.Tensor | None:
     head = getattr(model, "head", None)
     return getattr(head, "bias", None)
@@ -253,7 +258,9 @@ def term_gradients(
     ``|∂term/∂z_fg|`` on background pixels and the foreground probability.
 
     ``weights``: the run's ``(w_GDL, w_B)`` at the checkpoint; ``bl_units`` (``"mm"`` or
-    ``"voxels"``) is the φ of the run's boundary term, for the weighted ratio.
+    ``"voxels"``) is the φ of the run's boundary term, for the weighted ratio and
+    ``w_b_equal_norm``, the ``w_B`` of ``(1 − w_B) GDL + w_B BL`` at which both
+    gradients are equally long.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     bias = _head_bias(model)
@@ -311,12 +318,15 @@ def term_gradients(
         out[f"{t}_dbias_fg"] = bias_grad[t]
         out[f"{t}_dz_fg_sum"] = logit_sum[t]
         out[f"{t}_dz_bg_share"] = logit_bg[t] / logit_all[t] if logit_all[t] > 0 else math.nan
+    # the w_B of (1 - w_B) GDL + w_B BL at which both terms' gradients are equally long
+    gdl_norm, bl_norm = out["gdl_grad_norm"], out[f"{_bl_key(bl_units)}_grad_norm"]
+    out["w_b_equal_norm"] = gdl_norm / (gdl_norm + bl_norm) if gdl_norm + bl_norm > 0 else math.nan
     out["cos_gdl_bl_mm"] = _cos(grads["gdl"], grads["bl_mm"])
     out["cos_gdl_bl_vox"] = _cos(grads["gdl"], grads["bl_vox"])
     out["cos_bl_mm_bl_vox"] = _cos(grads["bl_mm"], grads["bl_vox"])
     if weights is not None:
         w_region, w_boundary = (float(w) for w in weights)
-        bl = grads["bl_vox" if bl_units == "voxels" else "bl_mm"]
+        bl = grads[_bl_key(bl_units)]
         gdl_part = w_region * float(grads["gdl"].norm())
         out["w_region"], out["w_boundary"] = w_region, w_boundary
         out["weighted_bl_over_gdl"] = (
@@ -324,8 +334,9 @@ def term_gradients(
         )
         total = w_region * grads["gdl"] + w_boundary * bl
         out["cos_total_gdl"] = _cos(total, grads["gdl"])
-        bl_key = "bl_vox" if bl_units == "voxels" else "bl_mm"
-        out["total_dbias_fg"] = w_region * bias_grad["gdl"] + w_boundary * bias_grad[bl_key]
+        out["total_dbias_fg"] = (
+            w_region * bias_grad["gdl"] + w_boundary * bias_grad[_bl_key(bl_units)]
+        )
     out.update(eval_probability)
     return out
 
@@ -518,6 +529,7 @@ GRADIENT_COLUMNS = [
     ("bl_mm_dbias_fg", "∂BL mm/∂b_fg"),
     ("bl_mm_dz_bg_share", "BL: bg share of |∂z_fg|"),
     ("gdl_dz_bg_share", "GDL: bg share of |∂z_fg|"),
+    ("w_b_equal_norm", "w_B of equal norms"),
     ("weighted_bl_over_gdl", "w_B‖∇BL‖ / w_G‖∇GDL‖"),
     ("total_dbias_fg", "∂(w_G GDL + w_B BL)/∂b_fg"),
 ]

@@ -99,6 +99,8 @@ def test_gradient_table_is_finite(basin, sample):
     assert out["weighted_bl_over_gdl"] == pytest.approx(
         0.1 * out["bl_mm_grad_norm"] / (0.9 * out["gdl_grad_norm"]), rel=1e-5
     )
+    g, b = out["gdl_grad_norm"], out["bl_mm_grad_norm"]
+    assert (1 - out["w_b_equal_norm"]) * g == pytest.approx(out["w_b_equal_norm"] * b, rel=1e-5)
     assert model.training  # the mode is restored
 
 
