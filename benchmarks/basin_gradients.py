@@ -535,6 +535,63 @@ GRADIENT_COLUMNS = [
 ]
 
 
+STATE_COLUMNS = [
+    ("load", "load %"),
+    ("state", "state"),
+    ("n", "networks"),
+    ("epoch", "epoch"),
+    ("p_fg_lesion_mean", "p_fg lesion"),
+    ("gdl_grad_norm", "‖∇GDL‖"),
+    ("bl_mm_grad_norm", "‖∇BL mm‖"),
+    ("cos_gdl_bl_mm", "cos(GDL, BL mm)"),
+    ("gdl_dbias_fg_pos", "share ∂GDL/∂b_fg > 0"),
+    ("bl_mm_dbias_fg_pos", "share ∂BL mm/∂b_fg > 0"),
+    ("bl_mm_dz_bg_share", "BL: bg share of |∂z_fg|"),
+    ("w_b_equal_norm", "w_B of equal norms"),
+    ("weighted_bl_over_gdl", "w_B‖∇BL‖ / w_G‖∇GDL‖"),
+]
+BASIN_DSC = 0.1
+"""Validation DSC below which a checkpoint is in the basin (``study.config.BASIN_DSC``)."""
+
+
+def network_state(row: Mapping[str, Any]) -> str:
+    """``fresh``, or ``basin``/``out``, the run's loss and the checkpoint (best, last)."""
+    if row.get("kind") == "init":
+        return "fresh"
+    dsc = row.get("val_dice_at_epoch")
+    where = "basin" if dsc is not None and float(dsc) < BASIN_DSC else "out"
+    return f"{where}, {row.get('loss', '?')}, {row.get('kind')}"
+
+
+def state_rows(gradients: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Medians of :data:`STATE_COLUMNS` per (load, state); best.pt dropped where it
+    holds last.pt's epoch."""
+    last_epoch = {
+        (r["load"], r["arm"], r["seed"]): r["epoch"] for r in gradients if r["kind"] == "last"
+    }
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in gradients:
+        if r["kind"] == "best" and last_epoch.get((r["load"], r["arm"], r["seed"])) == r["epoch"]:
+            continue
+        groups.setdefault((r["load"], network_state(r)), []).append(r)
+    out = []
+    for (load, state), rows in groups.items():
+        row: dict[str, Any] = {"load": load, "state": state, "n": len(rows)}
+        for key, _ in STATE_COLUMNS[3:]:
+            if key.endswith("_pos"):
+                values = [float(r[key[:-4]] > 0) for r in rows if r.get(key[:-4]) is not None]
+            else:
+                values = [float(r[key]) for r in rows if r.get(key) is not None]
+            values = [v for v in values if not math.isnan(v)]
+            row[key] = (
+                float(np.mean(values) if key.endswith("_pos") else np.median(values))
+                if values
+                else None
+            )
+        out.append(row)
+    return out
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -623,6 +680,16 @@ def write_report(out: Path) -> Path:
         "(otherwise last.pt is the checkpoint of an unfinished run).",
         "",
         *_table(gradients, GRADIENT_COLUMNS),
+        "",
+        "## 3. By state",
+        "",
+        "Medians over the networks of each state: fresh (initialised, seeds), in the basin",
+        f"(validation DSC at the checkpoint's epoch < {BASIN_DSC:g}) or out of it, by loss and",
+        "checkpoint (best.pt of a stuck run is often an early epoch; last.pt the end). A",
+        "run's best.pt and last.pt count once when they hold the same epoch. `share ∂/∂b_fg",
+        "> 0`: share of the networks where the term asks for less foreground everywhere.",
+        "",
+        *_table(state_rows(gradients), STATE_COLUMNS),
         "",
     ]
     path = out / "basin_gradients.md"
