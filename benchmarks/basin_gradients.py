@@ -567,11 +567,13 @@ def state_rows(gradients: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Medians of :data:`STATE_COLUMNS` per (load, state); best.pt dropped where it
     holds last.pt's epoch."""
     last_epoch = {
-        (r["load"], r["arm"], r["seed"]): r["epoch"] for r in gradients if r["kind"] == "last"
+        (r["load"], r["arm"], r["seed"]): r.get("epoch") for r in gradients if r["kind"] == "last"
     }
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in gradients:
-        if r["kind"] == "best" and last_epoch.get((r["load"], r["arm"], r["seed"])) == r["epoch"]:
+        if r["kind"] == "best" and last_epoch.get((r["load"], r["arm"], r["seed"])) == r.get(
+            "epoch"
+        ):
             continue
         groups.setdefault((r["load"], network_state(r)), []).append(r)
     out = []

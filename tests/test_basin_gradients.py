@@ -111,7 +111,17 @@ def test_resume_and_report(basin, tmp_path):
     ckpt = tmp_path / "last.pt"
     ckpt.write_bytes(b"x")
     source = basin.ModelSource("gdl-seed0.last", "last", "gdl", 0, ckpt)
-    record = {"model": source.name, "kind": "last", "arm": "gdl", "seed": 0, "p_fg_mean": 0.01}
+    record = {
+        "model": source.name,
+        "kind": "last",
+        "arm": "gdl",
+        "seed": 0,
+        "loss": "gdl",
+        "epoch": 30,
+        "val_dice_at_epoch": 0.02,
+        "p_fg_mean": 0.01,
+        "gdl_grad_norm": 0.5,
+    }
     out_file = folder / f"{source.name}.json"
     assert basin._needs(out_file, source)
     basin._write_json(out_file, {**record, "finished": True, "stamp": [0, 0]})
@@ -120,6 +130,15 @@ def test_resume_and_report(basin, tmp_path):
     assert basin._needs(out_file, source)  # an unfinished run's checkpoint moved on
     basin._write_json(out_file, {**record, "finished": False, "stamp": basin._stamp(ckpt)})
     assert not basin._needs(out_file, source)
+    best = {**record, "model": "gdl-seed0.best", "kind": "best", "gdl_grad_norm": 0.7}
+    basin._write_json(folder / "gdl-seed0.best.json", best)  # the same epoch as last.pt
+    fresh = {"model": "init-seed0", "kind": "init", "arm": "init", "seed": 0, "epoch": 0}
+    basin._write_json(folder / "init-seed0.json", {**fresh, "gdl_grad_norm": 0.3})
+    states = basin.state_rows(basin.read_results(tmp_path)[1])
+    assert {(r["state"], r["n"], r["gdl_grad_norm"]) for r in states} == {
+        ("fresh", 1, 0.3),
+        ("basin, gdl, last", 1, 0.5),
+    }
     md = basin.write_report(tmp_path).read_text()
     assert "| 0.6 | gdl-seed0.last |" in md and "| 0.6 | 3 |" in md
     assert (tmp_path / "gradients.csv").read_text().startswith("load,model")
