@@ -87,15 +87,28 @@ class Sample:
 
 
 def load_folders(data: Path, loads: Sequence[str] | None) -> list[tuple[str, Path]]:
-    """``(load, folder)`` of each ``load_<L>`` folder under ``data`` holding a dataset.json,
-    by decreasing load."""
+    """``(load, folder)`` of each complete ``load_<L>`` folder under ``data`` (its
+    dataset.json there and as many label files as it lists), by decreasing load."""
     found = []
     for folder in sorted(Path(data).iterdir()) if Path(data).is_dir() else []:
         match = LOAD_RE.match(folder.name)
-        if match and (folder / "dataset.json").is_file():
-            if loads is None or match["load"] in loads:
-                found.append((match["load"], folder))
+        if not match or (loads is not None and match["load"] not in loads):
+            continue
+        if not data_complete(folder):
+            print(f"load {match['load']}: {folder} is not complete yet, skipped", flush=True)
+            continue
+        found.append((match["load"], folder))
     return sorted(found, key=lambda item: -float(item[0]))
+
+
+def data_complete(folder: Path) -> bool:
+    """True when ``folder/dataset.json`` exists and every case it lists has its label
+    (the study writes the cases first: a split of a partial folder would differ)."""
+    try:
+        listed = json.loads((folder / "dataset.json").read_text()).get("training", [])
+    except (OSError, ValueError):
+        return False
+    return bool(listed) and all((folder / entry["label"]).is_file() for entry in listed)
 
 
 def reference_config(runs_load: Path) -> Any:

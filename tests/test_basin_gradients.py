@@ -142,3 +142,16 @@ def test_resume_and_report(basin, tmp_path):
     md = basin.write_report(tmp_path).read_text()
     assert "| 0.6 | gdl-seed0.last |" in md and "| 0.6 | 3 |" in md
     assert (tmp_path / "gradients.csv").read_text().startswith("load,model")
+
+
+def test_only_complete_load_folders(basin, tmp_path):
+    for name, labels in (("load_3", 2), ("load_0.6", 1), ("load_0.03", 0)):
+        folder = tmp_path / name
+        (folder / "labelsTr").mkdir(parents=True)
+        for k in range(labels):
+            (folder / "labelsTr" / f"case_{k:03d}.nii.gz").write_bytes(b"")
+        if name != "load_0.03":  # dataset.json comes last: load_0.03 is still being written
+            cases = [{"label": f"./labelsTr/case_{k:03d}.nii.gz"} for k in range(2)]
+            (folder / "dataset.json").write_text(json.dumps({"training": cases}))
+    assert basin.load_folders(tmp_path, None) == [("3", tmp_path / "load_3")]
+    assert basin.load_folders(tmp_path, ["0.6"]) == []
