@@ -125,9 +125,10 @@ def reference_config(runs_load: Path) -> Any:
 
 def build_sample(
     data_dir: Path, config: Any, test_fraction: float, n_slices: int, seed: int
-) -> Sample:
+) -> tuple[Sample, Sample]:
     """The first ``n_slices`` items of the trainer's epoch-0 order (seed ``seed``) of the
-    study's training cases, prepared as the trainer prepares them, φ in mm and voxels."""
+    study's training cases, prepared as the trainer prepares them, φ in mm and voxels;
+    and all the training slices' labels and φ (no images)."""
     from napari_boundary_seg.core.data import SliceDataset, find_cases, load_case
     from napari_boundary_seg.core.modes.base import preprocess_config
     from napari_boundary_seg.core.modes.slices import collate, epoch_order, foreground_items
@@ -147,10 +148,9 @@ def build_sample(
         mm.case_ids[int(mm.case_index[int(i)])]: mm.case_spacing[int(mm.case_index[int(i)])]
         for i in order
     }
-    del mm
     vox = SliceDataset(cases, config.num_classes, preprocess, phi_units="voxels", **kwargs)
     phi_vox = vox.dist.index_select(0, order)
-    del vox
+    every = Sample(mm.images[:0], mm.labels.long(), mm.dist, vox.dist, config.num_classes, {})
     inplane = np.array([s[1:] for s in spacing.values()], dtype=float)
     info = {
         "data": str(data_dir),
@@ -164,7 +164,7 @@ def build_sample(
         "slice_size": config.slice_size,
         "inplane_spacing_mm": [float(inplane.min()), float(inplane.max())],
     }
-    return Sample(images, labels.long(), phi_mm, phi_vox, config.num_classes, info)
+    return Sample(images, labels.long(), phi_mm, phi_vox, config.num_classes, info), every
 
 
 # ---------------------------------------------------------------------------
@@ -501,6 +501,8 @@ def _run_history(run_dir: Path) -> list[dict[str, Any]]:
 
 LABEL_COLUMNS = [
     ("load", "load %"),
+    ("slices_set", "slices"),
+    ("n_slices", "n"),
     ("lesion_voxels", "lesion px"),
     ("slices_with_lesion", "slices w/ lesion"),
     ("lesion_share", "lesion share of px"),
@@ -651,7 +653,10 @@ def read_results(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         load = LOAD_RE.match(folder.name)["load"]
         path = folder / "labels.json"
         if path.is_file():
-            labels.append({"load": load, **json.loads(path.read_text())})
+            saved = json.loads(path.read_text())
+            for name, title in (("sample", "sample"), ("all", "all training")):
+                if name in saved:
+                    labels.append({"load": load, "slices_set": title, **saved[name]})
         rows = [
             json.loads(p.read_text())
             for p in sorted(folder.glob("*.json"))
@@ -676,7 +681,8 @@ def write_report(out: Path) -> Path:
         "",
         "## 1. The boundary term on the labels alone",
         "",
-        "Predictions: the ground truth (perfect), no foreground (empty, L_B = 0), the",
+        "On the sample of the gradients (below) and on all the training slices. Predictions:",
+        "the ground truth (perfect), no foreground (empty, L_B = 0), the",
         "lesions dilated by one pixel in-plane, and s = 0.5 everywhere (an untrained",
         "network). `FP d mm`: what one false-positive pixel at d mm from the lesions adds",
         "to L_B (d / N); `FP@3 = reward`: how many such pixels at 3 mm (3 voxels) cancel",
@@ -744,13 +750,17 @@ def run(args: argparse.Namespace) -> int:
             continue
         config = reference_config(runs_load)
         torch.manual_seed(0)
-        sample = build_sample(data_dir, config, args.test_fraction, args.slices, args.sample_seed)
+        sample, every = build_sample(
+            data_dir, config, args.test_fraction, args.slices, args.sample_seed
+        )
         _write_json(folder / "sample.json", sample.info)
         print(
             f"load {load}: sample of {args.slices} slices in {time.time() - tic:.0f} s", flush=True
         )
         if need_labels:
-            _write_json(folder / "labels.json", label_arithmetic(sample))
+            arithmetic = {"sample": label_arithmetic(sample), "all": label_arithmetic(every)}
+            _write_json(folder / "labels.json", arithmetic)
+        del every
         for source in todo:
             record = model_gradients(source, sample, config, int(sample.images.shape[1]))
             _write_json(folder / f"{source.name}.json", record)

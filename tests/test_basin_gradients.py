@@ -107,7 +107,8 @@ def test_gradient_table_is_finite(basin, sample):
 def test_resume_and_report(basin, tmp_path):
     folder = tmp_path / "load_0.6"
     folder.mkdir()
-    (folder / "labels.json").write_text(json.dumps({"lesion_voxels": 3, "bl_mm_perfect": -0.1}))
+    arithmetic = {"lesion_voxels": 3, "bl_mm_perfect": -0.1}
+    (folder / "labels.json").write_text(json.dumps({"sample": arithmetic, "all": arithmetic}))
     ckpt = tmp_path / "last.pt"
     ckpt.write_bytes(b"x")
     source = basin.ModelSource("gdl-seed0.last", "last", "gdl", 0, ckpt)
@@ -140,7 +141,7 @@ def test_resume_and_report(basin, tmp_path):
         ("basin, gdl, last", 1, 0.5),
     }
     md = basin.write_report(tmp_path).read_text()
-    assert "| 0.6 | gdl-seed0.last |" in md and "| 0.6 | 3 |" in md
+    assert "| 0.6 | gdl-seed0.last |" in md and "| 0.6 | all training | – | 3 |" in md
     assert (tmp_path / "gradients.csv").read_text().startswith("load,model")
 
 
