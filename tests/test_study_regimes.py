@@ -185,3 +185,19 @@ def test_map_report_words_and_figures_follow_the_numbers(tmp_path):
     # nothing better anywhere: the answer says so
     null = regimes_markdown(regime_rows(_rows(0.0), ["gdl-bl-warm"], n_resamples=199), {}, "b")
     assert "DSC: no arm beats GDL at any of the 1 loads" in null
+
+
+def test_a_distance_gain_where_both_arms_predict_nothing_is_named_so():
+    """An HD95 gain between two near-empty predictions (DSC < BASIN_DSC) is a
+    stray prediction's distance against the image diagonal: the answer says so,
+    with both arms' DSC; where the models segment, the DSC is given plainly."""
+    from napari_boundary_seg.study.regimes import dsc_means
+
+    for dice, near_empty in ((0.02, True), (0.7, False)):
+        rows = [{**r, "dice": dice} for r in _rows(0.3)]
+        table = regime_rows(rows, ["gdl-bl-warm"], n_resamples=199)
+        text = regimes_markdown(table, {}, "b", dsc=dsc_means(rows)).split("## ")[0]
+        assert "HD95 (mm): the boundary term beats GDL" in text
+        assert f"mean DSC there: GDL {dice:.2f}, the arm {dice:.2f}" in text
+        assert ("both near-empty" in text) is near_empty
+        assert dice < BASIN_DSC if near_empty else dice > BASIN_DSC

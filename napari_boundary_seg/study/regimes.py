@@ -42,6 +42,7 @@ from napari_boundary_seg.study_stats import CasePairedComparison, compare_cases
 __all__ = [
     "REGIME_METRICS",
     "basin_shares",
+    "dsc_means",
     "iter_load_map",
     "load_config",
     "load_folder",
@@ -209,18 +210,29 @@ def _n(x: float, digits: int, sign: bool = True) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def dsc_means(per_case: Sequence[Mapping[str, Any]]) -> dict[tuple[float, str], float]:
+    """The mean test DSC of each ``(load, arm)`` over its cases and seeds."""
+    sums: dict[tuple[float, str], list[float]] = {}
+    for r in per_case:
+        value = float(r.get("dice", math.nan))
+        if math.isfinite(value):
+            sums.setdefault((float(r["load"]), str(r["arm"])), []).append(value)
+    return {k: float(np.mean(v)) for k, v in sums.items()}
+
+
 def regimes_markdown(
     table: Sequence[tuple[float, CasePairedComparison]],
     facts: Mapping[float, Mapping[str, Any]],
     budget: str,
     complete: bool = True,
+    dsc: Mapping[tuple[float, str], float] | None = None,
 ) -> str:
     """The map as markdown: the answer in sentences (from the statistics), the loads,
-    then one table per metric."""
+    then one table per metric. ``dsc`` (:func:`dsc_means`) adds each gain's DSC."""
     lines = ["# When does the boundary loss help? The regimes map", ""]
     if not complete:
         lines += ["**PARTIAL: not every run had finished; rerun the script to continue.**", ""]
-    lines += [_answer(table), "", budget + ".", ""]
+    lines += [_answer(table, dsc), "", budget + ".", ""]
     lines += [
         "Pairs are test cases: each arm's metric is averaged over its seeds first, so a case "
         "counts once (never once per seed). CI: percentile bootstrap of the mean over cases "
@@ -273,8 +285,25 @@ def regimes_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _answer(table: Sequence[tuple[float, CasePairedComparison]]) -> str:
-    """The answer in a few sentences, each computed from the verdicts."""
+def _where_dsc(load: float, c: CasePairedComparison, dsc: Mapping | None) -> str:
+    """ ", mean DSC GDL 0.01 and the arm 0.02 (both near-empty...)" for a gain, or ""."""
+    if not dsc or c.metric == "dice":
+        return ""
+    a, b = dsc.get((load, c.a), math.nan), dsc.get((load, c.b), math.nan)
+    if math.isnan(a) or math.isnan(b):
+        return ""
+    text = f"; mean DSC there: GDL {a:.2f}, the arm {b:.2f}"
+    if max(a, b) < BASIN_DSC:
+        text += (
+            ", both near-empty: a stray prediction's distance against an empty one's "
+            "(the image diagonal), not better boundaries"
+        )
+    return text
+
+
+def _answer(table: Sequence[tuple[float, CasePairedComparison]], dsc: Mapping | None = None) -> str:
+    """The answer in a few sentences, each computed from the verdicts (and, for a
+    gain, the DSC of both arms where it was measured: ``dsc``)."""
     if not table:
         return "No load has both GDL and a boundary-loss arm finished yet."
     loads = sorted({load for load, _ in table}, reverse=True)
@@ -286,7 +315,7 @@ def _answer(table: Sequence[tuple[float, CasePairedComparison]]) -> str:
         if better:
             where = "; ".join(
                 f"{_label(c.b)} at {load:g} % ({_n(c.mean_diff, 3)}, CI "
-                f"[{_n(c.ci_low, 3)}, {_n(c.ci_high, 3)}])"
+                f"[{_n(c.ci_low, 3)}, {_n(c.ci_high, 3)}]{_where_dsc(load, c, dsc)})"
                 for load, c in better
             )
             helped = sorted({load for load, _ in better}, reverse=True)
@@ -424,7 +453,9 @@ def write_map(
         "basin_figure": out / "basin_curves.png",
         "regimes_json": out / "regimes.json",
     }
-    files["regimes_md"].write_text(regimes_markdown(table, facts, budget, complete))
+    files["regimes_md"].write_text(
+        regimes_markdown(table, facts, budget, complete, dsc=dsc_means(per_case))
+    )
     columns = ["load", "arm", "metric", *[k for k in CasePairedComparison.__dataclass_fields__][5:]]
     with atomic_path(files["regimes_csv"]) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
