@@ -173,7 +173,7 @@ def test_map_report_words_and_figures_follow_the_numbers(tmp_path):
     text = (tmp_path / "regimes.md").read_text()
     assert "DSC: the boundary term beats GDL on independent pairs in 1 of 3" in text
     assert "GDL+BL (warm start) at 3 %" in text and "Loads with a gain: 3 %" in text
-    assert "worse than GDL in 1 cell(s): GDL+BL (warm start) at 0.03 %" in text
+    assert "worse than GDL in 1 cell(s): at 0.03 %: warm start" in text
     assert "| 0.3 | GDL+BL (warm start) | 12 × 3 |" in text
     lines = (tmp_path / "regimes.csv").read_text().splitlines()
     assert lines[0].startswith("load,arm,metric,n_cases") and len(lines) == 1 + 3 * 2

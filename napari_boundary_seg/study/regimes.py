@@ -301,6 +301,14 @@ def _where_dsc(load: float, c: CasePairedComparison, dsc: Mapping | None) -> str
     return text
 
 
+def _by_load(cells: Sequence[tuple[float, CasePairedComparison]]) -> str:
+    """ "at 3 %: paper α, reference-code α; at 0.6 %: ..." (the arms' short names)."""
+    loads: dict[float, list[str]] = {}
+    for load, c in cells:
+        loads.setdefault(load, []).append(_label(c.b).removeprefix("GDL+BL (").removesuffix(")"))
+    return "; ".join(f"at {load:g} %: {', '.join(arms)}" for load, arms in loads.items())
+
+
 def _answer(table: Sequence[tuple[float, CasePairedComparison]], dsc: Mapping | None = None) -> str:
     """The answer in a few sentences, each computed from the verdicts (and, for a
     gain, the DSC of both arms where it was measured: ``dsc``)."""
@@ -327,14 +335,11 @@ def _answer(table: Sequence[tuple[float, CasePairedComparison]], dsc: Mapping | 
         else:
             out.append(
                 f"- {title}: no arm beats GDL at any of the {len(loads)} loads "
-                f"({len(rows)} (load, arm) cells; {len(worse)} worse with the boundary term)."
+                f"({len(rows)} (load, arm) cells; {len(worse)} worse with the boundary term"
+                + (f": {_by_load(worse)})." if worse else ").")
             )
         if better and worse:
-            out.append(
-                f"  It is worse than GDL in {len(worse)} cell(s): "
-                + "; ".join(f"{_label(c.b)} at {load:g} %" for load, c in worse)
-                + "."
-            )
+            out.append(f"  It is worse than GDL in {len(worse)} cell(s): {_by_load(worse)}.")
     return "\n".join(out)
 
 
@@ -445,7 +450,14 @@ def write_map(
 
     out.mkdir(parents=True, exist_ok=True)
     table = regime_rows(per_case, arms, n_resamples=n_resamples)
-    seconds = sum(float(f.get("train_seconds_this_invocation", 0.0)) for f in facts.values())
+    # the epochs' own times in every run's metrics.csv (a report-only call trains nothing)
+    seconds = sum(
+        float(row.get("seconds", 0.0) or 0.0)
+        for h in histories.values()
+        for runs in h.values()
+        for run in runs
+        for row in run
+    )
     files = {
         "regimes_md": out / "regimes.md",
         "regimes_csv": out / "regimes.csv",
@@ -470,7 +482,7 @@ def write_map(
                     *(f"{v:.6g}" if isinstance(v, float) else v for v in values),
                 ]
             )
-    wall = f"training wall time this invocation {seconds / 60:.0f} min"
+    wall = f"training time of these runs {seconds / 3600:.1f} h (sum of their epochs)"
     plot_load_deltas(files["regimes_figure"], table, f"arm − GDL on test cases; {budget}; {wall}")
     epochs = max(
         (
