@@ -25,6 +25,7 @@ __all__ = [
     "PlotCanvas",
     "RoundsPlot",
     "TrainingCurves",
+    "chart_titles",
 ]
 
 #: Why the total loss may rise while the model improves (the charts' tooltip).
@@ -39,6 +40,19 @@ BOUNDARY_HELP = (
     "in mm. It falls (more negative) as the predicted foreground moves inside "
     "the lesions."
 )
+
+
+def chart_titles(loss: str) -> tuple[str, str]:
+    """The total-loss and boundary charts' titles for a loss kind: the α formula
+    for GDL + BL; for a loss without the boundary term (GDL, CE, Dice) the
+    boundary term is computed and shown but not trained on, and the title says so."""
+    loss = str(getattr(loss, "value", loss))
+    if loss in ("gdl+bl", "gdl+monai-bl"):
+        return "total: α·GDL + (1−α)·BL", "boundary term: distance (mm)"
+    if loss == "bl":
+        return "total: BL alone", "boundary term: distance (mm)"
+    return f"total: {loss.upper()}", "BL, not trained on (mm)"
+
 
 #: The live curves redraw at most this often (ms); events in between only
 #: append data. Keeps the Qt event loop free while a model trains.
@@ -384,11 +398,12 @@ class TrainingCurves(QWidget):
         super().__init__()
         from qtpy.QtWidgets import QGridLayout
 
-        self.loss_chart = LineChart("total: α·GDL + (1−α)·BL")
+        total_title, boundary_title = chart_titles("gdl+bl")
+        self.loss_chart = LineChart(total_title)
         self.loss_chart.setToolTip(TOTAL_LOSS_HELP)
         self.alpha_chart = LineChart("α (regional weight)", y_range=(-0.03, 1.03))
         self.region_chart = LineChart("regional term (GDL)")
-        self.boundary_chart = LineChart("boundary term: distance (mm)")
+        self.boundary_chart = LineChart(boundary_title)
         self.boundary_chart.setToolTip(BOUNDARY_HELP)
         self.dsc_chart = LineChart("validation DSC", y_range=(-0.03, 1.03))
         self.alpha_chart.y_ticks = self.dsc_chart.y_ticks = (1.0, 0.0)
@@ -410,10 +425,13 @@ class TrainingCurves(QWidget):
         self.reset()
         self._timer.start()
 
-    def reset(self, planned_epochs: int | None = None) -> None:
-        """Forget the data (a new run of ``planned_epochs`` epochs)."""
+    def reset(self, planned_epochs: int | None = None, loss: str | None = None) -> None:
+        """Forget the data (a new run of ``planned_epochs`` epochs); ``loss`` (the
+        run's loss kind) titles the total and boundary charts (:func:`chart_titles`)."""
         if planned_epochs is not None:
             self.planned_epochs = max(int(planned_epochs), 1)
+        if loss is not None:
+            self.loss_chart.title, self.boundary_chart.title = chart_titles(loss)
         self.steps: list[float] = []
         self.loss: dict[str, list[float]] = {"total": [], "region": [], "boundary": []}
         self.epochs: list[int] = []

@@ -459,7 +459,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         self._update_preview_at()
         # the view follows in a turn of its own: napari slices every layer again
         QTimer.singleShot(0, self._follow_training_plane)
-        self.curves.reset(config.epochs)
+        self.curves.reset(config.epochs, loss=config.loss)
         self.curves.start_timer()
         self.progress.reset(config.epochs)
         self.progress.busy("preparing data")

@@ -281,3 +281,18 @@ def test_dock_title_is_not_cut_at_300_px(make_napari_viewer, qtbot, name):
         QApplication.processEvents()
     title = dock.titleBarWidget().title
     assert title.fontMetrics().horizontalAdvance(title.text()) <= title.width(), title.text()
+
+
+def test_training_curves_are_titled_by_the_loss(qtbot):
+    """GDL + BL: the α formula and the boundary term in mm; GDL: the boundary
+    term is shown but not trained on, and its chart says so."""
+    from napari_boundary_seg._widgets._plots import TrainingCurves
+
+    curves = TrainingCurves()
+    qtbot.addWidget(curves)
+    assert "α·GDL + (1−α)·BL" in curves.loss_chart.title
+    curves.reset(3, loss="gdl")
+    assert curves.loss_chart.title == "total: GDL"
+    assert "not trained" in curves.boundary_chart.title
+    curves.reset(3, loss="gdl+bl")
+    assert "α·GDL" in curves.loss_chart.title and "not trained" not in curves.boundary_chart.title
