@@ -234,7 +234,7 @@ def parse_slice_spacing(words: list[str]) -> str | list[float] | None:
 
 
 BOUNDARY_LOSS_EVIDENCE = (
-    "on the regimes map it beat GDL at no lesion load, and lost at 0.6 %% of the brain "
+    "on the regimes map it beat GDL at no lesion load, and lost on DSC at loads of 3 and 0.6 %% of the brain "
     "(README, 'When does the boundary loss help?'; "
     "benchmarks/results/boundary_regimes/regimes_delta.png)"
 )
