@@ -201,3 +201,13 @@ def test_a_distance_gain_where_both_arms_predict_nothing_is_named_so():
         assert f"mean DSC there: GDL {dice:.2f}, the arm {dice:.2f}" in text
         assert ("both near-empty" in text) is near_empty
         assert dice < BASIN_DSC if near_empty else dice > BASIN_DSC
+
+
+def test_losing_cells_are_grouped_by_load_with_each_arms_short_name():
+    from types import SimpleNamespace
+
+    from napari_boundary_seg.study.regimes import _by_load
+
+    cells = [(3.0, SimpleNamespace(b=k)) for k in ("gdl-bl-paper", "gdl-monai-bl")]
+    cells.append((0.6, SimpleNamespace(b="gdl-bl-warm")))
+    assert _by_load(cells) == "at 3 %: paper α, GDL+MONAI BL (paper α); at 0.6 %: warm start"

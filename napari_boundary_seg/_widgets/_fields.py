@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_boundary_seg._widgets._layers import follow_layer_list, offered_image
+from napari_boundary_seg.core.settings import plain_help
 
 #: The widest a scrolling form asks to be (px): a third of a 1366 px screen.
 MAX_FORM_WIDTH = 440
@@ -394,7 +395,7 @@ def declared_spin(config: type, name: str, decimals: int = 2, **override: Any) -
         box = double_spin(
             float(facts["value"]), facts["low"], facts["high"], facts["step"], decimals
         )
-    box.setToolTip(declared.help.replace("%%", "%"))  # argparse's escape
+    box.setToolTip(plain_help(declared.help))
     return box
 
 

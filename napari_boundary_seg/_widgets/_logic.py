@@ -39,6 +39,7 @@ import numpy as np
 from napari_boundary_seg._widgets._layers import ImageStack
 from napari_boundary_seg.core.orientation import SLICE_PLANES
 from napari_boundary_seg.core.presets import split_slices, validation_block
+from napari_boundary_seg.core.settings import plain_help
 
 LOSS_CHOICES = [
     ("GDL", "gdl"),
@@ -682,7 +683,7 @@ def spec_from_setting(
         "type": _KIND_TYPES[kind],
         "default": "" if default is None else default,
         "label": declared.label,
-        "help": declared.help.replace("%%", "%"),  # argparse's escape, not a tooltip's
+        "help": plain_help(declared.help),
         "bounds": bounds,
         "step": declared.step,
         "choices": choices,

@@ -17,6 +17,8 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
+from napari_boundary_seg.core.config import LossKind, uses_schedule
+
 __all__ = [
     "REDRAW_INTERVAL_MS",
     "AlphaPlot",
@@ -46,12 +48,12 @@ def chart_titles(loss: str) -> tuple[str, str]:
     """The total-loss and boundary charts' titles for a loss kind: the α formula
     for GDL + BL; for a loss without the boundary term (GDL, CE, Dice) the
     boundary term is computed and shown but not trained on, and the title says so."""
-    loss = str(getattr(loss, "value", loss))
-    if loss in ("gdl+bl", "gdl+monai-bl"):
+    kind = LossKind(loss)
+    if uses_schedule(kind):
         return "total: α·GDL + (1−α)·BL", "boundary term: distance (mm)"
-    if loss == "bl":
+    if kind is LossKind.BL:
         return "total: BL alone", "boundary term: distance (mm)"
-    return f"total: {loss.upper()}", "BL, not trained on (mm)"
+    return f"total: {kind.value.upper()}", "BL, not trained on (mm)"
 
 
 #: The live curves redraw at most this often (ms); events in between only

@@ -27,7 +27,15 @@ from typing import Any
 
 from napari_boundary_seg.core.validate import check_bool, check_choice, check_int, check_number
 
-__all__ = ["SECTIONS", "Setting", "check_settings", "form_options", "setting", "settings"]
+__all__ = [
+    "SECTIONS",
+    "Setting",
+    "check_settings",
+    "form_options",
+    "plain_help",
+    "setting",
+    "settings",
+]
 
 SECTIONS = ("data", "model", "schedule", "run", "advanced")
 """Where a setting is shown: the sections of a form and the groups of ``--help``."""
@@ -114,6 +122,11 @@ class Setting:
     def required(self) -> bool:
         """True when the field has no default."""
         return self.default is MISSING
+
+
+def plain_help(text: str) -> str:
+    """A setting's ``help`` as a person reads it (a tooltip): argparse's ``%%`` as ``%``."""
+    return text.replace("%%", "%")
 
 
 def setting(

@@ -305,7 +305,9 @@ def _by_load(cells: Sequence[tuple[float, CasePairedComparison]]) -> str:
     """ "at 3 %: paper α, reference-code α; at 0.6 %: ..." (the arms' short names)."""
     loads: dict[float, list[str]] = {}
     for load, c in cells:
-        loads.setdefault(load, []).append(_label(c.b).removeprefix("GDL+BL (").removesuffix(")"))
+        label, prefix = _label(c.b), "GDL+BL ("
+        short = label[len(prefix) : -1] if label.startswith(prefix) else label
+        loads.setdefault(load, []).append(short)
     return "; ".join(f"at {load:g} %: {', '.join(arms)}" for load, arms in loads.items())
 
 
