@@ -53,7 +53,14 @@ from napari_boundary_seg._widgets._layers import (
     require_layer,
     slicing_axis,
 )
-from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
+from napari_boundary_seg._widgets._runner import (
+    NUMBER_GLYPHS,
+    Delivery,
+    Runner,
+    RunsWork,
+    glyph_steps,
+    layer_steps,
+)
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
 logger = logging.getLogger(__name__)
@@ -352,8 +359,9 @@ class DistanceMapWidget(RunsWork, QWidget):
 
             # the unit, then napari's colorbar overlay, a turn each: the first
             # paint of a text visual compiles its shader and renders its glyphs
-            # (vispy, on the CPU), so the unit's short text pays the shader and
-            # the colorbar's paint only its own
+            # (on the CPU); the glyphs of both are rendered a few a turn before
+            # (glyph_steps), so the unit's paint pays the shader and the
+            # colorbar's only draws
             def show_colorbar() -> None:
                 layer = self.phi_layer
                 if layer is not None and hasattr(layer, "colorbar"):
@@ -364,7 +372,8 @@ class DistanceMapWidget(RunsWork, QWidget):
                 if layer is not None and hasattr(layer, "colorbar"):
                     self._show_unit(layer)
 
-            steps += [show_unit, show_colorbar]
+            glyphs = glyph_steps(self.viewer, PHI_UNIT_TEXT + NUMBER_GLYPHS)
+            steps += [*glyphs, show_unit, show_colorbar]
 
         def boundary_added(layer: Any) -> None:
             self.boundary_layer = layer

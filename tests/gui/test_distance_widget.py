@@ -232,3 +232,23 @@ def test_small_lesion_interiors_read_blue_over_orange_labels():
     assert seen[2] - seen[0] > 0.25 and seen[2] > seen[1]
     far = PHI_COLORMAP.map(np.array([0.05]))[0]  # deep inside: dark blue
     assert far[2] > far[0] + 0.2
+
+
+def test_glyph_steps_render_the_text_ahead(make_napari_viewer):
+    """The colorbar's and the unit's glyphs are rendered into the canvas's
+    glyph cache by delivery steps, a few a turn, not by their first paint."""
+    from napari.components import ViewerModel
+
+    viewer = make_napari_viewer()
+    info = viewer.window._qt_viewer.canvas._font_info
+    font = info.font_manager.get_font(info.face)
+    text = "ζ(µ)"
+    assert not set(text) & set(font._glyphs)
+    steps = _runner.glyph_steps(viewer, text + _runner.NUMBER_GLYPHS, per_step=3)
+    chars = set(_runner.LAYOUT_GLYPHS + text + _runner.NUMBER_GLYPHS)
+    assert len(steps) == -(-len(chars) // 3)  # each character once, 3 a turn
+    for step in steps:
+        step()
+    assert chars <= set(font._glyphs)
+    # a viewer without a canvas (or a napari without this cache): no steps
+    assert _runner.glyph_steps(ViewerModel(), text) == []
