@@ -14,7 +14,8 @@ the p-values of :func:`compare_arms` are optimistic; the module says so in the
 text it writes. :func:`compare_cases` pairs test cases only (each arm's metric
 averaged over its seeds), with a case-and-seed hierarchical bootstrap beside
 the case bootstrap, Cohen's d_z with a CI, and a note where Wilcoxon and the
-bootstrap CI disagree.
+bootstrap CI disagree; the study's reports use it
+(:func:`case_comparisons_markdown`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "CasePairedComparison",
     "PairedComparison",
     "bootstrap_mean_ci",
+    "case_comparisons_markdown",
     "case_pairs",
     "compare_arms",
     "compare_cases",
@@ -500,3 +502,63 @@ def compare_cases(
             )
         )
     return out
+
+
+def case_comparisons_markdown(
+    comparisons: Sequence[CasePairedComparison],
+    labels: Mapping[str, str],
+    heading: str,
+    alpha: float = 0.05,
+) -> str:
+    """A markdown section on independent pairs (:func:`compare_cases`): one table
+    row per metric, then one sentence per metric naming the direction found (from
+    the numbers) and, where Wilcoxon and the bootstrap CI disagree, why."""
+    if not comparisons:
+        return ""
+    a, b = comparisons[0].a, comparisons[0].b
+    la, lb = labels.get(a, a), labels.get(b, b)
+    lines = [
+        f"### {heading}: {lb} − {la}",
+        "",
+        f"Independent pairs (B = {lb}, A = {la}): test cases, each arm's metric averaged "
+        "over its seeds first, so a case counts once. Wilcoxon signed-rank (two-sided), a "
+        "percentile-bootstrap 95 % CI of the mean difference over cases and a case-and-seed "
+        "(hierarchical) one (4999 resamples, seed 0), Cohen's d_z with its CI.",
+        "",
+        "| metric | cases × seeds | B − A (mean) | 95 % CI (cases) | 95 % CI (hierarchical) "
+        "| Wilcoxon p | d_z [CI] | B better / A better | direction |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        digits = 1 if c.metric.startswith("hd") else 3
+        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
+        lines.append(
+            f"| {c.title} | {c.n_cases} × {c.n_seeds} | {_num(c.mean_diff, digits)} | "
+            f"[{_num(c.ci_low, digits)}, {_num(c.ci_high, digits)}] | "
+            f"[{_num(c.hier_low, digits)}, {_num(c.hier_high, digits)}] | {p} | "
+            f"{_num(c.dz, 2)} [{_num(c.dz_low, 2)}, {_num(c.dz_high, 2)}] | "
+            f"{c.n_b_better} / {c.n_a_better} | {c.verdict(alpha)} |"
+        )
+    lines.append("")
+    for c in comparisons:
+        verdict = c.verdict(alpha)
+        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
+        if verdict == "too few cases":
+            text = f"- {c.title}: {c.n_cases} case(s) with both values, too few to compare."
+        elif verdict in ("better with B", "worse with B"):
+            word = "better" if verdict == "better with B" else "worse"
+            better = "higher" if c.higher_is_better else "lower"
+            text = (
+                f"- {c.title}: {lb} is {word} than {la} ({better} is better; mean B − A "
+                f"{_num(c.mean_diff, 3)}, 95 % CI [{_num(c.ci_low, 3)}, {_num(c.ci_high, 3)}], "
+                f"p = {p}, {c.n_cases} cases)."
+            )
+        elif verdict == "unclear":
+            text = f"- {c.title}: unclear between {lb} and {la}: {c.disagreement(alpha)}."
+        else:
+            text = (
+                f"- {c.title}: no significant difference between {lb} and {la} "
+                f"(mean B − A {_num(c.mean_diff, 3)}, p = {p}, {c.n_cases} cases)."
+            )
+        lines.append(text)
+    return "\n".join(lines) + "\n"

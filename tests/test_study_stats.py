@@ -11,7 +11,9 @@ from scipy import stats
 from napari_boundary_seg.study_stats import (
     PairedComparison,
     bootstrap_mean_ci,
+    case_comparisons_markdown,
     compare_arms,
+    compare_cases,
     comparisons_markdown,
     paired_differences,
     wilcoxon_p,
@@ -106,3 +108,23 @@ def test_no_difference_is_said_so() -> None:
     )
     empty = PairedComparison("dice", "DSC", True, "a", "b", 0, *(math.nan,) * 6, 0, 0)
     assert empty.verdict() == "no pairs"
+
+
+def test_case_comparisons_count_each_case_once() -> None:
+    """The study's report pairs test cases (seeds averaged first): 8 cases × 2 seeds
+    are 8 pairs, not 16, and the words follow the numbers."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.5, 0.7, size=16)
+    rows = _table(list(a), list(a - 0.1 - rng.uniform(0, 0.02, size=16)))
+    (dice,) = compare_cases(rows, "a", "b", [("dice", "DSC", True)])
+    assert (dice.n_cases, dice.n_seeds) == (8, 2)
+    assert dice.verdict() == "worse with B" and dice.ci_high < 0
+    text = case_comparisons_markdown([dice], {"a": "GDL", "b": "GDL+BL"}, "test")
+    assert "| DSC | 8 × 2 |" in text and "a case counts once" in text
+    assert "- DSC: GDL+BL is worse than GDL (higher is better" in text and "8 cases)" in text
+    # three cases: the CI excludes 0 but Wilcoxon cannot reach 0.05; said, not hidden
+    (few,) = compare_cases(rows[:12], "a", "b", [("dice", "DSC", True)])
+    assert few.n_cases == 3 and few.verdict() == "unclear"
+    short = case_comparisons_markdown([few], {}, "test")
+    assert "- DSC: unclear between b and a: the bootstrap CI excludes 0 but 3 cases" in short
+    assert case_comparisons_markdown([], {}, "test") == ""

@@ -40,7 +40,7 @@ from napari_boundary_seg.study.report import (
     versions_of,
     write_outputs,
 )
-from napari_boundary_seg.study_stats import compare_arms, comparisons_markdown
+from napari_boundary_seg.study_stats import case_comparisons_markdown, compare_cases
 
 logger = logging.getLogger(__name__)
 
@@ -594,9 +594,9 @@ def iter_study(
             continue
         for a, b, heading in COMPARISONS:
             if a in ran and b in ran:
-                comparisons = compare_arms(rows_set, a, b, seed=0)
+                comparisons = compare_cases(rows_set, a, b, seed=0)
                 stats_md.append(
-                    comparisons_markdown(comparisons, labels, f"{heading} ({heading_suffix})")
+                    case_comparisons_markdown(comparisons, labels, f"{heading} ({heading_suffix})")
                 )
     calibration = calibration_of(summary, config)
     figure_slice = None
