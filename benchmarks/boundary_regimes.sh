@@ -21,12 +21,12 @@
 # until out of the empty basin, a constant α = 0.9) x 3 seeds. Budget: 30 epochs x
 # <= 20 steps of 8 slices, 128² slices, UNet width 8.
 #
-# Part lengths are ESTIMATES, not measured parts (benchmarks/results/boundary_regimes/
-# timing.txt): on the idle 2-core CPU about 40 min per load part (18 runs of ~115 s,
-# 40 cases written, 24 x 18 test evaluations), phi-peer about 28 min (12 new runs; GDL
-# and the paper arm at 0.6 % are the load part's), budget-3x about 28 min, map about
-# 3 min: the whole map about 3.6 h. On a CPU shared with other work each part takes
-# longer (about 4x at a load average of 8): run the parts when the machine is free.
+# Part lengths, measured (benchmarks/results/boundary_regimes/timing.txt; the 2-core CPU,
+# two parts at once, one thread each): a load part 90-110 min of wall time (18 runs of
+# 3-6 min, 40 cases written, 24 x 18 test evaluations), phi-peer about 45 min (12 new runs;
+# GDL and the paper arm at 0.6 % are the load part's), budget-3x about 58 min, map 30 s:
+# 8.2 h of training in all, about 4.1 h two parts at a time. To keep a part under an hour,
+# run a load a seed at a time (load-3 --seeds 0, then 1, then 2); map pools every run.
 # Extra arguments are appended (e.g. --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."

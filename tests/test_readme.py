@@ -130,3 +130,11 @@ def test_the_boundary_loss_answer_is_the_regimes_maps_own_words():
         assert line in section, line
     for figure in ("regimes_delta.png", "basin_curves.png"):
         assert f"benchmarks/results/boundary_regimes/{figure}" in section
+    # the φ-units / peer part and the 3x-budget part: their answers, word for word
+    for part in ("phi_peer", "budget_3x"):
+        text = (regimes.parent / part / "regimes.md").read_text().split("\n## ")[0]
+        lines = [line[2:].strip() for line in text.splitlines() if line.startswith(("- ", "  "))]
+        assert lines and "PARTIAL" not in text, part
+        for line in lines:
+            assert line in section, (part, line)
+    assert "PARTIAL" not in regimes.read_text()

@@ -184,7 +184,7 @@ def test_map_report_words_and_figures_follow_the_numbers(tmp_path):
     np.testing.assert_allclose(shares["gdl"], [1.0, 0.0, 0.0])
     # nothing better anywhere: the answer says so
     null = regimes_markdown(regime_rows(_rows(0.0), ["gdl-bl-warm"], n_resamples=199), {}, "b")
-    assert "DSC: no arm beats GDL at any of the 1 loads" in null
+    assert "DSC: no arm beats GDL at this load (" in null
 
 
 def test_a_distance_gain_where_both_arms_predict_nothing_is_named_so():
@@ -197,10 +197,24 @@ def test_a_distance_gain_where_both_arms_predict_nothing_is_named_so():
         rows = [{**r, "dice": dice} for r in _rows(0.3)]
         table = regime_rows(rows, ["gdl-bl-warm"], n_resamples=199)
         text = regimes_markdown(table, {}, "b", dsc=dsc_means(rows)).split("## ")[0]
-        assert "HD95 (mm): the boundary term beats GDL" in text
         assert f"mean DSC there: GDL {dice:.2f}, the arm {dice:.2f}" in text
         assert ("both near-empty" in text) is near_empty
         assert dice < BASIN_DSC if near_empty else dice > BASIN_DSC
+        # a gain between near-empty predictions is named, never counted as one
+        counted = "HD95 (mm): the boundary term beats GDL on independent pairs in 1 of 1"
+        assert (counted in text) is not near_empty
+        assert (
+            "HD95 (mm): no arm beats GDL at this load (1 (load, arm) cells" in text
+        ) is near_empty
+        assert (
+            "Not counted as gains: 1 cell(s) where both arms are near-empty" in text
+        ) is near_empty
+
+
+def test_a_tiny_gain_is_printed_with_its_digits():
+    from napari_boundary_seg.study.regimes import _diff
+
+    assert _diff(0.00031) == "+3.1e-04" and _diff(-0.0123) == "-0.012" and _diff(0.0) == "+0.000"
 
 
 def test_losing_cells_are_grouped_by_load_with_each_arms_short_name():
@@ -211,3 +225,6 @@ def test_losing_cells_are_grouped_by_load_with_each_arms_short_name():
     cells = [(3.0, SimpleNamespace(b=k)) for k in ("gdl-bl-paper", "gdl-monai-bl")]
     cells.append((0.6, SimpleNamespace(b="gdl-bl-warm")))
     assert _by_load(cells) == "at 3 %: paper α, GDL+MONAI BL (paper α); at 0.6 %: warm start"
+    # the φ variants (all with the paper's α): no comma inside a name of the list
+    cells = [(0.6, SimpleNamespace(b=k)) for k in ("gdl-bl-paper", "gdl-bl-paper-vox")]
+    assert _by_load(cells) == "at 0.6 %: paper α, φ in voxels"

@@ -285,28 +285,54 @@ def regimes_markdown(
     return "\n".join(lines) + "\n"
 
 
+def _near_empty(load: float, c: CasePairedComparison, dsc: Mapping | None) -> bool:
+    """True when both arms' mean test DSC at ``load`` is below :data:`BASIN_DSC`."""
+    if not dsc:
+        return False
+    a, b = dsc.get((load, c.a), math.nan), dsc.get((load, c.b), math.nan)
+    return not (math.isnan(a) or math.isnan(b)) and max(a, b) < BASIN_DSC
+
+
 def _where_dsc(load: float, c: CasePairedComparison, dsc: Mapping | None) -> str:
-    """ ", mean DSC GDL 0.01 and the arm 0.02 (both near-empty...)" for a gain, or ""."""
-    if not dsc or c.metric == "dice":
+    """ "; mean DSC there: GDL 0.01, the arm 0.02, both near-empty: ..." for a gain, or ""."""
+    if not dsc:
         return ""
     a, b = dsc.get((load, c.a), math.nan), dsc.get((load, c.b), math.nan)
     if math.isnan(a) or math.isnan(b):
         return ""
     text = f"; mean DSC there: GDL {a:.2f}, the arm {b:.2f}"
-    if max(a, b) < BASIN_DSC:
+    if _near_empty(load, c, dsc):
         text += (
-            ", both near-empty: a stray prediction's distance against an empty one's "
+            ", both near-empty: neither finds the lesions"
+            if c.metric == "dice"
+            else ", both near-empty: a stray prediction's distance against an empty one's "
             "(the image diagonal), not better boundaries"
         )
     return text
 
 
+def _diff(x: float) -> str:
+    """A difference with 3 decimals, or 2 significant digits where those show 0."""
+    return f"{x:+.1e}" if x and not math.isnan(x) and abs(x) < 5e-4 else _n(x, 3)
+
+
+def _gains(cells: Sequence[tuple[float, CasePairedComparison]], dsc: Mapping | None) -> str:
+    return "; ".join(
+        f"{_label(c.b)} at {load:g} % ({_diff(c.mean_diff)}, CI "
+        f"[{_diff(c.ci_low)}, {_diff(c.ci_high)}]{_where_dsc(load, c, dsc)})"
+        for load, c in cells
+    )
+
+
 def _by_load(cells: Sequence[tuple[float, CasePairedComparison]]) -> str:
-    """ "at 3 %: paper α, reference-code α; at 0.6 %: ..." (the arms' short names)."""
+    """ "at 3 %: paper α, reference-code α; at 0.6 %: ..." (the arms' short names:
+    the words in "GDL+BL (...)", less a leading "paper α, " of the φ variants, so
+    that no name holds the list's comma)."""
     loads: dict[float, list[str]] = {}
     for load, c in cells:
-        label, prefix = _label(c.b), "GDL+BL ("
+        label, prefix, paper = _label(c.b), "GDL+BL (", "paper α, "
         short = label[len(prefix) : -1] if label.startswith(prefix) else label
+        short = short[len(paper) :] if short.startswith(paper) else short
         loads.setdefault(load, []).append(short)
     return "; ".join(f"at {load:g} %: {', '.join(arms)}" for load, arms in loads.items())
 
@@ -322,23 +348,27 @@ def _answer(table: Sequence[tuple[float, CasePairedComparison]], dsc: Mapping | 
         rows = [(load, c) for load, c in table if c.metric == metric]
         better = [(load, c) for load, c in rows if c.verdict() == "better with B"]
         worse = [(load, c) for load, c in rows if c.verdict() == "worse with B"]
+        # a gain between two near-empty predictions is not the boundary term helping
+        empty = [(load, c) for load, c in better if _near_empty(load, c, dsc)]
+        better = [cell for cell in better if cell not in empty]
         if better:
-            where = "; ".join(
-                f"{_label(c.b)} at {load:g} % ({_n(c.mean_diff, 3)}, CI "
-                f"[{_n(c.ci_low, 3)}, {_n(c.ci_high, 3)}]{_where_dsc(load, c, dsc)})"
-                for load, c in better
-            )
             helped = sorted({load for load, _ in better}, reverse=True)
             out.append(
                 f"- {title}: the boundary term beats GDL on independent pairs in "
-                f"{len(better)} of {len(rows)} (load, arm) cells: {where}. Loads with a gain: "
-                f"{', '.join(f'{v:g} %' for v in helped)} of the {len(loads)} tested."
+                f"{len(better)} of {len(rows)} (load, arm) cells: {_gains(better, dsc)}. Loads "
+                f"with a gain: {', '.join(f'{v:g} %' for v in helped)} of the {len(loads)} tested."
             )
         else:
+            where = f"at any of the {len(loads)} loads" if len(loads) > 1 else "at this load"
             out.append(
-                f"- {title}: no arm beats GDL at any of the {len(loads)} loads "
+                f"- {title}: no arm beats GDL {where} "
                 f"({len(rows)} (load, arm) cells; {len(worse)} worse with the boundary term"
                 + (f": {_by_load(worse)})." if worse else ").")
+            )
+        if empty:
+            out.append(
+                f"  Not counted as gains: {len(empty)} cell(s) where both arms are near-empty "
+                f"(mean DSC < {BASIN_DSC:g}): {_gains(empty, dsc)}."
             )
         if better and worse:
             out.append(f"  It is worse than GDL in {len(worse)} cell(s): {_by_load(worse)}.")
