@@ -229,6 +229,30 @@ def _num(x: float, digits: int) -> str:
     return "–" if math.isnan(x) else f"{x:+.{digits}f}"
 
 
+def _p(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:.3g}"
+
+
+def _direction_sentence(
+    c: PairedComparison | CasePairedComparison, verdict: str, la: str, lb: str, count: str
+) -> str:
+    """ "- DSC: B is better than A (...)." for a better / worse verdict, else
+    "- DSC: no significant difference between B and A (...)."; ``count`` says
+    how many pairs ("12 pairs", "8 cases")."""
+    if verdict in ("better with B", "worse with B"):
+        word = "better" if verdict == "better with B" else "worse"
+        better = "higher" if c.higher_is_better else "lower"
+        return (
+            f"- {c.title}: {lb} is {word} than {la} ({better} is better; mean B − A "
+            f"{_num(c.mean_diff, 3)}, 95 % CI [{_num(c.ci_low, 3)}, {_num(c.ci_high, 3)}], "
+            f"p = {_p(c.p_value)}, {count})."
+        )
+    return (
+        f"- {c.title}: no significant difference between {lb} and {la} "
+        f"(mean B − A {_num(c.mean_diff, 3)}, p = {_p(c.p_value)}, {count})."
+    )
+
+
 def comparisons_markdown(
     comparisons: Sequence[PairedComparison],
     labels: Mapping[str, str],
@@ -260,34 +284,19 @@ def comparisons_markdown(
             if math.isnan(c.ci_low)
             else f"[{_num(c.ci_low, digits)}, {_num(c.ci_high, digits)}]"
         )
-        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
         mean_a = "–" if math.isnan(c.mean_a) else f"{c.mean_a:.{digits}f}"
         mean_b = "–" if math.isnan(c.mean_b) else f"{c.mean_b:.{digits}f}"
         lines.append(
             f"| {c.title} | {c.n} | {mean_a} | {mean_b} | {_num(c.mean_diff, digits)} | {ci} | "
-            f"{p} | {c.n_b_better} / {c.n_a_better} | {c.verdict(alpha)} |"
+            f"{_p(c.p_value)} | {c.n_b_better} / {c.n_a_better} | {c.verdict(alpha)} |"
         )
     lines.append("")
     for c in comparisons:
         verdict = c.verdict(alpha)
         if verdict == "no pairs":
             lines.append(f"- {c.title}: no pairs with both values.")
-            continue
-        better = "higher" if c.higher_is_better else "lower"
-        if verdict == "no significant difference":
-            text = (
-                f"- {c.title}: no significant difference between {lb} and {la} "
-                f"(mean B − A {_num(c.mean_diff, 3)}, p = "
-                f"{'–' if math.isnan(c.p_value) else f'{c.p_value:.3g}'}, {c.n} pairs)."
-            )
         else:
-            word = "better" if verdict == "better with B" else "worse"
-            text = (
-                f"- {c.title}: {lb} is {word} than {la} ({better} is better; mean B − A "
-                f"{_num(c.mean_diff, 3)}, 95 % CI [{_num(c.ci_low, 3)}, {_num(c.ci_high, 3)}], "
-                f"p = {c.p_value:.3g}, {c.n} pairs)."
-            )
-        lines.append(text)
+            lines.append(_direction_sentence(c, verdict, la, lb, f"{c.n} pairs"))
     return "\n".join(lines) + "\n"
 
 
@@ -531,34 +540,20 @@ def case_comparisons_markdown(
     ]
     for c in comparisons:
         digits = 1 if c.metric.startswith("hd") else 3
-        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
         lines.append(
             f"| {c.title} | {c.n_cases} × {c.n_seeds} | {_num(c.mean_diff, digits)} | "
             f"[{_num(c.ci_low, digits)}, {_num(c.ci_high, digits)}] | "
-            f"[{_num(c.hier_low, digits)}, {_num(c.hier_high, digits)}] | {p} | "
+            f"[{_num(c.hier_low, digits)}, {_num(c.hier_high, digits)}] | {_p(c.p_value)} | "
             f"{_num(c.dz, 2)} [{_num(c.dz_low, 2)}, {_num(c.dz_high, 2)}] | "
             f"{c.n_b_better} / {c.n_a_better} | {c.verdict(alpha)} |"
         )
     lines.append("")
     for c in comparisons:
         verdict = c.verdict(alpha)
-        p = "–" if math.isnan(c.p_value) else f"{c.p_value:.3g}"
         if verdict == "too few cases":
-            text = f"- {c.title}: {c.n_cases} case(s) with both values, too few to compare."
-        elif verdict in ("better with B", "worse with B"):
-            word = "better" if verdict == "better with B" else "worse"
-            better = "higher" if c.higher_is_better else "lower"
-            text = (
-                f"- {c.title}: {lb} is {word} than {la} ({better} is better; mean B − A "
-                f"{_num(c.mean_diff, 3)}, 95 % CI [{_num(c.ci_low, 3)}, {_num(c.ci_high, 3)}], "
-                f"p = {p}, {c.n_cases} cases)."
-            )
+            lines.append(f"- {c.title}: {c.n_cases} case(s) with both values, too few to compare.")
         elif verdict == "unclear":
-            text = f"- {c.title}: unclear between {lb} and {la}: {c.disagreement(alpha)}."
+            lines.append(f"- {c.title}: unclear between {lb} and {la}: {c.disagreement(alpha)}.")
         else:
-            text = (
-                f"- {c.title}: no significant difference between {lb} and {la} "
-                f"(mean B − A {_num(c.mean_diff, 3)}, p = {p}, {c.n_cases} cases)."
-            )
-        lines.append(text)
+            lines.append(_direction_sentence(c, verdict, la, lb, f"{c.n_cases} cases"))
     return "\n".join(lines) + "\n"

@@ -301,7 +301,7 @@ def _where_dsc(load: float, c: CasePairedComparison, dsc: Mapping | None) -> str
     if math.isnan(a) or math.isnan(b):
         return ""
     text = f"; mean DSC there: GDL {a:.2f}, the arm {b:.2f}"
-    if _near_empty(load, c, dsc):
+    if max(a, b) < BASIN_DSC:  # both near-empty (:func:`_near_empty`)
         text += (
             ", both near-empty: neither finds the lesions"
             if c.metric == "dice"
