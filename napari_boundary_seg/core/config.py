@@ -37,6 +37,7 @@ from napari_boundary_seg.core.settings import (
 from napari_boundary_seg.core.validate import check_int, check_slice_spacing
 
 __all__ = [
+    "FLIPS_HELP",
     "DEFAULT_PATCH_SIZE",
     "DEVICE_KINDS",
     "DISTANCE_MODES",
@@ -244,6 +245,15 @@ of the ``loss`` setting (the command line's ``--loss`` and the Train widget's
 tooltip) quotes it."""
 
 
+FLIPS_HELP = (
+    "test-time mirroring: average the probabilities over the input mirrored along each "
+    "in-plane axis (2D: 4 passes; 3D: every axis, 8 passes); steadier for models trained "
+    "with augmentation, that many times slower"
+)
+"""The help of prediction's ``flips`` (``predict --flips`` and the Predict
+widget's "mirror" box)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; JSON round trip with :meth:`to_dict`.
@@ -365,6 +375,19 @@ class TrainConfig:
         choices=LR_DECAYS,
         section="schedule",
         label="lr decay",
+        same_on_resume=True,
+    )
+    ema: float = setting(
+        0.0,
+        help="weight averaging: validate, save and predict with an exponential moving "
+        "average of the weights, updated after every step with this decay (0.99 averages "
+        "about the last 100 steps); 0 keeps the last step's weights. It smooths the "
+        "step-to-step swings of small real-scan sets",
+        bounds=(0, 1),
+        open=(False, True),
+        step=0.01,
+        section="schedule",
+        label="weight averaging",
         same_on_resume=True,
     )
     slice_size: int | None = setting(

@@ -357,6 +357,36 @@ class _Plateau:
         self.mode = str(state["mode"])
 
 
+def ema_average_fn(decay: float) -> Callable[..., None]:
+    """The ``multi_avg_fn`` of :class:`torch.optim.swa_utils.AveragedModel` for an
+    exponential moving average of the weights (and of BatchNorm's running
+    statistics), with the usual warm-up: after ``n`` updates the decay is
+    ``min(decay, (1 + n) / (10 + n))``, so a short run's average is not
+    dominated by the initial weights. Integer buffers (BatchNorm's batch count)
+    are copied."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        steps = int(n)
+        weight = 1.0 - min(decay, (1.0 + steps) / (10.0 + steps))
+        for avg, cur in zip(averaged, current, strict=True):
+            if avg.is_floating_point():
+                avg.lerp_(cur.to(avg.dtype), weight)
+            else:
+                avg.copy_(cur)
+
+    return update
+
+
+def averaged_model(model: nn.Module, decay: float) -> nn.Module | None:
+    """The weight average of ``TrainConfig.ema`` (torch's ``AveragedModel``,
+    buffers included), or None when ``decay`` is 0."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=ema_average_fn(decay), use_buffers=True)
+
+
 def poly_lr(lr: float, epoch: int, epochs: int, exponent: float = 0.9) -> float:
     """nnU-Net's polynomial decay: the lr of epoch ``epoch`` (from 0) of ``epochs``."""
     return float(lr) * (1.0 - epoch / max(int(epochs), 1)) ** exponent
@@ -591,10 +621,17 @@ class _Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             model = build_model(hparams)
+        resuming = source is not None and config.resume_from is not None
         if source is not None:
-            model.load_state_dict(source["model_state"])
+            # a resumed run goes on from the trained weights; the saved model is their average
+            trained = source.get("trained_model_state") if resuming else None
+            model.load_state_dict(trained if trained is not None else source["model_state"])
         model.to(device)
         self.model = model
+        self.ema = averaged_model(model, config.ema)
+        if self.ema is not None and resuming and source.get("trained_model_state") is not None:
+            self.ema.module.load_state_dict(source["model_state"])
+            self.ema.n_averaged.fill_(int(source.get("ema_updates", 1)))
         self.net, setup_notes = _prepare_network(model, config, device, self.ctx)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.has_val = bool(data.val_cases)
@@ -672,9 +709,26 @@ class _Run:
         self.wrote_best = self.best_path is not None and self.best_path.exists() and resumed
         self.wrote_last = self.last_path is not None and self.last_path.exists() and resumed
 
+    @property
+    def inference_model(self) -> nn.Module:
+        """The model validated, saved and returned: the weight average when
+        ``TrainConfig.ema`` is set, else the trained model."""
+        return self.model if self.ema is None else self.ema.module
+
     def checkpoint(self, epoch: int, step: int, part: Mapping[str, Any]) -> dict[str, Any]:
-        """The checkpoint dict at ``(epoch, step)`` with the epoch's partial sums."""
-        config, model, data = self.config, self.model, self.data
+        """The checkpoint dict at ``(epoch, step)`` with the epoch's partial sums.
+        ``model_state`` is the inference model's; with weight averaging the
+        trained weights (``trained_model_state``) and the number of updates
+        (``ema_updates``) are kept for a resume."""
+        config, model, data = self.config, self.inference_model, self.data
+        averaging = {}
+        if self.ema is not None:
+            averaging = {
+                "trained_model_state": {
+                    k: v.detach().cpu() for k, v in self.model.state_dict().items()
+                },
+                "ema_updates": int(self.ema.n_averaged),
+            }
         return {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
@@ -698,18 +752,21 @@ class _Run:
             "val_cases": [str(c.case_id) for c in data.val_cases],
             "parent": self.parent,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **averaging,
         }
 
     def done(self, outcome: Outcome, reason: str) -> DoneEvent:
         """The run's end: the model on the CPU, the history, the files written."""
         self.model.cpu()
+        if self.ema is not None:
+            self.ema.cpu()
         return DoneEvent(
             str(self.best_path) if self.wrote_best else None,
             str(self.last_path) if self.wrote_last else None,
             [dict(row) for row in self.history],
             outcome is not Outcome.COMPLETED,
             reason,
-            self.model,
+            self.inference_model,
             outcome,
         )
 
@@ -768,6 +825,8 @@ class _Run:
                 reduce=distributed.mean_across if ctx.is_distributed else None,
             )
             self.first_step = False
+            if result.stepped and self.ema is not None:
+                self.ema.update_parameters(self.model)
             seconds = time.perf_counter() - tic
             if not result.stepped:
                 kept = f"; {self.last_path} keeps the last good weights" if self.wrote_last else ""
@@ -816,6 +875,8 @@ class _Run:
         if state is None:
             return False
         self.model.load_state_dict(state)
+        if self.ema is not None:  # the average starts again from the best weights
+            self.ema.module.load_state_dict(state)
         self.optimizer.state.clear()
         return True
 
@@ -824,7 +885,7 @@ class _Run:
         best epoch) and the epoch's event."""
         tic = time.perf_counter()
         figures = _validate(
-            self.mode, self.model, self.data.val_cases, self.config, self.device, self.ctx
+            self.mode, self.inference_model, self.data.val_cases, self.config, self.device, self.ctx
         )
         partial = self.partial
         n_steps = max(int(partial["steps"]), 1)
@@ -854,7 +915,7 @@ class _Run:
         self.history.append(event.as_row())
         if event.is_best and getattr(self.schedule, "restarts_from_best", False):
             self.best_state = {
-                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                k: v.detach().cpu().clone() for k, v in self.inference_model.state_dict().items()
             }
         if self.out_dir is None:
             return

@@ -418,3 +418,37 @@ def test_poly_lr_decay_follows_the_epoch_and_resumes_exactly(cases, tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     with pytest.raises(ValueError, match="lr_decay"):
         TrainConfig(lr_decay="cosine")
+
+
+def test_weight_average_is_validated_saved_and_resumed_exactly(cases, tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path / "a"), epochs=2, ema=0.9, **TINY)
+    reference, _ = run(config, cases)
+    saved = read_checkpoint(tmp_path / "a" / "last.pt")
+    trained, averaged = saved["trained_model_state"], saved["model_state"]
+    # the saved (and returned) model is the average, not the last step's weights
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, averaged[key]), key
+    assert saved["ema_updates"] > 1
+    model, _ = load_checkpoint(tmp_path / "a" / "last.pt")  # predictors load the average
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+
+    part = config.replace(out_dir=str(tmp_path / "b"))
+    run(part, cases, TrainControl(), _stop_at(1, 1))
+    resumed, _ = run(part.replace(resume_from=str(tmp_path / "b" / "last.pt")), cases)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+
+
+def test_ema_average_fn_warms_up_then_keeps_the_decay():
+    from napari_boundary_seg.core.train import ema_average_fn
+
+    update = ema_average_fn(0.99)
+    avg, cur = [torch.zeros(3), torch.tensor([5])], [torch.ones(3), torch.tensor([7])]
+    update(avg, cur, torch.tensor(0))  # warm-up: decay (1 + 0) / 10 = 0.1
+    assert torch.allclose(avg[0], torch.full((3,), 0.9)) and avg[1].item() == 7
+    avg[0].zero_()
+    update(avg, cur, torch.tensor(10_000))  # later: the decay itself
+    assert torch.allclose(avg[0], torch.full((3,), 0.01))
