@@ -70,6 +70,30 @@ def test_synth_train_predict_evaluate(bench_dir, capsys):
     probs = read_nifti(pred / "case_000_probs.nii.gz")
     assert probs.data.shape == (*image.data.shape, 2)
 
+    # two checkpoints: an ensemble, the mean of both models' probabilities
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.predict import predict_volume
+
+    both = bench_dir / "pred_ensemble"
+    case = [str(data / "imagesTr" / f"case_000_000{m}.nii.gz") for m in (0, 1)]
+    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), str(run / "last.pt"),
+                 "--out", str(both), "--probabilities", "--flips"])  # fmt: skip
+    assert code == 0
+    volume = np.stack([read_nifti(p).data for p in case])
+    expected = [
+        predict_volume(load_checkpoint(run / name), volume, image.spacing, affine=image.affine,
+                       flips=True)[0]
+        for name in ("best.pt", "last.pt")
+    ]  # fmt: skip
+    mean = (expected[0] + expected[1]) / 2
+    written = read_nifti(both / "case_000_probs.nii.gz").data
+    np.testing.assert_allclose(np.moveaxis(written, -1, 0), mean, atol=1e-5)
+    np.testing.assert_array_equal(read_nifti(both / "case_000.nii.gz").data, mean.argmax(0))
+    capsys.readouterr()
+    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), str(run / "best.pt"),
+                 "--out", str(both), "--overwrite"])  # fmt: skip
+    assert code != 0 and "same file twice" in capsys.readouterr().err
+
     table = bench_dir / "eval.csv"
     code = main(["evaluate", "--pred", str(pred), "--labels", str(data / "labelsTr"),
                  "--out", str(table)])  # fmt: skip

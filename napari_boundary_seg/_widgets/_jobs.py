@@ -48,6 +48,7 @@ def predict_job(
     device: str = "auto",
     axis: int | None = None,
     affine: np.ndarray | None = None,
+    flips: bool = False,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Worker body: predict a volume, yielding progress.
 
@@ -68,6 +69,8 @@ def predict_job(
     affine
         The volume's voxel-to-world affine (the layers'): the model sees the
         volume reoriented as in training.
+    flips
+        Test-time mirroring (:func:`core.predict.iter_predict_volume`).
 
     Returns
     -------
@@ -80,7 +83,7 @@ def predict_job(
         yield Progress(0, 0, "loading the checkpoint")
         checkpoint = load_checked_checkpoint(checkpoint, images.shape[0], images.ndim - 1)
     result = yield from iter_predict_volume(
-        checkpoint, images, tuple(spacing), device=device, axis=axis, affine=affine
+        checkpoint, images, tuple(spacing), device=device, axis=axis, affine=affine, flips=flips
     )
     return result
 

@@ -56,7 +56,9 @@ from napari_boundary_seg._widgets._runner import (
     layer_steps,
 )
 from napari_boundary_seg._widgets._sections import ModelInputs
+from napari_boundary_seg.core.config import FLIPS_HELP
 from napari_boundary_seg.core.progress import Progress
+from napari_boundary_seg.core.settings import plain_help
 
 if TYPE_CHECKING:
     import napari
@@ -131,7 +133,7 @@ class InferenceWidget(RunsWork, QWidget):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
-        from magicgui.widgets import ComboBox
+        from magicgui.widgets import CheckBox, ComboBox
 
         self.viewer = napari_viewer
         self.last_result: tuple[np.ndarray, np.ndarray] | None = None
@@ -147,6 +149,12 @@ class InferenceWidget(RunsWork, QWidget):
         self.output_choice = ComboBox(choices=["probability and labels", "labels only"])
         self.probability = compact_combo(self.output_choice.native)
         self.inputs.add(self.probability, "Output")
+        self.flips = CheckBox(
+            value=False,
+            text="mirror (test-time flips)",
+            tooltip=plain_help(FLIPS_HELP),
+        )
+        self.inputs.add(self.flips)
         self.run_button = QPushButton("Predict")
         self.run_button.clicked.connect(self.start)
         self.progress = ProgressPanel(self)
@@ -184,10 +192,11 @@ class InferenceWidget(RunsWork, QWidget):
             notify_error(exc)
             return None
         self._stack = stack
+        flips = bool(self.flips.value)
 
         def job() -> Generator[Progress, None, tuple[np.ndarray, ...]]:
             probs, labels = yield from predict_job(
-                checkpoint, stack.images, stack.spacing, device, affine=stack.affine
+                checkpoint, stack.images, stack.spacing, device, affine=stack.affine, flips=flips
             )
             # the layers' data is built here, not in the GUI thread
             return (probs, labels, *prediction_outputs(probs, labels))

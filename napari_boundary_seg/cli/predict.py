@@ -19,6 +19,7 @@ from napari_boundary_seg.cli._common import (
     out,
     set_threads,
 )
+from napari_boundary_seg.core.config import FLIPS_HELP
 
 HELP = "segment NIfTI images with a trained checkpoint or model package"
 
@@ -35,7 +36,14 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("inputs", type=Path, nargs="+", help="image files or folders")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", type=Path, help="best.pt or last.pt of a run")
+    model.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="best.pt or last.pt of a run; several (e.g. the folds of train --folds: "
+        "OUT/fold_*/best.pt) predict as an ensemble, their probabilities averaged",
+    )
     model.add_argument(
         "--model",
         type=Path,
@@ -56,6 +64,11 @@ def add_parser(sub: Any) -> None:
         help="names of each case's modality files in file order (_0000 first); the model's "
         "modalities are then picked by name (default: the folder's dataset.json, else by "
         "position)",
+    )
+    p.add_argument(
+        "--flips",
+        action="store_true",
+        help=FLIPS_HELP,
     )
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
@@ -80,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
 
         package = read_package(args.model)  # checked; its weights load after the cases
         checkpoint, in_channels = dict(package.inference_checkpoint), package.in_channels
-        args.checkpoint = args.model
+        args.checkpoint = [args.model]
     else:
-        model, checkpoint = load_checkpoint(args.checkpoint)
+        ensemble = [load_checkpoint(path) for path in args.checkpoint]
+        _check_ensemble(args.checkpoint, ensemble)
+        model, checkpoint = ensemble[0]
         in_channels = model.in_channels
     cases = _match_modalities(_group_inputs(args.inputs), checkpoint, args.modalities, args.inputs)
     if args.out.exists() and not args.out.is_dir():
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     targets = {case: args.out / fit_name(case, ".nii.gz", folder) for case, _ in cases}
     prob_targets = {case: args.out / fit_name(case, "_probs.nii.gz", folder) for case, _ in cases}
     outputs = [*targets.values(), *(prob_targets.values() if args.probabilities else [])]
-    inputs = [args.checkpoint, *(p for _, paths in cases for p in paths)]
+    inputs = [*args.checkpoint, *(p for _, paths in cases for p in paths)]
     check_not_input(outputs, inputs, "--out")
     if len(set(outputs)) != len(outputs):
         raise CommandError(f"two cases would write the same file in {args.out}")
@@ -105,15 +120,38 @@ def run(args: argparse.Namespace) -> int:
         if package is not None:
             fits = functools.partial(package.check_fits, what=f"case {case}")
         checked = _read_case(
-            case, paths, in_channels, args.checkpoint, args.allow_affine_mismatch, fits=fits
+            case, paths, in_channels, args.checkpoint[0], args.allow_affine_mismatch, fits=fits
         )
     if package is not None:
-        model, checkpoint = package.predictor()
+        ensemble = [package.predictor()]
     set_threads(args, "predict")
     with NewFolders(args.out):
         ensure_writable_dir(args.out)
-        _predict_cases(args, cases, checked, model, checkpoint, targets, prob_targets)
+        _predict_cases(args, cases, checked, ensemble, targets, prob_targets)
     return 0
+
+
+def _check_ensemble(paths: Sequence[Path], loaded: Sequence[tuple[Any, Mapping[str, Any]]]) -> None:
+    """Several checkpoints predict together only when they take the same inputs
+    (channels, modality names) and give the same classes."""
+    if len(set(paths)) != len(paths):
+        raise CommandError("--checkpoint names the same file twice")
+    (first, first_ckpt), first_path = loaded[0], paths[0]
+    for path, (model, ckpt) in zip(paths[1:], loaded[1:], strict=True):
+        for what, ours, theirs in (
+            ("input channels", model.in_channels, first.in_channels),
+            ("classes", getattr(model, "num_classes", None), getattr(first, "num_classes", None)),
+            (
+                "modalities",
+                list(ckpt.get("modalities") or []),
+                list(first_ckpt.get("modalities") or []),
+            ),
+        ):
+            if ours != theirs:
+                raise CommandError(
+                    f"{path} has {what} {ours} but {first_path} has {theirs}: "
+                    "an ensemble needs models of the same inputs and classes"
+                )
 
 
 def _group_inputs(paths: Sequence[Path]) -> list[tuple[str, list[Path]]]:
@@ -257,27 +295,30 @@ def _match_modalities(
     return matched
 
 
-def _predict_cases(args, cases, checked, model, checkpoint, targets, prob_targets) -> None:
+def _predict_cases(args, cases, checked, ensemble, targets, prob_targets) -> None:
     import numpy as np
 
     from napari_boundary_seg.core.io import write_nifti
-    from napari_boundary_seg.core.predict import iter_predict_volume
+    from napari_boundary_seg.core.predict import iter_predict_ensemble
 
     for case, paths in cases:
         if len(cases) == 1 and checked is not None:
             volumes = checked
         else:  # checked above: read again, case by case (memory stays that of one case)
-            volumes = _read_case(case, paths, model.in_channels, args.checkpoint, True, False)
+            volumes = _read_case(
+                case, paths, ensemble[0][0].in_channels, args.checkpoint[0], True, False
+            )
         ref = volumes[0]
         images = np.stack([v.data for v in volumes])
         probs, labels = drive(
-            iter_predict_volume(
-                (model, checkpoint),
+            iter_predict_ensemble(
+                ensemble,
                 images,
                 ref.spacing[: ref.data.ndim],
                 batch_size=args.batch_size,
                 device=args.device,
                 affine=ref.affine,
+                flips=args.flips,
             ),
             f"predict {case}",
             "batch",

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "select_modalities",
+    "iter_predict_ensemble",
     "iter_predict_volume",
     "iter_sliding_window",
     "modality_order",
@@ -143,6 +144,7 @@ def iter_predict_volume(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     affine: np.ndarray | None = None,
+    flips: bool = False,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Segment a 2D image or 3D volume: slice by slice (2D models) or by sliding window (3D).
 
@@ -190,6 +192,11 @@ def iter_predict_volume(
         canonical orientation sees the volume reoriented (and its output is
         brought back to the stored order). ``None``: the stored order is taken
         as canonical.
+    flips
+        Test-time mirroring: the probabilities averaged over the input mirrored
+        along every in-plane axis (2D: 4 passes) or every axis (3D: 8 passes),
+        each mirrored back. For models trained with flip augmentation; costs
+        that many forward passes.
 
     Yields
     ------
@@ -210,9 +217,59 @@ def iter_predict_volume(
             volume,
             spacing,
             settings,
-            PredictOptions(axis, slice_size, batch_size, device, overlap, sw_batch_size, affine),
+            PredictOptions(
+                axis, slice_size, batch_size, device, overlap, sw_batch_size, affine, flips
+            ),
         )
     )
+
+
+def iter_predict_ensemble(
+    models: Sequence[Any], volume: np.ndarray, spacing: Sequence[float] | None = None, **kwargs: Any
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Several models on one volume: the mean of their softmax probabilities
+    (nnU-Net's ensemble of the folds' models), labels its argmax.
+
+    Each item of ``models`` is what :func:`iter_predict_volume` takes (a
+    checkpoint path, dict, ``(model, checkpoint)`` or a UNet) and predicts with
+    its own training settings (plane, spacing, intensities); ``kwargs`` are
+    :func:`iter_predict_volume`'s. Progress counts over the models and its
+    messages name the model ("model 2/5: ..."). One model gives exactly :func:`iter_predict_volume`'s result.
+    Models that disagree on the number of classes are a ValueError.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    total: np.ndarray | None = None
+    for k, item in enumerate(models):
+        run = iter_predict_volume(item, volume, spacing, **kwargs)
+        while True:
+            try:
+                event = next(run)
+            except StopIteration as stop:
+                probs, labels = stop.value
+                break
+            if len(models) > 1 and isinstance(event, Progress):  # one bar over the models
+                t = event.total
+                event = Progress(
+                    k * t + event.done,
+                    len(models) * t,
+                    f"model {k + 1}/{len(models)}: {event.message}",
+                )
+            yield event
+        if len(models) == 1:
+            return probs, labels
+        if total is None:
+            total = probs.astype(np.float64)
+        elif probs.shape != total.shape:
+            raise ValueError(
+                f"model {k + 1} of the ensemble predicts {probs.shape[0]} classes, "
+                f"model 1 {total.shape[0]}: an ensemble needs models of the same classes"
+            )
+        else:
+            total += probs
+    probs = (total / len(models)).astype(np.float32)
+    return probs, probs.argmax(axis=0).astype(np.int64)
 
 
 def predict_volume(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:

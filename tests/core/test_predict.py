@@ -375,3 +375,64 @@ def test_cli_predict_follows_a_3d_checkpoint(tmp_path):
     assert written.data.shape == volume.shape
     np.testing.assert_array_equal(written.data, labels)
     np.testing.assert_allclose(np.moveaxis(probs, -1, 0), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_flips_average_the_mirrored_passes_and_are_mirror_equivariant(dims):
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, num_classes=2, base_channels=4, depth=2, spatial_dims=dims).eval()
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(12, 16, 8) if dims == 2 else (16, 16, 16)).astype(np.float32)
+    kwargs = {"spacing": (1.0, 1.0, 1.0), "preprocess": PreprocessConfig(scale=False)}
+    if dims == 2:
+        kwargs.update(axis=2)
+    else:
+        kwargs.update(patch_size=(8, 8, 8))
+    plain, _ = predict_volume(model, volume, **kwargs)
+    flipped, labels = predict_volume(model, volume, flips=True, **kwargs)
+    assert flipped.shape == plain.shape and not np.allclose(flipped, plain, atol=1e-4)
+    assert np.allclose(flipped.sum(axis=0), 1.0, atol=1e-5)
+    assert np.array_equal(labels, flipped.argmax(axis=0))
+    # mirroring the input mirrors the averaged output (exactly what single passes lack)
+    mirrored, _ = predict_volume(model, volume[:, ::-1].copy(), flips=True, **kwargs)
+    assert np.allclose(mirrored[:, :, ::-1], flipped, atol=1e-5)
+    if dims == 2:  # 4 passes in-plane: the slicing axis is never mirrored
+        counting = Threshold()
+        predict_volume(counting, volume, flips=True, batch_size=16, **kwargs)
+        assert len(counting.sizes) == 4
+
+
+def test_an_ensemble_averages_its_models_probabilities():
+    from napari_boundary_seg.core.predict import iter_predict_ensemble
+
+    torch.manual_seed(0)
+    models = [UNet(in_channels=1, num_classes=2, base_channels=4, depth=2).eval() for _ in range(2)]
+    volume = np.random.default_rng(0).normal(size=(12, 16, 3)).astype(np.float32)
+    kwargs = {"axis": 2, "preprocess": PreprocessConfig(scale=False)}
+    single = [predict_volume(m, volume, (1.0, 1.0, 1.0), **kwargs)[0] for m in models]
+    events = []
+    run = iter_predict_ensemble(models, volume, (1.0, 1.0, 1.0), **kwargs)
+    while True:
+        try:
+            events.append(next(run))
+        except StopIteration as stop:
+            probs, labels = stop.value
+            break
+    np.testing.assert_allclose(probs, (single[0] + single[1]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(labels, probs.argmax(0))
+    done = [e.done for e in events if isinstance(e, Progress)]
+    assert done == sorted(done) and events[-1].done == events[-1].total  # one bar, counting up
+    assert "model 2/2" in events[-1].message
+    alone = iter_predict_ensemble(models[:1], volume, (1.0, 1.0, 1.0), **kwargs)
+    np.testing.assert_array_equal(run_to_end_(alone)[0], single[0])
+    three = UNet(in_channels=1, num_classes=3, base_channels=4, depth=2).eval()
+    with pytest.raises(ValueError, match="classes"):
+        run_to_end_(iter_predict_ensemble([models[0], three], volume, (1.0, 1.0, 1.0), **kwargs))
+    with pytest.raises(ValueError, match="at least one"):
+        run_to_end_(iter_predict_ensemble([], volume))
+
+
+def run_to_end_(gen):
+    from napari_boundary_seg.core.progress import run_to_end
+
+    return run_to_end(gen)

@@ -194,7 +194,7 @@ def test_empty_prediction_says_no_foreground(make_napari_viewer, qtbot, monkeypa
     from napari_boundary_seg._widgets import inference
     from napari_boundary_seg.core.progress import Progress
 
-    def nothing(checkpoint, images, spacing, device="auto", axis=None, affine=None):
+    def nothing(checkpoint, images, spacing, device="auto", axis=None, affine=None, flips=False):
         yield Progress(1, 1, "slices")
         probs = np.zeros((2, *images.shape[1:]), np.float32)
         probs[0] = 1.0  # background everywhere
@@ -243,3 +243,25 @@ def test_image_picker_shows_the_model_modalities(make_napari_viewer, checkpoint)
     assert widget.images.hint.isHidden()
     widget.checkpoint.setText(checkpoint)
     assert widget.images.hint.text() == "model trained on: FLAIR, T1"
+
+
+def test_mirror_box_predicts_with_test_time_flips(make_napari_viewer, qtbot, checkpoint, errors):
+    from napari_boundary_seg.core.checkpoint import load_checkpoint
+    from napari_boundary_seg.core.predict import predict_volume
+
+    viewer = make_napari_viewer()
+    flair, t1, _ = _volumes()
+    viewer.add_image(flair, name="FLAIR", scale=(2.0, 1.0, 1.0))
+    viewer.add_image(t1, name="T1", scale=(2.0, 1.0, 1.0))
+    widget = InferenceWidget(viewer)
+    widget.checkpoint.setText(checkpoint)
+    assert widget.flips.value is False and "mirror" in widget.flips.text
+    widget.flips.value = True
+    assert widget.start() is not None, errors
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20_000)
+    assert errors == []
+    images = np.stack([flair, t1])
+    expected, _ = predict_volume(load_checkpoint(checkpoint), images, (2.0, 1.0, 1.0), flips=True)
+    plain, _ = predict_volume(load_checkpoint(checkpoint), images, (2.0, 1.0, 1.0))
+    np.testing.assert_allclose(widget.last_result[0], expected, atol=1e-6)
+    assert not np.allclose(widget.last_result[0], plain, atol=1e-6)

@@ -18,6 +18,7 @@ written once here, with the steps a mode fills in (``check_shapes``,
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from abc import ABC, abstractmethod
@@ -48,6 +49,7 @@ __all__ = [
     "preprocess_config",
     "slab_distance_maps",
     "slabs",
+    "softmax_probs",
 ]
 
 
@@ -118,7 +120,8 @@ class PredictOptions:
     """How a volume is predicted, beyond the checkpoint's settings (see
     :func:`~napari_boundary_seg.core.predict.iter_predict_volume`): each mode
     reads the options it has (slices: ``axis``, ``slice_size``,
-    ``batch_size``; patches: ``overlap``, ``sw_batch_size``)."""
+    ``batch_size``; patches: ``overlap``, ``sw_batch_size``; both: ``flips``,
+    test-time mirroring, :func:`softmax_probs`)."""
 
     axis: int | None = None
     slice_size: int | None = None
@@ -127,6 +130,22 @@ class PredictOptions:
     overlap: float = 0.5
     sw_batch_size: int = 2
     affine: np.ndarray | None = None
+    flips: bool = False
+
+
+def softmax_probs(model: nn.Module, batch: torch.Tensor, flips: bool = False) -> torch.Tensor:
+    """``softmax(model(batch))`` over the class axis (float32); with ``flips``,
+    averaged over the batch mirrored along every combination of its spatial
+    axes (4 passes in 2D, 8 in 3D), each result mirrored back: nnU-Net's
+    test-time mirroring, for models trained with flip augmentation."""
+    probs = torch.softmax(model(batch).float(), dim=1)
+    if not flips:
+        return probs
+    axes = range(2, batch.ndim)
+    combos = [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
+    for dims in combos:
+        probs += torch.softmax(model(batch.flip(dims)).float(), dim=1).flip(dims)
+    return probs / (len(combos) + 1)
 
 
 @dataclass(frozen=True)

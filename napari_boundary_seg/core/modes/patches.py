@@ -55,6 +55,7 @@ from napari_boundary_seg.core.modes.base import (
     iter_mix_sources,
     model_device,
     slab_distance_maps,
+    softmax_probs,
     target_device,
     val_summary,
 )
@@ -114,6 +115,7 @@ def iter_sliding_window(
     overlap: float = 0.5,
     sw_batch_size: int = 2,
     sigma_scale: float = 0.125,
+    flips: bool = False,
 ) -> Generator[Progress, None, torch.Tensor]:
     """Softmax probabilities of a whole image from overlapping windows, Gaussian-weighted.
 
@@ -141,6 +143,8 @@ def iter_sliding_window(
         Windows per forward pass.
     sigma_scale
         Gaussian sigma as a share of the window size.
+    flips
+        Test-time mirroring of each window (:func:`~napari_boundary_seg.core.modes.base.softmax_probs`).
 
     Yields
     ------
@@ -185,7 +189,7 @@ def iter_sliding_window(
         chunk = windows[start : start + sw_batch_size]
         with torch.inference_mode():
             batch = torch.cat([x[(slice(None), slice(None), *w)] for w in chunk])
-            probs = torch.softmax(model(batch).float(), dim=1) * weight
+            probs = softmax_probs(model, batch, flips) * weight
             if out is None:
                 out = torch.zeros((probs.shape[1], *padded), device=target)
                 norm = torch.zeros(padded, device=target)
@@ -424,6 +428,7 @@ class PatchMode(TrainingMode):
                 settings.patch_size,
                 overlap=options.overlap,
                 sw_batch_size=options.sw_batch_size,
+                flips=options.flips,
             )
         finally:
             model.to(original_device)

@@ -40,6 +40,7 @@ from napari_boundary_seg.core.modes.base import (
     preprocess_config,
     slab_distance_maps,
     slabs,
+    softmax_probs,
     target_device,
     val_summary,
 )
@@ -421,7 +422,7 @@ class SliceMode(TrainingMode):
                 # the caller's thread would otherwise run in inference mode too
                 with torch.inference_mode():
                     chunk = torch.from_numpy(slices[start : start + batch_size]).to(target)
-                    probs = torch.softmax(model(chunk).float(), dim=1)
+                    probs = softmax_probs(model, chunk, options.flips)
                     if tuple(probs.shape[-2:]) != native:
                         # bilinear weights are convex: the channels still sum to 1
                         probs = F.interpolate(
