@@ -36,8 +36,9 @@ from napari_boundary_seg.core.checkpoint import load_checkpoint, read_checkpoint
 from napari_boundary_seg.core.data import CaseFiles, find_cases, load_case
 from napari_boundary_seg.core.io import write_nifti
 from napari_boundary_seg.core.metrics import case_metrics
-from napari_boundary_seg.core.predict import predict_volume
+from napari_boundary_seg.core.predict import iter_predict_ensemble
 from napari_boundary_seg.core.presets import QUICK_START
+from napari_boundary_seg.core.progress import run_to_end
 from napari_boundary_seg.core.train import EpochEvent, TrainConfig, train
 
 ARMS = {
@@ -48,7 +49,7 @@ COLUMNS = [
     "arm", "seed", "test", "dice", "hd95", "lesion_recall", "lesion_f1",
     "ref_lesions", "pred_voxels", "ref_voxels", "train_s", "epochs",
     "n_target_small", "lesion_recall_small", "n_target_medium", "lesion_recall_medium",
-    "n_target_large", "lesion_recall_large", "modalities", "sets",
+    "n_target_large", "lesion_recall_large", "modalities", "sets", "flips",
 ]  # fmt: skip
 
 
@@ -67,6 +68,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--slice-oversample", type=float, default=1 / 3, help="foreground slice share (1/3)"
     )
     p.add_argument("--augment", action="store_true", help="flips and intensity augmentation")
+    p.add_argument(
+        "--flips", action="store_true", help="test-time mirroring when predicting the test patient"
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score, per arm and test patient, the ensemble of the seeds' models "
+        "(their probabilities averaged: core.predict.iter_predict_ensemble)",
+    )
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
     p.add_argument("--modalities", help="comma-separated modality names to train on (default: all)")
     p.add_argument(
@@ -124,9 +134,14 @@ def keep_modalities(files, names: str | None):
     return out
 
 
-def score(last: Path, case, out: Path | None = None) -> dict:
-    """Predict ``case`` with the checkpoint ``last`` (native grid) and score it."""
-    _, pred = predict_volume(load_checkpoint(last), case.images, case.spacing, affine=case.affine)
+def score(last, case, out: Path | None = None, flips: bool = False) -> dict:
+    """Predict ``case`` with the checkpoint ``last`` (native grid; a list of
+    checkpoints: their ensemble) and score it."""
+    paths = last if isinstance(last, list) else [last]
+    models = [load_checkpoint(path) for path in paths]
+    _, pred = run_to_end(
+        iter_predict_ensemble(models, case.images, case.spacing, affine=case.affine, flips=flips)
+    )
     if out is not None:
         write_nifti(out, pred.astype(np.uint8), affine=case.affine, overwrite=True)
     return {**case_metrics(pred, case.labels, case.spacing), "pred_voxels": int((pred > 0).sum())}
@@ -152,14 +167,14 @@ def run_fold(args, arm, seed, files, test) -> dict:
                 continue
             if (event.epoch + 1) % args.eval_every == 0 and event.epoch + 1 < args.epochs:
                 t1 = time.perf_counter()  # the epoch's last.pt on the test patient
-                m = score(last, test_case)
+                m = score(last, test_case, flips=args.flips)
                 curve.append({"epoch": event.epoch + 1, "dice": m["dice"],
                               "lesion_recall": m.get("lesion_recall"),
                               "pred_voxels": m["pred_voxels"], "w_region": event.w_region})  # fmt: skip
                 scoring += time.perf_counter() - t1
         train_s = time.perf_counter() - t0 - scoring
     case = load_case(test)
-    m = score(last, case, out / f"{test.case_id}_pred.nii.gz")
+    m = score(last, case, out / f"{test.case_id}_pred.nii.gz", args.flips)
     pred_voxels = m["pred_voxels"]
     if not trained and args.eval_every:
         curve.append({"epoch": args.epochs, "dice": m["dice"], "lesion_recall":
@@ -175,11 +190,45 @@ def run_fold(args, arm, seed, files, test) -> dict:
         "ref_voxels": int((case.labels > 0).sum()), "train_s": round(train_s, 1),
         "epochs": args.epochs, "steps_per_epoch": args.steps,
         "modalities": ",".join(test.modalities), "sets": " ".join(args.set),
+        "flips": bool(args.flips),
         # lesion recall by size (mm³ bins of core.metrics.DEFAULT_SIZE_BINS)
         **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
            for k in ("n_target", "lesion_recall")},
     }  # fmt: skip
     done_file.write_text(json.dumps(row, indent=1, default=float))
+    return row
+
+
+def run_ensemble(args, arm: str, test) -> dict | None:
+    """The seeds' ``last.pt`` of one arm and test patient as an ensemble, scored
+    (``OUT/<arm>_ensemble/test_<case>/metrics.json``, kept like a fold's)."""
+    seeds = args.seeds.split(",")
+    paths = [args.out / f"{arm}_seed{s}" / f"test_{test.case_id}" / "last.pt" for s in seeds]
+    if len(paths) < 2 or not all(p.is_file() for p in paths):
+        return None
+    out = args.out / f"{arm}_ensemble" / f"test_{test.case_id}"
+    done_file = out / "metrics.json"
+    if done_file.is_file() and not args.repredict:
+        return json.loads(done_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    case = load_case(test)
+    m = score(paths, case, out / f"{test.case_id}_pred.nii.gz", args.flips)
+    row = {
+        "arm": f"{arm} ensemble", "seed": "+".join(seeds), "test": test.case_id,
+        "dice": m["dice"], "hd95": m["hd95"], "lesion_recall": m.get("lesion_recall"),
+        "lesion_f1": m.get("lesion_f1"), "ref_lesions": m.get("n_target"),
+        "pred_voxels": m["pred_voxels"], "ref_voxels": int((case.labels > 0).sum()),
+        "epochs": args.epochs, "modalities": ",".join(test.modalities),
+        "sets": " ".join(args.set), "flips": bool(args.flips),
+        **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
+           for k in ("n_target", "lesion_recall")},
+    }  # fmt: skip
+    done_file.write_text(json.dumps(row, indent=1, default=float))
+    print(
+        f"{row['arm']} test {test.case_id}: DSC {row['dice']:.3f} HD95 {row['hd95']:.1f} mm, "
+        f"lesion recall {row['lesion_recall']:.2f}",
+        flush=True,
+    )
     return row
 
 
@@ -210,13 +259,26 @@ def main(argv: list[str] | None = None) -> int:
                     f"F1 {row['lesion_f1']:.2f} ({row['train_s']:.0f} s)",
                     flush=True,
                 )
+    arms = args.arms.split(",")
+    if args.ensemble and not pending:
+        for arm in list(arms):
+            ensemble_rows = [
+                row
+                for test in files
+                if not args.only or test.case_id in args.only.split(",")
+                for row in [run_ensemble(args, arm, test)]
+                if row is not None
+            ]
+            if ensemble_rows:
+                rows += ensemble_rows
+                arms.append(ensemble_rows[0]["arm"])
     with open(args.out / "folds.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| arm | folds | mean DSC | mean HD95 (mm) | mean lesion recall | mean lesion F1 |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    for arm in args.arms.split(","):
+    for arm in arms:
         sel = [r for r in rows if r["arm"] == arm]
         if sel:
             mean = {k: float(np.mean([r[k] for r in sel])) for k in
