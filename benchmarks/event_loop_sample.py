@@ -26,7 +26,11 @@ of this plugin, napari alone: the gaps while napari adds one Labels layer
 (the lesions, copied) and one Image layer (FLAIR, copied) of the sample case,
 each in the event-loop turn after the "click" (``viewer.add_labels`` /
 ``viewer.add_image``, then its first paint): the least a widget that adds a
-layer can cost on this machine. The bar: no gap over
+layer can cost on this machine. As the viewer fills (more layers to draw,
+five docks), napari's own cost of adding a layer grows: just before each
+widget runs, the same reference is taken again in the viewer as it is then
+(the layer added, measured, removed), and each worst gap's ratio to that one
+is printed too: what the plugin adds to napari's own work. The bar: no gap over
 100 ms when any widget delivers its result, and the Start click under 100 ms.
 Figures measured on a shared machine vary with its load; run it again on yours.
 
@@ -50,6 +54,7 @@ from typing import Any
 import numpy as np
 
 BAR_MS = 100
+LABELS, BOTH = ("labels",), ("labels", "image")
 WIDGETS = ("napari", "distance", "train", "predict", "compare", "finetune")
 
 
@@ -238,6 +243,19 @@ def napari_alone(stacks: bool, app: Any, viewer: Any, kind: str) -> dict[str, fl
     return watch(stacks, app, start, lambda: state["busy"])
 
 
+def napari_here(stacks: bool, app: Any, viewer: Any, kinds: tuple[str, ...]) -> float:
+    """The same reference in the viewer as it is now (its layers, its docks),
+    just before a widget runs: the worst of napari alone adding each of
+    ``kinds``, the reference layer removed again before the widget starts."""
+    worst = 0.0
+    for kind in kinds:
+        settle(app)
+        worst = max(worst, napari_alone(stacks, app, viewer, kind)["worst_ms"])
+        viewer.layers.remove(f"reference {kind}")
+    settle(app)
+    return worst
+
+
 def report(name: str, m: dict[str, float]) -> None:
     verdict = "PASS" if m["worst_ms"] <= BAR_MS else "FAIL"
     print(
@@ -296,6 +314,13 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     checkpoint = args.checkpoint
 
+    def measure(name: str, kinds: tuple[str, ...], start: Any, busy: Any) -> None:
+        """napari alone in the viewer as it is now, then the widget."""
+        here = napari_here(args.stacks, app, viewer, kinds)
+        settle(app)
+        results[name] = {**watch(args.stacks, app, start, busy), "here_ms": here}
+        report(name, results[name])
+
     if "napari" in only:
         # 0. the reference: napari adding one layer, no plugin code
         for kind in ("labels", "image"):
@@ -311,9 +336,7 @@ def main() -> int:
         viewer.window.add_dock_widget(distance, name="distance")
         distance.labels_combo.set_layer("lesions")
         distance.set_mode(Mode.VOLUME)
-        settle(app)
-        results["Distance map"] = watch(args.stacks, app, distance.compute, lambda: distance.busy)
-        report("Distance map", results["Distance map"])
+        measure("Distance map", BOTH, distance.compute, lambda: distance.busy)
 
     if "train" in only:
         # 2. Train (start click, the run, its end and the prediction after it)
@@ -345,9 +368,7 @@ def main() -> int:
 
         train._preview_made = timed_made
         train.runner.event.connect(first_preview)  # after the widget's own slot
-        settle(app)
-        results["Train"] = watch(args.stacks, app, train.start, lambda: train.busy)
-        report("Train", results["Train"])
+        measure("Train", LABELS, train.start, lambda: train.busy)
         if "event" in preview_times:
             start = preview_times["event"] - 1000.0  # the event's own turn included
             end = preview_times.get("made", preview_times["event"]) + 100.0
@@ -357,6 +378,7 @@ def main() -> int:
                 "worst_ms": worst,
                 "ticks": 0,
                 "wall_s": (end - preview_times["event"]) / 1e3,
+                "here_ms": results["Train"]["here_ms"],
             }
             report("First preview", results["First preview"])
         done = train.last_done
@@ -370,9 +392,7 @@ def main() -> int:
         predict.images.select(["FLAIR", "T1"])
         predict.checkpoint.setText(checkpoint)
         predict.device.set_device("cpu")
-        settle(app)
-        results["Predict"] = watch(args.stacks, app, predict.start, lambda: predict.busy)
-        report("Predict", results["Predict"])
+        measure("Predict", BOTH, predict.start, lambda: predict.busy)
 
     if "compare" in only:
         # 4. Compare
@@ -380,14 +400,10 @@ def main() -> int:
         viewer.window.add_dock_widget(compare, name="compare")
         compare.pred_combo.set_layer(predict.prediction_layer.name)
         compare.gt_combo.set_layer("lesions")
-        settle(app)
-        results["Compare"] = watch(args.stacks, app, compare.compare, lambda: compare.busy)
-        report("Compare", results["Compare"])
+        measure("Compare", LABELS, compare.compare, lambda: compare.busy)
         # the same comparison again: its TP/FP/FN layer exists and is updated in
         # place (layer.data = ...), no layer added: what an in-place update costs
-        settle(app)
-        results["Compare again"] = watch(args.stacks, app, compare.compare, lambda: compare.busy)
-        report("Compare again", results["Compare again"])
+        measure("Compare again", LABELS, compare.compare, lambda: compare.busy)
 
     if "finetune" in only:
         # 5. Finetune: predict into a corrections layer, correct two slices, fine-tune
@@ -398,9 +414,7 @@ def main() -> int:
         finetune.device.set_device("cpu")
         finetune.out_folder.setText(str(scratch / "finetune"))
         finetune.epochs.setValue(args.finetune_epochs)
-        settle(app)
-        results["Finetune pred"] = watch(args.stacks, app, finetune.predict, lambda: finetune.busy)
-        report("Finetune pred", results["Finetune pred"])
+        measure("Finetune pred", BOTH, finetune.predict, lambda: finetune.busy)
         layer = viewer.layers["FLAIR corrections"]
         lesions = np.asarray(viewer.layers["lesions"].data)
         z = int(np.argmax((lesions > 0).sum(axis=(0, 1))))
@@ -411,11 +425,7 @@ def main() -> int:
                 rows, cols = np.array([0]), np.array([0])
                 truth[0, 0] = 1 - layer.data[0, 0, s]
             layer.data_setitem((rows, cols, np.full(rows.size, s)), truth[rows, cols])
-        settle(app)
-        results["Finetune"] = watch(
-            args.stacks, app, finetune.start_finetune, lambda: finetune.busy
-        )
-        report("Finetune", results["Finetune"])
+        measure("Finetune", LABELS, finetune.start_finetune, lambda: finetune.busy)
 
     # each result's worst gap against napari alone adding one layer of the
     # same size in this run: the labels reference for what adds a Labels layer
@@ -432,24 +442,35 @@ def main() -> int:
         "Finetune pred": both,
     }
     print()
-    print("| widget | worst gap (ms) | ratio to napari alone | click (ms) | wall (s) |")
-    print("|---|---|---|---|---|")
-    ratios = []
+    print(
+        "| widget | worst gap (ms) | ratio to napari alone (at the start) "
+        "| napari alone just before (ms) | ratio to it | click (ms) | wall (s) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    ratios, ratios_here = [], []
     for name, m in results.items():
         if name.startswith("napari "):
-            ratio = ""
+            ratio = here = ratio_here = ""
         else:
             ref = reference.get(name, refs.get("labels", float("nan")))
             value = m["worst_ms"] / ref if ref and ref == ref else float("nan")
             ratios.append((name, value))
             ratio = f"{value:.2f}"
+            value_here = m["worst_ms"] / m["here_ms"] if m["here_ms"] else float("nan")
+            ratios_here.append((name, value_here))
+            here, ratio_here = f"{m['here_ms']:.0f}", f"{value_here:.2f}"
         print(
-            f"| {name} | {m['worst_ms']:.0f} | {ratio} | {m['click_ms']:.0f} | {m['wall_s']:.1f} |"
+            f"| {name} | {m['worst_ms']:.0f} | {ratio} | {here} | {ratio_here} "
+            f"| {m['click_ms']:.0f} | {m['wall_s']:.1f} |"
         )
-    if ratios:
-        name, worst_ratio = max(ratios, key=lambda r: r[1])
-        verdict = "PASS" if worst_ratio <= 1.5 else "FAIL"
-        print(f"worst ratio to napari alone: {worst_ratio:.2f} ({name}), goal 1.5: {verdict}")
+    for label, values in (("at the start", ratios), ("just before", ratios_here)):
+        if values:
+            name, worst_ratio = max(values, key=lambda r: r[1])
+            verdict = "PASS" if worst_ratio <= 1.5 else "FAIL"
+            print(
+                f"worst ratio to napari alone {label}: {worst_ratio:.2f} ({name}), "
+                f"goal 1.5: {verdict}"
+            )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     widgets = [m["worst_ms"] for name, m in results.items() if not name.startswith("napari ")]
     if widgets:

@@ -76,7 +76,7 @@ def test_synth_train_predict_evaluate(bench_dir, capsys):
 
     both = bench_dir / "pred_ensemble"
     case = [str(data / "imagesTr" / f"case_000_000{m}.nii.gz") for m in (0, 1)]
-    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), str(run / "last.pt"),
+    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), "--checkpoint", str(run / "last.pt"),
                  "--out", str(both), "--probabilities", "--flips"])  # fmt: skip
     assert code == 0
     volume = np.stack([read_nifti(p).data for p in case])
@@ -90,7 +90,7 @@ def test_synth_train_predict_evaluate(bench_dir, capsys):
     np.testing.assert_allclose(np.moveaxis(written, -1, 0), mean, atol=1e-5)
     np.testing.assert_array_equal(read_nifti(both / "case_000.nii.gz").data, mean.argmax(0))
     capsys.readouterr()
-    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), str(run / "best.pt"),
+    code = main(["predict", *case, "--checkpoint", str(run / "best.pt"), "--checkpoint", str(run / "best.pt"),
                  "--out", str(both), "--overwrite"])  # fmt: skip
     assert code != 0 and "same file twice" in capsys.readouterr().err
 

@@ -39,10 +39,10 @@ def add_parser(sub: Any) -> None:
     model.add_argument(
         "--checkpoint",
         type=Path,
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="best.pt or last.pt of a run; several (e.g. the folds of train --folds: "
-        "OUT/fold_*/best.pt) predict as an ensemble, their probabilities averaged",
+        action="append",
+        help="best.pt or last.pt of a run; given again (--checkpoint A --checkpoint B, "
+        "e.g. the folds of train --folds) the models predict as an ensemble, their "
+        "probabilities averaged",
     )
     model.add_argument(
         "--model",
