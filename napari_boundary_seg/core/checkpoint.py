@@ -239,11 +239,12 @@ LEGACY_CONFIG = {
     "phi_units": "mm",
     "empty_slice_phi": "distance",
     "lr_decay": "plateau",
+    "ema": 0.0,
 }
 """What a checkpoint written before these settings existed was trained with: min–max
 scaling, slices in stored voxel order, no resampling, 3D epochs of one tiling of
 the training volumes (so it also resumes as it trained), φ in mm with its values
-on slices without foreground."""
+on slices without foreground, the last step's weights (no weight average)."""
 
 
 def checkpoint_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
