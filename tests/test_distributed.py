@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -366,6 +368,18 @@ def test_torchrun_runs_the_cli_on_two_processes(tmp_path):
     done = subprocess.run(
         command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S
     )
+    if done.returncode != 0 and "exitcode: -6" in done.stderr:
+        # a rank killed by SIGABRT before any output of ours: seen twice in about 40 runs on
+        # the shared 2-core CI machine under load, never reproduced alone; shown, then run
+        # once more on a new port (any other failure, or a second one, fails the test)
+        warnings.warn(
+            f"torchrun: a rank aborted (SIGABRT), run again: {done.stderr[-600:]}", stacklevel=1
+        )
+        command[command.index("--master-port") + 1] = str(_free_port())
+        shutil.rmtree(run, ignore_errors=True)
+        done = subprocess.run(
+            command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT_S
+        )
     assert done.returncode == 0, done.stderr[-2000:]
     output = done.stdout + done.stderr
     assert output.count("2 processes (gloo)") == 1  # rank 0 alone reports
