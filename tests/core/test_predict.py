@@ -15,7 +15,7 @@ from napari_boundary_seg.core.checkpoint import (
 )
 from napari_boundary_seg.core.data import PreprocessConfig
 from napari_boundary_seg.core.predict import iter_predict_volume, modality_order, predict_volume
-from napari_boundary_seg.core.progress import Progress
+from napari_boundary_seg.core.progress import Progress, run_to_end
 from napari_boundary_seg.core.train import TrainConfig
 from napari_boundary_seg.core.unet import UNet
 
@@ -121,12 +121,7 @@ def test_checkpoint_preprocessing_is_used_and_iter_matches(tmp_path):
     volume = np.random.default_rng(0).random((3, 10, 12)).astype(np.float32)
     events = []
     gen = iter_predict_volume(str(path), volume, (2.0, 1.0, 1.0), batch_size=2)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            probs, labels = stop.value
-            break
+    probs, labels = run_to_end(gen, events.append)
     assert all(isinstance(e, Progress) for e in events)
     assert (events[0].done, events[-1].done, events[-1].total) == (0, 2, 2)
     again, _ = predict_volume((loaded, ckpt), volume, (2.0, 1.0, 1.0))
@@ -325,12 +320,7 @@ def test_a_3d_checkpoint_predicts_by_windows_without_being_told(tmp_path):
     volume = np.random.default_rng(3).random((5, 13, 9)).astype(np.float32) * 50 + 3
     events = []
     gen = iter_predict_volume(str(path), volume, (3.0, 1.0, 1.0), sw_batch_size=2, axis=1)
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            probs, labels = stop.value
-            break
+    probs, labels = run_to_end(gen, events.append)
     assert probs.shape == (2, 5, 13, 9) and labels.dtype == np.int64
     # 2 x 3 x 2 windows of (4, 8, 8) with 50 % overlap, 2 per batch: 6 batches
     assert all(isinstance(e, Progress) for e in events)
@@ -412,27 +402,16 @@ def test_an_ensemble_averages_its_models_probabilities():
     single = [predict_volume(m, volume, (1.0, 1.0, 1.0), **kwargs)[0] for m in models]
     events = []
     run = iter_predict_ensemble(models, volume, (1.0, 1.0, 1.0), **kwargs)
-    while True:
-        try:
-            events.append(next(run))
-        except StopIteration as stop:
-            probs, labels = stop.value
-            break
+    probs, labels = run_to_end(run, events.append)
     np.testing.assert_allclose(probs, (single[0] + single[1]) / 2, atol=1e-6)
     np.testing.assert_array_equal(labels, probs.argmax(0))
     done = [e.done for e in events if isinstance(e, Progress)]
     assert done == sorted(done) and events[-1].done == events[-1].total  # one bar, counting up
     assert "model 2/2" in events[-1].message
     alone = iter_predict_ensemble(models[:1], volume, (1.0, 1.0, 1.0), **kwargs)
-    np.testing.assert_array_equal(run_to_end_(alone)[0], single[0])
+    np.testing.assert_array_equal(run_to_end(alone)[0], single[0])
     three = UNet(in_channels=1, num_classes=3, base_channels=4, depth=2).eval()
     with pytest.raises(ValueError, match="classes"):
-        run_to_end_(iter_predict_ensemble([models[0], three], volume, (1.0, 1.0, 1.0), **kwargs))
+        run_to_end(iter_predict_ensemble([models[0], three], volume, (1.0, 1.0, 1.0), **kwargs))
     with pytest.raises(ValueError, match="at least one"):
-        run_to_end_(iter_predict_ensemble([], volume))
-
-
-def run_to_end_(gen):
-    from napari_boundary_seg.core.progress import run_to_end
-
-    return run_to_end(gen)
+        run_to_end(iter_predict_ensemble([], volume))
