@@ -316,8 +316,7 @@ def main() -> int:
 
     def measure(name: str, kinds: tuple[str, ...], start: Any, busy: Any) -> None:
         """napari alone in the viewer as it is now, then the widget."""
-        here = napari_here(args.stacks, app, viewer, kinds)
-        settle(app)
+        here = napari_here(args.stacks, app, viewer, kinds)  # ends settled
         results[name] = {**watch(args.stacks, app, start, busy), "here_ms": here}
         report(name, results[name])
 
