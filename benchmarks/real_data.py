@@ -147,6 +147,21 @@ def score(last, case, out: Path | None = None, flips: bool = False) -> dict:
     return {**case_metrics(pred, case.labels, case.spacing), "pred_voxels": int((pred > 0).sum())}
 
 
+def result_row(args, arm: str, seed, test, case, m: dict, **extra) -> dict:
+    """A fold's (or an ensemble's) row of ``folds.csv`` from its :func:`score`."""
+    return {
+        "arm": arm, "seed": seed, "test": test.case_id, "dice": m["dice"], "hd95": m["hd95"],
+        "lesion_recall": m.get("lesion_recall"), "lesion_f1": m.get("lesion_f1"),
+        "ref_lesions": m.get("n_target"), "pred_voxels": m["pred_voxels"],
+        "ref_voxels": int((case.labels > 0).sum()), "epochs": args.epochs,
+        "modalities": ",".join(test.modalities), "sets": " ".join(args.set),
+        "flips": bool(args.flips), **extra,
+        # lesion recall by size (mm³ bins of core.metrics.DEFAULT_SIZE_BINS)
+        **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
+           for k in ("n_target", "lesion_recall")},
+    }  # fmt: skip
+
+
 def run_fold(args, arm, seed, files, test) -> dict:
     out = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
     done_file = out / "metrics.json"
@@ -183,18 +198,9 @@ def run_fold(args, arm, seed, files, test) -> dict:
             writer = csv.DictWriter(f, list(curve[0]))
             writer.writeheader()
             writer.writerows(curve)
-    row = {
-        "arm": arm, "seed": seed, "test": test.case_id, "dice": m["dice"], "hd95": m["hd95"],
-        "lesion_recall": m.get("lesion_recall"), "lesion_f1": m.get("lesion_f1"),
-        "ref_lesions": m.get("n_target"), "pred_voxels": pred_voxels,
-        "ref_voxels": int((case.labels > 0).sum()), "train_s": round(train_s, 1),
-        "epochs": args.epochs, "steps_per_epoch": args.steps,
-        "modalities": ",".join(test.modalities), "sets": " ".join(args.set),
-        "flips": bool(args.flips),
-        # lesion recall by size (mm³ bins of core.metrics.DEFAULT_SIZE_BINS)
-        **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
-           for k in ("n_target", "lesion_recall")},
-    }  # fmt: skip
+    row = result_row(
+        args, arm, seed, test, case, m, train_s=round(train_s, 1), steps_per_epoch=args.steps
+    )
     done_file.write_text(json.dumps(row, indent=1, default=float))
     return row
 
@@ -213,16 +219,7 @@ def run_ensemble(args, arm: str, test) -> dict | None:
     out.mkdir(parents=True, exist_ok=True)
     case = load_case(test)
     m = score(paths, case, out / f"{test.case_id}_pred.nii.gz", args.flips)
-    row = {
-        "arm": f"{arm} ensemble", "seed": "+".join(seeds), "test": test.case_id,
-        "dice": m["dice"], "hd95": m["hd95"], "lesion_recall": m.get("lesion_recall"),
-        "lesion_f1": m.get("lesion_f1"), "ref_lesions": m.get("n_target"),
-        "pred_voxels": m["pred_voxels"], "ref_voxels": int((case.labels > 0).sum()),
-        "epochs": args.epochs, "modalities": ",".join(test.modalities),
-        "sets": " ".join(args.set), "flips": bool(args.flips),
-        **{f"{k}_{b}": m.get(f"{k}_{b}") for b in ("small", "medium", "large")
-           for k in ("n_target", "lesion_recall")},
-    }  # fmt: skip
+    row = result_row(args, f"{arm} ensemble", "+".join(seeds), test, case, m)
     done_file.write_text(json.dumps(row, indent=1, default=float))
     print(
         f"{row['arm']} test {test.case_id}: DSC {row['dice']:.3f} HD95 {row['hd95']:.1f} mm, "
