@@ -234,8 +234,9 @@ def iter_predict_ensemble(
     checkpoint path, dict, ``(model, checkpoint)`` or a UNet) and predicts with
     its own training settings (plane, spacing, intensities); ``kwargs`` are
     :func:`iter_predict_volume`'s. Progress counts over the models and its
-    messages name the model ("model 2/5: ..."). One model gives exactly :func:`iter_predict_volume`'s result.
-    Models that disagree on the number of classes are a ValueError.
+    messages name the model ("model 2/5: ..."). One model gives exactly
+    :func:`iter_predict_volume`'s result. Models that disagree on the number
+    of classes are a ValueError.
     """
     models = list(models)
     if not models:

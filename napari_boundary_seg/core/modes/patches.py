@@ -144,7 +144,8 @@ def iter_sliding_window(
     sigma_scale
         Gaussian sigma as a share of the window size.
     flips
-        Test-time mirroring of each window (:func:`~napari_boundary_seg.core.modes.base.softmax_probs`).
+        Test-time mirroring of each window
+        (:func:`~napari_boundary_seg.core.modes.base.softmax_probs`).
 
     Yields
     ------
