@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -167,12 +168,17 @@ def _preview_event(
     return PreviewEvent(epoch, axis, index, labels)
 
 
+PREVIEW_LAYER_WAIT_S = 5.0
+"""How long the training waits, at most, for the GUI to add the preview layer."""
+
+
 def training_job(
     config: Any,
     make_cases: Callable[[], tuple[list[Any], list[Any] | None]] | None,
     control: Any,
     ended: threading.Event,
     preview: tuple[ImageStack, Callable[[], tuple[int, int] | None]] | None = None,
+    preview_shown: threading.Event | None = None,
 ) -> Generator[Any, Any, Any]:
     """Worker body: build the cases (here, not in the GUI thread), then train.
 
@@ -180,6 +186,12 @@ def training_job(
     predicts the slice ``where()`` returns (``(axis, index)``, read from the
     viewer by the GUI thread; None: no preview now) and a
     :class:`PreviewEvent` is yielded. A failed preview is logged, never fatal.
+
+    ``preview_shown``, set by the GUI once the preview layer is in the viewer:
+    after a preview the training waits for it (at most
+    :data:`PREVIEW_LAYER_WAIT_S`, or until a stop), so that napari adds that
+    layer (its one long event-loop turn of the run) with the CPU to itself,
+    not beside a training step; later previews are written in place.
     """
     from napari_boundary_seg.core.train import EpochEvent, preprocess_config, train
 
@@ -222,8 +234,23 @@ def training_job(
                     yield _preview_event(previewer, last, event.epoch, where)
                 except Exception:  # noqa: BLE001 - a preview never ends a run
                     logger.warning("live preview failed", exc_info=True)
+                    continue
+                if preview_shown is not None:
+                    wait_until(preview_shown, control, PREVIEW_LAYER_WAIT_S)
     finally:
         ended.set()
+
+
+def wait_until(flag: threading.Event, control: Any, timeout: float) -> bool:
+    """Block until ``flag`` is set, ``control`` asks to stop or ``timeout``
+    seconds have passed; returns whether ``flag`` was set."""
+    deadline = time.monotonic() + timeout
+    while not flag.is_set() and not control.stop_requested:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        flag.wait(min(left, 0.05))
+    return flag.is_set()
 
 
 def predict_for_correction(

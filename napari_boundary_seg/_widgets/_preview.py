@@ -76,8 +76,10 @@ class LivePreview:
         The first preview makes the layer in steps, one per event-loop turn
         (``_runner.layer_steps``: inserted hidden, shown, then filled), as
         every other result is delivered; a preview that comes meanwhile waits
-        for the layer (only the newest is kept)."""
+        for the layer (only the newest is kept). The training waits until the
+        layer is in (``_preview_shown``), so napari's insert has the CPU."""
         if self._stack is None:
+            self._preview_shown.set()
             return
         shape = self._stack.images.shape[1:]
         layer = self.preview_layer
@@ -104,10 +106,13 @@ class LivePreview:
                 )
             return
         self._write_preview(layer, event)
+        self._preview_shown.set()
 
     def _preview_made(self, layer: Any) -> None:
-        """The preview layer is in the viewer: show the newest preview in it."""
+        """The preview layer is in the viewer: show the newest preview in it,
+        and let the training go on."""
         self.preview_layer = layer
+        self._preview_shown.set()
         event, self._waiting_preview = self._waiting_preview, None
         if event is not None:
             self._write_preview(layer, event)

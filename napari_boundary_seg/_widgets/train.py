@@ -141,6 +141,7 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         self.runner = Runner(self, "Training", notify=False)
         self._preview_delivery = Delivery(self)
         self._waiting_preview: PreviewEvent | None = None
+        self._preview_shown = threading.Event()  # the worker waits for it after a preview
         self.events: list[Any] = []
         self.last_done: Any = None
         self.device_used = ""
@@ -473,8 +474,17 @@ class TrainWidget(TrainFormLogic, RunStatus, LivePreview, QWidget):
         from napari_boundary_seg.core.train import TrainControl
 
         control, ended = TrainControl(), threading.Event()
+        self._preview_shown = threading.Event()
         self.runner.start(
-            training_job, config, make_cases, control, ended, preview, control=control, ended=ended
+            training_job,
+            config,
+            make_cases,
+            control,
+            ended,
+            preview,
+            self._preview_shown,
+            control=control,
+            ended=ended,
         )
         self.runner.set_progress(0, 0, "preparing data")
         self._set_running(True)

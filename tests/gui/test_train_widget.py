@@ -546,10 +546,9 @@ def test_train_from_layers_end_to_end_and_event_loop_bar(widget, qtbot, errors):
     # (checked while training: the layer is made at the first preview, then updated)
     assert all(preview_checks), preview_checks
     assert len(preview_checks) + len(first_preview) == 6
-    # previews that came while the layer was being made (in steps) used that layer
-    # (none yet in the turn the first preview came: the steps begin a turn later)
-    assert first_preview and first_preview[0] is None
-    assert all(x is None or x is preview_layers[0] for x in first_preview)
+    # the layer is made in steps after the first preview (none yet in its turn), and
+    # the training waits for it: no other preview comes while it is being made
+    assert first_preview == [None]
     # the best model's prediction arrives in a Labels layer with the image's geometry:
     # the preview layer itself, data replaced in place and renamed (no layer added)
     layer = w.prediction_layer

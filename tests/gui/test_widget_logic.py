@@ -124,3 +124,53 @@ def test_label_layers_get_the_narrowest_dtype_napari_draws_without_hashing():
     assert compact_labels(np.array([0, 256])).dtype == np.int32
     assert compact_labels(np.array([-1, 3])).dtype == np.int32
     assert compact_labels(np.zeros((0, 3), np.int64)).dtype == np.uint8
+
+
+def test_training_waits_for_the_preview_layer_once_and_not_past_a_stop(tmp_path):
+    """After the first preview the worker holds until the GUI has added the
+    preview layer (napari's insert then has the CPU to itself); later previews
+    do not wait, and a stop ends the wait."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from napari_boundary_seg._widgets._jobs import PreviewEvent, training_job
+    from napari_boundary_seg._widgets._layers import ImageStack
+    from napari_boundary_seg.core.events import TrainControl
+    from napari_boundary_seg.core.presets import quick_start_config, split_slices
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((16, 16, 6), dtype=np.int64)
+    labels[5:11, 5:11, 1:5] = 1
+    images = (rng.normal(0.3, 0.05, (1, 16, 16, 6)) + 0.5 * labels).astype(np.float32)
+    stack = ImageStack(images, (1.0, 1.0, 1.0), {})
+
+    def run(shown, control, on_preview):
+        """The seconds from each preview to the worker's next event."""
+        config = quick_start_config(epochs=3, depth=2, base_channels=4, device="cpu",
+                                    out_dir=str(tmp_path / "run"), overwrite=True)  # fmt: skip
+        cases = split_slices(images, labels, (1.0, 1.0, 1.0), 2, config.val_fraction)
+        job = training_job(
+            config, lambda: cases, control, threading.Event(), (stack, lambda: (2, 3)), shown
+        )
+        gaps, t0 = [], None
+        for event in job:
+            if t0 is not None:
+                gaps.append(time.monotonic() - t0)
+                t0 = None
+            if isinstance(event, PreviewEvent):
+                t0 = time.monotonic()
+                on_preview()
+        return gaps
+
+    shown = threading.Event()
+    # the GUI has the layer in 0.6 s after the first preview
+    gaps = run(shown, TrainControl(), lambda: threading.Timer(0.6, shown.set).start())
+    assert len(gaps) == 3
+    assert gaps[0] >= 0.55, gaps  # held until the layer was in
+    assert max(gaps[1:]) < 0.5, gaps  # written in place from then on: no wait
+
+    control = TrainControl()  # Stop pressed 0.2 s into the wait: not the full 5 s
+    gaps = run(threading.Event(), control, lambda: threading.Timer(0.2, control.stop).start())
+    assert len(gaps) == 1 and gaps[0] < 2.5, gaps
