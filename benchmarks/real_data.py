@@ -45,6 +45,10 @@ ARMS = {
     "gdl": {"loss": "gdl"},
     "gdl_bl": {"loss": "gdl+bl", "schedule": QUICK_START["schedule"]},
 }
+ARMS.update(  # the same losses trained on another plane (the base arms: axial)
+    {f"{arm}_{plane}": {**values, "axis": plane} for arm, values in list(ARMS.items())
+     for plane in ("coronal", "sagittal")}
+)  # fmt: skip
 COLUMNS = [
     "arm", "seed", "test", "dice", "hd95", "lesion_recall", "lesion_f1",
     "ref_lesions", "pred_voxels", "ref_voxels", "train_s", "epochs",
@@ -57,7 +61,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data", type=Path, help="data folder (nnU-Net, WMH or ISLES layout)")
     p.add_argument("--out", type=Path, required=True, help="results folder (resumable)")
-    p.add_argument("--arms", default="gdl,gdl_bl", help="comma-separated: gdl, gdl_bl")
+    p.add_argument(
+        "--arms", default="gdl,gdl_bl",
+        help=f"comma-separated, of {', '.join(ARMS)} (default gdl,gdl_bl; plain arms: axial)",
+    )  # fmt: skip
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold (default 30)")
     p.add_argument("--steps", type=int, default=40, help="steps per epoch (default 40)")
@@ -77,6 +84,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also score, per arm and test patient, the ensemble of the seeds' models "
         "(their probabilities averaged: core.predict.iter_predict_ensemble)",
     )
+    p.add_argument(
+        "--ensemble-arms", metavar="A,B,...",
+        help="also score, per test patient, the models of these arms (every seed) as one "
+        "ensemble, e.g. gdl,gdl_coronal,gdl_sagittal: a multi-planar ensemble",
+    )  # fmt: skip
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
     p.add_argument("--modalities", help="comma-separated modality names to train on (default: all)")
     p.add_argument(
@@ -205,13 +217,16 @@ def run_fold(args, arm, seed, files, test) -> dict:
     return row
 
 
-def run_ensemble(args, arm: str, test) -> dict | None:
-    """The seeds' ``last.pt`` of one arm and test patient as an ensemble, scored
-    (``OUT/<arm>_ensemble/test_<case>/metrics.json``, kept like a fold's)."""
+def run_ensemble(args, arms: list[str], test) -> dict | None:
+    """The seeds' ``last.pt`` of ``arms`` for one test patient as one ensemble,
+    scored (``OUT/<arm>[+<arm>...]_ensemble/test_<case>/metrics.json``, kept
+    like a fold's); None unless every model is there and there are two or more."""
     seeds = args.seeds.split(",")
-    paths = [args.out / f"{arm}_seed{s}" / f"test_{test.case_id}" / "last.pt" for s in seeds]
+    paths = [args.out / f"{arm}_seed{s}" / f"test_{test.case_id}" / "last.pt"
+             for arm in arms for s in seeds]  # fmt: skip
     if len(paths) < 2 or not all(p.is_file() for p in paths):
         return None
+    arm = "+".join(arms)
     out = args.out / f"{arm}_ensemble" / f"test_{test.case_id}"
     done_file = out / "metrics.json"
     if done_file.is_file() and not args.repredict:
@@ -231,6 +246,12 @@ def run_ensemble(args, arm: str, test) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    unknown = [
+        a for a in f"{args.arms},{args.ensemble_arms or ''}".split(",") if a and a not in ARMS
+    ]
+    if unknown:
+        print(f"unknown arm(s) {unknown}: the arms are {', '.join(ARMS)}")
+        return 2
     torch.set_num_threads(args.threads)
     files = keep_modalities(find_cases(args.data), args.modalities)
     if len(files) < 2:
@@ -257,13 +278,16 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     arms = args.arms.split(",")
-    if args.ensemble and not pending:
-        for arm in list(arms):
+    groups = [[arm] for arm in arms] if args.ensemble else []
+    if args.ensemble_arms:
+        groups.append(args.ensemble_arms.split(","))
+    if groups and not pending:
+        for group in groups:
             ensemble_rows = [
                 row
                 for test in files
                 if not args.only or test.case_id in args.only.split(",")
-                for row in [run_ensemble(args, arm, test)]
+                for row in [run_ensemble(args, group, test)]
                 if row is not None
             ]
             if ensemble_rows:

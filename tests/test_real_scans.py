@@ -162,3 +162,35 @@ def test_a_checkpoint_whose_channels_do_not_fit_is_refused_before_any_work(tmp_p
     assert "has 2 modalities" in err and "last.pt takes 1" in err, err
     assert not cache.exists() or not any(cache.iterdir())
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_real_data_benchmark_trains_planes_and_scores_their_ensemble(tmp_path):
+    """benchmarks/real_data.py on a tiny folder: leave one patient out with an
+    axial and a coronal arm, and the two as one (multi-planar) ensemble."""
+    import subprocess
+    import sys
+
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+
+    data = _folder(tmp_path / "data", ["p1", "p2", "p3"])
+    out = tmp_path / "rd"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
+    argv = [sys.executable, str(script), str(data), "--out", str(out), "--arms", "gdl,gdl_coronal",
+            "--epochs", "1", "--steps", "1", "--width", "4", "--set", "depth=2",
+            "--set", "batch_size=4", "--ensemble-arms", "gdl,gdl_coronal"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(out / "folds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    arms = [r["arm"] for r in rows]
+    assert arms == ["gdl"] * 3 + ["gdl_coronal"] * 3 + ["gdl+gdl_coronal ensemble"] * 3
+    assert "gdl+gdl_coronal ensemble" in (out / "summary.md").read_text()
+    axial = read_checkpoint(out / "gdl_seed0" / "test_p1" / "last.pt")
+    coronal = read_checkpoint(out / "gdl_coronal_seed0" / "test_p1" / "last.pt")
+    assert axial["config"]["axis"] == "auto" and coronal["config"]["axis"] == "coronal"
+    pred = out / "gdl+gdl_coronal_ensemble" / "test_p1" / "p1_pred.nii.gz"
+    assert nib.load(pred).shape == nib.load(data / "labelsTr" / "p1.nii.gz").shape
+    # an unknown arm is refused before any work
+    bad = subprocess.run([*argv[:5], "--arms", "gdl_axial"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown arm(s) ['gdl_axial']" in bad.stdout
