@@ -44,6 +44,7 @@ from napari_boundary_seg.core.train import EpochEvent, TrainConfig, train
 ARMS = {
     "gdl": {"loss": "gdl"},
     "gdl_bl": {"loss": "gdl+bl", "schedule": QUICK_START["schedule"]},
+    "gdl_ce": {"loss": "gdl+ce"},
 }
 ARMS.update(  # the same losses trained on another plane (the base arms: axial)
     {f"{arm}_{plane}": {**values, "axis": plane} for arm, values in list(ARMS.items())

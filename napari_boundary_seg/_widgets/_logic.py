@@ -47,6 +47,7 @@ LOSS_CHOICES = [
     ("BL alone", "bl"),
     ("Cross-entropy", "ce"),
     ("Dice", "dice"),
+    ("GDL + cross-entropy", "gdl+ce"),
 ]
 SCHEDULE_CHOICES = [
     ("paper (α − step per epoch)", "paper"),

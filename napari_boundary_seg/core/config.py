@@ -118,6 +118,8 @@ class LossKind(StrEnum):
     """Cross-entropy alone."""
     DICE = "dice"
     """Soft Dice loss (mean over classes) alone."""
+    GDL_CE = "gdl+ce"
+    """GDL + cross-entropy, weight 1 each (nnU-Net's Dice + CE compound)."""
     GDL_MONAI_BL = "gdl+monai-bl"
     """As ``gdl+bl`` with MONAI's ``BoundaryLoss`` (its φ per batch item, in voxels)
     for the boundary term: the study's peer arm; needs MONAI >= 1.6."""
@@ -319,7 +321,8 @@ class TrainConfig:
     loss: LossKind = setting(
         LossKind.GDL,
         help="training objective: gdl (the default), gdl+bl (GDL + the boundary loss under "
-        "the α schedule; " + BOUNDARY_LOSS_EVIDENCE + "), bl, ce, dice, gdl+monai-bl",
+        "the α schedule; " + BOUNDARY_LOSS_EVIDENCE + "), bl, ce, dice, gdl+ce (GDL + "
+        "cross-entropy), gdl+monai-bl",
         choices=tuple(LossKind),
         section="schedule",
         same_on_resume=True,

@@ -65,6 +65,7 @@ __all__ = [
     "generalized_dice_loss",
     "dice_loss",
     "cross_entropy",
+    "gdl_ce_loss",
     "combined_loss",
     "loss_for_kind",
     "monai_available",
@@ -597,10 +598,29 @@ def cross_entropy(
     return (per_voxel * m[:, 0]).sum() / m.sum().clamp_min(1.0)
 
 
+def gdl_ce_loss(
+    probs: torch.Tensor,
+    target_onehot: torch.Tensor,
+    classes: ClassesArg = None,
+    *,
+    validate: bool = True,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Generalized Dice loss plus cross-entropy, weight 1 each (nnU-Net's
+    compound of an overlap and a voxel-wise term): the arguments of
+    :func:`generalized_dice_loss` and :func:`cross_entropy`, checked once."""
+    if validate:
+        _prepare_region(probs, target_onehot, classes, True)
+        _prepare_mask(mask, probs, probs.dtype, True)
+    gdl = generalized_dice_loss(probs, target_onehot, classes, validate=False, mask=mask)
+    return gdl + cross_entropy(probs, target_onehot, classes, validate=False, mask=mask)
+
+
 _REGION_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "gdl": generalized_dice_loss,
     "dice": dice_loss,
     "ce": cross_entropy,
+    "gdl+ce": gdl_ce_loss,
 }
 
 
@@ -647,7 +667,7 @@ def combined_loss(
     w_region, w_boundary
         Non-negative finite weights, not both 0.
     region
-        Regional loss: ``"gdl"``, ``"dice"`` or ``"ce"``.
+        Regional loss: ``"gdl"``, ``"dice"``, ``"ce"`` or ``"gdl+ce"``.
     region_classes, boundary_classes
         ``classes`` of each term (defaults: all classes; all but background).
     validate
@@ -728,6 +748,7 @@ def loss_for_kind(
     - ``gdl+bl``: total = ``weights[0] * GDL + weights[1] * BL``.
     - ``ce``: total = CE; the boundary part is reported without a graph.
     - ``dice``: total = soft Dice loss; the boundary part is reported without a graph.
+    - ``gdl+ce``: total = GDL + CE; the boundary part is reported without a graph.
     - ``gdl+monai-bl``: as ``gdl+bl`` with MONAI's ``BoundaryLoss`` (foreground
       classes, φ of each batch item in voxels; ``dist_maps`` unused), the peer arm.
 
@@ -735,7 +756,7 @@ def loss_for_kind(
     ----------
     kind
         A :class:`LossKind` or its value (``"gdl"``, ``"bl"``, ``"gdl+bl"``,
-        ``"ce"``, ``"dice"``).
+        ``"ce"``, ``"dice"``, ``"gdl+ce"``).
     probs, target_onehot, dist_maps
         As in :func:`combined_loss`; ``dist_maps`` may be ``None`` for the kinds
         without a boundary term (the boundary part is then NaN).

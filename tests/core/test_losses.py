@@ -461,12 +461,17 @@ def combined_inputs(shape=(2, 3, 4, 4)):
     return s, g, phi
 
 
-@pytest.mark.parametrize("region", ["gdl", "dice", "ce"])
+@pytest.mark.parametrize("region", ["gdl", "dice", "ce", "gdl+ce"])
 def test_combined_loss_is_weighted_sum(region):
     s, g, phi = combined_inputs()
     parts = combined_loss(s, g, phi, 0.3, 0.7, region=region)
     assert isinstance(parts, LossParts)
-    region_fn = {"gdl": generalized_dice_loss, "dice": dice_loss, "ce": cross_entropy}[region]
+    region_fn = {
+        "gdl": generalized_dice_loss,
+        "dice": dice_loss,
+        "ce": cross_entropy,
+        "gdl+ce": lambda s, g: generalized_dice_loss(s, g) + cross_entropy(s, g),
+    }[region]
     torch.testing.assert_close(parts.region, region_fn(s, g))
     torch.testing.assert_close(parts.boundary, boundary_loss(s, phi))
     torch.testing.assert_close(parts.total, 0.3 * parts.region + 0.7 * parts.boundary)
@@ -527,6 +532,7 @@ def test_combined_loss_validates_every_input():
         ),
         ("ce", lambda s, g, phi: cross_entropy(s, g)),
         (LossKind.DICE, lambda s, g, phi: dice_loss(s, g)),
+        ("gdl+ce", lambda s, g, phi: generalized_dice_loss(s, g) + cross_entropy(s, g)),
     ],
 )
 def test_loss_for_kind(kind, total):
@@ -545,7 +551,9 @@ def test_loss_for_kind_rejects_unknown_kind():
 
 
 def test_loss_kind_values():
-    assert [k.value for k in LossKind] == ["gdl", "bl", "gdl+bl", "ce", "dice", "gdl+monai-bl"]
+    assert [k.value for k in LossKind] == [
+        "gdl", "bl", "gdl+bl", "ce", "dice", "gdl+ce", "gdl+monai-bl"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("fn", ["boundary_loss", "generalized_dice_loss"])
@@ -564,6 +572,7 @@ MASKED_LOSSES = {
     "gdl": lambda p, g, d, m: generalized_dice_loss(p, g, mask=m),
     "dice": lambda p, g, d, m: dice_loss(p, g, mask=m),
     "ce": lambda p, g, d, m: cross_entropy(p, g, mask=m),
+    "gdl+ce": lambda p, g, d, m: loss_for_kind("gdl+ce", p, g, d, mask=m).total,
     "bl": lambda p, g, d, m: boundary_loss(p, d, mask=m),
     "gdl+bl": lambda p, g, d, m: loss_for_kind("gdl+bl", p, g, d, (0.5, 0.5), mask=m).total,
 }
@@ -621,7 +630,7 @@ def test_mask_none_is_bit_for_bit_the_unmasked_loss():
     logits, g, d, _ = _masked_batch(3, seed=3)
     probs = torch.softmax(logits, dim=1).float()
     g, d = g.float(), d.float()
-    for kind in ("gdl", "bl", "gdl+bl", "ce", "dice"):
+    for kind in ("gdl", "bl", "gdl+bl", "ce", "dice", "gdl+ce"):
         a = loss_for_kind(kind, probs, g, d, (0.3, 0.7))
         b = loss_for_kind(kind, probs, g, d, (0.3, 0.7), mask=None)
         assert torch.equal(a.total, b.total) and torch.equal(a.region, b.region)
