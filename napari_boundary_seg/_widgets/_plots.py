@@ -56,6 +56,15 @@ def chart_titles(loss: str) -> tuple[str, str]:
     return f"total: {kind.value.upper()}", "BL, not trained on (mm)"
 
 
+def region_title(loss: str) -> str:
+    """The regional-term chart's title: the regional loss the kind reports
+    (GDL beside the boundary loss; CE, Dice or GDL + CE alone)."""
+    kind = LossKind(loss)
+    if kind in (LossKind.CE, LossKind.DICE, LossKind.GDL_CE):
+        return f"regional term ({kind.value.upper()})"
+    return "regional term (GDL)"
+
+
 #: The live curves redraw at most this often (ms); events in between only
 #: append data. Keeps the Qt event loop free while a model trains.
 REDRAW_INTERVAL_MS = 400
@@ -434,6 +443,7 @@ class TrainingCurves(QWidget):
             self.planned_epochs = max(int(planned_epochs), 1)
         if loss is not None:
             self.loss_chart.title, self.boundary_chart.title = chart_titles(loss)
+            self.region_chart.title = region_title(loss)
         self.steps: list[float] = []
         self.loss: dict[str, list[float]] = {"total": [], "region": [], "boundary": []}
         self.epochs: list[int] = []

@@ -296,3 +296,9 @@ def test_training_curves_are_titled_by_the_loss(qtbot):
     assert "not trained" in curves.boundary_chart.title
     curves.reset(3, loss="gdl+bl")
     assert "α·GDL" in curves.loss_chart.title and "not trained" not in curves.boundary_chart.title
+    assert curves.region_chart.title == "regional term (GDL)"
+    curves.reset(3, loss="gdl+ce")  # the regional chart names the regional loss trained on
+    assert curves.loss_chart.title == "total: GDL+CE"
+    assert curves.region_chart.title == "regional term (GDL+CE)"
+    curves.reset(3, loss="ce")
+    assert curves.region_chart.title == "regional term (CE)"
