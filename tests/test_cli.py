@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -409,3 +410,20 @@ def test_help_of_the_commands_that_do_not_train_needs_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "False"
+
+
+def test_train_says_when_a_run_ended_badly(capsys):
+    """The widgets' rule (core.verdict) at the end of ``train``: a warning on stderr
+    naming the problem and what to change for the run's loss."""
+    from types import SimpleNamespace
+
+    from napari_boundary_seg.cli.train import _verdict
+    from napari_boundary_seg.core.config import TrainConfig
+
+    done = SimpleNamespace(history=[{"val_dice": 0.05}, {"val_dice": 0.12}, {"val_dice": math.nan}])
+    verdict = _verdict(done, TrainConfig(loss="gdl+bl"))
+    assert verdict.bad and "best validation DSC is 0.120" in verdict.text()
+    assert "keep α at 1 longer" in verdict.text()
+    assert "α" not in _verdict(done, TrainConfig(loss="gdl")).text()
+    assert not _verdict(SimpleNamespace(history=[{"val_dice": 0.7}]), TrainConfig()).bad
+    assert not _verdict(SimpleNamespace(history=[]), TrainConfig()).bad  # no validation

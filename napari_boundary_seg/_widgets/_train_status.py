@@ -189,7 +189,8 @@ class RunStatus:
                 pass
         elif predicted_voxels is not None and self._stack is not None:
             total = int(np.prod(self._stack.images.shape[1:]))
-        return judge_run(best, predicted_voxels, reference, total)
+        loss = None if self._config is None else self._config.loss
+        return judge_run(best, predicted_voxels, reference, total, loss=loss)
 
     def _show_verdict(self, verdict: Any) -> None:
         """A run that ended badly says so: a warning line under the status, a

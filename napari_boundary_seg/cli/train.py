@@ -28,6 +28,7 @@ from napari_boundary_seg.cli._common import (
     restore_sigint,
     set_threads,
     stop_on_sigint,
+    warn,
 )
 from napari_boundary_seg.cli.train_options import (
     TRAIN_FLAGS,
@@ -160,6 +161,9 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
     if quiet:
         return code
     out(f"{desc}: {done.reason}")
+    verdict = _verdict(done, config)
+    if verdict.bad:
+        warn(verdict.text())
     if done.best_checkpoint:
         out(f"best checkpoint: {done.best_checkpoint}")
     if done.last_checkpoint:
@@ -179,6 +183,18 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
             )
         raise Interrupted(f"interrupted: {done.reason}; no checkpoint was written")
     return code
+
+
+def _verdict(done, config):
+    """:func:`core.verdict.judge_run` of a finished run: its best validation DSC
+    (the widgets add their prediction's size)."""
+    import math
+
+    from napari_boundary_seg.core.verdict import judge_run
+
+    scores = [float(row.get("val_dice", math.nan)) for row in done.history]
+    scores = [d for d in scores if math.isfinite(d)]
+    return judge_run(max(scores) if scores else None, loss=config.loss)
 
 
 def _preset_line(args: argparse.Namespace) -> tuple[str, str]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from napari_boundary_seg.core.config import LossKind, uses_schedule
+
 __all__ = [
     "MAX_FOREGROUND_SHARE",
     "OVER_FACTOR",
@@ -37,19 +39,28 @@ predicts nearly everything."""
 MAX_FOREGROUND_SHARE = 0.10
 """Without a reference: a prediction covering more than this share of the volume."""
 
-_ADVICE_LOW = (
-    "train for more epochs, keep α at 1 longer (a smaller α step, a higher α floor), "
-    "lower the learning rate, and check that the labels match the images"
+_MORE_EPOCHS = "train for more epochs"
+_LOWER_LR = "lower the learning rate"
+_CHECK_LABELS = "check that the labels match the images"
+_CHECK_PLANE = "check the slice plane"
+_FOREGROUND_SLICES = "train on slices with foreground only"
+_ALPHA = "keep α at 1 longer (a smaller α step, a higher α floor)"
+_NOT_BL_ALONE = (
+    "train with GDL or GDL + BL (the boundary term alone collapses to an empty prediction)"
 )
-_ADVICE_EMPTY = (
-    "keep α at 1 longer (a smaller α step or a higher α floor: the boundary term "
-    "alone collapses to an empty prediction), train for more epochs, or train on "
-    "slices with foreground only"
-)
-_ADVICE_FULL = (
-    "lower the learning rate, train for more epochs, and check the slice plane and "
-    "that the labels match the images"
-)
+
+
+def _advice(problem: str, loss: str | None) -> tuple[str, ...]:
+    """What to change for ``problem`` ("low", "empty" or "full"), for the run's
+    loss kind (None: not known, the α schedule's advice included)."""
+    kind = None if loss is None else LossKind(loss)
+    alpha = kind is None or uses_schedule(kind)
+    if problem == "low":
+        return (_MORE_EPOCHS, *((_ALPHA,) if alpha else ()), _LOWER_LR, _CHECK_LABELS)
+    if problem == "empty":
+        first = _NOT_BL_ALONE if kind is LossKind.BL else _ALPHA if alpha else None
+        return (*((first,) if first else ()), _MORE_EPOCHS, _FOREGROUND_SLICES)
+    return (_LOWER_LR, _MORE_EPOCHS, _CHECK_PLANE, _CHECK_LABELS)
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,8 @@ class RunVerdict:
     and one ``advice`` per problem, in the same order."""
 
     problems: tuple[str, ...] = ()
-    advice: tuple[str, ...] = ()
+    #: per problem, the changes to try (phrases)
+    advice: tuple[tuple[str, ...], ...] = ()
     #: a few words per problem, for a chart's note
     tags: tuple[str, ...] = ()
 
@@ -71,11 +83,10 @@ class RunVerdict:
         """One plain sentence or two: what went wrong and what to change."""
         if not self.problems:
             return ""
-        seen: list[str] = []
-        for item in self.advice:
-            if item not in seen:
-                seen.append(item)
-        return f"This run ended badly: {'; '.join(self.problems)}. Try: {'; or '.join(seen)}."
+        seen: list[str] = []  # each change once, in the order the problems ask for it
+        for actions in self.advice:
+            seen += [a for a in actions if a not in seen]
+        return f"This run ended badly: {'; '.join(self.problems)}. Try: {'; '.join(seen)}."
 
     def short(self) -> str:
         """The problems in a few words, for a chart's note."""
@@ -87,6 +98,7 @@ def judge_run(
     predicted_voxels: int | None = None,
     reference_voxels: int | None = None,
     total_voxels: int | None = None,
+    loss: str | None = None,
 ) -> RunVerdict:
     """Judge a run by the module's rule.
 
@@ -100,20 +112,30 @@ def judge_run(
         Foreground voxels of the ground truth of the predicted volume, if known.
     total_voxels
         Voxels of the predicted volume, if known.
+    loss
+        The run's loss kind (``TrainConfig.loss``): the advice speaks of the α
+        schedule only for a loss that has one (None: not known, it does).
     """
     problems: list[str] = []
-    advice: list[str] = []
+    advice: list[tuple[str, ...]] = []
     tags: list[str] = []
     if best_val_dice is not None and math.isfinite(best_val_dice):
         if best_val_dice < USEFUL_DSC:
             problems.append(f"the best validation DSC is {best_val_dice:.3f}, below {USEFUL_DSC:g}")
-            advice.append(_ADVICE_LOW)
+            advice.append(_advice("low", loss))
             tags.append(f"best DSC {best_val_dice:.2f} < {USEFUL_DSC:g}")
     if predicted_voxels is not None:
         predicted = int(predicted_voxels)
         if predicted == 0:
-            problems.append("the final prediction is empty (nothing predicted)")
-            advice.append(_ADVICE_EMPTY)
+            why = (
+                ""
+                if loss is not None and not uses_schedule(loss)
+                else (
+                    ": the boundary term, weighted more as α falls, pulls towards an empty prediction"
+                )
+            )
+            problems.append(f"the final prediction is empty (nothing predicted{why})")
+            advice.append(_advice("empty", loss))
             tags.append("empty prediction")
         elif reference_voxels and predicted > OVER_FACTOR * int(reference_voxels):
             ratio = predicted / int(reference_voxels)
@@ -121,7 +143,7 @@ def judge_run(
                 f"the final prediction has {predicted:,} foreground voxels, "
                 f"{ratio:.0f}× the {int(reference_voxels):,} labelled ones"
             )
-            advice.append(_ADVICE_FULL)
+            advice.append(_advice("full", loss))
             tags.append(f"prediction {ratio:.0f}× the labels")
         elif (
             not reference_voxels
@@ -132,6 +154,6 @@ def judge_run(
             problems.append(
                 f"the final prediction covers {share:.0f} % of the volume ({predicted:,} voxels)"
             )
-            advice.append(_ADVICE_FULL)
+            advice.append(_advice("full", loss))
             tags.append(f"prediction {share:.0f} % of the volume")
     return RunVerdict(tuple(problems), tuple(advice), tuple(tags))

@@ -25,3 +25,18 @@ def test_low_dsc_empty_and_nearly_everything():
     assert not judge_run(None, 5 * 7137, 7137).bad  # up to 5x is not "everything"
     share = judge_run(None, 300, None, 1000)
     assert share.bad and "30 % of the volume" in share.text()
+
+
+def test_the_advice_fits_the_loss_and_names_each_change_once():
+    # GDL has no α schedule: no α advice; GDL + BL (and an unknown loss) has it
+    for loss in ("gdl", "ce", "dice", "gdl+ce"):
+        text = judge_run(0.1, 0, 7137, loss=loss).text()
+        assert "α" not in text and "train for more epochs" in text, text
+    assert "keep α at 1 longer" in judge_run(0.1, loss="gdl+bl").text()
+    assert "keep α at 1 longer" in judge_run(0.1).text()
+    assert "GDL or GDL + BL" in judge_run(0.5, 0, 7137, loss="bl").text()
+    # a low DSC and a prediction of nearly everything: every change once
+    text = judge_run(0.2, 91_032, 7_137, loss="gdl+ce").text()
+    advice = text.split("Try: ")[1].rstrip(".").split("; ")
+    assert len(advice) == len(set(advice)) == 4, advice
+    assert advice[0] == "train for more epochs" and "check the slice plane" in advice

@@ -652,7 +652,8 @@ def test_empty_prediction_wording(widget, qtbot, errors):
     # ... and the run ended badly: said under the status, on the charts, suggesting a change
     assert w.verdict.bad and w.verdict_label.isVisibleTo(w)
     assert "ended badly" in w.verdict_label.text() and "empty" in w.verdict_label.text()
-    assert "Try:" in w.verdict_label.text() and "α" in w.verdict_label.text()
+    assert "Try:" in w.verdict_label.text() and "train for more epochs" in w.verdict_label.text()
+    assert "α" not in w.verdict_label.text()  # GDL (the default) has no α schedule to change
     assert "empty prediction" in w.curves.dsc_chart.note
 
 
