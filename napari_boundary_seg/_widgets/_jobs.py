@@ -188,7 +188,7 @@ def training_job(
     :class:`PreviewEvent` is yielded. A failed preview is logged, never fatal.
 
     ``preview_shown``, set by the GUI once the preview layer is in the viewer:
-    after a preview the training waits for it (at most
+    after the first preview the training waits for it (once, at most
     :data:`PREVIEW_LAYER_WAIT_S`, or until a stop), so that napari adds that
     layer (its one long event-loop turn of the run) with the CPU to itself,
     not beside a training step; later previews are written in place.
@@ -235,8 +235,9 @@ def training_job(
                 except Exception:  # noqa: BLE001 - a preview never ends a run
                     logger.warning("live preview failed", exc_info=True)
                     continue
-                if preview_shown is not None:
+                if preview_shown is not None:  # once: a layer that failed is not waited for again
                     wait_until(preview_shown, control, PREVIEW_LAYER_WAIT_S)
+                    preview_shown = None
     finally:
         ended.set()
 

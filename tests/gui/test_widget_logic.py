@@ -126,7 +126,7 @@ def test_label_layers_get_the_narrowest_dtype_napari_draws_without_hashing():
     assert compact_labels(np.zeros((0, 3), np.int64)).dtype == np.uint8
 
 
-def test_training_waits_for_the_preview_layer_once_and_not_past_a_stop(tmp_path):
+def test_training_waits_for_the_preview_layer_once_and_not_past_a_stop(tmp_path, monkeypatch):
     """After the first preview the worker holds until the GUI has added the
     preview layer (napari's insert then has the CPU to itself); later previews
     do not wait, and a stop ends the wait."""
@@ -174,3 +174,8 @@ def test_training_waits_for_the_preview_layer_once_and_not_past_a_stop(tmp_path)
     control = TrainControl()  # Stop pressed 0.2 s into the wait: not the full 5 s
     gaps = run(threading.Event(), control, lambda: threading.Timer(0.2, control.stop).start())
     assert len(gaps) == 1 and gaps[0] < 2.5, gaps
+
+    # a layer that never comes (its delivery failed): one wait, to the limit, not one per epoch
+    monkeypatch.setattr("napari_boundary_seg._widgets._jobs.PREVIEW_LAYER_WAIT_S", 0.4)
+    gaps = run(threading.Event(), TrainControl(), lambda: None)
+    assert len(gaps) == 3 and gaps[0] >= 0.35 and max(gaps[1:]) < 0.3, gaps
