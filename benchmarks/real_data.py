@@ -11,7 +11,8 @@ starting new folds after that much wall time, so the study runs in parts.
 ``schedule`` updates the arm's), ``--modalities`` keeps the named channels,
 and ``--eval-every N`` also scores the run's ``last.pt`` on the test patient
 every N epochs (``curve.csv``: a diagnostic of training length, never used to
-pick the model).
+pick the model); ``--snapshots N`` keeps ``last.pt`` every N epochs and also
+scores each fold's snapshots and final model as one ensemble.
 
     OMP_NUM_THREADS=1 python benchmarks/real_data.py DATA_DIR --out OUT
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -89,6 +91,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--ensemble-arms", metavar="A,B,...",
         help="also score, per test patient, the models of these arms (every seed) as one "
         "ensemble, e.g. gdl,gdl_coronal,gdl_sagittal: a multi-planar ensemble",
+    )  # fmt: skip
+    p.add_argument(
+        "--snapshots", type=int, default=0, metavar="N",
+        help="also keep last.pt every N epochs and score, per fold, the ensemble of those "
+        "snapshots and the final model (a snapshot ensemble; arm '<arm> snapshots')",
     )  # fmt: skip
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
     p.add_argument("--modalities", help="comma-separated modality names to train on (default: all)")
@@ -191,7 +198,12 @@ def run_fold(args, arm, seed, files, test) -> dict:
         t0, curve, scoring = time.perf_counter(), [], 0.0
         test_case = load_case(test) if args.eval_every else None
         for event in train(config, train_files, val_cases=[]):
-            if not (isinstance(event, EpochEvent) and args.eval_every):
+            if not isinstance(event, EpochEvent):
+                continue
+            if args.snapshots and (event.epoch + 1) % args.snapshots == 0:
+                if event.epoch + 1 < args.epochs:  # the final model is last.pt itself
+                    shutil.copyfile(last, out / f"snapshot_epoch{event.epoch + 1}.pt")
+            if not args.eval_every:
                 continue
             if (event.epoch + 1) % args.eval_every == 0 and event.epoch + 1 < args.epochs:
                 t1 = time.perf_counter()  # the epoch's last.pt on the test patient
@@ -214,6 +226,25 @@ def run_fold(args, arm, seed, files, test) -> dict:
     row = result_row(
         args, arm, seed, test, case, m, train_s=round(train_s, 1), steps_per_epoch=args.steps
     )
+    done_file.write_text(json.dumps(row, indent=1, default=float))
+    return row
+
+
+def run_snapshots(args, arm: str, seed, test) -> dict | None:
+    """A fold's snapshots (``snapshot_epoch*.pt``) and its ``last.pt`` as one
+    ensemble, scored (``snapshots.json`` in the fold's folder, kept like a
+    fold's); None without snapshots."""
+    out = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
+    done_file = out / "snapshots.json"
+    if done_file.is_file() and not args.repredict:
+        return json.loads(done_file.read_text())
+    snaps = sorted(out.glob("snapshot_epoch*.pt"), key=lambda p: int(p.stem.split("epoch")[1]))
+    if not snaps or not (out / "last.pt").is_file():
+        return None
+    case = load_case(test)
+    m = score([*snaps, out / "last.pt"], case, out / f"{test.case_id}_snapshots_pred.nii.gz",
+              args.flips)  # fmt: skip
+    row = result_row(args, f"{arm} snapshots", seed, test, case, m)
     done_file.write_text(json.dumps(row, indent=1, default=float))
     return row
 
@@ -260,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    rows, pending = [], 0
+    rows, snapshot_rows, pending = [], [], 0
     for arm in args.arms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             for test in files:
@@ -278,8 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                     f"F1 {row['lesion_f1']:.2f} ({row['train_s']:.0f} s)",
                     flush=True,
                 )
+                snap = run_snapshots(args, arm, seed, test) if args.snapshots else None
+                if snap is not None:
+                    snapshot_rows.append(snap)
+                    print(f"{snap['arm']} seed {seed} test {snap['test']}: DSC "
+                          f"{snap['dice']:.3f}, lesion recall {snap['lesion_recall']:.2f}",
+                          flush=True)  # fmt: skip
     arms = args.arms.split(",")
-    groups = [[arm] for arm in arms] if args.ensemble else []
+    rows += snapshot_rows
+    arms += list(dict.fromkeys(r["arm"] for r in snapshot_rows))
+    groups = [[arm] for arm in args.arms.split(",")] if args.ensemble else []
     if args.ensemble_arms:
         groups.append(args.ensemble_arms.split(","))
     if groups and not pending:

@@ -166,7 +166,8 @@ def test_a_checkpoint_whose_channels_do_not_fit_is_refused_before_any_work(tmp_p
 
 def test_real_data_benchmark_trains_planes_and_scores_their_ensemble(tmp_path):
     """benchmarks/real_data.py on a tiny folder: leave one patient out with an
-    axial and a coronal arm, and the two as one (multi-planar) ensemble."""
+    axial and a coronal arm, the two as one (multi-planar) ensemble, and each
+    fold's snapshot ensemble."""
     import subprocess
     import sys
 
@@ -176,15 +177,28 @@ def test_real_data_benchmark_trains_planes_and_scores_their_ensemble(tmp_path):
     out = tmp_path / "rd"
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
     argv = [sys.executable, str(script), str(data), "--out", str(out), "--arms", "gdl,gdl_coronal",
-            "--epochs", "1", "--steps", "1", "--width", "4", "--set", "depth=2",
-            "--set", "batch_size=4", "--ensemble-arms", "gdl,gdl_coronal"]  # fmt: skip
+            "--epochs", "2", "--steps", "1", "--width", "4", "--set", "depth=2",
+            "--set", "batch_size=4", "--ensemble-arms", "gdl,gdl_coronal",
+            "--snapshots", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "folds.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     arms = [r["arm"] for r in rows]
-    assert arms == ["gdl"] * 3 + ["gdl_coronal"] * 3 + ["gdl+gdl_coronal ensemble"] * 3
+    assert (
+        arms
+        == ["gdl"] * 3
+        + ["gdl_coronal"] * 3
+        + ["gdl snapshots"] * 3
+        + ["gdl_coronal snapshots"] * 3
+        + ["gdl+gdl_coronal ensemble"] * 3
+    )
+    # the snapshot ensemble: epoch 1's model kept beside the final one, and scored
+    fold = out / "gdl_seed0" / "test_p1"
+    assert sorted(p.name for p in fold.glob("snapshot_*.pt")) == ["snapshot_epoch1.pt"]
+    assert read_checkpoint(fold / "snapshot_epoch1.pt")["position"]["epoch"] == 1
+    assert json.loads((fold / "snapshots.json").read_text())["arm"] == "gdl snapshots"
     assert "gdl+gdl_coronal ensemble" in (out / "summary.md").read_text()
     axial = read_checkpoint(out / "gdl_seed0" / "test_p1" / "last.pt")
     coronal = read_checkpoint(out / "gdl_coronal_seed0" / "test_p1" / "last.pt")
