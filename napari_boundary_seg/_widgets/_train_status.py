@@ -173,12 +173,10 @@ class RunStatus:
         """The :func:`core.verdict.judge_run` of the last run: its best
         validation DSC and, when given, its final prediction's foreground
         against the labels layer's."""
-        from napari_boundary_seg.core.verdict import judge_run
+        from napari_boundary_seg.core.verdict import best_val_dice, judge_run
 
         done = self.last_done
-        scores = [float(row.get("val_dice", math.nan)) for row in (done.history if done else [])]
-        scores = [d for d in scores if math.isfinite(d)]
-        best = max(scores) if scores else None
+        best = best_val_dice(done.history if done else [])
         reference = total = None
         layer = self.labels.value if self.source.value == "layers" else None
         if predicted_voxels is not None and layer is not None:

@@ -188,13 +188,9 @@ def run_training(config, cases=None, desc: str = "train", quiet: bool = False, *
 def _verdict(done, config):
     """:func:`core.verdict.judge_run` of a finished run: its best validation DSC
     (the widgets add their prediction's size)."""
-    import math
+    from napari_boundary_seg.core.verdict import best_val_dice, judge_run
 
-    from napari_boundary_seg.core.verdict import judge_run
-
-    scores = [float(row.get("val_dice", math.nan)) for row in done.history]
-    scores = [d for d in scores if math.isfinite(d)]
-    return judge_run(max(scores) if scores else None, loss=config.loss)
+    return judge_run(best_val_dice(done.history), loss=config.loss)
 
 
 def _preset_line(args: argparse.Namespace) -> tuple[str, str]:

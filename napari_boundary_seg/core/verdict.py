@@ -17,7 +17,9 @@ Pure functions of numbers; no torch, no Qt.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from napari_boundary_seg.core.config import LossKind, uses_schedule
 
@@ -26,6 +28,7 @@ __all__ = [
     "OVER_FACTOR",
     "USEFUL_DSC",
     "RunVerdict",
+    "best_val_dice",
     "judge_run",
 ]
 
@@ -91,6 +94,14 @@ class RunVerdict:
     def short(self) -> str:
         """The problems in a few words, for a chart's note."""
         return ", ".join(self.tags)
+
+
+def best_val_dice(history: Sequence[Mapping[str, Any]]) -> float | None:
+    """The best finite ``val_dice`` of a run's history rows (``DoneEvent.history``);
+    None when no epoch was validated."""
+    scores = [float(row.get("val_dice", math.nan)) for row in history]
+    scores = [d for d in scores if math.isfinite(d)]
+    return max(scores) if scores else None
 
 
 def judge_run(
