@@ -182,8 +182,23 @@ def result_row(args, arm: str, seed, test, case, m: dict, **extra) -> dict:
     }  # fmt: skip
 
 
+def fold_dir(args, arm: str, seed, test) -> Path:
+    """The folder of one fold's run: ``OUT/<arm>_seed<seed>/test_<case>``."""
+    return args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
+
+
+def score_models(args, paths: list[Path], test, pred: Path, done_file: Path, arm: str, seed):
+    """Score several checkpoints on ``test`` as one ensemble, write the row to
+    ``done_file`` (a json, read back on a later run) and return it."""
+    case = load_case(test)
+    m = score(paths, case, pred, args.flips)
+    row = result_row(args, arm, seed, test, case, m)
+    done_file.write_text(json.dumps(row, indent=1, default=float))
+    return row
+
+
 def run_fold(args, arm, seed, files, test) -> dict:
-    out = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
+    out = fold_dir(args, arm, seed, test)
     done_file = out / "metrics.json"
     if done_file.is_file() and not args.repredict:
         return json.loads(done_file.read_text())
@@ -234,19 +249,16 @@ def run_snapshots(args, arm: str, seed, test) -> dict | None:
     """A fold's snapshots (``snapshot_epoch*.pt``) and its ``last.pt`` as one
     ensemble, scored (``snapshots.json`` in the fold's folder, kept like a
     fold's); None without snapshots."""
-    out = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}"
+    out = fold_dir(args, arm, seed, test)
     done_file = out / "snapshots.json"
     if done_file.is_file() and not args.repredict:
         return json.loads(done_file.read_text())
     snaps = sorted(out.glob("snapshot_epoch*.pt"), key=lambda p: int(p.stem.split("epoch")[1]))
     if not snaps or not (out / "last.pt").is_file():
         return None
-    case = load_case(test)
-    m = score([*snaps, out / "last.pt"], case, out / f"{test.case_id}_snapshots_pred.nii.gz",
-              args.flips)  # fmt: skip
-    row = result_row(args, f"{arm} snapshots", seed, test, case, m)
-    done_file.write_text(json.dumps(row, indent=1, default=float))
-    return row
+    pred = out / f"{test.case_id}_snapshots_pred.nii.gz"
+    return score_models(args, [*snaps, out / "last.pt"], test, pred, done_file,
+                        f"{arm} snapshots", seed)  # fmt: skip
 
 
 def run_ensemble(args, arms: list[str], test) -> dict | None:
@@ -254,8 +266,7 @@ def run_ensemble(args, arms: list[str], test) -> dict | None:
     scored (``OUT/<arm>[+<arm>...]_ensemble/test_<case>/metrics.json``, kept
     like a fold's); None unless every model is there and there are two or more."""
     seeds = args.seeds.split(",")
-    paths = [args.out / f"{arm}_seed{s}" / f"test_{test.case_id}" / "last.pt"
-             for arm in arms for s in seeds]  # fmt: skip
+    paths = [fold_dir(args, arm, s, test) / "last.pt" for arm in arms for s in seeds]
     if len(paths) < 2 or not all(p.is_file() for p in paths):
         return None
     arm = "+".join(arms)
@@ -264,10 +275,8 @@ def run_ensemble(args, arms: list[str], test) -> dict | None:
     if done_file.is_file() and not args.repredict:
         return json.loads(done_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    case = load_case(test)
-    m = score(paths, case, out / f"{test.case_id}_pred.nii.gz", args.flips)
-    row = result_row(args, f"{arm} ensemble", "+".join(seeds), test, case, m)
-    done_file.write_text(json.dumps(row, indent=1, default=float))
+    pred = out / f"{test.case_id}_pred.nii.gz"
+    row = score_models(args, paths, test, pred, done_file, f"{arm} ensemble", "+".join(seeds))
     print(
         f"{row['arm']} test {test.case_id}: DSC {row['dice']:.3f} HD95 {row['hd95']:.1f} mm, "
         f"lesion recall {row['lesion_recall']:.2f}",
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             for test in files:
                 if args.only and test.case_id not in args.only.split(","):
                     continue
-                done = args.out / f"{arm}_seed{seed}" / f"test_{test.case_id}" / "metrics.json"
+                done = fold_dir(args, arm, seed, test) / "metrics.json"
                 if not done.is_file() and (time.perf_counter() - t_start) / 60 > args.max_minutes:
                     pending += 1
                     continue
