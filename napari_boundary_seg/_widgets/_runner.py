@@ -418,6 +418,7 @@ class Delivery(QObject):
     freeze the window for their sum. Here the event loop runs (and draws)
     between two steps, :data:`STEP_PAUSE_MS` apart, so the longest freeze is
     the longest step (:func:`layer_steps` splits adding a layer in three).
+    A step that returns a list of steps has them run next, a turn each.
     ``pending`` is True until the last step has run.
     """
 
@@ -445,13 +446,15 @@ class Delivery(QObject):
             return
         step = self._steps[0]
         try:
-            step()
+            follow = step()
         except Exception as error:  # noqa: BLE001 - shown, never raised into Qt
             self._steps.clear()
             notify_error(error, "showing the result")
             return
         if self._steps and self._steps[0] is step:
             self._steps.pop(0)
+            if isinstance(follow, list):  # steps known only now run next, a turn each
+                self._steps[0:0] = follow
         if self._steps:
             QTimer.singleShot(STEP_PAUSE_MS, self._next)
 
@@ -480,12 +483,23 @@ class RunsWork:
         return self.runner.running or self.delivery.pending
 
 
+def run_steps_now(steps: Sequence[Callable[[], Any]]) -> None:
+    """Run :class:`Delivery` steps at once, in this turn (the follow-up steps a
+    step returns included): a widget's synchronous API and its tests."""
+    pending = list(steps)
+    while pending:
+        follow = pending.pop(0)()
+        if isinstance(follow, list):
+            pending[0:0] = follow
+
+
 def layer_steps(
     viewer: Any,
     kind: str,
     data: Any,
     done: Callable[[Layer], Any] | None = None,
     activate: bool = True,
+    hidden: Callable[[Layer], Any] | None = None,
     **kwargs: Any,
 ) -> list[Callable[[], Any]]:
     """:class:`Delivery` steps that add a new ``kind`` ("image" or "labels")
@@ -493,6 +507,8 @@ def layer_steps(
 
     1. The layer is built hidden and inserted without being activated
        (:func:`insert_layer_quietly`): its vispy visual and layer controls.
+       ``hidden(layer)``, when given, runs in a turn of its own next, the
+       layer still hidden (nothing of it is drawn yet).
     2. It is shown as ``kwargs`` ask (``visible``, default True): napari
        slices it and the next paint draws it.
     3. It becomes the active layer (``activate``), then ``done(layer)`` runs.
@@ -516,7 +532,46 @@ def layer_steps(
         if done is not None:
             done(layer)
 
-    return [insert, show, finish]
+    if hidden is None:
+        return [insert, show, finish]
+    return [insert, lambda: hidden(made[0]), show, finish]
+
+
+def overlay_part_steps(viewer: Any, layer: Layer, overlay: Any) -> list[Callable[[], Any]]:
+    """Make a layer overlay (napari's ``layer.colorbar``) visible with each of
+    its drawn parts hidden, and return :class:`Delivery` steps that show the
+    parts again, one a turn.
+
+    napari builds an overlay's vispy visual when it becomes visible, and the
+    first paint that draws it builds and links a GL program for every part
+    (the colorbar: its gradient, its frame, its tick lines and tick labels):
+    on a CPU renderer the Distance map's worst freeze. Called while ``layer``
+    is hidden (:func:`layer_steps`' ``hidden``), the visual is built with
+    nothing drawn; each step then draws one more part, so each paint builds
+    one program. The parts are napari's private canvas state
+    (``_qt_viewer.canvas._layer_overlay_to_visual``): where they are not
+    found, the overlay is simply shown (no steps).
+    """
+    overlay.visible = True
+    try:
+        canvas = viewer.window._qt_viewer.canvas
+        node = canvas._layer_overlay_to_visual[layer][overlay].node
+        parts = []
+        for child in node.children:
+            subvisuals = getattr(child, "_subvisuals", None) or [child]
+            parts += [part for part in subvisuals if part.visible]
+    except Exception:  # noqa: BLE001 - an optimisation only; napari's layout may change
+        return []
+    for part in parts:
+        part.visible = False
+
+    def show(part: Any) -> Callable[[], Any]:
+        def step() -> None:
+            part.visible = True
+
+        return step
+
+    return [show(part) for part in parts]
 
 
 #: The characters of a number's label on napari's canvas (colorbar ticks).

@@ -66,7 +66,13 @@ from napari_boundary_seg._widgets._layers import (
     require_layer,
     slicing_axis,
 )
-from napari_boundary_seg._widgets._runner import Delivery, Runner, RunsWork, layer_steps
+from napari_boundary_seg._widgets._runner import (
+    Delivery,
+    Runner,
+    RunsWork,
+    layer_steps,
+    run_steps_now,
+)
 from napari_boundary_seg.core.metrics import case_metrics, per_slice_metrics
 from napari_boundary_seg.core.progress import Progress
 
@@ -312,8 +318,7 @@ class CompareWidget(RunsWork, QWidget):
         """Add (or update in place) the TP/FP/FN layer and fill the table.
         :meth:`compare` runs the same steps one per event-loop turn
         (``_runner.Delivery``)."""
-        for step in self._result_steps(inputs, volume, rows, outcome, counts):
-            step()
+        run_steps_now(self._result_steps(inputs, volume, rows, outcome, counts))
 
     def _result_steps(
         self,

@@ -60,6 +60,8 @@ from napari_boundary_seg._widgets._runner import (
     RunsWork,
     glyph_steps,
     layer_steps,
+    overlay_part_steps,
+    run_steps_now,
 )
 from napari_boundary_seg.core.distance import iter_signed_distance_map
 
@@ -306,8 +308,7 @@ class DistanceMapWidget(RunsWork, QWidget):
         dims
             "3D" or "2D" in the layer's name (default: the map's dimensions).
         """
-        for step in self._map_steps(source, label, phi, boundary, limits, dims=dims):
-            step()
+        run_steps_now(self._map_steps(source, label, phi, boundary, limits, dims=dims))
         return self.phi_layer
 
     def _map_steps(
@@ -342,12 +343,21 @@ class DistanceMapWidget(RunsWork, QWidget):
 
             steps.append(update_phi)
         else:
+            colorbar_parts: list[Any] = []
+
+            def build_colorbar(layer: Any) -> None:
+                # napari builds the colorbar's visual now, the layer hidden:
+                # nothing of it is drawn until its parts are shown (below)
+                if hasattr(layer, "colorbar"):
+                    colorbar_parts[:] = overlay_part_steps(self.viewer, layer, layer.colorbar)
+
             steps += layer_steps(
                 self.viewer,
                 "image",
                 phi,
                 done=phi_added,
                 activate=False,
+                hidden=build_colorbar,
                 name=name,
                 colormap=PHI_COLORMAP,
                 contrast_limits=limits,
@@ -357,20 +367,18 @@ class DistanceMapWidget(RunsWork, QWidget):
                 **geometry,
             )
 
-            # the unit, then napari's colorbar overlay, a turn each: the first
-            # paint of a text visual compiles its shader and renders its glyphs
-            # (on the CPU); the glyphs of both are rendered a few a turn before
-            # (glyph_steps), so the unit's paint pays the shader and the
-            # colorbar's only draws
-            def show_colorbar() -> None:
-                layer = self.phi_layer
-                if layer is not None and hasattr(layer, "colorbar"):
-                    layer.colorbar.visible = True
-
+            # then the unit and the colorbar's parts, a turn each: the first
+            # paint of a text visual compiles its shader and renders its
+            # glyphs (on the CPU); the glyphs are rendered a few a turn
+            # before (glyph_steps), so the unit's paint pays its shader and
+            # each colorbar part's paint its own program
             def show_unit() -> None:
                 layer = self.phi_layer
                 if layer is not None and hasattr(layer, "colorbar"):
                     self._show_unit(layer)
+
+            def show_colorbar() -> list[Any]:
+                return colorbar_parts  # its parts, a turn each (Delivery)
 
             glyphs = glyph_steps(self.viewer, PHI_UNIT_TEXT + NUMBER_GLYPHS)
             steps += [*glyphs, show_unit, show_colorbar]

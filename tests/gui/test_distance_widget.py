@@ -252,3 +252,75 @@ def test_glyph_steps_render_the_text_ahead(make_napari_viewer):
     assert chars <= set(font._glyphs)
     # a viewer without a canvas (or a napari without this cache): no steps
     assert _runner.glyph_steps(ViewerModel(), text) == []
+
+
+def _drawn_parts(viewer, layer):
+    """The colorbar's vispy parts that a paint draws (napari's private canvas)."""
+    canvas = viewer.window._qt_viewer.canvas
+    node = canvas._layer_overlay_to_visual[layer][layer.colorbar].node
+    parts = [p for c in node.children for p in (getattr(c, "_subvisuals", None) or [c])]
+    return sum(p.visible for p in parts)
+
+
+def test_overlay_part_steps_draw_the_colorbar_a_part_a_turn(make_napari_viewer):
+    """The colorbar's visual is built while its layer is hidden with every
+    part hidden; each step shows one part (one GL program per paint), and
+    after the steps it draws what napari's own colorbar draws."""
+    from napari.components import ViewerModel
+
+    viewer = make_napari_viewer()
+    data = np.linspace(-1, 1, 8 * 9, dtype=np.float32).reshape(8, 9)
+    plain = viewer.add_image(data, name="plain")
+    plain.colorbar.visible = True  # napari's way: every part in one paint
+    expected = _drawn_parts(viewer, plain)
+    assert expected >= 3  # gradient, frame, ticks and their labels
+
+    layer = viewer.add_image(data, name="stepped", visible=False)
+    steps = _runner.overlay_part_steps(viewer, layer, layer.colorbar)
+    assert layer.colorbar.visible and len(steps) == expected
+    assert _drawn_parts(viewer, layer) == 0
+    layer.visible = True
+    for done, step in enumerate(steps, start=1):
+        step()
+        assert _drawn_parts(viewer, layer) == done
+    # where napari's canvas is not there: the colorbar is simply shown
+    model = ViewerModel()
+    other = model.add_image(data)
+    assert _runner.overlay_part_steps(model, other, other.colorbar) == []
+    assert other.colorbar.visible
+
+
+def test_delivery_runs_the_steps_a_step_returns_next(qtbot):
+    """A step that returns a list of steps (known only when it runs) has them
+    run next, a turn each, before the steps queued after it; the same order
+    when a widget runs its steps at once (run_steps_now)."""
+    seen: list[str] = []
+
+    def first():
+        seen.append("first")
+        return [lambda: seen.append("a"), lambda: seen.append("b")]
+
+    steps = [first, lambda: seen.append("last")]
+    delivery = _runner.Delivery()
+    delivery.run(*steps)
+    qtbot.waitUntil(lambda: not delivery.pending, timeout=5_000)
+    assert seen == ["first", "a", "b", "last"]
+    seen.clear()
+    _runner.run_steps_now(steps)
+    assert seen == ["first", "a", "b", "last"]
+
+
+def test_a_new_phi_layer_ends_with_its_whole_colorbar_drawn(make_napari_viewer, qtbot, errors):
+    """Through the widget's delivery: the φ layer's colorbar, built hidden,
+    ends with every part drawn (none left hidden by the steps)."""
+    viewer = make_napari_viewer()
+    data = np.zeros((9, 9), dtype=np.uint8)
+    data[3:6, 3:6] = 1
+    viewer.add_labels(data, name="sq")
+    widget = DistanceMapWidget(viewer)
+    phi = _run(widget, qtbot, phi_layer_name("sq", 1, "2D"))
+    reference = viewer.add_image(phi.data, name="reference")
+    reference.colorbar.visible = True
+    assert phi.colorbar.visible
+    assert _drawn_parts(viewer, phi) == _drawn_parts(viewer, reference)
+    assert errors == []
