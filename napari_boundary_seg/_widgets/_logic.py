@@ -582,8 +582,9 @@ PRESET_CHOICES = [
 PRESET_HELP = {
     "quick": (
         "Quick start: UNet width 16 on slices at their own size, 15 short epochs, "
-        "GDL first and α down to 0.5, lr 2e-3. On the sample case it passes a "
-        "validation DSC of 0.7 within minutes on 2 CPU cores (README, Quick start)."
+        "GDL, lr 2e-3 (with Loss GDL + BL: α from 1 down to 0.5). On the sample case "
+        "it passes a validation DSC of 0.7 within minutes on 2 CPU cores (README, "
+        "Quick start)."
     ),
     "paper": (
         "The paper's setup: UNet width 64, 256×256 slices, 100 epochs, α from 1 "

@@ -56,13 +56,27 @@ def chart_titles(loss: str) -> tuple[str, str]:
     return f"total: {kind.value.upper()}", "BL, not trained on (mm)"
 
 
+#: The regional loss each kind reports, by name (GDL beside the boundary loss).
+REGION_NAMES = {LossKind.CE: "CE", LossKind.DICE: "Dice", LossKind.GDL_CE: "GDL + CE"}
+
+
+def region_name(loss: str) -> str:
+    """The regional loss that ``loss`` reports: CE, Dice or GDL + CE alone, else GDL."""
+    return REGION_NAMES.get(LossKind(loss), "GDL")
+
+
 def region_title(loss: str) -> str:
-    """The regional-term chart's title: the regional loss the kind reports
-    (GDL beside the boundary loss; CE, Dice or GDL + CE alone)."""
+    """The regional-term chart's title (:func:`region_name`)."""
+    return f"regional term ({region_name(loss)})"
+
+
+def weight_labels(loss: str) -> tuple[str, str]:
+    """The planned-weights legend for ``loss``: α and 1 − α under the GDL + BL
+    schedule; otherwise the regional loss's weight and the boundary loss's."""
     kind = LossKind(loss)
-    if kind in (LossKind.CE, LossKind.DICE, LossKind.GDL_CE):
-        return f"regional term ({kind.value.upper()})"
-    return "regional term (GDL)"
+    if uses_schedule(kind):
+        return "α (GDL)", "1−α (BL)"
+    return ("no regional term" if kind is LossKind.BL else region_name(loss)), "BL"
 
 
 #: The live curves redraw at most this often (ms); events in between only
@@ -149,21 +163,37 @@ class AlphaPlot(PlotCanvas):
 
         self.axes.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
         _style_axes(self.axes, "planned weights per epoch")
-        (self.region_line,) = self.axes.plot([], [], color="#4fc3f7", lw=1.2, label="α (GDL)")
-        (self.boundary_line,) = self.axes.plot([], [], color="#ff8a65", lw=1.2, label="1−α (BL)")
+        region, boundary = weight_labels("gdl+bl")
+        (self.region_line,) = self.axes.plot([], [], color="#4fc3f7", lw=1.2, label=region)
+        (self.boundary_line,) = self.axes.plot([], [], color="#ff8a65", lw=1.2, label=boundary)
         self.axes.legend(
             fontsize=6, loc="center right", facecolor=_DARK, labelcolor=_FG, frameon=False
         )
         self._shown: np.ndarray | None = None  # the weights drawn last
 
-    def set_weights(self, weights: Sequence[tuple[float, float]]) -> None:
-        """Plot the planned ``(α, 1 − α)`` per epoch; the same weights as the
+    def legend_labels(self) -> tuple[str, str]:
+        """The legend's two entries as drawn."""
+        return self.region_line.get_label(), self.boundary_line.get_label()
+
+    def set_weights(self, weights: Sequence[tuple[float, float]], loss: str = "gdl+bl") -> None:
+        """Plot the planned ``(α, 1 − α)`` per epoch, the legend named for
+        ``loss`` (:func:`weight_labels`); the same weights and loss as the
         last call draw nothing (the Train form refreshes on every layer added
         to the viewer, and a draw costs 30-90 ms of the event loop)."""
         w = np.asarray(weights, dtype=float).reshape(-1, 2)
-        if self._shown is not None and np.array_equal(w, self._shown):
+        labels = weight_labels(loss)
+        if (
+            self._shown is not None
+            and np.array_equal(w, self._shown)
+            and labels == self.legend_labels()
+        ):
             return
         self._shown = w
+        self.region_line.set_label(labels[0])
+        self.boundary_line.set_label(labels[1])
+        self.axes.legend(
+            fontsize=6, loc="center right", facecolor=_DARK, labelcolor=_FG, frameon=False
+        )
         epochs = np.arange(1, len(w) + 1)  # counted from 1, as the live curves
         self.region_line.set_data(epochs, w[:, 0])
         self.boundary_line.set_data(epochs, w[:, 1])

@@ -199,7 +199,7 @@ class ScheduleSection(QWidget):
             weights = planned_weights(loss, kind, params, self.fields["epochs"].value)
         except (TypeError, ValueError) as exc:
             error, weights = f"α schedule: {exc}", []
-        self.alpha_plot.set_weights(weights)
+        self.alpha_plot.set_weights(weights, loss)
         self.warning.setVisible(boundary_only_from_start(loss, kind, params) and binary)
         return error
 

@@ -184,6 +184,35 @@ def test_alpha_plot_draws_only_when_the_weights_change(qtbot, monkeypatch):
     assert len(draws) == 2 and plot.region_line.get_xdata()[-1] == 4
 
 
+@pytest.mark.parametrize(
+    "loss, labels",
+    [
+        ("gdl+bl", ("α (GDL)", "1−α (BL)")),
+        ("gdl", ("GDL", "BL")),
+        ("gdl+ce", ("GDL + CE", "BL")),
+        ("dice", ("Dice", "BL")),
+        ("bl", ("no regional term", "BL")),
+    ],
+)
+def test_alpha_plot_legend_names_the_loss(qtbot, monkeypatch, loss, labels):
+    """α belongs to the GDL + BL schedule only: for another loss the legend
+    names its regional term's weight and the boundary loss's, and a change of
+    loss alone (the same weights) redraws the legend."""
+    from napari_boundary_seg._widgets._logic import planned_weights
+    from napari_boundary_seg._widgets._plots import AlphaPlot
+
+    plot = AlphaPlot()
+    qtbot.addWidget(plot)
+    draws: list[int] = []
+    monkeypatch.setattr(plot.canvas, "draw_idle", lambda: draws.append(1))
+    weights = planned_weights(loss, "paper", {}, 3)
+    plot.set_weights(weights, "gdl+bl" if loss != "gdl+bl" else "gdl")
+    plot.set_weights(weights, loss)
+    assert plot.legend_labels() == labels and len(draws) == 2
+    legend = [t.get_text() for t in plot.axes.get_legend().get_texts()]
+    assert legend == list(labels)
+
+
 def test_delivery_stops_at_a_failing_step(qtbot, errors):
     from napari_boundary_seg._widgets._runner import Delivery
 
@@ -299,6 +328,6 @@ def test_training_curves_are_titled_by_the_loss(qtbot):
     assert curves.region_chart.title == "regional term (GDL)"
     curves.reset(3, loss="gdl+ce")  # the regional chart names the regional loss trained on
     assert curves.loss_chart.title == "total: GDL+CE"
-    assert curves.region_chart.title == "regional term (GDL+CE)"
+    assert curves.region_chart.title == "regional term (GDL + CE)"
     curves.reset(3, loss="ce")
     assert curves.region_chart.title == "regional term (CE)"
