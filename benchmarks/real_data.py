@@ -97,6 +97,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="also keep last.pt every N epochs and score, per fold, the ensemble of those "
         "snapshots and the final model (a snapshot ensemble; arm '<arm> snapshots')",
     )  # fmt: skip
+    p.add_argument(
+        "--pretrain", type=int, default=0, metavar="N",
+        help="start every fold from a UNet pretrained on N synthetic WMH-like cases (synth "
+        "--preset wmh, FLAIR + T1; built once in OUT/pretrain with the folds' --set values, "
+        "then reused)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pretrain-epochs", type=int, default=30, help="epochs of 25 steps (default 30)"
+    )
     p.add_argument("--only", help="comma-separated test patients (default: every one)")
     p.add_argument("--modalities", help="comma-separated modality names to train on (default: all)")
     p.add_argument(
@@ -130,11 +139,44 @@ def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> Tra
         augment=True if args.augment else None,
     )
     values.update(ARMS[arm])
+    if args.pretrain:
+        values["init_checkpoint"] = str(pretrained(args))
     for key, value in parse_sets(args.set).items():  # a partial schedule updates the arm's
         if key == "schedule" and isinstance(values.get(key), dict):
             value = {**values[key], **value}
         values[key] = value
     return TrainConfig(**values)
+
+
+def pretrained(args: argparse.Namespace) -> Path:
+    """``OUT/pretrain/run/last.pt``: a UNet of the folds' width trained on
+    ``args.pretrain`` synthetic WMH-like cases (FLAIR + T1, several simulated
+    sites, punctate and confluent lesions at loads up to 150 mL) with the folds'
+    recipe (GDL, augmentation, poly lr, weight average, the ``--set`` values),
+    ``--pretrain-epochs`` epochs of 25 steps. Built on the first call, reused
+    after (resumable like the folds)."""
+    from napari_boundary_seg.cli import main as cli
+
+    folder = args.out / "pretrain"
+    last = folder / "run" / "last.pt"
+    if last.is_file() and read_checkpoint(last)["position"]["epoch"] >= args.pretrain_epochs:
+        return last
+    cases = folder / "cases"
+    if not (cases / "dataset.json").is_file():
+        synth = ["synth", "--preset", "wmh", "--out", str(cases), "--cases", str(args.pretrain)]
+        if cli([*synth, "--overwrite"] if cases.exists() else synth) != 0:
+            raise SystemExit(f"could not write the synthetic pretraining cases to {cases}")
+    values = {k: v for k, v in QUICK_START.items() if k != "schedule"}
+    values.update(
+        data=str(cases), out_dir=str(folder / "run"), overwrite=True, device="cpu", seed=0,
+        epochs=args.pretrain_epochs, max_steps_per_epoch=25, base_channels=args.width,
+        lr_decay="poly", ema=0.99, augment=True, val_fraction=0.17,
+        cache_dir=str(args.cache_dir or args.out / "cache"),
+    )  # fmt: skip
+    values.update(parse_sets(args.set))
+    print(f"pretraining on {args.pretrain} synthetic WMH-like cases: {folder}", flush=True)
+    run_to_end(train(TrainConfig(**values)))
+    return last
 
 
 def keep_modalities(files, names: str | None):

@@ -208,3 +208,35 @@ def test_real_data_benchmark_trains_planes_and_scores_their_ensemble(tmp_path):
     # an unknown arm is refused before any work
     bad = subprocess.run([*argv[:5], "--arms", "gdl_axial"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown arm(s) ['gdl_axial']" in bad.stdout
+
+
+def test_real_data_benchmark_pretrains_on_synthetic_cases_once(tmp_path):
+    """``real_data.py --pretrain N``: N synthetic WMH-like cases written and a
+    UNet trained on them once (OUT/pretrain), every fold started from its
+    weights; a second run reuses it."""
+    import subprocess
+    import sys
+
+    from napari_boundary_seg.core.checkpoint import read_checkpoint
+
+    data = _folder(tmp_path / "data", ["p1", "p2"], channels={"0": "FLAIR", "1": "T1"})
+    out = tmp_path / "rd"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data.py"
+    argv = [sys.executable, str(script), str(data), "--out", str(out), "--arms", "gdl",
+            "--epochs", "1", "--steps", "1", "--width", "4", "--set", "depth=2",
+            "--set", "batch_size=4", "--only", "p1", "--pretrain", "2",
+            "--pretrain-epochs", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "pretraining on 2 synthetic WMH-like cases" in done.stdout
+    pretrained = out / "pretrain" / "run" / "last.pt"
+    assert len(list((out / "pretrain" / "cases" / "imagesTr").glob("*_0001.nii.gz"))) == 2
+    source = read_checkpoint(pretrained)
+    assert source["model"]["base_channels"] == 4 and source["model"]["depth"] == 2
+    fold = read_checkpoint(out / "gdl_seed0" / "test_p1" / "last.pt")
+    assert fold["config"]["init_checkpoint"] == str(pretrained)
+    stamp = pretrained.stat().st_mtime_ns
+    again = subprocess.run([*argv, "--repredict"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "pretraining on" not in again.stdout
+    assert pretrained.stat().st_mtime_ns == stamp
