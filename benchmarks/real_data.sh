@@ -9,6 +9,12 @@
 #
 # The committed results (benchmarks/results/real_data/) come from
 #   bash benchmarks/real_data.sh ../shared/data/lesjak2017-ms
+# and variants with more options (each result folder's COMMAND.md). The best recipe
+# measured (README, "Real scans"): GDL from a UNet pretrained on synthetic cases, one
+# model per plane as one ensemble:
+#   bash benchmarks/real_data.sh DATA_DIR OUT --arms gdl,gdl_coronal,gdl_sagittal \
+#       --augment --flips --set 'lr_decay="poly"' --set 'ema=0.99' --pretrain 12 \
+#       --ensemble-arms gdl,gdl_coronal,gdl_sagittal
 set -euo pipefail
 data="${1:?usage: benchmarks/real_data.sh DATA_DIR [OUT] [options]}"
 out="${2:-benchmarks/results/real_data}"
