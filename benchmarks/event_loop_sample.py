@@ -27,8 +27,8 @@ of this plugin, napari alone: the gaps while napari adds one Labels layer
 each in the event-loop turn after the "click" (``viewer.add_labels`` /
 ``viewer.add_image``, then its first paint), each added ``--repeats`` times
 (default 3) and the median taken, since one add varies by a third from the
-next: the least a widget that adds a layer can cost on this machine. As the viewer fills (more layers to draw,
-five docks), napari's own cost of adding a layer grows: just before each
+next: the least a widget that adds a layer can cost on this machine. As the
+viewer fills (more layers to draw, five docks), napari's own cost of adding a layer grows: just before each
 widget runs, the same reference is taken again in the viewer as it is then
 (the layer added, measured, removed), and each worst gap's ratio to that one
 is printed too: what the plugin adds to napari's own work. The bar: no gap over

@@ -123,29 +123,40 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> TrainConfig:
-    values = {k: v for k, v in QUICK_START.items() if k != "schedule"}
-    values.update(
-        epochs=args.epochs,
-        max_steps_per_epoch=args.steps,
+def recipe_config(args: argparse.Namespace, out: Path, **values) -> TrainConfig:
+    """The Quick start's values (its α schedule left to the arms), the width,
+    the CPU, ``out`` and the cache, then ``values``, then the ``--set``
+    values (a partial ``schedule`` updates the arm's)."""
+    base = {k: v for k, v in QUICK_START.items() if k != "schedule"}
+    base.update(
         base_channels=args.width,
-        val_fraction=0.0,  # two training patients: no patient to spare; last.pt is used
-        seed=seed,
         device="cpu",
         out_dir=str(out),
         overwrite=True,
         cache_dir=str(args.cache_dir or args.out / "cache"),
+        **values,
+    )
+    for key, value in parse_sets(args.set).items():
+        if key == "schedule" and isinstance(base.get(key), dict):
+            value = {**base[key], **value}
+        base[key] = value
+    return TrainConfig(**base)
+
+
+def fold_config(args: argparse.Namespace, arm: str, seed: int, out: Path) -> TrainConfig:
+    pretrain = {"init_checkpoint": str(pretrained(args))} if args.pretrain else {}
+    return recipe_config(
+        args,
+        out,
+        epochs=args.epochs,
+        max_steps_per_epoch=args.steps,
+        val_fraction=0.0,  # two training patients: no patient to spare; last.pt is used
+        seed=seed,
         slice_oversample=args.slice_oversample,
         augment=True if args.augment else None,
+        **ARMS[arm],
+        **pretrain,
     )
-    values.update(ARMS[arm])
-    if args.pretrain:
-        values["init_checkpoint"] = str(pretrained(args))
-    for key, value in parse_sets(args.set).items():  # a partial schedule updates the arm's
-        if key == "schedule" and isinstance(values.get(key), dict):
-            value = {**values[key], **value}
-        values[key] = value
-    return TrainConfig(**values)
 
 
 def pretrained(args: argparse.Namespace) -> Path:
@@ -166,16 +177,12 @@ def pretrained(args: argparse.Namespace) -> Path:
         synth = ["synth", "--preset", "wmh", "--out", str(cases), "--cases", str(args.pretrain)]
         if cli([*synth, "--overwrite"] if cases.exists() else synth) != 0:
             raise SystemExit(f"could not write the synthetic pretraining cases to {cases}")
-    values = {k: v for k, v in QUICK_START.items() if k != "schedule"}
-    values.update(
-        data=str(cases), out_dir=str(folder / "run"), overwrite=True, device="cpu", seed=0,
-        epochs=args.pretrain_epochs, max_steps_per_epoch=25, base_channels=args.width,
-        lr_decay="poly", ema=0.99, augment=True, val_fraction=0.17,
-        cache_dir=str(args.cache_dir or args.out / "cache"),
+    config = recipe_config(
+        args, folder / "run", data=str(cases), seed=0, epochs=args.pretrain_epochs,
+        max_steps_per_epoch=25, lr_decay="poly", ema=0.99, augment=True, val_fraction=0.17,
     )  # fmt: skip
-    values.update(parse_sets(args.set))
     print(f"pretraining on {args.pretrain} synthetic WMH-like cases: {folder}", flush=True)
-    run_to_end(train(TrainConfig(**values)))
+    run_to_end(train(config))
     return last
 
 
